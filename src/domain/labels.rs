@@ -1,0 +1,191 @@
+//! Labels: a string map whose keys and values follow the Kubernetes rules, reported with the
+//! Kubernetes messages, as Kuma's API server does (`validateLabels`).
+
+use super::ValidationError;
+use super::name::is_rfc1123_subdomain;
+use std::collections::BTreeMap;
+
+const QUALIFIED_NAME_RULE: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+const SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_VALUE_RULE: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+
+/// A validated label set, kept sorted by key (so JSON output is stable).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Labels(BTreeMap<String, String>);
+
+impl Labels {
+    /// Validates every key and value, collecting all violations under `labels["<key>"]`.
+    ///
+    /// # Errors
+    /// Keys that are not Kubernetes qualified names, values that are not label values.
+    pub fn parse(map: BTreeMap<String, String>) -> Result<Self, ValidationError> {
+        let mut errors = ValidationError::default();
+        for (key, value) in &map {
+            let field = format!("labels[{key:?}]");
+            for reason in qualified_name_errors(key) {
+                errors.push(&field, reason);
+            }
+            for reason in label_value_errors(value) {
+                errors.push(&field, reason);
+            }
+        }
+        errors.into_result(|| Self(map))
+    }
+
+    /// Builds labels from pairs, validating them.
+    ///
+    /// # Errors
+    /// See [`Labels::parse`].
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ValidationError> {
+        Self::parse(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// The label map.
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    /// The value of label `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// True if there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Iterates over (key, value) pairs in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Unchecked construction from rows the store wrote itself.
+    pub(crate) fn from_stored(map: BTreeMap<String, String>) -> Self {
+        Self(map)
+    }
+}
+
+/// Kubernetes `IsQualifiedName`: `[prefix/]name`.
+fn qualified_name_errors(key: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let parts: Vec<&str> = key.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errors.push("prefix part must be non-empty".to_owned());
+            } else {
+                if prefix.len() > 253 {
+                    errors.push("prefix part must be no more than 253 characters".to_owned());
+                }
+                if !is_rfc1123_subdomain(prefix) {
+                    errors.push(format!("prefix part {SUBDOMAIN_RULE}"));
+                }
+            }
+            *name
+        }
+        _ => {
+            errors.push(format!(
+                "a qualified name {QUALIFIED_NAME_RULE} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            ));
+            return errors;
+        }
+    };
+    if name.is_empty() {
+        errors.push("name part must be non-empty".to_owned());
+    } else if name.len() > 63 {
+        errors.push("name part must be no more than 63 characters".to_owned());
+    }
+    if !is_label_token(name) {
+        errors.push(format!("name part {QUALIFIED_NAME_RULE}"));
+    }
+    errors
+}
+
+/// Kubernetes `IsValidLabelValue`.
+fn label_value_errors(value: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if value.len() > 63 {
+        errors.push("must be no more than 63 characters".to_owned());
+    }
+    if !value.is_empty() && !is_label_token(value) {
+        errors.push(LABEL_VALUE_RULE.to_owned());
+    }
+    errors
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`
+fn is_label_token(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_style_labels_are_accepted() {
+        let labels =
+            Labels::from_pairs([("kuma.io/mesh", "default"), ("env", ""), ("A_b.c", "X-1")]);
+        assert!(labels.is_ok());
+    }
+
+    #[test]
+    fn every_bad_label_is_reported_with_its_key() {
+        let err = Labels::from_pairs([
+            ("bad key", "ok"),
+            ("ok", "bad value!"),
+            ("a/b/c", "x"),
+            ("/x", "y"),
+        ])
+        .unwrap_err();
+        let fields: Vec<_> = err.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                r#"labels["/x"]"#,
+                r#"labels["a/b/c"]"#,
+                r#"labels["bad key"]"#,
+                r#"labels["ok"]"#
+            ]
+        );
+        assert!(
+            err.violations[0]
+                .reason
+                .starts_with("prefix part must be non-empty")
+        );
+        assert!(
+            err.violations[3]
+                .reason
+                .starts_with("a valid label must be")
+        );
+    }
+
+    #[test]
+    fn label_values_longer_than_63_are_rejected() {
+        let err = Labels::from_pairs([("k", "v".repeat(64))]).unwrap_err();
+        assert_eq!(
+            err.violations[0].reason,
+            "must be no more than 63 characters"
+        );
+    }
+}

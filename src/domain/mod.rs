@@ -1,0 +1,65 @@
+//! The domain model: names, labels, secrets and meshes, validated with Kuma's rules and
+//! messages. Nothing here touches a database or the network.
+
+mod labels;
+mod mesh;
+mod name;
+mod secret;
+mod validation;
+
+pub use labels::Labels;
+pub use mesh::{Mesh, MeshSpec, MeshUpdate, NewMesh};
+pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MeshName, ResourceName};
+pub use secret::{
+    DEFAULT_MAX_SECRET_SIZE, NewSecret, Secret, SecretData, SecretKey, SecretType, SecretUpdate,
+};
+pub use validation::{ValidationError, Violation};
+
+use chrono::{DateTime, Utc};
+use std::fmt;
+
+/// Version and timestamps of a stored resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Starts at 1 on create and goes up by exactly 1 on every change.
+    pub version: i64,
+    /// When the resource was created (UTC, microsecond precision).
+    pub creation_time: DateTime<Utc>,
+    /// When the resource last changed (UTC, microsecond precision).
+    pub modification_time: DateTime<Utc>,
+}
+
+/// A resource identity as Kuma's store errors print it:
+/// `type="Secret" name="x" mesh="default"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceKey {
+    /// `Secret`, `GlobalSecret` or `Mesh`.
+    pub resource_type: &'static str,
+    /// The mesh, `None` for global resources.
+    pub mesh: Option<String>,
+    /// The name.
+    pub name: String,
+}
+
+impl ResourceKey {
+    /// The key of Mesh `name`.
+    pub fn mesh(name: &MeshName) -> Self {
+        Self {
+            resource_type: "Mesh",
+            mesh: None,
+            name: name.as_str().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "type={:?} name={:?} mesh={:?}",
+            self.resource_type,
+            self.name,
+            self.mesh.as_deref().unwrap_or("")
+        )
+    }
+}

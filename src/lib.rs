@@ -1,0 +1,38 @@
+//! # kuma-secrets
+//!
+//! A persistent store for Kuma-style `Secret` (bound to one Mesh) and `GlobalSecret`
+//! resources, with client-visible optimistic concurrency, pagination done in the database,
+//! and no lost updates when several control-plane replicas share one Postgres.
+//!
+//! ## Layout
+//! - [`domain`]: names, labels, secrets and meshes, validated with Kuma's rules and messages.
+//! - [`store`]: the [`store::SecretStore`] repository trait and its two backends,
+//!   [`store::PostgresStore`] and [`store::SqliteStore`], plus schema migrations.
+//! - [`cli`]: the `kuma-secrets` command line (`main.rs` only calls it).
+//!
+//! ## Embedding
+//! ```no_run
+//! use kuma_secrets::domain::{Labels, NewMesh, NewSecret, SecretData, SecretKey, SecretUpdate};
+//! use kuma_secrets::store::{AnyStore, SecretStore, StoreError, StoreOptions};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = AnyStore::open("sqlite://kuma-secrets.db", StoreOptions::default()).await?;
+//! let key = SecretKey::parse(Some("default"), "my-ca-cert")?;
+//! let current = store.get_secret(&key).await?;
+//! let update = SecretUpdate {
+//!     data: SecretData::new(b"new PEM".to_vec())?,
+//!     labels: current.labels.clone(),
+//! };
+//! match store.update_secret(&key, current.meta.version, update).await {
+//!     Ok(updated) => println!("now at version {}", updated.meta.version),
+//!     Err(StoreError::Conflict { .. }) => println!("changed meanwhile: read again, retry"),
+//!     Err(other) => return Err(other.into()),
+//! }
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod domain;
+pub mod store;

@@ -1,0 +1,130 @@
+//! The store's error enum and the one place database errors are mapped onto it.
+
+use super::migrations::SchemaError;
+use crate::domain::{ResourceKey, ValidationError};
+
+/// Result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything a store operation can fail with. Messages follow Kuma's store errors
+/// (`resource not found: type="Secret" name="x" mesh="default"`) and never contain secret
+/// data or database credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No resource with this key.
+    #[error("resource not found: {0}")]
+    NotFound(ResourceKey),
+    /// Create of a key that exists.
+    #[error("resource already exists: {0}")]
+    AlreadyExists(ResourceKey),
+    /// The resource is not at the version the caller read.
+    #[error("resource conflict: {key}: expected version {expected}, found {actual}")]
+    Conflict {
+        /// The resource.
+        key: ResourceKey,
+        /// The version the caller passed.
+        expected: i64,
+        /// The version stored now.
+        actual: i64,
+    },
+    /// A Secret names a Mesh that does not exist.
+    #[error("mesh {mesh:?} not found")]
+    MeshNotFound {
+        /// The missing mesh.
+        mesh: String,
+    },
+    /// The input breaks a rule (size limit, page size, cursor, ...).
+    #[error("invalid: {0}")]
+    Invalid(#[from] ValidationError),
+    /// The database cannot be reached or refused the connection; retry later.
+    #[error("store unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// The store URL names no supported backend.
+    #[error("unsupported store URL {url:?}: use postgres://… or sqlite://PATH")]
+    UnsupportedUrl {
+        /// The URL, password redacted.
+        url: String,
+    },
+    /// The database schema does not match this binary.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// Anything else: a bug or a broken database. The cause is logged, not shown to clients.
+    #[error("internal store error")]
+    Internal(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// True for errors a caller may retry as they are (the database was unreachable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// What a failed statement was doing, so a constraint violation can be named.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<'a> {
+    /// Inserting the resource `key` (a Secret, GlobalSecret or Mesh).
+    Create(&'a ResourceKey),
+    /// Any other statement.
+    Other,
+}
+
+/// Maps a database error once, here: constraint violations by constraint name (Postgres
+/// reports it; SQLite does not, so its error kind stands in), connection trouble to
+/// [`StoreError::Unavailable`], the rest to [`StoreError::Internal`].
+pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
+    if is_unavailable(&err) {
+        return StoreError::Unavailable(err);
+    }
+    if let (sqlx::Error::Database(db), Op::Create(key)) = (&err, op) {
+        let constraint = db.constraint();
+        match constraint {
+            Some("secrets_mesh_name_key" | "secrets_global_name_key" | "meshes_pkey") => {
+                return StoreError::AlreadyExists(key.clone());
+            }
+            Some("secrets_mesh_fk") => {
+                return StoreError::MeshNotFound {
+                    mesh: key.mesh.clone().unwrap_or_default(),
+                };
+            }
+            Some(_) => {}
+            None => match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => {
+                    return StoreError::AlreadyExists(key.clone());
+                }
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return StoreError::MeshNotFound {
+                        mesh: key.mesh.clone().unwrap_or_default(),
+                    };
+                }
+                _ => {}
+            },
+        }
+    }
+    StoreError::Internal(err)
+}
+
+/// Connection-level failures: the database is down, restarting, or out of connections.
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            if code.len() == 5 {
+                // Postgres SQLSTATE: class 08 connection exception, 57P0x shutdown or
+                // cannot connect now, 53300 too many connections.
+                code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+            } else {
+                // SQLite (extended) result code: primary 5 SQLITE_BUSY or 6 SQLITE_LOCKED,
+                // left after busy_timeout ran out.
+                matches!(code.parse::<u32>().map(|c| c & 0xff), Ok(5 | 6))
+            }
+        }
+        _ => false,
+    }
+}

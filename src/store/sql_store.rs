@@ -1,0 +1,407 @@
+//! [`SqlStore`]: the one implementation of [`SecretStore`], generic over the database.
+//! The two backends differ only in how they connect and migrate (`postgres.rs`,
+//! `sqlite.rs`) and in the two SQL fragments of [`Dialect`].
+
+use super::error::{Op, map_db_error};
+use super::page::{Cursor, MeshQuery, Page, PageStart, SecretQuery};
+use super::sql::{
+    self, Bind, DELETE_MESH, DELETE_SECRET, GET_MESH, GET_MESH_VERSION, GET_SECRET,
+    GET_SECRET_VERSION, INSERT_MESH, INSERT_SECRET, ListStatements, ListedMeshRow, ListedSecretRow,
+    MeshRow, SecretRow, Statement, UPDATE_MESH, UPDATE_SECRET,
+};
+use super::{Result, SecretStore, StoreError, StoreOptions};
+use crate::domain::{
+    Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, ResourceKey, Secret, SecretKey,
+    SecretUpdate,
+};
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What differs between the SQL dialects the store speaks.
+pub trait Dialect: Database {
+    /// `column` contains the text parameter `needle` (literally, no wildcards).
+    fn contains(column: &str, needle: &str) -> String;
+    /// The JSON object `column` has key `key` with string value `value` (both parameters).
+    fn label_equals(column: &str, key: &str, value: &str) -> String;
+}
+
+/// A store on a sqlx pool of database `DB`. See [`super::PostgresStore`] and
+/// [`super::SqliteStore`] for how each is opened.
+pub struct SqlStore<DB: Database> {
+    pub(crate) pool: Pool<DB>,
+    pub(crate) options: StoreOptions,
+}
+
+impl<DB: Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<DB: Database> fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("database", &DB::NAME)
+            .field("pool_size", &self.pool.size())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<DB: Database> SqlStore<DB> {
+    /// The underlying connection pool (for embedding code that needs raw access).
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The current time at the microsecond precision both databases keep, so a record read back
+/// equals the record a write returned.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn labels_json(labels: &crate::domain::Labels) -> Json<BTreeMap<String, String>> {
+    Json(labels.as_map().clone())
+}
+
+/// After an UPDATE or DELETE guarded by version touched no row: the row is gone
+/// (`NotFound`) or at another version (`Conflict`).
+fn missed(key: ResourceKey, expected: Option<i64>, actual: Option<i64>) -> StoreError {
+    match (expected, actual) {
+        (Some(expected), Some(actual)) => StoreError::Conflict {
+            key,
+            expected,
+            actual,
+        },
+        _ => StoreError::NotFound(key),
+    }
+}
+
+/// Emits `impl<DB> … where <bounds>` with the one list of bounds the store needs from a
+/// sqlx database: the value types it binds and the rows it decodes. Postgres and SQLite
+/// both meet them; writing them once keeps the two impl blocks below from drifting.
+macro_rules! impl_for_sql_databases {
+    (impl [$($head:tt)*] { $($body:tt)* }) => {
+        impl<DB> $($head)*
+        where
+            DB: Dialect,
+            for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+            DB::Arguments: IntoArguments<DB>,
+            for<'q> String: Encode<'q, DB> + Type<DB>,
+            for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+            for<'q> i64: Encode<'q, DB> + Type<DB>,
+            for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+            for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+            for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+            for<'q> Json<BTreeMap<String, String>>: Encode<'q, DB> + Type<DB>,
+            for<'q> Json<MeshSpec>: Encode<'q, DB> + Type<DB>,
+            for<'r> SecretRow: FromRow<'r, DB::Row>,
+            for<'r> ListedSecretRow: FromRow<'r, DB::Row>,
+            for<'r> MeshRow: FromRow<'r, DB::Row>,
+            for<'r> ListedMeshRow: FromRow<'r, DB::Row>,
+            for<'r> (i64,): FromRow<'r, DB::Row>,
+        {
+            $($body)*
+        }
+    };
+}
+
+impl_for_sql_databases! {
+impl [SqlStore<DB>] {
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        let mut query = sqlx::query_as::<DB, (i64,)>(GET_SECRET_VERSION.for_key(key))
+            .bind(key.name().as_str().to_owned());
+        if let Some(mesh) = key.mesh() {
+            query = query.bind(mesh.as_str().to_owned());
+        }
+        let row = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    async fn mesh_version(&self, name: &MeshName) -> Result<Option<i64>> {
+        let row = sqlx::query_as::<DB, (i64,)>(GET_MESH_VERSION)
+            .bind(name.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    /// Runs a list: the page statement, then the count statement only if the page is
+    /// empty (an empty page carries no `total` column).
+    async fn run_list<Row, Item>(
+        &self,
+        statements: ListStatements,
+        first_page: bool,
+        split: impl Fn(Row) -> (Item, i64),
+        cursor_of: impl Fn(&Item) -> (Option<String>, String),
+        size: u32,
+        offset: u64,
+    ) -> Result<Page<Item>>
+    where
+        for<'r> Row: FromRow<'r, DB::Row> + Send + Unpin,
+    {
+        let ListStatements { page, count } = statements;
+        let rows = bind_all(sqlx::query_as::<DB, Row>(AssertSqlSafe(page.text)), page.binds)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        let mut total = 0;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (item, row_total) = split(row);
+            total = row_total;
+            items.push(item);
+        }
+        if items.is_empty() && !first_page {
+            let Statement { text, binds } = count;
+            let (count,) = bind_all(sqlx::query_as::<DB, (i64,)>(AssertSqlSafe(text)), binds)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_db_error(e, Op::Other))?;
+            total = count;
+        }
+        let size = size as usize;
+        let next = if items.len() > size {
+            items.truncate(size);
+            let (mesh, name) = cursor_of(items.last().expect("page is not empty"));
+            Some(Cursor { offset: offset + size as u64, mesh, name })
+        } else {
+            None
+        };
+        Ok(Page { items, total: u64::try_from(total).unwrap_or(0), next })
+    }
+}
+}
+
+/// Binds list parameters in order.
+fn bind_all<'q, DB, O>(
+    mut query: sqlx::query::QueryAs<'q, DB, O, DB::Arguments>,
+    binds: Vec<Bind>,
+) -> sqlx::query::QueryAs<'q, DB, O, DB::Arguments>
+where
+    DB: Database,
+    String: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    for bind in binds {
+        query = match bind {
+            Bind::Text(text) => query.bind(text),
+            Bind::Int(int) => query.bind(int),
+        };
+    }
+    query
+}
+
+impl_for_sql_databases! {
+impl [SecretStore for SqlStore<DB>] {
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %secret.key))]
+    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
+        secret.data.check_size(self.options.max_secret_size)?;
+        let key = secret.key.resource_key();
+        let row = sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
+            .bind(secret.key.name().as_str().to_owned())
+            .bind(secret.key.mesh().map(|m| m.as_str().to_owned()))
+            .bind(now())
+            .bind(labels_json(&secret.labels))
+            .bind(secret.data.expose().to_vec())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Create(&key)))?;
+        Ok(row.into())
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %key, expected_version))]
+    async fn update_secret(
+        &self,
+        key: &SecretKey,
+        expected_version: i64,
+        update: SecretUpdate,
+    ) -> Result<Secret> {
+        update.data.check_size(self.options.max_secret_size)?;
+        let mut query = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
+            .bind(update.data.expose().to_vec())
+            .bind(labels_json(&update.labels))
+            .bind(now())
+            .bind(expected_version)
+            .bind(key.name().as_str().to_owned());
+        if let Some(mesh) = key.mesh() {
+            query = query.bind(mesh.as_str().to_owned());
+        }
+        let row = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        match row {
+            Some(row) => Ok(row.into()),
+            None => Err(missed(
+                key.resource_key(),
+                Some(expected_version),
+                self.secret_version(key).await?,
+            )),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %key, expected_version))]
+    async fn delete_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
+        let mut query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key))
+            .bind(expected_version)
+            .bind(key.name().as_str().to_owned());
+        if let Some(mesh) = key.mesh() {
+            query = query.bind(mesh.as_str().to_owned());
+        }
+        let deleted = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        if deleted.is_some() {
+            return Ok(());
+        }
+        Err(missed(
+            key.resource_key(),
+            expected_version,
+            self.secret_version(key).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %key))]
+    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
+        let mut query = sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key))
+            .bind(key.name().as_str().to_owned());
+        if let Some(mesh) = key.mesh() {
+            query = query.bind(mesh.as_str().to_owned());
+        }
+        query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?
+            .map(Secret::from)
+            .ok_or_else(|| StoreError::NotFound(key.resource_key()))
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, scope = ?query.scope))]
+    async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
+        let first_page = query.page.start() == &PageStart::Offset(0);
+        self.run_list(
+            sql::list_secrets::<DB>(query),
+            first_page,
+            |row: ListedSecretRow| (Secret::from(row.row), row.total),
+            |s: &Secret| {
+                (
+                    s.key.mesh().map(|m| m.as_str().to_owned()),
+                    s.key.name().as_str().to_owned(),
+                )
+            },
+            query.page.size(),
+            query.page.offset(),
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
+    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
+        let key = ResourceKey::mesh(&mesh.name);
+        let row = sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
+            .bind(mesh.name.as_str().to_owned())
+            .bind(now())
+            .bind(labels_json(&mesh.labels))
+            .bind(Json(mesh.spec))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Create(&key)))?;
+        Ok(row.into())
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
+    async fn update_mesh(
+        &self,
+        name: &MeshName,
+        expected_version: i64,
+        update: MeshUpdate,
+    ) -> Result<Mesh> {
+        let row = sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
+            .bind(Json(update.spec))
+            .bind(labels_json(&update.labels))
+            .bind(now())
+            .bind(expected_version)
+            .bind(name.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        match row {
+            Some(row) => Ok(row.into()),
+            None => Err(missed(
+                ResourceKey::mesh(name),
+                Some(expected_version),
+                self.mesh_version(name).await?,
+            )),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
+    async fn delete_mesh(&self, name: &MeshName, expected_version: Option<i64>) -> Result<()> {
+        let deleted = sqlx::query_as::<DB, (i64,)>(DELETE_MESH)
+            .bind(expected_version)
+            .bind(name.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        if deleted.is_some() {
+            return Ok(());
+        }
+        Err(missed(
+            ResourceKey::mesh(name),
+            expected_version,
+            self.mesh_version(name).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %name))]
+    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
+        sqlx::query_as::<DB, MeshRow>(GET_MESH)
+            .bind(name.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?
+            .map(Mesh::from)
+            .ok_or_else(|| StoreError::NotFound(ResourceKey::mesh(name)))
+    }
+
+    #[tracing::instrument(skip_all, fields(db = DB::NAME))]
+    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
+        let first_page = query.page.start() == &PageStart::Offset(0);
+        self.run_list(
+            sql::list_meshes::<DB>(query),
+            first_page,
+            |row: ListedMeshRow| (Mesh::from(row.row), row.total),
+            |m: &Mesh| (None, m.name.as_str().to_owned()),
+            query.page.size(),
+            query.page.offset(),
+        )
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query_as::<DB, (i64,)>("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        Ok(())
+    }
+}
+}
