@@ -1,0 +1,134 @@
+//! Test fixtures: a fresh Postgres database per test, a fresh SQLite file per test.
+//!
+//! Postgres comes from `DATABASE_URL` (default
+//! `postgres://postgres:postgres@127.0.0.1:5432/postgres`). A test that cannot reach it fails
+//! with a message saying how to start one; it never skips silently.
+
+#![allow(dead_code)]
+
+use kuma_secrets::store::{PostgresStore, SqliteStore, StoreOptions};
+use sqlx::{Connection, Executor, PgConnection};
+
+/// The Postgres server tests create their databases on.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_and_path = &base[scheme_end..];
+    let host = host_and_path
+        .split_once('/')
+        .map_or(host_and_path, |(h, _)| h);
+    let mut out = format!("{}{host}/{db}", &base[..scheme_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+async fn admin_connection() -> PgConnection {
+    let url = database_url();
+    match PgConnection::connect(&url).await {
+        Ok(conn) => conn,
+        Err(err) => panic!(
+            "these tests need Postgres at {} (DATABASE_URL) and cannot reach it: {err}.\n\
+             Start the local one with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
+             or run `docker compose up -d` in the repository, or point DATABASE_URL at a server.",
+            kuma_secrets::store::redact_url(&url)
+        ),
+    }
+}
+
+/// A database created for one test and dropped when the test ends.
+pub struct TestDb {
+    /// URL of the test's own database.
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    /// Creates an empty database.
+    pub async fn empty() -> Self {
+        let name = format!("ks_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = admin_connection().await;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        Self {
+            url: with_database(&database_url(), &name),
+            name,
+        }
+    }
+
+    /// Creates a database with the schema migrated to this binary's version.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        PostgresStore::migrate_up(&db.url, false)
+            .await
+            .expect("migrate test database");
+        db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context: use a small runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&database_url()).await {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A migrated Postgres store on a fresh database. Keep the `TestDb` alive as long as the store.
+pub async fn postgres_store() -> (TestDb, PostgresStore) {
+    postgres_store_with(StoreOptions::default()).await
+}
+
+/// As [`postgres_store`], with options.
+pub async fn postgres_store_with(options: StoreOptions) -> (TestDb, PostgresStore) {
+    let db = TestDb::migrated().await;
+    let store = PostgresStore::open(&db.url, options)
+        .await
+        .expect("open postgres store");
+    (db, store)
+}
+
+/// A SQLite store on a fresh file in a temporary directory.
+pub async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
+    sqlite_store_with(StoreOptions::default()).await
+}
+
+/// As [`sqlite_store`], with options.
+pub async fn sqlite_store_with(options: StoreOptions) -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = SqliteStore::open(&url, options)
+        .await
+        .expect("open sqlite store");
+    (dir, store)
+}
