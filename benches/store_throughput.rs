@@ -1,1 +1,297 @@
-fn main() {}
+//! Store throughput next to `pgbench` running the same SQL on the same Postgres.
+//!
+//! ```text
+//! cargo bench --bench store_throughput -- [--seconds N] [--callers 1,8,32]
+//! ```
+//!
+//! For each operation and number of concurrent callers it runs the store for N seconds,
+//! then `pgbench -M prepared` for N seconds with a script holding the statement the store
+//! sends, and prints ops/s for both and their ratio (the quality bar is >= 0.8).
+//!
+//! - `get`: read one secret by key (`SELECT … WHERE name = $1 AND mesh = $2`).
+//! - `update`: versioned update of one secret (`UPDATE … WHERE version = $4 AND name = $5
+//!   AND mesh = $6 RETURNING …`), each caller passing the version its previous update
+//!   returned. Each caller owns one secret, so no update conflicts and both sides do the
+//!   same work; pgbench carries the version from one transaction to the next with `\gset`.
+//!
+//! Secrets hold 1 KiB (a typical PEM key). Postgres comes from `DATABASE_URL`; the bench
+//! creates and drops its own database.
+
+use kuma_secrets::domain::{Labels, NewMesh, NewSecret, SecretData, SecretKey, SecretUpdate};
+use kuma_secrets::store::{PostgresStore, SecretStore, StoreOptions};
+use sqlx::{Connection, Executor, PgConnection};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const MESH: &str = "bench";
+const DATA_LEN: usize = 1024;
+const TIMESTAMP: &str = "2026-11-28 00:00:00+00";
+
+const GET_SQL: &str = "\\set name :client_id\n\
+SELECT mesh, name, version, creation_time, modification_time, labels, data FROM secrets WHERE name = :name AND mesh = :mesh;\n";
+
+const UPDATE_SQL: &str = "\\set name :client_id\n\
+UPDATE secrets SET data = :data, labels = :labels, modification_time = :ts, version = version + 1 WHERE version = :version AND name = :name AND mesh = :mesh RETURNING mesh, name, version, creation_time, modification_time, labels, data \\gset\n";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Get,
+    Update,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Update => "update",
+        }
+    }
+}
+
+struct Args {
+    seconds: u64,
+    callers: Vec<usize>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        seconds: 5,
+        callers: vec![1, 8, 32],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                args.seconds = it.next().and_then(|s| s.parse().ok()).expect("--seconds N")
+            }
+            "--callers" => {
+                args.callers = it
+                    .next()
+                    .expect("--callers 1,8,32")
+                    .split(',')
+                    .map(|c| c.parse().expect("caller count"))
+                    .collect()
+            }
+            // cargo bench passes --bench; ignore it and anything else.
+            _ => {}
+        }
+    }
+    args
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let cut = base.rfind('/').expect("database URL has a path");
+    let mut out = format!("{}/{db}", &base[..cut]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn secret_name(i: usize) -> String {
+    // pgbench names its clients 0..N and can only put numbers in variables, so the secrets
+    // are named "0", "1", … (valid RFC 1123 names).
+    i.to_string()
+}
+
+fn payload() -> Vec<u8> {
+    (0..DATA_LEN).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn run_store(store: &Arc<PostgresStore>, op: Op, callers: usize, seconds: u64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let store = store.clone();
+        let stop = stop.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = SecretKey::parse(Some(MESH), &secret_name(caller)).unwrap();
+            let mut version = store.get_secret(&key).await.unwrap().meta.version;
+            let data = SecretData::new(payload()).unwrap();
+            let mut done = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match op {
+                    Op::Get => {
+                        let secret = store.get_secret(&key).await.unwrap();
+                        std::hint::black_box(secret);
+                    }
+                    Op::Update => {
+                        let update = SecretUpdate {
+                            data: data.clone(),
+                            labels: Labels::default(),
+                        };
+                        version = store
+                            .update_secret(&key, version, update)
+                            .await
+                            .unwrap()
+                            .meta
+                            .version;
+                    }
+                }
+                done += 1;
+            }
+            count.fetch_add(done, Ordering::Relaxed);
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn reset_versions(url: &str) {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    conn.execute("UPDATE secrets SET version = 1")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+fn run_pgbench(
+    url: &str,
+    op: Op,
+    callers: usize,
+    seconds: u64,
+    script_dir: &std::path::Path,
+) -> f64 {
+    let script = script_dir.join(format!("{}.sql", op.name()));
+    std::fs::write(&script, if op == Op::Get { GET_SQL } else { UPDATE_SQL }).unwrap();
+    let hex: String = payload().iter().map(|b| format!("{b:02x}")).collect();
+    let output = Command::new("pgbench")
+        .arg("-n")
+        .args(["-M", "prepared"])
+        .args(["-c", &callers.to_string()])
+        .args(["-j", &callers.min(2).to_string()])
+        .args(["-T", &seconds.to_string()])
+        .arg("-f")
+        .arg(&script)
+        .args(["-D", &format!("mesh={MESH}")])
+        .args(["-D", &format!("data=\\x{hex}")])
+        .args(["-D", "labels={}"])
+        .args(["-D", &format!("ts={TIMESTAMP}")])
+        .args(["-D", "version=1"])
+        .arg(url)
+        .output()
+        .expect("pgbench is needed: apt-get install postgresql-client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "pgbench failed:\n{stdout}\n{stderr}"
+    );
+    if let Some(failed) = stdout
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+    {
+        assert!(
+            failed.contains(": 0 "),
+            "pgbench transactions failed:\n{stdout}"
+        );
+    }
+    stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"))
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin_url = database_url();
+    let db = format!("ks_bench_{}", uuid::Uuid::new_v4().simple());
+    let url = with_database(&admin_url, &db);
+    let script_dir = tempfile::tempdir().unwrap();
+
+    runtime.block_on(async {
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("Postgres at DATABASE_URL");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .await
+            .unwrap();
+        PostgresStore::migrate_up(&url, false).await.unwrap();
+        let store = PostgresStore::open(&url, StoreOptions::default())
+            .await
+            .unwrap();
+        store
+            .create_mesh(NewMesh {
+                name: kuma_secrets::domain::MeshName::parse(MESH).unwrap(),
+                spec: Default::default(),
+                labels: Labels::default(),
+            })
+            .await
+            .unwrap();
+        let max = args.callers.iter().copied().max().unwrap_or(1);
+        for i in 0..max {
+            store
+                .create_secret(NewSecret {
+                    key: SecretKey::parse(Some(MESH), &secret_name(i)).unwrap(),
+                    data: SecretData::new(payload()).unwrap(),
+                    labels: Labels::default(),
+                })
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        let mut admin_db = PgConnection::connect(&url).await.unwrap();
+        admin_db.execute("VACUUM ANALYZE secrets").await.unwrap();
+
+        println!(
+            "store vs pgbench, {}s per cell, {} cores, Postgres at {}",
+            args.seconds,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kuma_secrets::store::redact_url(&admin_url)
+        );
+        println!();
+        println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio |");
+        println!("|---|---:|---:|---:|---:|");
+        for op in [Op::Get, Op::Update] {
+            for &callers in &args.callers {
+                let options = StoreOptions {
+                    max_connections: callers as u32,
+                    ..StoreOptions::default()
+                };
+                let store = Arc::new(PostgresStore::open(&url, options).await.unwrap());
+                let ours = run_store(&store, op, callers, args.seconds).await;
+                store.close().await;
+                reset_versions(&url).await;
+                let theirs = run_pgbench(&url, op, callers, args.seconds, script_dir.path());
+                reset_versions(&url).await;
+                println!(
+                    "| {} | {callers} | {ours:.0} | {theirs:.0} | {:.2} |",
+                    op.name(),
+                    ours / theirs
+                );
+            }
+        }
+        admin_db.close().await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {db} WITH (FORCE)"
+            )))
+            .await
+            .unwrap();
+    });
+}

@@ -83,7 +83,10 @@ async fn create_returns_the_stored_secret_at_version_1<S: SecretStore>(store: &S
         .await
         .unwrap();
 
-    let read = store.get_secret(&key("demo", "resource1.demo")).await.unwrap();
+    let read = store
+        .get_secret(&key("demo", "resource1.demo"))
+        .await
+        .unwrap();
     assert_eq!(read, created);
     assert_eq!(read.meta.version, 1);
     assert_eq!(read.meta.creation_time, read.meta.modification_time);
@@ -123,7 +126,10 @@ async fn two_global_secrets_with_one_name_conflict<S: SecretStore>(store: &S) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
-    assert!(err.to_string().contains(r#"type="GlobalSecret" name="gs-1""#));
+    assert!(
+        err.to_string()
+            .contains(r#"type="GlobalSecret" name="gs-1""#)
+    );
 }
 
 async fn one_name_in_two_meshes_and_globally_is_three_secrets<S: SecretStore>(store: &S) {
@@ -132,9 +138,33 @@ async fn one_name_in_two_meshes_and_globally_is_three_secrets<S: SecretStore>(st
     add_secret(store, key("m1", "same"), b"1").await;
     add_secret(store, key("m2", "same"), b"2").await;
     add_secret(store, global("same"), b"3").await;
-    assert_eq!(store.get_secret(&key("m1", "same")).await.unwrap().data.expose(), b"1");
-    assert_eq!(store.get_secret(&key("m2", "same")).await.unwrap().data.expose(), b"2");
-    assert_eq!(store.get_secret(&global("same")).await.unwrap().data.expose(), b"3");
+    assert_eq!(
+        store
+            .get_secret(&key("m1", "same"))
+            .await
+            .unwrap()
+            .data
+            .expose(),
+        b"1"
+    );
+    assert_eq!(
+        store
+            .get_secret(&key("m2", "same"))
+            .await
+            .unwrap()
+            .data
+            .expose(),
+        b"2"
+    );
+    assert_eq!(
+        store
+            .get_secret(&global("same"))
+            .await
+            .unwrap()
+            .data
+            .expose(),
+        b"3"
+    );
 }
 
 async fn a_secret_cannot_be_created_in_a_missing_mesh<S: SecretStore>(store: &S) {
@@ -180,7 +210,15 @@ async fn data_over_the_size_limit_is_invalid_and_not_stored<S: SecretStore>(stor
         *b = (i % 256) as u8;
     }
     add_secret(store, key("demo", "max"), &max).await;
-    assert_eq!(store.get_secret(&key("demo", "max")).await.unwrap().data.expose(), &max[..]);
+    assert_eq!(
+        store
+            .get_secret(&key("demo", "max"))
+            .await
+            .unwrap()
+            .data
+            .expose(),
+        &max[..]
+    );
 }
 
 // ---- update -------------------------------------------------------------------------------
@@ -188,7 +226,10 @@ async fn data_over_the_size_limit_is_invalid_and_not_stored<S: SecretStore>(stor
 async fn updating_a_deleted_secret_is_not_found<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
     add_secret(store, key("demo", "gone"), b"x").await;
-    store.delete_secret(&key("demo", "gone"), None).await.unwrap();
+    store
+        .delete_secret(&key("demo", "gone"), None)
+        .await
+        .unwrap();
     let err = store
         .update_secret(
             &key("demo", "gone"),
@@ -284,7 +325,14 @@ async fn update_with_empty_labels_removes_them<S: SecretStore>(store: &S) {
         )
         .await
         .unwrap();
-    assert!(store.get_secret(&key("demo", "s")).await.unwrap().labels.is_empty());
+    assert!(
+        store
+            .get_secret(&key("demo", "s"))
+            .await
+            .unwrap()
+            .labels
+            .is_empty()
+    );
 }
 
 async fn update_with_a_stale_version_is_a_conflict<S: SecretStore>(store: &S) {
@@ -293,21 +341,43 @@ async fn update_with_a_stale_version_is_a_conflict<S: SecretStore>(store: &S) {
         data: data(b"2"),
         labels: Labels::default(),
     };
-    store.update_secret(&global("gs"), 1, update()).await.unwrap();
-    let err = store.update_secret(&global("gs"), 1, update()).await.unwrap_err();
+    store
+        .update_secret(&global("gs"), 1, update())
+        .await
+        .unwrap();
+    let err = store
+        .update_secret(&global("gs"), 1, update())
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }),
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().starts_with(r#"resource conflict: type="GlobalSecret" name="gs""#));
-    assert_eq!(store.get_secret(&global("gs")).await.unwrap().meta.version, 2);
+    assert!(
+        err.to_string()
+            .starts_with(r#"resource conflict: type="GlobalSecret" name="gs""#)
+    );
+    assert_eq!(
+        store.get_secret(&global("gs")).await.unwrap().meta.version,
+        2
+    );
 }
 
 // ---- delete -------------------------------------------------------------------------------
 
 async fn deleting_a_missing_secret_is_not_found<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
-    let err = store.delete_secret(&key("demo", "none"), None).await.unwrap_err();
+    let err = store
+        .delete_secret(&key("demo", "none"), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -319,7 +389,10 @@ async fn delete_does_not_touch_another_meshs_secret<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
     add_mesh(store, "other").await;
     add_secret(store, key("demo", "s"), b"x").await;
-    let err = store.delete_secret(&key("other", "s"), None).await.unwrap_err();
+    let err = store
+        .delete_secret(&key("other", "s"), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)));
     let err = store.delete_secret(&global("s"), None).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)));
@@ -336,9 +409,7 @@ async fn delete_removes_the_secret<S: SecretStore>(store: &S) {
     ));
 }
 
-async fn delete_with_a_stale_version_is_a_conflict_and_keeps_the_secret<S: SecretStore>(
-    store: &S,
-) {
+async fn delete_with_a_stale_version_is_a_conflict_and_keeps_the_secret<S: SecretStore>(store: &S) {
     add_secret(store, global("gs"), b"1").await;
     store
         .update_secret(
@@ -351,9 +422,19 @@ async fn delete_with_a_stale_version_is_a_conflict_and_keeps_the_secret<S: Secre
         )
         .await
         .unwrap();
-    let err = store.delete_secret(&global("gs"), Some(1)).await.unwrap_err();
+    let err = store
+        .delete_secret(&global("gs"), Some(1))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }),
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(store.get_secret(&global("gs")).await.is_ok());
@@ -445,7 +526,11 @@ async fn list_filters_by_name_substring_across_and_within_meshes<S: SecretStore>
         .unwrap();
     assert_eq!(
         names(&all.items),
-        ["default/list-res-1.demo", "demo/list-res-1.demo", "demo/list-res-2.demo"]
+        [
+            "default/list-res-1.demo",
+            "demo/list-res-1.demo",
+            "demo/list-res-2.demo"
+        ]
     );
     assert_eq!(all.total, 3);
 
@@ -455,7 +540,10 @@ async fn list_filters_by_name_substring_across_and_within_meshes<S: SecretStore>
         )
         .await
         .unwrap();
-    assert_eq!(names(&demo.items), ["demo/list-res-1.demo", "demo/list-res-2.demo"]);
+    assert_eq!(
+        names(&demo.items),
+        ["demo/list-res-1.demo", "demo/list-res-2.demo"]
+    );
 
     // The substring is literal: SQL wildcards match nothing here.
     for wildcard in ["%", "_", "list%res"] {
@@ -525,7 +613,16 @@ async fn pages_of_two_over_five_items_are_2_2_1<S: SecretStore>(store: &S) {
         }
     }
     assert_eq!(sizes, [2, 2, 1]);
-    assert_eq!(seen, ["demo/res-1", "demo/res-2", "demo/res-3", "demo/res-4", "demo/res-5"]);
+    assert_eq!(
+        seen,
+        [
+            "demo/res-1",
+            "demo/res-2",
+            "demo/res-3",
+            "demo/res-4",
+            "demo/res-5"
+        ]
+    );
 
     // By cursor: the same pages.
     let mut by_cursor = Vec::new();
@@ -673,8 +770,14 @@ async fn meshes_have_versioned_crud<S: SecretStore>(store: &S) {
         )
         .await
         .unwrap_err();
-    assert!(matches!(stale, StoreError::Conflict { actual: 2, .. }), "{stale:?}");
-    let stale_delete = store.delete_mesh(&mesh_name("demo"), Some(1)).await.unwrap_err();
+    assert!(
+        matches!(stale, StoreError::Conflict { actual: 2, .. }),
+        "{stale:?}"
+    );
+    let stale_delete = store
+        .delete_mesh(&mesh_name("demo"), Some(1))
+        .await
+        .unwrap_err();
     assert!(matches!(stale_delete, StoreError::Conflict { .. }));
 
     add_mesh(store, "another").await;
@@ -691,7 +794,10 @@ async fn meshes_have_versioned_crud<S: SecretStore>(store: &S) {
         .unwrap();
     assert_eq!(filtered.total, 1);
 
-    store.delete_mesh(&mesh_name("demo"), Some(2)).await.unwrap();
+    store
+        .delete_mesh(&mesh_name("demo"), Some(2))
+        .await
+        .unwrap();
     assert!(matches!(
         store.delete_mesh(&mesh_name("demo"), None).await,
         Err(StoreError::NotFound(_))
@@ -740,9 +846,7 @@ async fn sixteen_writers_with_one_read_version_yield_one_winner<S: SecretStore +
     assert_eq!(stored.data, winners[0].data);
 }
 
-async fn read_modify_write_with_retry_loses_no_increment<S: SecretStore + 'static>(
-    store: Arc<S>,
-) {
+async fn read_modify_write_with_retry_loses_no_increment<S: SecretStore + 'static>(store: Arc<S>) {
     const WRITERS: usize = 8;
     const INCREMENTS: usize = 100;
     add_mesh(&*store, "demo").await;
@@ -782,7 +886,32 @@ async fn read_modify_write_with_retry_loses_no_increment<S: SecretStore + 'stati
     }
     let stored = store.get_secret(&key("demo", "counter")).await.unwrap();
     assert_eq!(stored.meta.version, (WRITERS * INCREMENTS + 1) as i64);
-    assert_eq!(stored.data.expose(), (WRITERS * INCREMENTS).to_string().as_bytes());
+    assert_eq!(
+        stored.data.expose(),
+        (WRITERS * INCREMENTS).to_string().as_bytes()
+    );
+}
+
+async fn cancelled_calls_never_leave_a_broken_connection_behind<S: SecretStore + 'static>(
+    store: Arc<S>,
+) {
+    add_mesh(&*store, "demo").await;
+    add_secret(&*store, key("demo", "a"), b"alpha").await;
+    add_secret(&*store, key("demo", "b"), b"beta").await;
+    // Abandon calls at every stage of their round trip (a request timeout does this), then
+    // check that every later call still gets its own, correct answer.
+    for i in 0..200u64 {
+        let micros = i % 50 * 20;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_micros(micros),
+            store.get_secret(&key("demo", "a")),
+        )
+        .await;
+        let b = store.get_secret(&key("demo", "b")).await.unwrap();
+        assert_eq!(b.data.expose(), b"beta");
+    }
+    let a = store.get_secret(&key("demo", "a")).await.unwrap();
+    assert_eq!(a.data.expose(), b"alpha");
 }
 
 // ---- the two backends ---------------------------------------------------------------------
@@ -857,5 +986,6 @@ conformance! {
     shared: [
         sixteen_writers_with_one_read_version_yield_one_winner,
         read_modify_write_with_retry_loses_no_increment,
+        cancelled_calls_never_leave_a_broken_connection_behind,
     ]
 }

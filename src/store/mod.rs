@@ -18,6 +18,7 @@
 mod error;
 mod migrations;
 mod page;
+mod pool;
 mod postgres;
 mod sql;
 mod sql_store;

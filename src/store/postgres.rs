@@ -2,10 +2,11 @@
 
 use super::error::{Op, map_db_error};
 use super::migrations::{self, AppliedRow, MigrationReport, MigrationStatus, POSTGRES_MIGRATOR};
+use super::pool::ConnectionPool;
 use super::sql_store::{Dialect, SqlStore};
 use super::{Result, StoreError, StoreOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Postgres};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
 
 /// The store on Postgres.
@@ -32,9 +33,15 @@ impl SqlStore<Postgres> {
     /// schema is behind (run `kuma-secrets migrate up`), newer (unless
     /// `options.tolerate_newer_schema`), dirty or modified.
     pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
-        let pool = connect(url, &options).await?;
-        let applied = applied(&pool).await?;
-        migrations::check(&POSTGRES_MIGRATOR, &applied, options.tolerate_newer_schema)?;
+        let connect = connect_options(url)?;
+        // One direct connection first, for the schema gate: it also reports why Postgres
+        // cannot be reached (refused, bad password, no such database), where a pool would
+        // only say it timed out.
+        let mut conn = connect_once(&connect).await?;
+        let applied = applied(&mut conn).await;
+        let _ = conn.close().await;
+        migrations::check(&POSTGRES_MIGRATOR, &applied?, options.tolerate_newer_schema)?;
+        let pool = ConnectionPool::new(connect, options.max_connections, options.acquire_timeout);
         Ok(Self { pool, options })
     }
 
@@ -44,17 +51,17 @@ impl SqlStore<Postgres> {
     /// A newer schema (unless `tolerate_newer`), a dirty or modified one, or a failed
     /// migration.
     pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
-        let pool = connect(url, &StoreOptions::default()).await?;
-        let before = applied(&pool).await?;
-        let pool_ref = &pool;
+        let mut conn = connect_once(&connect_options(url)?).await?;
+        let before = applied(&mut conn).await?;
+        let conn_ref = &mut conn;
         let report = migrations::up(&POSTGRES_MIGRATOR, before, tolerate_newer, |m| async move {
-            m.run(pool_ref)
+            m.run(&mut *conn_ref)
                 .await
                 .map_err(migrations::map_migrate_error)?;
-            applied(pool_ref).await
+            applied(conn_ref).await
         })
         .await;
-        pool.close().await;
+        let _ = conn.close().await;
         report
     }
 
@@ -63,42 +70,38 @@ impl SqlStore<Postgres> {
     /// # Errors
     /// [`StoreError::Unavailable`] if Postgres cannot be reached.
     pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        let pool = connect(url, &StoreOptions::default()).await?;
-        let applied = applied(&pool).await;
-        pool.close().await;
+        let mut conn = connect_once(&connect_options(url)?).await?;
+        let applied = applied(&mut conn).await;
+        let _ = conn.close().await;
         Ok(migrations::status(&POSTGRES_MIGRATOR, &applied?))
     }
 }
 
-async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool> {
-    let connect = PgConnectOptions::from_str(url)
+fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)
         .map_err(|_| StoreError::UnsupportedUrl {
             url: super::redact_url(url),
         })?
-        .application_name("kuma-secrets");
-    // One direct connection first: a pool only reports "timed out" when Postgres is down,
-    // while this reports why (connection refused, authentication failed, no such database).
-    let probe = PgConnection::connect_with(&connect)
+        .application_name("kuma-secrets"))
+}
+
+async fn connect_once(connect: &PgConnectOptions) -> Result<PgConnection> {
+    PgConnection::connect_with(connect)
         .await
-        .map_err(StoreError::Unavailable)?;
-    let _ = probe.close().await;
-    Ok(PgPoolOptions::new()
-        .max_connections(options.max_connections)
-        .acquire_timeout(options.acquire_timeout)
-        .connect_lazy_with(connect))
+        .map_err(StoreError::Unavailable)
 }
 
 /// Rows of `_sqlx_migrations`, none if the table does not exist yet.
-async fn applied(pool: &PgPool) -> Result<Vec<AppliedRow>> {
+async fn applied(conn: &mut PgConnection) -> Result<Vec<AppliedRow>> {
     let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| map_db_error(e, Op::Other))?;
     if !exists {
         return Ok(Vec::new());
     }
     sqlx::query_as(APPLIED)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(|e| map_db_error(e, Op::Other))
 }

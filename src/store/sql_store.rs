@@ -4,6 +4,7 @@
 
 use super::error::{Op, map_db_error};
 use super::page::{Cursor, MeshQuery, Page, PageStart, SecretQuery};
+use super::pool::ConnectionPool;
 use super::sql::{
     self, Bind, DELETE_MESH, DELETE_SECRET, GET_MESH, GET_MESH_VERSION, GET_SECRET,
     GET_SECRET_VERSION, INSERT_MESH, INSERT_SECRET, ListStatements, ListedMeshRow, ListedSecretRow,
@@ -15,8 +16,9 @@ use crate::domain::{
     SecretUpdate,
 };
 use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::query::QueryAs;
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Type};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -31,7 +33,7 @@ pub trait Dialect: Database {
 /// A store on a sqlx pool of database `DB`. See [`super::PostgresStore`] and
 /// [`super::SqliteStore`] for how each is opened.
 pub struct SqlStore<DB: Database> {
-    pub(crate) pool: Pool<DB>,
+    pub(crate) pool: ConnectionPool<DB::Connection>,
     pub(crate) options: StoreOptions,
 }
 
@@ -48,19 +50,15 @@ impl<DB: Database> fmt::Debug for SqlStore<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqlStore")
             .field("database", &DB::NAME)
-            .field("pool_size", &self.pool.size())
+            .field("max_connections", &self.pool.max_connections())
+            .field("idle_connections", &self.pool.idle())
             .field("options", &self.options)
             .finish()
     }
 }
 
 impl<DB: Database> SqlStore<DB> {
-    /// The underlying connection pool (for embedding code that needs raw access).
-    pub fn pool(&self) -> &Pool<DB> {
-        &self.pool
-    }
-
-    /// Closes the pool, waiting for connections in use to come back.
+    /// Closes the pool: idle connections now, connections in use when their calls end.
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -97,7 +95,7 @@ macro_rules! impl_for_sql_databases {
         impl<DB> $($head)*
         where
             DB: Dialect,
-            for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+            for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
             DB::Arguments: IntoArguments<DB>,
             for<'q> String: Encode<'q, DB> + Type<DB>,
             for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
@@ -127,18 +125,16 @@ impl [SqlStore<DB>] {
             query = query.bind(mesh.as_str().to_owned());
         }
         let row = query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+            .fetch_optional_via(self, Op::Other)
+            .await?;
         Ok(row.map(|(v,)| v))
     }
 
     async fn mesh_version(&self, name: &MeshName) -> Result<Option<i64>> {
         let row = sqlx::query_as::<DB, (i64,)>(GET_MESH_VERSION)
             .bind(name.as_str().to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+            .fetch_optional_via(self, Op::Other)
+            .await?;
         Ok(row.map(|(v,)| v))
     }
 
@@ -158,9 +154,8 @@ impl [SqlStore<DB>] {
     {
         let ListStatements { page, count } = statements;
         let rows = bind_all(sqlx::query_as::<DB, Row>(AssertSqlSafe(page.text)), page.binds)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+            .fetch_all_via(self, Op::Other)
+            .await?;
         let mut total = 0;
         let mut items = Vec::with_capacity(rows.len());
         for row in rows {
@@ -171,9 +166,8 @@ impl [SqlStore<DB>] {
         if items.is_empty() && !first_page {
             let Statement { text, binds } = count;
             let (count,) = bind_all(sqlx::query_as::<DB, (i64,)>(AssertSqlSafe(text)), binds)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| map_db_error(e, Op::Other))?;
+                .fetch_one_via(self, Op::Other)
+                .await?;
             total = count;
         }
         let size = size as usize;
@@ -187,6 +181,53 @@ impl [SqlStore<DB>] {
         Ok(Page { items, total: u64::try_from(total).unwrap_or(0), next })
     }
 }
+}
+
+/// Runs a query on a pooled connection of the store and maps its errors: the one place
+/// statements meet the pool (see `pool.rs` for why the connection is handed back only
+/// after a clean finish).
+trait RunOnStore<DB: Database, O> {
+    async fn fetch_optional_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Option<O>>;
+    async fn fetch_one_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<O>;
+    async fn fetch_all_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Vec<O>>;
+}
+
+impl<'q, DB, O> RunOnStore<DB, O> for QueryAs<'q, DB, O, DB::Arguments>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    O: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
+{
+    async fn fetch_optional_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Option<O>> {
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, op))?;
+        let result = self.fetch_optional(conn.conn()).await;
+        conn.finish(result).map_err(|e| map_db_error(e, op))
+    }
+
+    async fn fetch_one_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<O> {
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, op))?;
+        let result = self.fetch_one(conn.conn()).await;
+        conn.finish(result).map_err(|e| map_db_error(e, op))
+    }
+
+    async fn fetch_all_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Vec<O>> {
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, op))?;
+        let result = self.fetch_all(conn.conn()).await;
+        conn.finish(result).map_err(|e| map_db_error(e, op))
+    }
 }
 
 /// Binds list parameters in order.
@@ -210,7 +251,7 @@ where
 
 impl_for_sql_databases! {
 impl [SecretStore for SqlStore<DB>] {
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %secret.key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %secret.key))]
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
         secret.data.check_size(self.options.max_secret_size)?;
         let key = secret.key.resource_key();
@@ -220,13 +261,12 @@ impl [SecretStore for SqlStore<DB>] {
             .bind(now())
             .bind(labels_json(&secret.labels))
             .bind(secret.data.expose().to_vec())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Create(&key)))?;
+            .fetch_one_via(self, Op::Create(&key))
+            .await?;
         Ok(row.into())
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %key, expected_version))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
     async fn update_secret(
         &self,
         key: &SecretKey,
@@ -244,9 +284,8 @@ impl [SecretStore for SqlStore<DB>] {
             query = query.bind(mesh.as_str().to_owned());
         }
         let row = query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+            .fetch_optional_via(self, Op::Other)
+            .await?;
         match row {
             Some(row) => Ok(row.into()),
             None => Err(missed(
@@ -257,7 +296,7 @@ impl [SecretStore for SqlStore<DB>] {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %key, expected_version))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
     async fn delete_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
         let mut query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key))
             .bind(expected_version)
@@ -266,9 +305,8 @@ impl [SecretStore for SqlStore<DB>] {
             query = query.bind(mesh.as_str().to_owned());
         }
         let deleted = query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+            .fetch_optional_via(self, Op::Other)
+            .await?;
         if deleted.is_some() {
             return Ok(());
         }
@@ -279,7 +317,7 @@ impl [SecretStore for SqlStore<DB>] {
         ))
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key))]
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
         let mut query = sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key))
             .bind(key.name().as_str().to_owned());
@@ -287,14 +325,13 @@ impl [SecretStore for SqlStore<DB>] {
             query = query.bind(mesh.as_str().to_owned());
         }
         query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?
+            .fetch_optional_via(self, Op::Other)
+            .await?
             .map(Secret::from)
             .ok_or_else(|| StoreError::NotFound(key.resource_key()))
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, scope = ?query.scope))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, scope = ?query.scope))]
     async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
         let first_page = query.page.start() == &PageStart::Offset(0);
         self.run_list(
@@ -313,7 +350,7 @@ impl [SecretStore for SqlStore<DB>] {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
     async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
         let key = ResourceKey::mesh(&mesh.name);
         let row = sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
@@ -321,13 +358,12 @@ impl [SecretStore for SqlStore<DB>] {
             .bind(now())
             .bind(labels_json(&mesh.labels))
             .bind(Json(mesh.spec))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Create(&key)))?;
+            .fetch_one_via(self, Op::Create(&key))
+            .await?;
         Ok(row.into())
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
     async fn update_mesh(
         &self,
         name: &MeshName,
@@ -340,9 +376,8 @@ impl [SecretStore for SqlStore<DB>] {
             .bind(now())
             .bind(expected_version)
             .bind(name.as_str().to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+            .fetch_optional_via(self, Op::Other)
+            .await?;
         match row {
             Some(row) => Ok(row.into()),
             None => Err(missed(
@@ -353,14 +388,13 @@ impl [SecretStore for SqlStore<DB>] {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
     async fn delete_mesh(&self, name: &MeshName, expected_version: Option<i64>) -> Result<()> {
         let deleted = sqlx::query_as::<DB, (i64,)>(DELETE_MESH)
             .bind(expected_version)
             .bind(name.as_str().to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+            .fetch_optional_via(self, Op::Other)
+            .await?;
         if deleted.is_some() {
             return Ok(());
         }
@@ -371,18 +405,17 @@ impl [SecretStore for SqlStore<DB>] {
         ))
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME, mesh = %name))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name))]
     async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
         sqlx::query_as::<DB, MeshRow>(GET_MESH)
             .bind(name.as_str().to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?
+            .fetch_optional_via(self, Op::Other)
+            .await?
             .map(Mesh::from)
             .ok_or_else(|| StoreError::NotFound(ResourceKey::mesh(name)))
     }
 
-    #[tracing::instrument(skip_all, fields(db = DB::NAME))]
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME))]
     async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
         let first_page = query.page.start() == &PageStart::Offset(0);
         self.run_list(
@@ -397,10 +430,9 @@ impl [SecretStore for SqlStore<DB>] {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query_as::<DB, (i64,)>("SELECT 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
+        sqlx::query_as::<DB, (i64,)>("SELECT CAST(1 AS BIGINT)")
+            .fetch_one_via(self, Op::Other)
+            .await?;
         Ok(())
     }
 }

@@ -4,12 +4,11 @@
 
 use super::error::{Op, map_db_error};
 use super::migrations::{self, AppliedRow, MigrationReport, MigrationStatus, SQLITE_MIGRATOR};
+use super::pool::ConnectionPool;
 use super::sql_store::{Dialect, SqlStore};
 use super::{Result, StoreError, StoreOptions};
-use sqlx::Sqlite;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, Sqlite, SqliteConnection};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -43,21 +42,12 @@ impl SqlStore<Sqlite> {
     /// [`StoreError::Unavailable`] if the file cannot be opened; [`StoreError::Schema`] if it
     /// was migrated by a newer binary (unless `options.tolerate_newer_schema`).
     pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
-        let pool = connect(url, &options).await?;
-        let before = applied(&pool).await?;
-        let pool_ref = &pool;
-        migrations::up(
-            &SQLITE_MIGRATOR,
-            before,
-            options.tolerate_newer_schema,
-            |m| async move {
-                m.run(pool_ref)
-                    .await
-                    .map_err(migrations::map_migrate_error)?;
-                applied(pool_ref).await
-            },
-        )
-        .await?;
+        Self::migrate_up(url, options.tolerate_newer_schema).await?;
+        let pool = ConnectionPool::new(
+            connect_options(url)?,
+            options.max_connections.clamp(1, MAX_SQLITE_CONNECTIONS),
+            options.acquire_timeout,
+        );
         Ok(Self { pool, options })
     }
 
@@ -66,17 +56,17 @@ impl SqlStore<Sqlite> {
     /// # Errors
     /// As [`SqlStore::<Sqlite>::open`].
     pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
-        let pool = connect(url, &StoreOptions::default()).await?;
-        let before = applied(&pool).await?;
-        let pool_ref = &pool;
+        let mut conn = connect_once(&connect_options(url)?).await?;
+        let before = applied(&mut conn).await?;
+        let conn_ref = &mut conn;
         let report = migrations::up(&SQLITE_MIGRATOR, before, tolerate_newer, |m| async move {
-            m.run(pool_ref)
+            m.run(&mut *conn_ref)
                 .await
                 .map_err(migrations::map_migrate_error)?;
-            applied(pool_ref).await
+            applied(conn_ref).await
         })
         .await;
-        pool.close().await;
+        let _ = conn.close().await;
         report
     }
 
@@ -85,15 +75,15 @@ impl SqlStore<Sqlite> {
     /// # Errors
     /// [`StoreError::Unavailable`] if the file cannot be opened.
     pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        let pool = connect(url, &StoreOptions::default()).await?;
-        let applied = applied(&pool).await;
-        pool.close().await;
+        let mut conn = connect_once(&connect_options(url)?).await?;
+        let applied = applied(&mut conn).await;
+        let _ = conn.close().await;
         Ok(migrations::status(&SQLITE_MIGRATOR, &applied?))
     }
 }
 
-async fn connect(url: &str, options: &StoreOptions) -> Result<SqlitePool> {
-    let connect = SqliteConnectOptions::from_str(url)
+fn connect_options(url: &str) -> Result<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(url)
         .map_err(|_| StoreError::UnsupportedUrl {
             url: super::redact_url(url),
         })?
@@ -103,27 +93,27 @@ async fn connect(url: &str, options: &StoreOptions) -> Result<SqlitePool> {
         // trade-off for an embedded store.
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(true);
-    SqlitePoolOptions::new()
-        .max_connections(options.max_connections.clamp(1, MAX_SQLITE_CONNECTIONS))
-        .acquire_timeout(options.acquire_timeout)
-        .connect_with(connect)
+        .foreign_keys(true))
+}
+
+async fn connect_once(connect: &SqliteConnectOptions) -> Result<SqliteConnection> {
+    SqliteConnection::connect_with(connect)
         .await
         .map_err(StoreError::Unavailable)
 }
 
-async fn applied(pool: &SqlitePool) -> Result<Vec<AppliedRow>> {
+async fn applied(conn: &mut SqliteConnection) -> Result<Vec<AppliedRow>> {
     let (exists,): (bool,) = sqlx::query_as(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await
     .map_err(|e| map_db_error(e, Op::Other))?;
     if !exists {
         return Ok(Vec::new());
     }
     sqlx::query_as(APPLIED)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(|e| map_db_error(e, Op::Other))
 }
