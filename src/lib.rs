@@ -33,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod domain;
 pub mod store;

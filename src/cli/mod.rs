@@ -3,6 +3,7 @@
 //! Every command prints a one-line reason and exits non-zero on failure; no backtraces.
 
 mod migrate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the Kuma-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Apply or inspect database schema migrations.
     #[command(subcommand)]
     Migrate(migrate::MigrateCommand),
@@ -40,6 +43,7 @@ pub struct StoreArgs {
 /// Whatever the command failed with, for `main` to print.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(args).await,
         Command::Migrate(cmd) => migrate::run(cmd).await,
     }
 }

@@ -1,0 +1,227 @@
+//! Who is calling, and may they touch secrets.
+//!
+//! As Kuma (reference §3.7): a *direct* loopback request is the admin when
+//! `localhost_is_admin` is on; otherwise a `Authorization: Bearer <user token>` names the
+//! user; otherwise the caller is anonymous. Secrets and global secrets are admin-only for
+//! every verb. A token that does not verify is a 401 on any route, before the handler runs.
+
+use super::AppState;
+use super::error::ApiError;
+use super::tokens;
+use crate::store::SecretStore;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::net::{IpAddr, SocketAddr};
+
+/// The admin user and group.
+pub const ADMIN: &str = "mesh-system:admin";
+/// Group of every authenticated user.
+pub const AUTHENTICATED: &str = "mesh-system:authenticated";
+/// The user of a request with no credentials.
+pub const ANONYMOUS: &str = "mesh-system:anonymous";
+/// Group of the anonymous user.
+pub const UNAUTHENTICATED: &str = "mesh-system:unauthenticated";
+
+/// The caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// User name, e.g. `mesh-system:admin` or `john.doe@example.com`.
+    pub name: String,
+    /// Groups, e.g. `mesh-system:admin`.
+    pub groups: Vec<String>,
+}
+
+impl User {
+    /// The admin, as localhost is.
+    pub fn admin() -> Self {
+        Self {
+            name: ADMIN.into(),
+            groups: vec![ADMIN.into(), AUTHENTICATED.into()],
+        }
+    }
+
+    /// A caller with no credentials.
+    pub fn anonymous() -> Self {
+        Self {
+            name: ANONYMOUS.into(),
+            groups: vec![UNAUTHENTICATED.into()],
+        }
+    }
+
+    /// Kuma's static admin-resource access: the admin user or anyone in the admin group.
+    pub fn is_admin(&self) -> bool {
+        self.name == ADMIN || self.groups.iter().any(|g| g == ADMIN)
+    }
+
+    /// Requires admin access to resources of `resource_type`.
+    ///
+    /// # Errors
+    /// 403 "Access Denied" with Kuma's text.
+    pub fn require_admin(&self, resource_type: &str) -> Result<(), ApiError> {
+        if self.is_admin() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Access Denied",
+            format!(
+                "user \"{}/{}\" cannot access the resource of type \"{resource_type}\"",
+                self.name,
+                self.groups.join(",")
+            ),
+        ))
+    }
+}
+
+/// Middleware: works out the [`User`] and stores it in the request's extensions.
+pub async fn authenticate<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let user = if state.config.localhost_is_admin && is_direct_loopback(remote, request.headers())
+    {
+        User::admin()
+    } else if let Some(token) = bearer_token(request.headers()) {
+        match tokens::verify(&state.store, token).await {
+            Ok(user) => user,
+            Err(err) => return err.into_response(),
+        }
+    } else {
+        User::anonymous()
+    };
+    request.extensions_mut().insert(user);
+    next.run(request).await
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A request straight from this machine: loopback peer, no proxy headers, a loopback Host,
+/// and nothing suggesting a browser on another site sent it (Kuma's
+/// `LocalhostAuthenticator`).
+pub fn is_direct_loopback(remote: Option<IpAddr>, headers: &HeaderMap) -> bool {
+    if !remote.is_some_and(|ip| ip.is_loopback()) {
+        return false;
+    }
+    if ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+    {
+        return false;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    if !is_loopback_host(host) {
+        return false;
+    }
+    match headers
+        .get("sec-fetch-site")
+        .map(|v| v.to_str().unwrap_or("invalid"))
+    {
+        None | Some("same-origin" | "none") => {}
+        Some(_) => return false,
+    }
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|origin| {
+            let authority = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .unwrap_or("");
+            authority.eq_ignore_ascii_case(host) && is_loopback_host(authority)
+        }),
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with an optional port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or("", |(ip, _)| ip)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        })
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    const LOCAL: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+    #[test]
+    fn only_direct_loopback_requests_are_local() {
+        assert!(is_direct_loopback(LOCAL, &headers(&[("host", "127.0.0.1:5681")])));
+        assert!(is_direct_loopback(LOCAL, &headers(&[("host", "localhost:5681")])));
+        assert!(is_direct_loopback(
+            Some("::1".parse().unwrap()),
+            &headers(&[("host", "[::1]:5681")])
+        ));
+        assert!(!is_direct_loopback(
+            Some("10.0.0.1".parse().unwrap()),
+            &headers(&[("host", "127.0.0.1:5681")])
+        ));
+        assert!(!is_direct_loopback(None, &headers(&[("host", "127.0.0.1")])));
+        for proxy in ["forwarded", "x-forwarded-for", "x-real-ip"] {
+            assert!(!is_direct_loopback(
+                LOCAL,
+                &headers(&[("host", "127.0.0.1"), (proxy, "1.2.3.4")])
+            ));
+        }
+        assert!(!is_direct_loopback(LOCAL, &headers(&[("host", "kuma.example.com")])));
+        assert!(!is_direct_loopback(LOCAL, &headers(&[])));
+        assert!(!is_direct_loopback(
+            LOCAL,
+            &headers(&[("host", "127.0.0.1:5681"), ("origin", "https://evil.com")])
+        ));
+        assert!(is_direct_loopback(
+            LOCAL,
+            &headers(&[("host", "127.0.0.1:5681"), ("origin", "http://127.0.0.1:5681")])
+        ));
+        assert!(!is_direct_loopback(
+            LOCAL,
+            &headers(&[("host", "127.0.0.1:5681"), ("sec-fetch-site", "cross-site")])
+        ));
+    }
+
+    #[test]
+    fn access_denied_names_the_user_and_type() {
+        let err = User::anonymous().require_admin("Secret").unwrap_err();
+        assert_eq!(err.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            err.detail,
+            r#"user "mesh-system:anonymous/mesh-system:unauthenticated" cannot access the resource of type "Secret""#
+        );
+        assert!(User::admin().require_admin("Secret").is_ok());
+    }
+}

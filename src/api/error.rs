@@ -1,0 +1,169 @@
+//! API errors in Kuma's body (`pkg/core/rest/errors`): every failure a client sees is one of
+//! these, with a status, a title naming what failed, and a detail. Store and database
+//! internals are logged, never sent.
+
+use crate::domain::{ValidationError, Violation};
+use crate::store::StoreError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What failed, e.g. "Could not retrieve a resource".
+    pub title: String,
+    /// Why.
+    pub detail: String,
+    /// Field violations, for validation errors.
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Serialize)]
+struct Cause<'a> {
+    field: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct InvalidParameter<'a> {
+    field: &'a str,
+    reason: &'a str,
+}
+
+/// Kuma's error body, with the deprecated `details`/`causes` mirrors old clients read.
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    status: u16,
+    title: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    invalid_parameters: Vec<InvalidParameter<'a>>,
+    details: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<Cause<'a>>,
+}
+
+impl ApiError {
+    /// An error with no field violations.
+    pub fn new(status: StatusCode, title: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            title: title.into(),
+            detail: detail.into(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// 400 "Bad Request": a body that cannot be read as the resource.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Bad Request", detail)
+    }
+
+    /// 400 with Kuma's "Resource is not valid" and the violations.
+    pub fn invalid(title: impl Into<String>, err: ValidationError) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            title: title.into(),
+            detail: "Resource is not valid".into(),
+            violations: err.violations,
+        }
+    }
+
+    /// Replaces the detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
+    /// 404 "Not found" under `title`.
+    pub fn not_found(title: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, title, "Not found")
+    }
+
+    /// 404 for a mesh-scoped route whose Mesh does not exist.
+    pub fn mesh_not_found() -> Self {
+        Self::not_found("Failed to retrieve Mesh")
+    }
+
+    /// 412 for a failed `If-Match` / `If-None-Match`.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PRECONDITION_FAILED, "Precondition Failed", detail)
+    }
+
+    /// Maps a store error, under `title` (what the handler was doing).
+    pub fn store(title: &str, err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(_) => Self::not_found(title),
+            StoreError::MeshNotFound { .. } => Self::mesh_not_found(),
+            StoreError::AlreadyExists(_) | StoreError::Conflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "Conflict", err.to_string())
+            }
+            StoreError::Invalid(violations) => Self::invalid(title, violations),
+            StoreError::Unavailable(ref cause) => {
+                tracing::warn!(error = %cause, "store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Store unavailable",
+                    "the secret store cannot be reached; retry later",
+                )
+            }
+            other => {
+                tracing::error!(error = %error_chain(&other), "store error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, title, "Internal Server Error")
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            kind: "/std-errors",
+            status: self.status.as_u16(),
+            title: &self.title,
+            detail: &self.detail,
+            invalid_parameters: self
+                .violations
+                .iter()
+                .map(|v| InvalidParameter {
+                    field: &v.field,
+                    reason: &v.reason,
+                })
+                .collect(),
+            details: &self.detail,
+            causes: self
+                .violations
+                .iter()
+                .map(|v| Cause {
+                    field: &v.field,
+                    message: &v.reason,
+                })
+                .collect(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,70 @@
+//! `GlobalSecret` routes: `/global-secrets[/{name}]` and the identical aliases
+//! `/globalsecrets[/{name}]`. The handling is shared with `secrets.rs`, without a Mesh.
+
+use super::AppState;
+use super::auth::User;
+use super::error::ApiResult;
+use super::list;
+use super::secrets::{delete_secret, get_secret, list_secrets, put_secret};
+use crate::store::{SecretScope, SecretStore};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+
+/// Routes of global secrets, under both of Kuma's spellings.
+pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
+    let mut router = Router::new();
+    for base in ["/global-secrets", "/globalsecrets"] {
+        router = router
+            .route(base, get(list_global_secrets::<S>))
+            .route(
+                &format!("{base}/{{name}}"),
+                get(get_global_secret::<S>)
+                    .put(put_global_secret::<S>)
+                    .delete(delete_global_secret::<S>),
+            );
+    }
+    router
+}
+
+async fn list_global_secrets<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let params = list::parse(uri.query())?;
+    list_secrets(&state, &user, SecretScope::Global, params, &uri, &headers).await
+}
+
+async fn get_global_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    get_secret(&state, &user, None, &name, &uri).await
+}
+
+async fn put_global_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    put_secret(&state, &user, None, &name, &headers, body).await
+}
+
+async fn delete_global_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    delete_secret(&state, &user, None, &name, &headers).await
+}

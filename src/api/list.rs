@@ -1,0 +1,202 @@
+//! List query parameters and `next` links, as Kuma's `pagination.go` and `filtering.go`:
+//! `size` (default 100, at most 1000), `offset` (an item index), `name` (substring) and
+//! `filter[labels.KEY]=VALUE` (exact, ANDed).
+//!
+//! Beyond Kuma: `next` links also carry `cursor`, the key of the page's last item, so the
+//! server seeks straight to the next page (an index range scan) instead of skipping
+//! `offset` rows. Kuma clients that only read `offset` keep working.
+
+use super::error::ApiError;
+use crate::domain::ValidationError;
+use crate::store::{Cursor, DEFAULT_PAGE_SIZE, PageRequest, PageStart};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use std::collections::BTreeMap;
+
+const TITLE: &str = "Could not retrieve resources";
+
+/// Parsed list parameters.
+#[derive(Debug)]
+pub struct ListParams {
+    /// Which page.
+    pub page: PageRequest,
+    /// `name` substring filter.
+    pub name: Option<String>,
+    /// `filter[labels.KEY]=VALUE` filters.
+    pub labels: BTreeMap<String, String>,
+    /// Every parameter as given, to carry into the `next` link.
+    pairs: Vec<(String, String)>,
+}
+
+fn bad(detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, TITLE, detail)
+}
+
+/// Parses a list request's query string.
+///
+/// # Errors
+/// 400 with Kuma's messages for a bad size, offset or filter.
+pub fn parse(query: Option<&str>) -> Result<ListParams, ApiError> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let get = |key: &str| pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+
+    let size = match get("size") {
+        None | Some("") => DEFAULT_PAGE_SIZE,
+        Some(raw) => {
+            let invalid = |reason: &str| {
+                ApiError::invalid(TITLE, ValidationError::single("size", reason)).with_detail("Invalid page size")
+            };
+            let n: i64 = raw.parse().map_err(|_| invalid("invalid format"))?;
+            if n <= 0 {
+                return Err(invalid("must be greater than 0"));
+            }
+            u32::try_from(n).unwrap_or(u32::MAX)
+        }
+    };
+    let start = if let Some(token) = get("cursor").filter(|t| !t.is_empty()) {
+        PageStart::After(Cursor::decode(token).map_err(|_| {
+            bad("invalid: invalid cursor: use the `next` link of the previous page")
+        })?)
+    } else {
+        match get("offset") {
+            None | Some("") => PageStart::Offset(0),
+            Some(raw) => {
+                let offset: i64 = raw.parse().map_err(|_| {
+                    bad(format!("invalid: invalid offset: parsing {raw:?}: invalid syntax"))
+                })?;
+                if offset < 0 {
+                    return Err(bad("invalid: invalid offset: must be non-negative"));
+                }
+                PageStart::Offset(offset as u64)
+            }
+        }
+    };
+    let page = PageRequest::new(size, start).map_err(|e| {
+        ApiError::invalid(TITLE, e).with_detail("Invalid page size")
+    })?;
+
+    let mut labels = BTreeMap::new();
+    for (key, value) in &pairs {
+        let Some(rest) = key.strip_prefix("filter[") else {
+            continue;
+        };
+        let Some((inner, after)) = rest.split_once(']') else {
+            return Err(bad("filters are only supported on labels"));
+        };
+        if !after.is_empty() {
+            return Err(bad("advanced filters are not supported"));
+        }
+        let Some(label) = inner.strip_prefix("labels.") else {
+            return Err(bad("filters are only supported on labels"));
+        };
+        labels.insert(label.to_owned(), value.clone());
+    }
+    let name = get("name").filter(|n| !n.is_empty()).map(str::to_owned);
+    Ok(ListParams {
+        page,
+        name,
+        labels,
+        pairs,
+    })
+}
+
+/// The absolute URL of the page after this one, keeping every other parameter, sorted by
+/// key as Go's `url.Values.Encode` does.
+pub fn next_link(
+    uri: &Uri,
+    headers: &HeaderMap,
+    scheme: &str,
+    params: &ListParams,
+    next: Option<&Cursor>,
+) -> Option<String> {
+    let next = next?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    let mut pairs: Vec<(String, String)> = params
+        .pairs
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "offset" | "size" | "cursor"))
+        .cloned()
+        .collect();
+    pairs.push(("cursor".into(), next.encode()));
+    pairs.push(("offset".into(), next.offset.to_string()));
+    pairs.push(("size".into(), params.page.size().to_string()));
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    Some(format!("{scheme}://{host}{}?{query}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_first_page_of_100() {
+        let p = parse(None).unwrap();
+        assert_eq!(p.page.size(), 100);
+        assert_eq!(p.page.start(), &PageStart::Offset(0));
+    }
+
+    #[test]
+    fn bad_sizes_and_offsets_have_kumas_messages() {
+        let e = parse(Some("size=abc")).unwrap_err();
+        assert_eq!(e.detail, "Invalid page size");
+        assert_eq!(e.violations[0].reason, "invalid format");
+        let e = parse(Some("size=0")).unwrap_err();
+        assert_eq!(e.violations[0].reason, "must be greater than 0");
+        let e = parse(Some("size=2000")).unwrap_err();
+        assert_eq!(
+            e.violations[0].reason,
+            "invalid page size of 2000. Maximum page size is 1000"
+        );
+        let e = parse(Some("offset=invalid")).unwrap_err();
+        assert_eq!(
+            e.detail,
+            r#"invalid: invalid offset: parsing "invalid": invalid syntax"#
+        );
+        assert!(parse(Some("cursor=@@@")).is_err());
+    }
+
+    #[test]
+    fn only_label_filters_are_supported() {
+        let p = parse(Some("filter%5Blabels.kuma.io%2Fzone%5D=east&name=ab")).unwrap();
+        assert_eq!(p.labels.get("kuma.io/zone").map(String::as_str), Some("east"));
+        assert_eq!(p.name.as_deref(), Some("ab"));
+        assert_eq!(
+            parse(Some("filter[spec.x]=1")).unwrap_err().detail,
+            "filters are only supported on labels"
+        );
+        assert_eq!(
+            parse(Some("filter[labels.a]x=1")).unwrap_err().detail,
+            "advanced filters are not supported"
+        );
+    }
+
+    #[test]
+    fn next_links_are_absolute_and_sorted() {
+        let params = parse(Some("size=2&name=x&offset=0")).unwrap();
+        let uri: Uri = "/meshes/default/secrets?size=2&name=x&offset=0".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:5681".parse().unwrap());
+        let cursor = Cursor {
+            offset: 2,
+            mesh: Some("default".into()),
+            name: "b".into(),
+        };
+        let link = next_link(&uri, &headers, "http", &params, Some(&cursor)).unwrap();
+        assert_eq!(
+            link,
+            format!(
+                "http://127.0.0.1:5681/meshes/default/secrets?cursor={}&name=x&offset=2&size=2",
+                cursor.encode()
+            )
+        );
+        assert!(next_link(&uri, &headers, "http", &params, None).is_none());
+    }
+}

@@ -1,0 +1,179 @@
+//! Prometheus metrics: HTTP requests by route and status, their latency, and the latency of
+//! every store operation (via [`MeteredStore`], a decorator around any [`SecretStore`]).
+//!
+//! Each server owns its own `Registry` rather than the process-global one, so several
+//! servers (tests, or an embedding control plane) never mix their numbers.
+
+use crate::domain::{Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Secret, SecretKey, SecretUpdate};
+use crate::store::{MeshQuery, Page, Result, SecretQuery, SecretStore};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    store_seconds: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with the server's metrics in it.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("kuma_secrets".into()), None)
+            .expect("valid registry prefix");
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency"),
+            &["route", "method"],
+        )
+        .expect("valid metric");
+        let store_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "store_operation_duration_seconds",
+                "Store operation latency by operation and outcome",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["operation", "outcome"],
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_seconds.clone()),
+            Box::new(store_seconds.clone()),
+        ] {
+            registry.register(metric).expect("metrics register once");
+        }
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            store_seconds,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Middleware: counts and times every request under its matched route (not the raw path,
+/// which would make one series per secret name).
+pub async fn track_requests(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .request_seconds
+        .with_label_values(&[route.as_str(), method.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// A [`SecretStore`] that times every call of the store it wraps.
+#[derive(Clone)]
+pub struct MeteredStore<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> MeteredStore<S> {
+    /// Wraps `inner`, recording into `metrics`.
+    pub fn new(inner: S, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_retryable() => "unavailable",
+            Err(crate::store::StoreError::Internal(_)) => "error",
+            Err(_) => "rejected",
+        };
+        self.metrics
+            .store_seconds
+            .with_label_values(&[operation, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+impl<S: SecretStore> SecretStore for MeteredStore<S> {
+    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
+        self.timed("create_secret", self.inner.create_secret(secret)).await
+    }
+    async fn update_secret(&self, key: &SecretKey, v: i64, u: SecretUpdate) -> Result<Secret> {
+        self.timed("update_secret", self.inner.update_secret(key, v, u)).await
+    }
+    async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
+        self.timed("delete_secret", self.inner.delete_secret(key, v)).await
+    }
+    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
+        self.timed("get_secret", self.inner.get_secret(key)).await
+    }
+    async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
+        self.timed("list_secrets", self.inner.list_secrets(query)).await
+    }
+    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
+        self.timed("create_mesh", self.inner.create_mesh(mesh)).await
+    }
+    async fn update_mesh(&self, name: &MeshName, v: i64, u: MeshUpdate) -> Result<Mesh> {
+        self.timed("update_mesh", self.inner.update_mesh(name, v, u)).await
+    }
+    async fn delete_mesh(&self, name: &MeshName, v: Option<i64>) -> Result<()> {
+        self.timed("delete_mesh", self.inner.delete_mesh(name, v)).await
+    }
+    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
+        self.timed("get_mesh", self.inner.get_mesh(name)).await
+    }
+    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
+        self.timed("list_meshes", self.inner.list_meshes(query)).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.timed("ping", self.inner.ping()).await
+    }
+}

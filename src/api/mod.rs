@@ -1,0 +1,207 @@
+//! The HTTP API: Kuma's routes, bodies, status codes and error texts for Secret,
+//! GlobalSecret and Mesh (reference §3), plus ETag preconditions, cursor pagination,
+//! health, metrics and OpenAPI.
+//!
+//! One module per resource, each with its own `router()`; [`app`] joins them with the
+//! middleware, and [`serve`] runs the result on a bound listener until shutdown.
+//!
+//! | module | routes |
+//! | --- | --- |
+//! | `secrets` | `/meshes/{mesh}/secrets[/{name}]`, `/secrets` |
+//! | `global_secrets` | `/global-secrets[/{name}]`, `/globalsecrets[/{name}]` |
+//! | `meshes` | `/meshes[/{name}]` |
+//! | `tokens_routes` | `POST /tokens/user` |
+//! | `health` | `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
+
+mod auth;
+mod error;
+mod global_secrets;
+mod health;
+mod list;
+mod meshes;
+mod metrics;
+mod request;
+mod secrets;
+pub mod tokens;
+mod tokens_routes;
+mod wire;
+
+pub use auth::User;
+pub use error::{ApiError, ApiResult};
+pub use health::OPENAPI;
+pub use metrics::{MeteredStore, Metrics};
+
+use crate::domain::{DEFAULT_MAX_SECRET_SIZE, Labels, MeshName, NewMesh};
+use crate::store::{SecretStore, StoreError};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// How the API behaves.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Treat direct loopback requests as the admin (Kuma's `localhostIsAdmin`).
+    pub localhost_is_admin: bool,
+    /// Zone name for Kuma's computed labels (`kuma.io/zone`).
+    pub zone: String,
+    /// Largest decoded secret, in bytes.
+    pub max_secret_size: usize,
+    /// A request that takes longer is answered 503.
+    pub request_timeout: Duration,
+    /// The API is served over TLS (for `next` links).
+    pub tls: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            localhost_is_admin: true,
+            zone: "default".into(),
+            max_secret_size: DEFAULT_MAX_SECRET_SIZE,
+            request_timeout: Duration::from_secs(30),
+            tls: false,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// Largest request body: the base64 of the largest secret plus room for the JSON
+    /// around it.
+    pub fn body_limit(&self) -> usize {
+        self.max_secret_size / 3 * 4 + 4 + 64 * 1024
+    }
+}
+
+/// What every handler can reach.
+pub struct AppState<S> {
+    /// The store, timed by the metrics.
+    pub store: MeteredStore<S>,
+    /// Behaviour switches.
+    pub config: Arc<ApiConfig>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S: Clone> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S> AppState<S> {
+    /// State for `store` with `config` and fresh metrics.
+    pub fn new(store: S, config: ApiConfig) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        Self {
+            store: MeteredStore::new(store, metrics.clone()),
+            config: Arc::new(config),
+            metrics,
+        }
+    }
+}
+
+/// The API as a router, ready to serve (with `ConnectInfo<SocketAddr>`, which the
+/// localhost-is-admin check needs; [`serve`] provides it).
+pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
+    let resources = Router::new()
+        .merge(secrets::router())
+        .merge(global_secrets::router())
+        .merge(meshes::router())
+        .merge(tokens_routes::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate::<S>,
+        ));
+    Router::new()
+        .merge(resources)
+        .merge(health::router())
+        .layer(DefaultBodyLimit::max(state.config.body_limit()))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.config.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track_requests,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let route = request
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            tracing::info_span!("request", method = %request.method(), route)
+        }))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes; requests in flight then finish
+/// before this returns.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// First-start setup, as Kuma does it: the Mesh `default` (unless `create_default_mesh` is
+/// false), the user-token signing key and the `admin-user-token`. Idempotent and safe
+/// when several replicas start at once.
+///
+/// # Errors
+/// Store failures.
+pub async fn bootstrap<S: SecretStore>(
+    store: &S,
+    create_default_mesh: bool,
+) -> Result<(), StoreError> {
+    if create_default_mesh {
+        let name = MeshName::parse("default").expect("valid name");
+        match store.get_mesh(&name).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound(_)) => {
+                let labels = request::computed_labels(Default::default(), None, "default")
+                    .unwrap_or_else(|_| Labels::default());
+                match store
+                    .create_mesh(NewMesh {
+                        name,
+                        spec: Default::default(),
+                        labels,
+                    })
+                    .await
+                {
+                    Ok(_) => tracing::info!("created Mesh default"),
+                    Err(StoreError::AlreadyExists(_)) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    tokens::ensure_signing_key(store).await?;
+    tokens::ensure_admin_token(store).await?;
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! `Secret` routes: `/meshes/{mesh}/secrets[/{name}]` and `/secrets`, and the handling that
+//! `GlobalSecret` routes (`global_secrets.rs`) share.
+//!
+//! Order of checks, as Kuma's (reference §3.4) so status codes match: the Mesh exists
+//! (404), the request parses (400), the caller is an admin (403), the resource validates
+//! (400), then the store call.
+
+use super::AppState;
+use super::auth::User;
+use super::error::{ApiError, ApiResult};
+use super::list;
+use super::request::{Preconditions, check_immutable_labels, computed_labels, etag, json_body};
+use super::wire::{self, ListBody, SecretItem};
+use crate::domain::{
+    MeshName, NewSecret, ResourceName, SecretData, SecretKey, SecretType, SecretUpdate,
+    ValidationError,
+};
+use crate::store::{SecretQuery, SecretScope, SecretStore, StoreError};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+
+/// Routes of mesh-scoped secrets.
+pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/meshes/{mesh}/secrets", get(list_mesh_secrets::<S>))
+        .route(
+            "/meshes/{mesh}/secrets/{name}",
+            get(get_mesh_secret::<S>)
+                .put(put_mesh_secret::<S>)
+                .delete(delete_mesh_secret::<S>),
+        )
+        .route("/secrets", get(list_all_secrets::<S>))
+}
+
+async fn list_mesh_secrets<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path(mesh): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let params = list::parse(uri.query())?;
+    let mesh = existing_mesh(&state, &mesh).await?;
+    list_secrets(&state, &user, SecretScope::Mesh(mesh), params, &uri, &headers).await
+}
+
+async fn list_all_secrets<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let params = list::parse(uri.query())?;
+    list_secrets(&state, &user, SecretScope::AllMeshes, params, &uri, &headers).await
+}
+
+async fn get_mesh_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path((mesh, name)): Path<(String, String)>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let mesh = existing_mesh(&state, &mesh).await?;
+    get_secret(&state, &user, Some(mesh), &name, &uri).await
+}
+
+async fn put_mesh_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path((mesh, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let mesh = existing_mesh(&state, &mesh).await?;
+    put_secret(&state, &user, Some(mesh), &name, &headers, body).await
+}
+
+async fn delete_mesh_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path((mesh, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let mesh = existing_mesh(&state, &mesh).await?;
+    delete_secret(&state, &user, Some(mesh), &name, &headers).await
+}
+
+/// The Mesh of a mesh-scoped route, which must exist (404 "Failed to retrieve Mesh").
+pub(super) async fn existing_mesh<S: SecretStore>(
+    state: &AppState<S>,
+    mesh: &str,
+) -> ApiResult<MeshName> {
+    let Ok(mesh) = MeshName::parse(mesh) else {
+        return Err(ApiError::mesh_not_found());
+    };
+    match state.store.get_mesh(&mesh).await {
+        Ok(_) => Ok(mesh),
+        Err(StoreError::NotFound(_)) => Err(ApiError::mesh_not_found()),
+        Err(other) => Err(ApiError::store("Failed to retrieve Mesh", other)),
+    }
+}
+
+fn secret_type(mesh: &Option<MeshName>) -> SecretType {
+    if mesh.is_some() {
+        SecretType::Secret
+    } else {
+        SecretType::GlobalSecret
+    }
+}
+
+/// The key a URL names, if the name could exist at all.
+fn url_key(mesh: Option<MeshName>, name: &str) -> Option<SecretKey> {
+    let name = ResourceName::parse(name).ok()?;
+    Some(match mesh {
+        Some(mesh) => SecretKey::secret(mesh, name),
+        None => SecretKey::global(name),
+    })
+}
+
+pub(super) async fn list_secrets<S: SecretStore>(
+    state: &AppState<S>,
+    user: &User,
+    scope: SecretScope,
+    params: list::ListParams,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let resource_type = match scope {
+        SecretScope::Global => SecretType::GlobalSecret,
+        _ => SecretType::Secret,
+    };
+    user.require_admin(resource_type.as_str())?;
+    let mut query = SecretQuery::new(scope).page(params.page.clone());
+    query.name_contains = params.name.clone();
+    query.labels = params.labels.clone();
+    let page = state
+        .store
+        .list_secrets(&query)
+        .await
+        .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
+    let next = list::next_link(uri, headers, state.config.scheme(), &params, page.next.as_ref());
+    Ok(Json(ListBody {
+        total: page.total,
+        items: page.items.iter().map(SecretItem::from).collect(),
+        next,
+    })
+    .into_response())
+}
+
+pub(super) async fn get_secret<S: SecretStore>(
+    state: &AppState<S>,
+    user: &User,
+    mesh: Option<MeshName>,
+    name: &str,
+    uri: &Uri,
+) -> ApiResult<Response> {
+    const TITLE: &str = "Could not retrieve a resource";
+    let format = Format::from_query(uri.query())?;
+    user.require_admin(secret_type(&mesh).as_str())?;
+    let key = url_key(mesh, name).ok_or_else(|| ApiError::not_found(TITLE))?;
+    let secret = state
+        .store
+        .get_secret(&key)
+        .await
+        .map_err(|e| ApiError::store(TITLE, e))?;
+    let tag = etag(secret.meta.version);
+    let body = match format {
+        Format::Universal => Json(SecretItem::from(&secret)).into_response(),
+        Format::Kubernetes { namespace } => {
+            Json(wire::kubernetes_manifest(&secret, &namespace)).into_response()
+        }
+    };
+    Ok(([(header::ETAG, tag)], body).into_response())
+}
+
+/// `?format=` of an item GET.
+enum Format {
+    Universal,
+    Kubernetes { namespace: String },
+}
+
+impl Format {
+    fn from_query(query: Option<&str>) -> ApiResult<Self> {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        match get("format").unwrap_or("") {
+            "" | "universal" => Ok(Format::Universal),
+            "k8s" | "kubernetes" => Ok(Format::Kubernetes {
+                namespace: get("namespace")
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("kuma-system")
+                    .to_owned(),
+            }),
+            _ => Err(ApiError::invalid(
+                "Could not retrieve a resource",
+                ValidationError::single(
+                    "format",
+                    r#""format" must be one of ["k8s", "kubernetes", "universal"]"#,
+                ),
+            )),
+        }
+    }
+}
+
+pub(super) async fn put_secret<S: SecretStore>(
+    state: &AppState<S>,
+    user: &User,
+    mesh: Option<MeshName>,
+    url_name: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let resource_type = secret_type(&mesh);
+    let type_name = resource_type.as_str();
+    let body = json_body(headers, body)?;
+    let preconditions = Preconditions::from_headers(headers)?;
+    let parsed = wire::parse_body(type_name, &body).map_err(ApiError::bad_request)?;
+    user.require_admin(type_name)?;
+
+    // Validate everything, reporting every violation at once.
+    const TITLE: &str = "Could not process a resource";
+    let mut errors = ValidationError::default();
+    let name = errors.collect(ResourceName::parse(url_name));
+    if parsed.name != url_name {
+        errors.push("name", "name from the URL has to be the same as in body");
+    }
+    if parsed.kind != type_name {
+        errors.push("type", "type from the URL has to be the same as in body");
+    }
+    if let Some(mesh) = &mesh
+        && parsed.mesh != mesh.as_str()
+    {
+        errors.push("mesh", "mesh from the URL has to be the same as in body");
+    }
+    let labels = errors.collect(computed_labels(
+        parsed.labels,
+        mesh.as_ref(),
+        &state.config.zone,
+    ));
+    let data = match parsed.data {
+        Some(bytes) => errors.collect(SecretData::new(bytes)),
+        None => {
+            errors.push("data", "cannot be empty");
+            None
+        }
+    };
+    let (Some(name), Some(labels), Some(data)) = (name, labels, data) else {
+        return Err(ApiError::invalid(TITLE, errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(TITLE, errors));
+    }
+    if data.check_size(state.config.max_secret_size).is_err() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            TITLE,
+            format!(
+                "data is {} bytes once decoded; the limit is {} bytes (--max-secret-size)",
+                data.len(),
+                state.config.max_secret_size
+            ),
+        ));
+    }
+    let key = match mesh {
+        Some(mesh) => SecretKey::secret(mesh, name),
+        None => SecretKey::global(name),
+    };
+
+    // Create or update, under the caller's preconditions. The update passes the version
+    // just read, so a concurrent writer makes it fail instead of being overwritten.
+    let current = match state.store.get_secret(&key).await {
+        Ok(secret) => Some(secret),
+        Err(StoreError::NotFound(_)) => None,
+        Err(other) => return Err(ApiError::store("Failed to find a resource", other)),
+    };
+    preconditions.check(current.as_ref().map(|s| s.meta.version))?;
+    let conditional = preconditions.if_match.is_some() || preconditions.if_none_match.is_some();
+    let (status, version) = match current {
+        None => {
+            let created = state
+                .store
+                .create_secret(NewSecret { key, data, labels })
+                .await
+                .map_err(|e| match e {
+                    StoreError::AlreadyExists(_) if conditional => {
+                        ApiError::precondition_failed("the resource was created meanwhile")
+                    }
+                    other => ApiError::store("Failed to create a resource", other),
+                })?;
+            (StatusCode::CREATED, created.meta.version)
+        }
+        Some(current) => {
+            check_immutable_labels(&current.labels, &labels)
+                .map_err(|e| ApiError::invalid("Could not update a resource", e))?;
+            let updated = state
+                .store
+                .update_secret(&key, current.meta.version, SecretUpdate { data, labels })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict { .. } | StoreError::NotFound(_) if conditional => {
+                        ApiError::precondition_failed("the resource changed meanwhile")
+                    }
+                    StoreError::NotFound(key) => {
+                        // Deleted between our read and our write: Kuma reports a conflict.
+                        ApiError::new(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            format!("resource conflict: {key}"),
+                        )
+                    }
+                    other => ApiError::store("Failed to update a resource", other),
+                })?;
+            (StatusCode::OK, updated.meta.version)
+        }
+    };
+    Ok((
+        status,
+        [(header::ETAG, etag(version))],
+        Json(serde_json::json!({})),
+    )
+        .into_response())
+}
+
+pub(super) async fn delete_secret<S: SecretStore>(
+    state: &AppState<S>,
+    user: &User,
+    mesh: Option<MeshName>,
+    name: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    const TITLE: &str = "Could not delete a resource";
+    let preconditions = Preconditions::from_headers(headers)?;
+    user.require_admin(secret_type(&mesh).as_str())?;
+    let key = url_key(mesh, name).ok_or_else(|| ApiError::not_found(TITLE))?;
+    // With If-Match, delete only the version the caller saw; the store re-checks it in the
+    // DELETE itself, so a write in between makes the delete fail, not vanish.
+    let expected = if preconditions.if_match.is_some() {
+        let current = state
+            .store
+            .get_secret(&key)
+            .await
+            .map_err(|e| ApiError::store(TITLE, e))?;
+        preconditions.check(Some(current.meta.version))?;
+        Some(current.meta.version)
+    } else {
+        None
+    };
+    state
+        .store
+        .delete_secret(&key, expected)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                ApiError::precondition_failed("the resource changed meanwhile")
+            }
+            other => ApiError::store(TITLE, other),
+        })?;
+    Ok(Json(serde_json::json!({})).into_response())
+}

@@ -1,0 +1,101 @@
+//! `kuma-secrets serve`: open the store, bootstrap it, and serve the API until SIGINT or
+//! SIGTERM (requests in flight finish first).
+
+use super::StoreArgs;
+use crate::api::{self, ApiConfig, AppState};
+use crate::domain::DEFAULT_MAX_SECRET_SIZE;
+use crate::store::{AnyStore, StoreOptions, redact_url};
+use anyhow::Context;
+use clap::ArgAction;
+use std::net::SocketAddr;
+
+/// `kuma-secrets serve …`
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address the API listens on (Kuma's port is 5681).
+    #[arg(long, env = "KUMA_SECRETS_API_ADDR", default_value = "127.0.0.1:5681")]
+    api_addr: SocketAddr,
+    /// Do not create Mesh `default` on first start.
+    #[arg(long, env = "KUMA_SECRETS_SKIP_DEFAULT_MESH")]
+    skip_default_mesh: bool,
+    /// Treat direct requests from this machine as the admin (Kuma's localhostIsAdmin).
+    #[arg(long, env = "KUMA_SECRETS_LOCALHOST_IS_ADMIN", default_value_t = true, action = ArgAction::Set)]
+    localhost_is_admin: bool,
+    /// Largest secret, in bytes once decoded.
+    #[arg(long, env = "KUMA_SECRETS_MAX_SECRET_SIZE", default_value_t = DEFAULT_MAX_SECRET_SIZE)]
+    max_secret_size: usize,
+    /// Start on a Postgres schema migrated by a newer kuma-secrets.
+    #[arg(long)]
+    tolerate_newer_schema: bool,
+    /// Zone name for Kuma's computed `kuma.io/zone` label.
+    #[arg(long, env = "KUMA_SECRETS_ZONE", default_value = "default")]
+    zone: String,
+    /// Answer 503 to requests that take longer than this (e.g. 30s, 1m).
+    #[arg(long, env = "KUMA_SECRETS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: std::time::Duration,
+    /// Largest number of database connections.
+    #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
+    max_connections: u32,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    api::tokens::parse_duration(text).map_err(|e| e.to_string())
+}
+
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let options = StoreOptions {
+        max_connections: args.max_connections,
+        max_secret_size: args.max_secret_size,
+        tolerate_newer_schema: args.tolerate_newer_schema,
+        ..StoreOptions::default()
+    };
+    let store = AnyStore::open(&args.store.url, options)
+        .await
+        .with_context(|| format!("cannot open the store {}", redact_url(&args.store.url)))?;
+    api::bootstrap(&store, !args.skip_default_mesh).await?;
+    let listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.api_addr))?;
+    let config = ApiConfig {
+        localhost_is_admin: args.localhost_is_admin,
+        zone: args.zone,
+        max_secret_size: args.max_secret_size,
+        request_timeout: args.request_timeout,
+        tls: false,
+    };
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        store = %redact_url(&args.store.url),
+        "kuma-secrets API listening"
+    );
+    let app = api::app(AppState::new(store.clone(), config));
+    api::serve(listener, app, shutdown_signal()).await?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
