@@ -85,8 +85,7 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    let user = if state.config.localhost_is_admin && is_direct_loopback(remote, request.headers())
-    {
+    let user = if state.config.localhost_is_admin && is_direct_loopback(remote, request.headers()) {
         User::admin()
     } else if let Some(token) = bearer_token(request.headers()) {
         match tokens::verify(&state.store, token).await {
@@ -181,8 +180,14 @@ mod tests {
 
     #[test]
     fn only_direct_loopback_requests_are_local() {
-        assert!(is_direct_loopback(LOCAL, &headers(&[("host", "127.0.0.1:5681")])));
-        assert!(is_direct_loopback(LOCAL, &headers(&[("host", "localhost:5681")])));
+        assert!(is_direct_loopback(
+            LOCAL,
+            &headers(&[("host", "127.0.0.1:5681")])
+        ));
+        assert!(is_direct_loopback(
+            LOCAL,
+            &headers(&[("host", "localhost:5681")])
+        ));
         assert!(is_direct_loopback(
             Some("::1".parse().unwrap()),
             &headers(&[("host", "[::1]:5681")])
@@ -191,14 +196,20 @@ mod tests {
             Some("10.0.0.1".parse().unwrap()),
             &headers(&[("host", "127.0.0.1:5681")])
         ));
-        assert!(!is_direct_loopback(None, &headers(&[("host", "127.0.0.1")])));
+        assert!(!is_direct_loopback(
+            None,
+            &headers(&[("host", "127.0.0.1")])
+        ));
         for proxy in ["forwarded", "x-forwarded-for", "x-real-ip"] {
             assert!(!is_direct_loopback(
                 LOCAL,
                 &headers(&[("host", "127.0.0.1"), (proxy, "1.2.3.4")])
             ));
         }
-        assert!(!is_direct_loopback(LOCAL, &headers(&[("host", "kuma.example.com")])));
+        assert!(!is_direct_loopback(
+            LOCAL,
+            &headers(&[("host", "kuma.example.com")])
+        ));
         assert!(!is_direct_loopback(LOCAL, &headers(&[])));
         assert!(!is_direct_loopback(
             LOCAL,
@@ -206,7 +217,10 @@ mod tests {
         ));
         assert!(is_direct_loopback(
             LOCAL,
-            &headers(&[("host", "127.0.0.1:5681"), ("origin", "http://127.0.0.1:5681")])
+            &headers(&[
+                ("host", "127.0.0.1:5681"),
+                ("origin", "http://127.0.0.1:5681")
+            ])
         ));
         assert!(!is_direct_loopback(
             LOCAL,

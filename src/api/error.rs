@@ -96,7 +96,11 @@ impl ApiError {
 
     /// 412 for a failed `If-Match` / `If-None-Match`.
     pub fn precondition_failed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PRECONDITION_FAILED, "Precondition Failed", detail)
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "Precondition Failed",
+            detail,
+        )
     }
 
     /// Maps a store error, under `title` (what the handler was doing).
@@ -118,7 +122,11 @@ impl ApiError {
             }
             other => {
                 tracing::error!(error = %error_chain(&other), "store error");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, title, "Internal Server Error")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    title,
+                    "Internal Server Error",
+                )
             }
         }
     }

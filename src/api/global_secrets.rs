@@ -19,14 +19,12 @@ use axum::{Extension, Router};
 pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
     let mut router = Router::new();
     for base in ["/global-secrets", "/globalsecrets"] {
-        router = router
-            .route(base, get(list_global_secrets::<S>))
-            .route(
-                &format!("{base}/{{name}}"),
-                get(get_global_secret::<S>)
-                    .put(put_global_secret::<S>)
-                    .delete(delete_global_secret::<S>),
-            );
+        router = router.route(base, get(list_global_secrets::<S>)).route(
+            &format!("{base}/{{name}}"),
+            get(get_global_secret::<S>)
+                .put(put_global_secret::<S>)
+                .delete(delete_global_secret::<S>),
+        );
     }
     router
 }

@@ -39,13 +39,20 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, ApiError> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let get = |key: &str| pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let get = |key: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
 
     let size = match get("size") {
         None | Some("") => DEFAULT_PAGE_SIZE,
         Some(raw) => {
             let invalid = |reason: &str| {
-                ApiError::invalid(TITLE, ValidationError::single("size", reason)).with_detail("Invalid page size")
+                ApiError::invalid(TITLE, ValidationError::single("size", reason))
+                    .with_detail("Invalid page size")
             };
             let n: i64 = raw.parse().map_err(|_| invalid("invalid format"))?;
             if n <= 0 {
@@ -63,7 +70,9 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, ApiError> {
             None | Some("") => PageStart::Offset(0),
             Some(raw) => {
                 let offset: i64 = raw.parse().map_err(|_| {
-                    bad(format!("invalid: invalid offset: parsing {raw:?}: invalid syntax"))
+                    bad(format!(
+                        "invalid: invalid offset: parsing {raw:?}: invalid syntax"
+                    ))
                 })?;
                 if offset < 0 {
                     return Err(bad("invalid: invalid offset: must be non-negative"));
@@ -72,9 +81,8 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, ApiError> {
             }
         }
     };
-    let page = PageRequest::new(size, start).map_err(|e| {
-        ApiError::invalid(TITLE, e).with_detail("Invalid page size")
-    })?;
+    let page = PageRequest::new(size, start)
+        .map_err(|e| ApiError::invalid(TITLE, e).with_detail("Invalid page size"))?;
 
     let mut labels = BTreeMap::new();
     for (key, value) in &pairs {
@@ -166,7 +174,10 @@ mod tests {
     #[test]
     fn only_label_filters_are_supported() {
         let p = parse(Some("filter%5Blabels.kuma.io%2Fzone%5D=east&name=ab")).unwrap();
-        assert_eq!(p.labels.get("kuma.io/zone").map(String::as_str), Some("east"));
+        assert_eq!(
+            p.labels.get("kuma.io/zone").map(String::as_str),
+            Some("east")
+        );
         assert_eq!(p.name.as_deref(), Some("ab"));
         assert_eq!(
             parse(Some("filter[spec.x]=1")).unwrap_err().detail,
@@ -181,7 +192,9 @@ mod tests {
     #[test]
     fn next_links_are_absolute_and_sorted() {
         let params = parse(Some("size=2&name=x&offset=0")).unwrap();
-        let uri: Uri = "/meshes/default/secrets?size=2&name=x&offset=0".parse().unwrap();
+        let uri: Uri = "/meshes/default/secrets?size=2&name=x&offset=0"
+            .parse()
+            .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "127.0.0.1:5681".parse().unwrap());
         let cursor = Cursor {

@@ -24,7 +24,9 @@ use axum::{Extension, Json, Router};
 pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
     Router::new().route("/meshes", get(list_meshes::<S>)).route(
         "/meshes/{name}",
-        get(get_mesh::<S>).put(put_mesh::<S>).delete(delete_mesh::<S>),
+        get(get_mesh::<S>)
+            .put(put_mesh::<S>)
+            .delete(delete_mesh::<S>),
     )
 }
 
@@ -44,7 +46,13 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
         .list_meshes(&query)
         .await
         .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
-    let next = list::next_link(&uri, &headers, state.config.scheme(), &params, page.next.as_ref());
+    let next = list::next_link(
+        &uri,
+        &headers,
+        state.config.scheme(),
+        &params,
+        page.next.as_ref(),
+    );
     Ok(Json(ListBody {
         total: page.total,
         items: page.items.iter().map(MeshItem::from).collect(),

@@ -4,12 +4,16 @@
 //! Each server owns its own `Registry` rather than the process-global one, so several
 //! servers (tests, or an embedding control plane) never mix their numbers.
 
-use crate::domain::{Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Secret, SecretKey, SecretUpdate};
+use crate::domain::{
+    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Secret, SecretKey, SecretUpdate,
+};
 use crate::store::{MeshQuery, Page, Result, SecretQuery, SecretStore};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +21,7 @@ use std::time::Instant;
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    in_flight: IntGaugeVec,
     request_seconds: HistogramVec,
     store_seconds: HistogramVec,
 }
@@ -30,11 +35,22 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with the server's metrics in it.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("kuma_secrets".into()), None)
-            .expect("valid registry prefix");
+        let registry =
+            Registry::new_custom(Some("kuma_secrets".into()), None).expect("valid registry prefix");
         let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "http_requests_in_flight",
+                "HTTP requests being served, by route",
+            ),
+            &["route"],
         )
         .expect("valid metric");
         let request_seconds = HistogramVec::new(
@@ -55,6 +71,7 @@ impl Metrics {
         .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(in_flight.clone()),
             Box::new(request_seconds.clone()),
             Box::new(store_seconds.clone()),
         ] {
@@ -63,6 +80,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            in_flight,
             request_seconds,
             store_seconds,
         }
@@ -91,7 +109,9 @@ pub async fn track_requests(
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
+    let in_flight = InFlight::enter(metrics.in_flight.with_label_values(&[route.as_str()]));
     let response = next.run(request).await;
+    drop(in_flight);
     metrics
         .request_seconds
         .with_label_values(&[route.as_str(), method.as_str()])
@@ -101,6 +121,22 @@ pub async fn track_requests(
         .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
         .inc();
     response
+}
+
+/// Counts a request in flight until dropped, so cancelled requests are uncounted too.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A [`SecretStore`] that times every call of the store it wraps.
@@ -144,34 +180,42 @@ impl<S> MeteredStore<S> {
 
 impl<S: SecretStore> SecretStore for MeteredStore<S> {
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
-        self.timed("create_secret", self.inner.create_secret(secret)).await
+        self.timed("create_secret", self.inner.create_secret(secret))
+            .await
     }
     async fn update_secret(&self, key: &SecretKey, v: i64, u: SecretUpdate) -> Result<Secret> {
-        self.timed("update_secret", self.inner.update_secret(key, v, u)).await
+        self.timed("update_secret", self.inner.update_secret(key, v, u))
+            .await
     }
     async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
-        self.timed("delete_secret", self.inner.delete_secret(key, v)).await
+        self.timed("delete_secret", self.inner.delete_secret(key, v))
+            .await
     }
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
         self.timed("get_secret", self.inner.get_secret(key)).await
     }
     async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
-        self.timed("list_secrets", self.inner.list_secrets(query)).await
+        self.timed("list_secrets", self.inner.list_secrets(query))
+            .await
     }
     async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
-        self.timed("create_mesh", self.inner.create_mesh(mesh)).await
+        self.timed("create_mesh", self.inner.create_mesh(mesh))
+            .await
     }
     async fn update_mesh(&self, name: &MeshName, v: i64, u: MeshUpdate) -> Result<Mesh> {
-        self.timed("update_mesh", self.inner.update_mesh(name, v, u)).await
+        self.timed("update_mesh", self.inner.update_mesh(name, v, u))
+            .await
     }
     async fn delete_mesh(&self, name: &MeshName, v: Option<i64>) -> Result<()> {
-        self.timed("delete_mesh", self.inner.delete_mesh(name, v)).await
+        self.timed("delete_mesh", self.inner.delete_mesh(name, v))
+            .await
     }
     async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
         self.timed("get_mesh", self.inner.get_mesh(name)).await
     }
     async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
-        self.timed("list_meshes", self.inner.list_meshes(query)).await
+        self.timed("list_meshes", self.inner.list_meshes(query))
+            .await
     }
     async fn ping(&self) -> Result<()> {
         self.timed("ping", self.inner.ping()).await

@@ -42,7 +42,9 @@ pub fn json_body(
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Unsupported Media Type",
-            format!("the body must be JSON sent with Content-Type: application/json, got {content_type:?}"),
+            format!(
+                "the body must be JSON sent with Content-Type: application/json, got {content_type:?}"
+            ),
         ));
     }
     body.map_err(|rejection| {
@@ -50,7 +52,10 @@ pub fn json_body(
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request Entity Too Large",
-                format!("{}: raise --max-secret-size to accept larger secrets", rejection.body_text()),
+                format!(
+                    "{}: raise --max-secret-size to accept larger secrets",
+                    rejection.body_text()
+                ),
             )
         } else {
             ApiError::bad_request(rejection.body_text())
@@ -272,7 +277,10 @@ mod tests {
         .into();
         let err = computed_labels(bad, None, "default").unwrap_err();
         assert_eq!(err.violations.len(), 2);
-        assert_eq!(err.violations[0].reason, r#"unknown resource origin "mars""#);
+        assert_eq!(
+            err.violations[0].reason,
+            r#"unknown resource origin "mars""#
+        );
 
         let wrong_mesh: BTreeMap<_, _> = [(MESH_LABEL.to_owned(), "other".to_owned())].into();
         let err = computed_labels(wrong_mesh, Some(&mesh), "default").unwrap_err();

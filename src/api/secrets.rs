@@ -46,7 +46,15 @@ async fn list_mesh_secrets<S: SecretStore + Clone + 'static>(
 ) -> ApiResult<Response> {
     let params = list::parse(uri.query())?;
     let mesh = existing_mesh(&state, &mesh).await?;
-    list_secrets(&state, &user, SecretScope::Mesh(mesh), params, &uri, &headers).await
+    list_secrets(
+        &state,
+        &user,
+        SecretScope::Mesh(mesh),
+        params,
+        &uri,
+        &headers,
+    )
+    .await
 }
 
 async fn list_all_secrets<S: SecretStore + Clone + 'static>(
@@ -56,7 +64,15 @@ async fn list_all_secrets<S: SecretStore + Clone + 'static>(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let params = list::parse(uri.query())?;
-    list_secrets(&state, &user, SecretScope::AllMeshes, params, &uri, &headers).await
+    list_secrets(
+        &state,
+        &user,
+        SecretScope::AllMeshes,
+        params,
+        &uri,
+        &headers,
+    )
+    .await
 }
 
 async fn get_mesh_secret<S: SecretStore + Clone + 'static>(
@@ -143,7 +159,13 @@ pub(super) async fn list_secrets<S: SecretStore>(
         .list_secrets(&query)
         .await
         .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
-    let next = list::next_link(uri, headers, state.config.scheme(), &params, page.next.as_ref());
+    let next = list::next_link(
+        uri,
+        headers,
+        state.config.scheme(),
+        &params,
+        page.next.as_ref(),
+    );
     Ok(Json(ListBody {
         total: page.total,
         items: page.items.iter().map(SecretItem::from).collect(),
@@ -189,7 +211,12 @@ impl Format {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let get = |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
         match get("format").unwrap_or("") {
             "" | "universal" => Ok(Format::Universal),
             "k8s" | "kubernetes" => Ok(Format::Kubernetes {

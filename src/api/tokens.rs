@@ -10,12 +10,8 @@
 
 use super::auth::{AUTHENTICATED, User};
 use super::error::ApiError;
-use crate::domain::{
-    Labels, NewSecret, ResourceName, SecretData, SecretKey, ValidationError,
-};
-use crate::store::{
-    MAX_PAGE_SIZE, PageRequest, SecretQuery, SecretScope, SecretStore, StoreError,
-};
+use crate::domain::{Labels, NewSecret, ResourceName, SecretData, SecretKey, ValidationError};
+use crate::store::{MAX_PAGE_SIZE, PageRequest, SecretQuery, SecretScope, SecretStore, StoreError};
 use axum::http::StatusCode;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -141,7 +137,9 @@ fn generate_signing_key_pem() -> String {
 }
 
 /// The newest signing key: (serial, PKCS#8 PEM).
-async fn latest_signing_key<S: SecretStore>(store: &S) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+async fn latest_signing_key<S: SecretStore>(
+    store: &S,
+) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
     let page = store
         .list_secrets(
             &SecretQuery::new(SecretScope::Global)
@@ -153,7 +151,13 @@ async fn latest_signing_key<S: SecretStore>(store: &S) -> Result<Option<(u64, Ve
         .items
         .into_iter()
         .filter_map(|s| {
-            let serial = s.key.name().as_str().strip_prefix(SIGNING_KEY_PREFIX)?.parse().ok()?;
+            let serial = s
+                .key
+                .name()
+                .as_str()
+                .strip_prefix(SIGNING_KEY_PREFIX)?
+                .parse()
+                .ok()?;
             Some((serial, s.data.expose().to_vec()))
         })
         .max_by_key(|(serial, _)| *serial))
@@ -319,7 +323,8 @@ mod tests {
             nbf: 0,
             jti: "x".into(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &encoding).unwrap();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &encoding).unwrap();
         let decoded =
             jsonwebtoken::decode::<Claims>(&token, &decoding, &Validation::new(Algorithm::EdDSA));
         assert_eq!(decoded.unwrap().claims.name, "u");

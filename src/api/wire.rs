@@ -152,7 +152,7 @@ pub fn parse_body(type_name: &str, body: &[u8]) -> Result<ResourceBody, String> 
             Some(Value::String(s)) => *target = s,
             Some(other) => {
                 return Err(invalid(format!(
-                    "{field:?} must be a string, not {}",
+                    "{field} must be a string, not {}",
                     json_kind(&other)
                 )));
             }
@@ -168,7 +168,7 @@ pub fn parse_body(type_name: &str, body: &[u8]) -> Result<ResourceBody, String> 
                     }
                     other => {
                         return Err(invalid(format!(
-                            "label {k:?} must be a string, not {}",
+                            "label {k} must be a string, not {}",
                             json_kind(&other)
                         )));
                     }
@@ -177,7 +177,7 @@ pub fn parse_body(type_name: &str, body: &[u8]) -> Result<ResourceBody, String> 
         }
         Some(other) => {
             return Err(invalid(format!(
-                "\"labels\" must be an object of strings, not {}",
+                "labels must be an object of strings, not {}",
                 json_kind(&other)
             )));
         }
@@ -189,7 +189,7 @@ pub fn parse_body(type_name: &str, body: &[u8]) -> Result<ResourceBody, String> 
         }
         Some(other) => {
             return Err(invalid(format!(
-                "\"data\" must be a base64 string, not {}",
+                "data must be a base64 string, not {}",
                 json_kind(&other)
             )));
         }
@@ -203,7 +203,10 @@ pub fn parse_body(type_name: &str, body: &[u8]) -> Result<ResourceBody, String> 
 
 /// Standard, padded base64, ignoring CR and LF (Go's `encoding/json` for `[]byte`).
 pub fn decode_base64(encoded: &str) -> Result<Vec<u8>, String> {
-    let compact: String = encoded.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+    let compact: String = encoded
+        .chars()
+        .filter(|c| *c != '\r' && *c != '\n')
+        .collect();
     STANDARD.decode(compact.as_bytes()).map_err(|e| match e {
         base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
             format!("illegal base64 data at input byte {at}")
@@ -239,7 +242,11 @@ mod tests {
     fn base64_must_be_standard_and_padded() {
         assert_eq!(decode_base64("dGVzdAo=").unwrap(), b"test\n");
         assert_eq!(decode_base64("dGVz\r\ndAo=").unwrap(), b"test\n");
-        assert!(decode_base64("dGVzdAo").unwrap_err().starts_with("illegal base64 data"));
+        assert!(
+            decode_base64("dGVzdAo")
+                .unwrap_err()
+                .starts_with("illegal base64 data")
+        );
         assert_eq!(
             decode_base64("dGV_dAo=").unwrap_err(),
             "illegal base64 data at input byte 3"
@@ -255,8 +262,19 @@ mod tests {
         assert_eq!(parsed.rest.keys().collect::<Vec<_>>(), ["unknown"]);
 
         let err = parse_body("Secret", br#"{"name":5}"#).unwrap_err();
-        assert_eq!(err, r#"invalid Secret object: "\"name\" must be a string, not a number""#);
-        assert!(parse_body("Secret", b"{").unwrap_err().contains("malformed JSON"));
-        assert!(parse_body("Secret", b"[]").unwrap_err().contains("JSON object"));
+        assert_eq!(
+            err,
+            r#"invalid Secret object: "name must be a string, not a number""#
+        );
+        assert!(
+            parse_body("Secret", b"{")
+                .unwrap_err()
+                .contains("malformed JSON")
+        );
+        assert!(
+            parse_body("Secret", b"[]")
+                .unwrap_err()
+                .contains("JSON object")
+        );
     }
 }

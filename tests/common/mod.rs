@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod server;
+
 use kuma_secrets::store::{PostgresStore, SqliteStore, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
 

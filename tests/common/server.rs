@@ -1,0 +1,128 @@
+//! A real API server on port 0, on either backend, for black-box HTTP tests.
+
+use super::{TestDb, postgres_store_with, sqlite_store_with};
+use kuma_secrets::api::{self, ApiConfig, AppState};
+use kuma_secrets::store::{AnyStore, StoreOptions};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Keeps a test's database or directory alive.
+pub enum Guard {
+    Postgres(TestDb),
+    Sqlite(tempfile::TempDir),
+}
+
+/// A running server.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The store under the server, for direct checks.
+    pub store: AnyStore,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+    /// The database or directory.
+    pub guard: Guard,
+}
+
+impl TestServer {
+    /// Starts a server with default settings.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, ApiConfig::default(), StoreOptions::default()).await
+    }
+
+    /// Starts a server on a fresh store of `backend`.
+    pub async fn start_with(backend: Backend, config: ApiConfig, options: StoreOptions) -> Self {
+        let (store, guard) = match backend {
+            Backend::Postgres => {
+                let (db, store) = postgres_store_with(options).await;
+                (AnyStore::Postgres(store), Guard::Postgres(db))
+            }
+            Backend::Sqlite => {
+                let (dir, store) = sqlite_store_with(options).await;
+                (AnyStore::Sqlite(store), Guard::Sqlite(dir))
+            }
+        };
+        Self::start_on(store, guard, config).await
+    }
+
+    /// Starts a server on an existing store (several servers may share one Postgres).
+    pub async fn start_on(store: AnyStore, guard: Guard, config: ApiConfig) -> Self {
+        api::bootstrap(&store, true).await.expect("bootstrap");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = api::app(AppState::new(store.clone(), config));
+        let handle = tokio::spawn(api::serve(listener, app, async {
+            let _ = rx.await;
+        }));
+        let server = Self {
+            url,
+            store,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            guard,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Polls `/readyz` until it answers 200, for at most 10 s.
+    pub async fn wait_ready(&self) {
+        wait_ready(&self.url).await;
+    }
+
+    /// Asks the server to stop and waits for it to finish its requests.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    /// Sends the stop signal without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server task to end.
+    pub async fn join(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    /// `url` + `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+/// Polls `{base}/readyz` until 200, panicking after 10 s.
+pub async fn wait_ready(base: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server at {base} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
