@@ -15,6 +15,9 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // Otherwise a failed log write is reported with eprintln!, which panics when stderr
+        // is a closed pipe: the server must outlive whoever was reading its log.
+        .log_internal_errors(false)
         .init();
     let cli = kuma_secrets::cli::Cli::parse();
     match kuma_secrets::cli::run(cli).await {
