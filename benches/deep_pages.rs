@@ -28,7 +28,9 @@ fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--secrets" => args.secrets = it.next().and_then(|s| s.parse().ok()).expect("--secrets N"),
+            "--secrets" => {
+                args.secrets = it.next().and_then(|s| s.parse().ok()).expect("--secrets N")
+            }
             "--size" => args.size = it.next().and_then(|s| s.parse().ok()).expect("--size N"),
             _ => {}
         }
@@ -80,11 +82,17 @@ async fn measure(name: &str, store: AnyStore, args: &Args) {
         pages.push(took);
         url = body["next"].as_str().map(str::to_owned);
     }
-    assert_eq!(seen, args.secrets, "following next visits every secret once");
+    assert_eq!(
+        seen, args.secrets,
+        "following next visits every secret once"
+    );
     let last_pages = median(pages[pages.len().saturating_sub(10)..].to_vec());
 
     let last_offset = args.secrets - args.size;
-    let offset_url = format!("{base}/meshes/default/secrets?size={}&offset={last_offset}", args.size);
+    let offset_url = format!(
+        "{base}/meshes/default/secrets?size={}&offset={last_offset}",
+        args.size
+    );
     let mut by_offset = Vec::new();
     for _ in 0..10 {
         by_offset.push(timed_get(&client, &offset_url).await.0);
@@ -112,7 +120,10 @@ const SEED_SQL: &str = "INSERT INTO secrets (name, mesh, version, creation_time,
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         println!("{} secrets in Mesh default, pages of {}, over HTTP on loopback", args.secrets, args.size);
         println!();

@@ -5,69 +5,13 @@
 mod common;
 
 use common::TestDb;
+use common::process::{spawn_serve, terminate, wait_exit};
 use common::server::{Backend, TestServer, wait_ready};
 use kuma_secrets::domain::SecretKey;
 use kuma_secrets::store::SecretStore;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Starts `kuma-secrets serve` with `args` and returns it with its API address, read from
-/// its log, and the rest of its log lines.
-fn spawn_serve(args: &[&str], dir: &std::path::Path) -> (Child, String, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
-        .arg("serve")
-        .args(["--api-addr", "127.0.0.1:0"])
-        .args(args)
-        .current_dir(dir)
-        .env_remove("KUMA_SECRETS_STORE")
-        .env("KUMA_SECRETS_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kuma-secrets");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server never logged its address");
-        };
-        if let Some(rest) = line.split("addr=").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_owned();
-            return (child, format!("http://{addr}"), rx);
-        }
-    }
-}
-
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the server did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[tokio::test]
 async fn the_binary_serves_the_embedded_default_and_stops_on_sigterm() {
@@ -199,4 +143,62 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
     assert_eq!(stored.data.expose(), b"in-flight");
     // And the server no longer accepts connections.
     assert!(reqwest::get(server.at("/healthz")).await.is_err());
+}
+
+#[tokio::test]
+async fn the_binary_serves_https_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("tls.crt");
+    let key_path = dir.path().join("tls.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+
+    let (mut child, url, _logs) = spawn_serve(
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let https = format!("https://localhost:{port}");
+    let curl = |path: &str| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--cacert",
+                cert_path.to_str().unwrap(),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("{https}{path}"))
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = curl("/readyz");
+        if String::from_utf8_lossy(&out.stdout) == "200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "HTTPS never answered: {out:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Verified TLS to localhost is still a direct loopback request: the admin.
+    assert_eq!(String::from_utf8_lossy(&curl("/secrets").stdout), "200");
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_err()
+    );
+
+    terminate(&child);
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
 }

@@ -85,18 +85,29 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    let user = if state.config.localhost_is_admin && is_direct_loopback(remote, request.headers()) {
-        User::admin()
-    } else if let Some(token) = bearer_token(request.headers()) {
-        match tokens::verify(&state.store, token).await {
-            Ok(user) => user,
-            Err(err) => return err.into_response(),
-        }
-    } else {
-        User::anonymous()
-    };
+    let host = request_host(&request);
+    let user =
+        if state.config.localhost_is_admin && is_direct_loopback(remote, host, request.headers()) {
+            User::admin()
+        } else if let Some(token) = bearer_token(request.headers()) {
+            match tokens::verify(&state.store, token).await {
+                Ok(user) => user,
+                Err(err) => return err.into_response(),
+            }
+        } else {
+            User::anonymous()
+        };
     request.extensions_mut().insert(user);
     next.run(request).await
+}
+
+/// The host the client asked for: the `Host` header (HTTP/1.1), or the URI's authority
+/// (HTTP/2 carries it in `:authority`, and there is no `Host` header).
+fn request_host(request: &Request) -> Option<&str> {
+    match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok(),
+        None => request.uri().authority().map(|a| a.as_str()),
+    }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -111,7 +122,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// A request straight from this machine: loopback peer, no proxy headers, a loopback Host,
 /// and nothing suggesting a browser on another site sent it (Kuma's
 /// `LocalhostAuthenticator`).
-pub fn is_direct_loopback(remote: Option<IpAddr>, headers: &HeaderMap) -> bool {
+pub fn is_direct_loopback(remote: Option<IpAddr>, host: Option<&str>, headers: &HeaderMap) -> bool {
     if !remote.is_some_and(|ip| ip.is_loopback()) {
         return false;
     }
@@ -121,7 +132,7 @@ pub fn is_direct_loopback(remote: Option<IpAddr>, headers: &HeaderMap) -> bool {
     {
         return false;
     }
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+    let Some(host) = host else {
         return false;
     };
     if !is_loopback_host(host) {
@@ -168,6 +179,11 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    fn direct(remote: Option<IpAddr>, headers: &HeaderMap) -> bool {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        is_direct_loopback(remote, host, headers)
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
@@ -180,49 +196,37 @@ mod tests {
 
     #[test]
     fn only_direct_loopback_requests_are_local() {
-        assert!(is_direct_loopback(
-            LOCAL,
-            &headers(&[("host", "127.0.0.1:5681")])
-        ));
-        assert!(is_direct_loopback(
-            LOCAL,
-            &headers(&[("host", "localhost:5681")])
-        ));
-        assert!(is_direct_loopback(
+        assert!(direct(LOCAL, &headers(&[("host", "127.0.0.1:5681")])));
+        assert!(direct(LOCAL, &headers(&[("host", "localhost:5681")])));
+        assert!(direct(
             Some("::1".parse().unwrap()),
             &headers(&[("host", "[::1]:5681")])
         ));
-        assert!(!is_direct_loopback(
+        assert!(!direct(
             Some("10.0.0.1".parse().unwrap()),
             &headers(&[("host", "127.0.0.1:5681")])
         ));
-        assert!(!is_direct_loopback(
-            None,
-            &headers(&[("host", "127.0.0.1")])
-        ));
+        assert!(!direct(None, &headers(&[("host", "127.0.0.1")])));
         for proxy in ["forwarded", "x-forwarded-for", "x-real-ip"] {
-            assert!(!is_direct_loopback(
+            assert!(!direct(
                 LOCAL,
                 &headers(&[("host", "127.0.0.1"), (proxy, "1.2.3.4")])
             ));
         }
-        assert!(!is_direct_loopback(
-            LOCAL,
-            &headers(&[("host", "kuma.example.com")])
-        ));
-        assert!(!is_direct_loopback(LOCAL, &headers(&[])));
-        assert!(!is_direct_loopback(
+        assert!(!direct(LOCAL, &headers(&[("host", "kuma.example.com")])));
+        assert!(!direct(LOCAL, &headers(&[])));
+        assert!(!direct(
             LOCAL,
             &headers(&[("host", "127.0.0.1:5681"), ("origin", "https://evil.com")])
         ));
-        assert!(is_direct_loopback(
+        assert!(direct(
             LOCAL,
             &headers(&[
                 ("host", "127.0.0.1:5681"),
                 ("origin", "http://127.0.0.1:5681")
             ])
         ));
-        assert!(!is_direct_loopback(
+        assert!(!direct(
             LOCAL,
             &headers(&[("host", "127.0.0.1:5681"), ("sec-fetch-site", "cross-site")])
         ));

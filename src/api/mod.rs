@@ -170,6 +170,42 @@ pub async fn serve(
     .await
 }
 
+/// As [`serve`], over TLS (rustls) with the certificate chain and key in `tls`.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        // No deadline: requests in flight finish (the request timeout bounds them).
+        stopper.graceful_shutdown(None);
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}
+
+/// Loads a PEM certificate chain and private key for [`serve_tls`].
+///
+/// # Errors
+/// Unreadable files or invalid PEM.
+pub async fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<axum_server::tls_rustls::RustlsConfig> {
+    // One process-wide crypto provider for rustls; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await
+}
+
 /// First-start setup, as Kuma does it: the Mesh `default` (unless `create_default_mesh` is
 /// false), the user-token signing key and the `admin-user-token`. Idempotent and safe
 /// when several replicas start at once.

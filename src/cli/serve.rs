@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// Answer 503 to requests that take longer than this (e.g. 30s, 1m).
     #[arg(long, env = "KUMA_SECRETS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     request_timeout: std::time::Duration,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "KUMA_SECRETS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "KUMA_SECRETS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
     max_connections: u32,
@@ -51,6 +57,16 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tolerate_newer_schema: args.tolerate_newer_schema,
         ..StoreOptions::default()
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(api::load_tls(cert, key).await.with_context(|| {
+            format!(
+                "cannot load the TLS certificate {} and key {}",
+                cert.display(),
+                key.display()
+            )
+        })?),
+        _ => None,
+    };
     let store = AnyStore::open(&args.store.url, options)
         .await
         .with_context(|| format!("cannot open the store {}", redact_url(&args.store.url)))?;
@@ -63,15 +79,19 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         zone: args.zone,
         max_secret_size: args.max_secret_size,
         request_timeout: args.request_timeout,
-        tls: false,
+        tls: tls.is_some(),
     };
     tracing::info!(
         addr = %listener.local_addr()?,
+        scheme = config.scheme(),
         store = %redact_url(&args.store.url),
         "kuma-secrets API listening"
     );
     let app = api::app(AppState::new(store.clone(), config));
-    api::serve(listener, app, shutdown_signal()).await?;
+    match tls {
+        Some(tls) => api::serve_tls(listener, app, tls, shutdown_signal()).await?,
+        None => api::serve(listener, app, shutdown_signal()).await?,
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

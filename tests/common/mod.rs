@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod server;
 
 use kuma_secrets::store::{PostgresStore, SqliteStore, StoreOptions};
