@@ -35,5 +35,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod domain;
+pub mod manifest;
 pub mod store;

@@ -5,9 +5,9 @@
 //! servers (tests, or an embedding control plane) never mix their numbers.
 
 use crate::domain::{
-    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Secret, SecretKey, SecretUpdate,
+    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
-use crate::store::{MeshQuery, Page, Result, SecretQuery, SecretStore};
+use crate::store::{ImportCounts, MeshQuery, Page, Result, SecretQuery, SecretStore};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -219,5 +219,9 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     }
     async fn ping(&self) -> Result<()> {
         self.timed("ping", self.inner.ping()).await
+    }
+    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        self.timed("import_batch", self.inner.import_batch(items))
+            .await
     }
 }

@@ -24,7 +24,7 @@ mod request;
 mod secrets;
 pub mod tokens;
 mod tokens_routes;
-mod wire;
+pub mod wire;
 
 pub use auth::User;
 pub use error::{ApiError, ApiResult};

@@ -135,9 +135,18 @@ pub struct ResourceBody {
 /// Reads a PUT body for a resource of `type_name` (used in messages). Errors are the detail
 /// of a 400 "Bad Request", in Kuma's `invalid Secret object: "…"` form.
 pub fn parse_body(type_name: &str, body: &[u8]) -> Result<ResourceBody, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "invalid {type_name} object: {:?}",
+            format!("malformed JSON: {e}")
+        )
+    })?;
+    parse_value(type_name, value)
+}
+
+/// As [`parse_body`], for a document already parsed (from YAML or JSON).
+pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String> {
     let invalid = |why: String| format!("invalid {type_name} object: {why:?}");
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
     let Value::Object(mut fields) = value else {
         return Err(invalid("the body must be a JSON object".into()));
     };

@@ -2,8 +2,16 @@
 //!
 //! Every command prints a one-line reason and exits non-zero on failure; no backtraces.
 
+mod apply;
+mod copy;
+mod delete;
+mod export;
+mod generate;
+mod get;
+mod import;
 mod migrate;
 mod serve;
+mod table;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +35,23 @@ pub enum Command {
     /// Apply or inspect database schema migrations.
     #[command(subcommand)]
     Migrate(migrate::MigrateCommand),
+    /// Create or update resources from YAML or JSON files (Kuma Universal or Kubernetes).
+    Apply(apply::ApplyArgs),
+    /// Show secrets, global secrets or meshes.
+    #[command(subcommand)]
+    Get(get::GetCommand),
+    /// Delete a secret, global secret or mesh.
+    #[command(subcommand)]
+    Delete(delete::DeleteCommand),
+    /// Generate tokens.
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
+    /// Write every mesh, secret and global secret of a store as YAML (no server needed).
+    Export(export::ExportArgs),
+    /// Write the resources of a YAML stream into a store (no server needed); idempotent.
+    Import(import::ImportArgs),
+    /// Copy a whole store into another (SQLite to Postgres or back) and verify it.
+    Copy(copy::CopyArgs),
 }
 
 /// Where the store lives; shared by every command that opens one.
@@ -37,6 +62,35 @@ pub struct StoreArgs {
     pub url: String,
 }
 
+/// Where the API is; shared by every client verb.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// URL of the kuma-secrets (or Kuma) API.
+    #[arg(long = "api-url", env = "KUMA_SECRETS_API_URL", default_value = crate::client::DEFAULT_API_URL, global = true)]
+    pub url: String,
+    /// User token sent as `Authorization: Bearer` (not needed from localhost by default).
+    #[arg(
+        long,
+        env = "KUMA_SECRETS_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+}
+
+impl ApiArgs {
+    /// A client for these settings.
+    ///
+    /// # Errors
+    /// An invalid URL.
+    pub fn client(&self) -> anyhow::Result<crate::client::ApiClient> {
+        Ok(crate::client::ApiClient::new(
+            &self.url,
+            self.token.clone(),
+        )?)
+    }
+}
+
 /// Runs a parsed command line.
 ///
 /// # Errors
@@ -45,5 +99,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Migrate(cmd) => migrate::run(cmd).await,
+        Command::Apply(args) => apply::run(args).await,
+        Command::Get(cmd) => get::run(cmd).await,
+        Command::Delete(cmd) => delete::run(cmd).await,
+        Command::Generate(cmd) => generate::run(cmd).await,
+        Command::Export(args) => export::run(args).await,
+        Command::Import(args) => import::run(args).await,
+        Command::Copy(args) => copy::run(args).await,
     }
 }

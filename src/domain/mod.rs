@@ -18,6 +18,26 @@ pub use validation::{ValidationError, Violation};
 use chrono::{DateTime, Utc};
 use std::fmt;
 
+/// A resource as a user writes it, before the store gives it a version: a Mesh, or a
+/// Secret or GlobalSecret. What `apply`, `import` and `copy` carry.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    /// A Mesh.
+    Mesh(NewMesh),
+    /// A Secret or a GlobalSecret.
+    Secret(NewSecret),
+}
+
+impl Resource {
+    /// Its identity, as Kuma prints it.
+    pub fn key(&self) -> ResourceKey {
+        match self {
+            Resource::Mesh(mesh) => ResourceKey::mesh(&mesh.name),
+            Resource::Secret(secret) => secret.key.resource_key(),
+        }
+    }
+}
+
 /// Version and timestamps of a stored resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {

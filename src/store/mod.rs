@@ -23,6 +23,7 @@ mod postgres;
 mod sql;
 mod sql_store;
 mod sqlite;
+mod walk;
 
 pub use error::{Result, StoreError};
 pub use migrations::{MigrationReport, MigrationState, MigrationStatus, SchemaError};
@@ -33,10 +34,11 @@ pub use page::{
 pub use postgres::PostgresStore;
 pub use sql_store::{Dialect, SqlStore};
 pub use sqlite::SqliteStore;
+pub use walk::{MeshWalk, SecretWalk};
 
 use crate::domain::{
-    DEFAULT_MAX_SECRET_SIZE, Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Secret, SecretKey,
-    SecretUpdate,
+    DEFAULT_MAX_SECRET_SIZE, Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret,
+    SecretKey, SecretUpdate,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -136,6 +138,43 @@ pub trait SecretStore: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`] if it does not.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Writes a batch of resources as they are given, in one transaction: each is created
+    /// if missing, updated (version + 1) if its data, labels or spec differ, and left alone
+    /// if equal. Running the same batch twice changes nothing the second time. Meshes a
+    /// secret needs must come earlier in the batch or exist already.
+    ///
+    /// This is for `import` and `copy` (moving a store), not for concurrent editing: it does
+    /// not take expected versions, so it overwrites whatever it finds.
+    ///
+    /// # Errors
+    /// [`StoreError::MeshNotFound`] for a secret whose Mesh does not exist,
+    /// [`StoreError::Invalid`] for oversized data, [`StoreError::AlreadyExists`] if a
+    /// concurrent writer created one of the resources meanwhile; nothing of the batch is
+    /// written then.
+    fn import_batch(
+        &self,
+        items: Vec<Resource>,
+    ) -> impl Future<Output = Result<ImportCounts>> + Send;
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    /// Resources that did not exist.
+    pub created: u64,
+    /// Resources that existed with other data, labels or spec.
+    pub updated: u64,
+    /// Resources that existed exactly as given.
+    pub unchanged: u64,
+}
+
+impl std::ops::AddAssign for ImportCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+    }
 }
 
 /// How a store is opened.
@@ -265,6 +304,9 @@ impl SecretStore for AnyStore {
     }
     async fn ping(&self) -> Result<()> {
         delegate!(self, s => s.ping())
+    }
+    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        delegate!(self, s => s.import_batch(items))
     }
 }
 

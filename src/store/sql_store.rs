@@ -10,10 +10,10 @@ use super::sql::{
     GET_SECRET_VERSION, INSERT_MESH, INSERT_SECRET, ListStatements, ListedMeshRow, ListedSecretRow,
     MeshRow, SecretRow, Statement, UPDATE_MESH, UPDATE_SECRET,
 };
-use super::{Result, SecretStore, StoreError, StoreOptions};
+use super::{ImportCounts, Result, SecretStore, StoreError, StoreOptions};
 use crate::domain::{
-    Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, ResourceKey, Secret, SecretKey,
-    SecretUpdate,
+    Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey, Secret,
+    SecretKey, SecretUpdate,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::query::QueryAs;
@@ -136,6 +136,103 @@ impl [SqlStore<DB>] {
             .fetch_optional_via(self, Op::Other)
             .await?;
         Ok(row.map(|(v,)| v))
+    }
+
+    /// The body of [`SecretStore::import_batch`], on one connection, in one transaction.
+    /// On a constraint violation, `failed` names the resource being inserted, so the error
+    /// maps to `AlreadyExists` or `MeshNotFound` for it.
+    async fn import_in_transaction(
+        conn: &mut DB::Connection,
+        items: Vec<Resource>,
+        failed: &mut Option<ResourceKey>,
+    ) -> std::result::Result<ImportCounts, sqlx::Error> {
+        let mut tx = sqlx::Connection::begin(conn).await?;
+        let mut counts = ImportCounts::default();
+        let time = now();
+        for item in items {
+            match item {
+                Resource::Mesh(mesh) => {
+                    let existing = sqlx::query_as::<DB, MeshRow>(GET_MESH)
+                        .bind(mesh.name.as_str().to_owned())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(Mesh::from);
+                    match existing {
+                        None => {
+                            *failed = Some(ResourceKey::mesh(&mesh.name));
+                            sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
+                                .bind(mesh.name.as_str().to_owned())
+                                .bind(time)
+                                .bind(labels_json(&mesh.labels))
+                                .bind(Json(mesh.spec))
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            *failed = None;
+                            counts.created += 1;
+                        }
+                        Some(current) if current.spec == mesh.spec && current.labels == mesh.labels => {
+                            counts.unchanged += 1;
+                        }
+                        Some(current) => {
+                            sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
+                                .bind(Json(mesh.spec))
+                                .bind(labels_json(&mesh.labels))
+                                .bind(time)
+                                .bind(current.meta.version)
+                                .bind(mesh.name.as_str().to_owned())
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            counts.updated += 1;
+                        }
+                    }
+                }
+                Resource::Secret(secret) => {
+                    let key = &secret.key;
+                    let mut get = sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key))
+                        .bind(key.name().as_str().to_owned());
+                    if let Some(mesh) = key.mesh() {
+                        get = get.bind(mesh.as_str().to_owned());
+                    }
+                    let existing = get.fetch_optional(&mut *tx).await?.map(Secret::from);
+                    match existing {
+                        None => {
+                            *failed = Some(key.resource_key());
+                            sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
+                                .bind(key.name().as_str().to_owned())
+                                .bind(key.mesh().map(|m| m.as_str().to_owned()))
+                                .bind(time)
+                                .bind(labels_json(&secret.labels))
+                                .bind(secret.data.expose().to_vec())
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            *failed = None;
+                            counts.created += 1;
+                        }
+                        Some(current)
+                            if current.data.expose() == secret.data.expose()
+                                && current.labels == secret.labels =>
+                        {
+                            counts.unchanged += 1;
+                        }
+                        Some(current) => {
+                            let mut update = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
+                                .bind(secret.data.expose().to_vec())
+                                .bind(labels_json(&secret.labels))
+                                .bind(time)
+                                .bind(current.meta.version)
+                                .bind(key.name().as_str().to_owned());
+                            if let Some(mesh) = key.mesh() {
+                                update = update.bind(mesh.as_str().to_owned());
+                            }
+                            update.fetch_one(&mut *tx).await?;
+                            counts.updated += 1;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(counts)
     }
 
     /// Runs a list: the page statement, then the count statement only if the page is
@@ -434,6 +531,26 @@ impl [SecretStore for SqlStore<DB>] {
             .fetch_one_via(self, Op::Other)
             .await?;
         Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, items = items.len()))]
+    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        for item in &items {
+            if let Resource::Secret(secret) = item {
+                secret.data.check_size(self.options.max_secret_size)?;
+            }
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, Op::Other))?;
+        let mut failed = None;
+        let result = Self::import_in_transaction(conn.conn(), items, &mut failed).await;
+        conn.finish(result).map_err(|e| match &failed {
+            Some(key) => map_db_error(e, Op::Create(key)),
+            None => map_db_error(e, Op::Other),
+        })
     }
 }
 }

@@ -1,0 +1,174 @@
+//! `kuma-secrets export`: a whole store (or one mesh) as a YAML stream that `apply` and
+//! `import` read back, in Kuma's Universal form or as Kubernetes manifests. Read straight
+//! from the store, no server needed; streamed page by page, so memory stays flat.
+
+use super::StoreArgs;
+use crate::domain::MeshName;
+use crate::manifest::{self, mesh_resource_of, secret_resource_of};
+use crate::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
+use anyhow::Context;
+use serde_json::Value;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+/// Output formats of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Kuma Universal YAML (`type: Secret`, …), as `kumactl apply` takes it.
+    Universal,
+    /// Kubernetes manifests (`v1` `Secret` of type `system.kuma.io/secret`, …).
+    #[value(alias = "k8s")]
+    Kubernetes,
+}
+
+/// `kuma-secrets export …`
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "universal")]
+    format: Format,
+    /// Only this mesh and its secrets (no global secrets).
+    #[arg(short = 'm', long)]
+    mesh: Option<String>,
+    /// Write to this file (created owner-only, 0600) instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+    /// Write secret data to a terminal anyway.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Resources per store page.
+const PAGE: u32 = 500;
+
+pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(create_private(path)?)),
+        None => {
+            if std::io::stdout().is_terminal() && !args.force {
+                anyhow::bail!(
+                    "refusing to write secret data to a terminal: redirect stdout, use -o FILE, or pass --force"
+                );
+            }
+            Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+        }
+    };
+    let mesh = args
+        .mesh
+        .as_deref()
+        .map(MeshName::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("invalid --mesh: {e}"))?;
+    let store = AnyStore::open(&args.store.url, StoreOptions::default()).await?;
+    let mut writer = DocumentWriter {
+        out: &mut out,
+        count: 0,
+    };
+    let mut counts = [0u64; 3];
+
+    match &mesh {
+        Some(name) => {
+            let found = store
+                .get_mesh(name)
+                .await
+                .with_context(|| format!("no Mesh {:?} in the store", name.as_str()))?;
+            writer.write(&render(
+                args.format,
+                &mesh_resource_of(&found),
+                &found.meta.creation_time,
+            ))?;
+            counts[0] += 1;
+        }
+        None => {
+            let mut walk = MeshWalk::new(PAGE)?;
+            while let Some(page) = walk.next_page(&store).await? {
+                for found in &page.items {
+                    writer.write(&render(
+                        args.format,
+                        &mesh_resource_of(found),
+                        &found.meta.creation_time,
+                    ))?;
+                    counts[0] += 1;
+                }
+            }
+        }
+    }
+    let scopes = match mesh {
+        Some(name) => vec![SecretScope::Mesh(name)],
+        None => vec![SecretScope::AllMeshes, SecretScope::Global],
+    };
+    for scope in scopes {
+        let slot = if scope == SecretScope::Global { 2 } else { 1 };
+        let mut walk = SecretWalk::new(scope, PAGE)?;
+        while let Some(page) = walk.next_page(&store).await? {
+            for secret in &page.items {
+                writer.write(&render(
+                    args.format,
+                    &secret_resource_of(secret),
+                    &secret.meta.creation_time,
+                ))?;
+                counts[slot] += 1;
+            }
+        }
+    }
+    out.flush().context("could not write the export")?;
+    store.close().await;
+    eprintln!(
+        "exported {} meshes, {} secrets and {} global secrets{}",
+        counts[0],
+        counts[1],
+        counts[2],
+        args.output
+            .as_ref()
+            .map(|p| format!(" to {}", p.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn render(
+    format: Format,
+    resource: &crate::domain::Resource,
+    created: &chrono::DateTime<chrono::Utc>,
+) -> Value {
+    match format {
+        Format::Universal => manifest::to_universal(resource),
+        Format::Kubernetes => manifest::to_kubernetes(resource, Some(created)),
+    }
+}
+
+/// Writes documents with `---` between them.
+struct DocumentWriter<'a> {
+    out: &'a mut Box<dyn Write>,
+    count: u64,
+}
+
+impl DocumentWriter<'_> {
+    fn write(&mut self, document: &Value) -> anyhow::Result<()> {
+        let text = manifest::to_yaml_stream([document]);
+        if self.count > 0 {
+            self.out.write_all(b"---\n")?;
+        }
+        self.out
+            .write_all(text.as_bytes())
+            .context("could not write the export")?;
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Creates (or truncates) `path` readable by its owner only: it will hold every secret.
+fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))
+}

@@ -1,0 +1,272 @@
+//! `kuma-secrets get …`: kumactl's `get` for secrets, global secrets and meshes, with its
+//! table columns, footer and "No resources found" messages, plus `-o kubernetes`.
+
+use super::{ApiArgs, table};
+use crate::client::{ApiClient, ClientError, segment};
+use crate::manifest::{self, Entry};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// kumactl's table.
+    Table,
+    /// The API's JSON, as YAML.
+    Yaml,
+    /// The API's JSON.
+    Json,
+    /// Kubernetes manifests, as Kuma's Kubernetes mode stores the resources.
+    #[value(alias = "k8s")]
+    Kubernetes,
+}
+
+/// Flags of every `get`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GetFlags {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    output: Output,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Paging of list `get`s.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PageFlags {
+    /// Largest number of resources to show (server default 100, at most 1000).
+    #[arg(long)]
+    size: Option<u32>,
+    /// How many resources to skip (from the previous page's footer).
+    #[arg(long)]
+    offset: Option<u64>,
+}
+
+/// `kuma-secrets get …`
+#[derive(Debug, clap::Subcommand)]
+pub enum GetCommand {
+    /// Secrets of a mesh.
+    Secrets {
+        /// The mesh.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[command(flatten)]
+        page: PageFlags,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
+    /// One secret.
+    Secret {
+        /// Its name.
+        name: String,
+        /// Its mesh.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
+    /// Global secrets.
+    #[command(alias = "globalsecrets")]
+    GlobalSecrets {
+        #[command(flatten)]
+        page: PageFlags,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
+    /// One global secret.
+    #[command(alias = "globalsecret")]
+    GlobalSecret {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
+    /// Meshes.
+    Meshes {
+        #[command(flatten)]
+        page: PageFlags,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
+    /// One mesh.
+    Mesh {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
+}
+
+/// Which table a list gets.
+#[derive(Clone, Copy)]
+enum Kind {
+    Secret,
+    GlobalSecret,
+    Mesh,
+}
+
+pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let out = match cmd {
+        GetCommand::Secrets { mesh, page, flags } => {
+            let path = format!("/meshes/{}/secrets", segment(&mesh));
+            list(&flags, &path, &page, Kind::Secret, now).await?
+        }
+        GetCommand::GlobalSecrets { page, flags } => {
+            list(&flags, "/global-secrets", &page, Kind::GlobalSecret, now).await?
+        }
+        GetCommand::Meshes { page, flags } => {
+            list(&flags, "/meshes", &page, Kind::Mesh, now).await?
+        }
+        GetCommand::Secret { name, mesh, flags } => {
+            let path = format!("/meshes/{}/secrets/{}", segment(&mesh), segment(&name));
+            let missing = format!("No resources found in {mesh} mesh");
+            item(&flags, &path, Kind::Secret, &missing, now).await?
+        }
+        GetCommand::GlobalSecret { name, flags } => {
+            let path = format!("/global-secrets/{}", segment(&name));
+            item(&flags, &path, Kind::GlobalSecret, "No resources found", now).await?
+        }
+        GetCommand::Mesh { name, flags } => {
+            let path = format!("/meshes/{}", segment(&name));
+            item(&flags, &path, Kind::Mesh, "No resources found", now).await?
+        }
+    };
+    print!("{out}");
+    Ok(())
+}
+
+async fn list(
+    flags: &GetFlags,
+    path: &str,
+    page: &PageFlags,
+    kind: Kind,
+    now: DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let client = flags.api.client()?;
+    let mut query = Vec::new();
+    if let Some(size) = page.size {
+        query.push(format!("size={size}"));
+    }
+    if let Some(offset) = page.offset {
+        query.push(format!("offset={offset}"));
+    }
+    let url = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    };
+    let body = client.get_json(&url).await?;
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    Ok(match flags.output {
+        Output::Json => pretty_json(&body),
+        Output::Yaml => manifest::to_yaml_stream([&body]),
+        Output::Kubernetes => {
+            let manifests = items
+                .iter()
+                .map(kubernetes_of)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            manifest::to_yaml_stream([
+                &json!({"apiVersion": "v1", "kind": "List", "items": manifests}),
+            ])
+        }
+        Output::Table => {
+            let mut out = table_of(kind, &items, now);
+            if !body["next"].is_null() {
+                let next = page.offset.unwrap_or(0) + items.len() as u64;
+                out.push_str(&format!(
+                    "\nRerun command with --offset={next} argument to retrieve more resources\n"
+                ));
+            }
+            out
+        }
+    })
+}
+
+async fn item(
+    flags: &GetFlags,
+    path: &str,
+    kind: Kind,
+    missing: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let client: ApiClient = flags.api.client()?;
+    let body = match client.get_json(path).await {
+        Ok(body) => body,
+        Err(e @ ClientError::Api(_)) if e.status() == Some(404) => anyhow::bail!("{missing}"),
+        Err(other) => return Err(other.into()),
+    };
+    Ok(match flags.output {
+        Output::Json => pretty_json(&body),
+        Output::Yaml => manifest::to_yaml_stream([&body]),
+        Output::Kubernetes => manifest::to_yaml_stream([&kubernetes_of(&body)?]),
+        Output::Table => table_of(kind, std::slice::from_ref(&body), now),
+    })
+}
+
+fn pretty_json(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    text.push('\n');
+    text
+}
+
+fn table_of(kind: Kind, items: &[Value], now: DateTime<Utc>) -> String {
+    let text = |item: &Value, field: &str| item[field].as_str().unwrap_or("").to_owned();
+    let age = |item: &Value| {
+        item["modificationTime"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(|| "unknown".to_owned(), |t| table::age(&t.to_utc(), &now))
+    };
+    match kind {
+        Kind::Secret => table::render(
+            &["MESH", "NAME", "AGE"],
+            &items
+                .iter()
+                .map(|i| vec![text(i, "mesh"), text(i, "name"), age(i)])
+                .collect::<Vec<_>>(),
+        ),
+        Kind::GlobalSecret => table::render(
+            &["NAME", "AGE"],
+            &items
+                .iter()
+                .map(|i| vec![text(i, "name"), age(i)])
+                .collect::<Vec<_>>(),
+        ),
+        Kind::Mesh => table::render(
+            &["NAME", "mTLS", "AGE"],
+            &items
+                .iter()
+                .map(|i| vec![text(i, "name"), mtls_of(i), age(i)])
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// kumactl's mTLS column: `TYPE/BACKEND` of the enabled backend, or `off`.
+fn mtls_of(mesh: &Value) -> String {
+    let mtls = &mesh["mtls"];
+    let Some(enabled) = mtls["enabledBackend"].as_str().filter(|b| !b.is_empty()) else {
+        return "off".into();
+    };
+    let backend_type = mtls["backends"]
+        .as_array()
+        .and_then(|backends| backends.iter().find(|b| b["name"] == enabled))
+        .and_then(|b| b["type"].as_str())
+        .unwrap_or("unknown");
+    format!("{backend_type}/{enabled}")
+}
+
+/// An item of the API as a Kubernetes manifest.
+fn kubernetes_of(item: &Value) -> anyhow::Result<Value> {
+    let created = item["creationTime"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.to_utc());
+    let entries = manifest::parse_document(item.clone())
+        .map_err(|e| anyhow::anyhow!("the server sent a resource this client cannot read: {e}"))?;
+    match entries.into_iter().next() {
+        Some(Entry::Resource(resource)) => Ok(manifest::to_kubernetes(&resource, created.as_ref())),
+        _ => anyhow::bail!("the server sent a resource this client cannot read"),
+    }
+}

@@ -1,0 +1,86 @@
+//! `kuma-secrets import`: write a YAML stream (an `export`, Universal files, or
+//! `kubectl get secrets -n kuma-system -o yaml` output) into a store, no server needed.
+//! Idempotent: resources already there with the same data, labels and spec are left
+//! alone, so a second run changes nothing. Each batch is one transaction.
+
+use super::StoreArgs;
+use super::apply::read_source;
+use crate::domain::Resource;
+use crate::manifest;
+use crate::store::{
+    AnyStore, Backend, ImportCounts, PostgresStore, SecretStore, StoreOptions, redact_url,
+};
+
+/// `kuma-secrets import …`
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The YAML or JSON stream: a file, a directory, an http(s) URL, or `-` for stdin.
+    #[arg(short = 'f', long = "file", required = true)]
+    files: Vec<String>,
+    /// Resources per transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+}
+
+pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for source in &args.files {
+        if !text.is_empty() {
+            text.push_str("\n---\n");
+        }
+        text.push_str(&read_source(source).await?);
+    }
+    let stream = match manifest::read_stream(&text) {
+        Ok(stream) => stream,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{problem}");
+            }
+            anyhow::bail!("failed to validate some resources; nothing was imported");
+        }
+    };
+    // Meshes first, so the secrets of a mesh defined later in the file find it.
+    let (meshes, secrets): (Vec<Resource>, Vec<Resource>) = stream
+        .resources
+        .into_iter()
+        .partition(|r| matches!(r, Resource::Mesh(_)));
+    let store = open_destination(&args.store.url).await?;
+    let mut counts = ImportCounts::default();
+    let batch = args.batch_size as usize;
+    for chunk in meshes.chunks(batch).chain(secrets.chunks(batch)) {
+        counts += store.import_batch(chunk.to_vec()).await?;
+    }
+    store.close().await;
+    println!(
+        "imported into {}: {} created, {} updated, {} unchanged, {} skipped (not Kuma resources)",
+        redact_url(&args.store.url),
+        counts.created,
+        counts.updated,
+        counts.unchanged,
+        stream.skipped.len()
+    );
+    Ok(())
+}
+
+/// Opens a store to write into. A Postgres database gets its pending migrations first
+/// (moving data into a fresh database is what these commands are for); SQLite migrates
+/// itself on open.
+///
+/// # Errors
+/// Unreachable database, a schema newer than this binary, or a failed migration.
+pub(super) async fn open_destination(url: &str) -> anyhow::Result<AnyStore> {
+    if Backend::of_url(url)? == Backend::Postgres {
+        let report = PostgresStore::migrate_up(url, false).await?;
+        for applied in &report.applied {
+            eprintln!(
+                "{}: applied migration {} {}",
+                redact_url(url),
+                applied.version,
+                applied.description
+            );
+        }
+    }
+    Ok(AnyStore::open(url, StoreOptions::default()).await?)
+}

@@ -1,0 +1,111 @@
+//! kumactl's table output: left-aligned columns three spaces apart, and kubectl's
+//! human-readable ages (`45s`, `5m10s`, `3h`, `2d`, `1y30d`).
+
+use chrono::{DateTime, Utc};
+
+/// Renders rows under a header, columns padded to their widest cell plus three spaces.
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                line.push_str(&format!("{cell:<width$}", width = widths[i] + 3));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Time since `then`, as kubectl's `HumanDuration` prints it.
+pub fn age(then: &DateTime<Utc>, now: &DateTime<Utc>) -> String {
+    let seconds = (*now - *then).num_seconds();
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    let seconds = seconds.max(0);
+    let minutes = seconds / 60;
+    let hours = minutes / 60;
+    if seconds < 120 {
+        format!("{seconds}s")
+    } else if minutes < 10 {
+        match seconds % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        }
+    } else if minutes < 180 {
+        format!("{minutes}m")
+    } else if hours < 8 {
+        match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        }
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else if hours < 24 * 8 {
+        match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        }
+    } else if hours < 24 * 365 * 2 {
+        format!("{}d", hours / 24)
+    } else if hours < 24 * 365 * 8 {
+        let years = hours / 24 / 365;
+        match (hours / 24) % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        }
+    } else {
+        format!("{}y", hours / 24 / 365)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        let now = Utc::now();
+        let cases = [
+            (Duration::seconds(5), "5s"),
+            (Duration::seconds(119), "119s"),
+            (Duration::seconds(310), "5m10s"),
+            (Duration::minutes(42), "42m"),
+            (Duration::minutes(200), "3h20m"),
+            (Duration::hours(30), "30h"),
+            (Duration::hours(50), "2d2h"),
+            (Duration::days(30), "30d"),
+            (Duration::days(800), "2y70d"),
+            (Duration::days(4000), "10y"),
+        ];
+        for (ago, expected) in cases {
+            assert_eq!(age(&(now - ago), &now), expected);
+        }
+        assert_eq!(age(&(now + Duration::seconds(30)), &now), "<invalid>");
+    }
+
+    #[test]
+    fn columns_are_padded_to_the_widest_cell() {
+        let out = render(
+            &["MESH", "NAME", "AGE"],
+            &[vec!["default".into(), "a-long-name".into(), "1m".into()]],
+        );
+        assert_eq!(
+            out,
+            "MESH      NAME          AGE\ndefault   a-long-name   1m\n"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! A client for the HTTP API, as kumactl's remote store is: what the CLI's `apply`, `get`,
+//! `delete` and `generate` verbs use. Failures become one-line [`ClientError`]s carrying
+//! the server's Kuma error body (title, detail, field violations), never a raw response.
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use std::fmt;
+use std::time::Duration;
+
+/// Default API address, Kuma's port.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:5681";
+
+/// A client of one server.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A field violation from a Kuma error body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InvalidParameter {
+    /// The field, e.g. `name`.
+    pub field: String,
+    /// Why it is invalid.
+    pub reason: String,
+}
+
+/// Kuma's error body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiErrorBody {
+    /// HTTP status.
+    #[serde(default)]
+    pub status: u16,
+    /// What failed.
+    #[serde(default)]
+    pub title: String,
+    /// Why.
+    #[serde(default)]
+    pub detail: String,
+    /// Field violations.
+    #[serde(default)]
+    pub invalid_parameters: Vec<InvalidParameter>,
+}
+
+/// What can go wrong talking to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached (down, wrong address, TLS failure, timeout).
+    #[error("could not reach the API at {url}: {reason}")]
+    Unreachable {
+        /// The base URL.
+        url: String,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("{}", api_error_text(.0))]
+    Api(ApiErrorBody),
+    /// The server answered with something that is not the API's.
+    #[error("unexpected response from {url}: {reason}")]
+    Protocol {
+        /// The URL asked.
+        url: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
+    /// The `--api-url` is not a URL.
+    #[error("invalid --api-url {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
+    BadUrl(String),
+}
+
+/// `Title (detail): field: reason; field: reason`, kumactl's order.
+fn api_error_text(body: &ApiErrorBody) -> String {
+    let mut text = body.title.clone();
+    if !body.detail.is_empty() && body.detail != body.title {
+        text.push_str(&format!(" ({})", body.detail));
+    }
+    if !body.invalid_parameters.is_empty() {
+        let fields: Vec<String> = body
+            .invalid_parameters
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.reason))
+            .collect();
+        text.push_str(": ");
+        text.push_str(&fields.join("; "));
+    }
+    text
+}
+
+impl ClientError {
+    /// The HTTP status if the server answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(body) => Some(body.status),
+            _ => None,
+        }
+    }
+}
+
+/// Result of a client call.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+impl ApiClient {
+    /// A client for the API at `base` (`http://HOST:PORT`), sending `token` as a bearer
+    /// token if given.
+    ///
+    /// # Errors
+    /// [`ClientError::BadUrl`] if `base` is not an http(s) URL.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base).map_err(|_| ClientError::BadUrl(base.clone()))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(ClientError::BadUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            base,
+            token: token.filter(|t| !t.trim().is_empty()),
+            http,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, bytes_body::Body)> {
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: one_line(&e),
+        })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: one_line(&e),
+            })?;
+        if status.is_success() {
+            return Ok((status, bytes_body::Body(body.to_vec())));
+        }
+        match serde_json::from_slice::<ApiErrorBody>(&body) {
+            Ok(mut error) if !error.title.is_empty() => {
+                error.status = status.as_u16();
+                Err(ClientError::Api(error))
+            }
+            _ => Err(ClientError::Protocol {
+                url: self.base.clone(),
+                reason: format!("status {status} without a Kuma error body"),
+            }),
+        }
+    }
+
+    /// `GET path` as JSON.
+    ///
+    /// # Errors
+    /// As [`ClientError`].
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let (_, body) = self.send(self.request(reqwest::Method::GET, path)).await?;
+        body.json(&self.base)
+    }
+
+    /// `GET` an absolute URL the server gave (a list's `next`).
+    ///
+    /// # Errors
+    /// As [`ClientError`].
+    pub async fn get_url(&self, url: &str) -> Result<Value> {
+        let mut request = self.http.get(url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let (_, body) = self.send(request).await?;
+        body.json(&self.base)
+    }
+
+    /// `PUT path` with a JSON body; `true` if it created the resource (201).
+    ///
+    /// # Errors
+    /// As [`ClientError`].
+    pub async fn put_json(&self, path: &str, body: &Value) -> Result<bool> {
+        let (status, _) = self
+            .send(self.request(reqwest::Method::PUT, path).json(body))
+            .await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    /// `DELETE path`.
+    ///
+    /// # Errors
+    /// As [`ClientError`].
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.send(self.request(reqwest::Method::DELETE, path))
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST path` with a JSON body, answered with text.
+    ///
+    /// # Errors
+    /// As [`ClientError`].
+    pub async fn post_for_text(&self, path: &str, body: &Value) -> Result<String> {
+        let (_, body) = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        String::from_utf8(body.0).map_err(|_| ClientError::Protocol {
+            url: self.base.clone(),
+            reason: "the answer is not UTF-8".into(),
+        })
+    }
+}
+
+/// reqwest errors nest their causes; the CLI wants one line with the root cause.
+fn one_line(err: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = err;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    if err.is_timeout() {
+        format!("timed out ({source})")
+    } else {
+        source.to_string()
+    }
+}
+
+mod bytes_body {
+    use super::{ClientError, Value};
+
+    /// A successful response body.
+    pub struct Body(pub Vec<u8>);
+
+    impl Body {
+        pub fn json(self, base: &str) -> Result<Value, ClientError> {
+            serde_json::from_slice(&self.0).map_err(|e| ClientError::Protocol {
+                url: base.to_owned(),
+                reason: format!("the answer is not JSON: {e}"),
+            })
+        }
+    }
+}
+
+/// Percent-encodes one path segment (names are RFC 1123, but a user may type anything).
+pub fn segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}

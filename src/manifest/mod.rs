@@ -1,0 +1,564 @@
+//! Resources as users keep them in files: Kuma's Universal YAML or JSON (`type: Secret`,
+//! `type: GlobalSecret`, `type: Mesh`) and Kubernetes manifests (a `v1` `Secret` of type
+//! `system.kuma.io/secret` or `system.kuma.io/global-secret`, a `v1` `List` of objects as
+//! `kubectl get secrets -o yaml` prints it, a `kuma.io/v1alpha1` `Mesh`).
+//!
+//! `apply`, `import` and `export` read and write these. Reading validates on the client
+//! with the same rules and messages as the server, so a bad file is reported in full
+//! before anything is written. The Kubernetes mapping is Kuma's (reference §8): the Kuma
+//! name is the Kubernetes name, the mesh is the `kuma.io/mesh` label (default `default`),
+//! and the bytes are `data.value`.
+
+pub mod template;
+
+use crate::api::wire::{self, ResourceBody};
+use crate::domain::{
+    Labels, Mesh, MeshName, NewMesh, NewSecret, Resource, ResourceName, Secret, SecretData,
+    SecretKey, ValidationError,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// The namespace Kuma's control plane keeps its secrets in on Kubernetes.
+pub const KUMA_NAMESPACE: &str = "kuma-system";
+/// Kubernetes `type` of a Kuma Secret.
+pub const SECRET_K8S_TYPE: &str = "system.kuma.io/secret";
+/// Kubernetes `type` of a Kuma GlobalSecret.
+pub const GLOBAL_SECRET_K8S_TYPE: &str = "system.kuma.io/global-secret";
+/// The label carrying a Secret's mesh on Kubernetes.
+pub const MESH_LABEL: &str = "kuma.io/mesh";
+
+/// What one document (or one item of a `List`) held.
+#[derive(Debug)]
+pub enum Entry {
+    /// A Kuma resource.
+    Resource(Resource),
+    /// A Kubernetes object that is not a Kuma resource (say an app's `kubernetes.io/tls`
+    /// secret in the same namespace), described for the count of skipped objects.
+    Skipped(String),
+}
+
+/// Every resource of a YAML stream, and what was skipped.
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// The Kuma resources, in the order given.
+    pub resources: Vec<Resource>,
+    /// Kubernetes objects that are not Kuma resources.
+    pub skipped: Vec<String>,
+}
+
+/// Reads a whole YAML (or JSON) stream. Every bad document is reported, by index, in
+/// kumactl's words (`resource[1]: failed to parse resource: …`), so a user fixes them all
+/// at once; nothing should be written when this fails.
+///
+/// # Errors
+/// One line per bad document.
+pub fn read_stream(text: &str) -> Result<Stream, Vec<String>> {
+    let documents = split_documents(text)
+        .map_err(|(i, why)| vec![format!("resource[{i}]: failed to parse resource: {why}")])?;
+    let mut stream = Stream::default();
+    let mut problems = Vec::new();
+    for (i, document) in documents.into_iter().enumerate() {
+        match parse_document(document) {
+            Ok(entries) => {
+                for entry in entries {
+                    match entry {
+                        Entry::Resource(resource) => stream.resources.push(resource),
+                        Entry::Skipped(what) => stream.skipped.push(what),
+                    }
+                }
+            }
+            Err(why) => problems.push(format!("resource[{i}]: failed to parse resource: {why}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(stream)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Splits YAML (or JSON, which is YAML) into its documents, dropping empty ones, as
+/// `kumactl apply` does with `---`.
+///
+/// # Errors
+/// The index of the document that does not parse, and why.
+pub fn split_documents(text: &str) -> Result<Vec<Value>, (usize, String)> {
+    let mut documents = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = Value::deserialize(document).map_err(|e| (documents.len(), e.to_string()))?;
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    Ok(documents)
+}
+
+/// Reads one document: a Universal resource, a Kubernetes object, or a `List` of them.
+///
+/// # Errors
+/// Every problem of the document, one per line of the message.
+pub fn parse_document(value: Value) -> Result<Vec<Entry>, String> {
+    let Value::Object(object) = value else {
+        return Err(format!(
+            "a resource must be a mapping, not {}",
+            kind_of(&value)
+        ));
+    };
+    if object.contains_key("apiVersion") || object.contains_key("kind") {
+        parse_kubernetes(object)
+    } else {
+        parse_universal(object).map(|r| vec![Entry::Resource(r)])
+    }
+}
+
+/// A Universal resource: `type` `Secret`, `GlobalSecret` or `Mesh` with Kuma's flat fields.
+fn parse_universal(object: Map<String, Value>) -> Result<Resource, String> {
+    let kind = match object.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        None | Some(Value::Null) => return Err("type: cannot be empty".into()),
+        Some(other) => return Err(format!("type: must be a string, not {}", kind_of(other))),
+    };
+    match kind.as_str() {
+        "Secret" | "GlobalSecret" | "Mesh" => {}
+        other => {
+            return Err(format!(
+                "type: unknown resource type {other:?} (expected Secret, GlobalSecret or Mesh)"
+            ));
+        }
+    }
+    let body = wire::parse_value(&kind, Value::Object(object))?;
+    if kind == "Mesh" {
+        mesh_resource(body).map_err(|e| e.to_string())
+    } else {
+        secret_resource(&kind, body).map_err(|e| e.to_string())
+    }
+}
+
+fn secret_resource(kind: &str, body: ResourceBody) -> Result<Resource, ValidationError> {
+    let mut errors = ValidationError::default();
+    let name = errors.collect(ResourceName::parse(&body.name));
+    let mesh = if kind == "Secret" {
+        errors.collect(MeshName::parse_field(&body.mesh, "mesh"))
+    } else {
+        if !body.mesh.is_empty() {
+            errors.push("mesh", "mesh cannot be set on global secret");
+        }
+        None
+    };
+    let labels = errors.collect(Labels::parse(body.labels));
+    let data = match body.data {
+        Some(bytes) => errors.collect(SecretData::new(bytes)),
+        None => {
+            errors.push("data", "cannot be empty");
+            None
+        }
+    };
+    match (name, labels, data) {
+        (Some(name), Some(labels), Some(data)) if errors.is_empty() => {
+            let key = match mesh {
+                Some(mesh) => SecretKey::secret(mesh, name),
+                None => SecretKey::global(name),
+            };
+            Ok(Resource::Secret(NewSecret { key, data, labels }))
+        }
+        _ => Err(errors),
+    }
+}
+
+fn mesh_resource(body: ResourceBody) -> Result<Resource, ValidationError> {
+    let mut errors = ValidationError::default();
+    let name = errors.collect(MeshName::parse(&body.name));
+    let labels = errors.collect(Labels::parse(body.labels));
+    match (name, labels) {
+        (Some(name), Some(labels)) if errors.is_empty() => Ok(Resource::Mesh(NewMesh {
+            name,
+            spec: body.rest,
+            labels,
+        })),
+        _ => Err(errors),
+    }
+}
+
+/// A Kubernetes object: `v1` `Secret`, `v1` `List`, `kuma.io/v1alpha1` `Mesh`.
+fn parse_kubernetes(object: Map<String, Value>) -> Result<Vec<Entry>, String> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+    match (api_version, kind) {
+        ("v1", "List") => {
+            let Some(Value::Array(items)) = object.get("items") else {
+                return Err("items: a List needs an items array".into());
+            };
+            let mut entries = Vec::new();
+            let mut problems = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match parse_document(item.clone()) {
+                    Ok(mut found) => entries.append(&mut found),
+                    Err(why) => problems.push(format!("items[{i}]: {why}")),
+                }
+            }
+            if problems.is_empty() {
+                Ok(entries)
+            } else {
+                Err(problems.join("; "))
+            }
+        }
+        ("v1", "Secret") => kubernetes_secret(&object),
+        ("kuma.io/v1alpha1", "Mesh") => kubernetes_mesh(&object),
+        (api_version, kind) => Ok(vec![Entry::Skipped(format!(
+            "{kind} {:?} ({api_version})",
+            metadata_name(&object)
+        ))]),
+    }
+}
+
+fn metadata_name(object: &Map<String, Value>) -> String {
+    object
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `metadata.labels` as a string map.
+fn metadata_labels(
+    object: &Map<String, Value>,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    match object.get("metadata").and_then(|m| m.get("labels")) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let Value::String(v) = v else {
+                    return Err(format!("metadata.labels[{k:?}]: must be a string"));
+                };
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "metadata.labels: must be a mapping, not {}",
+                kind_of(other)
+            ));
+        }
+    }
+    Ok(labels)
+}
+
+fn kubernetes_secret(object: &Map<String, Value>) -> Result<Vec<Entry>, String> {
+    let k8s_type = object
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("Opaque");
+    let name = metadata_name(object);
+    let global = match k8s_type {
+        SECRET_K8S_TYPE => false,
+        GLOBAL_SECRET_K8S_TYPE => true,
+        other => {
+            return Ok(vec![Entry::Skipped(format!(
+                "Secret {name:?} of type {other}"
+            ))]);
+        }
+    };
+    let mut labels = metadata_labels(object)?;
+    let mut errors = ValidationError::default();
+    let mesh = if global {
+        if labels.contains_key(MESH_LABEL) {
+            errors.push(
+                format!("metadata.labels[{MESH_LABEL:?}]"),
+                "mesh cannot be set on global secret",
+            );
+        }
+        None
+    } else {
+        let mesh = labels
+            .entry(MESH_LABEL.to_owned())
+            .or_insert_with(|| "default".to_owned())
+            .clone();
+        errors.collect(MeshName::parse_field(
+            &mesh,
+            &format!("metadata.labels[{MESH_LABEL:?}]"),
+        ))
+    };
+    let name = errors.collect(ResourceName::parse_field(&name, "metadata.name"));
+    // `data.value` is base64 as in any Kubernetes Secret; `stringData.value` is the
+    // plain text form people write by hand (the API server merges it into `data`).
+    let value = match (
+        object.get("data").and_then(|d| d.get("value")),
+        object.get("stringData").and_then(|d| d.get("value")),
+    ) {
+        (_, Some(Value::String(text))) => Some(text.as_bytes().to_vec()),
+        (Some(Value::String(encoded)), None) => match wire::decode_base64(encoded) {
+            Ok(bytes) => Some(bytes),
+            Err(why) => {
+                errors.push("data.value", why);
+                None
+            }
+        },
+        _ => None,
+    };
+    let data = match value {
+        Some(bytes) if !bytes.is_empty() => errors.collect(SecretData::new(bytes)),
+        _ => {
+            errors.push("data.value", "cannot be empty.");
+            None
+        }
+    };
+    let labels = errors.collect(Labels::parse(labels));
+    match (name, labels, data) {
+        (Some(name), Some(labels), Some(data)) if errors.is_empty() => {
+            let key = match mesh {
+                Some(mesh) => SecretKey::secret(mesh, name),
+                None => SecretKey::global(name),
+            };
+            Ok(vec![Entry::Resource(Resource::Secret(NewSecret {
+                key,
+                data,
+                labels,
+            }))])
+        }
+        _ => Err(errors.to_string()),
+    }
+}
+
+fn kubernetes_mesh(object: &Map<String, Value>) -> Result<Vec<Entry>, String> {
+    let mut errors = ValidationError::default();
+    let name = errors.collect(MeshName::parse_field(
+        &metadata_name(object),
+        "metadata.name",
+    ));
+    let labels = errors.collect(Labels::parse(metadata_labels(object)?));
+    let spec = match object.get("spec") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(spec)) => spec.clone(),
+        Some(other) => {
+            errors.push("spec", format!("must be a mapping, not {}", kind_of(other)));
+            Map::new()
+        }
+    };
+    match (name, labels) {
+        (Some(name), Some(labels)) if errors.is_empty() => {
+            Ok(vec![Entry::Resource(Resource::Mesh(NewMesh {
+                name,
+                spec,
+                labels,
+            }))])
+        }
+        _ => Err(errors.to_string()),
+    }
+}
+
+/// A stored Secret as a resource to write elsewhere.
+pub fn secret_resource_of(secret: &Secret) -> Resource {
+    Resource::Secret(NewSecret {
+        key: secret.key.clone(),
+        data: secret.data.clone(),
+        labels: secret.labels.clone(),
+    })
+}
+
+/// A stored Mesh as a resource to write elsewhere.
+pub fn mesh_resource_of(mesh: &Mesh) -> Resource {
+    Resource::Mesh(NewMesh {
+        name: mesh.name.clone(),
+        spec: mesh.spec.clone(),
+        labels: mesh.labels.clone(),
+    })
+}
+
+/// The Universal form, as `kumactl apply` takes it: `type`, `mesh`, `name`, `labels`, then
+/// `data` or the Mesh's spec fields. No timestamps: the store sets them.
+pub fn to_universal(resource: &Resource) -> Value {
+    let mut object = Map::new();
+    match resource {
+        Resource::Secret(secret) => {
+            object.insert("type".into(), json!(secret.key.secret_type().as_str()));
+            if let Some(mesh) = secret.key.mesh() {
+                object.insert("mesh".into(), json!(mesh.as_str()));
+            }
+            object.insert("name".into(), json!(secret.key.name().as_str()));
+            if !secret.labels.is_empty() {
+                object.insert("labels".into(), json!(secret.labels.as_map()));
+            }
+            object.insert("data".into(), json!(STANDARD.encode(secret.data.expose())));
+        }
+        Resource::Mesh(mesh) => {
+            object.insert("type".into(), json!("Mesh"));
+            object.insert("name".into(), json!(mesh.name.as_str()));
+            if !mesh.labels.is_empty() {
+                object.insert("labels".into(), json!(mesh.labels.as_map()));
+            }
+            for (field, value) in &mesh.spec {
+                object.insert(field.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(object)
+}
+
+/// The Kubernetes form, as Kuma's Kubernetes mode stores it: a `v1` `Secret` in
+/// [`KUMA_NAMESPACE`] (all labels kept, `kuma.io/mesh` set for a mesh-scoped one), or a
+/// `kuma.io/v1alpha1` `Mesh`.
+pub fn to_kubernetes(resource: &Resource, created: Option<&DateTime<Utc>>) -> Value {
+    let mut metadata = Map::new();
+    match resource {
+        Resource::Secret(secret) => {
+            let mut labels = secret.labels.as_map().clone();
+            let k8s_type = match secret.key.mesh() {
+                Some(mesh) => {
+                    labels.insert(MESH_LABEL.into(), mesh.as_str().into());
+                    SECRET_K8S_TYPE
+                }
+                None => GLOBAL_SECRET_K8S_TYPE,
+            };
+            metadata.insert("name".into(), json!(secret.key.name().as_str()));
+            metadata.insert("namespace".into(), json!(KUMA_NAMESPACE));
+            if let Some(created) = created {
+                metadata.insert(
+                    "creationTimestamp".into(),
+                    json!(created.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                );
+            }
+            if !labels.is_empty() {
+                metadata.insert("labels".into(), json!(labels));
+            }
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": k8s_type,
+                "metadata": metadata,
+                "data": { "value": STANDARD.encode(secret.data.expose()) },
+            })
+        }
+        Resource::Mesh(mesh) => {
+            metadata.insert("name".into(), json!(mesh.name.as_str()));
+            if let Some(created) = created {
+                metadata.insert(
+                    "creationTimestamp".into(),
+                    json!(created.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                );
+            }
+            if !mesh.labels.is_empty() {
+                metadata.insert("labels".into(), json!(mesh.labels.as_map()));
+            }
+            json!({
+                "apiVersion": "kuma.io/v1alpha1",
+                "kind": "Mesh",
+                "metadata": metadata,
+                "spec": mesh.spec,
+            })
+        }
+    }
+}
+
+/// Documents as one YAML stream, `---` between them.
+///
+/// # Panics
+/// Never: a `serde_json::Value` always serializes.
+pub fn to_yaml_stream<'a>(documents: impl IntoIterator<Item = &'a Value>) -> String {
+    let mut out = String::new();
+    for (i, document) in documents.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml_ng::to_string(document).expect("JSON values serialize"));
+    }
+    out
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Result<Resource, String> {
+        let mut docs = split_documents(text).map_err(|(_, e)| e)?;
+        assert_eq!(docs.len(), 1);
+        match parse_document(docs.remove(0))?.remove(0) {
+            Entry::Resource(r) => Ok(r),
+            Entry::Skipped(what) => Err(format!("skipped {what}")),
+        }
+    }
+
+    #[test]
+    fn universal_secret_round_trips() {
+        let r =
+            one("type: Secret\nmesh: default\nname: s1\nlabels: {a: b}\ndata: aGVsbG8=\n").unwrap();
+        let Resource::Secret(s) = &r else { panic!() };
+        assert_eq!(s.data.expose(), b"hello");
+        assert_eq!(s.key.mesh().unwrap().as_str(), "default");
+        let back = to_universal(&r);
+        assert_eq!(
+            back,
+            json!({"type":"Secret","mesh":"default","name":"s1","labels":{"a":"b"},"data":"aGVsbG8="})
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_document_is_reported() {
+        let err = one("type: Secret\nname: Bad_Name\ndata: \"\"\n").unwrap_err();
+        assert!(err.contains("name:"), "{err}");
+        assert!(err.contains("mesh: cannot be empty"), "{err}");
+        assert!(err.contains("data: cannot be empty"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_secret_maps_as_kuma_does() {
+        let r = one(
+            "apiVersion: v1\nkind: Secret\ntype: system.kuma.io/secret\nmetadata:\n  name: s1\n  namespace: kuma-system\ndata:\n  value: aGVsbG8=\n",
+        )
+        .unwrap();
+        let Resource::Secret(s) = r else { panic!() };
+        assert_eq!(
+            s.key.mesh().unwrap().as_str(),
+            "default",
+            "mesh defaults to default"
+        );
+        assert_eq!(s.labels.get(MESH_LABEL), Some("default"));
+        let global = one(
+            "apiVersion: v1\nkind: Secret\ntype: system.kuma.io/global-secret\nmetadata: {name: g, labels: {kuma.io/mesh: x}}\ndata: {value: aGVsbG8=}\n",
+        )
+        .unwrap_err();
+        assert!(
+            global.contains("mesh cannot be set on global secret"),
+            "{global}"
+        );
+    }
+
+    #[test]
+    fn lists_skip_secrets_that_are_not_kumas() {
+        let docs = split_documents(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  type: kubernetes.io/tls\n  metadata: {name: app-tls}\n  data: {tls.crt: eA==}\n- apiVersion: v1\n  kind: Secret\n  type: system.kuma.io/global-secret\n  metadata: {name: g}\n  data: {value: eA==}\n",
+        )
+        .unwrap();
+        let entries = parse_document(docs.into_iter().next().unwrap()).unwrap();
+        assert!(matches!(&entries[0], Entry::Skipped(what) if what.contains("app-tls")));
+        assert!(
+            matches!(&entries[1], Entry::Resource(Resource::Secret(s)) if s.key.mesh().is_none())
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_document() {
+        let (index, _) =
+            split_documents("type: Mesh\nname: a\n---\nname: [unclosed\n").unwrap_err();
+        assert_eq!(index, 1);
+    }
+}

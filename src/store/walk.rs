@@ -1,0 +1,89 @@
+//! Reading a whole store, page by page: what `export`, `copy` and its verification use.
+//! Each page starts after the previous page's last key (the keyset cursor), so memory
+//! stays at one page and the last page costs what the first does.
+
+use super::{
+    MeshQuery, Page, PageRequest, PageStart, Result, SecretQuery, SecretScope, SecretStore,
+};
+use crate::domain::{Mesh, Secret};
+
+/// Every Secret (or GlobalSecret) of a scope, in (mesh, name) order.
+#[derive(Debug)]
+pub struct SecretWalk {
+    query: SecretQuery,
+    finished: bool,
+}
+
+impl SecretWalk {
+    /// A walk over `scope` in pages of `page_size` (1 to 1000).
+    ///
+    /// # Errors
+    /// [`super::StoreError::Invalid`] for a page size out of range.
+    pub fn new(scope: SecretScope, page_size: u32) -> Result<Self> {
+        Ok(Self {
+            query: SecretQuery::new(scope).page(PageRequest::first(page_size)?),
+            finished: false,
+        })
+    }
+
+    /// The next page, `None` after the last; the first page's `total` tells the size.
+    ///
+    /// # Errors
+    /// Whatever the store returns.
+    pub async fn next_page<S: SecretStore>(&mut self, store: &S) -> Result<Option<Page<Secret>>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let page = store.list_secrets(&self.query).await?;
+        match &page.next {
+            Some(cursor) => {
+                self.query.page =
+                    PageRequest::new(self.query.page.size(), PageStart::After(cursor.clone()))?;
+            }
+            None => self.finished = true,
+        }
+        Ok(Some(page))
+    }
+}
+
+/// Every Mesh, in name order.
+#[derive(Debug)]
+pub struct MeshWalk {
+    query: MeshQuery,
+    finished: bool,
+}
+
+impl MeshWalk {
+    /// A walk in pages of `page_size` (1 to 1000).
+    ///
+    /// # Errors
+    /// [`super::StoreError::Invalid`] for a page size out of range.
+    pub fn new(page_size: u32) -> Result<Self> {
+        Ok(Self {
+            query: MeshQuery {
+                page: PageRequest::first(page_size)?,
+                ..MeshQuery::default()
+            },
+            finished: false,
+        })
+    }
+
+    /// The next page, `None` after the last.
+    ///
+    /// # Errors
+    /// Whatever the store returns.
+    pub async fn next_page<S: SecretStore>(&mut self, store: &S) -> Result<Option<Page<Mesh>>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let page = store.list_meshes(&self.query).await?;
+        match &page.next {
+            Some(cursor) => {
+                self.query.page =
+                    PageRequest::new(self.query.page.size(), PageStart::After(cursor.clone()))?;
+            }
+            None => self.finished = true,
+        }
+        Ok(Some(page))
+    }
+}
