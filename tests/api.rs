@@ -1,6 +1,7 @@
 //! The HTTP API against a real server on port 0, on both backends: Kuma's routes, bodies,
 //! status codes and messages, the ETag extensions, bad input, and authentication.
 
+#[macro_use]
 mod common;
 
 use common::server::{Backend, TestServer};
@@ -643,27 +644,6 @@ async fn health_metrics_and_openapi_are_served(backend: Backend) {
             "{path} missing from openapi.json"
         );
     }
-}
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends! {

@@ -2,6 +2,7 @@
 //! loopback requests, bearer user tokens (valid admin, valid non-admin, expired, tampered,
 //! `alg: none`, HMAC-forged, unknown key, revoked), and Kuma's 401/403 bodies.
 
+#[macro_use]
 mod common;
 
 use base64::Engine;
@@ -270,27 +271,6 @@ async fn tokens_never_reach_error_bodies(backend: Backend) {
     let admin = admin_token(&server).await;
     let (_, body) = status_with(&server, Some(&format!("{admin}x"))).await;
     assert!(!body.to_string().contains(&admin[..20]));
-}
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends! {

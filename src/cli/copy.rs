@@ -30,41 +30,24 @@ pub struct CopyArgs {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
     batch_size: u32,
     /// Skip the verification pass.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "verify_only")]
     no_verify: bool,
+    /// Only verify that every resource of --from is in --to, identical; copy nothing.
+    #[arg(long)]
+    verify_only: bool,
 }
 
 pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     let source = AnyStore::open(&args.from, StoreOptions::default()).await?;
-    let destination = open_destination(&args.to).await?;
     let (from, to) = (redact_url(&args.from), redact_url(&args.to));
-
-    let total = count_all(&source).await?;
-    let progress = Progress::new(total);
-    let mut counts = ImportCounts::default();
-
-    let mut meshes = MeshWalk::new(args.batch_size)?;
-    while let Some(page) = meshes.next_page(&source).await? {
-        let batch: Vec<Resource> = page.items.iter().map(mesh_resource_of).collect();
-        let n = batch.len() as u64;
-        counts += destination.import_batch(batch).await?;
-        progress.advance(n);
+    let destination = if args.verify_only {
+        AnyStore::open(&args.to, StoreOptions::default()).await?
+    } else {
+        open_destination(&args.to).await?
+    };
+    if !args.verify_only {
+        copy_all(&source, &destination, args.batch_size, &from, &to).await?;
     }
-    for scope in [SecretScope::AllMeshes, SecretScope::Global] {
-        let mut secrets = SecretWalk::new(scope, args.batch_size)?;
-        while let Some(page) = secrets.next_page(&source).await? {
-            let batch: Vec<Resource> = page.items.iter().map(secret_resource_of).collect();
-            let n = batch.len() as u64;
-            counts += destination.import_batch(batch).await?;
-            progress.advance(n);
-        }
-    }
-    progress.finish();
-    println!(
-        "copied {total} resources from {from} to {to}: {} created, {} updated, {} unchanged",
-        counts.created, counts.updated, counts.unchanged
-    );
-
     if !args.no_verify {
         let report = verify(&source, &destination, args.batch_size).await?;
         if report.problems.is_empty() {
@@ -93,6 +76,43 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     }
     source.close().await;
     destination.close().await;
+    Ok(())
+}
+
+/// Copies meshes, then secrets, then global secrets, one transaction per page.
+async fn copy_all(
+    source: &AnyStore,
+    destination: &AnyStore,
+    batch_size: u32,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<()> {
+    let total = count_all(source).await?;
+    let progress = Progress::new(total);
+    let mut counts = ImportCounts::default();
+
+    let mut meshes = MeshWalk::new(batch_size)?;
+    while let Some(page) = meshes.next_page(source).await? {
+        let batch: Vec<Resource> = page.items.iter().map(mesh_resource_of).collect();
+        let n = batch.len() as u64;
+        counts += destination.import_batch(batch).await?;
+        progress.advance(n);
+    }
+    for scope in [SecretScope::AllMeshes, SecretScope::Global] {
+        let mut secrets = SecretWalk::new(scope, batch_size)?;
+        while let Some(page) = secrets.next_page(source).await? {
+            let batch: Vec<Resource> = page.items.iter().map(secret_resource_of).collect();
+            let n = batch.len() as u64;
+            counts += destination.import_batch(batch).await?;
+            progress.advance(n);
+        }
+    }
+    progress.finish();
+    println!(
+        "copied {total} resources from {from} to {to}: {} created, {} updated, {} unchanged",
+        counts.created, counts.updated, counts.unchanged
+    );
+
     Ok(())
 }
 

@@ -4,7 +4,30 @@
 //! `postgres://postgres:postgres@127.0.0.1:5432/postgres`). A test that cannot reach it fails
 //! with a message saying how to start one; it never skips silently.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Defines `postgres::CASE` and `sqlite::CASE` tests that run `CASE(Backend)` on each
+/// backend, on a two-thread runtime (the server and the test run side by side).
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
 
 pub mod process;
 pub mod server;

@@ -91,3 +91,81 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What a CLI run printed and how it exited.
+#[derive(Debug)]
+pub struct CliRun {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Panics with the whole run unless it exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+
+    /// Panics unless it failed with one line on stderr (`Error: …`) and no panic.
+    #[track_caller]
+    pub fn failed(self) -> Self {
+        assert_ne!(self.code, 0, "expected failure: {self:#?}");
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("backtrace"),
+            "a failure is a message, not a panic: {self:#?}"
+        );
+        assert!(
+            self.stderr.lines().any(|l| l.starts_with("Error: ")),
+            "a failure ends with one `Error:` line: {self:#?}"
+        );
+        self
+    }
+}
+
+/// Runs `kuma-secrets ARGS` with `stdin`, without inheriting any `KUMA_SECRETS_*`
+/// settings. Async so an in-process test server keeps serving meanwhile.
+pub async fn kuma(args: &[&str], stdin: Option<&str>) -> CliRun {
+    kuma_with_env(args, stdin, &[]).await
+}
+
+/// As [`kuma`], with these environment variables set.
+pub async fn kuma_with_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> CliRun {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"));
+    command
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("KUMA_SECRETS_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().expect("start kuma-secrets");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("kuma-secrets finished within 2 minutes")
+        .unwrap();
+    CliRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
