@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod domain;

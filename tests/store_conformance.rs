@@ -743,7 +743,10 @@ async fn meshes_have_versioned_crud<S: SecretStore>(store: &S) {
     assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
 
     let mut spec = serde_json::Map::new();
-    spec.insert("mtls".into(), serde_json::json!({"enabledBackend": "ca-1"}));
+    spec.insert(
+        "metrics".into(),
+        serde_json::json!({"enabledBackend": "prometheus-1"}),
+    );
     let updated = store
         .update_mesh(
             &mesh_name("demo"),

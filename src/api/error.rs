@@ -112,6 +112,10 @@ impl ApiError {
                 Self::new(StatusCode::CONFLICT, "Conflict", err.to_string())
             }
             StoreError::Invalid(violations) => Self::invalid(title, violations),
+            StoreError::InUse { .. } => Self::invalid(
+                "Could not delete a resource",
+                ValidationError::single("name", err.to_string()),
+            ),
             StoreError::Unavailable(ref cause) => {
                 tracing::warn!(error = %cause, "store unavailable");
                 Self::new(

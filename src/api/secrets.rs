@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::list;
 use super::request::{Preconditions, check_immutable_labels, computed_labels, etag, json_body};
 use super::wire::{self, ListBody, SecretItem};
+use crate::domain::mtls::Mtls;
 use crate::domain::{
     MeshName, NewSecret, ResourceName, SecretData, SecretKey, SecretType, SecretUpdate,
     ValidationError,
@@ -33,6 +34,10 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
             get(get_mesh_secret::<S>)
                 .put(put_mesh_secret::<S>)
                 .delete(delete_mesh_secret::<S>),
+        )
+        .route(
+            "/meshes/{mesh}/secrets/{name}/_usage",
+            get(get_mesh_secret_usage::<S>),
         )
         .route("/secrets", get(list_all_secrets::<S>))
 }
@@ -104,6 +109,63 @@ async fn delete_mesh_secret<S: SecretStore + Clone + 'static>(
 ) -> ApiResult<Response> {
     let mesh = existing_mesh(&state, &mesh).await?;
     delete_secret(&state, &user, Some(mesh), &name, &headers).await
+}
+
+/// `GET /meshes/{mesh}/secrets/{name}/_usage` (admin only, a kuma-secrets extension): the
+/// mTLS backends of the Mesh that use the secret, enabled or not, the same list the delete
+/// guard checks. 404 when the secret neither exists nor is referenced.
+async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    const TITLE: &str = "Could not retrieve a resource";
+    let mesh_name = existing_mesh(&state, &mesh).await?;
+    user.require_admin("Secret")?;
+    let mesh = state
+        .store
+        .get_mesh(&mesh_name)
+        .await
+        .map_err(|e| ApiError::store("Failed to retrieve Mesh", e))?;
+    let items: Vec<serde_json::Value> = match Mtls::of(&mesh.spec, &mesh_name) {
+        Ok(Some(mtls)) => mtls
+            .used_secrets(&mesh_name)
+            .into_iter()
+            .filter(|u| u.secret == name)
+            .map(|u| {
+                let kind = mtls
+                    .backends
+                    .iter()
+                    .find(|b| b.name == u.backend)
+                    .map_or("", |b| b.kind.as_str());
+                serde_json::json!({
+                    "mesh": mesh_name.as_str(),
+                    "backend": u.backend,
+                    "backendType": kind,
+                    "enabled": mtls.enabled_backend == u.backend,
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if items.is_empty() {
+        let exists = match ResourceName::parse(&name) {
+            Ok(parsed) => match state
+                .store
+                .get_secret(&SecretKey::secret(mesh_name, parsed))
+                .await
+            {
+                Ok(_) => true,
+                Err(StoreError::NotFound(_)) => false,
+                Err(other) => return Err(ApiError::store(TITLE, other)),
+            },
+            Err(_) => false,
+        };
+        if !exists {
+            return Err(ApiError::not_found(TITLE));
+        }
+    }
+    Ok(Json(serde_json::json!({ "total": items.len(), "items": items })).into_response())
 }
 
 /// The Mesh of a mesh-scoped route, which must exist (404 "Failed to retrieve Mesh").

@@ -200,8 +200,41 @@ async fn item(
         Output::Json => pretty_json(&body),
         Output::Yaml => manifest::to_yaml_stream([&body]),
         Output::Kubernetes => manifest::to_yaml_stream([&kubernetes_of(&body)?]),
-        Output::Table => table_of(kind, std::slice::from_ref(&body), now),
+        Output::Table => {
+            let mut out = table_of(kind, std::slice::from_ref(&body), now);
+            if let Kind::Secret = kind {
+                out.push_str(&usage_of(&client, path).await);
+            }
+            out
+        }
     })
+}
+
+/// What references a secret (`…/_usage`), as lines under its table. Servers without the
+/// route (Kuma itself) get no lines rather than an error.
+async fn usage_of(client: &ApiClient, path: &str) -> String {
+    let Ok(usage) = client.get_json(&format!("{path}/_usage")).await else {
+        return String::new();
+    };
+    let items = usage["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return "\nNot used by any mTLS backend of its mesh.\n".into();
+    }
+    let mut out = String::from("\nUsed by:\n");
+    for item in items {
+        out.push_str(&format!(
+            "  Mesh {} mTLS backend {} ({}{})\n",
+            item["mesh"],
+            item["backend"],
+            item["backendType"].as_str().unwrap_or(""),
+            if item["enabled"] == true {
+                ", enabled"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
 }
 
 fn pretty_json(value: &Value) -> String {

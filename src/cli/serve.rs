@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "KUMA_SECRETS_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Allow deleting a Secret that a Mesh's mTLS backend uses (Kuma's store.unsafeDelete).
+    #[arg(long, env = "KUMA_SECRETS_UNSAFE_DELETE")]
+    unsafe_delete: bool,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
     max_connections: u32,
@@ -55,6 +58,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         max_secret_size: args.max_secret_size,
         tolerate_newer_schema: args.tolerate_newer_schema,
+        unsafe_delete: args.unsafe_delete,
         ..StoreOptions::default()
     };
     let tls = match (&args.tls_cert, &args.tls_key) {

@@ -3,6 +3,7 @@
 
 mod labels;
 mod mesh;
+pub mod mtls;
 mod name;
 mod secret;
 mod validation;

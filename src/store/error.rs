@@ -36,6 +36,19 @@ pub enum StoreError {
     /// The input breaks a rule (size limit, page size, cursor, ...).
     #[error("invalid: {0}")]
     Invalid(#[from] ValidationError),
+    /// The Secret is used by an mTLS backend of its Mesh (Kuma's delete guard).
+    #[error("{}", crate::domain::mtls::in_use_message(secret, mesh, backend))]
+    InUse {
+        /// The secret's name.
+        secret: String,
+        /// Its mesh.
+        mesh: String,
+        /// The backend using it.
+        backend: String,
+    },
+    /// Generating or checking key material failed (not expected).
+    #[error("could not generate or check key material: {0}")]
+    Generation(String),
     /// The database cannot be reached or refused the connection; retry later.
     #[error("store unavailable")]
     Unavailable(#[source] sqlx::Error),

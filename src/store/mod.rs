@@ -191,6 +191,9 @@ pub struct StoreOptions {
     pub max_secret_size: usize,
     /// Open a Postgres schema that is newer than this binary instead of refusing.
     pub tolerate_newer_schema: bool,
+    /// Let a Secret be deleted while an mTLS backend of its Mesh uses it (Kuma's
+    /// `store.unsafeDelete`). Off: such a delete is [`StoreError::InUse`].
+    pub unsafe_delete: bool,
 }
 
 impl Default for StoreOptions {
@@ -200,6 +203,7 @@ impl Default for StoreOptions {
             acquire_timeout: Duration::from_secs(5),
             max_secret_size: DEFAULT_MAX_SECRET_SIZE,
             tolerate_newer_schema: false,
+            unsafe_delete: false,
         }
     }
 }

@@ -13,6 +13,14 @@ use std::str::FromStr;
 pub type PostgresStore = SqlStore<Postgres>;
 
 impl Dialect for Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const LOCK_MESH_SHARED: &'static str =
+        "SELECT version, spec FROM meshes WHERE name = $1 FOR SHARE";
+    const LOCK_MESH_EXCLUSIVE: &'static str =
+        "SELECT version, spec FROM meshes WHERE name = $1 FOR UPDATE";
+    const LOCK_SECRET_SHARED: &'static str =
+        "SELECT version FROM secrets WHERE mesh = $1 AND name = $2 FOR SHARE";
+
     fn contains(column: &str, needle: &str) -> String {
         format!("strpos({column}, {needle}) > 0")
     }

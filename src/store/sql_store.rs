@@ -11,9 +11,10 @@ use super::sql::{
     MeshRow, SecretRow, Statement, UPDATE_MESH, UPDATE_SECRET,
 };
 use super::{ImportCounts, Result, SecretStore, StoreError, StoreOptions};
+use crate::domain::mtls::{DataSource, Mtls, builtin_ca_names};
 use crate::domain::{
-    Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey, Secret,
-    SecretKey, SecretUpdate,
+    Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
+    ResourceName, Secret, SecretKey, SecretUpdate, ValidationError,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::query::QueryAs;
@@ -28,6 +29,17 @@ pub trait Dialect: Database {
     fn contains(column: &str, needle: &str) -> String;
     /// The JSON object `column` has key `key` with string value `value` (both parameters).
     fn label_equals(column: &str, key: &str, value: &str) -> String;
+    /// Starts a transaction that will write. SQLite must take the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes after another
+    /// writer committed, fails instead of waiting.
+    const BEGIN_WRITE: &'static str;
+    /// `$1` name: a Mesh's version and spec, locked against updates until commit
+    /// (Postgres `FOR SHARE`; SQLite's write transaction already excludes other writers).
+    const LOCK_MESH_SHARED: &'static str;
+    /// `$1` name: a Mesh's version and spec, locked for an update.
+    const LOCK_MESH_EXCLUSIVE: &'static str;
+    /// `$1` mesh, `$2` name: whether a Secret exists, locked against deletion until commit.
+    const LOCK_SECRET_SHARED: &'static str;
 }
 
 /// A store on a sqlx pool of database `DB`. See [`super::PostgresStore`] and
@@ -74,6 +86,36 @@ fn labels_json(labels: &crate::domain::Labels) -> Json<BTreeMap<String, String>>
     Json(labels.as_map().clone())
 }
 
+/// What [`SqlStore::prepare_mtls`] found: CAs to store, secrets that must still exist.
+#[derive(Default)]
+struct MtlsPlan {
+    builtin: Vec<BuiltinCa>,
+    required: Vec<String>,
+}
+
+/// A generated builtin CA: (secret name, PEM) of its certificate and key.
+struct BuiltinCa {
+    cert: (String, Vec<u8>),
+    key: (String, Vec<u8>),
+}
+
+/// Kuma's data-source load error for a missing secret.
+fn load_error(name: &str, mesh: &MeshName) -> String {
+    format!(
+        "could not load data: resource not found: type=\"Secret\" name={name:?} mesh={:?}",
+        mesh.as_str()
+    )
+}
+
+/// Labels of a generated CA secret: Kuma's computed ones for the mesh.
+fn builtin_ca_labels(mesh: &MeshName) -> Labels {
+    Labels::from_stored(
+        [("kuma.io/mesh".to_owned(), mesh.as_str().to_owned())]
+            .into_iter()
+            .collect(),
+    )
+}
+
 /// After an UPDATE or DELETE guarded by version touched no row: the row is gone
 /// (`NotFound`) or at another version (`Conflict`).
 fn missed(key: ResourceKey, expected: Option<i64>, actual: Option<i64>) -> StoreError {
@@ -110,6 +152,7 @@ macro_rules! impl_for_sql_databases {
             for<'r> MeshRow: FromRow<'r, DB::Row>,
             for<'r> ListedMeshRow: FromRow<'r, DB::Row>,
             for<'r> (i64,): FromRow<'r, DB::Row>,
+            for<'r> (i64, Json<MeshSpec>): FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -136,6 +179,183 @@ impl [SqlStore<DB>] {
             .fetch_optional_via(self, Op::Other)
             .await?;
         Ok(row.map(|(v,)| v))
+    }
+
+    /// Everything about a Mesh's mTLS that needs reading or computing before its write
+    /// transaction: the provided CAs loaded and checked (unless `skipValidation`), and a
+    /// fresh CA for every builtin backend whose secrets are missing. Key generation and
+    /// certificate parsing run on the blocking pool, off the executor.
+    async fn prepare_mtls(&self, mesh: &MeshName, mtls: Option<&Mtls>) -> Result<MtlsPlan> {
+        let mut plan = MtlsPlan::default();
+        let Some(mtls) = mtls else {
+            return Ok(plan);
+        };
+        for backend in mtls.builtin_backends() {
+            let (cert, key) = builtin_ca_names(mesh, &backend.name);
+            let mut present = 0;
+            for name in [&cert, &key] {
+                let key = SecretKey::secret(mesh.clone(), ResourceName::from_stored(name.clone()));
+                if self.secret_version(&key).await?.is_some() {
+                    present += 1;
+                }
+            }
+            if present == 2 {
+                continue;
+            }
+            let (for_mesh, backend_name) = (mesh.clone(), backend.name.clone());
+            let generated = tokio::task::spawn_blocking(move || {
+                crate::ca::generate_builtin_ca(&for_mesh, &backend_name)
+            })
+            .await
+            .map_err(|e| StoreError::Generation(e.to_string()))?
+            .map_err(|e| StoreError::Generation(e.to_string()))?;
+            plan.builtin.push(BuiltinCa {
+                cert: (cert, generated.cert_pem.into_bytes()),
+                key: (key, generated.key_pem.into_bytes()),
+            });
+        }
+        if mtls.skip_validation {
+            return Ok(plan);
+        }
+        let mut errors = ValidationError::default();
+        for (i, backend) in mtls.backends.iter().enumerate() {
+            let (Some(cert), Some(key)) = (&backend.cert, &backend.key) else {
+                continue;
+            };
+            let conf = format!("mtls.backends[{i}].conf");
+            let mut loaded = Vec::new();
+            for source in [cert, key] {
+                match source {
+                    DataSource::Inline(bytes) => loaded.push(Some(bytes.clone())),
+                    DataSource::File(_) => {
+                        errors.push(
+                            format!("{conf}.{}", if std::ptr::eq(source, cert) { "cert" } else { "key" }),
+                            "could not load data: file data sources are not read by kuma-secrets; use secret or inline, or set skipValidation",
+                        );
+                        loaded.push(None);
+                    }
+                    DataSource::Secret(name) => {
+                        let found = match ResourceName::parse(name) {
+                            Ok(parsed) => {
+                                let key = SecretKey::secret(mesh.clone(), parsed);
+                                match self.get_secret(&key).await {
+                                    Ok(secret) => Some(secret.data.expose().to_vec()),
+                                    Err(StoreError::NotFound(_)) => None,
+                                    Err(other) => return Err(other),
+                                }
+                            }
+                            Err(_) => None,
+                        };
+                        if found.is_none() {
+                            let why = load_error(name, mesh);
+                            errors.push(format!("{conf}.cert"), why.clone());
+                            errors.push(format!("{conf}.key"), why);
+                        } else {
+                            plan.required.push(name.clone());
+                        }
+                        loaded.push(found);
+                    }
+                }
+            }
+            if let [Some(cert), Some(key)] = &loaded[..] {
+                let (cert, key, path) = (cert.clone(), key.clone(), conf.clone());
+                let checked = tokio::task::spawn_blocking(move || {
+                    crate::ca::validate_provided_ca(&cert, &key, &path)
+                })
+                .await
+                .map_err(|e| StoreError::Generation(e.to_string()))?;
+                if let Err(violations) = checked {
+                    errors.violations.extend(violations.violations);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(StoreError::Invalid(errors))
+        }
+    }
+
+    /// Inside a Mesh's write transaction: stores the builtin CAs that are still missing,
+    /// and checks that every secret a provided backend references still exists, locking
+    /// it so a concurrent delete waits for this commit (and then sees the reference).
+    async fn apply_mtls_plan(
+        tx: &mut DB::Connection,
+        mesh: &MeshName,
+        plan: MtlsPlan,
+        time: DateTime<Utc>,
+    ) -> std::result::Result<std::result::Result<(), ValidationError>, sqlx::Error> {
+        for ca in plan.builtin {
+            let mut present = 0;
+            for (name, _) in [&ca.cert, &ca.key] {
+                present += sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
+                    .bind(mesh.as_str().to_owned())
+                    .bind(name.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some() as u8;
+            }
+            if present == 2 {
+                // Created meanwhile by a concurrent write: never regenerated.
+                continue;
+            }
+            for (name, pem) in [ca.cert, ca.key] {
+                // A lone half of a pair is useless: replace it with the new pair's half.
+                let stale = SecretKey::secret(mesh.clone(), ResourceName::from_stored(name.clone()));
+                sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(&stale))
+                    .bind(None::<i64>)
+                    .bind(name.clone())
+                    .bind(mesh.as_str().to_owned())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
+                    .bind(name)
+                    .bind(Some(mesh.as_str().to_owned()))
+                    .bind(time)
+                    .bind(labels_json(&builtin_ca_labels(mesh)))
+                    .bind(pem)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            }
+        }
+        let mut errors = ValidationError::default();
+        for name in plan.required {
+            let exists = sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
+                .bind(mesh.as_str().to_owned())
+                .bind(name.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                errors.push("mtls", load_error(&name, mesh));
+            }
+        }
+        Ok(if errors.is_empty() { Ok(()) } else { Err(errors) })
+    }
+
+    /// Runs `body` in a write transaction on a pooled connection; commits if it returns
+    /// `Ok(Ok(_))`, rolls back otherwise. `Ok(Err(_))` carries a domain refusal decided
+    /// inside the transaction; `Err(_)` is a database error (mapped for `op`).
+    async fn in_write_transaction<T, F>(&self, op: Op<'_>, body: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(
+            &'c mut DB::Connection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::result::Result<Result<T>, sqlx::Error>> + Send + 'c>,
+        >,
+    {
+        let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, op))?;
+        let result = async {
+            let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
+            let outcome = body(&mut tx).await?;
+            if outcome.is_ok() {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(outcome)
+        }
+        .await;
+        conn.finish(result).map_err(|e| map_db_error(e, op))?
     }
 
     /// The body of [`SecretStore::import_batch`], on one connection, in one transaction.
@@ -395,15 +615,52 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
     async fn delete_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
-        let mut query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key))
-            .bind(expected_version)
-            .bind(key.name().as_str().to_owned());
-        if let Some(mesh) = key.mesh() {
-            query = query.bind(mesh.as_str().to_owned());
-        }
-        let deleted = query
-            .fetch_optional_via(self, Op::Other)
-            .await?;
+        let deleted = match (key.mesh(), self.options.unsafe_delete) {
+            (Some(mesh), false) => {
+                // The guard and the delete in one transaction, with the Mesh row locked:
+                // a Mesh update adding a reference either commits first (and we see it)
+                // or waits for us (and then finds the secret gone).
+                let (key, mesh) = (key.clone(), mesh.clone());
+                self.in_write_transaction(Op::Other, move |tx| {
+                    Box::pin(async move {
+                        let spec = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
+                            .bind(mesh.as_str().to_owned())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if let Some((_, Json(spec))) = spec
+                            && let Ok(Some(mtls)) = Mtls::of(&spec, &mesh)
+                            && let Some(usage) = mtls
+                                .used_secrets(&mesh)
+                                .into_iter()
+                                .find(|u| u.secret == key.name().as_str())
+                        {
+                            return Ok(Err(StoreError::InUse {
+                                secret: usage.secret,
+                                mesh: mesh.as_str().to_owned(),
+                                backend: usage.backend,
+                            }));
+                        }
+                        let deleted = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(&key))
+                            .bind(expected_version)
+                            .bind(key.name().as_str().to_owned())
+                            .bind(mesh.as_str().to_owned())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        Ok(Ok(deleted))
+                    })
+                })
+                .await?
+            }
+            _ => {
+                let mut query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key))
+                    .bind(expected_version)
+                    .bind(key.name().as_str().to_owned());
+                if let Some(mesh) = key.mesh() {
+                    query = query.bind(mesh.as_str().to_owned());
+                }
+                query.fetch_optional_via(self, Op::Other).await?
+            }
+        };
         if deleted.is_some() {
             return Ok(());
         }
@@ -450,14 +707,25 @@ impl [SecretStore for SqlStore<DB>] {
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
     async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
         let key = ResourceKey::mesh(&mesh.name);
-        let row = sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
-            .bind(mesh.name.as_str().to_owned())
-            .bind(now())
-            .bind(labels_json(&mesh.labels))
-            .bind(Json(mesh.spec))
-            .fetch_one_via(self, Op::Create(&key))
-            .await?;
-        Ok(row.into())
+        let mtls = Mtls::of(&mesh.spec, &mesh.name)?;
+        let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
+        let time = now();
+        self.in_write_transaction(Op::Create(&key), move |tx| {
+            Box::pin(async move {
+                let row = sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
+                    .bind(mesh.name.as_str().to_owned())
+                    .bind(time)
+                    .bind(labels_json(&mesh.labels))
+                    .bind(Json(mesh.spec))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok(Self::apply_mtls_plan(tx, &mesh.name, plan, time)
+                    .await?
+                    .map(|()| Mesh::from(row))
+                    .map_err(StoreError::Invalid))
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
@@ -467,22 +735,46 @@ impl [SecretStore for SqlStore<DB>] {
         expected_version: i64,
         update: MeshUpdate,
     ) -> Result<Mesh> {
-        let row = sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
-            .bind(Json(update.spec))
-            .bind(labels_json(&update.labels))
-            .bind(now())
-            .bind(expected_version)
-            .bind(name.as_str().to_owned())
-            .fetch_optional_via(self, Op::Other)
-            .await?;
-        match row {
-            Some(row) => Ok(row.into()),
-            None => Err(missed(
-                ResourceKey::mesh(name),
-                Some(expected_version),
-                self.mesh_version(name).await?,
-            )),
-        }
+        let mtls = Mtls::of(&update.spec, name)?;
+        let plan = self.prepare_mtls(name, mtls.as_ref()).await?;
+        let time = now();
+        let name = name.clone();
+        self.in_write_transaction(Op::Other, move |tx| {
+            Box::pin(async move {
+                let current = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_EXCLUSIVE)
+                    .bind(name.as_str().to_owned())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((version, Json(current_spec))) = current else {
+                    return Ok(Err(StoreError::NotFound(ResourceKey::mesh(&name))));
+                };
+                if version != expected_version {
+                    return Ok(Err(missed(
+                        ResourceKey::mesh(&name),
+                        Some(expected_version),
+                        Some(version),
+                    )));
+                }
+                // A stored spec that no longer parses cannot block fixing it.
+                let current_mtls = Mtls::of(&current_spec, &name).ok().flatten();
+                if let Err(e) = Mtls::check_change(current_mtls.as_ref(), mtls.as_ref()) {
+                    return Ok(Err(StoreError::Invalid(e)));
+                }
+                let row = sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
+                    .bind(Json(update.spec))
+                    .bind(labels_json(&update.labels))
+                    .bind(time)
+                    .bind(expected_version)
+                    .bind(name.as_str().to_owned())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok(Self::apply_mtls_plan(tx, &name, plan, time)
+                    .await?
+                    .map(|()| Mesh::from(row))
+                    .map_err(StoreError::Invalid))
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]

@@ -19,6 +19,12 @@ pub type SqliteStore = SqlStore<Sqlite>;
 const MAX_SQLITE_CONNECTIONS: u32 = 8;
 
 impl Dialect for Sqlite {
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCK_MESH_SHARED: &'static str = "SELECT version, spec FROM meshes WHERE name = $1";
+    const LOCK_MESH_EXCLUSIVE: &'static str = "SELECT version, spec FROM meshes WHERE name = $1";
+    const LOCK_SECRET_SHARED: &'static str =
+        "SELECT version FROM secrets WHERE mesh = $1 AND name = $2";
+
     fn contains(column: &str, needle: &str) -> String {
         format!("instr({column}, {needle}) > 0")
     }

@@ -1,0 +1,381 @@
+//! A Mesh's mTLS spec (`mtls.enabledBackend`, `mtls.skipValidation`, `mtls.backends[]`), as
+//! Kuma reads it, and what it means for secrets: which secrets each backend uses (the delete
+//! guard and the usage index), which it needs generated (builtin CAs), and the structural
+//! checks with Kuma's messages (reference §2.5, §2.6). Checks that need secret data (does
+//! the referenced secret exist, is the pair a CA) live in the store and in `crate::ca`.
+
+use super::{MeshName, MeshSpec, ValidationError};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+
+/// `builtin`: the control plane generates and keeps the CA.
+pub const BUILTIN: &str = "builtin";
+/// `provided`: the user gives the CA certificate and key.
+pub const PROVIDED: &str = "provided";
+
+/// Where a provided CA's certificate or key comes from (Kuma's `DataSource`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// `{secret: NAME}`: a Secret of the same mesh.
+    Secret(String),
+    /// `{inline: BASE64}` or `{inlineString: TEXT}`: the bytes themselves.
+    Inline(Vec<u8>),
+    /// `{file: PATH}`: a file on the control plane (accepted, not read by this store).
+    File(String),
+}
+
+/// One CA backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaBackend {
+    /// Its name, unique in the mesh.
+    pub name: String,
+    /// `builtin` or `provided`.
+    pub kind: String,
+    /// For `provided`: the certificate source.
+    pub cert: Option<DataSource>,
+    /// For `provided`: the key source.
+    pub key: Option<DataSource>,
+}
+
+/// A Mesh's `mtls` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Mtls {
+    /// The backend in use; empty when mTLS is off.
+    pub enabled_backend: String,
+    /// Skip the checks that load and verify secrets (Kuma's `skipValidation`).
+    pub skip_validation: bool,
+    /// Every backend, enabled or not.
+    pub backends: Vec<CaBackend>,
+}
+
+/// A secret used by a backend.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretUse {
+    /// The backend's name.
+    pub backend: String,
+    /// The secret's name, in the Mesh's own mesh.
+    pub secret: String,
+}
+
+/// The names of the Secrets a builtin backend keeps its CA in:
+/// `{mesh}.ca-builtin-cert-{backend}` and `{mesh}.ca-builtin-key-{backend}`.
+pub fn builtin_ca_names(mesh: &MeshName, backend: &str) -> (String, String) {
+    (
+        format!("{}.ca-builtin-cert-{backend}", mesh.as_str()),
+        format!("{}.ca-builtin-key-{backend}", mesh.as_str()),
+    )
+}
+
+impl Mtls {
+    /// Reads the `mtls` section of `spec` (`None` without one), with every structural
+    /// problem as a violation under `mtls.…`.
+    ///
+    /// # Errors
+    /// The violations, all of them.
+    pub fn of(spec: &MeshSpec, mesh: &MeshName) -> Result<Option<Self>, ValidationError> {
+        let Some(mtls) = spec.get("mtls").filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let mut errors = ValidationError::default();
+        let Value::Object(mtls) = mtls else {
+            return Err(ValidationError::single("mtls", "must be an object"));
+        };
+        let mut parsed = Mtls::default();
+        match mtls.get("enabledBackend") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(name)) => parsed.enabled_backend = name.clone(),
+            Some(_) => errors.push("mtls.enabledBackend", "must be a string"),
+        }
+        match mtls.get("skipValidation") {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(skip)) => parsed.skip_validation = *skip,
+            Some(_) => errors.push("mtls.skipValidation", "must be a boolean"),
+        }
+        match mtls.get("backends") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(backends)) => {
+                for (i, backend) in backends.iter().enumerate() {
+                    if let Some(backend) = parse_backend(backend, i, mesh, &mut errors) {
+                        if parsed.backends.iter().any(|b| b.name == backend.name) {
+                            errors.push(
+                                format!("mtls.backends[{i}].name"),
+                                format!("{:?} is already used for another backend", backend.name),
+                            );
+                        }
+                        parsed.backends.push(backend);
+                    }
+                }
+            }
+            Some(_) => errors.push("mtls.backends", "must be a list"),
+        }
+        if !parsed.enabled_backend.is_empty()
+            && errors.is_empty()
+            && !parsed
+                .backends
+                .iter()
+                .any(|b| b.name == parsed.enabled_backend)
+        {
+            errors.push(
+                "mtls.enabledBackend",
+                "has to be set to one of the backends in the mesh",
+            );
+        }
+        if errors.is_empty() {
+            Ok(Some(parsed))
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// mTLS is on: a backend is enabled.
+    pub fn enabled(&self) -> bool {
+        !self.enabled_backend.is_empty()
+    }
+
+    /// Every secret the backends use, enabled or not: a builtin backend's two generated
+    /// secrets, a provided backend's `secret` sources (Kuma's `UsedSecrets`).
+    pub fn used_secrets(&self, mesh: &MeshName) -> Vec<SecretUse> {
+        let mut uses = Vec::new();
+        for backend in &self.backends {
+            match backend.kind.as_str() {
+                BUILTIN => {
+                    let (cert, key) = builtin_ca_names(mesh, &backend.name);
+                    for secret in [cert, key] {
+                        uses.push(SecretUse {
+                            backend: backend.name.clone(),
+                            secret,
+                        });
+                    }
+                }
+                _ => {
+                    for source in [&backend.cert, &backend.key].into_iter().flatten() {
+                        if let DataSource::Secret(secret) = source {
+                            uses.push(SecretUse {
+                                backend: backend.name.clone(),
+                                secret: secret.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        uses
+    }
+
+    /// The builtin backends, whose CA secrets must exist.
+    pub fn builtin_backends(&self) -> impl Iterator<Item = &CaBackend> {
+        self.backends.iter().filter(|b| b.kind == BUILTIN)
+    }
+
+    /// Kuma's rule on update: the CA cannot change while mTLS is on.
+    ///
+    /// # Errors
+    /// The `mtls.enabledBackend` violation.
+    pub fn check_change(current: Option<&Mtls>, new: Option<&Mtls>) -> Result<(), ValidationError> {
+        if let (Some(current), Some(new)) = (current, new)
+            && current.enabled()
+            && new.enabled()
+            && current.enabled_backend != new.enabled_backend
+        {
+            return Err(ValidationError::single(
+                "mtls.enabledBackend",
+                "Changing CA when mTLS is enabled is forbidden. Disable mTLS first and then change the CA",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_backend(
+    value: &Value,
+    i: usize,
+    mesh: &MeshName,
+    errors: &mut ValidationError,
+) -> Option<CaBackend> {
+    let at = |field: &str| format!("mtls.backends[{i}]{field}");
+    let Value::Object(backend) = value else {
+        errors.push(at(""), "must be an object");
+        return None;
+    };
+    let name = backend.get("name").and_then(Value::as_str).unwrap_or("");
+    if name.is_empty() {
+        errors.push(at(".name"), "cannot be empty");
+    }
+    let kind = backend.get("type").and_then(Value::as_str).unwrap_or("");
+    let conf = backend.get("conf").and_then(Value::as_object);
+    let mut parsed = CaBackend {
+        name: name.to_owned(),
+        kind: kind.to_owned(),
+        cert: None,
+        key: None,
+    };
+    match kind {
+        BUILTIN => {
+            // The generated secrets are named after the backend, so its name must make
+            // valid secret names whatever `skipValidation` says.
+            let (cert, _) = builtin_ca_names(mesh, name);
+            if cert.len() > 255 {
+                errors.push(at(".name"), "Backend name is too long. Max length: 255");
+            } else if !name.is_empty() && super::ResourceName::parse(&cert).is_err() {
+                errors.push(at(".name"), format!("{name:?} name must be valid dns name"));
+            }
+        }
+        PROVIDED => {
+            for (field, slot) in [("cert", &mut parsed.cert), ("key", &mut parsed.key)] {
+                let path = at(&format!(".conf.{field}"));
+                match conf.and_then(|c| c.get(field)) {
+                    None | Some(Value::Null) => errors.push(path, "has to be defined"),
+                    Some(source) => *slot = parse_source(source, &path, errors),
+                }
+            }
+        }
+        _ => errors.push(at(".type"), "could not find installed plugin for this type"),
+    }
+    Some(parsed)
+}
+
+fn parse_source(value: &Value, path: &str, errors: &mut ValidationError) -> Option<DataSource> {
+    let Value::Object(source) = value else {
+        errors.push(path, "must be an object");
+        return None;
+    };
+    let text = |key: &str| source.get(key).and_then(Value::as_str);
+    if let Some(secret) = text("secret") {
+        if secret.is_empty() {
+            errors.push(format!("{path}.secret"), "cannot be empty");
+            return None;
+        }
+        return Some(DataSource::Secret(secret.to_owned()));
+    }
+    if let Some(inline) = text("inline") {
+        if inline.is_empty() {
+            errors.push(format!("{path}.inline"), "cannot be empty");
+            return None;
+        }
+        return match STANDARD.decode(inline) {
+            Ok(bytes) => Some(DataSource::Inline(bytes)),
+            Err(_) => {
+                errors.push(format!("{path}.inline"), "must be base64");
+                None
+            }
+        };
+    }
+    if let Some(inline) = text("inlineString") {
+        if inline.is_empty() {
+            errors.push(format!("{path}.inlineString"), "cannot be empty");
+            return None;
+        }
+        return Some(DataSource::Inline(inline.as_bytes().to_vec()));
+    }
+    if let Some(file) = text("file") {
+        if file.is_empty() {
+            errors.push(format!("{path}.file"), "cannot be empty");
+            return None;
+        }
+        return Some(DataSource::File(file.to_owned()));
+    }
+    errors.push(
+        path,
+        "data source has to be chosen. Available sources: secret, file, inline",
+    );
+    None
+}
+
+/// Kuma's delete-guard message for a secret in use.
+pub fn in_use_message(secret: &str, mesh: &str, backend: &str) -> String {
+    format!(
+        "The secret {secret:?} that you are trying to remove is currently in use in Mesh {mesh:?} in mTLS backend {backend:?}. Please remove the reference from the {backend:?} backend before removing the secret."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(value: Value) -> MeshSpec {
+        value.as_object().unwrap().clone()
+    }
+
+    fn mesh() -> MeshName {
+        MeshName::parse("default").unwrap()
+    }
+
+    #[test]
+    fn the_seeds_example_reads_and_uses_two_secrets() {
+        let mtls = Mtls::of(
+            &spec(json!({"mtls": {"enabledBackend": "ca-1", "backends": [
+                {"name": "ca-1", "type": "provided", "conf": {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}}
+            ]}})),
+            &mesh(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(mtls.enabled());
+        let used: Vec<String> = mtls
+            .used_secrets(&mesh())
+            .into_iter()
+            .map(|u| u.secret)
+            .collect();
+        assert_eq!(used, ["my-cert", "my-key"]);
+    }
+
+    #[test]
+    fn builtin_backends_use_their_generated_secrets() {
+        let mtls = Mtls::of(
+            &spec(json!({"mtls": {"backends": [{"name": "ca-1", "type": "builtin"}]}})),
+            &mesh(),
+        )
+        .unwrap()
+        .unwrap();
+        let used: Vec<String> = mtls
+            .used_secrets(&mesh())
+            .into_iter()
+            .map(|u| u.secret)
+            .collect();
+        assert_eq!(
+            used,
+            [
+                "default.ca-builtin-cert-ca-1",
+                "default.ca-builtin-key-ca-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn structural_problems_get_kumas_messages() {
+        let err = Mtls::of(
+            &spec(json!({"mtls": {"enabledBackend": "x", "backends": [
+                {"name": "a", "type": "vault"},
+                {"name": "b", "type": "provided", "conf": {"cert": {}}},
+                {"name": "c", "type": "provided", "conf": {"cert": {"secret": ""}, "key": {"inline": ""}}},
+                {"name": "Bad Name", "type": "builtin"}
+            ]}})),
+            &mesh(),
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "mtls.backends[0].type: could not find installed plugin for this type",
+            "mtls.backends[1].conf.cert: data source has to be chosen. Available sources: secret, file, inline",
+            "mtls.backends[1].conf.key: has to be defined",
+            "mtls.backends[2].conf.cert.secret: cannot be empty",
+            "mtls.backends[2].conf.key.inline: cannot be empty",
+            "mtls.backends[3].name: \"Bad Name\" name must be valid dns name",
+        ] {
+            assert!(err.contains(expected), "{expected} in {err}");
+        }
+    }
+
+    #[test]
+    fn changing_the_enabled_backend_while_on_is_refused() {
+        let on = |b: &str| Mtls {
+            enabled_backend: b.into(),
+            ..Mtls::default()
+        };
+        assert!(Mtls::check_change(Some(&on("a")), Some(&on("b"))).is_err());
+        assert!(Mtls::check_change(Some(&on("a")), Some(&on(""))).is_ok());
+        assert!(Mtls::check_change(Some(&on("")), Some(&on("b"))).is_ok());
+    }
+}
