@@ -39,4 +39,5 @@ pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod manifest;
+pub mod sealing;
 pub mod store;

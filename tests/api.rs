@@ -671,9 +671,10 @@ async fn several_servers_on_one_postgres_lose_no_update() {
     };
     let mut others = Vec::new();
     for _ in 0..2 {
-        let store = kuma_secrets::store::AnyStore::open(&db_url, StoreOptions::default())
-            .await
-            .unwrap();
+        let store =
+            kuma_secrets::store::AnyStore::open(&db_url, common::sealed(StoreOptions::default()))
+                .await
+                .unwrap();
         let dir = tempfile::tempdir().unwrap();
         others.push(
             TestServer::start_on(

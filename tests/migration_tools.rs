@@ -5,7 +5,7 @@
 mod common;
 
 use common::TestDb;
-use common::process::kuma;
+use common::process::{CliRun, kuma_with_env};
 use kuma_secrets::domain::{Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey};
 use kuma_secrets::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
 use std::collections::BTreeMap;
@@ -16,7 +16,32 @@ fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
 }
 
 async fn open(url: &str) -> AnyStore {
-    AnyStore::open(url, StoreOptions::default()).await.unwrap()
+    let options = StoreOptions {
+        keyring: Some(common::test_keyring()),
+        ..StoreOptions::default()
+    };
+    AnyStore::open(url, options).await.unwrap()
+}
+
+/// The test keyring as a file, for the binary.
+fn keys_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ks-test-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        common::test_keyring_file(&dir).display().to_string()
+    })
+    .clone()
+}
+
+/// `kuma-secrets ARGS` sealing and opening with the test keyring (both ends of a copy).
+async fn kuma(args: &[&str], stdin: Option<&str>) -> CliRun {
+    let keys = keys_file();
+    let mut all = args.to_vec();
+    if args.first() == Some(&"copy") {
+        all.extend(["--from-encryption-keys", &keys]);
+    }
+    kuma_with_env(&all, stdin, &[("KUMA_SECRETS_ENCRYPTION_KEYS", &keys)]).await
 }
 
 /// Two meshes (one with a spec and labels), `per_mesh` secrets in each with labels and
@@ -357,6 +382,10 @@ async fn copy_killed_midway_finishes_on_the_next_run() {
             &db.url,
             "--batch-size",
             "50",
+            "--from-encryption-keys",
+            &keys_file(),
+            "--encryption-keys",
+            &keys_file(),
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -366,14 +395,16 @@ async fn copy_killed_midway_finishes_on_the_next_run() {
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut line = String::new();
+    let mut log = String::new();
     loop {
+        log.push_str(&line);
         line.clear();
         use tokio::io::AsyncBufReadExt;
         let read = tokio::time::timeout_at(deadline.into(), stderr.read_line(&mut line))
             .await
             .expect("copy reports progress")
             .unwrap();
-        assert!(read > 0, "copy ended before reporting progress");
+        assert!(read > 0, "copy ended before reporting progress: {log}");
         let done: u64 = line
             .strip_prefix("copied ")
             .and_then(|rest| rest.split('/').next())

@@ -77,6 +77,7 @@ async fn serve_refuses_an_unmigrated_postgres_naming_migrate_up() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
         .args(["serve", "--api-addr", "127.0.0.1:0", "--store", &db.url])
+        .arg("--allow-plaintext-secrets")
         .current_dir(dir.path())
         .output()
         .unwrap();

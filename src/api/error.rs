@@ -112,6 +112,11 @@ impl ApiError {
                 Self::new(StatusCode::CONFLICT, "Conflict", err.to_string())
             }
             StoreError::Invalid(violations) => Self::invalid(title, violations),
+            StoreError::Sealed { .. } => {
+                // The store's fault, not the caller's: name the secret (never its data).
+                tracing::error!(error = %err, "a sealed secret did not open");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, title, err.to_string())
+            }
             StoreError::InUse { .. } => Self::invalid(
                 "Could not delete a resource",
                 ValidationError::single("name", err.to_string()),

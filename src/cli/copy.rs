@@ -7,6 +7,7 @@
 //! Rows only in the destination are left alone and counted.
 
 use super::import::open_destination;
+use super::keys::{Access, EncryptionArgs, resolve};
 use crate::domain::{Mesh, Resource, Secret};
 use crate::manifest::{mesh_resource_of, secret_resource_of};
 use crate::store::{
@@ -26,6 +27,12 @@ pub struct CopyArgs {
     /// The store to write; a Postgres database gets its schema migrated first.
     #[arg(long)]
     to: String,
+    /// Keyring of --from (default for SQLite: the file next to its database).
+    #[arg(long = "from-encryption-keys")]
+    from_keys: Option<std::path::PathBuf>,
+    /// Keyring of --to, which seals what is written there.
+    #[command(flatten)]
+    encryption: EncryptionArgs,
     /// Resources per transaction (and per page read).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
     batch_size: u32,
@@ -38,12 +45,24 @@ pub struct CopyArgs {
 }
 
 pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
-    let source = AnyStore::open(&args.from, StoreOptions::default()).await?;
+    let from_encryption = EncryptionArgs {
+        keys: args.from_keys.clone(),
+        allow_plaintext_secrets: false,
+    };
+    let source_options = StoreOptions {
+        keyring: resolve(&args.from, &from_encryption, Access::Read)?,
+        ..StoreOptions::default()
+    };
+    let source = AnyStore::open(&args.from, source_options).await?;
     let (from, to) = (redact_url(&args.from), redact_url(&args.to));
     let destination = if args.verify_only {
-        AnyStore::open(&args.to, StoreOptions::default()).await?
+        let options = StoreOptions {
+            keyring: resolve(&args.to, &args.encryption, Access::Read)?,
+            ..StoreOptions::default()
+        };
+        AnyStore::open(&args.to, options).await?
     } else {
-        open_destination(&args.to).await?
+        open_destination(&args.to, &args.encryption).await?
     };
     if !args.verify_only {
         copy_all(&source, &destination, args.batch_size, &from, &to).await?;

@@ -3,6 +3,7 @@
 //! from the store, no server needed; streamed page by page, so memory stays flat.
 
 use super::StoreArgs;
+use super::keys::{Access, EncryptionArgs, resolve};
 use crate::domain::MeshName;
 use crate::manifest::{self, mesh_resource_of, secret_resource_of};
 use crate::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
@@ -26,6 +27,8 @@ pub enum Format {
 pub struct ExportArgs {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "universal")]
     format: Format,
@@ -61,7 +64,11 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         .map(MeshName::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("invalid --mesh: {e}"))?;
-    let store = AnyStore::open(&args.store.url, StoreOptions::default()).await?;
+    let options = StoreOptions {
+        keyring: resolve(&args.store.url, &args.encryption, Access::Read)?,
+        ..StoreOptions::default()
+    };
+    let store = AnyStore::open(&args.store.url, options).await?;
     let mut writer = DocumentWriter {
         out: &mut out,
         count: 0,

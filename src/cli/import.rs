@@ -5,6 +5,7 @@
 
 use super::StoreArgs;
 use super::apply::read_source;
+use super::keys::{Access, EncryptionArgs, resolve};
 use crate::domain::Resource;
 use crate::manifest;
 use crate::store::{
@@ -16,6 +17,8 @@ use crate::store::{
 pub struct ImportArgs {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
     /// The YAML or JSON stream: a file, a directory, an http(s) URL, or `-` for stdin.
     #[arg(short = 'f', long = "file", required = true)]
     files: Vec<String>,
@@ -46,7 +49,7 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
         .resources
         .into_iter()
         .partition(|r| matches!(r, Resource::Mesh(_)));
-    let store = open_destination(&args.store.url).await?;
+    let store = open_destination(&args.store.url, &args.encryption).await?;
     let mut counts = ImportCounts::default();
     let batch = args.batch_size as usize;
     for chunk in meshes.chunks(batch).chain(secrets.chunks(batch)) {
@@ -70,7 +73,11 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Unreachable database, a schema newer than this binary, or a failed migration.
-pub(super) async fn open_destination(url: &str) -> anyhow::Result<AnyStore> {
+pub(super) async fn open_destination(
+    url: &str,
+    encryption: &EncryptionArgs,
+) -> anyhow::Result<AnyStore> {
+    let keyring = resolve(url, encryption, Access::Write)?;
     if Backend::of_url(url)? == Backend::Postgres {
         let report = PostgresStore::migrate_up(url, false).await?;
         for applied in &report.applied {
@@ -82,5 +89,9 @@ pub(super) async fn open_destination(url: &str) -> anyhow::Result<AnyStore> {
             );
         }
     }
-    Ok(AnyStore::open(url, StoreOptions::default()).await?)
+    let options = StoreOptions {
+        keyring,
+        ..StoreOptions::default()
+    };
+    Ok(AnyStore::open(url, options).await?)
 }

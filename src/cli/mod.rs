@@ -9,7 +9,9 @@ mod export;
 mod generate;
 mod get;
 mod import;
+pub mod keys;
 mod migrate;
+mod rotate;
 mod serve;
 mod table;
 
@@ -52,6 +54,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Copy a whole store into another (SQLite to Postgres or back) and verify it.
     Copy(copy::CopyArgs),
+    /// Re-seal every secret with the keyring's active key (online), or show --status.
+    RotateKeys(rotate::RotateArgs),
 }
 
 /// Where the store lives; shared by every command that opens one.
@@ -106,5 +110,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args).await,
         Command::Import(args) => import::run(args).await,
         Command::Copy(args) => copy::run(args).await,
+        Command::RotateKeys(args) => rotate::run(args).await,
     }
 }

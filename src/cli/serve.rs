@@ -2,6 +2,7 @@
 //! SIGTERM (requests in flight finish first).
 
 use super::StoreArgs;
+use super::keys::{Access, EncryptionArgs, resolve};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
 use crate::store::{AnyStore, StoreOptions, redact_url};
@@ -14,6 +15,8 @@ use std::net::SocketAddr;
 pub struct ServeArgs {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
     /// Address the API listens on (Kuma's port is 5681).
     #[arg(long, env = "KUMA_SECRETS_API_ADDR", default_value = "127.0.0.1:5681")]
     api_addr: SocketAddr,
@@ -59,6 +62,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_secret_size: args.max_secret_size,
         tolerate_newer_schema: args.tolerate_newer_schema,
         unsafe_delete: args.unsafe_delete,
+        keyring: resolve(&args.store.url, &args.encryption, Access::Write)?,
         ..StoreOptions::default()
     };
     let tls = match (&args.tls_cert, &args.tls_key) {

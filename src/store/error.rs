@@ -46,6 +46,23 @@ pub enum StoreError {
         /// The backend using it.
         backend: String,
     },
+    /// A sealed secret did not open: its key id is not in the keyring, or its stored value
+    /// fails authentication (altered, or moved from another row). Names the secret, never
+    /// its data.
+    #[error("secret {key} cannot be read: {reason}")]
+    Sealed {
+        /// The secret.
+        key: ResourceKey,
+        /// Why.
+        reason: crate::sealing::OpenError,
+    },
+    /// The store holds secrets sealed with keys that are not in the keyring: it refuses to
+    /// start rather than fail on every read.
+    #[error("{}", missing_keys_message(.key_ids))]
+    MissingKeys {
+        /// The key ids in use and missing.
+        key_ids: Vec<String>,
+    },
     /// Generating or checking key material failed (not expected).
     #[error("could not generate or check key material: {0}")]
     Generation(String),
@@ -140,4 +157,13 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+fn missing_keys_message(key_ids: &[String]) -> String {
+    let ids: Vec<String> = key_ids.iter().map(|id| format!("{id:?}")).collect();
+    format!(
+        "the store holds secrets sealed with key id {} not in the keyring: pass the keyring that has {} with --encryption-keys (KUMA_SECRETS_ENCRYPTION_KEYS)",
+        ids.join(", "),
+        if ids.len() == 1 { "it" } else { "them" }
+    )
 }

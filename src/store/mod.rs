@@ -32,7 +32,7 @@ pub use page::{
     SecretScope,
 };
 pub use postgres::PostgresStore;
-pub use sql_store::{Dialect, SqlStore};
+pub use sql_store::{Dialect, ResealBatch, SqlStore};
 pub use sqlite::SqliteStore;
 pub use walk::{MeshWalk, SecretWalk};
 
@@ -194,6 +194,10 @@ pub struct StoreOptions {
     /// Let a Secret be deleted while an mTLS backend of its Mesh uses it (Kuma's
     /// `store.unsafeDelete`). Off: such a delete is [`StoreError::InUse`].
     pub unsafe_delete: bool,
+    /// Keys to seal secret data with (AES-256-GCM) before it reaches the database. `None`
+    /// stores plaintext: the binary does that only with `--allow-plaintext-secrets`; an
+    /// embedding control plane should pass a keyring.
+    pub keyring: Option<std::sync::Arc<crate::sealing::Keyring>>,
 }
 
 impl Default for StoreOptions {
@@ -204,6 +208,7 @@ impl Default for StoreOptions {
             max_secret_size: DEFAULT_MAX_SECRET_SIZE,
             tolerate_newer_schema: false,
             unsafe_delete: false,
+            keyring: None,
         }
     }
 }
@@ -255,6 +260,28 @@ impl AnyStore {
             Backend::Postgres => AnyStore::Postgres(PostgresStore::open(url, options).await?),
             Backend::Sqlite => AnyStore::Sqlite(SqliteStore::open(url, options).await?),
         })
+    }
+
+    /// Rows per sealing key id (`None`: plaintext). See [`SqlStore::rows_per_key`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn rows_per_key(&self) -> Result<Vec<(Option<String>, u64)>> {
+        match self {
+            AnyStore::Postgres(s) => s.rows_per_key().await,
+            AnyStore::Sqlite(s) => s.rows_per_key().await,
+        }
+    }
+
+    /// One batch of key rotation. See [`SqlStore::reseal_batch`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::reseal_batch`].
+    pub async fn reseal_batch(&self, after: i64, size: u32) -> Result<ResealBatch> {
+        match self {
+            AnyStore::Postgres(s) => s.reseal_batch(after, size).await,
+            AnyStore::Sqlite(s) => s.reseal_batch(after, size).await,
+        }
     }
 
     /// Closes the pool, waiting for connections to be returned.

@@ -50,7 +50,9 @@ impl SqlStore<Postgres> {
         let _ = conn.close().await;
         migrations::check(&POSTGRES_MIGRATOR, &applied?, options.tolerate_newer_schema)?;
         let pool = ConnectionPool::new(connect, options.max_connections, options.acquire_timeout);
-        Ok(Self { pool, options })
+        let store = Self { pool, options };
+        store.check_keyring().await?;
+        Ok(store)
     }
 
     /// Applies pending migrations to the database at `url`.

@@ -6,11 +6,13 @@
 //! `mesh IS NULL` each match an index (`secrets_mesh_name_key`, `secrets_global_name_key`),
 //! which `mesh IS NOT DISTINCT FROM $n` would not.
 
+use super::StoreError;
 use super::page::{Cursor, MeshQuery, PageStart, SecretQuery, SecretScope};
 use super::sql_store::Dialect;
 use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData, SecretKey,
 };
+use crate::sealing::{Keyring, OpenError};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use std::collections::BTreeMap;
@@ -18,7 +20,7 @@ use std::fmt::Write;
 
 macro_rules! secret_columns {
     () => {
-        "mesh, name, version, creation_time, modification_time, labels, data"
+        "mesh, name, version, creation_time, modification_time, labels, data, key_id"
     };
 }
 macro_rules! mesh_columns {
@@ -62,23 +64,25 @@ pub(crate) const GET_SECRET_VERSION: Keyed = Keyed {
     global: "SELECT version FROM secrets WHERE name = $1 AND mesh IS NULL",
 };
 
-/// `$1` name, `$2` mesh (NULL for global), `$3` time, `$4` labels, `$5` data.
+/// `$1` name, `$2` mesh (NULL for global), `$3` time, `$4` labels, `$5` data (sealed or
+/// plain), `$6` key id (NULL for plain).
 pub(crate) const INSERT_SECRET: &str = concat!(
-    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data) ",
-    "VALUES ($1, $2, 1, $3, $3, $4, $5) RETURNING ",
+    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data, key_id) ",
+    "VALUES ($1, $2, 1, $3, $3, $4, $5, $6) RETURNING ",
     secret_columns!()
 );
 
-/// `$1` data, `$2` labels, `$3` time, `$4` expected version, `$5` name [, `$6` mesh].
+/// `$1` data, `$2` key id, `$3` labels, `$4` time, `$5` expected version, `$6` name
+/// [, `$7` mesh].
 pub(crate) const UPDATE_SECRET: Keyed = Keyed {
     mesh: concat!(
-        "UPDATE secrets SET data = $1, labels = $2, modification_time = $3, version = version + 1 ",
-        "WHERE version = $4 AND name = $5 AND mesh = $6 RETURNING ",
+        "UPDATE secrets SET data = $1, key_id = $2, labels = $3, modification_time = $4, ",
+        "version = version + 1 WHERE version = $5 AND name = $6 AND mesh = $7 RETURNING ",
         secret_columns!()
     ),
     global: concat!(
-        "UPDATE secrets SET data = $1, labels = $2, modification_time = $3, version = version + 1 ",
-        "WHERE version = $4 AND name = $5 AND mesh IS NULL RETURNING ",
+        "UPDATE secrets SET data = $1, key_id = $2, labels = $3, modification_time = $4, ",
+        "version = version + 1 WHERE version = $5 AND name = $6 AND mesh IS NULL RETURNING ",
         secret_columns!()
     ),
 };
@@ -122,27 +126,103 @@ pub struct SecretRow {
     modification_time: DateTime<Utc>,
     labels: Json<BTreeMap<String, String>>,
     data: Vec<u8>,
+    key_id: Option<String>,
 }
 
-impl From<SecretRow> for Secret {
-    fn from(row: SecretRow) -> Self {
-        let name = ResourceName::from_stored(row.name);
-        let key = match row.mesh {
-            Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh), name),
-            None => SecretKey::global(name),
+impl SecretRow {
+    /// The stored secret, its data opened with `keyring` if the row is sealed.
+    ///
+    /// # Errors
+    /// [`StoreError::Sealed`] naming the secret when the row does not open (a key id not in
+    /// the keyring, or a value that fails authentication), or is sealed and the store has
+    /// no keyring.
+    pub fn open(mut self, keyring: Option<&Keyring>) -> Result<Secret, StoreError> {
+        let key = self.key();
+        let data = match (&self.key_id, keyring) {
+            (None, _) => std::mem::take(&mut self.data),
+            (Some(key_id), Some(keyring)) => {
+                keyring
+                    .open(&key, key_id, &self.data)
+                    .map_err(|reason| StoreError::Sealed {
+                        key: key.resource_key(),
+                        reason,
+                    })?
+            }
+            (Some(key_id), None) => {
+                return Err(StoreError::Sealed {
+                    key: key.resource_key(),
+                    reason: OpenError::MissingKey {
+                        key_id: key_id.clone(),
+                    },
+                });
+            }
         };
+        Ok(self.with_data(SecretData::from_stored(data)))
+    }
+
+    /// The row's version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// The secret's key.
+    pub fn key(&self) -> SecretKey {
+        let name = ResourceName::from_stored(self.name.clone());
+        match &self.mesh {
+            Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh.clone()), name),
+            None => SecretKey::global(name),
+        }
+    }
+
+    /// The row as a Secret with `data`: after a write, which knows the plaintext it sealed.
+    pub fn with_data(self, data: SecretData) -> Secret {
+        let key = self.key();
         Secret {
             key,
-            data: SecretData::from_stored(row.data),
-            labels: Labels::from_stored(row.labels.0),
+            data,
+            labels: Labels::from_stored(self.labels.0),
             meta: Meta {
-                version: row.version,
-                creation_time: row.creation_time,
-                modification_time: row.modification_time,
+                version: self.version,
+                creation_time: self.creation_time,
+                modification_time: self.modification_time,
             },
         }
     }
 }
+
+/// A `secrets` row as key rotation reads it.
+#[derive(sqlx::FromRow)]
+pub struct SealedRow {
+    pub id: i64,
+    pub mesh: Option<String>,
+    pub name: String,
+    pub version: i64,
+    pub data: Vec<u8>,
+    pub key_id: Option<String>,
+}
+
+impl SealedRow {
+    /// The secret's key.
+    pub fn key(&self) -> SecretKey {
+        let name = ResourceName::from_stored(self.name.clone());
+        match &self.mesh {
+            Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh.clone()), name),
+            None => SecretKey::global(name),
+        }
+    }
+}
+
+/// `$1` after id, `$2` active key id, `$3` limit: the next rows not sealed with the active
+/// key (plaintext rows included), in id order.
+pub(crate) const ROWS_TO_RESEAL: &str = "SELECT id, mesh, name, version, data, key_id FROM secrets \
+     WHERE id > $1 AND (key_id IS NULL OR key_id <> $2) ORDER BY id LIMIT $3";
+/// `$1` data, `$2` key id, `$3` id, `$4` version read: re-seals a row unless it changed
+/// since (then a concurrent write has sealed it already). Content, version and times stay.
+pub(crate) const RESEAL_ROW: &str =
+    "UPDATE secrets SET data = $1, key_id = $2 WHERE id = $3 AND version = $4 RETURNING id";
+/// Rows per key id (`''` for plaintext).
+pub(crate) const ROWS_PER_KEY: &str = "SELECT coalesce(key_id, '') AS key_id, count(*) AS n \
+     FROM secrets GROUP BY key_id ORDER BY 1";
 
 /// A `secrets` row of a list page, with the count of all matches.
 #[derive(sqlx::FromRow)]

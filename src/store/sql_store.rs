@@ -8,7 +8,8 @@ use super::pool::ConnectionPool;
 use super::sql::{
     self, Bind, DELETE_MESH, DELETE_SECRET, GET_MESH, GET_MESH_VERSION, GET_SECRET,
     GET_SECRET_VERSION, INSERT_MESH, INSERT_SECRET, ListStatements, ListedMeshRow, ListedSecretRow,
-    MeshRow, SecretRow, Statement, UPDATE_MESH, UPDATE_SECRET,
+    MeshRow, RESEAL_ROW, ROWS_PER_KEY, ROWS_TO_RESEAL, SealedRow, SecretRow, Statement,
+    UPDATE_MESH, UPDATE_SECRET,
 };
 use super::{ImportCounts, Result, SecretStore, StoreError, StoreOptions};
 use crate::domain::mtls::{DataSource, Mtls, builtin_ca_names};
@@ -16,6 +17,7 @@ use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
     ResourceName, Secret, SecretKey, SecretUpdate, ValidationError,
 };
+use crate::sealing::Keyring;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::query::QueryAs;
 use sqlx::types::Json;
@@ -86,6 +88,19 @@ fn labels_json(labels: &crate::domain::Labels) -> Json<BTreeMap<String, String>>
     Json(labels.as_map().clone())
 }
 
+/// What one [`SqlStore::reseal_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResealBatch {
+    /// The id to continue after.
+    pub last_id: i64,
+    /// Rows now sealed with the active key.
+    pub resealed: u64,
+    /// Rows changed concurrently (and so sealed by that write).
+    pub skipped: u64,
+    /// No rows remain after this batch.
+    pub finished: bool,
+}
+
 /// What [`SqlStore::prepare_mtls`] found: CAs to store, secrets that must still exist.
 #[derive(Default)]
 struct MtlsPlan {
@@ -97,6 +112,18 @@ struct MtlsPlan {
 struct BuiltinCa {
     cert: (String, Vec<u8>),
     key: (String, Vec<u8>),
+}
+
+/// The bytes to store for `data` of secret `key`, and the key id that sealed them (`None`:
+/// stored as given, when the store has no keyring).
+fn seal(keyring: Option<&Keyring>, key: &SecretKey, data: &[u8]) -> (Option<String>, Vec<u8>) {
+    match keyring {
+        Some(keyring) => {
+            let (key_id, sealed) = keyring.seal(key, data);
+            (Some(key_id), sealed)
+        }
+        None => (None, data.to_vec()),
+    }
 }
 
 /// Kuma's data-source load error for a missing secret.
@@ -153,6 +180,8 @@ macro_rules! impl_for_sql_databases {
             for<'r> ListedMeshRow: FromRow<'r, DB::Row>,
             for<'r> (i64,): FromRow<'r, DB::Row>,
             for<'r> (i64, Json<MeshSpec>): FromRow<'r, DB::Row>,
+            for<'r> (String, i64): FromRow<'r, DB::Row>,
+            for<'r> SealedRow: FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -179,6 +208,105 @@ impl [SqlStore<DB>] {
             .fetch_optional_via(self, Op::Other)
             .await?;
         Ok(row.map(|(v,)| v))
+    }
+
+    /// Rows per key id that sealed them (`None`: plaintext), for `rotate-keys --status`
+    /// and the start-up check.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn rows_per_key(&self) -> Result<Vec<(Option<String>, u64)>> {
+        let rows = sqlx::query_as::<DB, (String, i64)>(ROWS_PER_KEY)
+            .fetch_all_via(self, Op::Other)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, n)| ((!id.is_empty()).then_some(id), u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    /// Refuses a keyring that lacks a key id some row is sealed with (or no keyring when
+    /// any row is sealed): better to stop at start-up, naming the ids, than fail every read.
+    ///
+    /// # Errors
+    /// [`StoreError::MissingKeys`].
+    pub async fn check_keyring(&self) -> Result<()> {
+        let keyring = self.options.keyring.as_deref();
+        let missing: Vec<String> = self
+            .rows_per_key()
+            .await?
+            .into_iter()
+            .filter_map(|(id, _)| id)
+            .filter(|id| !keyring.is_some_and(|k| k.contains(id)))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::MissingKeys { key_ids: missing })
+        }
+    }
+
+    /// Re-seals with the active key the next `size` rows after id `after` that are sealed
+    /// with another key or not at all, in one transaction. Each row is written only if its
+    /// version is still the one read, so a concurrent write (which seals with the active
+    /// key itself) is never overwritten; its version and times do not change.
+    ///
+    /// # Errors
+    /// No keyring, a row that does not open (named), or the database failed.
+    pub async fn reseal_batch(&self, after: i64, size: u32) -> Result<ResealBatch> {
+        let Some(keyring) = self.options.keyring.clone() else {
+            return Err(StoreError::Invalid(ValidationError::single(
+                "encryption-keys",
+                "rotating keys needs a keyring",
+            )));
+        };
+        self.in_write_transaction(Op::Other, move |tx| {
+            Box::pin(async move {
+                let rows = sqlx::query_as::<DB, SealedRow>(ROWS_TO_RESEAL)
+                    .bind(after)
+                    .bind(keyring.active_id().to_owned())
+                    .bind(i64::from(size))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut batch = ResealBatch {
+                    last_id: after,
+                    resealed: 0,
+                    skipped: 0,
+                    finished: rows.len() < size as usize,
+                };
+                for row in rows {
+                    batch.last_id = row.id;
+                    let key = row.key();
+                    let plaintext = match &row.key_id {
+                        None => row.data.clone(),
+                        Some(key_id) => match keyring.open(&key, key_id, &row.data) {
+                            Ok(plaintext) => plaintext,
+                            Err(reason) => {
+                                return Ok(Err(StoreError::Sealed {
+                                    key: key.resource_key(),
+                                    reason,
+                                }));
+                            }
+                        },
+                    };
+                    let (key_id, sealed) = keyring.seal(&key, &plaintext);
+                    let written = sqlx::query_as::<DB, (i64,)>(RESEAL_ROW)
+                        .bind(sealed)
+                        .bind(key_id)
+                        .bind(row.id)
+                        .bind(row.version)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if written.is_some() {
+                        batch.resealed += 1;
+                    } else {
+                        batch.skipped += 1;
+                    }
+                }
+                Ok(Ok(batch))
+            })
+        })
+        .await
     }
 
     /// Everything about a Mesh's mTLS that needs reading or computing before its write
@@ -281,6 +409,7 @@ impl [SqlStore<DB>] {
     /// it so a concurrent delete waits for this commit (and then sees the reference).
     async fn apply_mtls_plan(
         tx: &mut DB::Connection,
+        keyring: Option<&Keyring>,
         mesh: &MeshName,
         plan: MtlsPlan,
         time: DateTime<Utc>,
@@ -308,12 +437,14 @@ impl [SqlStore<DB>] {
                     .bind(mesh.as_str().to_owned())
                     .fetch_optional(&mut *tx)
                     .await?;
+                let (key_id, stored) = seal(keyring, &stale, &pem);
                 sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
                     .bind(name)
                     .bind(Some(mesh.as_str().to_owned()))
                     .bind(time)
                     .bind(labels_json(&builtin_ca_labels(mesh)))
-                    .bind(pem)
+                    .bind(stored)
+                    .bind(key_id)
                     .fetch_one(&mut *tx)
                     .await?;
             }
@@ -363,6 +494,7 @@ impl [SqlStore<DB>] {
     /// maps to `AlreadyExists` or `MeshNotFound` for it.
     async fn import_in_transaction(
         conn: &mut DB::Connection,
+        keyring: Option<&Keyring>,
         items: Vec<Resource>,
         failed: &mut Option<ResourceKey>,
     ) -> std::result::Result<ImportCounts, sqlx::Error> {
@@ -413,7 +545,16 @@ impl [SqlStore<DB>] {
                     if let Some(mesh) = key.mesh() {
                         get = get.bind(mesh.as_str().to_owned());
                     }
-                    let existing = get.fetch_optional(&mut *tx).await?.map(Secret::from);
+                    // A stored row that does not open (altered, or sealed with a key this
+                    // keyring lacks) is overwritten: the import is the authority here.
+                    let existing = get
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| {
+                            let version = row.version();
+                            row.open(keyring).map_err(|_| version)
+                        });
+                    let (key_id, stored) = seal(keyring, key, secret.data.expose());
                     match existing {
                         None => {
                             *failed = Some(key.resource_key());
@@ -422,24 +563,30 @@ impl [SqlStore<DB>] {
                                 .bind(key.mesh().map(|m| m.as_str().to_owned()))
                                 .bind(time)
                                 .bind(labels_json(&secret.labels))
-                                .bind(secret.data.expose().to_vec())
+                                .bind(stored)
+                                .bind(key_id)
                                 .fetch_one(&mut *tx)
                                 .await?;
                             *failed = None;
                             counts.created += 1;
                         }
-                        Some(current)
+                        Some(Ok(current))
                             if current.data.expose() == secret.data.expose()
                                 && current.labels == secret.labels =>
                         {
                             counts.unchanged += 1;
                         }
                         Some(current) => {
+                            let version = match current {
+                                Ok(current) => current.meta.version,
+                                Err(version) => version,
+                            };
                             let mut update = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
-                                .bind(secret.data.expose().to_vec())
+                                .bind(stored)
+                                .bind(key_id)
                                 .bind(labels_json(&secret.labels))
                                 .bind(time)
-                                .bind(current.meta.version)
+                                .bind(version)
                                 .bind(key.name().as_str().to_owned());
                             if let Some(mesh) = key.mesh() {
                                 update = update.bind(mesh.as_str().to_owned());
@@ -461,7 +608,7 @@ impl [SqlStore<DB>] {
         &self,
         statements: ListStatements,
         first_page: bool,
-        split: impl Fn(Row) -> (Item, i64),
+        split: impl Fn(Row) -> Result<(Item, i64)>,
         cursor_of: impl Fn(&Item) -> (Option<String>, String),
         size: u32,
         offset: u64,
@@ -476,7 +623,7 @@ impl [SqlStore<DB>] {
         let mut total = 0;
         let mut items = Vec::with_capacity(rows.len());
         for row in rows {
-            let (item, row_total) = split(row);
+            let (item, row_total) = split(row)?;
             total = row_total;
             items.push(item);
         }
@@ -572,15 +719,17 @@ impl [SecretStore for SqlStore<DB>] {
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
         secret.data.check_size(self.options.max_secret_size)?;
         let key = secret.key.resource_key();
+        let (key_id, stored) = seal(self.options.keyring.as_deref(), &secret.key, secret.data.expose());
         let row = sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
             .bind(secret.key.name().as_str().to_owned())
             .bind(secret.key.mesh().map(|m| m.as_str().to_owned()))
             .bind(now())
             .bind(labels_json(&secret.labels))
-            .bind(secret.data.expose().to_vec())
+            .bind(stored)
+            .bind(key_id)
             .fetch_one_via(self, Op::Create(&key))
             .await?;
-        Ok(row.into())
+        Ok(row.with_data(secret.data))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
@@ -591,8 +740,10 @@ impl [SecretStore for SqlStore<DB>] {
         update: SecretUpdate,
     ) -> Result<Secret> {
         update.data.check_size(self.options.max_secret_size)?;
+        let (key_id, stored) = seal(self.options.keyring.as_deref(), key, update.data.expose());
         let mut query = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
-            .bind(update.data.expose().to_vec())
+            .bind(stored)
+            .bind(key_id)
             .bind(labels_json(&update.labels))
             .bind(now())
             .bind(expected_version)
@@ -604,7 +755,7 @@ impl [SecretStore for SqlStore<DB>] {
             .fetch_optional_via(self, Op::Other)
             .await?;
         match row {
-            Some(row) => Ok(row.into()),
+            Some(row) => Ok(row.with_data(update.data)),
             None => Err(missed(
                 key.resource_key(),
                 Some(expected_version),
@@ -681,8 +832,8 @@ impl [SecretStore for SqlStore<DB>] {
         query
             .fetch_optional_via(self, Op::Other)
             .await?
-            .map(Secret::from)
-            .ok_or_else(|| StoreError::NotFound(key.resource_key()))
+            .ok_or_else(|| StoreError::NotFound(key.resource_key()))?
+            .open(self.options.keyring.as_deref())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, scope = ?query.scope))]
@@ -691,7 +842,7 @@ impl [SecretStore for SqlStore<DB>] {
         self.run_list(
             sql::list_secrets::<DB>(query),
             first_page,
-            |row: ListedSecretRow| (Secret::from(row.row), row.total),
+            |row: ListedSecretRow| Ok((row.row.open(self.options.keyring.as_deref())?, row.total)),
             |s: &Secret| {
                 (
                     s.key.mesh().map(|m| m.as_str().to_owned()),
@@ -710,6 +861,7 @@ impl [SecretStore for SqlStore<DB>] {
         let mtls = Mtls::of(&mesh.spec, &mesh.name)?;
         let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
         let time = now();
+        let keyring = self.options.keyring.clone();
         self.in_write_transaction(Op::Create(&key), move |tx| {
             Box::pin(async move {
                 let row = sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
@@ -719,7 +871,7 @@ impl [SecretStore for SqlStore<DB>] {
                     .bind(Json(mesh.spec))
                     .fetch_one(&mut *tx)
                     .await?;
-                Ok(Self::apply_mtls_plan(tx, &mesh.name, plan, time)
+                Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &mesh.name, plan, time)
                     .await?
                     .map(|()| Mesh::from(row))
                     .map_err(StoreError::Invalid))
@@ -738,6 +890,7 @@ impl [SecretStore for SqlStore<DB>] {
         let mtls = Mtls::of(&update.spec, name)?;
         let plan = self.prepare_mtls(name, mtls.as_ref()).await?;
         let time = now();
+        let keyring = self.options.keyring.clone();
         let name = name.clone();
         self.in_write_transaction(Op::Other, move |tx| {
             Box::pin(async move {
@@ -768,7 +921,7 @@ impl [SecretStore for SqlStore<DB>] {
                     .bind(name.as_str().to_owned())
                     .fetch_one(&mut *tx)
                     .await?;
-                Ok(Self::apply_mtls_plan(tx, &name, plan, time)
+                Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &name, plan, time)
                     .await?
                     .map(|()| Mesh::from(row))
                     .map_err(StoreError::Invalid))
@@ -810,7 +963,7 @@ impl [SecretStore for SqlStore<DB>] {
         self.run_list(
             sql::list_meshes::<DB>(query),
             first_page,
-            |row: ListedMeshRow| (Mesh::from(row.row), row.total),
+            |row: ListedMeshRow| Ok((Mesh::from(row.row), row.total)),
             |m: &Mesh| (None, m.name.as_str().to_owned()),
             query.page.size(),
             query.page.offset(),
@@ -838,7 +991,7 @@ impl [SecretStore for SqlStore<DB>] {
             .await
             .map_err(|e| map_db_error(e, Op::Other))?;
         let mut failed = None;
-        let result = Self::import_in_transaction(conn.conn(), items, &mut failed).await;
+        let result = Self::import_in_transaction(conn.conn(), self.options.keyring.as_deref(), items, &mut failed).await;
         conn.finish(result).map_err(|e| match &failed {
             Some(key) => map_db_error(e, Op::Create(key)),
             None => map_db_error(e, Op::Other),

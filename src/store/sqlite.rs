@@ -54,7 +54,9 @@ impl SqlStore<Sqlite> {
             options.max_connections.clamp(1, MAX_SQLITE_CONNECTIONS),
             options.acquire_timeout,
         );
-        Ok(Self { pool, options })
+        let store = Self { pool, options };
+        store.check_keyring().await?;
+        Ok(store)
     }
 
     /// Applies pending migrations to the file at `url`.

@@ -130,6 +130,38 @@ impl Drop for TestDb {
     }
 }
 
+/// The keyring every test store seals with (one random key per test process), so the
+/// whole suite runs with encryption at rest on.
+pub fn test_keyring() -> std::sync::Arc<kuma_secrets::sealing::Keyring> {
+    static KEYRING: std::sync::OnceLock<std::sync::Arc<kuma_secrets::sealing::Keyring>> =
+        std::sync::OnceLock::new();
+    KEYRING
+        .get_or_init(|| {
+            std::sync::Arc::new(kuma_secrets::sealing::Keyring::single(
+                "test-1",
+                kuma_secrets::sealing::Keyring::random_key(),
+            ))
+        })
+        .clone()
+}
+
+/// Writes [`test_keyring`] to `dir/keys.yaml` for the binary's `--encryption-keys`.
+pub fn test_keyring_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("keys.yaml");
+    if !path.exists() {
+        test_keyring().save_new(&path).expect("write keyring");
+    }
+    path
+}
+
+/// `options` with the test keyring unless they name one.
+pub fn sealed(mut options: StoreOptions) -> StoreOptions {
+    if options.keyring.is_none() {
+        options.keyring = Some(test_keyring());
+    }
+    options
+}
+
 /// A migrated Postgres store on a fresh database. Keep the `TestDb` alive as long as the store.
 pub async fn postgres_store() -> (TestDb, PostgresStore) {
     postgres_store_with(StoreOptions::default()).await
@@ -138,7 +170,7 @@ pub async fn postgres_store() -> (TestDb, PostgresStore) {
 /// As [`postgres_store`], with options.
 pub async fn postgres_store_with(options: StoreOptions) -> (TestDb, PostgresStore) {
     let db = TestDb::migrated().await;
-    let store = PostgresStore::open(&db.url, options)
+    let store = PostgresStore::open(&db.url, sealed(options))
         .await
         .expect("open postgres store");
     (db, store)
@@ -153,7 +185,7 @@ pub async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
 pub async fn sqlite_store_with(options: StoreOptions) -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let store = SqliteStore::open(&url, options)
+    let store = SqliteStore::open(&url, sealed(options))
         .await
         .expect("open sqlite store");
     (dir, store)

@@ -1,0 +1,128 @@
+//! Which keyring a command seals and opens secrets with (`--encryption-keys FILE`, env
+//! `KUMA_SECRETS_ENCRYPTION_KEYS`), and the one way to store plaintext on purpose
+//! (`--allow-plaintext-secrets`).
+//!
+//! Without a keyring, the embedded SQLite default uses the file next to its database
+//! (`kuma-secrets.db` → `kuma-secrets.db.keys`), generating it owner-only on first start.
+//! A Postgres store has no such place: commands that write to one need a keyring or the
+//! explicit plaintext flag.
+
+use crate::sealing::Keyring;
+use crate::store::{Backend, redact_url};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Encryption flags of a command that opens a store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EncryptionArgs {
+    /// Keyring file: `active: ID` and `keys: {ID: BASE64 of 32 bytes}`. Default for SQLite:
+    /// the file next to the database (`<db>.keys`), created on first start.
+    #[arg(long = "encryption-keys", env = "KUMA_SECRETS_ENCRYPTION_KEYS")]
+    pub keys: Option<PathBuf>,
+    /// Store secret data unencrypted when no keyring is given (needed for Postgres without
+    /// --encryption-keys). Anyone with a dump or a replica can then read every secret.
+    #[arg(long, env = "KUMA_SECRETS_ALLOW_PLAINTEXT_SECRETS")]
+    pub allow_plaintext_secrets: bool,
+}
+
+/// What the command does with the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only: no keyring is fine (sealed rows then fail to open, naming their key).
+    Read,
+    /// Writes secrets: a keyring, the SQLite default one, or an explicit plaintext choice.
+    Write,
+}
+
+/// The keyring for `store_url`, or `None` for plaintext.
+///
+/// # Errors
+/// An unreadable or invalid keyring file, or a Postgres store written without a keyring
+/// or `--allow-plaintext-secrets`.
+pub fn resolve(
+    store_url: &str,
+    args: &EncryptionArgs,
+    access: Access,
+) -> anyhow::Result<Option<Arc<Keyring>>> {
+    if let Some(path) = &args.keys {
+        let keyring = Keyring::load(path)?;
+        tracing::info!(keyring = %path.display(), active = keyring.active_id(), "secret data is sealed with AES-256-GCM");
+        return Ok(Some(Arc::new(keyring)));
+    }
+    match Backend::of_url(store_url)? {
+        Backend::Sqlite => {
+            let Some(path) = default_keyring_path(store_url) else {
+                // An in-memory database lives as long as the process: so can its key.
+                return Ok(Some(Arc::new(Keyring::single(
+                    "key-1",
+                    Keyring::random_key(),
+                ))));
+            };
+            if path.exists() {
+                let keyring = Keyring::load(&path)?;
+                tracing::info!(keyring = %path.display(), active = keyring.active_id(), "secret data is sealed with AES-256-GCM");
+                return Ok(Some(Arc::new(keyring)));
+            }
+            if access == Access::Read || args.allow_plaintext_secrets {
+                return Ok(None);
+            }
+            let keyring = Keyring::single("key-1", Keyring::random_key());
+            keyring
+                .save_new(&path)
+                .with_context(|| "could not create the default keyring")?;
+            tracing::warn!(
+                keyring = %path.display(),
+                "generated an encryption keyring for the embedded store (owner-only). Back it up apart from the database: without it the secrets cannot be read"
+            );
+            Ok(Some(Arc::new(keyring)))
+        }
+        Backend::Postgres => {
+            if access == Access::Read {
+                return Ok(None);
+            }
+            if args.allow_plaintext_secrets {
+                tracing::warn!(
+                    store = %redact_url(store_url),
+                    "--allow-plaintext-secrets: secret data goes to the database UNENCRYPTED; anyone with a dump, a backup or a replica can read every secret"
+                );
+                return Ok(None);
+            }
+            anyhow::bail!(
+                "a Postgres store needs an encryption keyring: pass --encryption-keys FILE (KUMA_SECRETS_ENCRYPTION_KEYS), or --allow-plaintext-secrets to store secret data unencrypted"
+            )
+        }
+    }
+}
+
+/// `<db file>.keys` for a `sqlite://PATH` URL; `None` for an in-memory database.
+pub fn default_keyring_path(store_url: &str) -> Option<PathBuf> {
+    let rest = store_url
+        .strip_prefix("sqlite://")
+        .or_else(|| store_url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    let mut keys = Path::new(path).as_os_str().to_owned();
+    keys.push(".keys");
+    Some(PathBuf::from(keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_keyring_sits_next_to_the_database() {
+        assert_eq!(
+            default_keyring_path("sqlite://kuma-secrets.db"),
+            Some(PathBuf::from("kuma-secrets.db.keys"))
+        );
+        assert_eq!(
+            default_keyring_path("sqlite:///var/lib/ks/db.sqlite?mode=rwc"),
+            Some(PathBuf::from("/var/lib/ks/db.sqlite.keys"))
+        );
+        assert_eq!(default_keyring_path("sqlite::memory:"), None);
+    }
+}
