@@ -22,6 +22,10 @@ async fn the_binary_serves_the_embedded_default_and_stops_on_sigterm() {
         dir.path().join("kuma-secrets.db").exists(),
         "the default store is a file in the working directory"
     );
+    let keys = dir.path().join("kuma-secrets.db.keys");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&keys).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the generated keyring is owner-only");
 
     let client = reqwest::Client::new();
     let meshes: serde_json::Value = client
