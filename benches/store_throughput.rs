@@ -14,10 +14,15 @@
 //!   returned. Each caller owns one secret, so no update conflicts and both sides do the
 //!   same work; pgbench carries the version from one transaction to the next with `\gset`.
 //!
+//! Each cell also runs the store with encryption at rest (AES-256-GCM sealing on every
+//! write, opening on every read) on a second database whose rows are sealed, so the table
+//! shows what sealing costs next to the plaintext path.
+//!
 //! Secrets hold 1 KiB (a typical PEM key). Postgres comes from `DATABASE_URL`; the bench
-//! creates and drops its own database.
+//! creates and drops its own databases.
 
 use kuma_secrets::domain::{Labels, NewMesh, NewSecret, SecretData, SecretKey, SecretUpdate};
+use kuma_secrets::sealing::Keyring;
 use kuma_secrets::store::{PostgresStore, SecretStore, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
 use std::process::Command;
@@ -30,10 +35,10 @@ const DATA_LEN: usize = 1024;
 const TIMESTAMP: &str = "2026-11-28 00:00:00+00";
 
 const GET_SQL: &str = "\\set name :client_id\n\
-SELECT mesh, name, version, creation_time, modification_time, labels, data FROM secrets WHERE name = :name AND mesh = :mesh;\n";
+SELECT mesh, name, version, creation_time, modification_time, labels, data, key_id FROM secrets WHERE name = :name AND mesh = :mesh;\n";
 
 const UPDATE_SQL: &str = "\\set name :client_id\n\
-UPDATE secrets SET data = :data, labels = :labels, modification_time = :ts, version = version + 1 WHERE version = :version AND name = :name AND mesh = :mesh RETURNING mesh, name, version, creation_time, modification_time, labels, data \\gset\n";
+UPDATE secrets SET data = :data, key_id = :key_id, labels = :labels, modification_time = :ts, version = version + 1 WHERE version = :version AND name = :name AND mesh = :mesh RETURNING mesh, name, version, creation_time, modification_time, labels, data, key_id \\gset\n";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Op {
@@ -186,6 +191,7 @@ fn run_pgbench(
         .args(["-D", "labels={}"])
         .args(["-D", &format!("ts={TIMESTAMP}")])
         .args(["-D", "version=1"])
+        .args(["-D", "key_id=bench-1"])
         .arg(url)
         .output()
         .expect("pgbench is needed: apt-get install postgresql-client");
@@ -212,6 +218,51 @@ fn run_pgbench(
         .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"))
 }
 
+/// Creates database `db` with the bench mesh and one secret per caller, sealed with
+/// `keyring` if given.
+async fn prepare(
+    admin: &mut PgConnection,
+    admin_url: &str,
+    db: &str,
+    callers: usize,
+    keyring: Option<Arc<Keyring>>,
+) -> String {
+    let url = with_database(admin_url, db);
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    PostgresStore::migrate_up(&url, false).await.unwrap();
+    let options = StoreOptions {
+        keyring,
+        ..StoreOptions::default()
+    };
+    let store = PostgresStore::open(&url, options).await.unwrap();
+    store
+        .create_mesh(NewMesh {
+            name: kuma_secrets::domain::MeshName::parse(MESH).unwrap(),
+            spec: Default::default(),
+            labels: Labels::default(),
+        })
+        .await
+        .unwrap();
+    for i in 0..callers {
+        store
+            .create_secret(NewSecret {
+                key: SecretKey::parse(Some(MESH), &secret_name(i)).unwrap(),
+                data: SecretData::new(payload()).unwrap(),
+                labels: Labels::default(),
+            })
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    conn.execute("VACUUM ANALYZE secrets").await.unwrap();
+    conn.close().await.unwrap();
+    url
+}
+
 fn main() {
     let args = parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -219,44 +270,21 @@ fn main() {
         .build()
         .unwrap();
     let admin_url = database_url();
-    let db = format!("ks_bench_{}", uuid::Uuid::new_v4().simple());
-    let url = with_database(&admin_url, &db);
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (plain_db, sealed_db) = (
+        format!("ks_bench_{suffix}"),
+        format!("ks_bench_sealed_{suffix}"),
+    );
+    let keyring = Arc::new(Keyring::single("bench-1", Keyring::random_key()));
     let script_dir = tempfile::tempdir().unwrap();
 
     runtime.block_on(async {
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .expect("Postgres at DATABASE_URL");
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .await
-            .unwrap();
-        PostgresStore::migrate_up(&url, false).await.unwrap();
-        let store = PostgresStore::open(&url, StoreOptions::default())
-            .await
-            .unwrap();
-        store
-            .create_mesh(NewMesh {
-                name: kuma_secrets::domain::MeshName::parse(MESH).unwrap(),
-                spec: Default::default(),
-                labels: Labels::default(),
-            })
-            .await
-            .unwrap();
         let max = args.callers.iter().copied().max().unwrap_or(1);
-        for i in 0..max {
-            store
-                .create_secret(NewSecret {
-                    key: SecretKey::parse(Some(MESH), &secret_name(i)).unwrap(),
-                    data: SecretData::new(payload()).unwrap(),
-                    labels: Labels::default(),
-                })
-                .await
-                .unwrap();
-        }
-        store.close().await;
-        let mut admin_db = PgConnection::connect(&url).await.unwrap();
-        admin_db.execute("VACUUM ANALYZE secrets").await.unwrap();
+        let url = prepare(&mut admin, &admin_url, &plain_db, max, None).await;
+        let sealed_url = prepare(&mut admin, &admin_url, &sealed_db, max, Some(keyring.clone())).await;
 
         println!(
             "store vs pgbench, {}s per cell, {} cores, Postgres at {}",
@@ -265,33 +293,45 @@ fn main() {
             kuma_secrets::store::redact_url(&admin_url)
         );
         println!();
-        println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio |");
-        println!("|---|---:|---:|---:|---:|");
+        println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio | sealed ops/s | sealed / plaintext |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for op in [Op::Get, Op::Update] {
             for &callers in &args.callers {
-                let options = StoreOptions {
-                    max_connections: callers as u32,
-                    ..StoreOptions::default()
+                let run = |url: String, keyring: Option<Arc<Keyring>>| async move {
+                    let options = StoreOptions {
+                        max_connections: callers as u32,
+                        keyring,
+                        ..StoreOptions::default()
+                    };
+                    let store = Arc::new(PostgresStore::open(&url, options).await.unwrap());
+                    let rate = run_store(&store, op, callers, args.seconds).await;
+                    store.close().await;
+                    reset_versions(&url).await;
+                    rate
                 };
-                let store = Arc::new(PostgresStore::open(&url, options).await.unwrap());
-                let ours = run_store(&store, op, callers, args.seconds).await;
-                store.close().await;
-                reset_versions(&url).await;
+                let ours = run(url.clone(), None).await;
+                let sealed = run(sealed_url.clone(), Some(keyring.clone())).await;
                 let theirs = run_pgbench(&url, op, callers, args.seconds, script_dir.path());
-                reset_versions(&url).await;
+                // pgbench wrote its plaintext payload with a key id: make the rows plaintext
+                // rows again for the next plaintext run.
+                let mut conn = PgConnection::connect(&url).await.unwrap();
+                conn.execute("UPDATE secrets SET version = 1, key_id = NULL")
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
                 println!(
-                    "| {} | {callers} | {ours:.0} | {theirs:.0} | {:.2} |",
+                    "| {} | {callers} | {ours:.0} | {theirs:.0} | {:.2} | {sealed:.0} | {:.2} |",
                     op.name(),
-                    ours / theirs
+                    ours / theirs,
+                    sealed / ours
                 );
             }
         }
-        admin_db.close().await.unwrap();
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE {db} WITH (FORCE)"
-            )))
-            .await
-            .unwrap();
+        for db in [&plain_db, &sealed_db] {
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
+                .await
+                .unwrap();
+        }
     });
 }
