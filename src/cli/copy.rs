@@ -11,11 +11,12 @@ use super::keys::{Access, EncryptionArgs, resolve};
 use crate::domain::{Mesh, Resource, Secret};
 use crate::manifest::{mesh_resource_of, secret_resource_of};
 use crate::store::{
-    AnyStore, ImportCounts, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions,
+    AnyStore, ImportCounts, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions, Walk,
     redact_url,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 
 /// `kuma-secrets copy …`
@@ -209,98 +210,90 @@ async fn verify(
         extra: 0,
         problems: Vec::new(),
     };
-    {
-        let mut left = MeshWalk::new(page_size)?;
-        let mut right = MeshWalk::new(page_size)?;
-        let mut theirs: std::collections::VecDeque<Mesh> = Default::default();
-        while let Some(page) = left.next_page(source).await? {
-            for mine in page.items {
-                report.checked += 1;
-                let found = loop {
-                    if theirs.is_empty() {
-                        match right.next_page(destination).await? {
-                            Some(p) => theirs.extend(p.items),
-                            None => break None,
-                        }
-                        if theirs.is_empty() {
-                            break None;
-                        }
-                    }
-                    let next = &theirs[0];
-                    match next.name.as_str().cmp(mine.name.as_str()) {
-                        Ordering::Less => {
-                            report.extra += 1;
-                            theirs.pop_front();
-                        }
-                        Ordering::Equal => break theirs.pop_front(),
-                        Ordering::Greater => break None,
-                    }
-                };
-                match found {
-                    None => report
-                        .problems
-                        .push(format!("missing: Mesh {:?}", mine.name.as_str())),
-                    Some(found) if found.spec != mine.spec || found.labels != mine.labels => report
-                        .problems
-                        .push(format!("differs: Mesh {:?}", mine.name.as_str())),
-                    Some(_) => {}
-                }
-            }
-        }
-        report.extra += theirs.len() as u64;
-        while let Some(p) = right.next_page(destination).await? {
-            report.extra += p.items.len() as u64;
-        }
-    }
+    compare(
+        source,
+        destination,
+        || MeshWalk::new(page_size),
+        |m: &Mesh| (String::new(), m.name.as_str().to_owned()),
+        |a, b| a.spec == b.spec && a.labels == b.labels,
+        |m| format!("Mesh {:?}", m.name.as_str()),
+        &mut report,
+    )
+    .await?;
     for scope in [SecretScope::AllMeshes, SecretScope::Global] {
-        let mut left = SecretWalk::new(scope.clone(), page_size)?;
-        let mut right = SecretWalk::new(scope, page_size)?;
-        let mut theirs: std::collections::VecDeque<Secret> = Default::default();
-        let key = |s: &Secret| {
-            (
-                s.key.mesh().map(|m| m.as_str().to_owned()),
-                s.key.name().as_str().to_owned(),
-            )
-        };
-        while let Some(page) = left.next_page(source).await? {
-            for mine in page.items {
-                report.checked += 1;
-                let found = loop {
-                    if theirs.is_empty() {
-                        match right.next_page(destination).await? {
-                            Some(p) => theirs.extend(p.items),
-                            None => break None,
-                        }
-                        if theirs.is_empty() {
-                            break None;
-                        }
-                    }
-                    match key(&theirs[0]).cmp(&key(&mine)) {
-                        Ordering::Less => {
-                            report.extra += 1;
-                            theirs.pop_front();
-                        }
-                        Ordering::Equal => break theirs.pop_front(),
-                        Ordering::Greater => break None,
-                    }
-                };
-                let what = mine.key.resource_key();
-                match found {
-                    None => report.problems.push(format!("missing: {what}")),
-                    Some(found)
-                        if found.data.expose() != mine.data.expose()
-                            || found.labels != mine.labels =>
-                    {
-                        report.problems.push(format!("differs: {what}"));
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        report.extra += theirs.len() as u64;
-        while let Some(p) = right.next_page(destination).await? {
-            report.extra += p.items.len() as u64;
-        }
+        compare(
+            source,
+            destination,
+            || SecretWalk::new(scope.clone(), page_size),
+            |s: &Secret| {
+                (
+                    s.key
+                        .mesh()
+                        .map(|m| m.as_str().to_owned())
+                        .unwrap_or_default(),
+                    s.key.name().as_str().to_owned(),
+                )
+            },
+            |a, b| a.data.expose() == b.data.expose() && a.labels == b.labels,
+            |s| s.key.resource_key().to_string(),
+            &mut report,
+        )
+        .await?;
     }
     Ok(report)
+}
+
+/// One merge join of a walk over `source` against the same walk over `destination`.
+async fn compare<W: Walk>(
+    source: &AnyStore,
+    destination: &AnyStore,
+    walk: impl Fn() -> crate::store::Result<W>,
+    key: impl Fn(&W::Item) -> (String, String),
+    same: impl Fn(&W::Item, &W::Item) -> bool,
+    describe: impl Fn(&W::Item) -> String,
+    report: &mut Verification,
+) -> anyhow::Result<()> {
+    let (mut left, mut right) = (walk()?, walk()?);
+    let mut theirs: VecDeque<W::Item> = VecDeque::new();
+    let mut right_done = false;
+    while let Some(page) = left.next_items(source).await? {
+        for mine in page {
+            report.checked += 1;
+            let found = loop {
+                if theirs.is_empty() && !right_done {
+                    match right.next_items(destination).await? {
+                        Some(items) if !items.is_empty() => theirs.extend(items),
+                        _ => right_done = true,
+                    }
+                }
+                let Some(next) = theirs.front() else {
+                    break None;
+                };
+                match key(next).cmp(&key(&mine)) {
+                    Ordering::Less => {
+                        report.extra += 1;
+                        theirs.pop_front();
+                    }
+                    Ordering::Equal => break theirs.pop_front(),
+                    Ordering::Greater => break None,
+                }
+            };
+            match found {
+                None => report
+                    .problems
+                    .push(format!("missing: {}", describe(&mine))),
+                Some(found) if !same(&found, &mine) => {
+                    report
+                        .problems
+                        .push(format!("differs: {}", describe(&mine)));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    report.extra += theirs.len() as u64;
+    while let Some(items) = right.next_items(destination).await? {
+        report.extra += items.len() as u64;
+    }
+    Ok(())
 }

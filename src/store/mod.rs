@@ -34,7 +34,7 @@ pub use page::{
 pub use postgres::PostgresStore;
 pub use sql_store::{Dialect, ResealBatch, SqlStore};
 pub use sqlite::SqliteStore;
-pub use walk::{MeshWalk, SecretWalk};
+pub use walk::{MeshWalk, SecretWalk, Walk};
 
 use crate::domain::{
     DEFAULT_MAX_SECRET_SIZE, Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret,

@@ -167,11 +167,7 @@ impl SecretRow {
 
     /// The secret's key.
     pub fn key(&self) -> SecretKey {
-        let name = ResourceName::from_stored(self.name.clone());
-        match &self.mesh {
-            Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh.clone()), name),
-            None => SecretKey::global(name),
-        }
+        stored_key(self.mesh.as_deref(), &self.name)
     }
 
     /// The row as a Secret with `data`: after a write, which knows the plaintext it sealed.
@@ -190,6 +186,15 @@ impl SecretRow {
     }
 }
 
+/// The key of a stored row (its names were validated when written).
+fn stored_key(mesh: Option<&str>, name: &str) -> SecretKey {
+    let name = ResourceName::from_stored(name.to_owned());
+    match mesh {
+        Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh.to_owned()), name),
+        None => SecretKey::global(name),
+    }
+}
+
 /// A `secrets` row as key rotation reads it.
 #[derive(sqlx::FromRow)]
 pub struct SealedRow {
@@ -204,11 +209,7 @@ pub struct SealedRow {
 impl SealedRow {
     /// The secret's key.
     pub fn key(&self) -> SecretKey {
-        let name = ResourceName::from_stored(self.name.clone());
-        match &self.mesh {
-            Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh.clone()), name),
-            None => SecretKey::global(name),
-        }
+        stored_key(self.mesh.as_deref(), &self.name)
     }
 }
 

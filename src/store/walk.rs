@@ -7,6 +7,32 @@ use super::{
 };
 use crate::domain::{Mesh, Secret};
 
+/// A page-by-page walk over a store, in key order: what [`SecretWalk`] and [`MeshWalk`]
+/// share, so code comparing two stores is written once.
+pub trait Walk {
+    /// What the walk yields.
+    type Item;
+    /// The next page's items, `None` after the last page.
+    fn next_items<S: SecretStore>(
+        &mut self,
+        store: &S,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<Self::Item>>>> + Send;
+}
+
+impl Walk for SecretWalk {
+    type Item = Secret;
+    async fn next_items<S: SecretStore>(&mut self, store: &S) -> Result<Option<Vec<Secret>>> {
+        Ok(self.next_page(store).await?.map(|page| page.items))
+    }
+}
+
+impl Walk for MeshWalk {
+    type Item = Mesh;
+    async fn next_items<S: SecretStore>(&mut self, store: &S) -> Result<Option<Vec<Mesh>>> {
+        Ok(self.next_page(store).await?.map(|page| page.items))
+    }
+}
+
 /// Every Secret (or GlobalSecret) of a scope, in (mesh, name) order.
 #[derive(Debug)]
 pub struct SecretWalk {
