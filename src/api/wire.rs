@@ -5,7 +5,7 @@
 //! read like Kuma's jsonpb decoder: unknown fields are ignored, `data` is standard padded
 //! base64 (CR/LF ignored), timestamps in the body are ignored (the server sets them).
 
-use crate::domain::{Labels, Mesh, MeshSpec, Secret};
+use crate::domain::{Labels, Mesh, MeshSpec, NewSecret, Resource, Secret};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -89,30 +89,15 @@ pub struct ListBody<T> {
     pub next: Option<String>,
 }
 
-/// The Kubernetes manifest Kuma returns for `?format=k8s` (reference §8).
+/// The Kubernetes manifest Kuma returns for `?format=k8s` (reference §8): the only label it
+/// carries is `kuma.io/mesh`.
 pub fn kubernetes_manifest(secret: &Secret, namespace: &str) -> Value {
-    let (k8s_type, labels) = match secret.key.mesh() {
-        Some(mesh) => (
-            "system.kuma.io/secret",
-            serde_json::json!({ "kuma.io/mesh": mesh.as_str() }),
-        ),
-        None => ("system.kuma.io/global-secret", serde_json::json!({})),
-    };
-    let mut metadata = serde_json::json!({
-        "name": secret.key.name().as_str(),
-        "namespace": namespace,
-        "creationTimestamp": secret.meta.creation_time.to_rfc3339_opts(SecondsFormat::Secs, true),
+    let resource = Resource::Secret(NewSecret {
+        key: secret.key.clone(),
+        data: secret.data.clone(),
+        labels: Labels::default(),
     });
-    if labels.as_object().is_some_and(|l| !l.is_empty()) {
-        metadata["labels"] = labels;
-    }
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": k8s_type,
-        "metadata": metadata,
-        "data": { "value": STANDARD.encode(secret.data.expose()) },
-    })
+    crate::manifest::to_kubernetes(&resource, Some(&secret.meta.creation_time), namespace)
 }
 
 /// A resource body as read from a PUT, before validation.

@@ -142,7 +142,9 @@ fn render(
 ) -> Value {
     match format {
         Format::Universal => manifest::to_universal(resource),
-        Format::Kubernetes => manifest::to_kubernetes(resource, Some(created)),
+        Format::Kubernetes => {
+            manifest::to_kubernetes(resource, Some(created), manifest::KUMA_NAMESPACE)
+        }
     }
 }
 

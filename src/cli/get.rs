@@ -299,7 +299,11 @@ fn kubernetes_of(item: &Value) -> anyhow::Result<Value> {
     let entries = manifest::parse_document(item.clone())
         .map_err(|e| anyhow::anyhow!("the server sent a resource this client cannot read: {e}"))?;
     match entries.into_iter().next() {
-        Some(Entry::Resource(resource)) => Ok(manifest::to_kubernetes(&resource, created.as_ref())),
+        Some(Entry::Resource(resource)) => Ok(manifest::to_kubernetes(
+            &resource,
+            created.as_ref(),
+            manifest::KUMA_NAMESPACE,
+        )),
         _ => anyhow::bail!("the server sent a resource this client cannot read"),
     }
 }

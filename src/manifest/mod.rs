@@ -404,9 +404,13 @@ pub fn to_universal(resource: &Resource) -> Value {
 }
 
 /// The Kubernetes form, as Kuma's Kubernetes mode stores it: a `v1` `Secret` in
-/// [`KUMA_NAMESPACE`] (all labels kept, `kuma.io/mesh` set for a mesh-scoped one), or a
-/// `kuma.io/v1alpha1` `Mesh`.
-pub fn to_kubernetes(resource: &Resource, created: Option<&DateTime<Utc>>) -> Value {
+/// `namespace` (usually [`KUMA_NAMESPACE`]; all labels kept, `kuma.io/mesh` set for a
+/// mesh-scoped one), or a `kuma.io/v1alpha1` `Mesh`.
+pub fn to_kubernetes(
+    resource: &Resource,
+    created: Option<&DateTime<Utc>>,
+    namespace: &str,
+) -> Value {
     let mut metadata = Map::new();
     match resource {
         Resource::Secret(secret) => {
@@ -419,7 +423,7 @@ pub fn to_kubernetes(resource: &Resource, created: Option<&DateTime<Utc>>) -> Va
                 None => GLOBAL_SECRET_K8S_TYPE,
             };
             metadata.insert("name".into(), json!(secret.key.name().as_str()));
-            metadata.insert("namespace".into(), json!(KUMA_NAMESPACE));
+            metadata.insert("namespace".into(), json!(namespace));
             if let Some(created) = created {
                 metadata.insert(
                     "creationTimestamp".into(),
