@@ -8,6 +8,12 @@
 //! - [`domain`]: names, labels, secrets and meshes, validated with Kuma's rules and messages.
 //! - [`store`]: the [`store::SecretStore`] repository trait and its two backends,
 //!   [`store::PostgresStore`] and [`store::SqliteStore`], plus schema migrations.
+//! - [`sealing`]: encryption at rest (AES-256-GCM, keyrings) the store applies to every
+//!   secret it writes and reads.
+//! - [`ca`]: Mesh mTLS certificate authorities: builtin generation, provided-CA checks.
+//! - [`api`]: the Kuma-compatible HTTP API (axum), with authentication and metrics.
+//! - [`client`]: a client of that API, for the CLI's verbs.
+//! - [`manifest`]: Universal and Kubernetes YAML in and out.
 //! - [`cli`]: the `kuma-secrets` command line (`main.rs` only calls it).
 //!
 //! ## Embedding

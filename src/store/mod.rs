@@ -11,9 +11,15 @@
 //! `tests/store_conformance.rs`, which runs every case against both backends on real
 //! databases.
 //!
-//! Every write is a single SQL statement (create, versioned update, versioned delete,
-//! mesh delete with its `ON DELETE CASCADE`), so each is atomic without an explicit
-//! transaction and costs one round trip.
+//! Secret create, versioned update and Mesh delete (with its `ON DELETE CASCADE`) are each
+//! one SQL statement: atomic without an explicit transaction, one round trip. Writes that
+//! must see other rows run in one write transaction (`BEGIN IMMEDIATE` on SQLite): a Mesh
+//! write with its generated CA secrets and the check that referenced secrets exist, a
+//! Secret delete with the mTLS guard (the Mesh row locked against a concurrent reference),
+//! an import batch, a key-rotation batch.
+//!
+//! Secret data is sealed (AES-256-GCM, `crate::sealing`) before it is bound to a statement
+//! and opened after a row is read, whenever the store has a keyring.
 
 mod error;
 mod migrations;

@@ -352,12 +352,12 @@ impl [SqlStore<DB>] {
             };
             let conf = format!("mtls.backends[{i}].conf");
             let mut loaded = Vec::new();
-            for source in [cert, key] {
+            for (field, source) in [("cert", cert), ("key", key)] {
                 match source {
                     DataSource::Inline(bytes) => loaded.push(Some(bytes.clone())),
                     DataSource::File(_) => {
                         errors.push(
-                            format!("{conf}.{}", if std::ptr::eq(source, cert) { "cert" } else { "key" }),
+                            format!("{conf}.{field}"),
                             "could not load data: file data sources are not read by kuma-secrets; use secret or inline, or set skipValidation",
                         );
                         loaded.push(None);
