@@ -5,13 +5,34 @@
 //! cargo bench --bench deep_pages -- [--secrets N] [--size 100]
 //! ```
 //!
-//! For each backend it seeds N secrets with one SQL statement, starts the real API on port
-//! 0, and times over HTTP: the first page (median of 30), every page while following
+//! For each backend it seeds N secrets with one SQL statement, seals them all with a
+//! keyring (as `rotate-keys` does), starts the real API on port 0, and times over HTTP
+//! (every page opens its sealed rows): the first page (median of 30), every page while following
 //! `next` to the end, and for comparison the last page requested by `offset` alone (what
 //! Kuma's clients send, and what Kuma itself answers by loading every row).
 
 use kuma_secrets::api::{self, ApiConfig, AppState};
+use kuma_secrets::sealing::Keyring;
 use kuma_secrets::store::{AnyStore, StoreOptions};
+use std::sync::Arc;
+
+/// A store on `url` sealing with a fresh key, its seeded plaintext rows sealed.
+async fn sealed_store(url: &str) -> AnyStore {
+    let options = StoreOptions {
+        keyring: Some(Arc::new(Keyring::single("bench-1", Keyring::random_key()))),
+        ..StoreOptions::default()
+    };
+    let store = AnyStore::open(url, options).await.unwrap();
+    let mut after = 0;
+    loop {
+        let batch = store.reseal_batch(after, 1000).await.unwrap();
+        after = batch.last_id;
+        if batch.finished {
+            break;
+        }
+    }
+    store
+}
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use std::time::{Duration, Instant};
 
@@ -157,14 +178,15 @@ fn main() {
         .unwrap();
         conn.execute("VACUUM ANALYZE secrets").await.unwrap();
         conn.close().await.unwrap();
-        let store = AnyStore::open(&url, StoreOptions::default()).await.unwrap();
+        let store = sealed_store(&url).await;
         measure("postgres", store, &args).await;
         admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).await.unwrap();
 
         // SQLite.
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        let store = AnyStore::open(&url, StoreOptions::default()).await.unwrap();
+        // Opening migrates the new file; the seeded rows are sealed below.
+        AnyStore::open(&url, StoreOptions::default()).await.unwrap().close().await;
         let mut conn = SqliteConnection::connect(&url).await.unwrap();
         conn.execute("INSERT INTO meshes (name, version, creation_time, modification_time) VALUES ('default', 1, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
             .await
@@ -181,6 +203,7 @@ fn main() {
         .unwrap();
         conn.execute("ANALYZE").await.unwrap();
         conn.close().await.unwrap();
+        let store = sealed_store(&url).await;
         measure("sqlite", store, &args).await;
     });
 }

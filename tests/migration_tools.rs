@@ -441,3 +441,36 @@ async fn copy_killed_midway_finishes_on_the_next_run() {
     );
     assert_eq!(contents(&partial).await, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_refuses_to_print_secrets_on_a_terminal_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = sqlite_url(&dir, "store.db");
+    let store = open(&store_url).await;
+    seed(&store, 1).await;
+    store.close().await;
+    let binary = env!("CARGO_BIN_EXE_kuma-secrets");
+    // `script` runs the command on a pseudo-terminal, as a user's shell would.
+    let on_terminal = |extra: &str| {
+        let command = format!(
+            "{binary} export --store {store_url} --encryption-keys {} {extra}",
+            keys_file()
+        );
+        std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .expect("script (util-linux) runs a command on a terminal")
+    };
+    let refused = on_terminal("");
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{text}");
+    assert!(
+        text.contains("refusing to write secret data to a terminal"),
+        "{text}"
+    );
+    assert!(!text.contains("data:"), "{text}");
+    let forced = on_terminal("--force");
+    let text = String::from_utf8_lossy(&forced.stdout);
+    assert!(forced.status.success(), "{text}");
+    assert!(text.contains("type: GlobalSecret"), "{text}");
+}
