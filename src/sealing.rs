@@ -202,6 +202,28 @@ impl Keyring {
         })
     }
 
+    /// The ids of its keys, sorted.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// Replaces the file at `path` with this keyring, owner-only, atomically (a new file
+    /// renamed over the old one), so a crash never leaves half a keyring.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save_replacing(&self, path: &Path) -> Result<(), KeyringError> {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".new");
+        let temporary = std::path::PathBuf::from(temporary);
+        let _ = std::fs::remove_file(&temporary);
+        self.save_new(&temporary)?;
+        std::fs::rename(&temporary, path).map_err(|source| KeyringError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
     /// Writes the keyring to `path`, readable and writable by its owner only; refuses to
     /// overwrite an existing file.
     ///

@@ -515,3 +515,48 @@ on_both_backends! {
 async fn postgres_serve_without_a_keyring_is_refused() {
     postgres_needs_a_keyring_or_an_explicit_plaintext_choice(Backend::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_encryption_key_then_rotate_moves_every_secret_to_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    let keys_arg = keys.to_str().unwrap();
+    let run = kuma(&["generate", "encryption-key", "--keyring", keys_arg], None)
+        .await
+        .ok();
+    assert!(run.stdout.contains("key \"key-1\" (active)"), "{run:?}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&keys).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = open_with(&url, Some(Arc::new(Keyring::load(&keys).unwrap())))
+        .await
+        .unwrap();
+    kuma_secrets::api::bootstrap(&store, true).await.unwrap();
+    store.close().await;
+
+    let run = kuma(
+        &[
+            "generate",
+            "encryption-key",
+            "--keyring",
+            keys_arg,
+            "--activate",
+        ],
+        None,
+    )
+    .await
+    .ok();
+    assert!(run.stdout.contains("added key \"key-2\""), "{run:?}");
+    let keyring = Keyring::load(&keys).unwrap();
+    assert_eq!(keyring.active_id(), "key-2");
+    assert_eq!(keyring.key_ids().collect::<Vec<_>>(), ["key-1", "key-2"]);
+
+    let run = rotate(&url, &keys, &["--status"]).await.ok();
+    assert!(run.stdout.contains("old: run rotate-keys"), "{run:?}");
+    rotate(&url, &keys, &[]).await.ok();
+    let run = rotate(&url, &keys, &["--status"]).await.ok();
+    assert!(!run.stdout.contains("key-1"), "{run:?}");
+    assert!(run.stdout.contains("key-2"), "{run:?}");
+}

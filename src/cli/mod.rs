@@ -45,7 +45,7 @@ pub enum Command {
     /// Delete a secret, global secret or mesh.
     #[command(subcommand)]
     Delete(delete::DeleteCommand),
-    /// Generate tokens.
+    /// Generate user tokens and encryption keys.
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
     /// Write every mesh, secret and global secret of a store as YAML (no server needed).
