@@ -7,7 +7,7 @@
 mod common;
 
 use common::TestDb;
-use common::process::{CliRun, kuma};
+use common::process::{CliRun, kill_when, kuma};
 use common::server::{Backend, Guard, TestServer};
 use kuma_secrets::api::ApiConfig;
 use kuma_secrets::domain::{Labels, NewSecret, SecretData, SecretKey};
@@ -16,7 +16,6 @@ use kuma_secrets::store::{AnyStore, SecretStore, StoreError, StoreOptions};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 const MARKER: &str = "MARKER-5be1c0de-the-secret-value";
 
@@ -436,30 +435,19 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
     assert!(run.stdout.contains("(plaintext)"), "{run:?}");
 
     // Killed after its first batches...
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
-        .args(["rotate-keys", "--store", &url, "--batch-size", "20"])
-        .args(["--encryption-keys", keys.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut line = String::new();
-    loop {
-        use tokio::io::AsyncBufReadExt;
-        line.clear();
-        let read = tokio::time::timeout_at(deadline.into(), stderr.read_line(&mut line))
-            .await
-            .expect("rotate-keys reports progress")
-            .unwrap();
-        assert!(read > 0, "rotate-keys ended before reporting progress");
-        if line.starts_with("re-sealed ") {
-            break;
-        }
-    }
-    child.kill().await.unwrap();
+    kill_when(
+        &[
+            "rotate-keys",
+            "--store",
+            &url,
+            "--batch-size",
+            "20",
+            "--encryption-keys",
+            keys.to_str().unwrap(),
+        ],
+        |line| line.starts_with("re-sealed "),
+    )
+    .await;
     let per_key = sealed.rows_per_key().await.unwrap();
     assert!(
         per_key.iter().any(|(id, _)| id.is_none()) && per_key.iter().any(|(id, _)| id.is_some()),

@@ -5,11 +5,10 @@
 mod common;
 
 use common::TestDb;
-use common::process::{CliRun, kuma_with_env};
+use common::process::{CliRun, kill_when, kuma_with_env};
 use kuma_secrets::domain::{Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey};
 use kuma_secrets::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
     format!("sqlite://{}", dir.path().join(file).display())
@@ -373,8 +372,9 @@ async fn copy_killed_midway_finishes_on_the_next_run() {
     let db = TestDb::empty().await;
 
     // Small batches, killed after the first few have committed.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
-        .args([
+    let keys = keys_file();
+    kill_when(
+        &[
             "copy",
             "--from",
             &sqlite,
@@ -383,38 +383,18 @@ async fn copy_killed_midway_finishes_on_the_next_run() {
             "--batch-size",
             "50",
             "--from-encryption-keys",
-            &keys_file(),
+            &keys,
             "--encryption-keys",
-            &keys_file(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut line = String::new();
-    let mut log = String::new();
-    loop {
-        log.push_str(&line);
-        line.clear();
-        use tokio::io::AsyncBufReadExt;
-        let read = tokio::time::timeout_at(deadline.into(), stderr.read_line(&mut line))
-            .await
-            .expect("copy reports progress")
-            .unwrap();
-        assert!(read > 0, "copy ended before reporting progress: {log}");
-        let done: u64 = line
-            .strip_prefix("copied ")
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if done >= 500 {
-            break;
-        }
-    }
-    child.kill().await.unwrap();
+            &keys,
+        ],
+        |line| {
+            line.strip_prefix("copied ")
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|done| done >= 500)
+        },
+    )
+    .await;
 
     let partial = open(&db.url).await;
     let copied = contents(&partial).await.len();

@@ -210,6 +210,75 @@ impl [SqlStore<DB>] {
         Ok(row.map(|(v,)| v))
     }
 
+    /// `INSERT_SECRET` with its parameters bound: the one place their order lives.
+    fn insert_secret_query(
+        key: &SecretKey,
+        time: DateTime<Utc>,
+        labels: &Labels,
+        stored: Vec<u8>,
+        key_id: Option<String>,
+    ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
+        sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
+            .bind(key.name().as_str().to_owned())
+            .bind(key.mesh().map(|m| m.as_str().to_owned()))
+            .bind(time)
+            .bind(labels_json(labels))
+            .bind(stored)
+            .bind(key_id)
+    }
+
+    /// `UPDATE_SECRET` with its parameters bound (the mesh last, for a Secret).
+    fn update_secret_query(
+        key: &SecretKey,
+        stored: Vec<u8>,
+        key_id: Option<String>,
+        labels: &Labels,
+        time: DateTime<Utc>,
+        expected_version: i64,
+    ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
+        let query = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
+            .bind(stored)
+            .bind(key_id)
+            .bind(labels_json(labels))
+            .bind(time)
+            .bind(expected_version)
+            .bind(key.name().as_str().to_owned());
+        match key.mesh() {
+            Some(mesh) => query.bind(mesh.as_str().to_owned()),
+            None => query,
+        }
+    }
+
+    /// `INSERT_MESH` with its parameters bound.
+    fn insert_mesh_query(
+        name: &MeshName,
+        time: DateTime<Utc>,
+        labels: &Labels,
+        spec: MeshSpec,
+    ) -> QueryAs<'static, DB, MeshRow, DB::Arguments> {
+        sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
+            .bind(name.as_str().to_owned())
+            .bind(time)
+            .bind(labels_json(labels))
+            .bind(Json(spec))
+    }
+
+    /// `UPDATE_MESH` with its parameters bound.
+    fn update_mesh_query(
+        name: &MeshName,
+        spec: MeshSpec,
+        labels: &Labels,
+        time: DateTime<Utc>,
+        expected_version: i64,
+    ) -> QueryAs<'static, DB, MeshRow, DB::Arguments> {
+        sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
+            .bind(Json(spec))
+            .bind(labels_json(labels))
+            .bind(time)
+            .bind(expected_version)
+            .bind(name.as_str().to_owned())
+    }
+
     /// Rows per key id that sealed them (`None`: plaintext), for `rotate-keys --status`
     /// and the start-up check.
     ///
@@ -438,13 +507,7 @@ impl [SqlStore<DB>] {
                     .fetch_optional(&mut *tx)
                     .await?;
                 let (key_id, stored) = seal(keyring, &stale, &pem);
-                sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
-                    .bind(name)
-                    .bind(Some(mesh.as_str().to_owned()))
-                    .bind(time)
-                    .bind(labels_json(&builtin_ca_labels(mesh)))
-                    .bind(stored)
-                    .bind(key_id)
+                Self::insert_secret_query(&stale, time, &builtin_ca_labels(mesh), stored, key_id)
                     .fetch_one(&mut *tx)
                     .await?;
             }
@@ -512,11 +575,7 @@ impl [SqlStore<DB>] {
                     match existing {
                         None => {
                             *failed = Some(ResourceKey::mesh(&mesh.name));
-                            sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
-                                .bind(mesh.name.as_str().to_owned())
-                                .bind(time)
-                                .bind(labels_json(&mesh.labels))
-                                .bind(Json(mesh.spec))
+                            Self::insert_mesh_query(&mesh.name, time, &mesh.labels, mesh.spec)
                                 .fetch_one(&mut *tx)
                                 .await?;
                             *failed = None;
@@ -526,14 +585,15 @@ impl [SqlStore<DB>] {
                             counts.unchanged += 1;
                         }
                         Some(current) => {
-                            sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
-                                .bind(Json(mesh.spec))
-                                .bind(labels_json(&mesh.labels))
-                                .bind(time)
-                                .bind(current.meta.version)
-                                .bind(mesh.name.as_str().to_owned())
-                                .fetch_one(&mut *tx)
-                                .await?;
+                            Self::update_mesh_query(
+                                &mesh.name,
+                                mesh.spec,
+                                &mesh.labels,
+                                time,
+                                current.meta.version,
+                            )
+                            .fetch_one(&mut *tx)
+                            .await?;
                             counts.updated += 1;
                         }
                     }
@@ -558,13 +618,7 @@ impl [SqlStore<DB>] {
                     match existing {
                         None => {
                             *failed = Some(key.resource_key());
-                            sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
-                                .bind(key.name().as_str().to_owned())
-                                .bind(key.mesh().map(|m| m.as_str().to_owned()))
-                                .bind(time)
-                                .bind(labels_json(&secret.labels))
-                                .bind(stored)
-                                .bind(key_id)
+                            Self::insert_secret_query(key, time, &secret.labels, stored, key_id)
                                 .fetch_one(&mut *tx)
                                 .await?;
                             *failed = None;
@@ -581,17 +635,9 @@ impl [SqlStore<DB>] {
                                 Ok(current) => current.meta.version,
                                 Err(version) => version,
                             };
-                            let mut update = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
-                                .bind(stored)
-                                .bind(key_id)
-                                .bind(labels_json(&secret.labels))
-                                .bind(time)
-                                .bind(version)
-                                .bind(key.name().as_str().to_owned());
-                            if let Some(mesh) = key.mesh() {
-                                update = update.bind(mesh.as_str().to_owned());
-                            }
-                            update.fetch_one(&mut *tx).await?;
+                            Self::update_secret_query(key, stored, key_id, &secret.labels, time, version)
+                                .fetch_one(&mut *tx)
+                                .await?;
                             counts.updated += 1;
                         }
                     }
@@ -720,13 +766,7 @@ impl [SecretStore for SqlStore<DB>] {
         secret.data.check_size(self.options.max_secret_size)?;
         let key = secret.key.resource_key();
         let (key_id, stored) = seal(self.options.keyring.as_deref(), &secret.key, secret.data.expose());
-        let row = sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
-            .bind(secret.key.name().as_str().to_owned())
-            .bind(secret.key.mesh().map(|m| m.as_str().to_owned()))
-            .bind(now())
-            .bind(labels_json(&secret.labels))
-            .bind(stored)
-            .bind(key_id)
+        let row = Self::insert_secret_query(&secret.key, now(), &secret.labels, stored, key_id)
             .fetch_one_via(self, Op::Create(&key))
             .await?;
         Ok(row.with_data(secret.data))
@@ -741,17 +781,7 @@ impl [SecretStore for SqlStore<DB>] {
     ) -> Result<Secret> {
         update.data.check_size(self.options.max_secret_size)?;
         let (key_id, stored) = seal(self.options.keyring.as_deref(), key, update.data.expose());
-        let mut query = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
-            .bind(stored)
-            .bind(key_id)
-            .bind(labels_json(&update.labels))
-            .bind(now())
-            .bind(expected_version)
-            .bind(key.name().as_str().to_owned());
-        if let Some(mesh) = key.mesh() {
-            query = query.bind(mesh.as_str().to_owned());
-        }
-        let row = query
+        let row = Self::update_secret_query(key, stored, key_id, &update.labels, now(), expected_version)
             .fetch_optional_via(self, Op::Other)
             .await?;
         match row {
@@ -864,11 +894,7 @@ impl [SecretStore for SqlStore<DB>] {
         let keyring = self.options.keyring.clone();
         self.in_write_transaction(Op::Create(&key), move |tx| {
             Box::pin(async move {
-                let row = sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
-                    .bind(mesh.name.as_str().to_owned())
-                    .bind(time)
-                    .bind(labels_json(&mesh.labels))
-                    .bind(Json(mesh.spec))
+                let row = Self::insert_mesh_query(&mesh.name, time, &mesh.labels, mesh.spec)
                     .fetch_one(&mut *tx)
                     .await?;
                 Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &mesh.name, plan, time)
@@ -913,12 +939,7 @@ impl [SecretStore for SqlStore<DB>] {
                 if let Err(e) = Mtls::check_change(current_mtls.as_ref(), mtls.as_ref()) {
                     return Ok(Err(StoreError::Invalid(e)));
                 }
-                let row = sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
-                    .bind(Json(update.spec))
-                    .bind(labels_json(&update.labels))
-                    .bind(time)
-                    .bind(expected_version)
-                    .bind(name.as_str().to_owned())
+                let row = Self::update_mesh_query(&name, update.spec, &update.labels, time, expected_version)
                     .fetch_one(&mut *tx)
                     .await?;
                 Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &name, plan, time)

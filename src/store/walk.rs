@@ -3,7 +3,7 @@
 //! stays at one page and the last page costs what the first does.
 
 use super::{
-    MeshQuery, Page, PageRequest, PageStart, Result, SecretQuery, SecretScope, SecretStore,
+    Cursor, MeshQuery, Page, PageRequest, PageStart, Result, SecretQuery, SecretScope, SecretStore,
 };
 use crate::domain::{Mesh, Secret};
 
@@ -61,13 +61,7 @@ impl SecretWalk {
             return Ok(None);
         }
         let page = store.list_secrets(&self.query).await?;
-        match &page.next {
-            Some(cursor) => {
-                self.query.page =
-                    PageRequest::new(self.query.page.size(), PageStart::After(cursor.clone()))?;
-            }
-            None => self.finished = true,
-        }
+        self.finished = advance(&mut self.query.page, page.next.as_ref())?;
         Ok(Some(page))
     }
 }
@@ -103,13 +97,18 @@ impl MeshWalk {
             return Ok(None);
         }
         let page = store.list_meshes(&self.query).await?;
-        match &page.next {
-            Some(cursor) => {
-                self.query.page =
-                    PageRequest::new(self.query.page.size(), PageStart::After(cursor.clone()))?;
-            }
-            None => self.finished = true,
-        }
+        self.finished = advance(&mut self.query.page, page.next.as_ref())?;
         Ok(Some(page))
+    }
+}
+
+/// Moves `page` to start after `next`; `true` (finished) when there is no next page.
+fn advance(page: &mut PageRequest, next: Option<&Cursor>) -> Result<bool> {
+    match next {
+        Some(cursor) => {
+            *page = PageRequest::new(page.size(), PageStart::After(cursor.clone()))?;
+            Ok(false)
+        }
+        None => Ok(true),
     }
 }

@@ -169,3 +169,33 @@ pub async fn kuma_with_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &st
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// Starts `kuma-secrets ARGS` and kills it (SIGKILL, no chance to clean up) as soon as a
+/// line of its stderr satisfies `reached`: a job interrupted midway. Panics if it exits
+/// before, with what it printed.
+pub async fn kill_when(args: &[&str], reached: impl Fn(&str) -> bool) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kuma-secrets");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout_at(deadline.into(), stderr.read_line(&mut line))
+            .await
+            .expect("the job reports progress within a minute")
+            .unwrap();
+        assert!(read > 0, "the job ended before it was killed: {log}");
+        if reached(&line) {
+            break;
+        }
+        log.push_str(&line);
+    }
+    child.kill().await.unwrap();
+}
