@@ -5,11 +5,12 @@
 #[macro_use]
 mod common;
 
+use common::http::stored;
 use common::process::{kuma, kuma_with_env};
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::ApiConfig;
 use kuma_secrets::domain::SecretKey;
-use kuma_secrets::store::{SecretStore, StoreError, StoreOptions};
+use kuma_secrets::store::{SecretStore, StoreOptions};
 use serde_json::Value;
 
 /// `kuma-secrets ARGS --api-url URL`.
@@ -25,18 +26,6 @@ async fn cli_in(
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--api-url", &server.url]);
     kuma(&all, stdin).await
-}
-
-async fn stored(server: &TestServer, mesh: Option<&str>, name: &str) -> Option<Vec<u8>> {
-    match server
-        .store
-        .get_secret(&SecretKey::parse(mesh, name).unwrap())
-        .await
-    {
-        Ok(secret) => Some(secret.data.expose().to_vec()),
-        Err(StoreError::NotFound(_)) => None,
-        Err(other) => panic!("{other}"),
-    }
 }
 
 const SECRETS: &str = "\

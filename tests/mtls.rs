@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+use common::http::{b64, delete_path, put_json, put_secret, stored};
 use common::process::kuma;
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::ApiConfig;
@@ -41,44 +42,12 @@ fn leaf_pair() -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn b64(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-async fn put(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = Client::new()
-        .put(server.at(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
-}
-
-async fn delete(server: &TestServer, path: &str) -> (StatusCode, Value) {
-    let response = Client::new().delete(server.at(path)).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
-}
-
-async fn put_secret(server: &TestServer, mesh: &str, name: &str, data: &str) {
-    let (status, body) = put(
-        server,
-        &format!("/meshes/{mesh}/secrets/{name}"),
-        json!({"type": "Secret", "mesh": mesh, "name": name, "data": b64(data)}),
-    )
-    .await;
-    assert!(status.is_success(), "{status} {body}");
-}
-
 fn provided(name: &str, cert: Value, key: Value) -> Value {
     json!({"name": name, "type": "provided", "conf": {"cert": cert, "key": key}})
 }
 
 async fn put_mesh(server: &TestServer, name: &str, mtls: Value) -> (StatusCode, Value) {
-    put(
+    put_json(
         server,
         &format!("/meshes/{name}"),
         json!({"type": "Mesh", "name": name, "mtls": mtls}),
@@ -112,18 +81,6 @@ fn assert_violation(body: &Value, field: &str, reason_part: &str) {
             .any(|(f, r)| f == field && r.contains(reason_part)),
         "{field}: {reason_part:?} in {found:#?}"
     );
-}
-
-async fn stored(server: &TestServer, mesh: &str, name: &str) -> Option<Vec<u8>> {
-    match server
-        .store
-        .get_secret(&SecretKey::parse(Some(mesh), name).unwrap())
-        .await
-    {
-        Ok(secret) => Some(secret.data.expose().to_vec()),
-        Err(StoreError::NotFound(_)) => None,
-        Err(other) => panic!("{other}"),
-    }
 }
 
 async fn the_seeds_provided_ca_example_works_end_to_end_through_apply(backend: Backend) {
@@ -167,7 +124,7 @@ mtls:
     assert_eq!(read["mtls"]["enabledBackend"], "ca-1");
 
     // The guard: Kuma's exact message, and nothing deleted.
-    let (status, body) = delete(&server, "/meshes/default/secrets/my-cert").await;
+    let (status, body) = delete_path(&server, "/meshes/default/secrets/my-cert").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["title"], "Could not delete a resource");
     assert_eq!(body["detail"], "Resource is not valid");
@@ -179,7 +136,7 @@ mtls:
         )]
     );
     assert_eq!(
-        stored(&server, "default", "my-cert").await.unwrap(),
+        stored(&server, Some("default"), "my-cert").await.unwrap(),
         cert.as_bytes()
     );
     let run = kuma(
@@ -229,7 +186,7 @@ mtls:
     // Once the reference is gone, the secret can go.
     let (status, _) = put_mesh(&server, "default", json!({})).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = delete(&server, "/meshes/default/secrets/my-cert").await;
+    let (status, body) = delete_path(&server, "/meshes/default/secrets/my-cert").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -277,7 +234,7 @@ async fn mesh_mtls_validation_speaks_kumas_messages(backend: Backend) {
 
     // A reference to a secret that does not exist in the same mesh: a GlobalSecret or
     // another mesh's secret of that name never satisfies it.
-    let (status, _) = put(
+    let (status, _) = put_json(
         &server,
         "/global-secrets/elsewhere",
         json!({"type": "GlobalSecret", "name": "elsewhere", "data": b64(&cert)}),
@@ -391,7 +348,7 @@ async fn builtin_backends_get_real_ca_secrets_kept_across_updates_and_removed_wi
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
 
     // Stable across updates: never regenerated.
-    let (status, _) = put(
+    let (status, _) = put_json(
         &server,
         "/meshes/demo",
         json!({"type": "Mesh", "name": "demo", "labels": {"team": "x"}, "mtls": builtin}),
@@ -416,7 +373,7 @@ async fn builtin_backends_get_real_ca_secrets_kept_across_updates_and_removed_wi
 
     // The generated secrets are guarded, enabled backend or not.
     for name in ["demo.ca-builtin-key-ca-1", "demo.ca-builtin-cert-ca-2"] {
-        let (status, body) = delete(&server, &format!("/meshes/demo/secrets/{name}")).await;
+        let (status, body) = delete_path(&server, &format!("/meshes/demo/secrets/{name}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert!(
             body["invalid_parameters"][0]["reason"]
@@ -427,14 +384,14 @@ async fn builtin_backends_get_real_ca_secrets_kept_across_updates_and_removed_wi
     }
 
     // Gone with the Mesh.
-    let (status, _) = delete(&server, "/meshes/demo").await;
+    let (status, _) = delete_path(&server, "/meshes/demo").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        stored(&server, "demo", "demo.ca-builtin-cert-ca-1").await,
+        stored(&server, Some("demo"), "demo.ca-builtin-cert-ca-1").await,
         None
     );
     assert_eq!(
-        stored(&server, "demo", "demo.ca-builtin-key-ca-2").await,
+        stored(&server, Some("demo"), "demo.ca-builtin-key-ca-2").await,
         None
     );
 }
@@ -452,14 +409,14 @@ async fn unsafe_delete_turns_the_guard_off(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = delete(
+    let (status, body) = delete_path(
         &server,
         "/meshes/default/secrets/default.ca-builtin-key-ca-1",
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
-        stored(&server, "default", "default.ca-builtin-key-ca-1").await,
+        stored(&server, Some("default"), "default.ca-builtin-key-ca-1").await,
         None
     );
 }

@@ -29,6 +29,7 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod http;
 pub mod process;
 pub mod server;
 

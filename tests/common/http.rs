@@ -1,0 +1,56 @@
+//! Small HTTP and store helpers the black-box suites share.
+
+use super::server::TestServer;
+use kuma_secrets::domain::SecretKey;
+use kuma_secrets::store::{SecretStore, StoreError};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+/// Standard padded base64, as `data` travels.
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `PUT path` with a JSON body: status and JSON answer.
+pub async fn put_json(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = Client::new()
+        .put(server.at(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// `DELETE path`: status and JSON answer.
+pub async fn delete_path(server: &TestServer, path: &str) -> (StatusCode, Value) {
+    let response = Client::new().delete(server.at(path)).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// Creates or updates Secret `name` in `mesh` through the API; panics unless it succeeds.
+pub async fn put_secret(server: &TestServer, mesh: &str, name: &str, data: impl AsRef<[u8]>) {
+    let (status, body) = put_json(
+        server,
+        &format!("/meshes/{mesh}/secrets/{name}"),
+        json!({"type": "Secret", "mesh": mesh, "name": name, "data": b64(data)}),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+}
+
+/// The stored bytes of a secret, read from the store under the server; `None` if absent.
+pub async fn stored(server: &TestServer, mesh: Option<&str>, name: &str) -> Option<Vec<u8>> {
+    match server
+        .store
+        .get_secret(&SecretKey::parse(mesh, name).unwrap())
+        .await
+    {
+        Ok(secret) => Some(secret.data.expose().to_vec()),
+        Err(StoreError::NotFound(_)) => None,
+        Err(other) => panic!("{other}"),
+    }
+}
