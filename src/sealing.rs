@@ -167,6 +167,18 @@ impl Keyring {
             path: shown.clone(),
             source,
         })?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    keyring = %shown,
+                    mode = format!("{mode:o}"),
+                    "the keyring is readable by other users: anyone who can read it and the database can read every secret; chmod 600 it"
+                );
+            }
+        }
         let invalid = |reason: String| KeyringError::Invalid {
             path: shown.clone(),
             reason,
