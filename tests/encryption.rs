@@ -7,7 +7,7 @@
 mod common;
 
 use common::TestDb;
-use common::http::{b64, put_secret};
+use common::http::{b64, get_json, put_secret};
 use common::process::{CliRun, kill_when, kuma};
 use common::server::{Backend, Guard, TestServer};
 use kuma_secrets::api::ApiConfig;
@@ -103,14 +103,7 @@ async fn no_secret_reaches_the_database_in_plaintext_or_base64(backend: Backend)
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     // The API still reads it back as given.
-    let read: Value = Client::new()
-        .get(server.at("/meshes/default/secrets/tls-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = get_json(&server, "/meshes/default/secrets/tls-key").await;
     assert_eq!(read["data"], b64(value.as_bytes()));
 
     let raw = raw_database(&server);

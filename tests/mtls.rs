@@ -5,13 +5,13 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, delete_path, put_json, put_secret, stored};
+use common::http::{b64, delete_path, get_json, put_json, put_secret, stored};
 use common::process::kuma;
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::ApiConfig;
 use kuma_secrets::domain::{Labels, MeshName, MeshUpdate, NewSecret, SecretData, SecretKey};
 use kuma_secrets::store::{SecretStore, StoreError, StoreOptions};
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// A CA certificate and key (PEM), as an operator's own CA would be.
@@ -113,14 +113,7 @@ mtls:
         run.stdout,
         "resource type=\"Mesh\" mesh=\"\" name=\"default\" Updated\n"
     );
-    let read: Value = Client::new()
-        .get(server.at("/meshes/default"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = get_json(&server, "/meshes/default").await;
     assert_eq!(read["mtls"]["enabledBackend"], "ca-1");
 
     // The guard: Kuma's exact message, and nothing deleted.
@@ -151,14 +144,7 @@ mtls:
     );
 
     // The usage index, over HTTP and in `get secret`.
-    let usage: Value = Client::new()
-        .get(server.at("/meshes/default/secrets/my-cert/_usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = get_json(&server, "/meshes/default/secrets/my-cert/_usage").await;
     assert_eq!(
         usage,
         json!({"total": 1, "items": [{"mesh": "default", "backend": "ca-1", "backendType": "provided", "enabled": true}]})

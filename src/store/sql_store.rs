@@ -614,10 +614,10 @@ impl [SqlStore<DB>] {
                             let version = row.version();
                             row.open(keyring).map_err(|_| version)
                         });
-                    let (key_id, stored) = seal(keyring, key, secret.data.expose());
                     match existing {
                         None => {
                             *failed = Some(key.resource_key());
+                            let (key_id, stored) = seal(keyring, key, secret.data.expose());
                             Self::insert_secret_query(key, time, &secret.labels, stored, key_id)
                                 .fetch_one(&mut *tx)
                                 .await?;
@@ -635,6 +635,7 @@ impl [SqlStore<DB>] {
                                 Ok(current) => current.meta.version,
                                 Err(version) => version,
                             };
+                            let (key_id, stored) = seal(keyring, key, secret.data.expose());
                             Self::update_secret_query(key, stored, key_id, &secret.labels, time, version)
                                 .fetch_one(&mut *tx)
                                 .await?;

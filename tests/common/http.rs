@@ -24,6 +24,13 @@ pub async fn put_json(server: &TestServer, path: &str, body: Value) -> (StatusCo
     (status, response.json().await.unwrap())
 }
 
+/// `GET path` answered 200: its JSON body.
+pub async fn get_json(server: &TestServer, path: &str) -> Value {
+    let response = Client::new().get(server.at(path)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    response.json().await.unwrap()
+}
+
 /// `DELETE path`: status and JSON answer.
 pub async fn delete_path(server: &TestServer, path: &str) -> (StatusCode, Value) {
     let response = Client::new().delete(server.at(path)).send().await.unwrap();
