@@ -2,12 +2,23 @@
 //! backend, and opened after they are read.
 //!
 //! - A fresh random 96-bit nonce per write; the stored value is `nonce || ciphertext || tag`.
-//! - The secret's identity (`type`, `mesh`, `name`) is the associated data, so a value
-//!   copied into another row fails to open instead of decrypting as the wrong secret.
+//! - What a value belongs to is its associated data ([`Binding`]): a secret's identity
+//!   (`type`, `mesh`, `name`) and the random [`WriteId`] of the write that made it, stored
+//!   beside the value (`secrets.write_id`). A value copied into another row, or an older
+//!   value of the same row written back into `data`, fails to open instead of serving the
+//!   wrong secret. What sealing cannot stop: someone with write access who puts back a whole
+//!   row (data, write id and every column beside it) from an older copy serves that older
+//!   value; the audit trail is where that shows.
+//! - Format 1 (before write ids: the identity alone, `write_id` NULL) still opens, so stores
+//!   sealed by older binaries stay readable; `kuma-secrets rotate-keys` rewrites them in
+//!   format 2. Once a key that sealed format 1 values has been rotated out of the keyring,
+//!   no format 1 value opens any more.
 //! - Each row records the id of the key that sealed it (`secrets.key_id`; NULL for a row
-//!   still in plaintext, written before sealing existed or with `--allow-plaintext-secrets`).
+//!   in plaintext). With a keyring, a plaintext row is refused like a value that fails
+//!   authentication (see `StoreOptions::accept_plaintext_rows` for the upgrade window).
 //! - A [`Keyring`] holds named 256-bit keys, one of them active for new writes; older keys
-//!   stay to open rows until `kuma-secrets rotate-keys` has re-sealed them.
+//!   stay to open rows until `kuma-secrets rotate-keys` has re-sealed them. Key bytes and
+//!   opened plaintext are zeroed when dropped.
 //!
 //! ring's AEAD is used (already in the build for TLS); nothing here is hand-rolled crypto.
 //!
@@ -19,10 +30,11 @@
 //!   key-2: <base64 of 32 random bytes>
 //! ```
 
-use crate::domain::SecretKey;
+use crate::domain::{MeshSpec, SecretKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -66,9 +78,109 @@ pub enum OpenError {
         /// The key id of the row.
         key_id: String,
     },
-    /// The store holds a plaintext row but has no way to say so (not expected).
+    /// The stored value is shorter than a nonce and a tag: it cannot be a sealed value.
     #[error("the stored value is too short to be sealed")]
     Truncated,
+    /// The row is stored unsealed although the store has a keyring: written behind the
+    /// service's back, or left from before encryption at rest.
+    #[error(
+        "it is stored unsealed although the store has a keyring: it was written behind the service's back, or before encryption at rest (while upgrading, start with --accept-plaintext-rows, then run kuma-secrets rotate-keys)"
+    )]
+    Plaintext,
+}
+
+/// The random id of one write of a secret. It is stored beside the sealed value and bound
+/// into its associated data, so a value of an earlier write does not open in a later one's
+/// place. Random rather than the version number because a blind write is one SQL statement
+/// that learns its version only when it runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct WriteId([u8; 16]);
+
+impl WriteId {
+    /// A fresh random id.
+    ///
+    /// # Panics
+    /// If the operating system has no randomness to give.
+    pub fn random() -> Self {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).expect("system randomness");
+        Self(raw)
+    }
+
+    /// The id as stored; `None` for bytes that are not one.
+    pub fn from_stored(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The stored form.
+    pub fn to_vec(self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+}
+
+impl fmt::Debug for WriteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WriteId(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// What a sealed value belongs to: its associated data. A value opens only under the
+/// binding it was sealed with.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// A secret's value, as one write made it (format 2).
+    Secret {
+        /// The secret.
+        key: &'a SecretKey,
+        /// The write.
+        write: WriteId,
+    },
+    /// A secret's value sealed before write ids existed (format 1): opened, never sealed.
+    LegacySecret(&'a SecretKey),
+    /// The inline private key of a Mesh's provided CA backend.
+    MeshCaKey {
+        /// The Mesh.
+        mesh: &'a str,
+        /// The backend's name.
+        backend: &'a str,
+    },
+}
+
+impl Binding<'_> {
+    fn associated_data(&self) -> Vec<u8> {
+        let mut aad = Vec::new();
+        match self {
+            Binding::Secret { key, write } => {
+                aad.extend_from_slice(b"kuma-secrets/2\0");
+                push_key(&mut aad, key);
+                aad.push(0);
+                aad.extend_from_slice(&write.0);
+            }
+            Binding::LegacySecret(key) => push_key(&mut aad, key),
+            Binding::MeshCaKey { mesh, backend } => {
+                aad.extend_from_slice(b"kuma-secrets/mesh-ca-key\0");
+                aad.extend_from_slice(mesh.as_bytes());
+                aad.push(0);
+                aad.extend_from_slice(backend.as_bytes());
+            }
+        }
+        aad
+    }
+}
+
+/// `type \0 mesh \0 name`: a secret's identity.
+fn push_key(aad: &mut Vec<u8>, key: &SecretKey) {
+    aad.extend_from_slice(key.secret_type().as_str().as_bytes());
+    aad.push(0);
+    if let Some(mesh) = key.mesh() {
+        aad.extend_from_slice(mesh.as_str().as_bytes());
+    }
+    aad.push(0);
+    aad.extend_from_slice(key.name().as_str().as_bytes());
 }
 
 /// Named AES-256 keys, one active. `Debug` never shows key material.
@@ -78,8 +190,8 @@ pub struct Keyring {
     active: String,
 }
 
-/// `LessSafeKey` is not `Clone`; keep the raw bytes to rebuild it.
-#[derive(Clone)]
+/// `LessSafeKey` is not `Clone`; keep the raw bytes to rebuild it (zeroed on drop).
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct LessSafeKeyBox {
     raw: [u8; 32],
 }
@@ -99,10 +211,42 @@ impl fmt::Debug for Keyring {
     }
 }
 
-#[derive(serde::Deserialize, serde::Serialize)]
+#[derive(serde::Serialize)]
 struct KeyringFile {
     active: String,
     keys: BTreeMap<String, String>,
+}
+
+/// A keyring file as read: `keys` in file order, so an id listed twice is caught (a map
+/// would silently keep the last).
+#[derive(serde::Deserialize)]
+struct KeyringFileIn {
+    active: String,
+    #[serde(deserialize_with = "entries_in_order")]
+    keys: Vec<(String, zeroize::Zeroizing<String>)>,
+}
+
+fn entries_in_order<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(String, zeroize::Zeroizing<String>)>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(String, zeroize::Zeroizing<String>)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of key ids to base64 keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((id, key)) = map.next_entry::<String, String>()? {
+                out.push((id, zeroize::Zeroizing::new(key)));
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Entries)
 }
 
 impl Keyring {
@@ -163,10 +307,12 @@ impl Keyring {
     /// active id with no key.
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KeyringError::Io {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            KeyringError::Io {
+                path: shown.clone(),
+                source,
+            }
+        })?);
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt;
@@ -183,7 +329,7 @@ impl Keyring {
             path: shown.clone(),
             reason,
         };
-        let file: KeyringFile = serde_yaml_ng::from_str(&text).map_err(|e| {
+        let file: KeyringFileIn = serde_yaml_ng::from_str(&text).map_err(|e| {
             invalid(format!(
                 "expected `active: ID` and `keys: {{ID: BASE64}}`: {e}"
             ))
@@ -195,11 +341,17 @@ impl Keyring {
                     "key id {id:?} must be 1 to 64 characters of a-z, 0-9, '-', '_' or '.'"
                 )));
             }
-            let raw: [u8; 32] = STANDARD
-                .decode(encoded.trim())
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .ok_or_else(|| invalid(format!("key {id:?} must be 32 bytes, base64-encoded")))?;
+            if keys.contains_key(&id) {
+                return Err(invalid(format!(
+                    "key id {id:?} is listed twice: every key needs its own id"
+                )));
+            }
+            let decoded =
+                zeroize::Zeroizing::new(STANDARD.decode(encoded.trim()).unwrap_or_default());
+            let raw: [u8; 32] = decoded
+                .as_slice()
+                .try_into()
+                .map_err(|_| invalid(format!("key {id:?} must be 32 bytes, base64-encoded")))?;
             keys.insert(id, LessSafeKeyBox { raw });
         }
         if !keys.contains_key(&file.active) {
@@ -270,34 +422,46 @@ impl Keyring {
         Ok(())
     }
 
-    /// Seals `plaintext` of secret `key` with the active key: `(key id, nonce || ct || tag)`.
+    /// Seals `plaintext` bound to `binding` with the active key: `(key id, nonce || ct ||
+    /// tag)`.
     ///
     /// # Panics
-    /// If the operating system has no randomness to give.
-    pub fn seal(&self, key: &SecretKey, plaintext: &[u8]) -> (String, Vec<u8>) {
+    /// If the operating system has no randomness to give, or for a
+    /// [`Binding::LegacySecret`] (format 1 is never written).
+    pub fn seal(&self, binding: &Binding<'_>, plaintext: &[u8]) -> (String, Vec<u8>) {
+        assert!(
+            !matches!(binding, Binding::LegacySecret(_)),
+            "format 1 is read only"
+        );
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("system randomness");
         let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
         sealed.extend_from_slice(&nonce);
-        let mut body = plaintext.to_vec();
-        self.keys[&self.active]
+        sealed.extend_from_slice(plaintext);
+        let tag = self.keys[&self.active]
             .key()
-            .seal_in_place_append_tag(
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(associated_data(key)),
-                &mut body,
+                Aad::from(binding.associated_data()),
+                &mut sealed[NONCE_LEN..],
             )
             .expect("AES-GCM seals any length a secret can have");
-        sealed.extend_from_slice(&body);
+        sealed.extend_from_slice(tag.as_ref());
         (self.active.clone(), sealed)
     }
 
-    /// Opens a value of secret `key` sealed with key `key_id`.
+    /// Opens a value bound to `binding`, sealed with key `key_id`. The plaintext buffer is
+    /// the caller's; wrap it in something that zeroes it (as `SecretData` does).
     ///
     /// # Errors
     /// [`OpenError::MissingKey`] for a key id not in the keyring, [`OpenError::Corrupt`]
-    /// when the tag does not verify.
-    pub fn open(&self, key: &SecretKey, key_id: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// when the tag does not verify under this binding.
+    pub fn open(
+        &self,
+        binding: &Binding<'_>,
+        key_id: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, OpenError> {
         let Some(ring_key) = self.keys.get(key_id) else {
             return Err(OpenError::MissingKey {
                 key_id: key_id.to_owned(),
@@ -307,29 +471,143 @@ impl Keyring {
             return Err(OpenError::Truncated);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let mut body = body.to_vec();
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError::Truncated)?;
-        let plaintext = ring_key
+        let mut body = body.to_vec();
+        let opened = ring_key
             .key()
-            .open_in_place(nonce, Aad::from(associated_data(key)), &mut body)
-            .map_err(|_| OpenError::Corrupt {
-                key_id: key_id.to_owned(),
-            })?;
-        Ok(plaintext.to_vec())
+            .open_in_place(nonce, Aad::from(binding.associated_data()), &mut body)
+            .map(|plaintext| plaintext.len());
+        match opened {
+            Ok(len) => {
+                // The tag's bytes after the plaintext are not secret; drop them in place.
+                body.truncate(len);
+                Ok(body)
+            }
+            Err(_) => {
+                zeroize::Zeroize::zeroize(&mut body);
+                Err(OpenError::Corrupt {
+                    key_id: key_id.to_owned(),
+                })
+            }
+        }
     }
 }
 
-/// `type \0 mesh \0 name`: binds a sealed value to its row.
-fn associated_data(key: &SecretKey) -> Vec<u8> {
-    let mut aad = Vec::new();
-    aad.extend_from_slice(key.secret_type().as_str().as_bytes());
-    aad.push(0);
-    if let Some(mesh) = key.mesh() {
-        aad.extend_from_slice(mesh.as_str().as_bytes());
+/// The inline private keys of a Mesh's provided CA backends: `mtls.backends[i].conf.key`
+/// given as `inline` (base64) or `inlineString` (text). Sealed at rest like secret data:
+/// stored as `{"sealed": BASE64, "keyId": ID, "source": "inline"|"inlineString"}`, bound to
+/// the Mesh and the backend's name.
+fn inline_keys_mut(spec: &mut MeshSpec) -> Vec<(String, &mut Map<String, Value>)> {
+    let Some(Value::Array(backends)) = spec
+        .get_mut("mtls")
+        .and_then(Value::as_object_mut)
+        .and_then(|mtls| mtls.get_mut("backends"))
+    else {
+        return Vec::new();
+    };
+    backends
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+        .filter_map(|backend| {
+            let name = backend
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let key = backend
+                .get_mut("conf")
+                .and_then(Value::as_object_mut)?
+                .get_mut("key")?
+                .as_object_mut()?;
+            Some((name, key))
+        })
+        .collect()
+}
+
+const INLINE_SOURCES: [&str; 2] = ["inline", "inlineString"];
+
+/// Seals every inline CA private key in `spec` (a Mesh `mesh`'s, as the user gave it).
+pub fn seal_mesh_spec(keyring: &Keyring, mesh: &str, spec: &mut MeshSpec) {
+    for (backend, key) in inline_keys_mut(spec) {
+        let Some(source) = INLINE_SOURCES.into_iter().find(|s| key.contains_key(*s)) else {
+            continue;
+        };
+        let Some(Value::String(text)) = key.remove(source) else {
+            continue;
+        };
+        let text = zeroize::Zeroizing::new(text);
+        let binding = Binding::MeshCaKey {
+            mesh,
+            backend: &backend,
+        };
+        let (key_id, sealed) = keyring.seal(&binding, text.as_bytes());
+        key.insert("sealed".into(), Value::String(STANDARD.encode(sealed)));
+        key.insert("keyId".into(), Value::String(key_id));
+        key.insert("source".into(), Value::String(source.into()));
     }
-    aad.push(0);
-    aad.extend_from_slice(key.name().as_str().as_bytes());
-    aad
+}
+
+/// Opens every sealed inline CA private key of a stored spec, giving back the spec as the
+/// user wrote it.
+///
+/// # Errors
+/// A key that does not open; with a keyring, an inline key stored unsealed (unless
+/// `accept_plaintext`); a sealed key without a keyring.
+pub fn open_mesh_spec(
+    keyring: Option<&Keyring>,
+    accept_plaintext: bool,
+    mesh: &str,
+    spec: &mut MeshSpec,
+) -> Result<(), OpenError> {
+    for (backend, key) in inline_keys_mut(spec) {
+        if !key.contains_key("sealed") {
+            if keyring.is_some()
+                && !accept_plaintext
+                && INLINE_SOURCES.into_iter().any(|s| key.contains_key(s))
+            {
+                return Err(OpenError::Plaintext);
+            }
+            continue;
+        }
+        let text = |field: &str| key.get(field).and_then(Value::as_str).unwrap_or("");
+        let key_id = text("keyId").to_owned();
+        let Some(keyring) = keyring else {
+            return Err(OpenError::MissingKey { key_id });
+        };
+        let source = match text("source") {
+            "inlineString" => "inlineString",
+            _ => "inline",
+        };
+        let sealed = STANDARD
+            .decode(text("sealed"))
+            .map_err(|_| OpenError::Truncated)?;
+        let binding = Binding::MeshCaKey {
+            mesh,
+            backend: &backend,
+        };
+        let plaintext = zeroize::Zeroizing::new(keyring.open(&binding, &key_id, &sealed)?);
+        let value = String::from_utf8(plaintext.to_vec()).map_err(|_| OpenError::Corrupt {
+            key_id: key_id.clone(),
+        })?;
+        key.clear();
+        key.insert(source.into(), Value::String(value));
+    }
+    Ok(())
+}
+
+/// Key ids sealing inline CA keys in a stored spec, and whether any inline key in it is
+/// stored unsealed.
+pub fn mesh_spec_key_ids(spec: &MeshSpec) -> (Vec<String>, bool) {
+    let mut spec = spec.clone();
+    let mut ids = Vec::new();
+    let mut plaintext = false;
+    for (_, key) in inline_keys_mut(&mut spec) {
+        match key.get("keyId").and_then(Value::as_str) {
+            Some(id) if key.contains_key("sealed") => ids.push(id.to_owned()),
+            _ => plaintext |= INLINE_SOURCES.into_iter().any(|s| key.contains_key(s)),
+        }
+    }
+    (ids, plaintext)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -348,28 +626,37 @@ mod tests {
         SecretKey::parse(mesh, name).unwrap()
     }
 
+    fn bound(key: &SecretKey, write: WriteId) -> Binding<'_> {
+        Binding::Secret { key, write }
+    }
+
     #[test]
     fn seal_then_open_round_trips_with_a_fresh_nonce_each_time() {
         let ring = Keyring::single("k1", Keyring::random_key());
         let k = key(Some("default"), "tls");
-        let (id, a) = ring.seal(&k, b"secret bytes");
-        let (_, b) = ring.seal(&k, b"secret bytes");
+        let write = WriteId::random();
+        let (id, a) = ring.seal(&bound(&k, write), b"secret bytes");
+        let (_, b) = ring.seal(&bound(&k, write), b"secret bytes");
         assert_eq!(id, "k1");
         assert_ne!(a, b, "a fresh nonce per write");
-        assert_eq!(ring.open(&k, "k1", &a).unwrap(), b"secret bytes");
+        assert_eq!(
+            ring.open(&bound(&k, write), "k1", &a).unwrap(),
+            b"secret bytes"
+        );
     }
 
     #[test]
     fn a_value_moved_to_another_secret_or_altered_does_not_open() {
         let ring = Keyring::single("k1", Keyring::random_key());
-        let (_, sealed) = ring.seal(&key(Some("default"), "a"), b"x");
+        let write = WriteId::random();
+        let (_, sealed) = ring.seal(&bound(&key(Some("default"), "a"), write), b"x");
         for other in [
             key(Some("default"), "b"),
             key(Some("other"), "a"),
             key(None, "a"),
         ] {
             assert_eq!(
-                ring.open(&other, "k1", &sealed),
+                ring.open(&bound(&other, write), "k1", &sealed),
                 Err(OpenError::Corrupt {
                     key_id: "k1".into()
                 })
@@ -377,16 +664,43 @@ mod tests {
         }
         let mut flipped = sealed.clone();
         flipped[NONCE_LEN] ^= 1;
-        assert!(
-            ring.open(&key(Some("default"), "a"), "k1", &flipped)
-                .is_err()
-        );
+        let a = key(Some("default"), "a");
+        assert!(ring.open(&bound(&a, write), "k1", &flipped).is_err());
         assert_eq!(
-            ring.open(&key(Some("default"), "a"), "k2", &sealed),
+            ring.open(&bound(&a, write), "k2", &sealed),
             Err(OpenError::MissingKey {
                 key_id: "k2".into()
             })
         );
+    }
+
+    #[test]
+    fn a_value_of_an_earlier_write_does_not_open_in_a_later_writes_place() {
+        let ring = Keyring::single("k1", Keyring::random_key());
+        let k = key(Some("default"), "tls");
+        let (first, second) = (WriteId::random(), WriteId::random());
+        let (_, old) = ring.seal(&bound(&k, first), b"old");
+        assert!(ring.open(&bound(&k, second), "k1", &old).is_err());
+        assert!(
+            ring.open(&Binding::LegacySecret(&k), "k1", &old).is_err(),
+            "format 2 values never open as format 1"
+        );
+    }
+
+    #[test]
+    fn mesh_ca_keys_are_bound_to_their_mesh_and_backend() {
+        let ring = Keyring::single("k1", Keyring::random_key());
+        let here = Binding::MeshCaKey {
+            mesh: "default",
+            backend: "ca-1",
+        };
+        let (id, sealed) = ring.seal(&here, b"PRIVATE");
+        assert_eq!(ring.open(&here, &id, &sealed).unwrap(), b"PRIVATE");
+        let elsewhere = Binding::MeshCaKey {
+            mesh: "other",
+            backend: "ca-1",
+        };
+        assert!(ring.open(&elsewhere, &id, &sealed).is_err());
     }
 
     #[test]
@@ -402,8 +716,9 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let loaded = Keyring::load(&path).unwrap();
         let k = key(None, "g");
-        let (id, sealed) = ring.seal(&k, b"v");
-        assert_eq!(loaded.open(&k, &id, &sealed).unwrap(), b"v");
+        let write = WriteId::random();
+        let (id, sealed) = ring.seal(&bound(&k, write), b"v");
+        assert_eq!(loaded.open(&bound(&k, write), &id, &sealed).unwrap(), b"v");
         assert!(!format!("{loaded:?}").contains(&STANDARD.encode(ring.keys["key-1"].raw)));
 
         std::fs::write(&path, "active: a\nkeys:\n  a: c2hvcnQ=\n").unwrap();
@@ -419,5 +734,22 @@ mod tests {
             err.contains("active key \"b\" is not among the keys"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_keyring_listing_one_id_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        let (a, b) = (
+            STANDARD.encode(Keyring::random_key()),
+            STANDARD.encode(Keyring::random_key()),
+        );
+        std::fs::write(
+            &path,
+            format!("active: key-1\nkeys:\n  key-1: {a}\n  key-1: {b}\n"),
+        )
+        .unwrap();
+        let err = Keyring::load(&path).unwrap_err().to_string();
+        assert!(err.contains("\"key-1\" is listed twice"), "{err}");
     }
 }

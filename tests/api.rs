@@ -129,8 +129,7 @@ async fn global_secrets_answer_on_both_spellings(backend: Backend) {
     let server = TestServer::start(backend).await;
     for (i, base) in ["/global-secrets", "/globalsecrets"].iter().enumerate() {
         let name = format!("gs-{i}");
-        let mut body = global(&name, "Z3MtMQo=");
-        body["mesh"] = json!("ignored");
+        let body = global(&name, "Z3MtMQo=");
         let created = put(&server.at(&format!("{base}/{name}")), &body).await;
         assert_eq!(created.status(), StatusCode::CREATED);
     }

@@ -358,7 +358,7 @@ async fn rotation_under_concurrent_writes_loses_nothing_and_ends_on_the_new_key(
     assert!(
         per_key
             .iter()
-            .all(|(id, _)| id.as_deref() == Some("test-2")),
+            .all(|usage| usage.key_id.as_deref() == Some("test-2") && usage.format_1 == 0),
         "{per_key:?}"
     );
     let run = rotate(&url, &keys, &["--status"]).await.ok();
@@ -401,15 +401,34 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
     }
     plain.close().await;
 
-    // Plaintext rows stay readable with a keyring.
+    // With a keyring, plaintext rows are refused like values that fail to open...
     let keys = dir.path().join("new.keys");
     common::test_keyring().save_new(&keys).unwrap();
     let sealed = open_with(&url, Some(common::test_keyring())).await.unwrap();
     let first = SecretKey::parse(Some("default"), "old-0000").unwrap();
+    assert!(matches!(
+        sealed.get_secret(&first).await,
+        Err(StoreError::Sealed {
+            reason: OpenError::Plaintext,
+            ..
+        })
+    ));
+    // ...unless the operator says the store is mid-upgrade.
+    let upgrading = AnyStore::open(
+        &url,
+        StoreOptions {
+            keyring: Some(common::test_keyring()),
+            accept_plaintext_rows: true,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        sealed.get_secret(&first).await.unwrap().data.expose(),
+        upgrading.get_secret(&first).await.unwrap().data.expose(),
         format!("{MARKER}-0").as_bytes()
     );
+    upgrading.close().await;
     let run = rotate(&url, &keys, &["--status"]).await.ok();
     assert!(run.stdout.contains("(plaintext)"), "{run:?}");
 
@@ -429,7 +448,7 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
     .await;
     let per_key = sealed.rows_per_key().await.unwrap();
     assert!(
-        per_key.iter().any(|(id, _)| id.is_none()) && per_key.iter().any(|(id, _)| id.is_some()),
+        per_key.iter().any(|u| u.key_id.is_none()) && per_key.iter().any(|u| u.key_id.is_some()),
         "part sealed, part plaintext: {per_key:?}"
     );
 
@@ -438,7 +457,11 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
     let per_key = sealed.rows_per_key().await.unwrap();
     assert_eq!(
         per_key,
-        [(Some("test-1".to_owned()), 3002)],
+        [kuma_secrets::store::KeyUsage {
+            key_id: Some("test-1".to_owned()),
+            rows: 3002,
+            format_1: 0
+        }],
         "3000, the signing key and the admin token"
     );
     let last = SecretKey::parse(Some("default"), "old-2999").unwrap();

@@ -255,6 +255,9 @@ items:
   spec:
     mtls:
       enabledBackend: ca-1
+      backends:
+      - name: ca-1
+        type: builtin
 - apiVersion: v1
   kind: Secret
   type: system.kuma.io/secret

@@ -123,13 +123,11 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// and nothing suggesting a browser on another site sent it (Kuma's
 /// `LocalhostAuthenticator`).
 pub fn is_direct_loopback(remote: Option<IpAddr>, host: Option<&str>, headers: &HeaderMap) -> bool {
-    if !remote.is_some_and(|ip| ip.is_loopback()) {
+    // On a dual-stack listener (`[::]:PORT`) IPv4 loopback arrives as `::ffff:127.0.0.1`.
+    if !remote.is_some_and(|ip| ip.to_canonical().is_loopback()) {
         return false;
     }
-    if ["forwarded", "x-forwarded-for", "x-real-ip"]
-        .iter()
-        .any(|h| headers.contains_key(*h))
-    {
+    if PROXY_HEADERS.iter().any(|h| headers.contains_key(*h)) {
         return false;
     }
     let Some(host) = host else {
@@ -157,18 +155,41 @@ pub fn is_direct_loopback(remote: Option<IpAddr>, host: Option<&str>, headers: &
     }
 }
 
-/// `localhost`, `127.x.y.z` or `[::1]`, with an optional port.
+/// Headers that a proxy or a CDN adds: a request carrying any of them came through one, so
+/// its loopback peer is the proxy, not the client.
+const PROXY_HEADERS: [&str; 11] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "via",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-forwarded-for",
+    "x-client-ip",
+];
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with an optional port (a `:` must be followed by
+/// one: `localhost:` is not a loopback host).
 fn is_loopback_host(host: &str) -> bool {
+    let port_ok = |port: &str| !port.is_empty() && port.chars().all(|c| c.is_ascii_digit());
     let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split_once(']').map_or("", |(ip, _)| ip)
+        match rest.split_once(']') {
+            Some((ip, "")) => ip,
+            Some((ip, after)) => match after.strip_prefix(':') {
+                Some(port) if port_ok(port) => ip,
+                _ => return false,
+            },
+            None => return false,
+        }
     } else {
-        host.rsplit_once(':').map_or(host, |(name, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                name
-            } else {
-                host
-            }
-        })
+        match host.rsplit_once(':') {
+            Some((name, port)) if port_ok(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
     };
     name.eq_ignore_ascii_case("localhost")
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -207,7 +228,7 @@ mod tests {
             &headers(&[("host", "127.0.0.1:5681")])
         ));
         assert!(!direct(None, &headers(&[("host", "127.0.0.1")])));
-        for proxy in ["forwarded", "x-forwarded-for", "x-real-ip"] {
+        for proxy in PROXY_HEADERS {
             assert!(!direct(
                 LOCAL,
                 &headers(&[("host", "127.0.0.1"), (proxy, "1.2.3.4")])
@@ -230,6 +251,54 @@ mod tests {
             LOCAL,
             &headers(&[("host", "127.0.0.1:5681"), ("sec-fetch-site", "cross-site")])
         ));
+    }
+
+    #[test]
+    fn ipv4_loopback_on_a_dual_stack_listener_is_local() {
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(direct(
+            Some(mapped),
+            &headers(&[("host", "127.0.0.1:5681")])
+        ));
+        let mapped_remote: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert!(!direct(
+            Some(mapped_remote),
+            &headers(&[("host", "127.0.0.1:5681")])
+        ));
+    }
+
+    #[test]
+    fn any_proxy_header_makes_a_request_proxied() {
+        for proxy in [
+            "via",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-original-forwarded-for",
+        ] {
+            assert!(
+                !direct(LOCAL, &headers(&[("host", "127.0.0.1"), (proxy, "x")])),
+                "{proxy}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_with_an_empty_or_bad_port_is_not_local() {
+        for host in [
+            "localhost:",
+            "127.0.0.1:",
+            "[::1]:",
+            "[::1]x",
+            "localhost:80a",
+            "[::1",
+        ] {
+            assert!(!direct(LOCAL, &headers(&[("host", host)])), "{host}");
+        }
+        assert!(direct(LOCAL, &headers(&[("host", "[::1]")])));
+        assert!(direct(LOCAL, &headers(&[("host", "localhost")])));
     }
 
     #[test]

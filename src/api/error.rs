@@ -117,7 +117,7 @@ impl ApiError {
                 tracing::error!(error = %err, "a sealed secret did not open");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, title, err.to_string())
             }
-            StoreError::InUse { .. } => Self::invalid(
+            StoreError::InUse { .. } | StoreError::MeshUnreadable { .. } => Self::invalid(
                 "Could not delete a resource",
                 ValidationError::single("name", err.to_string()),
             ),
@@ -181,6 +181,14 @@ impl IntoResponse for ApiError {
                 })
                 .collect(),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // The store is down or restarting: tell clients when to come back.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

@@ -39,6 +39,16 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, ApiError> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
+    // Postgres cannot compare text holding NUL: refuse it here, on every backend alike.
+    if let Some((key, _)) = pairs
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(ApiError::invalid(
+            TITLE,
+            ValidationError::single(key.replace('\0', "\\0"), crate::domain::NUL_REASON),
+        ));
+    }
     let get = |key: &str| {
         pairs
             .iter()
@@ -143,6 +153,7 @@ pub fn next_link(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     #[test]
     fn defaults_are_the_first_page_of_100() {
@@ -169,6 +180,34 @@ mod tests {
             r#"invalid: invalid offset: parsing "invalid": invalid syntax"#
         );
         assert!(parse(Some("cursor=@@@")).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_parameter() {
+        for query in [
+            "name=%00",
+            "filter[labels.a]=x%00",
+            "filter[labels.a%00]=x",
+            "offset=1%00",
+        ] {
+            let e = parse(Some(query)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{query}");
+            assert_eq!(e.violations[0].reason, crate::domain::NUL_REASON, "{query}");
+        }
+        let cursor = Cursor {
+            offset: 1,
+            mesh: Some("a\0".into()),
+            name: "b".into(),
+        };
+        assert!(parse(Some(&format!("cursor={}", cursor.encode()))).is_err());
+    }
+
+    #[test]
+    fn a_cursor_offset_beyond_what_sql_takes_is_refused() {
+        let raw = format!("{}\n-\nname", u64::MAX);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let e = parse(Some(&format!("cursor={token}"))).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

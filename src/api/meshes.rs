@@ -2,7 +2,8 @@
 //! plus its spec fields, which are kept as given (the mTLS issue gives them meaning).
 //!
 //! Kuma lets any caller write Meshes; here writes need an admin, because deleting a Mesh
-//! deletes its secrets. Reads stay open, as in Kuma.
+//! deletes its secrets. Reads stay open, as in Kuma, except inline CA private keys, which
+//! only an admin sees.
 
 use super::AppState;
 use super::auth::User;
@@ -10,7 +11,8 @@ use super::error::{ApiError, ApiResult};
 use super::list;
 use super::request::{Preconditions, check_immutable_labels, computed_labels, etag, json_body};
 use super::wire::{self, ListBody, MeshItem};
-use crate::domain::{MeshName, MeshUpdate, NewMesh, ValidationError};
+use crate::domain::mtls::redact_private_keys;
+use crate::domain::{Mesh, MeshName, MeshUpdate, NewMesh, ValidationError};
 use crate::store::{MeshQuery, SecretStore, StoreError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -32,6 +34,7 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
 
 async fn list_meshes<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -41,11 +44,14 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
         labels: params.labels.clone(),
         page: params.page.clone(),
     };
-    let page = state
+    let mut page = state
         .store
         .list_meshes(&query)
         .await
         .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
+    for mesh in &mut page.items {
+        shown_to(&user, mesh);
+    }
     let next = list::next_link(
         &uri,
         &headers,
@@ -61,17 +67,26 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
     .into_response())
 }
 
+/// Meshes are readable by anyone, as in Kuma; inline CA private keys only by admins.
+fn shown_to(user: &User, mesh: &mut Mesh) {
+    if !user.is_admin() {
+        redact_private_keys(&mut mesh.spec);
+    }
+}
+
 async fn get_mesh<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let name = MeshName::parse(&name).map_err(|_| ApiError::not_found(TITLE))?;
-    let mesh = state
+    let mut mesh = state
         .store
         .get_mesh(&name)
         .await
         .map_err(|e| ApiError::store(TITLE, e))?;
+    shown_to(&user, &mut mesh);
     Ok((
         [(header::ETAG, etag(mesh.meta.version))],
         Json(MeshItem::from(&mesh)),

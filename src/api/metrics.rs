@@ -107,20 +107,36 @@ pub async fn track_requests(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let started = Instant::now();
     let in_flight = InFlight::enter(metrics.in_flight.with_label_values(&[route.as_str()]));
     let response = next.run(request).await;
     drop(in_flight);
     metrics
         .request_seconds
-        .with_label_values(&[route.as_str(), method.as_str()])
+        .with_label_values(&[route.as_str(), method])
         .observe(started.elapsed().as_secs_f64());
     metrics
         .requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .with_label_values(&[route.as_str(), method, response.status().as_str()])
         .inc();
     response
+}
+
+/// The method as a metrics label, from a fixed set: a client inventing methods must not
+/// grow the number of series (each one costs memory and `/metrics` output forever).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Counts a request in flight until dropped, so cancelled requests are uncounted too.
@@ -193,6 +209,10 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     }
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
         self.timed("get_secret", self.inner.get_secret(key)).await
+    }
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        self.timed("secret_version", self.inner.secret_version(key))
+            .await
     }
     async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
         self.timed("list_secrets", self.inner.list_secrets(query))

@@ -77,10 +77,13 @@ impl ApiConfig {
         if self.tls { "https" } else { "http" }
     }
 
-    /// Largest request body: the base64 of the largest secret plus room for the JSON
-    /// around it.
+    /// Largest request body: the base64 of the largest secret, a quarter more for line
+    /// breaks inside it (a JSON-escaped `\r\n` is 4 bytes: PEM-style wrapping at 64
+    /// characters adds 1/16, wrapping at 16 still fits), and room for the JSON around it.
+    /// The decoded size is checked against the limit exactly, after parsing.
     pub fn body_limit(&self) -> usize {
-        self.max_secret_size / 3 * 4 + 4 + 64 * 1024
+        let base64 = self.max_secret_size.div_ceil(3) * 4;
+        base64 + base64 / 4 + 64 * 1024
     }
 }
 

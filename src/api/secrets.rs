@@ -9,7 +9,9 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::list;
-use super::request::{Preconditions, check_immutable_labels, computed_labels, etag, json_body};
+use super::request::{
+    Condition, Preconditions, check_immutable_labels, computed_labels, etag, json_body,
+};
 use super::wire::{self, ListBody, SecretItem};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
@@ -323,10 +325,14 @@ pub(super) async fn put_secret<S: SecretStore>(
     if parsed.kind != type_name {
         errors.push("type", "type from the URL has to be the same as in body");
     }
-    if let Some(mesh) = &mesh
-        && parsed.mesh != mesh.as_str()
-    {
-        errors.push("mesh", "mesh from the URL has to be the same as in body");
+    match &mesh {
+        Some(mesh) if parsed.mesh != mesh.as_str() => {
+            errors.push("mesh", "mesh from the URL has to be the same as in body");
+        }
+        None if !parsed.mesh.is_empty() => {
+            errors.push("mesh", "mesh cannot be set on global secret");
+        }
+        _ => {}
     }
     let labels = errors.collect(computed_labels(
         parsed.labels,
@@ -428,26 +434,36 @@ pub(super) async fn delete_secret<S: SecretStore>(
     let preconditions = Preconditions::from_headers(headers)?;
     user.require_admin(secret_type(&mesh).as_str())?;
     let key = url_key(mesh, name).ok_or_else(|| ApiError::not_found(TITLE))?;
-    // With If-Match, delete only the version the caller saw; the store re-checks it in the
-    // DELETE itself, so a write in between makes the delete fail, not vanish.
-    let expected = if preconditions.if_match.is_some() {
-        let current = state
-            .store
-            .get_secret(&key)
-            .await
-            .map_err(|e| ApiError::store(TITLE, e))?;
-        preconditions.check(Some(current.meta.version))?;
-        Some(current.meta.version)
-    } else {
-        None
+    // With If-Match, delete only the version the caller saw: the store checks it in the
+    // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
+    // never opened, so a secret whose sealed value is unreadable can still be deleted.
+    let (expected, precondition) = match &preconditions.if_match {
+        None => (None, false),
+        Some(Condition::Any) => (None, true),
+        Some(Condition::Versions(versions)) => match versions[..] {
+            [version] => (Some(version), true),
+            // No version or several: learn the current one (the row is not opened).
+            _ => {
+                let current = state
+                    .store
+                    .secret_version(&key)
+                    .await
+                    .map_err(|e| ApiError::store(TITLE, e))?;
+                preconditions.check(current)?;
+                (current, true)
+            }
+        },
     };
     state
         .store
         .delete_secret(&key, expected)
         .await
         .map_err(|e| match e {
-            StoreError::Conflict { .. } => {
-                ApiError::precondition_failed("the resource changed meanwhile")
+            StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
+                "If-Match failed: the resource is at version \"{actual}\""
+            )),
+            StoreError::NotFound(_) if precondition => {
+                ApiError::precondition_failed("If-Match failed: the resource does not exist")
             }
             other => ApiError::store(TITLE, other),
         })?;

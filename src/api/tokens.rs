@@ -266,7 +266,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, ValidationError> {
     let invalid = || {
         ValidationError::single(
             "validFor",
-            format!("invalid duration {text:?}: use a number and a unit (h, m, s), e.g. 24h"),
+            format!(
+                "invalid duration {text:?}: use a number and a unit (d, h, m, s), e.g. 24h or 7d"
+            ),
         )
     };
     let mut total: u64 = 0;
@@ -277,6 +279,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, ValidationError> {
             continue;
         }
         let unit = match c {
+            'd' => 86_400,
             'h' => 3600,
             'm' => 60,
             's' => 1,
@@ -304,7 +307,12 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        for bad in ["", "0s", "h", "10", "1d", "-1h", "99999999999999999999h"] {
+        // `generate user-token --help` suggests 7d: days are accepted.
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        for bad in ["", "0s", "h", "10", "1w", "-1h", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

@@ -132,6 +132,9 @@ pub fn parse_body(type_name: &str, body: &[u8]) -> Result<ResourceBody, String> 
 /// As [`parse_body`], for a document already parsed (from YAML or JSON).
 pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String> {
     let invalid = |why: String| format!("invalid {type_name} object: {why:?}");
+    // Postgres cannot store NUL in text or JSON; SQLite can, and `copy` would then fail
+    // midway: refuse it on the way in, everywhere.
+    crate::domain::reject_nul_in_json("", &value).map_err(|e| invalid(e.to_string()))?;
     let Value::Object(mut fields) = value else {
         return Err(invalid("the body must be a JSON object".into()));
     };

@@ -49,16 +49,19 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     let from_encryption = EncryptionArgs {
         keys: args.from_keys.clone(),
         allow_plaintext_secrets: false,
+        accept_plaintext_rows: args.encryption.accept_plaintext_rows,
     };
     let source_options = StoreOptions {
-        keyring: resolve(&args.from, &from_encryption, Access::Read)?,
+        keyring: resolve(&args.from, &from_encryption, Access::Read).await?,
+        accept_plaintext_rows: from_encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
     let source = AnyStore::open(&args.from, source_options).await?;
     let (from, to) = (redact_url(&args.from), redact_url(&args.to));
     let destination = if args.verify_only {
         let options = StoreOptions {
-            keyring: resolve(&args.to, &args.encryption, Access::Read)?,
+            keyring: resolve(&args.to, &args.encryption, Access::Read).await?,
+            accept_plaintext_rows: args.encryption.accept_plaintext_rows,
             ..StoreOptions::default()
         };
         AnyStore::open(&args.to, options).await?

@@ -47,8 +47,13 @@ pub struct ExportArgs {
 const PAGE: u32 = 500;
 
 pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(create_private(path)?)),
+    let file = args.output.as_deref().map(create_private).transpose()?;
+    let mut out: Box<dyn Write> = match &file {
+        Some(file) => Box::new(std::io::BufWriter::new(
+            file.as_file()
+                .try_clone()
+                .context("could not open the export file")?,
+        )),
         None => {
             if std::io::stdout().is_terminal() && !args.force {
                 anyhow::bail!(
@@ -65,7 +70,8 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("invalid --mesh: {e}"))?;
     let options = StoreOptions {
-        keyring: resolve(&args.store.url, &args.encryption, Access::Read)?,
+        keyring: resolve(&args.store.url, &args.encryption, Access::Read).await?,
+        accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
     let store = AnyStore::open(&args.store.url, options).await?;
@@ -121,6 +127,14 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         }
     }
     out.flush().context("could not write the export")?;
+    drop(out);
+    if let (Some(file), Some(path)) = (file, &args.output) {
+        file.as_file()
+            .sync_all()
+            .context("could not write the export")?;
+        file.persist(path)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
     store.close().await;
     eprintln!(
         "exported {} meshes, {} secrets and {} global secrets{}",
@@ -168,16 +182,17 @@ impl DocumentWriter<'_> {
     }
 }
 
-/// Creates (or truncates) `path` readable by its owner only: it will hold every secret.
-fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-        .open(path)
-        .with_context(|| format!("could not create {}", path.display()))
+/// A new file next to `path`, readable by its owner only (it will hold every secret), to
+/// be renamed over `path` once complete: an existing file at `path` never keeps its own
+/// (perhaps wider) mode, and an interrupted export never leaves half a file there.
+fn create_private(path: &std::path::Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    // tempfile creates the file 0600 on Unix.
+    tempfile::Builder::new()
+        .prefix(".kuma-secrets-export")
+        .tempfile_in(dir)
+        .with_context(|| format!("could not create a file next to {}", path.display()))
 }

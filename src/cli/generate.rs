@@ -59,10 +59,7 @@ pub(super) async fn run(cmd: GenerateCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             let current = Keyring::load(&keyring)?;
-            let next = (1..)
-                .map(|n| format!("key-{n}"))
-                .find(|id| !current.contains(id))
-                .expect("a free key id");
+            let next = next_key_id(current.key_ids());
             let mut updated = current.with_key(&next, Keyring::random_key());
             if activate {
                 updated = updated.with_active(&next);
@@ -81,4 +78,28 @@ pub(super) async fn run(cmd: GenerateCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The id after the highest `key-N` in the keyring: never a lower free number, which may be
+/// a retired key's id (a keyring left holding only `key-2` gets `key-3`, not `key-1`), so
+/// rows sealed by a retired key never meet a new key of the same id.
+fn next_key_id<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    let highest = ids
+        .filter_map(|id| id.strip_prefix("key-"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("key-{}", highest + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_key_ids_follow_the_highest_and_never_reuse_a_retired_one() {
+        assert_eq!(next_key_id(["key-2"].into_iter()), "key-3");
+        assert_eq!(next_key_id(["key-1", "key-9", "old"].into_iter()), "key-10");
+        assert_eq!(next_key_id(["custom"].into_iter()), "key-1");
+    }
 }

@@ -77,7 +77,7 @@ pub(super) async fn open_destination(
     url: &str,
     encryption: &EncryptionArgs,
 ) -> anyhow::Result<AnyStore> {
-    let keyring = resolve(url, encryption, Access::Write)?;
+    let keyring = resolve(url, encryption, Access::Write).await?;
     if Backend::of_url(url)? == Backend::Postgres {
         let report = PostgresStore::migrate_up(url, false).await?;
         for applied in &report.applied {
@@ -91,6 +91,7 @@ pub(super) async fn open_destination(
     }
     let options = StoreOptions {
         keyring,
+        accept_plaintext_rows: encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
     Ok(AnyStore::open(url, options).await?)

@@ -24,6 +24,23 @@ pub struct EncryptionArgs {
     /// --encryption-keys). Anyone with a dump or a replica can then read every secret.
     #[arg(long, env = "KUMA_SECRETS_ALLOW_PLAINTEXT_SECRETS")]
     pub allow_plaintext_secrets: bool,
+    /// With a keyring, still read secrets stored in plaintext. Only while upgrading a store
+    /// from before encryption at rest, between `migrate up` and `rotate-keys`: otherwise a
+    /// plaintext row is refused, since anyone who can write to the database could plant one.
+    #[arg(long, env = "KUMA_SECRETS_ACCEPT_PLAINTEXT_ROWS")]
+    pub accept_plaintext_rows: bool,
+}
+
+impl EncryptionArgs {
+    /// `--accept-plaintext-rows`, logged loudly when set.
+    pub fn accept_plaintext_rows(&self) -> bool {
+        if self.accept_plaintext_rows {
+            tracing::warn!(
+                "--accept-plaintext-rows: secrets stored unsealed are served as they are. Use it only while upgrading, then run kuma-secrets rotate-keys and restart without it: until then, anyone who can write to the database can plant a secret"
+            );
+        }
+        self.accept_plaintext_rows
+    }
 }
 
 /// What the command does with the store.
@@ -40,7 +57,7 @@ pub enum Access {
 /// # Errors
 /// An unreadable or invalid keyring file, or a Postgres store written without a keyring
 /// or `--allow-plaintext-secrets`.
-pub fn resolve(
+pub async fn resolve(
     store_url: &str,
     args: &EncryptionArgs,
     access: Access,
@@ -67,6 +84,7 @@ pub fn resolve(
             if access == Access::Read || args.allow_plaintext_secrets {
                 return Ok(None);
             }
+            refuse_if_sealed(store_url, &path).await?;
             let keyring = Keyring::single("key-1", Keyring::random_key());
             keyring
                 .save_new(&path)
@@ -93,6 +111,42 @@ pub fn resolve(
             )
         }
     }
+}
+
+/// Refuses to generate a keyring for a store that already holds sealed values: its keyring
+/// was lost or moved, and a new key would open nothing.
+async fn refuse_if_sealed(store_url: &str, keyring: &Path) -> anyhow::Result<()> {
+    let Some(database) = keyring.to_str().and_then(|k| k.strip_suffix(".keys")) else {
+        return Ok(());
+    };
+    if !Path::new(database).exists() {
+        return Ok(());
+    }
+    let store = crate::store::SqliteStore::open(
+        store_url,
+        crate::store::StoreOptions {
+            keyring: Some(Arc::new(Keyring::single("probe", Keyring::random_key()))),
+            ..Default::default()
+        },
+    )
+    .await;
+    let sealed = match store {
+        Ok(store) => {
+            let sealed = store.holds_sealed_values().await?;
+            store.close().await;
+            sealed
+        }
+        Err(crate::store::StoreError::MissingKeys { .. }) => true,
+        Err(other) => return Err(other.into()),
+    };
+    if sealed {
+        anyhow::bail!(
+            "the store {} holds sealed secrets but its keyring {} is missing: restore that file from your backup (or pass the keyring with --encryption-keys). A new key would open none of them, so none is generated",
+            redact_url(store_url),
+            keyring.display()
+        );
+    }
+    Ok(())
 }
 
 /// `<db file>.keys` for a `sqlite://PATH` URL; `None` for an in-memory database.

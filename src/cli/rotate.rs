@@ -5,7 +5,7 @@
 
 use super::StoreArgs;
 use super::keys::{Access, EncryptionArgs, resolve};
-use crate::store::{AnyStore, StoreOptions, redact_url};
+use crate::store::{AnyStore, KeyUsage, StoreOptions, Unreadable, redact_url};
 
 /// `kuma-secrets rotate-keys …`
 #[derive(Debug, clap::Args)]
@@ -23,7 +23,7 @@ pub struct RotateArgs {
 }
 
 pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
-    let keyring = resolve(&args.store.url, &args.encryption, Access::Read)?;
+    let keyring = resolve(&args.store.url, &args.encryption, Access::Read).await?;
     let active = keyring.as_ref().map(|k| k.active_id().to_owned());
     let options = StoreOptions {
         keyring,
@@ -35,6 +35,9 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
             "{}",
             render_status(&store.rows_per_key().await?, active.as_deref())
         );
+        if active.is_some() {
+            print!("{}", render_unreadable(&store.unreadable().await?));
+        }
         store.close().await;
         return Ok(());
     }
@@ -59,50 +62,77 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
                 break;
             }
         }
-        let remaining = remaining(&store, &active).await?;
-        if remaining == 0 {
+        if remaining(&store, &active).await? == 0 {
             break;
         }
     }
+    let meshes = store.reseal_meshes().await?;
     let remaining = remaining(&store, &active).await?;
     println!(
-        "re-sealed {resealed} secrets of {} with key {active:?}; {skipped} changed meanwhile and were sealed by that write",
+        "re-sealed {resealed} secrets and the inline CA keys of {meshes} Meshes of {} with key {active:?}; {skipped} secrets changed meanwhile and were sealed by that write",
         redact_url(&args.store.url)
     );
     store.close().await;
     if remaining > 0 {
         anyhow::bail!(
-            "{remaining} secrets are still sealed with another key: a writer may still use an older keyring; update every server's keyring, then run rotate-keys again"
+            "{remaining} secrets are still sealed with another key or the old format: a writer may still use an older keyring or binary; update every server, then run rotate-keys again"
         );
     }
     Ok(())
 }
 
+/// Rows not yet sealed with the active key in the current format.
 async fn remaining(store: &AnyStore, active: &str) -> anyhow::Result<u64> {
     Ok(store
         .rows_per_key()
         .await?
         .into_iter()
-        .filter(|(id, _)| id.as_deref() != Some(active))
-        .map(|(_, n)| n)
+        .map(|usage| {
+            if usage.key_id.as_deref() == Some(active) {
+                usage.format_1
+            } else {
+                usage.rows
+            }
+        })
         .sum())
 }
 
-fn render_status(rows: &[(Option<String>, u64)], active: Option<&str>) -> String {
+fn render_status(rows: &[KeyUsage], active: Option<&str>) -> String {
     let table: Vec<Vec<String>> = rows
         .iter()
-        .map(|(id, n)| {
-            let name = id.clone().unwrap_or_else(|| "(plaintext)".into());
-            let state = match (id.as_deref(), active) {
-                (Some(id), Some(active)) if id == active => "active",
-                (None, _) => "not sealed",
-                _ => "old: run rotate-keys",
+        .map(|usage| {
+            let name = usage.key_id.clone().unwrap_or_else(|| "(plaintext)".into());
+            let state = match (usage.key_id.as_deref(), active) {
+                (None, _) => "not sealed: run rotate-keys".to_owned(),
+                (Some(id), Some(active)) if id == active && usage.format_1 == 0 => {
+                    "active".to_owned()
+                }
+                (Some(id), Some(active)) if id == active => format!(
+                    "active; {} in the old seal format: run rotate-keys",
+                    usage.format_1
+                ),
+                _ => "old: run rotate-keys".to_owned(),
             };
-            vec![name, n.to_string(), state.into()]
+            vec![name, usage.rows.to_string(), state]
         })
         .collect();
     if table.is_empty() {
         return "no secrets stored\n".into();
     }
     super::table::render(&["KEY ID", "SECRETS", "STATE"], &table)
+}
+
+/// The resources that do not open, named, so an operator can delete or re-import them.
+fn render_unreadable(unreadable: &[Unreadable]) -> String {
+    if unreadable.is_empty() {
+        return "every stored value opens with this keyring\n".into();
+    }
+    let mut out = format!(
+        "{} stored values do not open with this keyring (delete them, or re-import them from a backup):\n",
+        unreadable.len()
+    );
+    for item in unreadable {
+        out.push_str(&format!("  {}: {}\n", item.key, item.reason));
+    }
+    out
 }

@@ -62,7 +62,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_secret_size: args.max_secret_size,
         tolerate_newer_schema: args.tolerate_newer_schema,
         unsafe_delete: args.unsafe_delete,
-        keyring: resolve(&args.store.url, &args.encryption, Access::Write)?,
+        keyring: resolve(&args.store.url, &args.encryption, Access::Write).await?,
+        accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
     let tls = match (&args.tls_cert, &args.tls_key) {

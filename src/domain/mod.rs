@@ -14,7 +14,7 @@ pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MeshName, ResourceName};
 pub use secret::{
     DEFAULT_MAX_SECRET_SIZE, NewSecret, Secret, SecretData, SecretKey, SecretType, SecretUpdate,
 };
-pub use validation::{ValidationError, Violation};
+pub use validation::{NUL_REASON, ValidationError, Violation, reject_nul, reject_nul_in_json};
 
 use chrono::{DateTime, Utc};
 use std::fmt;

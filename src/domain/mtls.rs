@@ -282,6 +282,33 @@ fn parse_source(value: &Value, path: &str, errors: &mut ValidationError) -> Opti
     None
 }
 
+/// What a caller who is not an admin sees in place of an inline CA private key.
+pub const REDACTED_KEY: &str = "private key material is shown to admins only";
+
+/// Hides the inline private keys of provided CA backends (`conf.key` given as `inline` or
+/// `inlineString`) from a spec about to be shown to a caller who is not an admin. Keys
+/// kept in Secrets (`{secret: NAME}`) are only names and stay.
+pub fn redact_private_keys(spec: &mut MeshSpec) {
+    let Some(Value::Array(backends)) = spec
+        .get_mut("mtls")
+        .and_then(Value::as_object_mut)
+        .and_then(|mtls| mtls.get_mut("backends"))
+    else {
+        return;
+    };
+    for key in backends
+        .iter_mut()
+        .filter_map(|b| b.get_mut("conf"))
+        .filter_map(|c| c.get_mut("key"))
+        .filter_map(Value::as_object_mut)
+    {
+        if key.contains_key("inline") || key.contains_key("inlineString") {
+            key.clear();
+            key.insert("redacted".into(), Value::String(REDACTED_KEY.into()));
+        }
+    }
+}
+
 /// Kuma's delete-guard message for a secret in use.
 pub fn in_use_message(secret: &str, mesh: &str, backend: &str) -> String {
     format!(

@@ -116,8 +116,9 @@ impl fmt::Display for SecretKey {
     }
 }
 
-/// Secret bytes. `Debug` never shows them, so a record can be logged safely.
-#[derive(Clone, PartialEq, Eq)]
+/// Secret bytes. `Debug` never shows them, so a record can be logged safely, and they are
+/// overwritten with zeros when dropped, so opened plaintext does not linger in freed memory.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct SecretData(Vec<u8>);
 
 impl SecretData {

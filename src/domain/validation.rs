@@ -65,6 +65,14 @@ impl ValidationError {
         }
     }
 
+    /// Adds every violation of `other`, each field prefixed with `prefix` (to say which
+    /// resource of a batch it concerns).
+    pub fn extend_prefixed(&mut self, prefix: &str, other: ValidationError) {
+        for v in other.violations {
+            self.push(format!("{prefix}{}", v.field), v.reason);
+        }
+    }
+
     /// True when no violation was recorded.
     pub fn is_empty(&self) -> bool {
         self.violations.is_empty()
@@ -81,4 +89,60 @@ impl fmt::Display for ValidationError {
         }
         Ok(())
     }
+}
+
+/// The reason given for a NUL character: Postgres cannot store one in text or JSON, so it
+/// is refused everywhere on the way in, on every backend alike.
+pub const NUL_REASON: &str = "must not contain a NUL character";
+
+/// Refuses a NUL character in `text`, as a violation of `field`.
+///
+/// # Errors
+/// The violation.
+pub fn reject_nul(field: &str, text: &str) -> Result<(), ValidationError> {
+    if text.contains('\0') {
+        Err(ValidationError::single(field, NUL_REASON))
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses a NUL character in any key or string of a JSON value, naming where it is
+/// (`path` is the value's own field path, "" for the top).
+///
+/// # Errors
+/// A violation per offending key or string.
+pub fn reject_nul_in_json(path: &str, value: &serde_json::Value) -> Result<(), ValidationError> {
+    fn walk(path: &str, value: &serde_json::Value, errors: &mut ValidationError) {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match value {
+            serde_json::Value::String(text) if text.contains('\0') => {
+                errors.push(path, NUL_REASON);
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(&format!("{path}[{i}]"), item, errors);
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for (key, item) in fields {
+                    if key.contains('\0') {
+                        errors.push(join(&key.replace('\0', "\\0")), NUL_REASON);
+                    } else {
+                        walk(&join(key), item, errors);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut errors = ValidationError::default();
+    walk(path, value, &mut errors);
+    errors.into_result(|| ())
 }

@@ -46,6 +46,18 @@ pub enum StoreError {
         /// The backend using it.
         backend: String,
     },
+    /// A Secret delete was refused because its Mesh's stored spec cannot be read (it does
+    /// not parse, or its sealed keys do not open), so the guard cannot tell whether an mTLS
+    /// backend uses the secret: it fails closed.
+    #[error(
+        "cannot tell whether Mesh {mesh:?} uses this secret: its stored spec cannot be read ({reason}); fix the Mesh first (or start with --unsafe-delete)"
+    )]
+    MeshUnreadable {
+        /// The Mesh.
+        mesh: String,
+        /// Why its spec cannot be read.
+        reason: String,
+    },
     /// A sealed secret did not open: its key id is not in the keyring, or its stored value
     /// fails authentication (altered, or moved from another row). Names the secret, never
     /// its data.

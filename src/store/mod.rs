@@ -38,7 +38,7 @@ pub use page::{
     SecretScope,
 };
 pub use postgres::PostgresStore;
-pub use sql_store::{Dialect, ResealBatch, SqlStore};
+pub use sql_store::{Dialect, KeyUsage, ResealBatch, SqlStore, Unreadable};
 pub use sqlite::SqliteStore;
 pub use walk::{MeshWalk, SecretWalk, Walk};
 
@@ -90,6 +90,13 @@ pub trait SecretStore: Send + Sync {
     /// # Errors
     /// [`StoreError::NotFound`] if it does not exist.
     fn get_secret(&self, key: &SecretKey) -> impl Future<Output = Result<Secret>> + Send;
+
+    /// The current version of a secret, `None` if it does not exist. Never opens the sealed
+    /// value, so it works on rows that do not open.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the database cannot be reached.
+    fn secret_version(&self, key: &SecretKey) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     /// Lists secrets, filtered and paginated in SQL, sorted by (mesh, name).
     ///
@@ -204,6 +211,12 @@ pub struct StoreOptions {
     /// stores plaintext: the binary does that only with `--allow-plaintext-secrets`; an
     /// embedding control plane should pass a keyring.
     pub keyring: Option<std::sync::Arc<crate::sealing::Keyring>>,
+    /// With a keyring, still read rows stored in plaintext (and Mesh inline CA keys stored
+    /// unsealed). Only for the upgrade window between `migrate up` and `rotate-keys` on a
+    /// store from before encryption at rest: otherwise a plaintext row is refused like a
+    /// value that fails to open, because anyone who can write to the database could plant
+    /// one (a token signing key, say).
+    pub accept_plaintext_rows: bool,
 }
 
 impl Default for StoreOptions {
@@ -215,6 +228,7 @@ impl Default for StoreOptions {
             tolerate_newer_schema: false,
             unsafe_delete: false,
             keyring: None,
+            accept_plaintext_rows: false,
         }
     }
 }
@@ -272,10 +286,43 @@ impl AnyStore {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn rows_per_key(&self) -> Result<Vec<(Option<String>, u64)>> {
+    pub async fn rows_per_key(&self) -> Result<Vec<KeyUsage>> {
         match self {
             AnyStore::Postgres(s) => s.rows_per_key().await,
             AnyStore::Sqlite(s) => s.rows_per_key().await,
+        }
+    }
+
+    /// Stored values that do not open. See [`SqlStore::unreadable`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn unreadable(&self) -> Result<Vec<Unreadable>> {
+        match self {
+            AnyStore::Postgres(s) => s.unreadable().await,
+            AnyStore::Sqlite(s) => s.unreadable().await,
+        }
+    }
+
+    /// Whether anything in the store is sealed. See [`SqlStore::holds_sealed_values`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn holds_sealed_values(&self) -> Result<bool> {
+        match self {
+            AnyStore::Postgres(s) => s.holds_sealed_values().await,
+            AnyStore::Sqlite(s) => s.holds_sealed_values().await,
+        }
+    }
+
+    /// Re-seals Mesh inline CA keys. See [`SqlStore::reseal_meshes`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::reseal_meshes`].
+    pub async fn reseal_meshes(&self) -> Result<u64> {
+        match self {
+            AnyStore::Postgres(s) => s.reseal_meshes().await,
+            AnyStore::Sqlite(s) => s.reseal_meshes().await,
         }
     }
 
@@ -321,6 +368,9 @@ impl SecretStore for AnyStore {
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
         delegate!(self, s => s.get_secret(key))
     }
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        delegate!(self, s => s.secret_version(key))
+    }
     async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
         delegate!(self, s => s.list_secrets(query))
     }
@@ -349,6 +399,30 @@ impl SecretStore for AnyStore {
 
 /// `url` with any password replaced by `***`, for messages and logs.
 pub fn redact_url(url: &str) -> String {
+    // A password may also come as a query parameter (`?password=…`, as libpq allows).
+    let (url, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(redact_query(query))),
+        None => (url, None),
+    };
+    let base = redact_userinfo(url);
+    match query {
+        Some(query) => format!("{base}?{query}"),
+        None => base,
+    }
+}
+
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -366,6 +440,18 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_query_parameters_are_redacted_too() {
+        assert_eq!(
+            redact_url("postgres://kuma@db/kuma?sslmode=disable&password=s3cret&user=x"),
+            "postgres://kuma@db/kuma?sslmode=disable&password=***&user=x"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@db/kuma?PASSWORD=s3cret"),
+            "postgres://u:***@db/kuma?PASSWORD=***"
+        );
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {

@@ -127,8 +127,14 @@ impl Cursor {
         else {
             return Err(invalid());
         };
+        // An offset must fit SQL's BIGINT (and leave room for the pages after it); names
+        // never hold NUL, which Postgres could not compare.
+        let offset: u64 = offset.parse().map_err(|_| invalid())?;
+        if offset > i64::MAX as u64 / 2 || raw.contains('\0') {
+            return Err(invalid());
+        }
         Ok(Self {
-            offset: offset.parse().map_err(|_| invalid())?,
+            offset,
             mesh: (mesh != "-").then(|| mesh.to_owned()),
             name: name.to_owned(),
         })

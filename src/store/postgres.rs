@@ -21,6 +21,8 @@ impl Dialect for Postgres {
     const LOCK_SECRET_SHARED: &'static str =
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2 FOR SHARE";
 
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+
     fn contains(column: &str, needle: &str) -> String {
         format!("strpos({column}, {needle}) > 0")
     }

@@ -12,7 +12,7 @@ use super::sql_store::Dialect;
 use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData, SecretKey,
 };
-use crate::sealing::{Keyring, OpenError};
+use crate::sealing::{Binding, Keyring, OpenError, WriteId};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ use std::fmt::Write;
 
 macro_rules! secret_columns {
     () => {
-        "mesh, name, version, creation_time, modification_time, labels, data, key_id"
+        "mesh, name, version, creation_time, modification_time, labels, data, key_id, write_id"
     };
 }
 macro_rules! mesh_columns {
@@ -65,24 +65,26 @@ pub(crate) const GET_SECRET_VERSION: Keyed = Keyed {
 };
 
 /// `$1` name, `$2` mesh (NULL for global), `$3` time, `$4` labels, `$5` data (sealed or
-/// plain), `$6` key id (NULL for plain).
+/// plain), `$6` key id and `$7` write id (both NULL for plain).
 pub(crate) const INSERT_SECRET: &str = concat!(
-    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data, key_id) ",
-    "VALUES ($1, $2, 1, $3, $3, $4, $5, $6) RETURNING ",
+    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data, key_id, write_id) ",
+    "VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7) RETURNING ",
     secret_columns!()
 );
 
-/// `$1` data, `$2` key id, `$3` labels, `$4` time, `$5` expected version, `$6` name
-/// [, `$7` mesh].
+/// `$1` data, `$2` key id, `$3` write id, `$4` labels, `$5` time, `$6` expected version,
+/// `$7` name [, `$8` mesh].
 pub(crate) const UPDATE_SECRET: Keyed = Keyed {
     mesh: concat!(
-        "UPDATE secrets SET data = $1, key_id = $2, labels = $3, modification_time = $4, ",
-        "version = version + 1 WHERE version = $5 AND name = $6 AND mesh = $7 RETURNING ",
+        "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, ",
+        "modification_time = $5, version = version + 1 ",
+        "WHERE version = $6 AND name = $7 AND mesh = $8 RETURNING ",
         secret_columns!()
     ),
     global: concat!(
-        "UPDATE secrets SET data = $1, key_id = $2, labels = $3, modification_time = $4, ",
-        "version = version + 1 WHERE version = $5 AND name = $6 AND mesh IS NULL RETURNING ",
+        "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, ",
+        "modification_time = $5, version = version + 1 ",
+        "WHERE version = $6 AND name = $7 AND mesh IS NULL RETURNING ",
         secret_columns!()
     ),
 };
@@ -127,6 +129,7 @@ pub struct SecretRow {
     labels: Json<BTreeMap<String, String>>,
     data: Vec<u8>,
     key_id: Option<String>,
+    write_id: Option<Vec<u8>>,
 }
 
 impl SecretRow {
@@ -134,29 +137,28 @@ impl SecretRow {
     ///
     /// # Errors
     /// [`StoreError::Sealed`] naming the secret when the row does not open (a key id not in
-    /// the keyring, or a value that fails authentication), or is sealed and the store has
-    /// no keyring.
-    pub fn open(mut self, keyring: Option<&Keyring>) -> Result<Secret, StoreError> {
+    /// the keyring, or a value that fails authentication under its key and write id), is
+    /// sealed and the store has no keyring, or is plaintext while the store has a keyring
+    /// (unless `accept_plaintext`, for the upgrade window before `rotate-keys`).
+    pub fn open(
+        mut self,
+        keyring: Option<&Keyring>,
+        accept_plaintext: bool,
+    ) -> Result<Secret, StoreError> {
         let key = self.key();
-        let data = match (&self.key_id, keyring) {
-            (None, _) => std::mem::take(&mut self.data),
-            (Some(key_id), Some(keyring)) => {
-                keyring
-                    .open(&key, key_id, &self.data)
-                    .map_err(|reason| StoreError::Sealed {
-                        key: key.resource_key(),
-                        reason,
-                    })?
-            }
-            (Some(key_id), None) => {
-                return Err(StoreError::Sealed {
-                    key: key.resource_key(),
-                    reason: OpenError::MissingKey {
-                        key_id: key_id.clone(),
-                    },
-                });
-            }
-        };
+        let data = open_value(
+            &key,
+            &self.data,
+            self.key_id.as_deref(),
+            self.write_id.as_deref(),
+            keyring,
+            accept_plaintext,
+        )
+        .map_err(|reason| StoreError::Sealed {
+            key: key.resource_key(),
+            reason,
+        })?;
+        zeroize::Zeroize::zeroize(&mut self.data);
         Ok(self.with_data(SecretData::from_stored(data)))
     }
 
@@ -186,6 +188,37 @@ impl SecretRow {
     }
 }
 
+/// Opens the stored `data` of secret `key` as its columns say: plaintext (`key_id` NULL),
+/// format 1 (`write_id` NULL) or format 2.
+///
+/// # Errors
+/// Why the value does not open; plaintext with a keyring unless `accept_plaintext`.
+pub(crate) fn open_value(
+    key: &SecretKey,
+    data: &[u8],
+    key_id: Option<&str>,
+    write_id: Option<&[u8]>,
+    keyring: Option<&Keyring>,
+    accept_plaintext: bool,
+) -> Result<Vec<u8>, OpenError> {
+    match (key_id, keyring) {
+        (None, Some(_)) if !accept_plaintext => Err(OpenError::Plaintext),
+        (None, _) => Ok(data.to_vec()),
+        (Some(key_id), None) => Err(OpenError::MissingKey {
+            key_id: key_id.to_owned(),
+        }),
+        (Some(key_id), Some(keyring)) => match write_id {
+            None => keyring.open(&Binding::LegacySecret(key), key_id, data),
+            Some(bytes) => {
+                let write = WriteId::from_stored(bytes).ok_or(OpenError::Corrupt {
+                    key_id: key_id.to_owned(),
+                })?;
+                keyring.open(&Binding::Secret { key, write }, key_id, data)
+            }
+        },
+    }
+}
+
 /// The key of a stored row (its names were validated when written).
 fn stored_key(mesh: Option<&str>, name: &str) -> SecretKey {
     let name = ResourceName::from_stored(name.to_owned());
@@ -204,6 +237,7 @@ pub struct SealedRow {
     pub version: i64,
     pub data: Vec<u8>,
     pub key_id: Option<String>,
+    pub write_id: Option<Vec<u8>>,
 }
 
 impl SealedRow {
@@ -214,16 +248,26 @@ impl SealedRow {
 }
 
 /// `$1` after id, `$2` active key id, `$3` limit: the next rows not sealed with the active
-/// key (plaintext rows included), in id order.
-pub(crate) const ROWS_TO_RESEAL: &str = "SELECT id, mesh, name, version, data, key_id FROM secrets \
-     WHERE id > $1 AND (key_id IS NULL OR key_id <> $2) ORDER BY id LIMIT $3";
-/// `$1` data, `$2` key id, `$3` id, `$4` version read: re-seals a row unless it changed
-/// since (then a concurrent write has sealed it already). Content, version and times stay.
-pub(crate) const RESEAL_ROW: &str =
-    "UPDATE secrets SET data = $1, key_id = $2 WHERE id = $3 AND version = $4 RETURNING id";
-/// Rows per key id (`''` for plaintext).
-pub(crate) const ROWS_PER_KEY: &str = "SELECT coalesce(key_id, '') AS key_id, count(*) AS n \
-     FROM secrets GROUP BY key_id ORDER BY 1";
+/// key in format 2 (plaintext and format 1 rows included), in id order.
+pub(crate) const ROWS_TO_RESEAL: &str = "SELECT id, mesh, name, version, data, key_id, write_id \
+     FROM secrets WHERE id > $1 AND (key_id IS NULL OR key_id <> $2 OR write_id IS NULL) \
+     ORDER BY id LIMIT $3";
+/// `$1` after id, `$2` limit: every row, in id order (to find those that do not open).
+pub(crate) const ROWS_AFTER: &str = "SELECT id, mesh, name, version, data, key_id, write_id \
+     FROM secrets WHERE id > $1 ORDER BY id LIMIT $2";
+/// `$1` data, `$2` key id, `$3` write id, `$4` id, `$5` version read: re-seals a row unless
+/// it changed since (then a concurrent write has sealed it already). Content, version and
+/// times stay.
+pub(crate) const RESEAL_ROW: &str = "UPDATE secrets SET data = $1, key_id = $2, write_id = $3 \
+     WHERE id = $4 AND version = $5 RETURNING id";
+/// `$1` spec, `$2` name, `$3` version read: re-seals a Mesh's inline CA keys unless it
+/// changed since. Version and times stay.
+pub(crate) const RESEAL_MESH: &str =
+    "UPDATE meshes SET spec = $1 WHERE name = $2 AND version = $3 RETURNING version";
+/// Rows per key id (`''` for plaintext), and how many of them are still in seal format 1.
+pub(crate) const ROWS_PER_KEY: &str = "SELECT coalesce(key_id, '') AS key_id, count(*) AS n, \
+     CAST(sum(CASE WHEN key_id IS NOT NULL AND write_id IS NULL THEN 1 ELSE 0 END) AS BIGINT) \
+     AS format_1 FROM secrets GROUP BY key_id ORDER BY 1";
 
 /// A `secrets` row of a list page, with the count of all matches.
 #[derive(sqlx::FromRow)]
@@ -244,16 +288,42 @@ pub struct MeshRow {
     spec: Json<MeshSpec>,
 }
 
-impl From<MeshRow> for Mesh {
-    fn from(row: MeshRow) -> Self {
+impl MeshRow {
+    /// The row's version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// The stored Mesh, the inline CA keys of its spec opened with `keyring`.
+    ///
+    /// # Errors
+    /// [`StoreError::Sealed`] naming the Mesh when an inline key does not open (or is
+    /// stored unsealed while the store has a keyring, unless `accept_plaintext`).
+    pub fn open(
+        self,
+        keyring: Option<&Keyring>,
+        accept_plaintext: bool,
+    ) -> Result<Mesh, StoreError> {
+        let mut spec = self.spec.0.clone();
+        crate::sealing::open_mesh_spec(keyring, accept_plaintext, &self.name, &mut spec).map_err(
+            |reason| StoreError::Sealed {
+                key: crate::domain::ResourceKey::mesh(&MeshName::from_stored(self.name.clone())),
+                reason,
+            },
+        )?;
+        Ok(self.with_spec(spec))
+    }
+
+    /// The row as a Mesh with `spec`: after a write, which knows the spec it sealed.
+    pub fn with_spec(self, spec: MeshSpec) -> Mesh {
         Mesh {
-            name: MeshName::from_stored(row.name),
-            spec: row.spec.0,
-            labels: Labels::from_stored(row.labels.0),
+            name: MeshName::from_stored(self.name),
+            spec,
+            labels: Labels::from_stored(self.labels.0),
             meta: Meta {
-                version: row.version,
-                creation_time: row.creation_time,
-                modification_time: row.modification_time,
+                version: self.version,
+                creation_time: self.creation_time,
+                modification_time: self.modification_time,
             },
         }
     }

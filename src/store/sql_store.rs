@@ -8,8 +8,8 @@ use super::pool::ConnectionPool;
 use super::sql::{
     self, Bind, DELETE_MESH, DELETE_SECRET, GET_MESH, GET_MESH_VERSION, GET_SECRET,
     GET_SECRET_VERSION, INSERT_MESH, INSERT_SECRET, ListStatements, ListedMeshRow, ListedSecretRow,
-    MeshRow, RESEAL_ROW, ROWS_PER_KEY, ROWS_TO_RESEAL, SealedRow, SecretRow, Statement,
-    UPDATE_MESH, UPDATE_SECRET,
+    MeshRow, RESEAL_MESH, RESEAL_ROW, ROWS_AFTER, ROWS_PER_KEY, ROWS_TO_RESEAL, SealedRow,
+    SecretRow, Statement, UPDATE_MESH, UPDATE_SECRET, open_value,
 };
 use super::{ImportCounts, Result, SecretStore, StoreError, StoreOptions};
 use crate::domain::mtls::{DataSource, Mtls, builtin_ca_names};
@@ -17,7 +17,7 @@ use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
     ResourceName, Secret, SecretKey, SecretUpdate, ValidationError,
 };
-use crate::sealing::Keyring;
+use crate::sealing::{Binding, Keyring, OpenError, WriteId};
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::query::QueryAs;
 use sqlx::types::Json;
@@ -42,6 +42,10 @@ pub trait Dialect: Database {
     const LOCK_MESH_EXCLUSIVE: &'static str;
     /// `$1` mesh, `$2` name: whether a Secret exists, locked against deletion until commit.
     const LOCK_SECRET_SHARED: &'static str;
+    /// Appended to a `SELECT` of one row in a write transaction to lock it for the update
+    /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
+    /// other writers, so nothing).
+    const FOR_UPDATE: &'static str;
 }
 
 /// A store on a sqlx pool of database `DB`. See [`super::PostgresStore`] and
@@ -105,8 +109,55 @@ pub struct ResealBatch {
 #[derive(Default)]
 struct MtlsPlan {
     builtin: Vec<BuiltinCa>,
+    /// Builtin CA pairs found in place: they must still be there when the Mesh commits.
+    builtin_present: Vec<(String, String)>,
     required: Vec<String>,
 }
+
+/// Why a Mesh write's transaction refused to commit.
+enum MeshRefusal {
+    /// A store-level refusal (not found, conflict, a stored value that does not open).
+    Store(StoreError),
+    /// An mTLS rule is broken: report it.
+    Invalid(ValidationError),
+    /// A builtin CA pair seen before the transaction was deleted meanwhile: plan again
+    /// (generating a fresh pair) and retry.
+    CaVanished(String),
+}
+
+impl From<MeshRefusal> for StoreError {
+    fn from(refusal: MeshRefusal) -> Self {
+        match refusal {
+            MeshRefusal::Store(e) => e,
+            MeshRefusal::Invalid(e) => StoreError::Invalid(e),
+            MeshRefusal::CaVanished(name) => StoreError::Invalid(ValidationError::single(
+                "mtls",
+                format!(
+                    "the builtin CA secret {name:?} was deleted while the Mesh was being written; retry"
+                ),
+            )),
+        }
+    }
+}
+
+/// How often an import batch runs again after a concurrent writer created one of its
+/// resources between the batch's read and its insert.
+const IMPORT_ATTEMPTS: usize = 5;
+
+/// The checks every Mesh spec passes before it is stored, by the API or by an import: the
+/// mTLS section's structure with Kuma's messages, and no NUL character in any string
+/// (Postgres cannot store one).
+fn check_mesh_spec(
+    name: &MeshName,
+    spec: &MeshSpec,
+) -> std::result::Result<Option<Mtls>, ValidationError> {
+    crate::domain::reject_nul_in_json("", &serde_json::Value::Object(spec.clone()))?;
+    Mtls::of(spec, name)
+}
+
+/// How often a Mesh write re-plans when a concurrent delete removed a builtin CA pair it
+/// was about to rely on.
+const MTLS_ATTEMPTS: usize = 3;
 
 /// A generated builtin CA: (secret name, PEM) of its certificate and key.
 struct BuiltinCa {
@@ -114,16 +165,79 @@ struct BuiltinCa {
     key: (String, Vec<u8>),
 }
 
-/// The bytes to store for `data` of secret `key`, and the key id that sealed them (`None`:
-/// stored as given, when the store has no keyring).
-fn seal(keyring: Option<&Keyring>, key: &SecretKey, data: &[u8]) -> (Option<String>, Vec<u8>) {
+/// What one write stores for a secret's data: the bytes, the id of the key that sealed
+/// them and the write's random id (both `None`: stored as given, when the store has no
+/// keyring).
+struct StoredData {
+    bytes: Vec<u8>,
+    key_id: Option<String>,
+    write_id: Option<Vec<u8>>,
+}
+
+/// Seals `data` of secret `key` for a new write.
+fn seal(keyring: Option<&Keyring>, key: &SecretKey, data: &[u8]) -> StoredData {
     match keyring {
         Some(keyring) => {
-            let (key_id, sealed) = keyring.seal(key, data);
-            (Some(key_id), sealed)
+            let write = WriteId::random();
+            let (key_id, bytes) = keyring.seal(&Binding::Secret { key, write }, data);
+            StoredData {
+                bytes,
+                key_id: Some(key_id),
+                write_id: Some(write.to_vec()),
+            }
         }
-        None => (None, data.to_vec()),
+        None => StoredData {
+            bytes: data.to_vec(),
+            key_id: None,
+            write_id: None,
+        },
     }
+}
+
+/// `spec` of Mesh `mesh` as stored: its inline CA keys sealed when there is a keyring.
+fn seal_spec(keyring: Option<&Keyring>, mesh: &MeshName, spec: &MeshSpec) -> MeshSpec {
+    let mut stored = spec.clone();
+    if let Some(keyring) = keyring {
+        crate::sealing::seal_mesh_spec(keyring, mesh.as_str(), &mut stored);
+    }
+    stored
+}
+
+/// How many secrets a key id seals (`key_id` `None`: plaintext rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// The key id, `None` for plaintext rows.
+    pub key_id: Option<String>,
+    /// Rows sealed with it.
+    pub rows: u64,
+    /// Of those, rows still in seal format 1 (not bound to their write): `rotate-keys`
+    /// rewrites them.
+    pub format_1: u64,
+}
+
+/// A stored resource whose value does not open, for `rotate-keys --status`.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The resource.
+    pub key: ResourceKey,
+    /// Why.
+    pub reason: OpenError,
+}
+
+/// A stored Mesh spec with its inline CA keys opened, or the error naming the Mesh.
+fn open_spec_with(
+    keyring: Option<&Keyring>,
+    accept_plaintext: bool,
+    mesh: &MeshName,
+    mut stored: MeshSpec,
+) -> Result<MeshSpec> {
+    crate::sealing::open_mesh_spec(keyring, accept_plaintext, mesh.as_str(), &mut stored).map_err(
+        |reason| StoreError::Sealed {
+            key: ResourceKey::mesh(mesh),
+            reason,
+        },
+    )?;
+    Ok(stored)
 }
 
 /// Kuma's data-source load error for a missing secret.
@@ -171,6 +285,7 @@ macro_rules! impl_for_sql_databases {
             for<'q> i64: Encode<'q, DB> + Type<DB>,
             for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
             for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+            for<'q> Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
             for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
             for<'q> Json<BTreeMap<String, String>>: Encode<'q, DB> + Type<DB>,
             for<'q> Json<MeshSpec>: Encode<'q, DB> + Type<DB>,
@@ -181,6 +296,8 @@ macro_rules! impl_for_sql_databases {
             for<'r> (i64,): FromRow<'r, DB::Row>,
             for<'r> (i64, Json<MeshSpec>): FromRow<'r, DB::Row>,
             for<'r> (String, i64): FromRow<'r, DB::Row>,
+            for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+            for<'r> (String, i64, Json<MeshSpec>): FromRow<'r, DB::Row>,
             for<'r> SealedRow: FromRow<'r, DB::Row>,
         {
             $($body)*
@@ -190,7 +307,7 @@ macro_rules! impl_for_sql_databases {
 
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
-    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+    async fn stored_secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
         let mut query = sqlx::query_as::<DB, (i64,)>(GET_SECRET_VERSION.for_key(key))
             .bind(key.name().as_str().to_owned());
         if let Some(mesh) = key.mesh() {
@@ -215,30 +332,30 @@ impl [SqlStore<DB>] {
         key: &SecretKey,
         time: DateTime<Utc>,
         labels: &Labels,
-        stored: Vec<u8>,
-        key_id: Option<String>,
+        stored: StoredData,
     ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
         sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
             .bind(key.name().as_str().to_owned())
             .bind(key.mesh().map(|m| m.as_str().to_owned()))
             .bind(time)
             .bind(labels_json(labels))
-            .bind(stored)
-            .bind(key_id)
+            .bind(stored.bytes)
+            .bind(stored.key_id)
+            .bind(stored.write_id)
     }
 
     /// `UPDATE_SECRET` with its parameters bound (the mesh last, for a Secret).
     fn update_secret_query(
         key: &SecretKey,
-        stored: Vec<u8>,
-        key_id: Option<String>,
+        stored: StoredData,
         labels: &Labels,
         time: DateTime<Utc>,
         expected_version: i64,
     ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
         let query = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
-            .bind(stored)
-            .bind(key_id)
+            .bind(stored.bytes)
+            .bind(stored.key_id)
+            .bind(stored.write_id)
             .bind(labels_json(labels))
             .bind(time)
             .bind(expected_version)
@@ -284,14 +401,101 @@ impl [SqlStore<DB>] {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn rows_per_key(&self) -> Result<Vec<(Option<String>, u64)>> {
-        let rows = sqlx::query_as::<DB, (String, i64)>(ROWS_PER_KEY)
+    pub async fn rows_per_key(&self) -> Result<Vec<KeyUsage>> {
+        let rows = sqlx::query_as::<DB, (String, i64, i64)>(ROWS_PER_KEY)
             .fetch_all_via(self, Op::Other)
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, n)| ((!id.is_empty()).then_some(id), u64::try_from(n).unwrap_or(0)))
+            .map(|(id, n, format_1)| KeyUsage {
+                key_id: (!id.is_empty()).then_some(id),
+                rows: u64::try_from(n).unwrap_or(0),
+                format_1: u64::try_from(format_1).unwrap_or(0),
+            })
             .collect())
+    }
+
+    /// Every Mesh's name, version and stored spec (inline CA keys still sealed). Meshes are
+    /// few (one per mesh of a control plane), so this reads them all.
+    async fn stored_mesh_specs(&self) -> Result<Vec<(String, i64, Json<MeshSpec>)>> {
+        sqlx::query_as::<DB, (String, i64, Json<MeshSpec>)>(
+            "SELECT name, version, spec FROM meshes ORDER BY name",
+        )
+        .fetch_all_via(self, Op::Other)
+        .await
+    }
+
+    /// Key ids in use: by secrets, and by Mesh inline CA keys.
+    async fn key_ids_in_use(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .rows_per_key()
+            .await?
+            .into_iter()
+            .filter_map(|usage| usage.key_id)
+            .collect();
+        for (_, _, Json(spec)) in self.stored_mesh_specs().await? {
+            ids.extend(crate::sealing::mesh_spec_key_ids(&spec).0);
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Whether anything in the store is sealed (a store that is must never get a freshly
+    /// generated keyring in place of a lost one).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn holds_sealed_values(&self) -> Result<bool> {
+        Ok(!self.key_ids_in_use().await?.is_empty())
+    }
+
+    /// Secrets and Meshes whose sealed values do not open with this store's keyring
+    /// (altered, moved, sealed with a key it lacks, or plaintext while it has a keyring),
+    /// for `rotate-keys --status`. Reads every row, in batches.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn unreadable(&self) -> Result<Vec<Unreadable>> {
+        let keyring = self.options.keyring.as_deref();
+        let mut found = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = sqlx::query_as::<DB, SealedRow>(ROWS_AFTER)
+                .bind(after)
+                .bind(500_i64)
+                .fetch_all_via(self, Op::Other)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            for row in rows {
+                let key = row.key();
+                if let Err(reason) = open_value(
+                    &key,
+                    &row.data,
+                    row.key_id.as_deref(),
+                    row.write_id.as_deref(),
+                    keyring,
+                    false,
+                ) {
+                    found.push(Unreadable {
+                        key: key.resource_key(),
+                        reason,
+                    });
+                }
+            }
+        }
+        for (name, _, Json(mut spec)) in self.stored_mesh_specs().await? {
+            if let Err(reason) =
+                crate::sealing::open_mesh_spec(keyring, false, &name, &mut spec)
+            {
+                found.push(Unreadable {
+                    key: ResourceKey::mesh(&MeshName::from_stored(name)),
+                    reason,
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Refuses a keyring that lacks a key id some row is sealed with (or no keyring when
@@ -302,10 +506,9 @@ impl [SqlStore<DB>] {
     pub async fn check_keyring(&self) -> Result<()> {
         let keyring = self.options.keyring.as_deref();
         let missing: Vec<String> = self
-            .rows_per_key()
+            .key_ids_in_use()
             .await?
             .into_iter()
-            .filter_map(|(id, _)| id)
             .filter(|id| !keyring.is_some_and(|k| k.contains(id)))
             .collect();
         if missing.is_empty() {
@@ -346,22 +549,30 @@ impl [SqlStore<DB>] {
                 for row in rows {
                     batch.last_id = row.id;
                     let key = row.key();
-                    let plaintext = match &row.key_id {
-                        None => row.data.clone(),
-                        Some(key_id) => match keyring.open(&key, key_id, &row.data) {
-                            Ok(plaintext) => plaintext,
-                            Err(reason) => {
-                                return Ok(Err(StoreError::Sealed {
-                                    key: key.resource_key(),
-                                    reason,
-                                }));
-                            }
-                        },
+                    // Plaintext rows are sealed here whatever `accept_plaintext_rows` says:
+                    // that is how a store from before encryption at rest gets sealed.
+                    let opened = open_value(
+                        &key,
+                        &row.data,
+                        row.key_id.as_deref(),
+                        row.write_id.as_deref(),
+                        Some(&keyring),
+                        true,
+                    );
+                    let plaintext = match opened {
+                        Ok(plaintext) => zeroize::Zeroizing::new(plaintext),
+                        Err(reason) => {
+                            return Ok(Err(StoreError::Sealed {
+                                key: key.resource_key(),
+                                reason,
+                            }));
+                        }
                     };
-                    let (key_id, sealed) = keyring.seal(&key, &plaintext);
+                    let stored = seal(Some(&keyring), &key, &plaintext);
                     let written = sqlx::query_as::<DB, (i64,)>(RESEAL_ROW)
-                        .bind(sealed)
-                        .bind(key_id)
+                        .bind(stored.bytes)
+                        .bind(stored.key_id)
+                        .bind(stored.write_id)
                         .bind(row.id)
                         .bind(row.version)
                         .fetch_optional(&mut *tx)
@@ -378,6 +589,44 @@ impl [SqlStore<DB>] {
         .await
     }
 
+    /// Re-seals with the active key every Mesh whose inline CA keys are sealed with another
+    /// key or stored unsealed; each Mesh only if its version is still the one read (its
+    /// version and times do not change). Returns how many Meshes were rewritten.
+    ///
+    /// # Errors
+    /// No keyring, a Mesh whose keys do not open (named), or the database failed.
+    pub async fn reseal_meshes(&self) -> Result<u64> {
+        let Some(keyring) = self.options.keyring.clone() else {
+            return Err(StoreError::Invalid(ValidationError::single(
+                "encryption-keys",
+                "rotating keys needs a keyring",
+            )));
+        };
+        let mut resealed = 0;
+        for (name, version, Json(stored)) in self.stored_mesh_specs().await? {
+            let (ids, plaintext) = crate::sealing::mesh_spec_key_ids(&stored);
+            if !plaintext && ids.iter().all(|id| id == keyring.active_id()) {
+                continue;
+            }
+            let mut spec = stored;
+            crate::sealing::open_mesh_spec(Some(&keyring), true, &name, &mut spec).map_err(
+                |reason| StoreError::Sealed {
+                    key: ResourceKey::mesh(&MeshName::from_stored(name.clone())),
+                    reason,
+                },
+            )?;
+            let mesh = MeshName::from_stored(name);
+            let written = sqlx::query_as::<DB, (i64,)>(RESEAL_MESH)
+                .bind(Json(seal_spec(Some(&keyring), &mesh, &spec)))
+                .bind(mesh.as_str().to_owned())
+                .bind(version)
+                .fetch_optional_via(self, Op::Other)
+                .await?;
+            resealed += u64::from(written.is_some());
+        }
+        Ok(resealed)
+    }
+
     /// Everything about a Mesh's mTLS that needs reading or computing before its write
     /// transaction: the provided CAs loaded and checked (unless `skipValidation`), and a
     /// fresh CA for every builtin backend whose secrets are missing. Key generation and
@@ -392,11 +641,12 @@ impl [SqlStore<DB>] {
             let mut present = 0;
             for name in [&cert, &key] {
                 let key = SecretKey::secret(mesh.clone(), ResourceName::from_stored(name.clone()));
-                if self.secret_version(&key).await?.is_some() {
+                if self.stored_secret_version(&key).await?.is_some() {
                     present += 1;
                 }
             }
             if present == 2 {
+                plan.builtin_present.push((cert, key));
                 continue;
             }
             let (for_mesh, backend_name) = (mesh.clone(), backend.name.clone());
@@ -482,7 +732,21 @@ impl [SqlStore<DB>] {
         mesh: &MeshName,
         plan: MtlsPlan,
         time: DateTime<Utc>,
-    ) -> std::result::Result<std::result::Result<(), ValidationError>, sqlx::Error> {
+    ) -> std::result::Result<std::result::Result<(), MeshRefusal>, sqlx::Error> {
+        // A pair seen before the transaction must still be there, locked against deletion
+        // until commit; a concurrent delete that won the race sends us back to planning.
+        for (cert, key) in plan.builtin_present {
+            for name in [cert, key] {
+                let exists = sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
+                    .bind(mesh.as_str().to_owned())
+                    .bind(name.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Ok(Err(MeshRefusal::CaVanished(name)));
+                }
+            }
+        }
         for ca in plan.builtin {
             let mut present = 0;
             for (name, _) in [&ca.cert, &ca.key] {
@@ -506,8 +770,8 @@ impl [SqlStore<DB>] {
                     .bind(mesh.as_str().to_owned())
                     .fetch_optional(&mut *tx)
                     .await?;
-                let (key_id, stored) = seal(keyring, &stale, &pem);
-                Self::insert_secret_query(&stale, time, &builtin_ca_labels(mesh), stored, key_id)
+                let stored = seal(keyring, &stale, &pem);
+                Self::insert_secret_query(&stale, time, &builtin_ca_labels(mesh), stored)
                     .fetch_one(&mut *tx)
                     .await?;
             }
@@ -523,7 +787,7 @@ impl [SqlStore<DB>] {
                 errors.push("mtls", load_error(&name, mesh));
             }
         }
-        Ok(if errors.is_empty() { Ok(()) } else { Err(errors) })
+        Ok(if errors.is_empty() { Ok(()) } else { Err(MeshRefusal::Invalid(errors)) })
     }
 
     /// Runs `body` in a write transaction on a pooled connection; commits if it returns
@@ -535,6 +799,18 @@ impl [SqlStore<DB>] {
             &'c mut DB::Connection,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = std::result::Result<Result<T>, sqlx::Error>> + Send + 'c>,
+        >,
+    {
+        self.in_write_transaction_with(op, body).await?
+    }
+
+    /// As [`Self::in_write_transaction`], with the body's refusals of any type `E`.
+    async fn in_write_transaction_with<T, E, F>(&self, op: Op<'_>, body: F) -> Result<std::result::Result<T, E>>
+    where
+        F: for<'c> FnOnce(
+            &'c mut DB::Connection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::result::Result<std::result::Result<T, E>, sqlx::Error>> + Send + 'c>,
         >,
     {
         let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, op))?;
@@ -549,76 +825,81 @@ impl [SqlStore<DB>] {
             Ok(outcome)
         }
         .await;
-        conn.finish(result).map_err(|e| map_db_error(e, op))?
+        conn.finish(result).map_err(|e| map_db_error(e, op))
     }
 
-    /// The body of [`SecretStore::import_batch`], on one connection, in one transaction.
-    /// On a constraint violation, `failed` names the resource being inserted, so the error
-    /// maps to `AlreadyExists` or `MeshNotFound` for it.
+    /// The body of [`SecretStore::import_batch`], on one connection, in one write
+    /// transaction. Each existing row is read locked (`FOR UPDATE` on Postgres; SQLite's
+    /// write transaction excludes other writers), so a concurrent API write waits for the
+    /// batch instead of changing the row between its read and its update. On a constraint
+    /// violation, `failed` names the resource being inserted, so the error maps to
+    /// `AlreadyExists` or `MeshNotFound` for it.
     async fn import_in_transaction(
         conn: &mut DB::Connection,
         keyring: Option<&Keyring>,
         items: Vec<Resource>,
         failed: &mut Option<ResourceKey>,
     ) -> std::result::Result<ImportCounts, sqlx::Error> {
-        let mut tx = sqlx::Connection::begin(conn).await?;
+        let mut tx = sqlx::Connection::begin_with(conn, AssertSqlSafe(DB::BEGIN_WRITE)).await?;
         let mut counts = ImportCounts::default();
         let time = now();
         for item in items {
             match item {
                 Resource::Mesh(mesh) => {
-                    let existing = sqlx::query_as::<DB, MeshRow>(GET_MESH)
+                    let existing = sqlx::query_as::<DB, MeshRow>(AssertSqlSafe(format!("{GET_MESH}{}", DB::FOR_UPDATE)))
                         .bind(mesh.name.as_str().to_owned())
                         .fetch_optional(&mut *tx)
-                        .await?
-                        .map(Mesh::from);
+                        .await?;
+                    let stored = seal_spec(keyring, &mesh.name, &mesh.spec);
+                    // A stored Mesh whose keys do not open is overwritten: the import is
+                    // the authority here.
+                    let existing = existing.map(|row| {
+                        let version = row.version();
+                        row.open(keyring, false).map_err(|_| version)
+                    });
                     match existing {
                         None => {
                             *failed = Some(ResourceKey::mesh(&mesh.name));
-                            Self::insert_mesh_query(&mesh.name, time, &mesh.labels, mesh.spec)
+                            Self::insert_mesh_query(&mesh.name, time, &mesh.labels, stored)
                                 .fetch_one(&mut *tx)
                                 .await?;
                             *failed = None;
                             counts.created += 1;
                         }
-                        Some(current) if current.spec == mesh.spec && current.labels == mesh.labels => {
+                        Some(Ok(current)) if current.spec == mesh.spec && current.labels == mesh.labels => {
                             counts.unchanged += 1;
                         }
                         Some(current) => {
-                            Self::update_mesh_query(
-                                &mesh.name,
-                                mesh.spec,
-                                &mesh.labels,
-                                time,
-                                current.meta.version,
-                            )
-                            .fetch_one(&mut *tx)
-                            .await?;
+                            let version = current.map_or_else(|version| version, |c| c.meta.version);
+                            Self::update_mesh_query(&mesh.name, stored, &mesh.labels, time, version)
+                                .fetch_one(&mut *tx)
+                                .await?;
                             counts.updated += 1;
                         }
                     }
                 }
                 Resource::Secret(secret) => {
                     let key = &secret.key;
-                    let mut get = sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key))
+                    let get = format!("{}{}", GET_SECRET.for_key(key), DB::FOR_UPDATE);
+                    let mut get = sqlx::query_as::<DB, SecretRow>(AssertSqlSafe(get))
                         .bind(key.name().as_str().to_owned());
                     if let Some(mesh) = key.mesh() {
                         get = get.bind(mesh.as_str().to_owned());
                     }
-                    // A stored row that does not open (altered, or sealed with a key this
-                    // keyring lacks) is overwritten: the import is the authority here.
+                    // A stored row that does not open (altered, plaintext, or sealed with a
+                    // key this keyring lacks) is overwritten: the import is the authority.
                     let existing = get
                         .fetch_optional(&mut *tx)
                         .await?
                         .map(|row| {
                             let version = row.version();
-                            row.open(keyring).map_err(|_| version)
+                            row.open(keyring, false).map_err(|_| version)
                         });
                     match existing {
                         None => {
                             *failed = Some(key.resource_key());
-                            let (key_id, stored) = seal(keyring, key, secret.data.expose());
-                            Self::insert_secret_query(key, time, &secret.labels, stored, key_id)
+                            let stored = seal(keyring, key, secret.data.expose());
+                            Self::insert_secret_query(key, time, &secret.labels, stored)
                                 .fetch_one(&mut *tx)
                                 .await?;
                             *failed = None;
@@ -631,12 +912,9 @@ impl [SqlStore<DB>] {
                             counts.unchanged += 1;
                         }
                         Some(current) => {
-                            let version = match current {
-                                Ok(current) => current.meta.version,
-                                Err(version) => version,
-                            };
-                            let (key_id, stored) = seal(keyring, key, secret.data.expose());
-                            Self::update_secret_query(key, stored, key_id, &secret.labels, time, version)
+                            let version = current.map_or_else(|version| version, |c| c.meta.version);
+                            let stored = seal(keyring, key, secret.data.expose());
+                            Self::update_secret_query(key, stored, &secret.labels, time, version)
                                 .fetch_one(&mut *tx)
                                 .await?;
                             counts.updated += 1;
@@ -766,8 +1044,8 @@ impl [SecretStore for SqlStore<DB>] {
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
         secret.data.check_size(self.options.max_secret_size)?;
         let key = secret.key.resource_key();
-        let (key_id, stored) = seal(self.options.keyring.as_deref(), &secret.key, secret.data.expose());
-        let row = Self::insert_secret_query(&secret.key, now(), &secret.labels, stored, key_id)
+        let stored = seal(self.options.keyring.as_deref(), &secret.key, secret.data.expose());
+        let row = Self::insert_secret_query(&secret.key, now(), &secret.labels, stored)
             .fetch_one_via(self, Op::Create(&key))
             .await?;
         Ok(row.with_data(secret.data))
@@ -781,8 +1059,8 @@ impl [SecretStore for SqlStore<DB>] {
         update: SecretUpdate,
     ) -> Result<Secret> {
         update.data.check_size(self.options.max_secret_size)?;
-        let (key_id, stored) = seal(self.options.keyring.as_deref(), key, update.data.expose());
-        let row = Self::update_secret_query(key, stored, key_id, &update.labels, now(), expected_version)
+        let stored = seal(self.options.keyring.as_deref(), key, update.data.expose());
+        let row = Self::update_secret_query(key, stored, &update.labels, now(), expected_version)
             .fetch_optional_via(self, Op::Other)
             .await?;
         match row {
@@ -790,7 +1068,7 @@ impl [SecretStore for SqlStore<DB>] {
             None => Err(missed(
                 key.resource_key(),
                 Some(expected_version),
-                self.secret_version(key).await?,
+                self.stored_secret_version(key).await?,
             )),
         }
     }
@@ -803,24 +1081,41 @@ impl [SecretStore for SqlStore<DB>] {
                 // a Mesh update adding a reference either commits first (and we see it)
                 // or waits for us (and then finds the secret gone).
                 let (key, mesh) = (key.clone(), mesh.clone());
+                let keyring = self.options.keyring.clone();
+                let accept_plaintext = self.options.accept_plaintext_rows;
                 self.in_write_transaction(Op::Other, move |tx| {
                     Box::pin(async move {
                         let spec = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
                             .bind(mesh.as_str().to_owned())
                             .fetch_optional(&mut *tx)
                             .await?;
-                        if let Some((_, Json(spec))) = spec
-                            && let Ok(Some(mtls)) = Mtls::of(&spec, &mesh)
-                            && let Some(usage) = mtls
-                                .used_secrets(&mesh)
-                                .into_iter()
-                                .find(|u| u.secret == key.name().as_str())
-                        {
-                            return Ok(Err(StoreError::InUse {
-                                secret: usage.secret,
-                                mesh: mesh.as_str().to_owned(),
-                                backend: usage.backend,
-                            }));
+                        if let Some((_, Json(spec))) = spec {
+                            // Fail closed: a spec the guard cannot read might use the secret.
+                            let mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &mesh, spec)
+                                .map_err(|e| e.to_string())
+                                .and_then(|spec| Mtls::of(&spec, &mesh).map_err(|e| e.to_string()));
+                            match mtls {
+                                Err(reason) => {
+                                    return Ok(Err(StoreError::MeshUnreadable {
+                                        mesh: mesh.as_str().to_owned(),
+                                        reason,
+                                    }));
+                                }
+                                Ok(Some(mtls)) => {
+                                    if let Some(usage) = mtls
+                                        .used_secrets(&mesh)
+                                        .into_iter()
+                                        .find(|u| u.secret == key.name().as_str())
+                                    {
+                                        return Ok(Err(StoreError::InUse {
+                                            secret: usage.secret,
+                                            mesh: mesh.as_str().to_owned(),
+                                            backend: usage.backend,
+                                        }));
+                                    }
+                                }
+                                Ok(None) => {}
+                            }
                         }
                         let deleted = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(&key))
                             .bind(expected_version)
@@ -849,8 +1144,12 @@ impl [SecretStore for SqlStore<DB>] {
         Err(missed(
             key.resource_key(),
             expected_version,
-            self.secret_version(key).await?,
+            self.stored_secret_version(key).await?,
         ))
+    }
+
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        self.stored_secret_version(key).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key))]
@@ -864,7 +1163,7 @@ impl [SecretStore for SqlStore<DB>] {
             .fetch_optional_via(self, Op::Other)
             .await?
             .ok_or_else(|| StoreError::NotFound(key.resource_key()))?
-            .open(self.options.keyring.as_deref())
+            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, scope = ?query.scope))]
@@ -873,7 +1172,10 @@ impl [SecretStore for SqlStore<DB>] {
         self.run_list(
             sql::list_secrets::<DB>(query),
             first_page,
-            |row: ListedSecretRow| Ok((row.row.open(self.options.keyring.as_deref())?, row.total)),
+            |row: ListedSecretRow| {
+                let total = row.total;
+                Ok((row.row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)?, total))
+            },
             |s: &Secret| {
                 (
                     s.key.mesh().map(|m| m.as_str().to_owned()),
@@ -889,22 +1191,31 @@ impl [SecretStore for SqlStore<DB>] {
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
     async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
         let key = ResourceKey::mesh(&mesh.name);
-        let mtls = Mtls::of(&mesh.spec, &mesh.name)?;
-        let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
-        let time = now();
-        let keyring = self.options.keyring.clone();
-        self.in_write_transaction(Op::Create(&key), move |tx| {
-            Box::pin(async move {
-                let row = Self::insert_mesh_query(&mesh.name, time, &mesh.labels, mesh.spec)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &mesh.name, plan, time)
-                    .await?
-                    .map(|()| Mesh::from(row))
-                    .map_err(StoreError::Invalid))
-            })
-        })
-        .await
+        let mtls = check_mesh_spec(&mesh.name, &mesh.spec)?;
+        for attempt in 1.. {
+            let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
+            let time = now();
+            let keyring = self.options.keyring.clone();
+            let mesh = mesh.clone();
+            let outcome = self
+                .in_write_transaction_with(Op::Create(&key), move |tx| {
+                    Box::pin(async move {
+                        let stored = seal_spec(keyring.as_deref(), &mesh.name, &mesh.spec);
+                        let row = Self::insert_mesh_query(&mesh.name, time, &mesh.labels, stored)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &mesh.name, plan, time)
+                            .await?
+                            .map(|()| row.with_spec(mesh.spec)))
+                    })
+                })
+                .await?;
+            match outcome {
+                Err(MeshRefusal::CaVanished(_)) if attempt < MTLS_ATTEMPTS => continue,
+                other => return other.map_err(StoreError::from),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
@@ -914,42 +1225,53 @@ impl [SecretStore for SqlStore<DB>] {
         expected_version: i64,
         update: MeshUpdate,
     ) -> Result<Mesh> {
-        let mtls = Mtls::of(&update.spec, name)?;
-        let plan = self.prepare_mtls(name, mtls.as_ref()).await?;
-        let time = now();
-        let keyring = self.options.keyring.clone();
-        let name = name.clone();
-        self.in_write_transaction(Op::Other, move |tx| {
-            Box::pin(async move {
-                let current = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_EXCLUSIVE)
-                    .bind(name.as_str().to_owned())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some((version, Json(current_spec))) = current else {
-                    return Ok(Err(StoreError::NotFound(ResourceKey::mesh(&name))));
-                };
-                if version != expected_version {
-                    return Ok(Err(missed(
-                        ResourceKey::mesh(&name),
-                        Some(expected_version),
-                        Some(version),
-                    )));
-                }
-                // A stored spec that no longer parses cannot block fixing it.
-                let current_mtls = Mtls::of(&current_spec, &name).ok().flatten();
-                if let Err(e) = Mtls::check_change(current_mtls.as_ref(), mtls.as_ref()) {
-                    return Ok(Err(StoreError::Invalid(e)));
-                }
-                let row = Self::update_mesh_query(&name, update.spec, &update.labels, time, expected_version)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &name, plan, time)
-                    .await?
-                    .map(|()| Mesh::from(row))
-                    .map_err(StoreError::Invalid))
-            })
-        })
-        .await
+        let mtls = check_mesh_spec(name, &update.spec)?;
+        for attempt in 1.. {
+            let plan = self.prepare_mtls(name, mtls.as_ref()).await?;
+            let time = now();
+            let keyring = self.options.keyring.clone();
+            let accept_plaintext = self.options.accept_plaintext_rows;
+            let (name, update, mtls) = (name.clone(), update.clone(), mtls.clone());
+            let outcome = self
+                .in_write_transaction_with(Op::Other, move |tx| {
+                    Box::pin(async move {
+                        let current = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_EXCLUSIVE)
+                            .bind(name.as_str().to_owned())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let Some((version, Json(current_spec))) = current else {
+                            return Ok(Err(MeshRefusal::Store(StoreError::NotFound(ResourceKey::mesh(&name)))));
+                        };
+                        if version != expected_version {
+                            return Ok(Err(MeshRefusal::Store(missed(
+                                ResourceKey::mesh(&name),
+                                Some(expected_version),
+                                Some(version),
+                            ))));
+                        }
+                        // A stored spec that no longer parses (or opens) cannot block fixing it.
+                        let current_mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &name, current_spec)
+                            .ok()
+                            .and_then(|spec| Mtls::of(&spec, &name).ok().flatten());
+                        if let Err(e) = Mtls::check_change(current_mtls.as_ref(), mtls.as_ref()) {
+                            return Ok(Err(MeshRefusal::Invalid(e)));
+                        }
+                        let stored = seal_spec(keyring.as_deref(), &name, &update.spec);
+                        let row = Self::update_mesh_query(&name, stored, &update.labels, time, expected_version)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        Ok(Self::apply_mtls_plan(tx, keyring.as_deref(), &name, plan, time)
+                            .await?
+                            .map(|()| row.with_spec(update.spec)))
+                    })
+                })
+                .await?;
+            match outcome {
+                Err(MeshRefusal::CaVanished(_)) if attempt < MTLS_ATTEMPTS => continue,
+                other => return other.map_err(StoreError::from),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
@@ -975,8 +1297,8 @@ impl [SecretStore for SqlStore<DB>] {
             .bind(name.as_str().to_owned())
             .fetch_optional_via(self, Op::Other)
             .await?
-            .map(Mesh::from)
-            .ok_or_else(|| StoreError::NotFound(ResourceKey::mesh(name)))
+            .ok_or_else(|| StoreError::NotFound(ResourceKey::mesh(name)))?
+            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME))]
@@ -985,7 +1307,10 @@ impl [SecretStore for SqlStore<DB>] {
         self.run_list(
             sql::list_meshes::<DB>(query),
             first_page,
-            |row: ListedMeshRow| Ok((Mesh::from(row.row), row.total)),
+            |row: ListedMeshRow| {
+                let total = row.total;
+                Ok((row.row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)?, total))
+            },
             |m: &Mesh| (None, m.name.as_str().to_owned()),
             query.page.size(),
             query.page.offset(),
@@ -1002,22 +1327,53 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, items = items.len()))]
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        // The same checks as the API's, before anything is written: a Mesh spec the delete
+        // guard could not read must never get in.
+        let mut errors = ValidationError::default();
         for item in &items {
-            if let Resource::Secret(secret) = item {
-                secret.data.check_size(self.options.max_secret_size)?;
+            let (what, labels) = match item {
+                Resource::Secret(secret) => {
+                    secret.data.check_size(self.options.max_secret_size)?;
+                    (format!("{}: ", secret.key), &secret.labels)
+                }
+                Resource::Mesh(mesh) => {
+                    let what = format!("Mesh {:?}: ", mesh.name.as_str());
+                    if let Err(e) = check_mesh_spec(&mesh.name, &mesh.spec) {
+                        errors.extend_prefixed(&what, e);
+                    }
+                    (what, &mesh.labels)
+                }
+            };
+            // Labels read from another store were validated there, maybe by an older rule.
+            for (key, value) in labels.iter() {
+                if let Err(e) = crate::domain::reject_nul(&format!("labels[{key:?}]"), &format!("{key}{value}")) {
+                    errors.extend_prefixed(&what, e);
+                }
             }
         }
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| map_db_error(e, Op::Other))?;
-        let mut failed = None;
-        let result = Self::import_in_transaction(conn.conn(), self.options.keyring.as_deref(), items, &mut failed).await;
-        conn.finish(result).map_err(|e| match &failed {
-            Some(key) => map_db_error(e, Op::Create(key)),
-            None => map_db_error(e, Op::Other),
-        })
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        // A resource created by a concurrent writer between our read and our insert rolls
+        // the batch back (AlreadyExists); the batch is then simply run again, finding it.
+        for attempt in 1.. {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| map_db_error(e, Op::Other))?;
+            let mut failed = None;
+            let result = Self::import_in_transaction(conn.conn(), self.options.keyring.as_deref(), items.clone(), &mut failed).await;
+            let outcome = conn.finish(result).map_err(|e| match &failed {
+                Some(key) => map_db_error(e, Op::Create(key)),
+                None => map_db_error(e, Op::Other),
+            });
+            match outcome {
+                Err(StoreError::AlreadyExists(_)) if attempt < IMPORT_ATTEMPTS => continue,
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
     }
 }
 }

@@ -25,6 +25,8 @@ impl Dialect for Sqlite {
     const LOCK_SECRET_SHARED: &'static str =
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2";
 
+    const FOR_UPDATE: &'static str = "";
+
     fn contains(column: &str, needle: &str) -> String {
         format!("instr({column}, {needle}) > 0")
     }
