@@ -290,7 +290,7 @@ fn main() {
             "store vs pgbench, {}s per cell, {} cores, Postgres at {}",
             args.seconds,
             std::thread::available_parallelism().map_or(0, |n| n.get()),
-            kuma_secrets::store::redact_url(&admin_url)
+            kuma_secrets::store::StoreUrl::parse(&admin_url).map_or_else(|e| e.to_string(), |u| u.to_string())
         );
         println!();
         println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio | sealed ops/s | sealed / plaintext |");

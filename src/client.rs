@@ -139,11 +139,6 @@ impl ApiClient {
         })
     }
 
-    /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
@@ -189,19 +184,6 @@ impl ApiClient {
     /// As [`ClientError`].
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let (_, body) = self.send(self.request(reqwest::Method::GET, path)).await?;
-        body.json(&self.base)
-    }
-
-    /// `GET` an absolute URL the server gave (a list's `next`).
-    ///
-    /// # Errors
-    /// As [`ClientError`].
-    pub async fn get_url(&self, url: &str) -> Result<Value> {
-        let mut request = self.http.get(url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let (_, body) = self.send(request).await?;
         body.json(&self.base)
     }
 

@@ -4,6 +4,7 @@
 //! guarantees Kuma lacks: distinct NotFound and Conflict, versioned deletes, global-name
 //! uniqueness in the schema, and no lost updates under concurrency.
 
+#[macro_use]
 mod common;
 
 use kuma_secrets::domain::{
@@ -919,45 +920,8 @@ async fn cancelled_calls_never_leave_a_broken_connection_behind<S: SecretStore +
 
 // ---- the two backends ---------------------------------------------------------------------
 
-macro_rules! conformance {
-    (by_ref: [$($case:ident),* $(,)?], shared: [$($shared:ident),* $(,)?]) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (_db, store) = super::common::postgres_store().await;
-                    super::$case(&store).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $shared() {
-                    let (_db, store) = super::common::postgres_store().await;
-                    super::$shared(std::sync::Arc::new(store)).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (_dir, store) = super::common::sqlite_store().await;
-                    super::$case(&store).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $shared() {
-                    let (_dir, store) = super::common::sqlite_store().await;
-                    super::$shared(std::sync::Arc::new(store)).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance! {
-    by_ref: [
+on_both_backends! {
+    stores: [
         create_returns_the_stored_secret_at_version_1,
         creating_a_duplicate_is_already_exists,
         two_global_secrets_with_one_name_conflict,

@@ -1,5 +1,5 @@
 //! `Mesh` routes: `/meshes` and `/meshes/{name}`. A Mesh body is `{"type":"Mesh","name":…}`
-//! plus its spec fields, which are kept as given (the mTLS issue gives them meaning).
+//! plus its spec fields, kept as given; the `mtls` section is validated (`domain::mtls`).
 //!
 //! Kuma lets any caller write Meshes; here writes need an admin, because deleting a Mesh
 //! deletes its secrets. Reads stay open, as in Kuma, except inline CA private keys, which

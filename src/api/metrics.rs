@@ -168,11 +168,6 @@ impl<S> MeteredStore<S> {
         Self { inner, metrics }
     }
 
-    /// The wrapped store.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
     async fn timed<T>(
         &self,
         operation: &str,

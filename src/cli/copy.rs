@@ -7,12 +7,12 @@
 //! Rows only in the destination are left alone and counted.
 
 use super::import::open_destination;
-use super::keys::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::domain::{Mesh, Resource, Secret};
 use crate::manifest::{mesh_resource_of, secret_resource_of};
 use crate::store::{
-    AnyStore, ImportCounts, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions, Walk,
-    redact_url,
+    AnyStore, ImportCounts, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions, StoreUrl,
+    Walk,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::cmp::Ordering;
@@ -24,10 +24,10 @@ use std::io::IsTerminal;
 pub struct CopyArgs {
     /// The store to read (postgres://… or sqlite://…).
     #[arg(long)]
-    from: String,
+    from: StoreUrl,
     /// The store to write; a Postgres database gets its schema migrated first.
     #[arg(long)]
-    to: String,
+    to: StoreUrl,
     /// Keyring of --from (default for SQLite: the file next to its database).
     #[arg(long = "from-encryption-keys")]
     from_keys: Option<std::path::PathBuf>,
@@ -56,15 +56,15 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
         accept_plaintext_rows: from_encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
-    let source = AnyStore::open(&args.from, source_options).await?;
-    let (from, to) = (redact_url(&args.from), redact_url(&args.to));
+    let source = AnyStore::open(args.from.expose(), source_options).await?;
+    let (from, to) = (args.from.to_string(), args.to.to_string());
     let destination = if args.verify_only {
         let options = StoreOptions {
             keyring: resolve(&args.to, &args.encryption, Access::Read).await?,
             accept_plaintext_rows: args.encryption.accept_plaintext_rows,
             ..StoreOptions::default()
         };
-        AnyStore::open(&args.to, options).await?
+        AnyStore::open(args.to.expose(), options).await?
     } else {
         open_destination(&args.to, &args.encryption).await?
     };

@@ -3,7 +3,7 @@
 //! from the store, no server needed; streamed page by page, so memory stays flat.
 
 use super::StoreArgs;
-use super::keys::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::domain::MeshName;
 use crate::manifest::{self, mesh_resource_of, secret_resource_of};
 use crate::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
@@ -74,7 +74,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
-    let store = AnyStore::open(&args.store.url, options).await?;
+    let store = AnyStore::open(args.store.url.expose(), options).await?;
     let mut writer = DocumentWriter {
         out: &mut out,
         count: 0,

@@ -5,11 +5,11 @@
 
 use super::StoreArgs;
 use super::apply::read_source;
-use super::keys::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::domain::Resource;
 use crate::manifest;
 use crate::store::{
-    AnyStore, Backend, ImportCounts, PostgresStore, SecretStore, StoreOptions, redact_url,
+    AnyStore, Backend, ImportCounts, PostgresStore, SecretStore, StoreOptions, StoreUrl,
 };
 
 /// `kuma-secrets import …`
@@ -58,7 +58,7 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
     store.close().await;
     println!(
         "imported into {}: {} created, {} updated, {} unchanged, {} skipped (not Kuma resources)",
-        redact_url(&args.store.url),
+        args.store.url,
         counts.created,
         counts.updated,
         counts.unchanged,
@@ -74,18 +74,16 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
 /// # Errors
 /// Unreachable database, a schema newer than this binary, or a failed migration.
 pub(super) async fn open_destination(
-    url: &str,
+    url: &StoreUrl,
     encryption: &EncryptionArgs,
 ) -> anyhow::Result<AnyStore> {
     let keyring = resolve(url, encryption, Access::Write).await?;
-    if Backend::of_url(url)? == Backend::Postgres {
-        let report = PostgresStore::migrate_up(url, false).await?;
+    if url.backend() == Backend::Postgres {
+        let report = PostgresStore::migrate_up(url.expose(), false).await?;
         for applied in &report.applied {
             eprintln!(
                 "{}: applied migration {} {}",
-                redact_url(url),
-                applied.version,
-                applied.description
+                url, applied.version, applied.description
             );
         }
     }
@@ -94,5 +92,5 @@ pub(super) async fn open_destination(
         accept_plaintext_rows: encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
-    Ok(AnyStore::open(url, options).await?)
+    Ok(AnyStore::open(url.expose(), options).await?)
 }

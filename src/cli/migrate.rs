@@ -3,7 +3,6 @@
 use super::StoreArgs;
 use crate::store::{
     Backend, MigrationReport, MigrationState, MigrationStatus, PostgresStore, SqliteStore,
-    redact_url,
 };
 
 /// `kuma-secrets migrate …`
@@ -30,20 +29,22 @@ pub(super) async fn run(cmd: MigrateCommand) -> anyhow::Result<()> {
             store,
             tolerate_newer_schema,
         } => {
-            let report = match Backend::of_url(&store.url)? {
+            let url = &store.url;
+            let report = match url.backend() {
                 Backend::Postgres => {
-                    PostgresStore::migrate_up(&store.url, tolerate_newer_schema).await?
+                    PostgresStore::migrate_up(url.expose(), tolerate_newer_schema).await?
                 }
                 Backend::Sqlite => {
-                    SqliteStore::migrate_up(&store.url, tolerate_newer_schema).await?
+                    SqliteStore::migrate_up(url.expose(), tolerate_newer_schema).await?
                 }
             };
-            print!("{}", render_report(&redact_url(&store.url), &report));
+            print!("{}", render_report(&url.to_string(), &report));
         }
         MigrateCommand::Status { store } => {
-            let status = match Backend::of_url(&store.url)? {
-                Backend::Postgres => PostgresStore::migration_status(&store.url).await?,
-                Backend::Sqlite => SqliteStore::migration_status(&store.url).await?,
+            let url = store.url.expose();
+            let status = match store.url.backend() {
+                Backend::Postgres => PostgresStore::migration_status(url).await?,
+                Backend::Sqlite => SqliteStore::migration_status(url).await?,
             };
             print!("{}", render_status(&status));
         }

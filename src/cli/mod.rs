@@ -9,12 +9,13 @@ mod export;
 mod generate;
 mod get;
 mod import;
-pub mod keys;
+pub mod keyring;
 mod migrate;
 mod rotate;
 mod serve;
 mod table;
 
+use crate::store::StoreUrl;
 use clap::{Parser, Subcommand};
 
 /// The embedded default store: a SQLite file in the working directory.
@@ -63,7 +64,7 @@ pub enum Command {
 pub struct StoreArgs {
     /// Store URL: postgres://USER:PASSWORD@HOST:PORT/DB or sqlite://PATH.
     #[arg(long = "store", env = "KUMA_SECRETS_STORE", default_value = DEFAULT_STORE_URL)]
-    pub url: String,
+    pub url: StoreUrl,
 }
 
 /// Where the API is; shared by every client verb.

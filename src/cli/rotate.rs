@@ -4,8 +4,8 @@
 //! knows when an old key can leave the keyring.
 
 use super::StoreArgs;
-use super::keys::{Access, EncryptionArgs, resolve};
-use crate::store::{AnyStore, KeyUsage, StoreOptions, Unreadable, redact_url};
+use super::keyring::{Access, EncryptionArgs, resolve};
+use crate::store::{AnyStore, KeyUsage, StoreOptions, Unreadable};
 
 /// `kuma-secrets rotate-keys …`
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
         keyring,
         ..StoreOptions::default()
     };
-    let store = AnyStore::open(&args.store.url, options).await?;
+    let store = AnyStore::open(args.store.url.expose(), options).await?;
     if args.status {
         print!(
             "{}",
@@ -70,7 +70,7 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
     let remaining = remaining(&store, &active).await?;
     println!(
         "re-sealed {resealed} secrets and the inline CA keys of {meshes} Meshes of {} with key {active:?}; {skipped} secrets changed meanwhile and were sealed by that write",
-        redact_url(&args.store.url)
+        args.store.url
     );
     store.close().await;
     if remaining > 0 {

@@ -2,10 +2,10 @@
 //! SIGTERM (requests in flight finish first).
 
 use super::StoreArgs;
-use super::keys::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
-use crate::store::{AnyStore, StoreOptions, redact_url};
+use crate::store::{AnyStore, StoreOptions};
 use anyhow::Context;
 use clap::ArgAction;
 use std::net::SocketAddr;
@@ -76,9 +76,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?),
         _ => None,
     };
-    let store = AnyStore::open(&args.store.url, options)
+    let store = AnyStore::open(args.store.url.expose(), options)
         .await
-        .with_context(|| format!("cannot open the store {}", redact_url(&args.store.url)))?;
+        .with_context(|| format!("cannot open the store {}", args.store.url))?;
     api::bootstrap(&store, !args.skip_default_mesh).await?;
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
@@ -93,7 +93,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         scheme = config.scheme(),
-        store = %redact_url(&args.store.url),
+        store = %args.store.url,
         "kuma-secrets API listening"
     );
     let app = api::app(AppState::new(store.clone(), config));

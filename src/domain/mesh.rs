@@ -1,5 +1,6 @@
-//! The `Mesh` resource. Its spec is kept as the JSON object the user gave until the mTLS
-//! issue gives its fields meaning; secrets only need the Mesh to exist.
+//! The `Mesh` resource. Its spec is kept as the JSON object the user gave: only its `mtls`
+//! section means something to this store (`domain::mtls` reads it); every other field is
+//! stored and returned as given.
 
 use super::{Labels, MeshName, Meta};
 

@@ -8,8 +8,10 @@
 //! upgrades where a newer replica migrated first). The embedded SQLite store migrates
 //! itself on open, since nobody else shares its file.
 
+use super::error::{Op, map_db_error};
 use super::{Result, StoreError};
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::{Acquire, Connection, Database, Executor, FromRow};
 
 /// Migrations for Postgres, embedded at build time.
 pub(crate) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -230,6 +232,81 @@ where
             .collect(),
         version,
     })
+}
+
+/// What a backend tells the shared migration steps: its migrations and how to ask whether
+/// `_sqlx_migrations` exists yet.
+pub(crate) trait MigrationTarget: Database {
+    /// The embedded migrations of this backend.
+    const MIGRATOR: &'static Migrator;
+    /// One row, one boolean column: does `_sqlx_migrations` exist.
+    const MIGRATIONS_TABLE_EXISTS: &'static str;
+}
+
+/// The SQL the applied-migrations list is read with (both backends).
+const APPLIED: &str = "SELECT version, description, CAST(installed_on AS TEXT) AS installed_on, \
+     success, checksum FROM _sqlx_migrations ORDER BY version";
+
+/// Rows of `_sqlx_migrations`, none if the table does not exist yet.
+pub(crate) async fn applied<DB>(conn: &mut DB::Connection) -> Result<Vec<AppliedRow>>
+where
+    DB: MigrationTarget,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> (bool,): FromRow<'r, DB::Row>,
+    for<'r> AppliedRow: FromRow<'r, DB::Row>,
+    <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    let (exists,): (bool,) = sqlx::query_as::<DB, (bool,)>(DB::MIGRATIONS_TABLE_EXISTS)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map_db_error(e, Op::Other))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as::<DB, AppliedRow>(APPLIED)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| map_db_error(e, Op::Other))
+}
+
+/// `migrate up` on an open connection, the same for both backends: the gate, the pending
+/// migrations, then what was applied. Closes the connection.
+pub(crate) async fn migrate_up_on<DB>(
+    mut conn: DB::Connection,
+    tolerate_newer: bool,
+) -> Result<MigrationReport>
+where
+    DB: MigrationTarget,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>
+        + Acquire<'c, Database = DB, Connection = &'c mut DB::Connection>,
+    for<'r> (bool,): FromRow<'r, DB::Row>,
+    for<'r> AppliedRow: FromRow<'r, DB::Row>,
+    <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    let before = applied::<DB>(&mut conn).await?;
+    let conn_ref = &mut conn;
+    let report = up(DB::MIGRATOR, before, tolerate_newer, |m| async move {
+        m.run(&mut *conn_ref).await.map_err(map_migrate_error)?;
+        applied::<DB>(conn_ref).await
+    })
+    .await;
+    let _ = conn.close().await;
+    report
+}
+
+/// `migrate status` on an open connection, the same for both backends. Closes it.
+pub(crate) async fn status_on<DB>(mut conn: DB::Connection) -> Result<Vec<MigrationStatus>>
+where
+    DB: MigrationTarget,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> (bool,): FromRow<'r, DB::Row>,
+    for<'r> AppliedRow: FromRow<'r, DB::Row>,
+    <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    let applied = applied::<DB>(&mut conn).await;
+    let _ = conn.close().await;
+    Ok(status(DB::MIGRATOR, &applied?))
 }
 
 #[cfg(test)]

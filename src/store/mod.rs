@@ -4,12 +4,12 @@
 //! - [`PostgresStore`]: production; several control-plane replicas may share one database.
 //! - [`SqliteStore`]: the embedded default; one process, nothing to install.
 //!
-//! Both are the same generic [`SqlStore`] over a [`Dialect`]: the SQL (in `sql.rs`) is
-//! shared text with numbered `$n` parameters, which both drivers accept, and built at
-//! runtime with `query_as` rather than the compile-checked `query!` macros, because one
-//! statement must serve two databases. The guard is the conformance suite in
-//! `tests/store_conformance.rs`, which runs every case against both backends on real
-//! databases.
+//! Both are the same generic [`SqlStore`] over a [`Dialect`] (`sql/`, one file per
+//! concern): the SQL is shared text with numbered `$n` parameters, which both drivers
+//! accept, and built at runtime with `query_as` rather than the compile-checked `query!`
+//! macros, because one statement must serve two databases. The guard is the conformance
+//! suite in `tests/store_conformance.rs`, which runs every case against both backends on
+//! real databases.
 //!
 //! Secret create, versioned update and Mesh delete (with its `ON DELETE CASCADE`) are each
 //! one SQL statement: atomic without an explicit transaction, one round trip. Writes that
@@ -27,8 +27,8 @@ mod page;
 mod pool;
 mod postgres;
 mod sql;
-mod sql_store;
 mod sqlite;
+mod url;
 mod walk;
 
 pub use error::{Result, StoreError};
@@ -38,8 +38,9 @@ pub use page::{
     SecretScope,
 };
 pub use postgres::PostgresStore;
-pub use sql_store::{Dialect, KeyUsage, ResealBatch, SqlStore, Unreadable};
+pub use sql::{Dialect, KeyUsage, ResealBatch, SqlStore, Unreadable};
 pub use sqlite::SqliteStore;
+pub use url::{Backend, StoreUrl};
 pub use walk::{MeshWalk, SecretWalk, Walk};
 
 use crate::domain::{
@@ -233,33 +234,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// Which backend a store URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `postgres://…` or `postgresql://…`
-    Postgres,
-    /// `sqlite://PATH` or `sqlite:PATH`
-    Sqlite,
-}
-
-impl Backend {
-    /// The backend a URL selects.
-    ///
-    /// # Errors
-    /// [`StoreError::UnsupportedUrl`] for any other scheme.
-    pub fn of_url(url: &str) -> Result<Self> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Backend::Postgres)
-        } else if url.starts_with("sqlite:") {
-            Ok(Backend::Sqlite)
-        } else {
-            Err(StoreError::UnsupportedUrl {
-                url: redact_url(url),
-            })
-        }
-    }
-}
-
 /// A store of either backend, chosen at runtime from a URL.
 #[derive(Debug, Clone)]
 pub enum AnyStore {
@@ -276,7 +250,7 @@ impl AnyStore {
     /// # Errors
     /// An unsupported URL, an unreachable database, or a schema gate failure.
     pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
-        Ok(match Backend::of_url(url)? {
+        Ok(match StoreUrl::parse(url)?.backend() {
             Backend::Postgres => AnyStore::Postgres(PostgresStore::open(url, options).await?),
             Backend::Sqlite => AnyStore::Sqlite(SqliteStore::open(url, options).await?),
         })
@@ -394,91 +368,5 @@ impl SecretStore for AnyStore {
     }
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
         delegate!(self, s => s.import_batch(items))
-    }
-}
-
-/// `url` with any password replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    // A password may also come as a query parameter (`?password=…`, as libpq allows).
-    let (url, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(redact_query(query))),
-        None => (url, None),
-    };
-    let base = redact_userinfo(url);
-    match query {
-        Some(query) => format!("{base}?{query}"),
-        None => base,
-    }
-}
-
-fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_in_query_parameters_are_redacted_too() {
-        assert_eq!(
-            redact_url("postgres://kuma@db/kuma?sslmode=disable&password=s3cret&user=x"),
-            "postgres://kuma@db/kuma?sslmode=disable&password=***&user=x"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p@db/kuma?PASSWORD=s3cret"),
-            "postgres://u:***@db/kuma?PASSWORD=***"
-        );
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("postgres://kuma:s3cret@db:5432/kuma?sslmode=disable"),
-            "postgres://kuma:***@db:5432/kuma?sslmode=disable"
-        );
-        assert_eq!(
-            redact_url("sqlite://kuma-secrets.db"),
-            "sqlite://kuma-secrets.db"
-        );
-        assert_eq!(
-            redact_url("postgres://kuma@db/kuma"),
-            "postgres://kuma@db/kuma"
-        );
-    }
-
-    #[test]
-    fn backends_are_chosen_by_scheme() {
-        assert_eq!(
-            Backend::of_url("postgresql://x/y").unwrap(),
-            Backend::Postgres
-        );
-        assert_eq!(Backend::of_url("sqlite://a.db").unwrap(), Backend::Sqlite);
-        assert!(matches!(
-            Backend::of_url("mysql://u:p@h/d"),
-            Err(StoreError::UnsupportedUrl { url }) if url == "mysql://u:***@h/d"
-        ));
     }
 }

@@ -1,9 +1,8 @@
 //! The Postgres backend: production, shared by several control-plane replicas.
 
-use super::error::{Op, map_db_error};
-use super::migrations::{self, AppliedRow, MigrationReport, MigrationStatus, POSTGRES_MIGRATOR};
+use super::migrations::{self, MigrationReport, MigrationStatus, POSTGRES_MIGRATOR};
 use super::pool::ConnectionPool;
-use super::sql_store::{Dialect, SqlStore};
+use super::sql::{Dialect, SqlStore};
 use super::{Result, StoreError, StoreOptions};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Postgres};
@@ -11,6 +10,12 @@ use std::str::FromStr;
 
 /// The store on Postgres.
 pub type PostgresStore = SqlStore<Postgres>;
+
+impl migrations::MigrationTarget for Postgres {
+    const MIGRATOR: &'static sqlx::migrate::Migrator = &POSTGRES_MIGRATOR;
+    const MIGRATIONS_TABLE_EXISTS: &'static str =
+        "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
+}
 
 impl Dialect for Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
@@ -32,9 +37,6 @@ impl Dialect for Postgres {
     }
 }
 
-const APPLIED: &str = "SELECT version, description, CAST(installed_on AS TEXT) AS installed_on, \
-     success, checksum FROM _sqlx_migrations ORDER BY version";
-
 impl SqlStore<Postgres> {
     /// Connects to `url` and checks that its schema is at this binary's version.
     ///
@@ -48,7 +50,7 @@ impl SqlStore<Postgres> {
         // cannot be reached (refused, bad password, no such database), where a pool would
         // only say it timed out.
         let mut conn = connect_once(&connect).await?;
-        let applied = applied(&mut conn).await;
+        let applied = migrations::applied::<Postgres>(&mut conn).await;
         let _ = conn.close().await;
         migrations::check(&POSTGRES_MIGRATOR, &applied?, options.tolerate_newer_schema)?;
         let pool = ConnectionPool::new(connect, options.max_connections, options.acquire_timeout);
@@ -63,36 +65,24 @@ impl SqlStore<Postgres> {
     /// A newer schema (unless `tolerate_newer`), a dirty or modified one, or a failed
     /// migration.
     pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
-        let mut conn = connect_once(&connect_options(url)?).await?;
-        let before = applied(&mut conn).await?;
-        let conn_ref = &mut conn;
-        let report = migrations::up(&POSTGRES_MIGRATOR, before, tolerate_newer, |m| async move {
-            m.run(&mut *conn_ref)
-                .await
-                .map_err(migrations::map_migrate_error)?;
-            applied(conn_ref).await
-        })
-        .await;
-        let _ = conn.close().await;
-        report
+        let conn = connect_once(&connect_options(url)?).await?;
+        migrations::migrate_up_on::<Postgres>(conn, tolerate_newer).await
     }
 
     /// Lists embedded and applied migrations of the database at `url`.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] if Postgres cannot be reached.
+    /// [`StoreError::Unavailable`] if the database cannot be reached.
     pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        let mut conn = connect_once(&connect_options(url)?).await?;
-        let applied = applied(&mut conn).await;
-        let _ = conn.close().await;
-        Ok(migrations::status(&POSTGRES_MIGRATOR, &applied?))
+        let conn = connect_once(&connect_options(url)?).await?;
+        migrations::status_on::<Postgres>(conn).await
     }
 }
 
 fn connect_options(url: &str) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)
         .map_err(|_| StoreError::UnsupportedUrl {
-            url: super::redact_url(url),
+            url: super::url::redact(url),
         })?
         .application_name("kuma-secrets"))
 }
@@ -101,19 +91,4 @@ async fn connect_once(connect: &PgConnectOptions) -> Result<PgConnection> {
     PgConnection::connect_with(connect)
         .await
         .map_err(StoreError::Unavailable)
-}
-
-/// Rows of `_sqlx_migrations`, none if the table does not exist yet.
-async fn applied(conn: &mut PgConnection) -> Result<Vec<AppliedRow>> {
-    let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| map_db_error(e, Op::Other))?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as(APPLIED)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| map_db_error(e, Op::Other))
 }

@@ -2,10 +2,9 @@
 //! migrated on open. WAL lets readers run beside the single writer, and `busy_timeout`
 //! makes writers queue for the lock instead of failing.
 
-use super::error::{Op, map_db_error};
-use super::migrations::{self, AppliedRow, MigrationReport, MigrationStatus, SQLITE_MIGRATOR};
+use super::migrations::{self, MigrationReport, MigrationStatus, SQLITE_MIGRATOR};
 use super::pool::ConnectionPool;
-use super::sql_store::{Dialect, SqlStore};
+use super::sql::{Dialect, SqlStore};
 use super::{Result, StoreError, StoreOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Sqlite, SqliteConnection};
@@ -17,6 +16,12 @@ pub type SqliteStore = SqlStore<Sqlite>;
 
 /// More connections than this only add threads: SQLite has one writer at a time.
 const MAX_SQLITE_CONNECTIONS: u32 = 8;
+
+impl migrations::MigrationTarget for Sqlite {
+    const MIGRATOR: &'static sqlx::migrate::Migrator = &SQLITE_MIGRATOR;
+    const MIGRATIONS_TABLE_EXISTS: &'static str =
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+}
 
 impl Dialect for Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
@@ -40,9 +45,6 @@ impl Dialect for Sqlite {
     }
 }
 
-const APPLIED: &str = "SELECT version, description, CAST(installed_on AS TEXT) AS installed_on, \
-     success, checksum FROM _sqlx_migrations ORDER BY version";
-
 impl SqlStore<Sqlite> {
     /// Opens (creating if needed) the SQLite file `url` names and applies pending migrations.
     ///
@@ -61,41 +63,30 @@ impl SqlStore<Sqlite> {
         Ok(store)
     }
 
-    /// Applies pending migrations to the file at `url`.
+    /// Applies pending migrations to the database at `url`.
     ///
     /// # Errors
-    /// As [`SqlStore::<Sqlite>::open`].
+    /// A newer schema (unless `tolerate_newer`), a dirty or modified one, or a failed
+    /// migration.
     pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
-        let mut conn = connect_once(&connect_options(url)?).await?;
-        let before = applied(&mut conn).await?;
-        let conn_ref = &mut conn;
-        let report = migrations::up(&SQLITE_MIGRATOR, before, tolerate_newer, |m| async move {
-            m.run(&mut *conn_ref)
-                .await
-                .map_err(migrations::map_migrate_error)?;
-            applied(conn_ref).await
-        })
-        .await;
-        let _ = conn.close().await;
-        report
+        let conn = connect_once(&connect_options(url)?).await?;
+        migrations::migrate_up_on::<Sqlite>(conn, tolerate_newer).await
     }
 
-    /// Lists embedded and applied migrations of the file at `url`.
+    /// Lists embedded and applied migrations of the database at `url`.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] if the file cannot be opened.
+    /// [`StoreError::Unavailable`] if the database cannot be reached.
     pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        let mut conn = connect_once(&connect_options(url)?).await?;
-        let applied = applied(&mut conn).await;
-        let _ = conn.close().await;
-        Ok(migrations::status(&SQLITE_MIGRATOR, &applied?))
+        let conn = connect_once(&connect_options(url)?).await?;
+        migrations::status_on::<Sqlite>(conn).await
     }
 }
 
 fn connect_options(url: &str) -> Result<SqliteConnectOptions> {
     Ok(SqliteConnectOptions::from_str(url)
         .map_err(|_| StoreError::UnsupportedUrl {
-            url: super::redact_url(url),
+            url: super::url::redact(url),
         })?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -110,20 +101,4 @@ async fn connect_once(connect: &SqliteConnectOptions) -> Result<SqliteConnection
     SqliteConnection::connect_with(connect)
         .await
         .map_err(StoreError::Unavailable)
-}
-
-async fn applied(conn: &mut SqliteConnection) -> Result<Vec<AppliedRow>> {
-    let (exists,): (bool,) = sqlx::query_as(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| map_db_error(e, Op::Other))?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as(APPLIED)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| map_db_error(e, Op::Other))
 }

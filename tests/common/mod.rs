@@ -6,9 +6,34 @@
 
 #![allow(dead_code, unused_macros)]
 
-/// Defines `postgres::CASE` and `sqlite::CASE` tests that run `CASE(Backend)` on each
-/// backend, on a two-thread runtime (the server and the test run side by side).
+/// Defines `postgres::CASE` and `sqlite::CASE` tests for each case, on a two-thread runtime
+/// (a server and the test run side by side). Three forms of case:
+/// - `on_both_backends! { a, b }`: `async fn a(backend: Backend)`;
+/// - `on_both_backends! { stores: [a], shared: [b] }`: `async fn a(store: &S)` on a fresh
+///   store, and `async fn b(store: Arc<S>)` for cases that share it between tasks.
 macro_rules! on_both_backends {
+    (stores: [$($case:ident),* $(,)?], shared: [$($shared:ident),* $(,)?]) => {
+        on_both_backends!(@stores postgres, postgres_store, [$($case),*], [$($shared),*]);
+        on_both_backends!(@stores sqlite, sqlite_store, [$($case),*], [$($shared),*]);
+    };
+    (@stores $backend:ident, $make:ident, [$($case:ident),*], [$($shared:ident),*]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (_guard, store) = super::common::$make().await;
+                    super::$case(&store).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $shared() {
+                    let (_guard, store) = super::common::$make().await;
+                    super::$shared(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
     ($($case:ident),* $(,)?) => {
         mod postgres {
             $(
@@ -69,7 +94,8 @@ async fn admin_connection() -> PgConnection {
             "these tests need Postgres at {} (DATABASE_URL) and cannot reach it: {err}.\n\
              Start the local one with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
              or run `docker compose up -d` in the repository, or point DATABASE_URL at a server.",
-            kuma_secrets::store::redact_url(&url)
+            kuma_secrets::store::StoreUrl::parse(&url)
+                .map_or_else(|e| e.to_string(), |u| u.to_string())
         ),
     }
 }

@@ -7,12 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Which store a test server runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
+/// Which store a test server runs on: the library's own enum.
+pub use kuma_secrets::store::Backend;
 
 /// Keeps a test's database or directory alive.
 pub enum Guard {

@@ -8,7 +8,7 @@
 //! explicit plaintext flag.
 
 use crate::sealing::Keyring;
-use crate::store::{Backend, redact_url};
+use crate::store::{Backend, StoreUrl};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub enum Access {
 /// An unreadable or invalid keyring file, or a Postgres store written without a keyring
 /// or `--allow-plaintext-secrets`.
 pub async fn resolve(
-    store_url: &str,
+    store_url: &StoreUrl,
     args: &EncryptionArgs,
     access: Access,
 ) -> anyhow::Result<Option<Arc<Keyring>>> {
@@ -67,9 +67,9 @@ pub async fn resolve(
         tracing::info!(keyring = %path.display(), active = keyring.active_id(), "secret data is sealed with AES-256-GCM");
         return Ok(Some(Arc::new(keyring)));
     }
-    match Backend::of_url(store_url)? {
+    match store_url.backend() {
         Backend::Sqlite => {
-            let Some(path) = default_keyring_path(store_url) else {
+            let Some(path) = store_url.default_keyring_path() else {
                 // An in-memory database lives as long as the process: so can its key.
                 return Ok(Some(Arc::new(Keyring::single(
                     "key-1",
@@ -101,7 +101,7 @@ pub async fn resolve(
             }
             if args.allow_plaintext_secrets {
                 tracing::warn!(
-                    store = %redact_url(store_url),
+                    store = %store_url,
                     "--allow-plaintext-secrets: secret data goes to the database UNENCRYPTED; anyone with a dump, a backup or a replica can read every secret"
                 );
                 return Ok(None);
@@ -115,15 +115,12 @@ pub async fn resolve(
 
 /// Refuses to generate a keyring for a store that already holds sealed values: its keyring
 /// was lost or moved, and a new key would open nothing.
-async fn refuse_if_sealed(store_url: &str, keyring: &Path) -> anyhow::Result<()> {
-    let Some(database) = keyring.to_str().and_then(|k| k.strip_suffix(".keys")) else {
-        return Ok(());
-    };
-    if !Path::new(database).exists() {
+async fn refuse_if_sealed(store_url: &StoreUrl, keyring: &Path) -> anyhow::Result<()> {
+    if !store_url.sqlite_path().is_some_and(Path::exists) {
         return Ok(());
     }
     let store = crate::store::SqliteStore::open(
-        store_url,
+        store_url.expose(),
         crate::store::StoreOptions {
             keyring: Some(Arc::new(Keyring::single("probe", Keyring::random_key()))),
             ..Default::default()
@@ -142,41 +139,9 @@ async fn refuse_if_sealed(store_url: &str, keyring: &Path) -> anyhow::Result<()>
     if sealed {
         anyhow::bail!(
             "the store {} holds sealed secrets but its keyring {} is missing: restore that file from your backup (or pass the keyring with --encryption-keys). A new key would open none of them, so none is generated",
-            redact_url(store_url),
+            store_url,
             keyring.display()
         );
     }
     Ok(())
-}
-
-/// `<db file>.keys` for a `sqlite://PATH` URL; `None` for an in-memory database.
-pub fn default_keyring_path(store_url: &str) -> Option<PathBuf> {
-    let rest = store_url
-        .strip_prefix("sqlite://")
-        .or_else(|| store_url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path.contains(":memory:") {
-        return None;
-    }
-    let mut keys = Path::new(path).as_os_str().to_owned();
-    keys.push(".keys");
-    Some(PathBuf::from(keys))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_keyring_sits_next_to_the_database() {
-        assert_eq!(
-            default_keyring_path("sqlite://kuma-secrets.db"),
-            Some(PathBuf::from("kuma-secrets.db.keys"))
-        );
-        assert_eq!(
-            default_keyring_path("sqlite:///var/lib/ks/db.sqlite?mode=rwc"),
-            Some(PathBuf::from("/var/lib/ks/db.sqlite.keys"))
-        );
-        assert_eq!(default_keyring_path("sqlite::memory:"), None);
-    }
 }

@@ -1,0 +1,388 @@
+//! The [`SecretStore`] contract on SQL: secret and Mesh CRUD, each write one statement or
+//! one write transaction, secret data sealed before it is bound and opened after it is read.
+
+use super::list::{list_meshes, list_secrets};
+use super::mtls::{MTLS_ATTEMPTS, MeshRefusal};
+use super::rows::{ListedMeshRow, ListedSecretRow, MeshRow, SecretRow};
+use super::statements::bind_key;
+use super::statements::{
+    DELETE_MESH, DELETE_SECRET, GET_MESH, GET_MESH_VERSION, GET_SECRET, GET_SECRET_VERSION,
+    INSERT_MESH, INSERT_SECRET, UPDATE_MESH, UPDATE_SECRET,
+};
+use super::tx::{RunOnStore, TxError};
+use super::{
+    SqlStore, StoredData, check_mesh_spec, labels_json, missed, now, open_spec_with, seal,
+    seal_spec,
+};
+use crate::domain::mtls::Mtls;
+use crate::domain::{
+    Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
+    Secret, SecretKey, SecretUpdate,
+};
+use crate::store::error::Op;
+use crate::store::page::{MeshQuery, Page, PageStart, SecretQuery};
+use crate::store::{ImportCounts, Result, SecretStore, StoreError};
+use chrono::{DateTime, Utc};
+use sqlx::query::QueryAs;
+use sqlx::types::Json;
+
+impl_for_sql_databases! {
+impl [SqlStore<DB>] {
+    pub(super) async fn stored_secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        let row = bind_key(sqlx::query_as::<DB, (i64,)>(GET_SECRET_VERSION.for_key(key)), key)
+            .fetch_optional_via(self, Op::Other)
+            .await?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    async fn mesh_version(&self, name: &MeshName) -> Result<Option<i64>> {
+        let row = sqlx::query_as::<DB, (i64,)>(GET_MESH_VERSION)
+            .bind(name.as_str().to_owned())
+            .fetch_optional_via(self, Op::Other)
+            .await?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    /// `INSERT_SECRET` with its parameters bound: the one place their order lives.
+    pub(super) fn insert_secret_query(
+        key: &SecretKey,
+        time: DateTime<Utc>,
+        labels: &Labels,
+        stored: StoredData,
+    ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
+        sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
+            .bind(key.name().as_str().to_owned())
+            .bind(key.mesh().map(|m| m.as_str().to_owned()))
+            .bind(time)
+            .bind(labels_json(labels))
+            .bind(stored.bytes)
+            .bind(stored.key_id)
+            .bind(stored.write_id)
+    }
+
+    /// `UPDATE_SECRET` with its parameters bound (the mesh last, for a Secret).
+    pub(super) fn update_secret_query(
+        key: &SecretKey,
+        stored: StoredData,
+        labels: &Labels,
+        time: DateTime<Utc>,
+        expected_version: i64,
+    ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
+        let query = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
+            .bind(stored.bytes)
+            .bind(stored.key_id)
+            .bind(stored.write_id)
+            .bind(labels_json(labels))
+            .bind(time)
+            .bind(expected_version);
+        bind_key(query, key)
+    }
+
+    /// `INSERT_MESH` with its parameters bound.
+    pub(super) fn insert_mesh_query(
+        name: &MeshName,
+        time: DateTime<Utc>,
+        labels: &Labels,
+        spec: MeshSpec,
+    ) -> QueryAs<'static, DB, MeshRow, DB::Arguments> {
+        sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
+            .bind(name.as_str().to_owned())
+            .bind(time)
+            .bind(labels_json(labels))
+            .bind(Json(spec))
+    }
+
+    /// `UPDATE_MESH` with its parameters bound.
+    pub(super) fn update_mesh_query(
+        name: &MeshName,
+        spec: MeshSpec,
+        labels: &Labels,
+        time: DateTime<Utc>,
+        expected_version: i64,
+    ) -> QueryAs<'static, DB, MeshRow, DB::Arguments> {
+        sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
+            .bind(Json(spec))
+            .bind(labels_json(labels))
+            .bind(time)
+            .bind(expected_version)
+            .bind(name.as_str().to_owned())
+    }
+}
+}
+
+impl_for_sql_databases! {
+impl [SecretStore for SqlStore<DB>] {
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %secret.key))]
+    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
+        secret.data.check_size(self.options.max_secret_size)?;
+        let key = secret.key.resource_key();
+        let stored = seal(self.options.keyring.as_deref(), &secret.key, secret.data.expose());
+        let row = Self::insert_secret_query(&secret.key, now(), &secret.labels, stored)
+            .fetch_one_via(self, Op::Create(&key))
+            .await?;
+        Ok(row.with_data(secret.data))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
+    async fn update_secret(
+        &self,
+        key: &SecretKey,
+        expected_version: i64,
+        update: SecretUpdate,
+    ) -> Result<Secret> {
+        update.data.check_size(self.options.max_secret_size)?;
+        let stored = seal(self.options.keyring.as_deref(), key, update.data.expose());
+        let row = Self::update_secret_query(key, stored, &update.labels, now(), expected_version)
+            .fetch_optional_via(self, Op::Other)
+            .await?;
+        match row {
+            Some(row) => Ok(row.with_data(update.data)),
+            None => Err(missed(
+                key.resource_key(),
+                Some(expected_version),
+                self.stored_secret_version(key).await?,
+            )),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
+    async fn delete_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
+        let deleted = match (key.mesh(), self.options.unsafe_delete) {
+            (Some(mesh), false) => {
+                // The guard and the delete in one transaction, with the Mesh row locked:
+                // a Mesh update adding a reference either commits first (and we see it)
+                // or waits for us (and then finds the secret gone).
+                let (key, mesh) = (key.clone(), mesh.clone());
+                let keyring = self.options.keyring.clone();
+                let accept_plaintext = self.options.accept_plaintext_rows;
+                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+                    Box::pin(async move {
+                        let spec = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
+                            .bind(mesh.as_str().to_owned())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if let Some((_, Json(spec))) = spec {
+                            // Fail closed: a spec the guard cannot read might use the secret.
+                            let mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &mesh, spec)
+                                .map_err(|e| e.to_string())
+                                .and_then(|spec| Mtls::of(&spec, &mesh).map_err(|e| e.to_string()));
+                            match mtls {
+                                Err(reason) => {
+                                    return Err(TxError::Refused(StoreError::MeshUnreadable {
+                                        mesh: mesh.as_str().to_owned(),
+                                        reason,
+                                    }));
+                                }
+                                Ok(Some(mtls)) => {
+                                    if let Some(usage) = mtls
+                                        .used_secrets(&mesh)
+                                        .into_iter()
+                                        .find(|u| u.secret == key.name().as_str())
+                                    {
+                                        return Err(TxError::Refused(StoreError::InUse {
+                                            secret: usage.secret,
+                                            mesh: mesh.as_str().to_owned(),
+                                            backend: usage.backend,
+                                        }));
+                                    }
+                                }
+                                Ok(None) => {}
+                            }
+                        }
+                        let query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(&key))
+                            .bind(expected_version);
+                        Ok(bind_key(query, &key).fetch_optional(&mut *tx).await?)
+                    })
+                })
+                .await?
+            }
+            _ => {
+                let query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key))
+                    .bind(expected_version);
+                bind_key(query, key).fetch_optional_via(self, Op::Other).await?
+            }
+        };
+        if deleted.is_some() {
+            return Ok(());
+        }
+        Err(missed(
+            key.resource_key(),
+            expected_version,
+            self.stored_secret_version(key).await?,
+        ))
+    }
+
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        self.stored_secret_version(key).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key))]
+    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
+        bind_key(sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key)), key)
+            .fetch_optional_via(self, Op::Other)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.resource_key()))?
+            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, scope = ?query.scope))]
+    async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
+        let first_page = query.page.start() == &PageStart::Offset(0);
+        self.run_list(
+            list_secrets::<DB>(query),
+            first_page,
+            |row: ListedSecretRow| {
+                let total = row.total;
+                Ok((row.row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)?, total))
+            },
+            |s: &Secret| {
+                (
+                    s.key.mesh().map(|m| m.as_str().to_owned()),
+                    s.key.name().as_str().to_owned(),
+                )
+            },
+            query.page.size(),
+            query.page.offset(),
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
+    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
+        let key = ResourceKey::mesh(&mesh.name);
+        let mtls = check_mesh_spec(&mesh.name, &mesh.spec)?;
+        for attempt in 1.. {
+            let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
+            let time = now();
+            let keyring = self.options.keyring.clone();
+            let mesh = mesh.clone();
+            let outcome = self
+                .in_write_transaction::<_, MeshRefusal, _>(Op::Create(&key), move |tx| {
+                    Box::pin(async move {
+                        let stored = seal_spec(keyring.as_deref(), &mesh.name, &mesh.spec);
+                        let row = Self::insert_mesh_query(&mesh.name, time, &mesh.labels, stored)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        Self::apply_mtls_plan(tx, keyring.as_deref(), &mesh.name, plan, time).await?;
+                        Ok(row.with_spec(mesh.spec))
+                    })
+                })
+                .await;
+            match outcome {
+                Err(MeshRefusal::CaVanished(_)) if attempt < MTLS_ATTEMPTS => continue,
+                other => return other.map_err(StoreError::from),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
+    async fn update_mesh(
+        &self,
+        name: &MeshName,
+        expected_version: i64,
+        update: MeshUpdate,
+    ) -> Result<Mesh> {
+        let mtls = check_mesh_spec(name, &update.spec)?;
+        for attempt in 1.. {
+            let plan = self.prepare_mtls(name, mtls.as_ref()).await?;
+            let time = now();
+            let keyring = self.options.keyring.clone();
+            let accept_plaintext = self.options.accept_plaintext_rows;
+            let (name, update, mtls) = (name.clone(), update.clone(), mtls.clone());
+            let outcome = self
+                .in_write_transaction::<_, MeshRefusal, _>(Op::Other, move |tx| {
+                    Box::pin(async move {
+                        let current = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_EXCLUSIVE)
+                            .bind(name.as_str().to_owned())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let Some((version, Json(current_spec))) = current else {
+                            let missing = StoreError::NotFound(ResourceKey::mesh(&name));
+                            return Err(TxError::Refused(MeshRefusal::Store(missing)));
+                        };
+                        if version != expected_version {
+                            let moved = missed(ResourceKey::mesh(&name), Some(expected_version), Some(version));
+                            return Err(TxError::Refused(MeshRefusal::Store(moved)));
+                        }
+                        // A stored spec that no longer parses (or opens) cannot block fixing it.
+                        let current_mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &name, current_spec)
+                            .ok()
+                            .and_then(|spec| Mtls::of(&spec, &name).ok().flatten());
+                        if let Err(e) = Mtls::check_change(current_mtls.as_ref(), mtls.as_ref()) {
+                            return Err(TxError::Refused(MeshRefusal::Invalid(e)));
+                        }
+                        let stored = seal_spec(keyring.as_deref(), &name, &update.spec);
+                        let row = Self::update_mesh_query(&name, stored, &update.labels, time, expected_version)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        Self::apply_mtls_plan(tx, keyring.as_deref(), &name, plan, time).await?;
+                        Ok(row.with_spec(update.spec))
+                    })
+                })
+                .await;
+            match outcome {
+                Err(MeshRefusal::CaVanished(_)) if attempt < MTLS_ATTEMPTS => continue,
+                other => return other.map_err(StoreError::from),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
+    async fn delete_mesh(&self, name: &MeshName, expected_version: Option<i64>) -> Result<()> {
+        let deleted = sqlx::query_as::<DB, (i64,)>(DELETE_MESH)
+            .bind(expected_version)
+            .bind(name.as_str().to_owned())
+            .fetch_optional_via(self, Op::Other)
+            .await?;
+        if deleted.is_some() {
+            return Ok(());
+        }
+        Err(missed(
+            ResourceKey::mesh(name),
+            expected_version,
+            self.mesh_version(name).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name))]
+    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
+        sqlx::query_as::<DB, MeshRow>(GET_MESH)
+            .bind(name.as_str().to_owned())
+            .fetch_optional_via(self, Op::Other)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(ResourceKey::mesh(name)))?
+            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME))]
+    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
+        let first_page = query.page.start() == &PageStart::Offset(0);
+        self.run_list(
+            list_meshes::<DB>(query),
+            first_page,
+            |row: ListedMeshRow| {
+                let total = row.total;
+                Ok((row.row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)?, total))
+            },
+            |m: &Mesh| (None, m.name.as_str().to_owned()),
+            query.page.size(),
+            query.page.offset(),
+        )
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query_as::<DB, (i64,)>("SELECT CAST(1 AS BIGINT)")
+            .fetch_one_via(self, Op::Other)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, items = items.len()))]
+    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        self.import(items).await
+    }
+}
+}

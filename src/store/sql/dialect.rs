@@ -1,0 +1,27 @@
+//! [`Dialect`]: the few SQL fragments in which Postgres and SQLite differ. Everything else
+//! is shared text (see `statements.rs`).
+
+use sqlx::Database;
+
+/// What differs between the SQL dialects the store speaks.
+pub trait Dialect: Database {
+    /// `column` contains the text parameter `needle` (literally, no wildcards).
+    fn contains(column: &str, needle: &str) -> String;
+    /// The JSON object `column` has key `key` with string value `value` (both parameters).
+    fn label_equals(column: &str, key: &str, value: &str) -> String;
+    /// Starts a transaction that will write. SQLite must take the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes after another
+    /// writer committed, fails instead of waiting.
+    const BEGIN_WRITE: &'static str;
+    /// `$1` name: a Mesh's version and spec, locked against updates until commit
+    /// (Postgres `FOR SHARE`; SQLite's write transaction already excludes other writers).
+    const LOCK_MESH_SHARED: &'static str;
+    /// `$1` name: a Mesh's version and spec, locked for an update.
+    const LOCK_MESH_EXCLUSIVE: &'static str;
+    /// `$1` mesh, `$2` name: whether a Secret exists, locked against deletion until commit.
+    const LOCK_SECRET_SHARED: &'static str;
+    /// Appended to a `SELECT` of one row in a write transaction to lock it for the update
+    /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
+    /// other writers, so nothing).
+    const FOR_UPDATE: &'static str;
+}

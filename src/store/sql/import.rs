@@ -1,0 +1,163 @@
+//! [`SecretStore::import_batch`](crate::store::SecretStore::import_batch) on SQL: a batch
+//! of resources written as given, in one write transaction, idempotently; checked as the
+//! API checks them first, and run again when a concurrent writer created one meanwhile.
+
+use super::rows::{MeshRow, SecretRow};
+use super::statements::{GET_MESH, GET_SECRET, bind_key};
+use super::{SqlStore, check_mesh_spec, now, seal, seal_spec};
+use crate::domain::{Resource, ResourceKey, ValidationError};
+use crate::sealing::Keyring;
+use crate::store::error::{Op, map_db_error};
+use crate::store::{ImportCounts, Result, StoreError};
+use sqlx::AssertSqlSafe;
+
+/// How often an import batch runs again after a concurrent writer created one of its
+/// resources between the batch's read and its insert.
+const IMPORT_ATTEMPTS: usize = 5;
+
+impl_for_sql_databases! {
+impl [SqlStore<DB>] {
+    /// The body of `import_batch`: checks, then the batch, run again if a concurrent
+    /// writer created one of its resources between the batch's read and its insert.
+    pub(super) async fn import(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        // The same checks as the API's, before anything is written: a Mesh spec the delete
+        // guard could not read must never get in.
+        let mut errors = ValidationError::default();
+        for item in &items {
+            let (what, labels) = match item {
+                Resource::Secret(secret) => {
+                    secret.data.check_size(self.options.max_secret_size)?;
+                    (format!("{}: ", secret.key), &secret.labels)
+                }
+                Resource::Mesh(mesh) => {
+                    let what = format!("Mesh {:?}: ", mesh.name.as_str());
+                    if let Err(e) = check_mesh_spec(&mesh.name, &mesh.spec) {
+                        errors.extend_prefixed(&what, e);
+                    }
+                    (what, &mesh.labels)
+                }
+            };
+            // Labels read from another store were validated there, maybe by an older rule.
+            for (key, value) in labels.iter() {
+                let field = format!("labels[{key:?}]");
+                if let Err(e) = crate::domain::reject_nul(&field, &format!("{key}{value}")) {
+                    errors.extend_prefixed(&what, e);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        for attempt in 1.. {
+            let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, Op::Other))?;
+            let mut failed = None;
+            let keyring = self.options.keyring.as_deref();
+            let result = Self::import_in_transaction(conn.conn(), keyring, items.clone(), &mut failed).await;
+            let outcome = conn.finish(result).map_err(|e| match &failed {
+                Some(key) => map_db_error(e, Op::Create(key)),
+                None => map_db_error(e, Op::Other),
+            });
+            match outcome {
+                Err(StoreError::AlreadyExists(_)) if attempt < IMPORT_ATTEMPTS => continue,
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// The body of [`SecretStore::import_batch`], on one connection, in one write
+    /// transaction. Each existing row is read locked (`FOR UPDATE` on Postgres; SQLite's
+    /// write transaction excludes other writers), so a concurrent API write waits for the
+    /// batch instead of changing the row between its read and its update. On a constraint
+    /// violation, `failed` names the resource being inserted, so the error maps to
+    /// `AlreadyExists` or `MeshNotFound` for it.
+    async fn import_in_transaction(
+        conn: &mut DB::Connection,
+        keyring: Option<&Keyring>,
+        items: Vec<Resource>,
+        failed: &mut Option<ResourceKey>,
+    ) -> std::result::Result<ImportCounts, sqlx::Error> {
+        let mut tx = sqlx::Connection::begin_with(conn, AssertSqlSafe(DB::BEGIN_WRITE)).await?;
+        let mut counts = ImportCounts::default();
+        let time = now();
+        for item in items {
+            match item {
+                Resource::Mesh(mesh) => {
+                    let existing = sqlx::query_as::<DB, MeshRow>(AssertSqlSafe(format!("{GET_MESH}{}", DB::FOR_UPDATE)))
+                        .bind(mesh.name.as_str().to_owned())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let stored = seal_spec(keyring, &mesh.name, &mesh.spec);
+                    // A stored Mesh whose keys do not open is overwritten: the import is
+                    // the authority here.
+                    let existing = existing.map(|row| {
+                        let version = row.version();
+                        row.open(keyring, false).map_err(|_| version)
+                    });
+                    match existing {
+                        None => {
+                            *failed = Some(ResourceKey::mesh(&mesh.name));
+                            Self::insert_mesh_query(&mesh.name, time, &mesh.labels, stored)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            *failed = None;
+                            counts.created += 1;
+                        }
+                        Some(Ok(current)) if current.spec == mesh.spec && current.labels == mesh.labels => {
+                            counts.unchanged += 1;
+                        }
+                        Some(current) => {
+                            let version = current.map_or_else(|version| version, |c| c.meta.version);
+                            Self::update_mesh_query(&mesh.name, stored, &mesh.labels, time, version)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            counts.updated += 1;
+                        }
+                    }
+                }
+                Resource::Secret(secret) => {
+                    let key = &secret.key;
+                    let get = format!("{}{}", GET_SECRET.for_key(key), DB::FOR_UPDATE);
+                    let get = bind_key(sqlx::query_as::<DB, SecretRow>(AssertSqlSafe(get)), key);
+                    // A stored row that does not open (altered, plaintext, or sealed with a
+                    // key this keyring lacks) is overwritten: the import is the authority.
+                    let existing = get
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| {
+                            let version = row.version();
+                            row.open(keyring, false).map_err(|_| version)
+                        });
+                    match existing {
+                        None => {
+                            *failed = Some(key.resource_key());
+                            let stored = seal(keyring, key, secret.data.expose());
+                            Self::insert_secret_query(key, time, &secret.labels, stored)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            *failed = None;
+                            counts.created += 1;
+                        }
+                        Some(Ok(current))
+                            if current.data.expose() == secret.data.expose()
+                                && current.labels == secret.labels =>
+                        {
+                            counts.unchanged += 1;
+                        }
+                        Some(current) => {
+                            let version = current.map_or_else(|version| version, |c| c.meta.version);
+                            let stored = seal(keyring, key, secret.data.expose());
+                            Self::update_secret_query(key, stored, &secret.labels, time, version)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            counts.updated += 1;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
+}
+}

@@ -1,0 +1,209 @@
+//! The rows the statements return, and how a stored row becomes a domain value: secret
+//! data opened with the keyring (plaintext, seal format 1 or 2), Mesh specs with their
+//! inline CA keys opened.
+
+use crate::domain::{
+    Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData, SecretKey,
+};
+use crate::sealing::{Binding, Keyring, OpenError, WriteId};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use std::collections::BTreeMap;
+
+/// A `secrets` row (an implementation detail of [`super::SqlStore`]).
+#[derive(sqlx::FromRow)]
+pub struct SecretRow {
+    mesh: Option<String>,
+    name: String,
+    version: i64,
+    creation_time: DateTime<Utc>,
+    modification_time: DateTime<Utc>,
+    labels: Json<BTreeMap<String, String>>,
+    data: Vec<u8>,
+    key_id: Option<String>,
+    write_id: Option<Vec<u8>>,
+}
+
+impl SecretRow {
+    /// The stored secret, its data opened with `keyring` if the row is sealed.
+    ///
+    /// # Errors
+    /// [`StoreError::Sealed`] naming the secret when the row does not open (a key id not in
+    /// the keyring, or a value that fails authentication under its key and write id), is
+    /// sealed and the store has no keyring, or is plaintext while the store has a keyring
+    /// (unless `accept_plaintext`, for the upgrade window before `rotate-keys`).
+    pub fn open(
+        mut self,
+        keyring: Option<&Keyring>,
+        accept_plaintext: bool,
+    ) -> Result<Secret, StoreError> {
+        let key = self.key();
+        let data = open_value(
+            &key,
+            &self.data,
+            self.key_id.as_deref(),
+            self.write_id.as_deref(),
+            keyring,
+            accept_plaintext,
+        )
+        .map_err(|reason| StoreError::Sealed {
+            key: key.resource_key(),
+            reason,
+        })?;
+        zeroize::Zeroize::zeroize(&mut self.data);
+        Ok(self.with_data(SecretData::from_stored(data)))
+    }
+
+    /// The row's version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// The secret's key.
+    pub fn key(&self) -> SecretKey {
+        stored_key(self.mesh.as_deref(), &self.name)
+    }
+
+    /// The row as a Secret with `data`: after a write, which knows the plaintext it sealed.
+    pub fn with_data(self, data: SecretData) -> Secret {
+        let key = self.key();
+        Secret {
+            key,
+            data,
+            labels: Labels::from_stored(self.labels.0),
+            meta: Meta {
+                version: self.version,
+                creation_time: self.creation_time,
+                modification_time: self.modification_time,
+            },
+        }
+    }
+}
+
+/// Opens the stored `data` of secret `key` as its columns say: plaintext (`key_id` NULL),
+/// format 1 (`write_id` NULL) or format 2.
+///
+/// # Errors
+/// Why the value does not open; plaintext with a keyring unless `accept_plaintext`.
+pub(crate) fn open_value(
+    key: &SecretKey,
+    data: &[u8],
+    key_id: Option<&str>,
+    write_id: Option<&[u8]>,
+    keyring: Option<&Keyring>,
+    accept_plaintext: bool,
+) -> Result<Vec<u8>, OpenError> {
+    match (key_id, keyring) {
+        (None, Some(_)) if !accept_plaintext => Err(OpenError::Plaintext),
+        (None, _) => Ok(data.to_vec()),
+        (Some(key_id), None) => Err(OpenError::MissingKey {
+            key_id: key_id.to_owned(),
+        }),
+        (Some(key_id), Some(keyring)) => match write_id {
+            None => keyring.open(&Binding::LegacySecret(key), key_id, data),
+            Some(bytes) => {
+                let write = WriteId::from_stored(bytes).ok_or(OpenError::Corrupt {
+                    key_id: key_id.to_owned(),
+                })?;
+                keyring.open(&Binding::Secret { key, write }, key_id, data)
+            }
+        },
+    }
+}
+
+/// The key of a stored row (its names were validated when written).
+fn stored_key(mesh: Option<&str>, name: &str) -> SecretKey {
+    let name = ResourceName::from_stored(name.to_owned());
+    match mesh {
+        Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh.to_owned()), name),
+        None => SecretKey::global(name),
+    }
+}
+
+/// A `secrets` row as key rotation reads it.
+#[derive(sqlx::FromRow)]
+pub struct SealedRow {
+    pub id: i64,
+    pub mesh: Option<String>,
+    pub name: String,
+    pub version: i64,
+    pub data: Vec<u8>,
+    pub key_id: Option<String>,
+    pub write_id: Option<Vec<u8>>,
+}
+
+impl SealedRow {
+    /// The secret's key.
+    pub fn key(&self) -> SecretKey {
+        stored_key(self.mesh.as_deref(), &self.name)
+    }
+}
+
+/// A `secrets` row of a list page, with the count of all matches.
+#[derive(sqlx::FromRow)]
+pub struct ListedSecretRow {
+    #[sqlx(flatten)]
+    pub row: SecretRow,
+    pub total: i64,
+}
+
+/// A `meshes` row.
+#[derive(sqlx::FromRow)]
+pub struct MeshRow {
+    name: String,
+    version: i64,
+    creation_time: DateTime<Utc>,
+    modification_time: DateTime<Utc>,
+    labels: Json<BTreeMap<String, String>>,
+    spec: Json<MeshSpec>,
+}
+
+impl MeshRow {
+    /// The row's version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// The stored Mesh, the inline CA keys of its spec opened with `keyring`.
+    ///
+    /// # Errors
+    /// [`StoreError::Sealed`] naming the Mesh when an inline key does not open (or is
+    /// stored unsealed while the store has a keyring, unless `accept_plaintext`).
+    pub fn open(
+        self,
+        keyring: Option<&Keyring>,
+        accept_plaintext: bool,
+    ) -> Result<Mesh, StoreError> {
+        let mut spec = self.spec.0.clone();
+        crate::sealing::open_mesh_spec(keyring, accept_plaintext, &self.name, &mut spec).map_err(
+            |reason| StoreError::Sealed {
+                key: crate::domain::ResourceKey::mesh(&MeshName::from_stored(self.name.clone())),
+                reason,
+            },
+        )?;
+        Ok(self.with_spec(spec))
+    }
+
+    /// The row as a Mesh with `spec`: after a write, which knows the spec it sealed.
+    pub fn with_spec(self, spec: MeshSpec) -> Mesh {
+        Mesh {
+            name: MeshName::from_stored(self.name),
+            spec,
+            labels: Labels::from_stored(self.labels.0),
+            meta: Meta {
+                version: self.version,
+                creation_time: self.creation_time,
+                modification_time: self.modification_time,
+            },
+        }
+    }
+}
+
+/// A `meshes` row of a list page, with the count of all matches.
+#[derive(sqlx::FromRow)]
+pub struct ListedMeshRow {
+    #[sqlx(flatten)]
+    pub row: MeshRow,
+    pub total: i64,
+}

@@ -1,0 +1,141 @@
+//! The SQL both backends run, as shared text.
+//!
+//! Statements use numbered `$n` parameters, which Postgres and SQLite (via sqlx) both
+//! accept. Where a key may be a Secret or a GlobalSecret, the mesh comparison comes last so
+//! the global variant simply has one parameter fewer (`mesh IS NULL`); `mesh = $n` and
+//! `mesh IS NULL` each match an index (`secrets_mesh_name_key`, `secrets_global_name_key`),
+//! which `mesh IS NOT DISTINCT FROM $n` would not. [`Keyed::bind_key`] binds a key's name
+//! and mesh in that order, in one place.
+
+use crate::domain::SecretKey;
+use sqlx::query::QueryAs;
+use sqlx::{Database, Encode, Type};
+
+/// A statement in two forms: for a Secret key (mesh bound last) and a GlobalSecret key.
+pub(crate) struct Keyed {
+    pub mesh: &'static str,
+    pub global: &'static str,
+}
+
+impl Keyed {
+    /// The form for `key`.
+    pub fn for_key(&self, key: &SecretKey) -> &'static str {
+        match key {
+            SecretKey::Mesh { .. } => self.mesh,
+            SecretKey::Global { .. } => self.global,
+        }
+    }
+}
+
+/// Binds a secret key's name, then its mesh for a Secret (a GlobalSecret's statement has
+/// `mesh IS NULL` and one parameter fewer): the last parameters of every keyed statement.
+pub(crate) fn bind_key<'q, DB, O>(
+    query: QueryAs<'q, DB, O, DB::Arguments>,
+    key: &SecretKey,
+) -> QueryAs<'q, DB, O, DB::Arguments>
+where
+    DB: Database,
+    String: Encode<'q, DB> + Type<DB>,
+{
+    let query = query.bind(key.name().as_str().to_owned());
+    match key.mesh() {
+        Some(mesh) => query.bind(mesh.as_str().to_owned()),
+        None => query,
+    }
+}
+
+/// `$1` name [, `$2` mesh].
+pub(crate) const GET_SECRET: Keyed = Keyed {
+    mesh: concat!(
+        "SELECT ",
+        secret_columns!(),
+        " FROM secrets WHERE name = $1 AND mesh = $2"
+    ),
+    global: concat!(
+        "SELECT ",
+        secret_columns!(),
+        " FROM secrets WHERE name = $1 AND mesh IS NULL"
+    ),
+};
+
+/// `$1` name [, `$2` mesh].
+pub(crate) const GET_SECRET_VERSION: Keyed = Keyed {
+    mesh: "SELECT version FROM secrets WHERE name = $1 AND mesh = $2",
+    global: "SELECT version FROM secrets WHERE name = $1 AND mesh IS NULL",
+};
+
+/// `$1` name, `$2` mesh (NULL for global), `$3` time, `$4` labels, `$5` data (sealed or
+/// plain), `$6` key id and `$7` write id (both NULL for plain).
+pub(crate) const INSERT_SECRET: &str = concat!(
+    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data, key_id, write_id) ",
+    "VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7) RETURNING ",
+    secret_columns!()
+);
+
+/// `$1` data, `$2` key id, `$3` write id, `$4` labels, `$5` time, `$6` expected version,
+/// `$7` name [, `$8` mesh].
+pub(crate) const UPDATE_SECRET: Keyed = Keyed {
+    mesh: concat!(
+        "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, ",
+        "modification_time = $5, version = version + 1 ",
+        "WHERE version = $6 AND name = $7 AND mesh = $8 RETURNING ",
+        secret_columns!()
+    ),
+    global: concat!(
+        "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, ",
+        "modification_time = $5, version = version + 1 ",
+        "WHERE version = $6 AND name = $7 AND mesh IS NULL RETURNING ",
+        secret_columns!()
+    ),
+};
+
+/// `$1` expected version or NULL for any, `$2` name [, `$3` mesh].
+pub(crate) const DELETE_SECRET: Keyed = Keyed {
+    mesh: "DELETE FROM secrets WHERE version = coalesce($1, version) AND name = $2 AND mesh = $3 \
+           RETURNING version",
+    global: "DELETE FROM secrets WHERE version = coalesce($1, version) AND name = $2 \
+             AND mesh IS NULL RETURNING version",
+};
+
+/// `$1` name.
+pub(crate) const GET_MESH: &str =
+    concat!("SELECT ", mesh_columns!(), " FROM meshes WHERE name = $1");
+/// `$1` name.
+pub(crate) const GET_MESH_VERSION: &str = "SELECT version FROM meshes WHERE name = $1";
+/// `$1` name, `$2` time, `$3` labels, `$4` spec.
+pub(crate) const INSERT_MESH: &str = concat!(
+    "INSERT INTO meshes (name, version, creation_time, modification_time, labels, spec) ",
+    "VALUES ($1, 1, $2, $2, $3, $4) RETURNING ",
+    mesh_columns!()
+);
+/// `$1` spec, `$2` labels, `$3` time, `$4` expected version, `$5` name.
+pub(crate) const UPDATE_MESH: &str = concat!(
+    "UPDATE meshes SET spec = $1, labels = $2, modification_time = $3, version = version + 1 ",
+    "WHERE version = $4 AND name = $5 RETURNING ",
+    mesh_columns!()
+);
+/// `$1` expected version or NULL, `$2` name. Secrets go with it (`ON DELETE CASCADE`).
+pub(crate) const DELETE_MESH: &str =
+    "DELETE FROM meshes WHERE version = coalesce($1, version) AND name = $2 RETURNING version";
+
+/// `$1` after id, `$2` active key id, `$3` limit: the next rows not sealed with the active
+/// key in format 2 (plaintext and format 1 rows included), in id order.
+pub(crate) const ROWS_TO_RESEAL: &str = "SELECT id, mesh, name, version, data, key_id, write_id \
+     FROM secrets WHERE id > $1 AND (key_id IS NULL OR key_id <> $2 OR write_id IS NULL) \
+     ORDER BY id LIMIT $3";
+/// `$1` after id, `$2` limit: every row, in id order (to find those that do not open).
+pub(crate) const ROWS_AFTER: &str = "SELECT id, mesh, name, version, data, key_id, write_id \
+     FROM secrets WHERE id > $1 ORDER BY id LIMIT $2";
+/// `$1` data, `$2` key id, `$3` write id, `$4` id, `$5` version read: re-seals a row unless
+/// it changed since (then a concurrent write has sealed it already). Content, version and
+/// times stay.
+pub(crate) const RESEAL_ROW: &str = "UPDATE secrets SET data = $1, key_id = $2, write_id = $3 \
+     WHERE id = $4 AND version = $5 RETURNING id";
+/// `$1` spec, `$2` name, `$3` version read: re-seals a Mesh's inline CA keys unless it
+/// changed since. Version and times stay.
+pub(crate) const RESEAL_MESH: &str =
+    "UPDATE meshes SET spec = $1 WHERE name = $2 AND version = $3 RETURNING version";
+/// Rows per key id (`''` for plaintext), and how many of them are still in seal format 1.
+pub(crate) const ROWS_PER_KEY: &str = "SELECT coalesce(key_id, '') AS key_id, count(*) AS n, \
+     CAST(sum(CASE WHEN key_id IS NOT NULL AND write_id IS NULL THEN 1 ELSE 0 END) AS BIGINT) \
+     AS format_1 FROM secrets GROUP BY key_id ORDER BY 1";

@@ -1,0 +1,110 @@
+//! Where statements meet the pool: [`RunOnStore`] runs one statement on a pooled connection
+//! and maps its errors; [`SqlStore::in_write_transaction`] runs several in one write
+//! transaction, whose body may refuse (roll back) with a domain error of its own type.
+
+use super::SqlStore;
+use crate::store::error::{Op, map_db_error};
+use crate::store::{Result, StoreError};
+use sqlx::query::QueryAs;
+use sqlx::{AssertSqlSafe, Database, Executor, FromRow, IntoArguments};
+use std::future::Future;
+use std::pin::Pin;
+
+/// How a write transaction's body ends when it does not commit: the database failed, or the
+/// body refused (a domain rule, decided inside the transaction). Either way it rolls back.
+pub(super) enum TxError<E> {
+    /// The database failed; mapped with the transaction's [`Op`].
+    Db(sqlx::Error),
+    /// The body refused with this error.
+    Refused(E),
+}
+
+impl<E> From<sqlx::Error> for TxError<E> {
+    fn from(err: sqlx::Error) -> Self {
+        TxError::Db(err)
+    }
+}
+
+/// What a transaction body returns: its value, or why it did not commit.
+pub(super) type TxResult<T, E = StoreError> = std::result::Result<T, TxError<E>>;
+
+/// A transaction body: a future on the transaction's connection.
+pub(super) type TxBody<'c, T, E> = Pin<Box<dyn Future<Output = TxResult<T, E>> + Send + 'c>>;
+
+/// Runs a query on a pooled connection of the store and maps its errors: the one place
+/// statements meet the pool (see `pool.rs` for why the connection is handed back only
+/// after a clean finish).
+pub(super) trait RunOnStore<DB: Database, O> {
+    async fn fetch_optional_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Option<O>>;
+    async fn fetch_one_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<O>;
+    async fn fetch_all_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Vec<O>>;
+}
+
+impl<'q, DB, O> RunOnStore<DB, O> for QueryAs<'q, DB, O, DB::Arguments>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    O: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
+{
+    async fn fetch_optional_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Option<O>> {
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, op))?;
+        let result = self.fetch_optional(conn.conn()).await;
+        conn.finish(result).map_err(|e| map_db_error(e, op))
+    }
+
+    async fn fetch_one_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<O> {
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, op))?;
+        let result = self.fetch_one(conn.conn()).await;
+        conn.finish(result).map_err(|e| map_db_error(e, op))
+    }
+
+    async fn fetch_all_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Vec<O>> {
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, op))?;
+        let result = self.fetch_all(conn.conn()).await;
+        conn.finish(result).map_err(|e| map_db_error(e, op))
+    }
+}
+
+impl_for_sql_databases! {
+impl [SqlStore<DB>] {
+    /// Runs `body` in a write transaction on a pooled connection: commits if it returns
+    /// `Ok`, rolls back otherwise. A refusal comes back as it is; a database error is
+    /// mapped for `op` (so a constraint violation names the resource being created).
+    pub(super) async fn in_write_transaction<T, E, F>(&self, op: Op<'_>, body: F) -> std::result::Result<T, E>
+    where
+        E: From<StoreError>,
+        F: for<'c> FnOnce(&'c mut DB::Connection) -> TxBody<'c, T, E>,
+    {
+        let mut conn = self.pool.acquire().await.map_err(|e| E::from(map_db_error(e, op)))?;
+        let result = async {
+            let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
+            match body(&mut tx).await {
+                Ok(value) => {
+                    tx.commit().await?;
+                    Ok(Ok(value))
+                }
+                Err(TxError::Refused(refusal)) => {
+                    tx.rollback().await?;
+                    Ok(Err(refusal))
+                }
+                Err(TxError::Db(err)) => Err(err),
+            }
+        }
+        .await;
+        conn.finish(result).map_err(|e| E::from(map_db_error(e, op)))?
+    }
+}
+}

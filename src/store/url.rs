@@ -1,0 +1,199 @@
+//! [`StoreUrl`]: where a store lives, parsed once (by clap, or by [`StoreUrl::parse`]): its
+//! backend, the SQLite file and the keyring file beside it, and a `Display` that never shows
+//! a password (neither in the userinfo nor in a `password=` query parameter).
+
+use super::{Result, StoreError};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Which backend a store URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://…` or `postgresql://…`
+    Postgres,
+    /// `sqlite://PATH` or `sqlite:PATH`
+    Sqlite,
+}
+
+/// A store URL: `postgres://USER:PASSWORD@HOST:PORT/DB` or `sqlite://PATH`.
+///
+/// `Display` and `Debug` redact passwords; [`StoreUrl::expose`] gives the URL to connect
+/// with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    raw: String,
+    backend: Backend,
+}
+
+impl StoreUrl {
+    /// Parses a store URL.
+    ///
+    /// # Errors
+    /// [`StoreError::UnsupportedUrl`] (password redacted) for any other scheme.
+    pub fn parse(url: &str) -> Result<Self> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: redact(url) });
+        };
+        Ok(Self {
+            raw: url.to_owned(),
+            backend,
+        })
+    }
+
+    /// The backend it names.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL as given, password included: only for connecting, never for printing.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// The SQLite database file; `None` for Postgres and for an in-memory database.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        if self.backend != Backend::Sqlite {
+            return None;
+        }
+        let rest = self
+            .raw
+            .strip_prefix("sqlite://")
+            .or_else(|| self.raw.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or(rest);
+        if path.is_empty() || path.contains(":memory:") {
+            return None;
+        }
+        Some(Path::new(path))
+    }
+
+    /// Where the embedded store keeps its keyring by default: `<db file>.keys`, next to the
+    /// database; `None` for Postgres and for an in-memory database.
+    pub fn default_keyring_path(&self) -> Option<PathBuf> {
+        let mut keys = self.sqlite_path()?.as_os_str().to_owned();
+        keys.push(".keys");
+        Some(PathBuf::from(keys))
+    }
+}
+
+impl FromStr for StoreUrl {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<Self> {
+        Self::parse(url)
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.raw))
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
+}
+
+/// `url` with any password replaced by `***`: in the userinfo, and in a `password=` query
+/// parameter (as libpq allows).
+pub(crate) fn redact(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(redact_query(query))),
+        None => (url, None),
+    };
+    let base = redact_userinfo(base);
+    match query {
+        Some(query) => format!("{base}?{query}"),
+        None => base,
+    }
+}
+
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_chosen_by_scheme() {
+        let url = |s: &str| StoreUrl::parse(s).unwrap().backend();
+        assert_eq!(url("postgresql://x/y"), Backend::Postgres);
+        assert_eq!(url("postgres://x/y"), Backend::Postgres);
+        assert_eq!(url("sqlite://a.db"), Backend::Sqlite);
+        assert!(matches!(
+            StoreUrl::parse("mysql://u:p@h/d"),
+            Err(StoreError::UnsupportedUrl { url }) if url == "mysql://u:***@h/d"
+        ));
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        let shown = |s: &str| StoreUrl::parse(s).unwrap().to_string();
+        assert_eq!(
+            shown("postgres://kuma:s3cret@db:5432/kuma?sslmode=disable"),
+            "postgres://kuma:***@db:5432/kuma?sslmode=disable"
+        );
+        assert_eq!(shown("postgres://kuma@db/kuma"), "postgres://kuma@db/kuma");
+        let url = StoreUrl::parse("postgres://a:b@c/d").unwrap();
+        assert!(!format!("{url:?}").contains(":b@"));
+        assert_eq!(url.expose(), "postgres://a:b@c/d");
+    }
+
+    #[test]
+    fn passwords_in_query_parameters_are_redacted_too() {
+        let shown = |s: &str| StoreUrl::parse(s).unwrap().to_string();
+        assert_eq!(
+            shown("postgres://kuma@db/kuma?sslmode=disable&password=s3cret&user=x"),
+            "postgres://kuma@db/kuma?sslmode=disable&password=***&user=x"
+        );
+        assert_eq!(
+            shown("postgres://u:p@db/kuma?PASSWORD=s3cret"),
+            "postgres://u:***@db/kuma?PASSWORD=***"
+        );
+    }
+
+    #[test]
+    fn the_default_keyring_sits_next_to_the_database() {
+        let keys = |s: &str| StoreUrl::parse(s).unwrap().default_keyring_path();
+        assert_eq!(
+            keys("sqlite://kuma-secrets.db"),
+            Some(PathBuf::from("kuma-secrets.db.keys"))
+        );
+        assert_eq!(
+            keys("sqlite:///var/lib/ks/db.sqlite?mode=rwc"),
+            Some(PathBuf::from("/var/lib/ks/db.sqlite.keys"))
+        );
+        assert_eq!(keys("sqlite::memory:"), None);
+        assert_eq!(keys("postgres://h/d"), None);
+    }
+}
