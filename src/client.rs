@@ -2,9 +2,10 @@
 //! `delete` and `generate` verbs use. Failures become one-line [`ClientError`]s carrying
 //! the server's Kuma error body (title, detail, field violations), never a raw response.
 
+use crate::wire::ErrorBody;
 use reqwest::StatusCode;
-use serde::Deserialize;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::fmt;
 use std::time::Duration;
 
@@ -28,32 +29,6 @@ impl fmt::Debug for ApiClient {
     }
 }
 
-/// A field violation from a Kuma error body.
-#[derive(Debug, Clone, Deserialize)]
-pub struct InvalidParameter {
-    /// The field, e.g. `name`.
-    pub field: String,
-    /// Why it is invalid.
-    pub reason: String,
-}
-
-/// Kuma's error body.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ApiErrorBody {
-    /// HTTP status.
-    #[serde(default)]
-    pub status: u16,
-    /// What failed.
-    #[serde(default)]
-    pub title: String,
-    /// Why.
-    #[serde(default)]
-    pub detail: String,
-    /// Field violations.
-    #[serde(default)]
-    pub invalid_parameters: Vec<InvalidParameter>,
-}
-
 /// What can go wrong talking to the API.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -67,7 +42,7 @@ pub enum ClientError {
     },
     /// The server answered with an error.
     #[error("{}", api_error_text(.0))]
-    Api(ApiErrorBody),
+    Api(Box<ErrorBody>),
     /// The server answered with something that is not the API's.
     #[error("unexpected response from {url}: {reason}")]
     Protocol {
@@ -82,7 +57,7 @@ pub enum ClientError {
 }
 
 /// `Title (detail): field: reason; field: reason`, kumactl's order.
-fn api_error_text(body: &ApiErrorBody) -> String {
+fn api_error_text(body: &ErrorBody) -> String {
     let mut text = body.title.clone();
     if !body.detail.is_empty() && body.detail != body.title {
         text.push_str(&format!(" ({})", body.detail));
@@ -166,10 +141,10 @@ impl ApiClient {
         if status.is_success() {
             return Ok((status, bytes_body::Body(body.to_vec())));
         }
-        match serde_json::from_slice::<ApiErrorBody>(&body) {
+        match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(mut error) if !error.title.is_empty() => {
                 error.status = status.as_u16();
-                Err(ClientError::Api(error))
+                Err(ClientError::Api(Box::new(error)))
             }
             _ => Err(ClientError::Protocol {
                 url: self.base.clone(),
@@ -178,11 +153,11 @@ impl ApiClient {
         }
     }
 
-    /// `GET path` as JSON.
+    /// `GET path`, its JSON body read as a `T` (a [`crate::wire`] type).
     ///
     /// # Errors
-    /// As [`ClientError`].
-    pub async fn get_json(&self, path: &str) -> Result<Value> {
+    /// As [`ClientError`]; a body that is not a `T` is [`ClientError::Protocol`].
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let (_, body) = self.send(self.request(reqwest::Method::GET, path)).await?;
         body.json(&self.base)
     }
@@ -191,7 +166,7 @@ impl ApiClient {
     ///
     /// # Errors
     /// As [`ClientError`].
-    pub async fn put_json(&self, path: &str, body: &Value) -> Result<bool> {
+    pub async fn put<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> Result<bool> {
         let (status, _) = self
             .send(self.request(reqwest::Method::PUT, path).json(body))
             .await?;
@@ -212,7 +187,11 @@ impl ApiClient {
     ///
     /// # Errors
     /// As [`ClientError`].
-    pub async fn post_for_text(&self, path: &str, body: &Value) -> Result<String> {
+    pub async fn post_for_text<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<String> {
         let (_, body) = self
             .send(self.request(reqwest::Method::POST, path).json(body))
             .await?;
@@ -237,16 +216,17 @@ fn one_line(err: &reqwest::Error) -> String {
 }
 
 mod bytes_body {
-    use super::{ClientError, Value};
+    use super::ClientError;
+    use serde::de::DeserializeOwned;
 
     /// A successful response body.
     pub struct Body(pub Vec<u8>);
 
     impl Body {
-        pub fn json(self, base: &str) -> Result<Value, ClientError> {
+        pub fn json<T: DeserializeOwned>(self, base: &str) -> Result<T, ClientError> {
             serde_json::from_slice(&self.0).map_err(|e| ClientError::Protocol {
                 url: base.to_owned(),
-                reason: format!("the answer is not JSON: {e}"),
+                reason: format!("the answer is not what the API sends: {e}"),
             })
         }
     }

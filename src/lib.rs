@@ -12,9 +12,12 @@
 //!   secret it writes and reads.
 //! - [`ca`]: Mesh mTLS certificate authorities: builtin generation, provided-CA checks.
 //! - [`api`]: the Kuma-compatible HTTP API (axum), with authentication and metrics.
+//! - [`wire`]: Kuma's JSON and YAML shapes, typed: API bodies, Universal YAML, Kubernetes
+//!   manifests, error bodies; used by the API, the client, the manifest module and the CLI.
 //! - [`client`]: a client of that API, for the CLI's verbs.
 //! - [`manifest`]: Universal and Kubernetes YAML in and out.
 //! - [`cli`]: the `kuma-secrets` command line (`main.rs` only calls it).
+//! - [`duration`]: durations as users write them (`24h`, `7d`).
 //!
 //! ## Embedding
 //! ```no_run
@@ -44,6 +47,8 @@ pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod domain;
+pub mod duration;
 pub mod manifest;
 pub mod sealing;
 pub mod store;
+pub mod wire;

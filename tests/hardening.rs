@@ -149,7 +149,7 @@ async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) 
     )
     .await
     .unwrap();
-    kuma_secrets::api::tokens::ensure_signing_key(&theirs)
+    kuma_secrets::api::auth::tokens::ensure_signing_key(&theirs)
         .await
         .unwrap();
     let their_key = theirs
@@ -181,7 +181,7 @@ async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) 
             })
             .await
             .unwrap();
-        kuma_secrets::api::tokens::issue(&planted, &User::admin(), Duration::from_secs(3600))
+        kuma_secrets::api::auth::tokens::issue(&planted, &User::admin(), Duration::from_secs(3600))
             .await
             .unwrap()
     };

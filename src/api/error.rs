@@ -4,10 +4,10 @@
 
 use crate::domain::{ValidationError, Violation};
 use crate::store::StoreError;
+use crate::wire::{Cause, ErrorBody, InvalidParameter};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -23,33 +23,6 @@ pub struct ApiError {
     pub detail: String,
     /// Field violations, for validation errors.
     pub violations: Vec<Violation>,
-}
-
-#[derive(Serialize)]
-struct Cause<'a> {
-    field: &'a str,
-    message: &'a str,
-}
-
-#[derive(Serialize)]
-struct InvalidParameter<'a> {
-    field: &'a str,
-    reason: &'a str,
-}
-
-/// Kuma's error body, with the deprecated `details`/`causes` mirrors old clients read.
-#[derive(Serialize)]
-struct Body<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    status: u16,
-    title: &'a str,
-    detail: &'a str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    invalid_parameters: Vec<InvalidParameter<'a>>,
-    details: &'a str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    causes: Vec<Cause<'a>>,
 }
 
 impl ApiError {
@@ -156,32 +129,38 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Body {
-            kind: "/std-errors",
+impl ApiError {
+    /// The body Kuma's clients read.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            kind: "/std-errors".into(),
             status: self.status.as_u16(),
-            title: &self.title,
-            detail: &self.detail,
+            title: self.title.clone(),
+            detail: self.detail.clone(),
             invalid_parameters: self
                 .violations
                 .iter()
                 .map(|v| InvalidParameter {
-                    field: &v.field,
-                    reason: &v.reason,
+                    field: v.field.clone(),
+                    reason: v.reason.clone(),
                 })
                 .collect(),
-            details: &self.detail,
+            details: self.detail.clone(),
             causes: self
                 .violations
                 .iter()
                 .map(|v| Cause {
-                    field: &v.field,
-                    message: &v.reason,
+                    field: v.field.clone(),
+                    message: v.reason.clone(),
                 })
                 .collect(),
-        };
-        let mut response = (self.status, Json(body)).into_response();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             // The store is down or restarting: tell clients when to come back.
             response.headers_mut().insert(

@@ -4,11 +4,10 @@
 use super::AppState;
 use super::auth::User;
 use super::error::ApiResult;
+use super::extract::{JsonBody, Preconditions};
 use super::list;
 use super::secrets::{delete_secret, get_secret, list_secrets, put_secret};
 use crate::store::{SecretScope, SecretStore};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
@@ -52,17 +51,17 @@ async fn put_global_secret<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    preconditions: Preconditions,
+    body: JsonBody,
 ) -> ApiResult<Response> {
-    put_secret(&state, &user, None, &name, &headers, body).await
+    put_secret(&state, &user, None, &name, &preconditions, body).await
 }
 
 async fn delete_global_secret<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    preconditions: Preconditions,
 ) -> ApiResult<Response> {
-    delete_secret(&state, &user, None, &name, &headers).await
+    delete_secret(&state, &user, None, &name, &preconditions).await
 }

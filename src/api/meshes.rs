@@ -8,16 +8,15 @@
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, Preconditions, etag};
 use super::list;
-use super::request::{Preconditions, check_immutable_labels, computed_labels, etag, json_body};
-use super::wire::{self, ListBody, MeshItem};
+use super::upsert::{Write, upsert};
 use crate::domain::mtls::redact_private_keys;
-use crate::domain::{Mesh, MeshName, MeshUpdate, NewMesh, ValidationError};
+use crate::domain::{Mesh, MeshName, ValidationError, computed_labels};
 use crate::store::{MeshQuery, SecretStore, StoreError};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::wire::{self, ListBody, MeshItem};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -98,90 +97,37 @@ async fn put_mesh<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     Path(url_name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    preconditions: Preconditions,
+    body: JsonBody,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not process a resource";
-    let body = json_body(&headers, body)?;
-    let preconditions = Preconditions::from_headers(&headers)?;
-    let parsed = wire::parse_body("Mesh", &body).map_err(ApiError::bad_request)?;
+    let parsed = wire::parse_body("Mesh", &body.bytes()?).map_err(ApiError::bad_request)?;
     user.require_admin("Mesh")?;
 
     let mut errors = ValidationError::default();
-    let name = errors.collect(MeshName::parse_new(&url_name));
     if parsed.name != url_name {
         errors.push("name", "name from the URL has to be the same as in body");
     }
     if parsed.kind != "Mesh" {
         errors.push("type", "type from the URL has to be the same as in body");
     }
-    let labels = errors.collect(computed_labels(parsed.labels, None, &state.config.zone));
-    let (Some(name), Some(labels)) = (name, labels) else {
+    let zone = &state.config.zone;
+    let mesh = errors.collect(parsed.into_new_mesh(MeshName::parse_new, |given| {
+        computed_labels(given, None, zone)
+    }));
+    let Some(mesh) = mesh.filter(|_| errors.is_empty()) else {
         return Err(ApiError::invalid(TITLE, errors));
     };
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(TITLE, errors));
-    }
-    let spec = parsed.rest;
-
-    let current = match state.store.get_mesh(&name).await {
-        Ok(mesh) => Some(mesh),
-        Err(StoreError::NotFound(_)) => None,
-        Err(other) => return Err(ApiError::store("Failed to find a resource", other)),
-    };
-    preconditions.check(current.as_ref().map(|m| m.meta.version))?;
-    let conditional = preconditions.if_match.is_some() || preconditions.if_none_match.is_some();
-    let (status, version) = match current {
-        None => {
-            let created = state
-                .store
-                .create_mesh(NewMesh { name, spec, labels })
-                .await
-                .map_err(|e| match e {
-                    StoreError::AlreadyExists(_) if conditional => {
-                        ApiError::precondition_failed("the resource was created meanwhile")
-                    }
-                    other => ApiError::store("Failed to create a resource", other),
-                })?;
-            (StatusCode::CREATED, created.meta.version)
-        }
-        Some(current) => {
-            check_immutable_labels(&current.labels, &labels)
-                .map_err(|e| ApiError::invalid("Could not update a resource", e))?;
-            let updated = state
-                .store
-                .update_mesh(&name, current.meta.version, MeshUpdate { spec, labels })
-                .await
-                .map_err(|e| match e {
-                    StoreError::Conflict { .. } | StoreError::NotFound(_) if conditional => {
-                        ApiError::precondition_failed("the resource changed meanwhile")
-                    }
-                    StoreError::NotFound(key) => ApiError::new(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        format!("resource conflict: {key}"),
-                    ),
-                    other => ApiError::store("Failed to update a resource", other),
-                })?;
-            (StatusCode::OK, updated.meta.version)
-        }
-    };
-    Ok((
-        status,
-        [(header::ETAG, etag(version))],
-        Json(serde_json::json!({})),
-    )
-        .into_response())
+    upsert(&state.store, Write::Mesh(mesh), &preconditions).await
 }
 
 async fn delete_mesh<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    preconditions: Preconditions,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
-    let preconditions = Preconditions::from_headers(&headers)?;
     user.require_admin("Mesh")?;
     let name = MeshName::parse(&name).map_err(|_| ApiError::not_found(TITLE))?;
     let expected = if preconditions.if_match.is_some() {

@@ -3,28 +3,30 @@
 //! health, metrics and OpenAPI.
 //!
 //! One module per resource, each with its own `router()`; [`app`] joins them with the
-//! middleware, and [`serve`] runs the result on a bound listener until shutdown.
+//! middleware, and [`serve`] runs the result on a bound listener until shutdown. Who is
+//! calling is decided once, in [`auth`] (localhost, user tokens); handlers take typed
+//! inputs (`extract.rs`: preconditions, JSON bodies) and PUTs share one flow
+//! (`upsert.rs`). Bodies are the [`crate::wire`] types.
 //!
 //! | module | routes |
 //! | --- | --- |
 //! | `secrets` | `/meshes/{mesh}/secrets[/{name}]`, `/secrets` |
 //! | `global_secrets` | `/global-secrets[/{name}]`, `/globalsecrets[/{name}]` |
 //! | `meshes` | `/meshes[/{name}]` |
-//! | `tokens_routes` | `POST /tokens/user` |
+//! | `user_token` | `POST /tokens/user` |
 //! | `health` | `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
 
-mod auth;
+pub mod auth;
 mod error;
+mod extract;
 mod global_secrets;
 mod health;
 mod list;
 mod meshes;
 mod metrics;
-mod request;
 mod secrets;
-pub mod tokens;
-mod tokens_routes;
-pub mod wire;
+mod upsert;
+mod user_token;
 
 pub use auth::User;
 pub use error::{ApiError, ApiResult};
@@ -126,7 +128,7 @@ pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
         .merge(secrets::router())
         .merge(global_secrets::router())
         .merge(meshes::router())
-        .merge(tokens_routes::router())
+        .merge(user_token::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate::<S>,
@@ -224,7 +226,7 @@ pub async fn bootstrap<S: SecretStore>(
         match store.get_mesh(&name).await {
             Ok(_) => {}
             Err(StoreError::NotFound(_)) => {
-                let labels = request::computed_labels(Default::default(), None, "default")
+                let labels = crate::domain::computed_labels(Default::default(), None, "default")
                     .unwrap_or_else(|_| Labels::default());
                 match store
                     .create_mesh(NewMesh {
@@ -242,7 +244,7 @@ pub async fn bootstrap<S: SecretStore>(
             Err(other) => return Err(other),
         }
     }
-    tokens::ensure_signing_key(store).await?;
-    tokens::ensure_admin_token(store).await?;
+    auth::tokens::ensure_signing_key(store).await?;
+    auth::tokens::ensure_admin_token(store).await?;
     Ok(())
 }

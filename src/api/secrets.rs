@@ -8,19 +8,16 @@
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
+use super::extract::{Condition, JsonBody, Preconditions, etag};
 use super::list;
-use super::request::{
-    Condition, Preconditions, check_immutable_labels, computed_labels, etag, json_body,
-};
-use super::wire::{self, ListBody, SecretItem};
+use super::upsert::{Write, upsert};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
-    MeshName, NewSecret, ResourceName, SecretData, SecretKey, SecretType, SecretUpdate,
-    ValidationError,
+    Labels, MeshName, NewSecret, Resource, ResourceName, Secret, SecretKey, SecretType,
+    ValidationError, computed_labels,
 };
 use crate::store::{SecretQuery, SecretScope, SecretStore, StoreError};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::wire::{self, ListBody, SecretItem, SecretUsage, SecretUsageList};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -96,21 +93,21 @@ async fn put_mesh_secret<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     Path((mesh, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    preconditions: Preconditions,
+    body: JsonBody,
 ) -> ApiResult<Response> {
     let mesh = existing_mesh(&state, &mesh).await?;
-    put_secret(&state, &user, Some(mesh), &name, &headers, body).await
+    put_secret(&state, &user, Some(mesh), &name, &preconditions, body).await
 }
 
 async fn delete_mesh_secret<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     Path((mesh, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    preconditions: Preconditions,
 ) -> ApiResult<Response> {
     let mesh = existing_mesh(&state, &mesh).await?;
-    delete_secret(&state, &user, Some(mesh), &name, &headers).await
+    delete_secret(&state, &user, Some(mesh), &name, &preconditions).await
 }
 
 /// `GET /meshes/{mesh}/secrets/{name}/_usage` (admin only, a kuma-secrets extension): the
@@ -129,23 +126,21 @@ async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
         .get_mesh(&mesh_name)
         .await
         .map_err(|e| ApiError::store("Failed to retrieve Mesh", e))?;
-    let items: Vec<serde_json::Value> = match Mtls::of(&mesh.spec, &mesh_name) {
+    let items: Vec<SecretUsage> = match Mtls::of(&mesh.spec, &mesh_name) {
         Ok(Some(mtls)) => mtls
             .used_secrets(&mesh_name)
             .into_iter()
             .filter(|u| u.secret == name)
-            .map(|u| {
-                let kind = mtls
+            .map(|u| SecretUsage {
+                mesh: mesh_name.as_str().to_owned(),
+                backend_type: mtls
                     .backends
                     .iter()
                     .find(|b| b.name == u.backend)
-                    .map_or("", |b| b.kind.as_str());
-                serde_json::json!({
-                    "mesh": mesh_name.as_str(),
-                    "backend": u.backend,
-                    "backendType": kind,
-                    "enabled": mtls.enabled_backend == u.backend,
-                })
+                    .map_or("", |b| b.kind.as_str())
+                    .to_owned(),
+                enabled: mtls.enabled_backend == u.backend,
+                backend: u.backend,
             })
             .collect(),
         _ => Vec::new(),
@@ -167,7 +162,11 @@ async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
             return Err(ApiError::not_found(TITLE));
         }
     }
-    Ok(Json(serde_json::json!({ "total": items.len(), "items": items })).into_response())
+    Ok(Json(SecretUsageList {
+        total: items.len() as u64,
+        items,
+    })
+    .into_response())
 }
 
 /// The Mesh of a mesh-scoped route, which must exist (404 "Failed to retrieve Mesh").
@@ -258,10 +257,21 @@ pub(super) async fn get_secret<S: SecretStore>(
     let body = match format {
         Format::Universal => Json(SecretItem::from(&secret)).into_response(),
         Format::Kubernetes { namespace } => {
-            Json(wire::kubernetes_manifest(&secret, &namespace)).into_response()
+            Json(kubernetes_manifest(&secret, &namespace)).into_response()
         }
     };
     Ok(([(header::ETAG, tag)], body).into_response())
+}
+
+/// The Kubernetes manifest Kuma returns for `?format=k8s` (reference §8): the only label it
+/// carries is `kuma.io/mesh`.
+fn kubernetes_manifest(secret: &Secret, namespace: &str) -> serde_json::Value {
+    let resource = Resource::Secret(NewSecret {
+        key: secret.key.clone(),
+        data: secret.data.clone(),
+        labels: Labels::default(),
+    });
+    wire::to_kubernetes(&resource, Some(&secret.meta.creation_time), namespace)
 }
 
 /// `?format=` of an item GET.
@@ -305,122 +315,51 @@ pub(super) async fn put_secret<S: SecretStore>(
     user: &User,
     mesh: Option<MeshName>,
     url_name: &str,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    preconditions: &Preconditions,
+    body: JsonBody,
 ) -> ApiResult<Response> {
-    let resource_type = secret_type(&mesh);
-    let type_name = resource_type.as_str();
-    let body = json_body(headers, body)?;
-    let preconditions = Preconditions::from_headers(headers)?;
-    let parsed = wire::parse_body(type_name, &body).map_err(ApiError::bad_request)?;
+    const TITLE: &str = "Could not process a resource";
+    let kind = secret_type(&mesh);
+    let type_name = kind.as_str();
+    let parsed = wire::parse_body(type_name, &body.bytes()?).map_err(ApiError::bad_request)?;
     user.require_admin(type_name)?;
 
-    // Validate everything, reporting every violation at once.
-    const TITLE: &str = "Could not process a resource";
+    // Every violation at once, in Kuma's order: where the body disagrees with the URL,
+    // then the body's own fields.
     let mut errors = ValidationError::default();
-    let name = errors.collect(ResourceName::parse(url_name));
     if parsed.name != url_name {
         errors.push("name", "name from the URL has to be the same as in body");
     }
     if parsed.kind != type_name {
         errors.push("type", "type from the URL has to be the same as in body");
     }
-    match &mesh {
-        Some(mesh) if parsed.mesh != mesh.as_str() => {
-            errors.push("mesh", "mesh from the URL has to be the same as in body");
-        }
-        None if !parsed.mesh.is_empty() => {
-            errors.push("mesh", "mesh cannot be set on global secret");
-        }
-        _ => {}
+    if let Some(mesh) = &mesh
+        && parsed.mesh != mesh.as_str()
+    {
+        errors.push("mesh", "mesh from the URL has to be the same as in body");
     }
-    let labels = errors.collect(computed_labels(
-        parsed.labels,
-        mesh.as_ref(),
-        &state.config.zone,
-    ));
-    let data = match parsed.data {
-        Some(bytes) => errors.collect(SecretData::new(bytes)),
-        None => {
-            errors.push("data", "cannot be empty");
-            None
-        }
-    };
-    let (Some(name), Some(labels), Some(data)) = (name, labels, data) else {
+    let zone = &state.config.zone;
+    let secret = errors
+        .collect(parsed.into_new_secret(kind, |given, mesh| computed_labels(given, mesh, zone)));
+    let Some(secret) = secret.filter(|_| errors.is_empty()) else {
         return Err(ApiError::invalid(TITLE, errors));
     };
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(TITLE, errors));
-    }
-    if data.check_size(state.config.max_secret_size).is_err() {
+    if secret
+        .data
+        .check_size(state.config.max_secret_size)
+        .is_err()
+    {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             TITLE,
             format!(
                 "data is {} bytes once decoded; the limit is {} bytes (--max-secret-size)",
-                data.len(),
+                secret.data.len(),
                 state.config.max_secret_size
             ),
         ));
     }
-    let key = match mesh {
-        Some(mesh) => SecretKey::secret(mesh, name),
-        None => SecretKey::global(name),
-    };
-
-    // Create or update, under the caller's preconditions. The update passes the version
-    // just read, so a concurrent writer makes it fail instead of being overwritten.
-    let current = match state.store.get_secret(&key).await {
-        Ok(secret) => Some(secret),
-        Err(StoreError::NotFound(_)) => None,
-        Err(other) => return Err(ApiError::store("Failed to find a resource", other)),
-    };
-    preconditions.check(current.as_ref().map(|s| s.meta.version))?;
-    let conditional = preconditions.if_match.is_some() || preconditions.if_none_match.is_some();
-    let (status, version) = match current {
-        None => {
-            let created = state
-                .store
-                .create_secret(NewSecret { key, data, labels })
-                .await
-                .map_err(|e| match e {
-                    StoreError::AlreadyExists(_) if conditional => {
-                        ApiError::precondition_failed("the resource was created meanwhile")
-                    }
-                    other => ApiError::store("Failed to create a resource", other),
-                })?;
-            (StatusCode::CREATED, created.meta.version)
-        }
-        Some(current) => {
-            check_immutable_labels(&current.labels, &labels)
-                .map_err(|e| ApiError::invalid("Could not update a resource", e))?;
-            let updated = state
-                .store
-                .update_secret(&key, current.meta.version, SecretUpdate { data, labels })
-                .await
-                .map_err(|e| match e {
-                    StoreError::Conflict { .. } | StoreError::NotFound(_) if conditional => {
-                        ApiError::precondition_failed("the resource changed meanwhile")
-                    }
-                    StoreError::NotFound(key) => {
-                        // Deleted between our read and our write: Kuma reports a conflict.
-                        ApiError::new(
-                            StatusCode::CONFLICT,
-                            "Conflict",
-                            format!("resource conflict: {key}"),
-                        )
-                    }
-                    other => ApiError::store("Failed to update a resource", other),
-                })?;
-            (StatusCode::OK, updated.meta.version)
-        }
-    };
-    Ok((
-        status,
-        [(header::ETAG, etag(version))],
-        Json(serde_json::json!({})),
-    )
-        .into_response())
+    upsert(&state.store, Write::Secret(secret), preconditions).await
 }
 
 pub(super) async fn delete_secret<S: SecretStore>(
@@ -428,10 +367,9 @@ pub(super) async fn delete_secret<S: SecretStore>(
     user: &User,
     mesh: Option<MeshName>,
     name: &str,
-    headers: &HeaderMap,
+    preconditions: &Preconditions,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
-    let preconditions = Preconditions::from_headers(headers)?;
     user.require_admin(secret_type(&mesh).as_str())?;
     let key = url_key(mesh, name).ok_or_else(|| ApiError::not_found(TITLE))?;
     // With If-Match, delete only the version the caller saw: the store checks it in the

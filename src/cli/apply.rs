@@ -76,7 +76,7 @@ async fn apply_one(client: &ApiClient, resource: &Resource) -> anyhow::Result<()
     };
     let mesh = key.mesh.clone().unwrap_or_default();
     let created = client
-        .put_json(&path, &manifest::to_universal(resource))
+        .put(&path, &manifest::to_universal(resource))
         .await
         .map_err(|e| {
             anyhow::anyhow!(

@@ -4,8 +4,68 @@
 use super::{ApiArgs, table};
 use crate::client::{ApiClient, ClientError, segment};
 use crate::manifest::{self, Entry};
+use crate::wire::{ListBody, MeshItem, SecretItem, SecretUsageList};
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{Value, json};
+
+/// One resource as the API sent it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Item {
+    Secret(SecretItem),
+    Mesh(MeshItem),
+}
+
+impl Item {
+    fn name(&self) -> &str {
+        match self {
+            Item::Secret(s) => &s.name,
+            Item::Mesh(m) => &m.name,
+        }
+    }
+
+    fn modification_time(&self) -> Option<&str> {
+        match self {
+            Item::Secret(s) => s.modification_time.as_deref(),
+            Item::Mesh(m) => m.modification_time.as_deref(),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("wire items serialize")
+    }
+}
+
+/// `GET path` as one item of `kind`.
+async fn fetch_item(client: &ApiClient, path: &str, kind: Kind) -> Result<Item, ClientError> {
+    Ok(match kind {
+        Kind::Mesh => Item::Mesh(client.get(path).await?),
+        Kind::Secret | Kind::GlobalSecret => Item::Secret(client.get(path).await?),
+    })
+}
+
+/// `GET path` as a page of `kind`.
+async fn fetch_list(
+    client: &ApiClient,
+    path: &str,
+    kind: Kind,
+) -> Result<ListBody<Item>, ClientError> {
+    fn wrap<T>(page: ListBody<T>, as_item: fn(T) -> Item) -> ListBody<Item> {
+        ListBody {
+            total: page.total,
+            items: page.items.into_iter().map(as_item).collect(),
+            next: page.next,
+        }
+    }
+    Ok(match kind {
+        Kind::Mesh => wrap(client.get::<ListBody<MeshItem>>(path).await?, Item::Mesh),
+        Kind::Secret | Kind::GlobalSecret => wrap(
+            client.get::<ListBody<SecretItem>>(path).await?,
+            Item::Secret,
+        ),
+    })
+}
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,8 +216,10 @@ async fn list(
     } else {
         format!("{path}?{}", query.join("&"))
     };
-    let body = client.get_json(&url).await?;
-    let items = body["items"].as_array().cloned().unwrap_or_default();
+    let listed = fetch_list(&client, &url, kind).await?;
+    let body = serde_json::to_value(&listed).expect("wire items serialize");
+    let has_next = listed.next.is_some();
+    let items = listed.items;
     Ok(match flags.output {
         Output::Json => pretty_json(&body),
         Output::Yaml => manifest::to_yaml_stream([&body]),
@@ -172,7 +234,7 @@ async fn list(
         }
         Output::Table => {
             let mut out = table_of(kind, &items, now);
-            if !body["next"].is_null() {
+            if has_next {
                 let next = page.offset.unwrap_or(0) + items.len() as u64;
                 out.push_str(&format!(
                     "\nRerun command with --offset={next} argument to retrieve more resources\n"
@@ -191,17 +253,18 @@ async fn item(
     now: DateTime<Utc>,
 ) -> anyhow::Result<String> {
     let client: ApiClient = flags.api.client()?;
-    let body = match client.get_json(path).await {
-        Ok(body) => body,
+    let item = match fetch_item(&client, path, kind).await {
+        Ok(item) => item,
         Err(e @ ClientError::Api(_)) if e.status() == Some(404) => anyhow::bail!("{missing}"),
         Err(other) => return Err(other.into()),
     };
+    let body = item.to_value();
     Ok(match flags.output {
         Output::Json => pretty_json(&body),
         Output::Yaml => manifest::to_yaml_stream([&body]),
-        Output::Kubernetes => manifest::to_yaml_stream([&kubernetes_of(&body)?]),
+        Output::Kubernetes => manifest::to_yaml_stream([&kubernetes_of(&item)?]),
         Output::Table => {
-            let mut out = table_of(kind, std::slice::from_ref(&body), now);
+            let mut out = table_of(kind, std::slice::from_ref(&item), now);
             if let Kind::Secret = kind {
                 out.push_str(&usage_of(&client, path).await);
             }
@@ -213,25 +276,23 @@ async fn item(
 /// What references a secret (`…/_usage`), as lines under its table. Servers without the
 /// route (Kuma itself) get no lines rather than an error.
 async fn usage_of(client: &ApiClient, path: &str) -> String {
-    let Ok(usage) = client.get_json(&format!("{path}/_usage")).await else {
+    let Ok(usage) = client
+        .get::<SecretUsageList>(&format!("{path}/_usage"))
+        .await
+    else {
         return String::new();
     };
-    let items = usage["items"].as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
+    if usage.items.is_empty() {
         return "\nNot used by any mTLS backend of its mesh.\n".into();
     }
     let mut out = String::from("\nUsed by:\n");
-    for item in items {
+    for item in usage.items {
         out.push_str(&format!(
-            "  Mesh {} mTLS backend {} ({}{})\n",
-            item["mesh"],
-            item["backend"],
-            item["backendType"].as_str().unwrap_or(""),
-            if item["enabled"] == true {
-                ", enabled"
-            } else {
-                ""
-            }
+            "  Mesh {:?} mTLS backend {:?} ({}{})\n",
+            item.mesh,
+            item.backend,
+            item.backend_type,
+            if item.enabled { ", enabled" } else { "" }
         ));
     }
     out
@@ -243,42 +304,35 @@ fn pretty_json(value: &Value) -> String {
     text
 }
 
-fn table_of(kind: Kind, items: &[Value], now: DateTime<Utc>) -> String {
-    let text = |item: &Value, field: &str| item[field].as_str().unwrap_or("").to_owned();
-    let age = |item: &Value| {
-        item["modificationTime"]
-            .as_str()
+fn table_of(kind: Kind, items: &[Item], now: DateTime<Utc>) -> String {
+    let age = |item: &Item| {
+        item.modification_time()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map_or_else(|| "unknown".to_owned(), |t| table::age(&t.to_utc(), &now))
     };
-    match kind {
-        Kind::Secret => table::render(
-            &["MESH", "NAME", "AGE"],
-            &items
-                .iter()
-                .map(|i| vec![text(i, "mesh"), text(i, "name"), age(i)])
-                .collect::<Vec<_>>(),
-        ),
-        Kind::GlobalSecret => table::render(
-            &["NAME", "AGE"],
-            &items
-                .iter()
-                .map(|i| vec![text(i, "name"), age(i)])
-                .collect::<Vec<_>>(),
-        ),
-        Kind::Mesh => table::render(
-            &["NAME", "mTLS", "AGE"],
-            &items
-                .iter()
-                .map(|i| vec![text(i, "name"), mtls_of(i), age(i)])
-                .collect::<Vec<_>>(),
-        ),
-    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|item| match (kind, item) {
+            (Kind::Secret, Item::Secret(s)) => vec![
+                s.mesh.clone().unwrap_or_default(),
+                s.name.clone(),
+                age(item),
+            ],
+            (Kind::Mesh, Item::Mesh(m)) => vec![m.name.clone(), mtls_of(m), age(item)],
+            _ => vec![item.name().to_owned(), age(item)],
+        })
+        .collect();
+    let header: &[&str] = match kind {
+        Kind::Secret => &["MESH", "NAME", "AGE"],
+        Kind::GlobalSecret => &["NAME", "AGE"],
+        Kind::Mesh => &["NAME", "mTLS", "AGE"],
+    };
+    table::render(header, &rows)
 }
 
 /// kumactl's mTLS column: `TYPE/BACKEND` of the enabled backend, or `off`.
-fn mtls_of(mesh: &Value) -> String {
-    let mtls = &mesh["mtls"];
+fn mtls_of(mesh: &MeshItem) -> String {
+    let mtls = mesh.spec.get("mtls").cloned().unwrap_or(Value::Null);
     let Some(enabled) = mtls["enabledBackend"].as_str().filter(|b| !b.is_empty()) else {
         return "off".into();
     };
@@ -291,12 +345,14 @@ fn mtls_of(mesh: &Value) -> String {
 }
 
 /// An item of the API as a Kubernetes manifest.
-fn kubernetes_of(item: &Value) -> anyhow::Result<Value> {
-    let created = item["creationTime"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.to_utc());
-    let entries = manifest::parse_document(item.clone())
+fn kubernetes_of(item: &Item) -> anyhow::Result<Value> {
+    let created = match item {
+        Item::Secret(s) => s.creation_time.as_deref(),
+        Item::Mesh(m) => m.creation_time.as_deref(),
+    }
+    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    .map(|t| t.to_utc());
+    let entries = manifest::parse_document(item.to_value())
         .map_err(|e| anyhow::anyhow!("the server sent a resource this client cannot read: {e}"))?;
     match entries.into_iter().next() {
         Some(Entry::Resource(resource)) => Ok(manifest::to_kubernetes(

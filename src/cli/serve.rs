@@ -36,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KUMA_SECRETS_ZONE", default_value = "default")]
     zone: String,
     /// Answer 503 to requests that take longer than this (e.g. 30s, 1m).
-    #[arg(long, env = "KUMA_SECRETS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "KUMA_SECRETS_REQUEST_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse)]
     request_timeout: std::time::Duration,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "KUMA_SECRETS_TLS_CERT", requires = "tls_key")]
@@ -50,10 +50,6 @@ pub struct ServeArgs {
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
     max_connections: u32,
-}
-
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    api::tokens::parse_duration(text).map_err(|e| e.to_string())
 }
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {

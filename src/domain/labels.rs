@@ -1,9 +1,20 @@
 //! Labels: a string map whose keys and values follow the Kubernetes rules, reported with the
 //! Kubernetes messages, as Kuma's API server does (`validateLabels`).
 
-use super::ValidationError;
 use super::name::is_rfc1123_subdomain;
+use super::{MeshName, ValidationError};
 use std::collections::BTreeMap;
+
+/// Label naming a Secret's mesh.
+pub const MESH_LABEL: &str = "kuma.io/mesh";
+/// Label naming where a resource was created: `zone` or `global`.
+pub const ORIGIN_LABEL: &str = "kuma.io/origin";
+/// Label naming the zone a resource was created in.
+pub const ZONE_LABEL: &str = "kuma.io/zone";
+/// Label naming the environment (`universal`).
+pub const ENV_LABEL: &str = "kuma.io/env";
+/// Label holding a resource's display name.
+pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
 
 const QUALIFIED_NAME_RULE: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
 const SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
@@ -138,6 +149,87 @@ fn is_label_token(s: &str) -> bool {
     }
 }
 
+/// Kuma's labels computed on write (reference §3.5), for a standalone zone control plane
+/// named `zone`: `kuma.io/mesh` on mesh-scoped resources, and `kuma.io/origin`,
+/// `kuma.io/zone`, `kuma.io/env` on all. User labels are kept; then the rules of
+/// `validateLabels` apply.
+///
+/// # Errors
+/// Every violation of the label rules, as `labels["<key>"]` fields.
+pub fn computed_labels(
+    given: BTreeMap<String, String>,
+    mesh: Option<&MeshName>,
+    zone: &str,
+) -> Result<Labels, ValidationError> {
+    let mut labels = given;
+    if let Some(mesh) = mesh {
+        labels
+            .entry(MESH_LABEL.to_owned())
+            .or_insert_with(|| mesh.as_str().to_owned());
+    }
+    labels
+        .entry(ORIGIN_LABEL.to_owned())
+        .or_insert_with(|| "zone".to_owned());
+    let mut errors = ValidationError::default();
+    let origin = labels[ORIGIN_LABEL].clone();
+    match origin.as_str() {
+        "zone" => {
+            labels
+                .entry(ZONE_LABEL.to_owned())
+                .or_insert_with(|| zone.to_owned());
+            labels
+                .entry(ENV_LABEL.to_owned())
+                .or_insert_with(|| "universal".to_owned());
+            if labels[ZONE_LABEL] != zone {
+                errors.push(
+                    format!("labels[{ZONE_LABEL:?}]"),
+                    format!("{ZONE_LABEL} label should have {zone} value"),
+                );
+            }
+            if let Some(mesh) = mesh
+                && labels[MESH_LABEL] != mesh.as_str()
+            {
+                errors.push(
+                    format!("labels[{MESH_LABEL:?}]"),
+                    format!("{MESH_LABEL} label must not differ from mesh set on resource"),
+                );
+            }
+        }
+        "global" => {}
+        other => errors.push(
+            format!("labels[{ORIGIN_LABEL:?}]"),
+            format!("unknown resource origin {other:?}"),
+        ),
+    }
+    let labels = errors.collect(Labels::parse(labels));
+    match labels {
+        Some(labels) if errors.is_empty() => Ok(labels),
+        _ => Err(errors),
+    }
+}
+
+/// Kuma's `validateImmutableLabels`: origin, zone and display name cannot change on update.
+///
+/// # Errors
+/// A violation per changed or removed label.
+pub fn check_immutable_labels(current: &Labels, new: &Labels) -> Result<(), ValidationError> {
+    let mut errors = ValidationError::default();
+    for key in [ORIGIN_LABEL, ZONE_LABEL, DISPLAY_NAME_LABEL] {
+        match (current.get(key), new.get(key)) {
+            (Some(old), Some(new)) if old != new => errors.push(
+                format!("labels[{key:?}]"),
+                format!("is immutable, cannot be changed from {old:?} to {new:?}"),
+            ),
+            (Some(old), None) => errors.push(
+                format!("labels[{key:?}]"),
+                format!("is immutable, cannot be removed (was {old:?})"),
+            ),
+            _ => {}
+        }
+    }
+    errors.into_result(|| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +278,50 @@ mod tests {
         assert_eq!(
             err.violations[0].reason,
             "must be no more than 63 characters"
+        );
+    }
+
+    #[test]
+    fn kuma_labels_are_computed_and_checked() {
+        let mesh = MeshName::parse("default").unwrap();
+        let labels = computed_labels(BTreeMap::new(), Some(&mesh), "default").unwrap();
+        assert_eq!(labels.get(MESH_LABEL), Some("default"));
+        assert_eq!(labels.get(ORIGIN_LABEL), Some("zone"));
+        assert_eq!(labels.get(ZONE_LABEL), Some("default"));
+        assert_eq!(labels.get(ENV_LABEL), Some("universal"));
+
+        let bad: BTreeMap<_, _> = [
+            (ORIGIN_LABEL.to_owned(), "mars".to_owned()),
+            ("bad key!".to_owned(), "v".to_owned()),
+        ]
+        .into();
+        let err = computed_labels(bad, None, "default").unwrap_err();
+        assert_eq!(err.violations.len(), 2);
+        assert_eq!(
+            err.violations[0].reason,
+            r#"unknown resource origin "mars""#
+        );
+
+        let wrong_mesh: BTreeMap<_, _> = [(MESH_LABEL.to_owned(), "other".to_owned())].into();
+        let err = computed_labels(wrong_mesh, Some(&mesh), "default").unwrap_err();
+        assert_eq!(
+            err.violations[0].reason,
+            "kuma.io/mesh label must not differ from mesh set on resource"
+        );
+    }
+
+    #[test]
+    fn origin_and_zone_are_immutable() {
+        let old = Labels::from_pairs([(ZONE_LABEL, "a"), (DISPLAY_NAME_LABEL, "x")]).unwrap();
+        let new = Labels::from_pairs([(ZONE_LABEL, "b")]).unwrap();
+        let err = check_immutable_labels(&old, &new).unwrap_err();
+        assert_eq!(
+            err.violations[0].reason,
+            r#"is immutable, cannot be changed from "a" to "b""#
+        );
+        assert_eq!(
+            err.violations[1].reason,
+            r#"is immutable, cannot be removed (was "x")"#
         );
     }
 }

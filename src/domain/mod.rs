@@ -8,7 +8,10 @@ mod name;
 mod secret;
 mod validation;
 
-pub use labels::Labels;
+pub use labels::{
+    DISPLAY_NAME_LABEL, ENV_LABEL, Labels, MESH_LABEL, ORIGIN_LABEL, ZONE_LABEL,
+    check_immutable_labels, computed_labels,
+};
 pub use mesh::{Mesh, MeshSpec, MeshUpdate, NewMesh};
 pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MeshName, ResourceName};
 pub use secret::{

@@ -11,25 +11,15 @@
 
 pub mod template;
 
-use crate::api::wire::{self, ResourceBody};
 use crate::domain::{
-    Labels, Mesh, MeshName, NewMesh, NewSecret, Resource, ResourceName, Secret, SecretData,
-    SecretKey, ValidationError,
+    Labels, MESH_LABEL, Mesh, MeshName, NewMesh, NewSecret, Resource, ResourceName, Secret,
+    SecretData, SecretKey, SecretType, ValidationError,
 };
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::wire::{self, GLOBAL_SECRET_K8S_TYPE, ResourceBody, SECRET_K8S_TYPE};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-/// The namespace Kuma's control plane keeps its secrets in on Kubernetes.
-pub const KUMA_NAMESPACE: &str = "kuma-system";
-/// Kubernetes `type` of a Kuma Secret.
-pub const SECRET_K8S_TYPE: &str = "system.kuma.io/secret";
-/// Kubernetes `type` of a Kuma GlobalSecret.
-pub const GLOBAL_SECRET_K8S_TYPE: &str = "system.kuma.io/global-secret";
-/// The label carrying a Secret's mesh on Kubernetes.
-pub const MESH_LABEL: &str = "kuma.io/mesh";
+pub use crate::wire::{KUMA_NAMESPACE, to_kubernetes, universal as to_universal};
 
 /// What one document (or one item of a `List`) held.
 #[derive(Debug)]
@@ -139,48 +129,18 @@ fn parse_universal(object: Map<String, Value>) -> Result<Resource, String> {
 }
 
 fn secret_resource(kind: &str, body: ResourceBody) -> Result<Resource, ValidationError> {
-    let mut errors = ValidationError::default();
-    let name = errors.collect(ResourceName::parse(&body.name));
-    let mesh = if kind == "Secret" {
-        errors.collect(MeshName::parse_field(&body.mesh, "mesh"))
+    let kind = if kind == "Secret" {
+        SecretType::Secret
     } else {
-        if !body.mesh.is_empty() {
-            errors.push("mesh", "mesh cannot be set on global secret");
-        }
-        None
+        SecretType::GlobalSecret
     };
-    let labels = errors.collect(Labels::parse(body.labels));
-    let data = match body.data {
-        Some(bytes) => errors.collect(SecretData::new(bytes)),
-        None => {
-            errors.push("data", "cannot be empty");
-            None
-        }
-    };
-    match (name, labels, data) {
-        (Some(name), Some(labels), Some(data)) if errors.is_empty() => {
-            let key = match mesh {
-                Some(mesh) => SecretKey::secret(mesh, name),
-                None => SecretKey::global(name),
-            };
-            Ok(Resource::Secret(NewSecret { key, data, labels }))
-        }
-        _ => Err(errors),
-    }
+    body.into_new_secret(kind, |labels, _| Labels::parse(labels))
+        .map(Resource::Secret)
 }
 
 fn mesh_resource(body: ResourceBody) -> Result<Resource, ValidationError> {
-    let mut errors = ValidationError::default();
-    let name = errors.collect(MeshName::parse(&body.name));
-    let labels = errors.collect(Labels::parse(body.labels));
-    match (name, labels) {
-        (Some(name), Some(labels)) if errors.is_empty() => Ok(Resource::Mesh(NewMesh {
-            name,
-            spec: body.rest,
-            labels,
-        })),
-        _ => Err(errors),
-    }
+    body.into_new_mesh(MeshName::parse, Labels::parse)
+        .map(Resource::Mesh)
 }
 
 /// A Kubernetes object: `v1` `Secret`, `v1` `List`, `kuma.io/v1alpha1` `Mesh`.
@@ -373,95 +333,6 @@ pub fn mesh_resource_of(mesh: &Mesh) -> Resource {
     })
 }
 
-/// The Universal form, as `kumactl apply` takes it: `type`, `mesh`, `name`, `labels`, then
-/// `data` or the Mesh's spec fields. No timestamps: the store sets them.
-pub fn to_universal(resource: &Resource) -> Value {
-    let mut object = Map::new();
-    match resource {
-        Resource::Secret(secret) => {
-            object.insert("type".into(), json!(secret.key.secret_type().as_str()));
-            if let Some(mesh) = secret.key.mesh() {
-                object.insert("mesh".into(), json!(mesh.as_str()));
-            }
-            object.insert("name".into(), json!(secret.key.name().as_str()));
-            if !secret.labels.is_empty() {
-                object.insert("labels".into(), json!(secret.labels.as_map()));
-            }
-            object.insert("data".into(), json!(STANDARD.encode(secret.data.expose())));
-        }
-        Resource::Mesh(mesh) => {
-            object.insert("type".into(), json!("Mesh"));
-            object.insert("name".into(), json!(mesh.name.as_str()));
-            if !mesh.labels.is_empty() {
-                object.insert("labels".into(), json!(mesh.labels.as_map()));
-            }
-            for (field, value) in &mesh.spec {
-                object.insert(field.clone(), value.clone());
-            }
-        }
-    }
-    Value::Object(object)
-}
-
-/// The Kubernetes form, as Kuma's Kubernetes mode stores it: a `v1` `Secret` in
-/// `namespace` (usually [`KUMA_NAMESPACE`]; all labels kept, `kuma.io/mesh` set for a
-/// mesh-scoped one), or a `kuma.io/v1alpha1` `Mesh`.
-pub fn to_kubernetes(
-    resource: &Resource,
-    created: Option<&DateTime<Utc>>,
-    namespace: &str,
-) -> Value {
-    let mut metadata = Map::new();
-    match resource {
-        Resource::Secret(secret) => {
-            let mut labels = secret.labels.as_map().clone();
-            let k8s_type = match secret.key.mesh() {
-                Some(mesh) => {
-                    labels.insert(MESH_LABEL.into(), mesh.as_str().into());
-                    SECRET_K8S_TYPE
-                }
-                None => GLOBAL_SECRET_K8S_TYPE,
-            };
-            metadata.insert("name".into(), json!(secret.key.name().as_str()));
-            metadata.insert("namespace".into(), json!(namespace));
-            if let Some(created) = created {
-                metadata.insert(
-                    "creationTimestamp".into(),
-                    json!(created.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                );
-            }
-            if !labels.is_empty() {
-                metadata.insert("labels".into(), json!(labels));
-            }
-            json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": k8s_type,
-                "metadata": metadata,
-                "data": { "value": STANDARD.encode(secret.data.expose()) },
-            })
-        }
-        Resource::Mesh(mesh) => {
-            metadata.insert("name".into(), json!(mesh.name.as_str()));
-            if let Some(created) = created {
-                metadata.insert(
-                    "creationTimestamp".into(),
-                    json!(created.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                );
-            }
-            if !mesh.labels.is_empty() {
-                metadata.insert("labels".into(), json!(mesh.labels.as_map()));
-            }
-            json!({
-                "apiVersion": "kuma.io/v1alpha1",
-                "kind": "Mesh",
-                "metadata": metadata,
-                "spec": mesh.spec,
-            })
-        }
-    }
-}
-
 /// Documents as one YAML stream, `---` between them.
 ///
 /// # Panics
@@ -491,6 +362,7 @@ fn kind_of(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn one(text: &str) -> Result<Resource, String> {
         let mut docs = split_documents(text).map_err(|(_, e)| e)?;

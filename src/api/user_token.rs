@@ -2,16 +2,13 @@
 //! `kumactl generate user-token` does.
 
 use super::AppState;
-use super::auth::{AUTHENTICATED, User};
+use super::auth::{AUTHENTICATED, User, tokens};
 use super::error::{ApiError, ApiResult};
-use super::request::json_body;
-use super::tokens;
+use super::extract::JsonBody;
 use crate::domain::ValidationError;
 use crate::store::SecretStore;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -34,11 +31,10 @@ struct TokenRequest {
 async fn generate_user_token<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not issue a token";
-    let body = json_body(&headers, body)?;
+    let body = body.bytes()?;
     let request: TokenRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid token request: {e}")))?;
     user.require_admin("UserToken")?;
@@ -46,7 +42,13 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
     if request.name.trim().is_empty() {
         errors.push("name", "cannot be empty");
     }
-    let valid_for = errors.collect(tokens::parse_duration(&request.valid_for));
+    let valid_for = match crate::duration::parse(&request.valid_for) {
+        Ok(valid_for) => Some(valid_for),
+        Err(reason) => {
+            errors.push("validFor", reason);
+            None
+        }
+    };
     let Some(valid_for) = valid_for.filter(|_| errors.is_empty()) else {
         return Err(ApiError::invalid(TITLE, errors));
     };

@@ -1,13 +1,15 @@
-//! Who is calling, and may they touch secrets.
+//! Who is calling, and may they touch secrets: authentication in one place. `tokens.rs`
+//! signs and verifies user tokens; the route that issues them is `api/user_token.rs`.
 //!
 //! As Kuma (reference §3.7): a *direct* loopback request is the admin when
 //! `localhost_is_admin` is on; otherwise a `Authorization: Bearer <user token>` names the
 //! user; otherwise the caller is anonymous. Secrets and global secrets are admin-only for
 //! every verb. A token that does not verify is a 401 on any route, before the handler runs.
 
+pub mod tokens;
+
 use super::AppState;
 use super::error::ApiError;
-use super::tokens;
 use crate::store::SecretStore;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -8,9 +8,9 @@
 //! tokens forged with the public key are rejected by the header check before any
 //! signature work.
 
-use super::auth::{AUTHENTICATED, User};
-use super::error::ApiError;
-use crate::domain::{Labels, NewSecret, ResourceName, SecretData, SecretKey, ValidationError};
+use super::{AUTHENTICATED, User};
+use crate::api::error::ApiError;
+use crate::domain::{Labels, NewSecret, ResourceName, SecretData, SecretKey};
 use crate::store::{MAX_PAGE_SIZE, PageRequest, SecretQuery, SecretScope, SecretStore, StoreError};
 use axum::http::StatusCode;
 use ed25519_dalek::SigningKey;
@@ -258,64 +258,9 @@ async fn is_revoked<S: SecretStore>(store: &S, jti: &str) -> Result<bool, ApiErr
     }
 }
 
-/// Parses a Go-style duration: `24h`, `30m`, `1h30m`, `90s`.
-///
-/// # Errors
-/// A `validFor` violation for anything else, or zero.
-pub fn parse_duration(text: &str) -> Result<Duration, ValidationError> {
-    let invalid = || {
-        ValidationError::single(
-            "validFor",
-            format!(
-                "invalid duration {text:?}: use a number and a unit (d, h, m, s), e.g. 24h or 7d"
-            ),
-        )
-    };
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            'd' => 86_400,
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(invalid()),
-        };
-        let n: u64 = number.parse().map_err(|_| invalid())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(invalid)?;
-        number.clear();
-    }
-    if !number.is_empty() || total == 0 {
-        return Err(invalid());
-    }
-    Ok(Duration::from_secs(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations_parse() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        // `generate user-token --help` suggests 7d: days are accepted.
-        assert_eq!(
-            parse_duration("7d").unwrap(),
-            Duration::from_secs(7 * 86400)
-        );
-        for bad in ["", "0s", "h", "10", "1w", "-1h", "99999999999999999999h"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn generated_keys_sign_and_verify() {

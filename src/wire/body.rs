@@ -1,104 +1,17 @@
-//! Kuma's JSON shapes: item and list bodies out, resource bodies in.
-//!
-//! Secret and Mesh are Kuma "legacy" types: meta and spec fields sit flat in one object, in
-//! the order `type, mesh, name, creationTime, modificationTime, labels, <spec>`. Input is
-//! read like Kuma's jsonpb decoder: unknown fields are ignored, `data` is standard padded
-//! base64 (CR/LF ignored), timestamps in the body are ignored (the server sets them).
+//! A resource body as read from a PUT or a file, before validation, read like Kuma's
+//! jsonpb decoder: unknown fields are ignored, `data` is standard padded base64 (CR/LF
+//! ignored), timestamps in the body are ignored (the server sets them). Then its one
+//! validation into a [`NewSecret`] or a [`NewMesh`], used by the API and by `apply` and
+//! `import` alike.
 
-use crate::domain::{Labels, Mesh, MeshSpec, NewSecret, Resource, Secret};
+use crate::domain::{
+    Labels, MeshName, NewMesh, NewSecret, ResourceName, SecretData, SecretKey, SecretType,
+    ValidationError,
+};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-
-/// RFC 3339 with as many fractional digits as needed, UTC (`Z`).
-pub fn timestamp(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// A Secret or GlobalSecret as Kuma's REST API shows it.
-#[derive(Serialize)]
-pub struct SecretItem<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mesh: Option<&'a str>,
-    name: &'a str,
-    #[serde(rename = "creationTime")]
-    creation_time: String,
-    #[serde(rename = "modificationTime")]
-    modification_time: String,
-    #[serde(skip_serializing_if = "Labels::is_empty")]
-    labels: &'a Labels,
-    data: String,
-}
-
-impl<'a> From<&'a Secret> for SecretItem<'a> {
-    fn from(secret: &'a Secret) -> Self {
-        SecretItem {
-            kind: secret.key.secret_type().as_str(),
-            mesh: secret.key.mesh().map(|m| m.as_str()),
-            name: secret.key.name().as_str(),
-            creation_time: timestamp(&secret.meta.creation_time),
-            modification_time: timestamp(&secret.meta.modification_time),
-            labels: &secret.labels,
-            data: STANDARD.encode(secret.data.expose()),
-        }
-    }
-}
-
-/// A Mesh as Kuma's REST API shows it: meta, then the spec fields.
-#[derive(Serialize)]
-pub struct MeshItem<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    name: &'a str,
-    #[serde(rename = "creationTime")]
-    creation_time: String,
-    #[serde(rename = "modificationTime")]
-    modification_time: String,
-    #[serde(skip_serializing_if = "Labels::is_empty")]
-    labels: &'a Labels,
-    #[serde(flatten)]
-    spec: &'a MeshSpec,
-}
-
-impl<'a> From<&'a Mesh> for MeshItem<'a> {
-    fn from(mesh: &'a Mesh) -> Self {
-        MeshItem {
-            kind: "Mesh",
-            name: mesh.name.as_str(),
-            creation_time: timestamp(&mesh.meta.creation_time),
-            modification_time: timestamp(&mesh.meta.modification_time),
-            labels: &mesh.labels,
-            spec: &mesh.spec,
-        }
-    }
-}
-
-/// `{"total","items","next"}`.
-#[derive(Serialize)]
-pub struct ListBody<T> {
-    /// Every match, not just this page.
-    pub total: u64,
-    /// This page.
-    pub items: Vec<T>,
-    /// Absolute URL of the next page, or null.
-    pub next: Option<String>,
-}
-
-/// The Kubernetes manifest Kuma returns for `?format=k8s` (reference §8): the only label it
-/// carries is `kuma.io/mesh`.
-pub fn kubernetes_manifest(secret: &Secret, namespace: &str) -> Value {
-    let resource = Resource::Secret(NewSecret {
-        key: secret.key.clone(),
-        data: secret.data.clone(),
-        labels: Labels::default(),
-    });
-    crate::manifest::to_kubernetes(&resource, Some(&secret.meta.creation_time), namespace)
-}
 
 /// A resource body as read from a PUT, before validation.
 #[derive(Debug, Default)]
@@ -228,6 +141,78 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+impl ResourceBody {
+    /// The one validation of a Secret or GlobalSecret body (the API's PUT, `apply`,
+    /// `import`), every violation at once, in Kuma's order: the name, the mesh (a Secret's
+    /// must be a valid mesh name, a GlobalSecret has none), the labels by `labels`
+    /// (the API computes Kuma's labels, a file keeps them as written), then the data.
+    ///
+    /// # Errors
+    /// Every violation.
+    pub fn into_new_secret(
+        self,
+        kind: SecretType,
+        labels: impl FnOnce(
+            BTreeMap<String, String>,
+            Option<&MeshName>,
+        ) -> Result<Labels, ValidationError>,
+    ) -> Result<NewSecret, ValidationError> {
+        let mut errors = ValidationError::default();
+        let name = errors.collect(ResourceName::parse(&self.name));
+        let mesh = match kind {
+            SecretType::Secret => errors.collect(MeshName::parse_field(&self.mesh, "mesh")),
+            SecretType::GlobalSecret => {
+                if !self.mesh.is_empty() {
+                    errors.push("mesh", "mesh cannot be set on global secret");
+                }
+                None
+            }
+        };
+        let labels = errors.collect(labels(self.labels, mesh.as_ref()));
+        let data = match self.data {
+            Some(bytes) => errors.collect(SecretData::new(bytes)),
+            None => {
+                errors.push("data", "cannot be empty");
+                None
+            }
+        };
+        match (name, labels, data) {
+            (Some(name), Some(labels), Some(data)) if errors.is_empty() => {
+                let key = match mesh {
+                    Some(mesh) => SecretKey::secret(mesh, name),
+                    None => SecretKey::global(name),
+                };
+                Ok(NewSecret { key, data, labels })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// The one validation of a Mesh body: its name (by `name`: the API refuses names Kuma
+    /// would not create, a file takes any stored name), labels by `labels`, and every
+    /// other field as its spec (checked by the store).
+    ///
+    /// # Errors
+    /// Every violation.
+    pub fn into_new_mesh(
+        self,
+        name: impl FnOnce(&str) -> Result<MeshName, ValidationError>,
+        labels: impl FnOnce(BTreeMap<String, String>) -> Result<Labels, ValidationError>,
+    ) -> Result<NewMesh, ValidationError> {
+        let mut errors = ValidationError::default();
+        let name = errors.collect(name(&self.name));
+        let labels = errors.collect(labels(self.labels));
+        match (name, labels) {
+            (Some(name), Some(labels)) if errors.is_empty() => Ok(NewMesh {
+                name,
+                spec: self.rest,
+                labels,
+            }),
+            _ => Err(errors),
+        }
     }
 }
 

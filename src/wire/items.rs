@@ -1,0 +1,178 @@
+//! A resource as Kuma's REST API shows it, and a page of them. The same types are the
+//! Universal YAML `apply` reads and `export` writes (without timestamps: the store sets
+//! those).
+
+use crate::domain::{Mesh, MeshSpec, NewMesh, NewSecret, Resource, Secret};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// RFC 3339 with as many fractional digits as needed, UTC (`Z`).
+pub fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A Secret or GlobalSecret: `type`, `mesh` (Secrets only), `name`, times, `labels`, and
+/// `data` in standard padded base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretItem {
+    /// `Secret` or `GlobalSecret`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The Mesh of a `Secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// When it was created (absent in Universal YAML).
+    #[serde(
+        rename = "creationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub creation_time: Option<String>,
+    /// When it last changed (absent in Universal YAML).
+    #[serde(
+        rename = "modificationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub modification_time: Option<String>,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Its bytes, base64.
+    pub data: String,
+}
+
+impl From<&Secret> for SecretItem {
+    fn from(secret: &Secret) -> Self {
+        SecretItem {
+            creation_time: Some(timestamp(&secret.meta.creation_time)),
+            modification_time: Some(timestamp(&secret.meta.modification_time)),
+            ..SecretItem::from(&NewSecret {
+                key: secret.key.clone(),
+                data: secret.data.clone(),
+                labels: secret.labels.clone(),
+            })
+        }
+    }
+}
+
+impl From<&NewSecret> for SecretItem {
+    /// The Universal form, without timestamps.
+    fn from(secret: &NewSecret) -> Self {
+        SecretItem {
+            kind: secret.key.secret_type().as_str().to_owned(),
+            mesh: secret.key.mesh().map(|m| m.as_str().to_owned()),
+            name: secret.key.name().as_str().to_owned(),
+            creation_time: None,
+            modification_time: None,
+            labels: secret.labels.as_map().clone(),
+            data: STANDARD.encode(secret.data.expose()),
+        }
+    }
+}
+
+/// A Mesh: `type`, `name`, times, `labels`, then its spec fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshItem {
+    /// Always `Mesh`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// When it was created (absent in Universal YAML).
+    #[serde(
+        rename = "creationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub creation_time: Option<String>,
+    /// When it last changed (absent in Universal YAML).
+    #[serde(
+        rename = "modificationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub modification_time: Option<String>,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Its spec fields (`mtls`, `logging`, …), flat beside the meta fields.
+    #[serde(flatten)]
+    pub spec: MeshSpec,
+}
+
+impl From<&Mesh> for MeshItem {
+    fn from(mesh: &Mesh) -> Self {
+        MeshItem {
+            creation_time: Some(timestamp(&mesh.meta.creation_time)),
+            modification_time: Some(timestamp(&mesh.meta.modification_time)),
+            ..MeshItem::from(&NewMesh {
+                name: mesh.name.clone(),
+                spec: mesh.spec.clone(),
+                labels: mesh.labels.clone(),
+            })
+        }
+    }
+}
+
+impl From<&NewMesh> for MeshItem {
+    /// The Universal form, without timestamps.
+    fn from(mesh: &NewMesh) -> Self {
+        MeshItem {
+            kind: "Mesh".to_owned(),
+            name: mesh.name.as_str().to_owned(),
+            creation_time: None,
+            modification_time: None,
+            labels: mesh.labels.as_map().clone(),
+            spec: mesh.spec.clone(),
+        }
+    }
+}
+
+/// A resource in its Universal form.
+pub fn universal(resource: &Resource) -> serde_json::Value {
+    let value = match resource {
+        Resource::Secret(secret) => serde_json::to_value(SecretItem::from(secret)),
+        Resource::Mesh(mesh) => serde_json::to_value(MeshItem::from(mesh)),
+    };
+    value.expect("wire items serialize")
+}
+
+/// A page of a list: `{"total","items","next"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListBody<T> {
+    /// Every match, not just this page.
+    pub total: u64,
+    /// This page.
+    pub items: Vec<T>,
+    /// Absolute URL of the next page, or null.
+    pub next: Option<String>,
+}
+
+/// One use of a secret by an mTLS backend of its Mesh (`GET …/secrets/{name}/_usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretUsage {
+    /// The Mesh.
+    pub mesh: String,
+    /// The backend using the secret.
+    pub backend: String,
+    /// `builtin` or `provided`.
+    #[serde(rename = "backendType")]
+    pub backend_type: String,
+    /// Whether that backend is the enabled one.
+    pub enabled: bool,
+}
+
+/// The uses of a secret: `{"total","items"}` (a complete list, never paged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretUsageList {
+    /// How many.
+    pub total: u64,
+    /// Each use.
+    pub items: Vec<SecretUsage>,
+}
