@@ -9,6 +9,7 @@ mod common;
 use common::TestDb;
 use common::http::{b64, get_json, put_secret};
 use common::process::{CliRun, kill_when, kuma};
+use common::raw::{contains, raw_database, raw_sql, store_url};
 use common::server::{Backend, Guard, TestServer};
 use kuma_secrets::api::ApiConfig;
 use kuma_secrets::domain::{Labels, NewSecret, SecretData, SecretKey};
@@ -20,14 +21,6 @@ use std::sync::Arc;
 
 const MARKER: &str = "MARKER-5be1c0de-the-secret-value";
 
-/// The URL of the store under a test server.
-fn store_url(server: &TestServer) -> String {
-    match &server.guard {
-        Guard::Postgres(db) => db.url.clone(),
-        Guard::Sqlite(dir) => format!("sqlite://{}", dir.path().join("store.db").display()),
-    }
-}
-
 async fn open_with(url: &str, keyring: Option<Arc<Keyring>>) -> Result<AnyStore, StoreError> {
     AnyStore::open(
         url,
@@ -37,57 +30,6 @@ async fn open_with(url: &str, keyring: Option<Arc<Keyring>>) -> Result<AnyStore,
         },
     )
     .await
-}
-
-/// Everything the database holds, as bytes: a `pg_dump`, or the SQLite file and its WAL.
-fn raw_database(server: &TestServer) -> Vec<u8> {
-    match &server.guard {
-        Guard::Postgres(db) => {
-            let out = std::process::Command::new("pg_dump")
-                .args(["--data-only", &db.url])
-                .output()
-                .expect("pg_dump runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
-        }
-        Guard::Sqlite(dir) => {
-            let mut all = Vec::new();
-            for file in ["store.db", "store.db-wal"] {
-                if let Ok(bytes) = std::fs::read(dir.path().join(file)) {
-                    all.extend(bytes);
-                }
-            }
-            all
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Runs one SQL statement straight on the test database (to play the attacker).
-async fn raw_sql(server: &TestServer, sql: &str) {
-    use sqlx::{Connection, Executor};
-    match &server.guard {
-        Guard::Postgres(db) => {
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
-                .await
-                .unwrap();
-        }
-        Guard::Sqlite(dir) => {
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
-                .await
-                .unwrap();
-        }
-    }
 }
 
 async fn no_secret_reaches_the_database_in_plaintext_or_base64(backend: Backend) {
@@ -129,10 +71,7 @@ async fn a_value_moved_to_another_row_or_altered_fails_to_open_naming_the_secret
     let server = TestServer::start(backend).await;
     put_secret(&server, "default", "alpha", b"alpha's value").await;
     put_secret(&server, "default", "beta", b"beta's value").await;
-    raw_sql(
-        &server,
-        "UPDATE secrets SET data = (SELECT data FROM secrets WHERE name = 'alpha') WHERE name = 'beta'",
-    )
+    raw_sql(&server, "UPDATE secrets SET data = (SELECT data FROM secrets WHERE name = 'alpha') WHERE name = 'beta'", vec![])
     .await;
     let beta = SecretKey::parse(Some("default"), "beta").unwrap();
     match server.store.get_secret(&beta).await {
@@ -165,10 +104,7 @@ async fn a_value_moved_to_another_row_or_altered_fails_to_open_naming_the_secret
     // One flipped bit in the stored value.
     match backend {
         Backend::Postgres => {
-            raw_sql(
-                &server,
-                "UPDATE secrets SET data = set_byte(data, 20, get_byte(data, 20) # 1) WHERE name = 'alpha'",
-            )
+            raw_sql(&server, "UPDATE secrets SET data = set_byte(data, 20, get_byte(data, 20) # 1) WHERE name = 'alpha'", vec![])
             .await;
         }
         Backend::Sqlite => {

@@ -10,7 +10,8 @@ mod common;
 
 use common::http::{b64, delete_path, get_json, put_json, put_secret};
 use common::process::{kuma, spawn_serve};
-use common::server::{Backend, Guard, TestServer};
+use common::raw::{P, contains, raw_database, raw_row, raw_sql, store_url};
+use common::server::{Backend, TestServer};
 use kuma_secrets::api::{ApiConfig, User};
 use kuma_secrets::domain::{
     Labels, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, SecretData, SecretKey,
@@ -19,105 +20,6 @@ use kuma_secrets::store::{AnyStore, SecretStore, SqliteStore, StoreError, StoreO
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-/// A value bound to a raw statement.
-enum P {
-    Bytes(Vec<u8>),
-    Text(String),
-}
-
-/// Runs one SQL statement straight on the server's database, as someone with write access
-/// to it (a compromised replica, a restored backup) would.
-async fn raw_sql(server: &TestServer, sql: &str, params: Vec<P>) {
-    use sqlx::Connection;
-    match &server.guard {
-        Guard::Postgres(db) => {
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-            for p in params {
-                query = match p {
-                    P::Bytes(b) => query.bind(b),
-                    P::Text(t) => query.bind(t),
-                };
-            }
-            query.execute(&mut conn).await.unwrap();
-        }
-        Guard::Sqlite(dir) => {
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-            for p in params {
-                query = match p {
-                    P::Bytes(b) => query.bind(b),
-                    P::Text(t) => query.bind(t),
-                };
-            }
-            query.execute(&mut conn).await.unwrap();
-        }
-    }
-}
-
-/// The stored `(data, write_id)` of a secret, read behind the service's back.
-async fn raw_row(server: &TestServer, name: &str) -> (Vec<u8>, Vec<u8>) {
-    use sqlx::{Connection, Row};
-    let sql = "SELECT data, write_id FROM secrets WHERE name = $1";
-    match &server.guard {
-        Guard::Postgres(db) => {
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            let row = sqlx::query(sql)
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            (row.get(0), row.get(1))
-        }
-        Guard::Sqlite(dir) => {
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            let row = sqlx::query(sql)
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            (row.get(0), row.get(1))
-        }
-    }
-}
-
-/// The URL of the store under a test server.
-fn store_url(server: &TestServer) -> String {
-    match &server.guard {
-        Guard::Postgres(db) => db.url.clone(),
-        Guard::Sqlite(dir) => format!("sqlite://{}", dir.path().join("store.db").display()),
-    }
-}
-
-/// Everything the database holds, as bytes.
-fn raw_database(server: &TestServer) -> Vec<u8> {
-    match &server.guard {
-        Guard::Postgres(db) => {
-            let out = std::process::Command::new("pg_dump")
-                .args(["--data-only", &db.url])
-                .output()
-                .expect("pg_dump runs");
-            assert!(out.status.success());
-            out.stdout
-        }
-        Guard::Sqlite(dir) => {
-            let mut all = Vec::new();
-            for file in ["store.db", "store.db-wal"] {
-                if let Ok(bytes) = std::fs::read(dir.path().join(file)) {
-                    all.extend(bytes);
-                }
-            }
-            all
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 async fn token_server(backend: Backend) -> TestServer {
     let config = ApiConfig {

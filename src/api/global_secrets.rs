@@ -6,26 +6,25 @@ use super::auth::User;
 use super::error::ApiResult;
 use super::extract::{JsonBody, Preconditions};
 use super::list;
+use super::openapi::{self as doc, Routes};
 use super::secrets::{delete_secret, get_secret, list_secrets, put_secret};
 use crate::store::{SecretScope, SecretStore};
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Extension, Router};
 
 /// Routes of global secrets, under both of Kuma's spellings.
-pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
-    let mut router = Router::new();
-    for base in ["/global-secrets", "/globalsecrets"] {
-        router = router.route(base, get(list_global_secrets::<S>)).route(
-            &format!("{base}/{{name}}"),
-            get(get_global_secret::<S>)
-                .put(put_global_secret::<S>)
-                .delete(delete_global_secret::<S>),
-        );
-    }
-    router
+pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
+    Routes::new()
+        .add::<doc::__path_get_global_secret_list, _, _>(list_global_secrets::<S>)
+        .add::<doc::__path_get_global_secret, _, _>(get_global_secret::<S>)
+        .add::<doc::__path_put_global_secret, _, _>(put_global_secret::<S>)
+        .add::<doc::__path_delete_global_secret, _, _>(delete_global_secret::<S>)
+        .add::<doc::__path_get_global_secret_list_alias, _, _>(list_global_secrets::<S>)
+        .add::<doc::__path_get_global_secret_alias, _, _>(get_global_secret::<S>)
+        .add::<doc::__path_put_global_secret_alias, _, _>(put_global_secret::<S>)
+        .add::<doc::__path_delete_global_secret_alias, _, _>(delete_global_secret::<S>)
 }
 
 async fn list_global_secrets<S: SecretStore + Clone + 'static>(

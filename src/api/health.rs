@@ -2,24 +2,20 @@
 //! `/metrics` (Prometheus), `/openapi.json`, and `/` (Kuma's index with the version).
 
 use super::AppState;
+use super::openapi::{self as doc, Routes};
 use crate::store::SecretStore;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-
-/// The OpenAPI description of every route, served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Operational routes (no authentication).
-pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
-        .route("/metrics", get(metrics::<S>))
-        .route("/openapi.json", get(openapi))
+pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
+    Routes::new()
+        .add::<doc::__path_index, _, _>(index)
+        .add::<doc::__path_healthz, _, _>(healthz)
+        .add::<doc::__path_readyz, _, _>(readyz::<S>)
+        .add::<doc::__path_metrics, _, _>(metrics::<S>)
+        .add::<doc::__path_openapi, _, _>(openapi)
 }
 
 async fn index() -> Response {
@@ -54,5 +50,9 @@ async fn metrics<S: SecretStore + Clone + 'static>(State(state): State<AppState<
 }
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc::document(),
+    )
+        .into_response()
 }

@@ -10,6 +10,7 @@ use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Preconditions, etag};
 use super::list;
+use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::redact_private_keys;
 use crate::domain::{Mesh, MeshName, ValidationError, computed_labels};
@@ -18,17 +19,15 @@ use crate::wire::{self, ListBody, MeshItem};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 
 /// Routes of meshes.
-pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
-    Router::new().route("/meshes", get(list_meshes::<S>)).route(
-        "/meshes/{name}",
-        get(get_mesh::<S>)
-            .put(put_mesh::<S>)
-            .delete(delete_mesh::<S>),
-    )
+pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
+    Routes::new()
+        .add::<doc::__path_get_mesh_list, _, _>(list_meshes::<S>)
+        .add::<doc::__path_get_mesh, _, _>(get_mesh::<S>)
+        .add::<doc::__path_put_mesh, _, _>(put_mesh::<S>)
+        .add::<doc::__path_delete_mesh, _, _>(delete_mesh::<S>)
 }
 
 async fn list_meshes<S: SecretStore + Clone + 'static>(

@@ -15,6 +15,7 @@
 //! | `meshes` | `/meshes[/{name}]` |
 //! | `user_token` | `POST /tokens/user` |
 //! | `health` | `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
+//! | `openapi` | the OpenAPI document, generated, and `Routes`, through which every route is registered |
 
 pub mod auth;
 mod error;
@@ -24,14 +25,15 @@ mod health;
 mod list;
 mod meshes;
 mod metrics;
+mod openapi;
 mod secrets;
 mod upsert;
 mod user_token;
 
 pub use auth::User;
 pub use error::{ApiError, ApiResult};
-pub use health::OPENAPI;
 pub use metrics::{MeteredStore, Metrics};
+pub use openapi::document as openapi_document;
 
 use crate::domain::{DEFAULT_MAX_SECRET_SIZE, Labels, MeshName, NewMesh};
 use crate::store::{SecretStore, StoreError};
@@ -124,18 +126,15 @@ impl<S> AppState<S> {
 /// The API as a router, ready to serve (with `ConnectInfo<SocketAddr>`, which the
 /// localhost-is-admin check needs; [`serve`] provides it).
 pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
-    let resources = Router::new()
-        .merge(secrets::router())
-        .merge(global_secrets::router())
-        .merge(meshes::router())
-        .merge(user_token::router())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate::<S>,
-        ));
+    let (resources, _) = resource_routes::<S>().into_parts();
+    let resources = resources.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate::<S>,
+    ));
+    let (operational, _) = health::router::<S>().into_parts();
     Router::new()
         .merge(resources)
-        .merge(health::router())
+        .merge(operational)
         .layer(DefaultBodyLimit::max(state.config.body_limit()))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -155,6 +154,22 @@ pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// The routes that need authentication.
+fn resource_routes<S: SecretStore + Clone + 'static>() -> openapi::Routes<AppState<S>> {
+    secrets::router()
+        .merge(global_secrets::router())
+        .merge(meshes::router())
+        .merge(user_token::router())
+}
+
+/// `(METHOD, path)` of every operation [`app`] serves, from the same registrations: what
+/// the OpenAPI parity test compares with the document.
+pub fn served_operations() -> Vec<(String, String)> {
+    let (_, mut served) = resource_routes::<crate::store::AnyStore>().into_parts();
+    served.extend(health::router::<crate::store::AnyStore>().into_parts().1);
+    served
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; requests in flight then finish

@@ -10,6 +10,7 @@ use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Condition, JsonBody, Preconditions, etag};
 use super::list;
+use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
@@ -21,24 +22,17 @@ use crate::wire::{self, ListBody, SecretItem, SecretUsage, SecretUsageList};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 
 /// Routes of mesh-scoped secrets.
-pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/meshes/{mesh}/secrets", get(list_mesh_secrets::<S>))
-        .route(
-            "/meshes/{mesh}/secrets/{name}",
-            get(get_mesh_secret::<S>)
-                .put(put_mesh_secret::<S>)
-                .delete(delete_mesh_secret::<S>),
-        )
-        .route(
-            "/meshes/{mesh}/secrets/{name}/_usage",
-            get(get_mesh_secret_usage::<S>),
-        )
-        .route("/secrets", get(list_all_secrets::<S>))
+pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
+    Routes::new()
+        .add::<doc::__path_get_secret_list, _, _>(list_mesh_secrets::<S>)
+        .add::<doc::__path_get_secret, _, _>(get_mesh_secret::<S>)
+        .add::<doc::__path_put_secret, _, _>(put_mesh_secret::<S>)
+        .add::<doc::__path_delete_secret, _, _>(delete_mesh_secret::<S>)
+        .add::<doc::__path_get_secret_usage, _, _>(get_mesh_secret_usage::<S>)
+        .add::<doc::__path_get_secret_list_in_all_meshes, _, _>(list_all_secrets::<S>)
 }
 
 async fn list_mesh_secrets<S: SecretStore + Clone + 'static>(

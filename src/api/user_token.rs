@@ -5,18 +5,18 @@ use super::AppState;
 use super::auth::{AUTHENTICATED, User, tokens};
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
+use super::openapi::{self as doc, Routes};
 use crate::domain::ValidationError;
 use crate::store::SecretStore;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Router};
 use serde::Deserialize;
 
 /// The token route.
-pub fn router<S: SecretStore + Clone + 'static>() -> Router<AppState<S>> {
-    Router::new().route("/tokens/user", post(generate_user_token::<S>))
+pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
+    Routes::new().add::<doc::__path_generate_user_token, _, _>(generate_user_token::<S>)
 }
 
 #[derive(Deserialize)]

@@ -56,6 +56,7 @@ macro_rules! on_both_backends {
 
 pub mod http;
 pub mod process;
+pub mod raw;
 pub mod server;
 
 use kuma_secrets::store::{PostgresStore, SqliteStore, StoreOptions};

@@ -1,0 +1,824 @@
+//! The OpenAPI document, generated with utoipa from the types below and the operations they
+//! describe, served at `/openapi.json`. Operation ids and schema names follow Kuma's own
+//! `rest.yaml` for Secret and GlobalSecret (`getSecretList`, `SecretItem` requiring `type`,
+//! `name` and `mesh`; `GlobalSecretItem` requiring `type` and `name`).
+//!
+//! Every route is registered through [`Routes`], which takes its path from the operation
+//! that documents it, so a route cannot be served without a documented operation; the
+//! parity test (`tests/openapi.rs`) checks both directions against a running server.
+
+#![allow(dead_code)] // The operation fns exist for their #[utoipa::path] attributes.
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::routing::{MethodFilter, on};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use utoipa::openapi::HttpMethod;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+/// A router whose every route is a documented operation (see the module docs).
+pub(super) struct Routes<S> {
+    router: Router<S>,
+    /// `(METHOD, path)` of every operation served, for the parity test.
+    served: Vec<(String, String)>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    /// No routes yet.
+    pub(super) fn new() -> Self {
+        Self {
+            router: Router::new(),
+            served: Vec::new(),
+        }
+    }
+
+    /// Serves `handler` at the path and for the method of operation `P` (the type a
+    /// `#[utoipa::path]` attribute makes): the document decides both, so the two cannot
+    /// drift apart. Operations on one path merge into one route.
+    pub(super) fn add<P, H, T>(self, handler: H) -> Self
+    where
+        P: utoipa::Path,
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let path = P::path();
+        let mut served = self.served;
+        let mut filter = None::<MethodFilter>;
+        for method in P::methods() {
+            served.push((method_name(&method).to_owned(), path.clone()));
+            let this = method_filter(method);
+            filter = Some(filter.map_or(this, |f| f.or(this)));
+        }
+        let filter = filter.expect("an operation has a method");
+        Self {
+            router: self.router.route(&axum_path(&path), on(filter, handler)),
+            served,
+        }
+    }
+
+    /// Both sets of routes.
+    pub(super) fn merge(mut self, other: Routes<S>) -> Self {
+        self.router = self.router.merge(other.router);
+        self.served.extend(other.served);
+        self
+    }
+
+    /// The router, and the `(METHOD, path)` of every operation it serves.
+    pub(super) fn into_parts(self) -> (Router<S>, Vec<(String, String)>) {
+        (self.router, self.served)
+    }
+}
+
+fn method_name(method: &HttpMethod) -> &'static str {
+    match method {
+        HttpMethod::Get => "GET",
+        HttpMethod::Post => "POST",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Delete => "DELETE",
+        HttpMethod::Options => "OPTIONS",
+        HttpMethod::Head => "HEAD",
+        HttpMethod::Patch => "PATCH",
+        HttpMethod::Trace => "TRACE",
+    }
+}
+
+fn method_filter(method: HttpMethod) -> MethodFilter {
+    match method {
+        HttpMethod::Get => MethodFilter::GET,
+        HttpMethod::Post => MethodFilter::POST,
+        HttpMethod::Put => MethodFilter::PUT,
+        HttpMethod::Delete => MethodFilter::DELETE,
+        HttpMethod::Options => MethodFilter::OPTIONS,
+        HttpMethod::Head => MethodFilter::HEAD,
+        HttpMethod::Patch => MethodFilter::PATCH,
+        HttpMethod::Trace => MethodFilter::TRACE,
+    }
+}
+
+/// OpenAPI and axum 0.8 spell path parameters alike (`{name}`).
+fn axum_path(openapi_path: &str) -> String {
+    openapi_path.to_owned()
+}
+
+/// The document, as JSON, built once.
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    })
+}
+
+// ---- schemas -------------------------------------------------------------------------------
+
+const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const MESH_PATTERN: &str = "^[0-9a-z_.-]+$";
+const ETAGS_PATTERN: &str = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#;
+
+/// A Secret: bound to one Mesh.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SecretItem)]
+struct SecretItemSchema {
+    /// `Secret`.
+    #[schema(rename = "type", pattern = "^Secret$")]
+    kind: String,
+    /// The Mesh.
+    mesh: String,
+    /// The name.
+    name: String,
+    /// Set by the server.
+    #[schema(rename = "creationTime", read_only, format = DateTime)]
+    creation_time: Option<String>,
+    /// Set by the server.
+    #[schema(rename = "modificationTime", read_only, format = DateTime)]
+    modification_time: Option<String>,
+    /// Labels.
+    labels: Option<BTreeMap<String, String>>,
+    /// The bytes, standard padded base64.
+    #[schema(format = Byte)]
+    data: Option<String>,
+}
+
+/// A GlobalSecret: bound to no Mesh.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = GlobalSecretItem)]
+struct GlobalSecretItemSchema {
+    /// `GlobalSecret`.
+    #[schema(rename = "type", pattern = "^GlobalSecret$")]
+    kind: String,
+    /// The name.
+    name: String,
+    /// Set by the server.
+    #[schema(rename = "creationTime", read_only, format = DateTime)]
+    creation_time: Option<String>,
+    /// Set by the server.
+    #[schema(rename = "modificationTime", read_only, format = DateTime)]
+    modification_time: Option<String>,
+    /// Labels.
+    labels: Option<BTreeMap<String, String>>,
+    /// The bytes, standard padded base64.
+    #[schema(format = Byte)]
+    data: Option<String>,
+}
+
+/// A Mesh: meta fields, then its spec fields (`mtls`, …) flat beside them.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = MeshItem)]
+struct MeshItemSchema {
+    /// `Mesh`.
+    #[schema(rename = "type", pattern = "^Mesh$")]
+    kind: String,
+    /// The name.
+    name: String,
+    /// Set by the server.
+    #[schema(rename = "creationTime", read_only, format = DateTime)]
+    creation_time: Option<String>,
+    /// Set by the server.
+    #[schema(rename = "modificationTime", read_only, format = DateTime)]
+    modification_time: Option<String>,
+    /// Labels.
+    labels: Option<BTreeMap<String, String>>,
+    /// The spec fields.
+    #[serde(flatten)]
+    spec: BTreeMap<String, serde_json::Value>,
+}
+
+/// A page of Secrets.
+#[derive(ToSchema)]
+#[schema(as = SecretList)]
+struct SecretListSchema {
+    /// Every match.
+    total: u64,
+    /// This page.
+    items: Vec<SecretItemSchema>,
+    /// The next page's URL, or null.
+    next: Option<String>,
+}
+
+/// A page of GlobalSecrets.
+#[derive(ToSchema)]
+#[schema(as = GlobalSecretList)]
+struct GlobalSecretListSchema {
+    /// Every match.
+    total: u64,
+    /// This page.
+    items: Vec<GlobalSecretItemSchema>,
+    /// The next page's URL, or null.
+    next: Option<String>,
+}
+
+/// A page of Meshes.
+#[derive(ToSchema)]
+#[schema(as = MeshList)]
+struct MeshListSchema {
+    /// Every match.
+    total: u64,
+    /// This page.
+    items: Vec<MeshItemSchema>,
+    /// The next page's URL, or null.
+    next: Option<String>,
+}
+
+/// One field violation.
+#[derive(ToSchema)]
+#[schema(as = InvalidParameter)]
+struct InvalidParameterSchema {
+    field: String,
+    reason: String,
+}
+
+/// Kuma's error body.
+#[derive(ToSchema)]
+#[schema(as = Error)]
+struct ErrorSchema {
+    /// `/std-errors`.
+    #[schema(rename = "type")]
+    kind: String,
+    status: u16,
+    title: String,
+    detail: String,
+    invalid_parameters: Option<Vec<InvalidParameterSchema>>,
+    details: Option<String>,
+    causes: Option<Vec<BTreeMap<String, String>>>,
+}
+
+/// The answer of a PUT or DELETE.
+#[derive(ToSchema)]
+#[schema(as = Empty)]
+struct EmptySchema {}
+
+/// One mTLS backend using a secret.
+#[derive(ToSchema)]
+#[schema(as = SecretUsage)]
+struct SecretUsageSchema {
+    mesh: String,
+    /// The backend's name.
+    backend: String,
+    /// `builtin` or `provided`.
+    #[schema(rename = "backendType")]
+    backend_type: String,
+    /// It is the Mesh's `enabledBackend`.
+    enabled: bool,
+}
+
+/// What uses a secret.
+#[derive(ToSchema)]
+#[schema(as = SecretUsageList)]
+struct SecretUsageListSchema {
+    total: u64,
+    items: Vec<SecretUsageSchema>,
+}
+
+/// `?format=k8s`: the Secret as Kuma's Kubernetes mode stores it.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = KubernetesSecret)]
+struct KubernetesSecretSchema {
+    #[schema(rename = "apiVersion", pattern = "^v1$")]
+    api_version: String,
+    #[schema(pattern = "^Secret$")]
+    kind: String,
+    #[schema(rename = "type")]
+    secret_type: String,
+    metadata: BTreeMap<String, serde_json::Value>,
+    data: BTreeMap<String, String>,
+}
+
+/// A Secret GET answers the item, or with `?format=k8s` a Kubernetes manifest.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+enum SecretResponse {
+    Item(SecretItemSchema),
+    Kubernetes(KubernetesSecretSchema),
+}
+
+/// A GlobalSecret GET answers the item, or with `?format=k8s` a Kubernetes manifest.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+enum GlobalSecretResponse {
+    Item(GlobalSecretItemSchema),
+    Kubernetes(KubernetesSecretSchema),
+}
+
+/// `POST /tokens/user`.
+#[derive(ToSchema)]
+#[schema(as = UserTokenRequest)]
+struct UserTokenRequestSchema {
+    /// The user's name.
+    #[schema(min_length = 1, pattern = r"\S")]
+    name: String,
+    /// The user's groups.
+    groups: Option<Vec<String>>,
+    /// How long the token is valid: `24h`, `7d`, `1h30m`.
+    #[schema(
+        rename = "validFor",
+        pattern = "^([0-9]{1,9}[dhms])+$",
+        example = "24h"
+    )]
+    valid_for: String,
+}
+
+// ---- parameters ----------------------------------------------------------------------------
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct MeshPath {
+    /// The Mesh.
+    #[param(min_length = 1, max_length = 63, pattern = "^[0-9a-z_.-]+$")]
+    mesh: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct SecretPath {
+    /// The Mesh.
+    #[param(min_length = 1, max_length = 63, pattern = "^[0-9a-z_.-]+$")]
+    mesh: String,
+    /// The Secret.
+    #[param(
+        min_length = 1,
+        max_length = 253,
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    )]
+    name: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct NamePath {
+    /// The resource's name.
+    #[param(
+        min_length = 1,
+        max_length = 253,
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    )]
+    name: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct MeshNamePath {
+    /// The Mesh's name.
+    #[param(min_length = 1, max_length = 63, pattern = "^[0-9a-z_.-]+$")]
+    name: String,
+}
+
+/// Kuma's list parameters, plus `cursor`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    size: Option<u32>,
+    /// Items to skip.
+    #[param(minimum = 0)]
+    offset: Option<u64>,
+    /// Opaque position from a `next` link; as fast on the last page as on the first.
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
+    cursor: Option<String>,
+    /// Name substring.
+    name: Option<String>,
+    /// `filter[labels.KEY]=VALUE`: exact, ANDed.
+    #[param(style = DeepObject, explode)]
+    filter: Option<BTreeMap<String, String>>,
+}
+
+/// `?format=` of a Secret GET.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FormatQuery {
+    /// `universal` (default) or `k8s`/`kubernetes` for a Kubernetes manifest.
+    #[param(pattern = "^(universal|k8s|kubernetes)$")]
+    format: Option<String>,
+    /// Namespace of the Kubernetes manifest (default `kuma-system`).
+    namespace: Option<String>,
+}
+
+/// Conditional writes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+struct WriteConditions {
+    /// Apply only if the resource is at this ETag (`"<version>"`), or exists (`*`).
+    #[serde(rename = "If-Match")]
+    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
+    if_match: Option<String>,
+    /// `*`: create only.
+    #[serde(rename = "If-None-Match")]
+    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
+    if_none_match: Option<String>,
+}
+
+/// Conditional deletes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+struct DeleteConditions {
+    /// Delete only if the resource is at this ETag (`"<version>"`), or exists (`*`).
+    #[serde(rename = "If-Match")]
+    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
+    if_match: Option<String>,
+}
+
+// ---- error responses, by kind of operation -------------------------------------------------
+
+/// Errors of a list.
+#[derive(utoipa::IntoResponses)]
+enum ListErrors {
+    /// Bad parameters.
+    #[response(status = 400)]
+    BadRequest(ErrorSchema),
+    /// Bad token.
+    #[response(status = 401)]
+    Unauthorized(ErrorSchema),
+    /// Not an admin.
+    #[response(status = 403)]
+    Forbidden(ErrorSchema),
+    /// No such Mesh.
+    #[response(status = 404)]
+    NotFound(ErrorSchema),
+    /// The store cannot be reached; retry (`Retry-After`).
+    #[response(status = 503)]
+    Unavailable(ErrorSchema),
+}
+
+/// Errors of a read or a delete.
+#[derive(utoipa::IntoResponses)]
+enum ItemErrors {
+    /// Bad parameters, or a Secret in use by an mTLS backend (delete).
+    #[response(status = 400)]
+    BadRequest(ErrorSchema),
+    /// Bad token.
+    #[response(status = 401)]
+    Unauthorized(ErrorSchema),
+    /// Not an admin.
+    #[response(status = 403)]
+    Forbidden(ErrorSchema),
+    /// Not found.
+    #[response(status = 404)]
+    NotFound(ErrorSchema),
+    /// `If-Match` failed (delete).
+    #[response(status = 412)]
+    PreconditionFailed(ErrorSchema),
+    /// The store cannot be reached; retry (`Retry-After`).
+    #[response(status = 503)]
+    Unavailable(ErrorSchema),
+}
+
+/// Errors of a write.
+#[derive(utoipa::IntoResponses)]
+enum WriteErrors {
+    /// Invalid.
+    #[response(status = 400)]
+    BadRequest(ErrorSchema),
+    /// Bad token.
+    #[response(status = 401)]
+    Unauthorized(ErrorSchema),
+    /// Not an admin.
+    #[response(status = 403)]
+    Forbidden(ErrorSchema),
+    /// No such Mesh.
+    #[response(status = 404)]
+    NotFound(ErrorSchema),
+    /// Changed meanwhile.
+    #[response(status = 409)]
+    Conflict(ErrorSchema),
+    /// A precondition failed.
+    #[response(status = 412)]
+    PreconditionFailed(ErrorSchema),
+    /// Too large.
+    #[response(status = 413)]
+    TooLarge(ErrorSchema),
+    /// Not JSON.
+    #[response(status = 415)]
+    NotJson(ErrorSchema),
+    /// The store cannot be reached; retry (`Retry-After`).
+    #[response(status = 503)]
+    Unavailable(ErrorSchema),
+}
+
+// ---- operations ----------------------------------------------------------------------------
+
+/// Declares an operation fn: its `#[utoipa::path]` attribute is the documentation, and its
+/// type is what [`Routes::add`] takes the path from.
+macro_rules! operation {
+    ($(#[$attr:meta])* $name:ident) => {
+        $(#[$attr])*
+        pub(super) fn $name() {}
+    };
+}
+
+operation!(
+    #[utoipa::path(get, path = "/meshes/{mesh}/secrets", tag = "Secret",
+        operation_id = "getSecretList", summary = "List the Secrets of a Mesh",
+        params(MeshPath, ListQuery),
+        responses(
+            (status = 200, description = "A page of Secrets", body = SecretListSchema),
+            ListErrors,
+        ))]
+    get_secret_list
+);
+
+operation!(
+    #[utoipa::path(get, path = "/secrets", tag = "Secret",
+        operation_id = "getSecretListInAllMeshes", summary = "List the Secrets of every Mesh",
+        params(ListQuery),
+        responses(
+            (status = 200, description = "A page of Secrets", body = SecretListSchema),
+            ListErrors,
+        ))]
+    get_secret_list_in_all_meshes
+);
+
+operation!(
+    #[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}", tag = "Secret",
+        operation_id = "getSecret", summary = "Get a Secret",
+        params(SecretPath, FormatQuery),
+        responses(
+            (status = 200, description = "The Secret; its ETag is its version",
+                headers(("ETag" = String, description = "\"<version>\"")),
+                body = SecretResponse),
+            ItemErrors,
+        ))]
+    get_secret
+);
+
+operation!(
+    #[utoipa::path(put, path = "/meshes/{mesh}/secrets/{name}", tag = "Secret",
+        operation_id = "putSecret", summary = "Create or update a Secret",
+        params(SecretPath, WriteConditions),
+        request_body = SecretItemSchema,
+        responses(
+            (status = 200, description = "Updated", body = EmptySchema,
+                headers(("ETag" = String, description = "\"<version>\""))),
+            (status = 201, description = "Created", body = EmptySchema,
+                headers(("ETag" = String, description = "\"<version>\""))),
+            WriteErrors,
+        ))]
+    put_secret
+);
+
+operation!(
+    #[utoipa::path(delete, path = "/meshes/{mesh}/secrets/{name}", tag = "Secret",
+        operation_id = "deleteSecret", summary = "Delete a Secret",
+        params(SecretPath, DeleteConditions),
+        responses(
+            (status = 200, description = "Deleted", body = EmptySchema),
+            ItemErrors,
+        ))]
+    delete_secret
+);
+
+operation!(
+    #[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}/_usage", tag = "Secret",
+        operation_id = "getSecretUsage", summary = "What mTLS backends use a Secret",
+        params(SecretPath),
+        responses(
+            (status = 200, description = "Its uses", body = SecretUsageListSchema),
+            ItemErrors,
+        ))]
+    get_secret_usage
+);
+
+/// The GlobalSecret operations, under one of Kuma's two spellings.
+macro_rules! global_secret_operations {
+    ($base:literal, $suffix:literal, $list:ident, $get:ident, $put:ident, $delete:ident) => {
+        operation!(
+            #[utoipa::path(get, path = $base, tag = "GlobalSecret",
+                operation_id = concat!("getGlobalSecretList", $suffix),
+                summary = "List the GlobalSecrets",
+                params(ListQuery),
+                responses(
+                    (status = 200, description = "A page of GlobalSecrets", body = GlobalSecretListSchema),
+            ListErrors,
+        ))]
+            $list
+        );
+        operation!(
+            #[utoipa::path(get, path = concat!($base, "/{name}"), tag = "GlobalSecret",
+                operation_id = concat!("getGlobalSecret", $suffix), summary = "Get a GlobalSecret",
+                params(NamePath, FormatQuery),
+                responses(
+                    (status = 200, description = "The GlobalSecret; its ETag is its version",
+                        headers(("ETag" = String, description = "\"<version>\"")),
+                        body = GlobalSecretResponse),
+            ItemErrors,
+        ))]
+            $get
+        );
+        operation!(
+            #[utoipa::path(put, path = concat!($base, "/{name}"), tag = "GlobalSecret",
+                operation_id = concat!("putGlobalSecret", $suffix),
+                summary = "Create or update a GlobalSecret",
+                params(NamePath, WriteConditions),
+                request_body = GlobalSecretItemSchema,
+                responses(
+                    (status = 200, description = "Updated", body = EmptySchema,
+                        headers(("ETag" = String, description = "\"<version>\""))),
+                    (status = 201, description = "Created", body = EmptySchema,
+                        headers(("ETag" = String, description = "\"<version>\""))),
+            WriteErrors,
+        ))]
+            $put
+        );
+        operation!(
+            #[utoipa::path(delete, path = concat!($base, "/{name}"), tag = "GlobalSecret",
+                operation_id = concat!("deleteGlobalSecret", $suffix),
+                summary = "Delete a GlobalSecret",
+                params(NamePath, DeleteConditions),
+                responses(
+                    (status = 200, description = "Deleted", body = EmptySchema),
+            ItemErrors,
+        ))]
+            $delete
+        );
+    };
+}
+
+global_secret_operations!(
+    "/global-secrets",
+    "",
+    get_global_secret_list,
+    get_global_secret,
+    put_global_secret,
+    delete_global_secret
+);
+global_secret_operations!(
+    "/globalsecrets",
+    "Alias",
+    get_global_secret_list_alias,
+    get_global_secret_alias,
+    put_global_secret_alias,
+    delete_global_secret_alias
+);
+
+operation!(
+    #[utoipa::path(get, path = "/meshes", tag = "Mesh",
+        operation_id = "getMeshList", summary = "List the Meshes",
+        params(ListQuery),
+        responses(
+            (status = 200, description = "A page of Meshes", body = MeshListSchema),
+            ListErrors,
+        ))]
+    get_mesh_list
+);
+
+operation!(
+    #[utoipa::path(get, path = "/meshes/{name}", tag = "Mesh",
+        operation_id = "getMesh", summary = "Get a Mesh",
+        params(MeshNamePath),
+        responses(
+            (status = 200, description = "The Mesh; its ETag is its version", body = MeshItemSchema,
+                headers(("ETag" = String, description = "\"<version>\""))),
+            ItemErrors,
+        ))]
+    get_mesh
+);
+
+operation!(
+    #[utoipa::path(put, path = "/meshes/{name}", tag = "Mesh",
+        operation_id = "putMesh", summary = "Create or update a Mesh",
+        params(MeshNamePath, WriteConditions),
+        request_body = MeshItemSchema,
+        responses(
+            (status = 200, description = "Updated", body = EmptySchema,
+                headers(("ETag" = String, description = "\"<version>\""))),
+            (status = 201, description = "Created", body = EmptySchema,
+                headers(("ETag" = String, description = "\"<version>\""))),
+            WriteErrors,
+        ))]
+    put_mesh
+);
+
+operation!(
+    #[utoipa::path(delete, path = "/meshes/{name}", tag = "Mesh",
+        operation_id = "deleteMesh", summary = "Delete a Mesh and its Secrets",
+        params(MeshNamePath, DeleteConditions),
+        responses(
+            (status = 200, description = "Deleted", body = EmptySchema),
+            ItemErrors,
+        ))]
+    delete_mesh
+);
+
+operation!(
+    #[utoipa::path(post, path = "/tokens/user", tag = "Token",
+        operation_id = "generateUserToken", summary = "Issue a user token (admin only)",
+        request_body = UserTokenRequestSchema,
+        responses(
+            (status = 200, description = "The token (a JWT)", body = String, content_type = "text/plain"),
+            WriteErrors,
+        ))]
+    generate_user_token
+);
+
+operation!(
+    #[utoipa::path(get, path = "/", tag = "Operations", operation_id = "index",
+        summary = "Product and version",
+        responses((status = 200, description = "Product and version", body = BTreeMap<String, String>)))]
+    index
+);
+
+operation!(
+    #[utoipa::path(get, path = "/healthz", tag = "Operations", operation_id = "healthz",
+        summary = "The process answers",
+        responses((status = 200, description = "ok", body = String, content_type = "text/plain")))]
+    healthz
+);
+
+operation!(
+    #[utoipa::path(get, path = "/readyz", tag = "Operations", operation_id = "readyz",
+        summary = "The store answers",
+        responses(
+            (status = 200, description = "ok", body = String, content_type = "text/plain"),
+            (status = 503, description = "The store cannot be reached", body = String, content_type = "text/plain"),
+        ))]
+    readyz
+);
+
+operation!(
+    #[utoipa::path(get, path = "/metrics", tag = "Operations", operation_id = "metrics",
+        summary = "Prometheus metrics",
+        responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+    metrics
+);
+
+operation!(
+    #[utoipa::path(get, path = "/openapi.json", tag = "Operations", operation_id = "openapi",
+        summary = "This document",
+        responses((status = 200, description = "OpenAPI 3.1", body = serde_json::Value)))]
+    openapi
+);
+
+struct BearerTokens;
+
+impl Modify for BearerTokens {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "kuma-secrets",
+        description = "Kuma-compatible API for Secret, GlobalSecret and Mesh resources, with ETag preconditions and cursor pagination."
+    ),
+    paths(
+        get_secret_list, get_secret_list_in_all_meshes, get_secret, put_secret, delete_secret,
+        get_secret_usage,
+        get_global_secret_list, get_global_secret, put_global_secret, delete_global_secret,
+        get_global_secret_list_alias, get_global_secret_alias, put_global_secret_alias,
+        delete_global_secret_alias,
+        get_mesh_list, get_mesh, put_mesh, delete_mesh,
+        generate_user_token,
+        index, healthz, readyz, metrics, openapi,
+    ),
+    modifiers(&BearerTokens),
+    security((), ("bearer" = [])),
+)]
+struct ApiDoc;
+
+// The patterns above are literals (utoipa's attributes take no constants); these keep one
+// spelling of each to compare against in tests.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_has_kumas_operation_ids_and_two_secret_schemas() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        assert_eq!(
+            doc["paths"]["/meshes/{mesh}/secrets"]["get"]["operationId"],
+            "getSecretList"
+        );
+        assert_eq!(
+            doc["paths"]["/global-secrets"]["get"]["operationId"],
+            "getGlobalSecretList"
+        );
+        let required = |schema: &str| doc["components"]["schemas"][schema]["required"].clone();
+        assert_eq!(
+            required("SecretItem"),
+            serde_json::json!(["type", "mesh", "name"])
+        );
+        assert_eq!(
+            required("GlobalSecretItem"),
+            serde_json::json!(["type", "name"])
+        );
+        let text = document();
+        for pattern in [NAME_PATTERN, MESH_PATTERN, ETAGS_PATTERN] {
+            let escaped = serde_json::to_string(pattern).unwrap();
+            assert!(text.contains(&escaped), "{pattern} is in the document");
+        }
+    }
+}
