@@ -466,6 +466,17 @@ enum ItemErrors {
     Unavailable(ErrorSchema),
 }
 
+/// A write that succeeded.
+#[derive(utoipa::IntoResponses)]
+enum Written {
+    /// Updated.
+    #[response(status = 200, headers(("ETag" = String, description = "\"<version>\"")))]
+    Updated(EmptySchema),
+    /// Created.
+    #[response(status = 201, headers(("ETag" = String, description = "\"<version>\"")))]
+    Created(EmptySchema),
+}
+
 /// Errors of a write.
 #[derive(utoipa::IntoResponses)]
 enum WriteErrors {
@@ -509,15 +520,90 @@ macro_rules! operation {
     };
 }
 
-operation!(
-    #[utoipa::path(get, path = "/meshes/{mesh}/secrets", tag = "Secret",
-        operation_id = "getSecretList", summary = "List the Secrets of a Mesh",
-        params(MeshPath, ListQuery),
-        responses(
-            (status = 200, description = "A page of Secrets", body = SecretListSchema),
-            ListErrors,
-        ))]
-    get_secret_list
+/// The list and item operations of one resource type (Kuma's `get{Type}List`,
+/// `get{Type}`, `put{Type}`, `delete{Type}`), under one spelling of its path.
+macro_rules! resource_operations {
+    (
+        type: $kind:literal, alias: $suffix:literal,
+        list: $list_path:literal ($($list_param:ident),*) -> $list_schema:ident,
+        item: $item_path:literal ($item_param:ident), get ($($get_param:ident),*) -> $get_schema:ident,
+            put $put_schema:ident,
+        fns: $list:ident, $get:ident, $put:ident, $delete:ident
+    ) => {
+        operation!(
+            #[utoipa::path(get, path = $list_path, tag = $kind,
+                operation_id = concat!("get", $kind, "List", $suffix),
+                summary = concat!("List ", $kind, "s"),
+                params($($list_param),*),
+                responses(
+                    (status = 200, description = "A page", body = $list_schema),
+                    ListErrors,
+                ))]
+            $list
+        );
+        operation!(
+            #[utoipa::path(get, path = $item_path, tag = $kind,
+                operation_id = concat!("get", $kind, $suffix),
+                summary = concat!("Get a ", $kind, "; its ETag is its version"),
+                params($item_param $(, $get_param)*),
+                responses(
+                    (status = 200, description = "Found",
+                        headers(("ETag" = String, description = "\"<version>\"")),
+                        body = $get_schema),
+                    ItemErrors,
+                ))]
+            $get
+        );
+        operation!(
+            #[utoipa::path(put, path = $item_path, tag = $kind,
+                operation_id = concat!("put", $kind, $suffix),
+                summary = concat!("Create or update a ", $kind),
+                params($item_param, WriteConditions),
+                request_body = $put_schema,
+                responses(Written, WriteErrors))]
+            $put
+        );
+        operation!(
+            #[utoipa::path(delete, path = $item_path, tag = $kind,
+                operation_id = concat!("delete", $kind, $suffix),
+                summary = concat!("Delete a ", $kind),
+                params($item_param, DeleteConditions),
+                responses(
+                    (status = 200, description = "Deleted", body = EmptySchema),
+                    ItemErrors,
+                ))]
+            $delete
+        );
+    };
+}
+
+resource_operations!(
+    type: "Secret", alias: "",
+    list: "/meshes/{mesh}/secrets" (MeshPath, ListQuery) -> SecretListSchema,
+    item: "/meshes/{mesh}/secrets/{name}" (SecretPath), get (FormatQuery) -> SecretResponse,
+        put SecretItemSchema,
+    fns: get_secret_list, get_secret, put_secret, delete_secret
+);
+resource_operations!(
+    type: "GlobalSecret", alias: "",
+    list: "/global-secrets" (ListQuery) -> GlobalSecretListSchema,
+    item: "/global-secrets/{name}" (NamePath), get (FormatQuery) -> GlobalSecretResponse,
+        put GlobalSecretItemSchema,
+    fns: get_global_secret_list, get_global_secret, put_global_secret, delete_global_secret
+);
+resource_operations!(
+    type: "GlobalSecret", alias: "Alias",
+    list: "/globalsecrets" (ListQuery) -> GlobalSecretListSchema,
+    item: "/globalsecrets/{name}" (NamePath), get (FormatQuery) -> GlobalSecretResponse,
+        put GlobalSecretItemSchema,
+    fns: get_global_secret_list_alias, get_global_secret_alias, put_global_secret_alias,
+        delete_global_secret_alias
+);
+resource_operations!(
+    type: "Mesh", alias: "",
+    list: "/meshes" (ListQuery) -> MeshListSchema,
+    item: "/meshes/{name}" (MeshNamePath), get () -> MeshItemSchema, put MeshItemSchema,
+    fns: get_mesh_list, get_mesh, put_mesh, delete_mesh
 );
 
 operation!(
@@ -532,45 +618,6 @@ operation!(
 );
 
 operation!(
-    #[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}", tag = "Secret",
-        operation_id = "getSecret", summary = "Get a Secret",
-        params(SecretPath, FormatQuery),
-        responses(
-            (status = 200, description = "The Secret; its ETag is its version",
-                headers(("ETag" = String, description = "\"<version>\"")),
-                body = SecretResponse),
-            ItemErrors,
-        ))]
-    get_secret
-);
-
-operation!(
-    #[utoipa::path(put, path = "/meshes/{mesh}/secrets/{name}", tag = "Secret",
-        operation_id = "putSecret", summary = "Create or update a Secret",
-        params(SecretPath, WriteConditions),
-        request_body = SecretItemSchema,
-        responses(
-            (status = 200, description = "Updated", body = EmptySchema,
-                headers(("ETag" = String, description = "\"<version>\""))),
-            (status = 201, description = "Created", body = EmptySchema,
-                headers(("ETag" = String, description = "\"<version>\""))),
-            WriteErrors,
-        ))]
-    put_secret
-);
-
-operation!(
-    #[utoipa::path(delete, path = "/meshes/{mesh}/secrets/{name}", tag = "Secret",
-        operation_id = "deleteSecret", summary = "Delete a Secret",
-        params(SecretPath, DeleteConditions),
-        responses(
-            (status = 200, description = "Deleted", body = EmptySchema),
-            ItemErrors,
-        ))]
-    delete_secret
-);
-
-operation!(
     #[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}/_usage", tag = "Secret",
         operation_id = "getSecretUsage", summary = "What mTLS backends use a Secret",
         params(SecretPath),
@@ -579,127 +626,6 @@ operation!(
             ItemErrors,
         ))]
     get_secret_usage
-);
-
-/// The GlobalSecret operations, under one of Kuma's two spellings.
-macro_rules! global_secret_operations {
-    ($base:literal, $suffix:literal, $list:ident, $get:ident, $put:ident, $delete:ident) => {
-        operation!(
-            #[utoipa::path(get, path = $base, tag = "GlobalSecret",
-                operation_id = concat!("getGlobalSecretList", $suffix),
-                summary = "List the GlobalSecrets",
-                params(ListQuery),
-                responses(
-                    (status = 200, description = "A page of GlobalSecrets", body = GlobalSecretListSchema),
-            ListErrors,
-        ))]
-            $list
-        );
-        operation!(
-            #[utoipa::path(get, path = concat!($base, "/{name}"), tag = "GlobalSecret",
-                operation_id = concat!("getGlobalSecret", $suffix), summary = "Get a GlobalSecret",
-                params(NamePath, FormatQuery),
-                responses(
-                    (status = 200, description = "The GlobalSecret; its ETag is its version",
-                        headers(("ETag" = String, description = "\"<version>\"")),
-                        body = GlobalSecretResponse),
-            ItemErrors,
-        ))]
-            $get
-        );
-        operation!(
-            #[utoipa::path(put, path = concat!($base, "/{name}"), tag = "GlobalSecret",
-                operation_id = concat!("putGlobalSecret", $suffix),
-                summary = "Create or update a GlobalSecret",
-                params(NamePath, WriteConditions),
-                request_body = GlobalSecretItemSchema,
-                responses(
-                    (status = 200, description = "Updated", body = EmptySchema,
-                        headers(("ETag" = String, description = "\"<version>\""))),
-                    (status = 201, description = "Created", body = EmptySchema,
-                        headers(("ETag" = String, description = "\"<version>\""))),
-            WriteErrors,
-        ))]
-            $put
-        );
-        operation!(
-            #[utoipa::path(delete, path = concat!($base, "/{name}"), tag = "GlobalSecret",
-                operation_id = concat!("deleteGlobalSecret", $suffix),
-                summary = "Delete a GlobalSecret",
-                params(NamePath, DeleteConditions),
-                responses(
-                    (status = 200, description = "Deleted", body = EmptySchema),
-            ItemErrors,
-        ))]
-            $delete
-        );
-    };
-}
-
-global_secret_operations!(
-    "/global-secrets",
-    "",
-    get_global_secret_list,
-    get_global_secret,
-    put_global_secret,
-    delete_global_secret
-);
-global_secret_operations!(
-    "/globalsecrets",
-    "Alias",
-    get_global_secret_list_alias,
-    get_global_secret_alias,
-    put_global_secret_alias,
-    delete_global_secret_alias
-);
-
-operation!(
-    #[utoipa::path(get, path = "/meshes", tag = "Mesh",
-        operation_id = "getMeshList", summary = "List the Meshes",
-        params(ListQuery),
-        responses(
-            (status = 200, description = "A page of Meshes", body = MeshListSchema),
-            ListErrors,
-        ))]
-    get_mesh_list
-);
-
-operation!(
-    #[utoipa::path(get, path = "/meshes/{name}", tag = "Mesh",
-        operation_id = "getMesh", summary = "Get a Mesh",
-        params(MeshNamePath),
-        responses(
-            (status = 200, description = "The Mesh; its ETag is its version", body = MeshItemSchema,
-                headers(("ETag" = String, description = "\"<version>\""))),
-            ItemErrors,
-        ))]
-    get_mesh
-);
-
-operation!(
-    #[utoipa::path(put, path = "/meshes/{name}", tag = "Mesh",
-        operation_id = "putMesh", summary = "Create or update a Mesh",
-        params(MeshNamePath, WriteConditions),
-        request_body = MeshItemSchema,
-        responses(
-            (status = 200, description = "Updated", body = EmptySchema,
-                headers(("ETag" = String, description = "\"<version>\""))),
-            (status = 201, description = "Created", body = EmptySchema,
-                headers(("ETag" = String, description = "\"<version>\""))),
-            WriteErrors,
-        ))]
-    put_mesh
-);
-
-operation!(
-    #[utoipa::path(delete, path = "/meshes/{name}", tag = "Mesh",
-        operation_id = "deleteMesh", summary = "Delete a Mesh and its Secrets",
-        params(MeshNamePath, DeleteConditions),
-        responses(
-            (status = 200, description = "Deleted", body = EmptySchema),
-            ItemErrors,
-        ))]
-    delete_mesh
 );
 
 operation!(

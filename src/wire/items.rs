@@ -2,7 +2,7 @@
 //! Universal YAML `apply` reads and `export` writes (without timestamps: the store sets
 //! those).
 
-use crate::domain::{Mesh, MeshSpec, NewMesh, NewSecret, Resource, Secret};
+use crate::domain::{Mesh, MeshSpec, Meta, NewMesh, NewSecret, Resource, Secret};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -47,17 +47,23 @@ pub struct SecretItem {
     pub data: String,
 }
 
+/// `creationTime` and `modificationTime` of a stored resource.
+fn times(meta: &Meta) -> (Option<String>, Option<String>) {
+    (
+        Some(timestamp(&meta.creation_time)),
+        Some(timestamp(&meta.modification_time)),
+    )
+}
+
 impl From<&Secret> for SecretItem {
     fn from(secret: &Secret) -> Self {
-        SecretItem {
-            creation_time: Some(timestamp(&secret.meta.creation_time)),
-            modification_time: Some(timestamp(&secret.meta.modification_time)),
-            ..SecretItem::from(&NewSecret {
-                key: secret.key.clone(),
-                data: secret.data.clone(),
-                labels: secret.labels.clone(),
-            })
-        }
+        let mut item = SecretItem::from(&NewSecret {
+            key: secret.key.clone(),
+            data: secret.data.clone(),
+            labels: secret.labels.clone(),
+        });
+        (item.creation_time, item.modification_time) = times(&secret.meta);
+        item
     }
 }
 
@@ -108,15 +114,13 @@ pub struct MeshItem {
 
 impl From<&Mesh> for MeshItem {
     fn from(mesh: &Mesh) -> Self {
-        MeshItem {
-            creation_time: Some(timestamp(&mesh.meta.creation_time)),
-            modification_time: Some(timestamp(&mesh.meta.modification_time)),
-            ..MeshItem::from(&NewMesh {
-                name: mesh.name.clone(),
-                spec: mesh.spec.clone(),
-                labels: mesh.labels.clone(),
-            })
-        }
+        let mut item = MeshItem::from(&NewMesh {
+            name: mesh.name.clone(),
+            spec: mesh.spec.clone(),
+            labels: mesh.labels.clone(),
+        });
+        (item.creation_time, item.modification_time) = times(&mesh.meta);
+        item
     }
 }
 
