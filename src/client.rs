@@ -56,20 +56,16 @@ pub enum ClientError {
     BadUrl(String),
 }
 
-/// `Title (detail): field: reason; field: reason`, kumactl's order.
+/// kumactl's text of a Kuma error: `Title (Detail)`, then `;field=reason ` for each
+/// violation (its `rest_errors.Error.Error()`).
 fn api_error_text(body: &ErrorBody) -> String {
-    let mut text = body.title.clone();
-    if !body.detail.is_empty() && body.detail != body.title {
-        text.push_str(&format!(" ({})", body.detail));
-    }
-    if !body.invalid_parameters.is_empty() {
-        let fields: Vec<String> = body
-            .invalid_parameters
-            .iter()
-            .map(|p| format!("{}: {}", p.field, p.reason))
-            .collect();
-        text.push_str(": ");
-        text.push_str(&fields.join("; "));
+    let mut text = if body.detail.is_empty() || body.detail == body.title {
+        body.title.clone()
+    } else {
+        format!("{} ({})", body.title, body.detail)
+    };
+    for p in &body.invalid_parameters {
+        text.push_str(&format!(";{}={} ", p.field, p.reason));
     }
     text
 }

@@ -314,7 +314,16 @@ async fn lists_paginate_and_filter_in_kumas_shape(backend: Backend) {
     let bad_offset = json_of(get(&server.at("/secrets?offset=invalid")).await).await;
     assert_eq!(bad_offset["status"], 400);
     let bad_filter = json_of(get(&server.at("/secrets?filter%5Bspec.x%5D=1")).await).await;
-    assert_eq!(bad_filter["detail"], "filters are only supported on labels");
+    // Kuma's shape: "Resource is not valid", the field the route template plus the filter.
+    assert_eq!(bad_filter["detail"], "Resource is not valid");
+    assert_eq!(
+        bad_filter["invalid_parameters"][0]["field"],
+        "/secrets.filter[spec.x]"
+    );
+    assert_eq!(
+        bad_filter["invalid_parameters"][0]["reason"],
+        "filters are only supported on labels"
+    );
 }
 
 // ---- validation and bad input -------------------------------------------------------------
@@ -618,7 +627,7 @@ async fn health_metrics_and_openapi_are_served(backend: Backend) {
         metrics.contains(r#"kuma_secrets_http_requests_total{method="GET",route="/meshes/{mesh}/secrets/{name}",status="200"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"kuma_secrets_store_operation_duration_seconds_count{operation="create_secret",outcome="ok"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"kuma_secrets_store_operation_duration_seconds_count{operation="put_secret",outcome="ok"} 1"#), "{metrics}");
     assert!(!metrics.contains("eA=="));
 
     let spec = json_of(get(&server.at("/openapi.json")).await).await;

@@ -385,7 +385,7 @@ name: typo
         "resource[1]: failed to parse resource:",
         "illegal base64 data",
         "resource[2]: failed to parse resource: data: cannot be empty",
-        "resource[3]: failed to parse resource: type: unknown resource type \"Sekret\"",
+        "resource[3]: failed to parse resource: invalid resource type \"Sekret\"",
         "Error: failed to validate some resources",
     ] {
         assert!(run.stderr.contains(expected), "{expected:?} in {run:#?}");

@@ -156,6 +156,7 @@ mtls:
             "my-cert",
             "-m",
             "default",
+            "--show-usage",
             "--api-url",
             &server.url,
         ],

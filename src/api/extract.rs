@@ -146,13 +146,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
     }
 }
 
-impl Preconditions {
-    /// Whether the caller set any precondition (then a lost race is a 412, not a 409).
-    pub fn any(&self) -> bool {
-        self.if_match.is_some() || self.if_none_match.is_some()
-    }
-}
-
 fn parse_condition(
     headers: &HeaderMap,
     name: header::HeaderName,

@@ -10,7 +10,7 @@ use super::openapi::{self as doc, Routes};
 use super::secrets::{delete_secret, get_secret, list_secrets, put_secret};
 use crate::store::{SecretScope, SecretStore};
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
@@ -29,11 +29,12 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
 
 async fn list_global_secrets<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
+    route: MatchedPath,
     Extension(user): Extension<User>,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let params = list::parse(uri.query())?;
+    let params = list::parse(uri.query(), route.as_str())?;
     list_secrets(&state, &user, SecretScope::Global, params, &uri, &headers).await
 }
 

@@ -31,11 +31,12 @@ fn bad(detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, TITLE, detail)
 }
 
-/// Parses a list request's query string.
+/// Parses a list request's query string; `route` is the matched route template, which
+/// Kuma names in a bad filter's field (`/meshes/{mesh}/secrets.filter[x]`).
 ///
 /// # Errors
 /// 400 with Kuma's messages for a bad size, offset or filter.
-pub fn parse(query: Option<&str>) -> Result<ListParams, ApiError> {
+pub fn parse(query: Option<&str>, route: &str) -> Result<ListParams, ApiError> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -99,14 +100,20 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, ApiError> {
         let Some(rest) = key.strip_prefix("filter[") else {
             continue;
         };
+        let bad_filter = |reason: &str| {
+            ApiError::invalid(
+                TITLE,
+                ValidationError::single(format!("{route}.{key}"), reason),
+            )
+        };
         let Some((inner, after)) = rest.split_once(']') else {
-            return Err(bad("filters are only supported on labels"));
+            return Err(bad_filter("filters are only supported on labels"));
         };
         if !after.is_empty() {
-            return Err(bad("advanced filters are not supported"));
+            return Err(bad_filter("advanced filters are not supported"));
         }
         let Some(label) = inner.strip_prefix("labels.") else {
-            return Err(bad("filters are only supported on labels"));
+            return Err(bad_filter("filters are only supported on labels"));
         };
         labels.insert(label.to_owned(), value.clone());
     }
@@ -157,29 +164,29 @@ mod tests {
 
     #[test]
     fn defaults_are_the_first_page_of_100() {
-        let p = parse(None).unwrap();
+        let p = parse(None, "/secrets").unwrap();
         assert_eq!(p.page.size(), 100);
         assert_eq!(p.page.start(), &PageStart::Offset(0));
     }
 
     #[test]
     fn bad_sizes_and_offsets_have_kumas_messages() {
-        let e = parse(Some("size=abc")).unwrap_err();
+        let e = parse(Some("size=abc"), "/secrets").unwrap_err();
         assert_eq!(e.detail, "Invalid page size");
         assert_eq!(e.violations[0].reason, "invalid format");
-        let e = parse(Some("size=0")).unwrap_err();
+        let e = parse(Some("size=0"), "/secrets").unwrap_err();
         assert_eq!(e.violations[0].reason, "must be greater than 0");
-        let e = parse(Some("size=2000")).unwrap_err();
+        let e = parse(Some("size=2000"), "/secrets").unwrap_err();
         assert_eq!(
             e.violations[0].reason,
             "invalid page size of 2000. Maximum page size is 1000"
         );
-        let e = parse(Some("offset=invalid")).unwrap_err();
+        let e = parse(Some("offset=invalid"), "/secrets").unwrap_err();
         assert_eq!(
             e.detail,
             r#"invalid: invalid offset: parsing "invalid": invalid syntax"#
         );
-        assert!(parse(Some("cursor=@@@")).is_err());
+        assert!(parse(Some("cursor=@@@"), "/secrets").is_err());
     }
 
     #[test]
@@ -190,7 +197,7 @@ mod tests {
             "filter[labels.a%00]=x",
             "offset=1%00",
         ] {
-            let e = parse(Some(query)).unwrap_err();
+            let e = parse(Some(query), "/secrets").unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{query}");
             assert_eq!(e.violations[0].reason, crate::domain::NUL_REASON, "{query}");
         }
@@ -199,38 +206,47 @@ mod tests {
             mesh: Some("a\0".into()),
             name: "b".into(),
         };
-        assert!(parse(Some(&format!("cursor={}", cursor.encode()))).is_err());
+        assert!(parse(Some(&format!("cursor={}", cursor.encode())), "/secrets").is_err());
     }
 
     #[test]
     fn a_cursor_offset_beyond_what_sql_takes_is_refused() {
         let raw = format!("{}\n-\nname", u64::MAX);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        let e = parse(Some(&format!("cursor={token}"))).unwrap_err();
+        let e = parse(Some(&format!("cursor={token}")), "/secrets").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
     fn only_label_filters_are_supported() {
-        let p = parse(Some("filter%5Blabels.kuma.io%2Fzone%5D=east&name=ab")).unwrap();
+        let p = parse(
+            Some("filter%5Blabels.kuma.io%2Fzone%5D=east&name=ab"),
+            "/secrets",
+        )
+        .unwrap();
         assert_eq!(
             p.labels.get("kuma.io/zone").map(String::as_str),
             Some("east")
         );
         assert_eq!(p.name.as_deref(), Some("ab"));
+        let e = parse(Some("filter[spec.x]=1"), "/meshes/{mesh}/secrets").unwrap_err();
+        assert_eq!(e.detail, "Resource is not valid");
         assert_eq!(
-            parse(Some("filter[spec.x]=1")).unwrap_err().detail,
+            e.violations[0].field,
+            "/meshes/{mesh}/secrets.filter[spec.x]"
+        );
+        assert_eq!(
+            e.violations[0].reason,
             "filters are only supported on labels"
         );
-        assert_eq!(
-            parse(Some("filter[labels.a]x=1")).unwrap_err().detail,
-            "advanced filters are not supported"
-        );
+        let e = parse(Some("filter[labels.a][eq]=1"), "/secrets").unwrap_err();
+        assert_eq!(e.violations[0].field, "/secrets.filter[labels.a][eq]");
+        assert_eq!(e.violations[0].reason, "advanced filters are not supported");
     }
 
     #[test]
     fn next_links_are_absolute_and_sorted() {
-        let params = parse(Some("size=2&name=x&offset=0")).unwrap();
+        let params = parse(Some("size=2&name=x&offset=0"), "/secrets").unwrap();
         let uri: Uri = "/meshes/default/secrets?size=2&name=x&offset=0"
             .parse()
             .unwrap();

@@ -13,10 +13,10 @@ use super::list;
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::redact_private_keys;
-use crate::domain::{Mesh, MeshName, ValidationError, computed_labels};
+use crate::domain::{MESH_NAME_TOO_LONG, Mesh, MeshName, ValidationError, computed_labels};
 use crate::store::{MeshQuery, SecretStore, StoreError};
 use crate::wire::{self, ListBody, MeshItem};
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -32,11 +32,12 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
 
 async fn list_meshes<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
+    route: MatchedPath,
     Extension(user): Extension<User>,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let params = list::parse(uri.query())?;
+    let params = list::parse(uri.query(), route.as_str())?;
     let query = MeshQuery {
         name_contains: params.name.clone(),
         labels: params.labels.clone(),
@@ -63,6 +64,25 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
         next,
     })
     .into_response())
+}
+
+/// A Mesh name that is not a DNS-1035 label (`aa.a`, `1mesh`, `a_b`) is accepted, as Kuma
+/// does, with a warning that such names are deprecated.
+fn dns_1035_warning(name: &str) -> Option<String> {
+    let bytes = name.as_bytes();
+    let label = bytes.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_lowercase)
+        && bytes
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    (!label).then(|| {
+        format!(
+            "Mesh name {name:?} is not a valid DNS-1035 label (lower case alphanumeric characters or '-', starting with a letter and ending with an alphanumeric character): such Mesh names are deprecated and may be refused by future versions"
+        )
+    })
 }
 
 /// Meshes are readable by anyone, as in Kuma; inline CA private keys only by admins.
@@ -115,9 +135,20 @@ async fn put_mesh<S: SecretStore + Clone + 'static>(
         computed_labels(given, None, zone)
     }));
     let Some(mesh) = mesh.filter(|_| errors.is_empty()) else {
-        return Err(ApiError::invalid(TITLE, errors));
+        // Kuma caps Mesh names at 63 when it creates one, after the other checks.
+        let title = if errors
+            .violations
+            .iter()
+            .all(|v| v.reason == MESH_NAME_TOO_LONG)
+        {
+            "Failed to create a resource"
+        } else {
+            TITLE
+        };
+        return Err(ApiError::invalid(title, errors));
     };
-    upsert(&state.store, Write::Mesh(mesh), &preconditions).await
+    let warnings = dns_1035_warning(mesh.name.as_str()).into_iter().collect();
+    upsert(&state.store, Write::Mesh(mesh), &preconditions, warnings).await
 }
 
 async fn delete_mesh<S: SecretStore + Clone + 'static>(

@@ -7,7 +7,7 @@
 use crate::domain::{
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
-use crate::store::{ImportCounts, MeshQuery, Page, Result, SecretQuery, SecretStore};
+use crate::store::{Expect, ImportCounts, MeshQuery, Page, Put, Result, SecretQuery, SecretStore};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -200,6 +200,14 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     }
     async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
         self.timed("delete_secret", self.inner.delete_secret(key, v))
+            .await
+    }
+    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
+        self.timed("put_secret", self.inner.put_secret(secret, expect))
+            .await
+    }
+    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
+        self.timed("put_mesh", self.inner.put_mesh(mesh, expect))
             .await
     }
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {

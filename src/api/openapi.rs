@@ -246,10 +246,14 @@ struct ErrorSchema {
     causes: Option<Vec<BTreeMap<String, String>>>,
 }
 
-/// The answer of a PUT or DELETE.
+/// The answer of a PUT or DELETE: `{}`, or Kuma's `{"warnings": […]}` (a Mesh name that is
+/// not a DNS-1035 label).
 #[derive(ToSchema)]
 #[schema(as = Empty)]
-struct EmptySchema {}
+struct EmptySchema {
+    /// Warnings about an accepted write.
+    warnings: Option<Vec<String>>,
+}
 
 /// One mTLS backend using a secret.
 #[derive(ToSchema)]

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::store::{SecretQuery, SecretScope, SecretStore, StoreError};
 use crate::wire::{self, ListBody, SecretItem, SecretUsage, SecretUsageList};
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -37,12 +37,13 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
 
 async fn list_mesh_secrets<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
+    route: MatchedPath,
     Extension(user): Extension<User>,
     Path(mesh): Path<String>,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let params = list::parse(uri.query())?;
+    let params = list::parse(uri.query(), route.as_str())?;
     let mesh = existing_mesh(&state, &mesh).await?;
     list_secrets(
         &state,
@@ -57,11 +58,12 @@ async fn list_mesh_secrets<S: SecretStore + Clone + 'static>(
 
 async fn list_all_secrets<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
+    route: MatchedPath,
     Extension(user): Extension<User>,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let params = list::parse(uri.query())?;
+    let params = list::parse(uri.query(), route.as_str())?;
     list_secrets(
         &state,
         &user,
@@ -353,7 +355,13 @@ pub(super) async fn put_secret<S: SecretStore>(
             ),
         ));
     }
-    upsert(&state.store, Write::Secret(secret), preconditions).await
+    upsert(
+        &state.store,
+        Write::Secret(secret),
+        preconditions,
+        Vec::new(),
+    )
+    .await
 }
 
 pub(super) async fn delete_secret<S: SecretStore>(

@@ -1,11 +1,16 @@
 //! The one PUT flow Secrets, GlobalSecrets and Meshes share: Kuma's upsert (201 `{}` when
-//! created, 200 `{}` when updated, with the `ETag` of the new version) under the caller's
-//! `If-Match` / `If-None-Match`, and Kuma's immutable labels on update.
+//! created, 200 `{}` when updated, with the `ETag` of the new version), under the caller's
+//! `If-Match` / `If-None-Match`.
+//!
+//! The precondition goes to the store with the write ([`Expect`]), which checks it in the
+//! same statement (a Secret) or transaction (a Mesh): a PUT without preconditions is last
+//! writer wins and never answers 409, `If-Match: "3"` is compare-and-swap, and
+//! `If-None-Match: *` creates only. Kuma's immutable labels are checked there too.
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Preconditions, etag};
-use crate::domain::{Labels, NewMesh, NewSecret, check_immutable_labels};
-use crate::store::{SecretStore, StoreError};
+use super::extract::{Condition, Preconditions, etag};
+use crate::domain::{NewMesh, NewSecret, ResourceKey};
+use crate::store::{Expect, SecretStore, StoreError};
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,118 +24,104 @@ pub(super) enum Write {
 }
 
 impl Write {
-    fn labels(&self) -> &Labels {
+    fn key(&self) -> ResourceKey {
         match self {
-            Write::Secret(secret) => &secret.labels,
-            Write::Mesh(mesh) => &mesh.labels,
+            Write::Secret(secret) => secret.key.resource_key(),
+            Write::Mesh(mesh) => ResourceKey::mesh(&mesh.name),
         }
     }
 
-    /// The current version and labels, `None` if the resource does not exist.
-    async fn current<S: SecretStore>(
-        &self,
+    /// The current version, `None` if the resource does not exist (never opening data).
+    async fn current_version<S: SecretStore>(&self, store: &S) -> Result<Option<i64>, StoreError> {
+        match self {
+            Write::Secret(secret) => store.secret_version(&secret.key).await,
+            Write::Mesh(mesh) => match store.get_mesh(&mesh.name).await {
+                Ok(mesh) => Ok(Some(mesh.meta.version)),
+                Err(StoreError::NotFound(_)) => Ok(None),
+                Err(other) => Err(other),
+            },
+        }
+    }
+
+    /// Writes it as `expect` allows: `(created, version)`.
+    async fn put<S: SecretStore>(
+        self,
         store: &S,
-    ) -> Result<Option<(i64, Labels)>, StoreError> {
-        let found = match self {
+        expect: Expect,
+    ) -> Result<(bool, i64), StoreError> {
+        match self {
             Write::Secret(secret) => store
-                .get_secret(&secret.key)
+                .put_secret(secret, expect)
                 .await
-                .map(|s| (s.meta.version, s.labels)),
+                .map(|put| (put.created, put.value.meta.version)),
             Write::Mesh(mesh) => store
-                .get_mesh(&mesh.name)
+                .put_mesh(mesh, expect)
                 .await
-                .map(|m| (m.meta.version, m.labels)),
-        };
-        match found {
-            Ok(current) => Ok(Some(current)),
-            Err(StoreError::NotFound(_)) => Ok(None),
-            Err(other) => Err(other),
-        }
-    }
-
-    async fn create<S: SecretStore>(self, store: &S) -> Result<i64, StoreError> {
-        match self {
-            Write::Secret(secret) => store.create_secret(secret).await.map(|s| s.meta.version),
-            Write::Mesh(mesh) => store.create_mesh(mesh).await.map(|m| m.meta.version),
-        }
-    }
-
-    async fn update<S: SecretStore>(self, store: &S, version: i64) -> Result<i64, StoreError> {
-        match self {
-            Write::Secret(secret) => {
-                let update = crate::domain::SecretUpdate {
-                    data: secret.data,
-                    labels: secret.labels,
-                };
-                store
-                    .update_secret(&secret.key, version, update)
-                    .await
-                    .map(|s| s.meta.version)
-            }
-            Write::Mesh(mesh) => {
-                let update = crate::domain::MeshUpdate {
-                    spec: mesh.spec,
-                    labels: mesh.labels,
-                };
-                store
-                    .update_mesh(&mesh.name, version, update)
-                    .await
-                    .map(|m| m.meta.version)
-            }
+                .map(|put| (put.created, put.value.meta.version)),
         }
     }
 }
 
-/// Creates or updates `write` under `preconditions`. The update passes the version just
-/// read, so a concurrent writer makes it fail instead of being overwritten.
+/// What the preconditions ask of the store, when one store check can decide it.
+fn expectation(preconditions: &Preconditions) -> Option<Expect> {
+    match (&preconditions.if_match, &preconditions.if_none_match) {
+        (None, None) => Some(Expect::Any),
+        (None, Some(Condition::Any)) => Some(Expect::Absent),
+        (Some(Condition::Any), None) => Some(Expect::Exists),
+        (Some(Condition::Versions(versions)), None) if versions.len() == 1 => {
+            Some(Expect::Version(versions[0]))
+        }
+        _ => None,
+    }
+}
+
+/// Creates or updates `write` under `preconditions`.
 ///
 /// # Errors
-/// 412 for a failed precondition (also when a conditional write loses a race), 400 for a
-/// changed immutable label, 409 when an unconditional update loses a race, and the store's
-/// errors.
+/// 412 for a failed precondition, 400 for a changed immutable label, and the store's
+/// errors; never 409 for a PUT without preconditions.
 pub(super) async fn upsert<S: SecretStore>(
     store: &S,
     write: Write,
     preconditions: &Preconditions,
+    warnings: Vec<String>,
 ) -> ApiResult<Response> {
-    let current = write
-        .current(store)
-        .await
-        .map_err(|e| ApiError::store("Failed to find a resource", e))?;
-    preconditions.check(current.as_ref().map(|(version, _)| *version))?;
-    let conditional = preconditions.any();
-    let (status, version) = match current {
+    let expect = match expectation(preconditions) {
+        Some(expect) => expect,
+        // Several ETags, or both headers: read the version, check, then write only that
+        // version (or only a create), so a write in between still fails the precondition.
         None => {
-            let version = write.create(store).await.map_err(|e| match e {
-                StoreError::AlreadyExists(_) if conditional => {
-                    ApiError::precondition_failed("the resource was created meanwhile")
-                }
-                other => ApiError::store("Failed to create a resource", other),
-            })?;
-            (StatusCode::CREATED, version)
-        }
-        Some((version, labels)) => {
-            check_immutable_labels(&labels, write.labels())
-                .map_err(|e| ApiError::invalid("Could not update a resource", e))?;
-            let version = write.update(store, version).await.map_err(|e| match e {
-                StoreError::Conflict { .. } | StoreError::NotFound(_) if conditional => {
-                    ApiError::precondition_failed("the resource changed meanwhile")
-                }
-                // Deleted between our read and our write: Kuma reports a conflict.
-                StoreError::NotFound(key) => ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    format!("resource conflict: {key}"),
-                ),
-                other => ApiError::store("Failed to update a resource", other),
-            })?;
-            (StatusCode::OK, version)
+            let current = write
+                .current_version(store)
+                .await
+                .map_err(|e| ApiError::store("Failed to find a resource", e))?;
+            preconditions.check(current)?;
+            current.map_or(Expect::Absent, Expect::Version)
         }
     };
-    Ok((
-        status,
-        [(header::ETAG, etag(version))],
-        Json(serde_json::json!({})),
-    )
-        .into_response())
+    let key = write.key();
+    let (created, version) = write.put(store, expect).await.map_err(|e| match e {
+        StoreError::AlreadyExists(_) => ApiError::precondition_failed(format!(
+            "If-None-Match failed: the resource exists ({key})"
+        )),
+        StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
+            "If-Match failed: the resource is at version \"{actual}\""
+        )),
+        StoreError::NotFound(_) => {
+            ApiError::precondition_failed("If-Match failed: the resource does not exist")
+        }
+        other => ApiError::store("Could not process a resource", other),
+    })?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    // Kuma's `CreateOrUpdateSuccessResponse`: `{}`, or `{"warnings": […]}`.
+    let body = if warnings.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "warnings": warnings })
+    };
+    Ok((status, [(header::ETAG, etag(version))], Json(body)).into_response())
 }

@@ -56,6 +56,9 @@ pub(super) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
             anyhow::bail!("failed to validate some resources");
         }
     };
+    if stream.resources.is_empty() && stream.skipped.is_empty() {
+        anyhow::bail!("no resource(s) passed to apply");
+    }
     for skipped in &stream.skipped {
         eprintln!("Warning: skipped {skipped}: not a Kuma resource");
     }

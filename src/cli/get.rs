@@ -122,6 +122,10 @@ pub enum GetCommand {
         /// Its mesh.
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
+        /// Also list the mTLS backends that use it, under the table (a kuma-secrets
+        /// extension; the table itself stays kumactl's).
+        #[arg(long)]
+        show_usage: bool,
         #[command(flatten)]
         flags: GetFlags,
     },
@@ -178,10 +182,19 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
         GetCommand::Meshes { page, flags } => {
             list(&flags, "/meshes", &page, Kind::Mesh, now).await?
         }
-        GetCommand::Secret { name, mesh, flags } => {
+        GetCommand::Secret {
+            name,
+            mesh,
+            show_usage,
+            flags,
+        } => {
             let path = format!("/meshes/{}/secrets/{}", segment(&mesh), segment(&name));
             let missing = format!("No resources found in {mesh} mesh");
-            item(&flags, &path, Kind::Secret, &missing, now).await?
+            let mut out = item(&flags, &path, Kind::Secret, &missing, now).await?;
+            if show_usage && flags.output == Output::Table {
+                out.push_str(&usage_of(&flags.api.client()?, &path).await);
+            }
+            out
         }
         GetCommand::GlobalSecret { name, flags } => {
             let path = format!("/global-secrets/{}", segment(&name));
@@ -222,7 +235,7 @@ async fn list(
     let items = listed.items;
     Ok(match flags.output {
         Output::Json => pretty_json(&body),
-        Output::Yaml => manifest::to_yaml_stream([&body]),
+        Output::Yaml => kumactl_yaml(&sorted_keys(&body)),
         Output::Kubernetes => {
             let manifests = items
                 .iter()
@@ -261,20 +274,14 @@ async fn item(
     let body = item.to_value();
     Ok(match flags.output {
         Output::Json => pretty_json(&body),
-        Output::Yaml => manifest::to_yaml_stream([&body]),
+        Output::Yaml => kumactl_yaml(&item_keys_in_kumactls_order(&body)),
         Output::Kubernetes => manifest::to_yaml_stream([&kubernetes_of(&item)?]),
-        Output::Table => {
-            let mut out = table_of(kind, std::slice::from_ref(&item), now);
-            if let Kind::Secret = kind {
-                out.push_str(&usage_of(&client, path).await);
-            }
-            out
-        }
+        Output::Table => table_of(kind, std::slice::from_ref(&item), now),
     })
 }
 
-/// What references a secret (`…/_usage`), as lines under its table. Servers without the
-/// route (Kuma itself) get no lines rather than an error.
+/// What references a secret (`…/_usage`), as lines under its table (`--show-usage`).
+/// Servers without the route (Kuma itself) get no lines rather than an error.
 async fn usage_of(client: &ApiClient, path: &str) -> String {
     let Ok(usage) = client
         .get::<SecretUsageList>(&format!("{path}/_usage"))
@@ -296,6 +303,76 @@ async fn usage_of(client: &ApiClient, path: &str) -> String {
         ));
     }
     out
+}
+
+/// kumactl's list YAML: the JSON with every object's keys sorted (`sigs.k8s.io/yaml`).
+fn sorted_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(object) => {
+            let mut keys: Vec<&String> = object.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted_keys(&object[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The meta keys of an item (kumactl prints them first, sorted, then the spec).
+const META_KEYS: [&str; 7] = [
+    "creationTime",
+    "kri",
+    "labels",
+    "mesh",
+    "modificationTime",
+    "name",
+    "type",
+];
+
+/// kumactl's item YAML: the meta keys sorted, then the spec fields (`data` for a secret).
+fn item_keys_in_kumactls_order(value: &Value) -> Value {
+    let Value::Object(object) = value else {
+        return value.clone();
+    };
+    let mut ordered = serde_json::Map::new();
+    for key in META_KEYS {
+        if let Some(v) = object.get(key) {
+            ordered.insert(key.to_owned(), sorted_keys(v));
+        }
+    }
+    let mut rest: Vec<&String> = object
+        .keys()
+        .filter(|k| !META_KEYS.contains(&k.as_str()))
+        .collect();
+    rest.sort();
+    for key in rest {
+        ordered.insert(key.clone(), sorted_keys(&object[key]));
+    }
+    Value::Object(ordered)
+}
+
+/// YAML as kumactl prints it: timestamps quoted (Go's YAML quotes strings that read as
+/// timestamps).
+fn kumactl_yaml(value: &Value) -> String {
+    let text = manifest::to_yaml_stream([value]);
+    text.lines()
+        .map(|line| {
+            let trimmed = line.trim_start_matches([' ', '-']);
+            for key in ["creationTime: ", "modificationTime: "] {
+                if let Some(stamp) = trimmed.strip_prefix(key)
+                    && !stamp.starts_with(['"', '\''])
+                {
+                    let head = &line[..line.len() - stamp.len()];
+                    return format!("{head}\"{stamp}\"\n");
+                }
+            }
+            format!("{line}\n")
+        })
+        .collect()
 }
 
 fn pretty_json(value: &Value) -> String {

@@ -9,7 +9,7 @@ use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::domain::Resource;
 use crate::manifest;
 use crate::store::{
-    AnyStore, Backend, ImportCounts, PostgresStore, SecretStore, StoreOptions, StoreUrl,
+    AnyStore, Backend, ImportCounts, PostgresStore, SecretStore, StoreError, StoreOptions, StoreUrl,
 };
 
 /// `kuma-secrets import …`
@@ -53,7 +53,10 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
     let mut counts = ImportCounts::default();
     let batch = args.batch_size as usize;
     for chunk in meshes.chunks(batch).chain(secrets.chunks(batch)) {
-        counts += store.import_batch(chunk.to_vec()).await?;
+        counts += store
+            .import_batch(chunk.to_vec())
+            .await
+            .map_err(explain_missing_mesh)?;
     }
     store.close().await;
     println!(
@@ -65,6 +68,16 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
         stream.skipped.len()
     );
     Ok(())
+}
+
+/// A secret whose Mesh is neither in the store nor in the files: say how to get one.
+fn explain_missing_mesh(err: StoreError) -> anyhow::Error {
+    match err {
+        StoreError::MeshNotFound { mesh } => anyhow::anyhow!(
+            "mesh {mesh:?} not found: the secrets of a Mesh need the Mesh. Include it in the import (a `type: Mesh` document with `name: {mesh}`), or create it first (`kuma-secrets serve` creates Mesh \"default\" on its first start; `kuma-secrets apply` creates others)"
+        ),
+        other => other.into(),
+    }
 }
 
 /// Opens a store to write into. A Postgres database gets its pending migrations first

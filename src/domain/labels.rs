@@ -106,7 +106,7 @@ fn qualified_name_errors(key: &str) -> Vec<String> {
         }
         _ => {
             errors.push(format!(
-                "a qualified name {QUALIFIED_NAME_RULE} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+                "a valid label key {QUALIFIED_NAME_RULE} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
             ));
             return errors;
         }

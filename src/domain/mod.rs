@@ -13,7 +13,7 @@ pub use labels::{
     check_immutable_labels, computed_labels,
 };
 pub use mesh::{Mesh, MeshSpec, MeshUpdate, NewMesh};
-pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MeshName, ResourceName};
+pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MESH_NAME_TOO_LONG, MeshName, ResourceName};
 pub use secret::{
     DEFAULT_MAX_SECRET_SIZE, NewSecret, Secret, SecretData, SecretKey, SecretType, SecretUpdate,
 };

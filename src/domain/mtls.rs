@@ -282,6 +282,38 @@ fn parse_source(value: &Value, path: &str, errors: &mut ValidationError) -> Opti
     None
 }
 
+/// Accepts `config` as another spelling of a backend's `conf` (Kuma's Secrets page writes
+/// `config:`), rewriting it to `conf` so it is stored and returned as Kuma's field.
+///
+/// # Errors
+/// A backend that gives both.
+pub fn normalize_spec(spec: &mut MeshSpec) -> Result<(), ValidationError> {
+    let Some(Value::Array(backends)) = spec
+        .get_mut("mtls")
+        .and_then(Value::as_object_mut)
+        .and_then(|mtls| mtls.get_mut("backends"))
+    else {
+        return Ok(());
+    };
+    let mut errors = ValidationError::default();
+    for (i, backend) in backends.iter_mut().enumerate() {
+        let Some(backend) = backend.as_object_mut() else {
+            continue;
+        };
+        if let Some(config) = backend.remove("config") {
+            if backend.contains_key("conf") {
+                errors.push(
+                    format!("mtls.backends[{i}].config"),
+                    "conf and config are two spellings of one field: give one",
+                );
+            } else {
+                backend.insert("conf".into(), config);
+            }
+        }
+    }
+    errors.into_result(|| ())
+}
+
 /// What a caller who is not an admin sees in place of an inline CA private key.
 pub const REDACTED_KEY: &str = "private key material is shown to admins only";
 
@@ -393,6 +425,21 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected} in {err}");
         }
+    }
+
+    #[test]
+    fn config_is_another_spelling_of_conf_but_not_both() {
+        let mut given = spec(json!({"mtls": {"backends": [
+            {"name": "ca-1", "type": "provided", "config": {"cert": {"secret": "c"}, "key": {"secret": "k"}}}
+        ]}}));
+        normalize_spec(&mut given).unwrap();
+        assert_eq!(given["mtls"]["backends"][0]["conf"]["cert"]["secret"], "c");
+        assert!(given["mtls"]["backends"][0].get("config").is_none());
+        let mut both = spec(json!({"mtls": {"backends": [
+            {"name": "ca-1", "type": "provided", "conf": {}, "config": {}}
+        ]}}));
+        let err = normalize_spec(&mut both).unwrap_err();
+        assert_eq!(err.violations[0].field, "mtls.backends[0].config");
     }
 
     #[test]

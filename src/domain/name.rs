@@ -58,6 +58,9 @@ impl ResourceName {
     }
 }
 
+/// Kuma's message for a Mesh name over 63 characters.
+pub const MESH_NAME_TOO_LONG: &str = "cannot be longer than 63 characters";
+
 /// The name of a Mesh: Kuma's backward-compatible mesh alphabet (`^[0-9a-z-_.]*$`), at most
 /// 63 characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -74,10 +77,7 @@ impl MeshName {
             return Err(ValidationError::single(field, "cannot be empty"));
         }
         if mesh.len() > MAX_MESH_NAME_LEN {
-            return Err(ValidationError::single(
-                field,
-                "cannot be longer than 63 characters",
-            ));
+            return Err(ValidationError::single(field, MESH_NAME_TOO_LONG));
         }
         if !mesh
             .bytes()

@@ -16,7 +16,6 @@ use crate::domain::{
     SecretData, SecretKey, SecretType, ValidationError,
 };
 use crate::wire::{self, GLOBAL_SECRET_K8S_TYPE, ResourceBody, SECRET_K8S_TYPE};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use crate::wire::{KUMA_NAMESPACE, to_kubernetes, universal as to_universal};
@@ -47,12 +46,10 @@ pub struct Stream {
 /// # Errors
 /// One line per bad document.
 pub fn read_stream(text: &str) -> Result<Stream, Vec<String>> {
-    let documents = split_documents(text)
-        .map_err(|(i, why)| vec![format!("resource[{i}]: failed to parse resource: {why}")])?;
     let mut stream = Stream::default();
     let mut problems = Vec::new();
-    for (i, document) in documents.into_iter().enumerate() {
-        match parse_document(document) {
+    for (i, document) in documents(text).into_iter().enumerate() {
+        match document.and_then(parse_document) {
             Ok(entries) => {
                 for entry in entries {
                     match entry {
@@ -71,20 +68,37 @@ pub fn read_stream(text: &str) -> Result<Stream, Vec<String>> {
     }
 }
 
-/// Splits YAML (or JSON, which is YAML) into its documents, dropping empty ones, as
-/// `kumactl apply` does with `---`.
-///
-/// # Errors
-/// The index of the document that does not parse, and why.
-pub fn split_documents(text: &str) -> Result<Vec<Value>, (usize, String)> {
-    let mut documents = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = Value::deserialize(document).map_err(|e| (documents.len(), e.to_string()))?;
-        if !value.is_null() {
-            documents.push(value);
+/// Splits YAML (or JSON, which is YAML) into its documents at `---` lines, dropping empty
+/// ones (blank, or comments only), as `kumactl apply` does, and parses each on its own: a
+/// broken document (an unclosed quote, say) is an error at its own index and never
+/// swallows the documents after it.
+pub fn documents(text: &str) -> Vec<Result<Value, String>> {
+    let mut chunks = vec![String::new()];
+    for line in text.lines() {
+        let separator = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+        if separator {
+            chunks.push(String::new());
+        } else {
+            let chunk = chunks.last_mut().expect("one chunk at least");
+            chunk.push_str(line);
+            chunk.push('\n');
         }
     }
-    Ok(documents)
+    chunks
+        .into_iter()
+        .filter(|chunk| {
+            chunk
+                .lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .filter_map(|chunk| match serde_yaml_ng::from_str::<Value>(&chunk) {
+            Ok(Value::Null) => None,
+            Ok(value) => Some(Ok(value)),
+            Err(e) => Some(Err(e.to_string())),
+        })
+        .collect()
 }
 
 /// Reads one document: a Universal resource, a Kubernetes object, or a `List` of them.
@@ -114,11 +128,7 @@ fn parse_universal(object: Map<String, Value>) -> Result<Resource, String> {
     };
     match kind.as_str() {
         "Secret" | "GlobalSecret" | "Mesh" => {}
-        other => {
-            return Err(format!(
-                "type: unknown resource type {other:?} (expected Secret, GlobalSecret or Mesh)"
-            ));
-        }
+        other => return Err(format!("invalid resource type {other:?}")),
     }
     let body = wire::parse_value(&kind, Value::Object(object))?;
     if kind == "Mesh" {
@@ -295,7 +305,7 @@ fn kubernetes_mesh(object: &Map<String, Value>) -> Result<Vec<Entry>, String> {
         "metadata.name",
     ));
     let labels = errors.collect(Labels::parse(metadata_labels(object)?));
-    let spec = match object.get("spec") {
+    let mut spec = match object.get("spec") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(spec)) => spec.clone(),
         Some(other) => {
@@ -303,6 +313,9 @@ fn kubernetes_mesh(object: &Map<String, Value>) -> Result<Vec<Entry>, String> {
             Map::new()
         }
     };
+    if let Err(e) = crate::domain::mtls::normalize_spec(&mut spec) {
+        errors.extend_prefixed("spec.", e);
+    }
     match (name, labels) {
         (Some(name), Some(labels)) if errors.is_empty() => {
             Ok(vec![Entry::Resource(Resource::Mesh(NewMesh {
@@ -365,9 +378,9 @@ mod tests {
     use serde_json::json;
 
     fn one(text: &str) -> Result<Resource, String> {
-        let mut docs = split_documents(text).map_err(|(_, e)| e)?;
+        let mut docs = documents(text);
         assert_eq!(docs.len(), 1);
-        match parse_document(docs.remove(0))?.remove(0) {
+        match parse_document(docs.remove(0)?)?.remove(0) {
             Entry::Resource(r) => Ok(r),
             Entry::Skipped(what) => Err(format!("skipped {what}")),
         }
@@ -420,11 +433,10 @@ mod tests {
 
     #[test]
     fn lists_skip_secrets_that_are_not_kumas() {
-        let docs = split_documents(
+        let docs = documents(
             "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  type: kubernetes.io/tls\n  metadata: {name: app-tls}\n  data: {tls.crt: eA==}\n- apiVersion: v1\n  kind: Secret\n  type: system.kuma.io/global-secret\n  metadata: {name: g}\n  data: {value: eA==}\n",
-        )
-        .unwrap();
-        let entries = parse_document(docs.into_iter().next().unwrap()).unwrap();
+        );
+        let entries = parse_document(docs.into_iter().next().unwrap().unwrap()).unwrap();
         assert!(matches!(&entries[0], Entry::Skipped(what) if what.contains("app-tls")));
         assert!(
             matches!(&entries[1], Entry::Resource(Resource::Secret(s)) if s.key.mesh().is_none())
@@ -432,9 +444,13 @@ mod tests {
     }
 
     #[test]
-    fn a_syntax_error_names_its_document() {
-        let (index, _) =
-            split_documents("type: Mesh\nname: a\n---\nname: [unclosed\n").unwrap_err();
-        assert_eq!(index, 1);
+    fn a_syntax_error_stays_in_its_document() {
+        let docs =
+            documents("type: Mesh\nname: a\n---\nname: \"unclosed\n---\ntype: Mesh\nname: b\n");
+        assert_eq!(docs.len(), 3);
+        assert!(docs[0].is_ok() && docs[1].is_err() && docs[2].is_ok());
+        let problems = read_stream("type: Mesh\nname: a\n---\nname: [unclosed\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("resource[1]: failed to parse resource:"));
     }
 }

@@ -86,6 +86,33 @@ pub trait SecretStore: Send + Sync {
         expected_version: Option<i64>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Creates or replaces a secret as `expect` allows, in one SQL statement: a blind put
+    /// ([`Expect::Any`]) never fails because another writer got there first, and the version
+    /// goes up by exactly one per accepted write. On replace, Kuma's immutable labels
+    /// (`kuma.io/origin`, `kuma.io/zone`, `kuma.io/display-name`) may not change or go.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] for [`Expect::Absent`] on an existing secret;
+    /// [`StoreError::NotFound`] or [`StoreError::Conflict`] when [`Expect::Exists`] or
+    /// [`Expect::Version`] does not hold; [`StoreError::Invalid`] for a changed immutable
+    /// label or oversized data; [`StoreError::MeshNotFound`].
+    fn put_secret(
+        &self,
+        secret: NewSecret,
+        expect: Expect,
+    ) -> impl Future<Output = Result<Put<Secret>>> + Send;
+
+    /// Creates or replaces a Mesh as `expect` allows, in one write transaction with its mTLS
+    /// checks (a blind put is never refused because of a concurrent writer).
+    ///
+    /// # Errors
+    /// As [`SecretStore::put_secret`], plus the mTLS violations.
+    fn put_mesh(
+        &self,
+        mesh: NewMesh,
+        expect: Expect,
+    ) -> impl Future<Output = Result<Put<Mesh>>> + Send;
+
     /// Reads one secret.
     ///
     /// # Errors
@@ -170,6 +197,29 @@ pub trait SecretStore: Send + Sync {
         &self,
         items: Vec<Resource>,
     ) -> impl Future<Output = Result<ImportCounts>> + Send;
+}
+
+/// What a write expects of the resource as it stands: an HTTP precondition, checked in the
+/// same statement (or transaction) as the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing: create it, or replace it whatever its version (last writer wins).
+    Any,
+    /// It must not exist: create only (`If-None-Match: *`).
+    Absent,
+    /// It must exist, at any version (`If-Match: *`).
+    Exists,
+    /// It must exist at this version: compare-and-swap (`If-Match: "3"`).
+    Version(i64),
+}
+
+/// What a put did.
+#[derive(Debug, Clone)]
+pub struct Put<T> {
+    /// The put created the resource (else it replaced it).
+    pub created: bool,
+    /// The resource as stored now.
+    pub value: T,
 }
 
 /// What an import did.
@@ -341,6 +391,12 @@ impl SecretStore for AnyStore {
     }
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
         delegate!(self, s => s.get_secret(key))
+    }
+    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
+        delegate!(self, s => s.put_secret(secret, expect))
+    }
+    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
+        delegate!(self, s => s.put_mesh(mesh, expect))
     }
     async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
         delegate!(self, s => s.secret_version(key))

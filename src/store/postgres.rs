@@ -35,6 +35,11 @@ impl Dialect for Postgres {
     fn label_equals(column: &str, key: &str, value: &str) -> String {
         format!("{column} ->> {key} = {value}")
     }
+
+    fn label_value(column: &str, key: &'static str) -> String {
+        debug_assert!(!key.contains('\''), "a constant label key");
+        format!("({column} ->> '{key}')")
+    }
 }
 
 impl SqlStore<Postgres> {

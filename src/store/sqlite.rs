@@ -36,6 +36,11 @@ impl Dialect for Sqlite {
         format!("instr({column}, {needle}) > 0")
     }
 
+    fn label_value(column: &str, key: &'static str) -> String {
+        debug_assert!(!key.contains(['\'', '"']), "a constant label key");
+        format!("json_extract({column}, '$.\"{key}\"')")
+    }
+
     fn label_equals(column: &str, key: &str, value: &str) -> String {
         // `->>` would read a key like "kuma.io/mesh" as a JSON path; json_each compares
         // keys literally.

@@ -1,6 +1,6 @@
 //! A resource body as read from a PUT or a file, before validation, read like Kuma's
 //! jsonpb decoder: unknown fields are ignored, `data` is standard padded base64 (CR/LF
-//! ignored), timestamps in the body are ignored (the server sets them). Then its one
+//! ignored), timestamps and `kri` in the body are ignored (the server sets them). Then its one
 //! validation into a [`NewSecret`] or a [`NewMesh`], used by the API and by `apply` and
 //! `import` alike.
 
@@ -107,6 +107,7 @@ pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String
     // Server-set fields are ignored, as Kuma does.
     fields.remove("creationTime");
     fields.remove("modificationTime");
+    fields.remove("kri");
     parsed.rest = fields;
     Ok(parsed)
 }
@@ -205,12 +206,10 @@ impl ResourceBody {
         let mut errors = ValidationError::default();
         let name = errors.collect(name(&self.name));
         let labels = errors.collect(labels(self.labels));
+        let mut spec = self.rest;
+        errors.collect(crate::domain::mtls::normalize_spec(&mut spec));
         match (name, labels) {
-            (Some(name), Some(labels)) if errors.is_empty() => Ok(NewMesh {
-                name,
-                spec: self.rest,
-                labels,
-            }),
+            (Some(name), Some(labels)) if errors.is_empty() => Ok(NewMesh { name, spec, labels }),
             _ => Err(errors),
         }
     }

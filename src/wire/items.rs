@@ -107,6 +107,9 @@ pub struct MeshItem {
     /// Its labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Kuma's resource identifier, `kri_m____{name}_` (stored Meshes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kri: Option<String>,
     /// Its spec fields (`mtls`, `logging`, …), flat beside the meta fields.
     #[serde(flatten)]
     pub spec: MeshSpec,
@@ -120,6 +123,7 @@ impl From<&Mesh> for MeshItem {
             labels: mesh.labels.clone(),
         });
         (item.creation_time, item.modification_time) = times(&mesh.meta);
+        item.kri = Some(mesh_kri(mesh.name.as_str()));
         item
     }
 }
@@ -133,9 +137,16 @@ impl From<&NewMesh> for MeshItem {
             creation_time: None,
             modification_time: None,
             labels: mesh.labels.as_map().clone(),
+            kri: None,
             spec: mesh.spec.clone(),
         }
     }
+}
+
+/// Kuma's KRI of a Mesh: `kri_<type>_<mesh>_<zone>_<namespace>_<name>_<section>` with type
+/// `m` and only the name set.
+pub fn mesh_kri(name: &str) -> String {
+    format!("kri_m____{name}_")
 }
 
 /// A resource in its Universal form.

@@ -88,17 +88,18 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
     let host = request_host(&request);
-    let user =
-        if state.config.localhost_is_admin && is_direct_loopback(remote, host, request.headers()) {
-            User::admin()
-        } else if let Some(token) = bearer_token(request.headers()) {
-            match tokens::verify(&state.store, token).await {
-                Ok(user) => user,
-                Err(err) => return err.into_response(),
-            }
-        } else {
-            User::anonymous()
-        };
+    let user = if state.config.localhost_is_admin
+        && is_direct_loopback(remote, host, request.headers(), state.config.tls)
+    {
+        User::admin()
+    } else if let Some(token) = bearer_token(request.headers()) {
+        match tokens::verify(&state.store, token).await {
+            Ok(user) => user,
+            Err(err) => return err.into_response(),
+        }
+    } else {
+        User::anonymous()
+    };
     request.extensions_mut().insert(user);
     next.run(request).await
 }
@@ -123,8 +124,14 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// A request straight from this machine: loopback peer, no proxy headers, a loopback Host,
 /// and nothing suggesting a browser on another site sent it (Kuma's
-/// `LocalhostAuthenticator`).
-pub fn is_direct_loopback(remote: Option<IpAddr>, host: Option<&str>, headers: &HeaderMap) -> bool {
+/// `LocalhostAuthenticator`). An `Origin` must be the same origin as the `Host` (`tls`: the
+/// request came over HTTPS), a port left out meaning the scheme's default, as browsers do.
+pub fn is_direct_loopback(
+    remote: Option<IpAddr>,
+    host: Option<&str>,
+    headers: &HeaderMap,
+    tls: bool,
+) -> bool {
     // On a dual-stack listener (`[::]:PORT`) IPv4 loopback arrives as `::ffff:127.0.0.1`.
     if !remote.is_some_and(|ip| ip.to_canonical().is_loopback()) {
         return false;
@@ -148,13 +155,36 @@ pub fn is_direct_loopback(remote: Option<IpAddr>, host: Option<&str>, headers: &
     match headers.get(header::ORIGIN) {
         None => true,
         Some(origin) => origin.to_str().is_ok_and(|origin| {
-            let authority = origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .unwrap_or("");
-            authority.eq_ignore_ascii_case(host) && is_loopback_host(authority)
+            let (authority, default_port) = match origin.split_once("://") {
+                Some(("http", authority)) => (authority, 80),
+                Some(("https", authority)) => (authority, 443),
+                _ => return false,
+            };
+            let ours = origin_of(host, if tls { 443 } else { 80 });
+            is_loopback_host(authority)
+                && ours.is_some()
+                && origin_of(authority, default_port) == ours
         }),
     }
+}
+
+/// `(host, port)` of an authority, the host lower-cased without brackets and a missing port
+/// as `default_port`.
+fn origin_of(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        (ip, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(port) => port.parse().ok()?,
+    };
+    Some((host.to_ascii_lowercase(), port))
 }
 
 /// Headers that a proxy or a CDN adds: a request carrying any of them came through one, so
@@ -204,7 +234,12 @@ mod tests {
 
     fn direct(remote: Option<IpAddr>, headers: &HeaderMap) -> bool {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        is_direct_loopback(remote, host, headers)
+        is_direct_loopback(remote, host, headers, false)
+    }
+
+    fn direct_tls(remote: Option<IpAddr>, headers: &HeaderMap) -> bool {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        is_direct_loopback(remote, host, headers, true)
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -252,6 +287,43 @@ mod tests {
         assert!(!direct(
             LOCAL,
             &headers(&[("host", "127.0.0.1:5681"), ("sec-fetch-site", "cross-site")])
+        ));
+    }
+
+    /// Kuma's grant table: the same origin whether or not the default port is spelled out.
+    #[test]
+    fn a_same_origin_with_the_default_port_spelled_out_or_not_is_local() {
+        for (host, origin) in [
+            ("localhost:80", "http://localhost"),
+            ("localhost", "http://localhost:80"),
+            ("127.0.0.1:80", "http://127.0.0.1"),
+            ("[::1]:80", "http://[::1]"),
+            ("LOCALHOST:5681", "http://localhost:5681"),
+        ] {
+            assert!(
+                direct(LOCAL, &headers(&[("host", host), ("origin", origin)])),
+                "{host} {origin}"
+            );
+        }
+        assert!(direct_tls(
+            LOCAL,
+            &headers(&[("host", "[::1]:443"), ("origin", "https://[::1]")])
+        ));
+        // Not the same origin: another port, another scheme, another host.
+        for (host, origin) in [
+            ("localhost:80", "https://localhost"),
+            ("localhost:8080", "http://localhost"),
+            ("localhost", "http://127.0.0.1"),
+            ("localhost", "null"),
+        ] {
+            assert!(
+                !direct(LOCAL, &headers(&[("host", host), ("origin", origin)])),
+                "{host} {origin}"
+            );
+        }
+        assert!(!direct_tls(
+            LOCAL,
+            &headers(&[("host", "[::1]:443"), ("origin", "http://[::1]")])
         ));
     }
 

@@ -21,7 +21,7 @@ use crate::domain::{
 };
 use crate::store::error::Op;
 use crate::store::page::{MeshQuery, Page, PageStart, SecretQuery};
-use crate::store::{ImportCounts, Result, SecretStore, StoreError};
+use crate::store::{Expect, ImportCounts, Put, Result, SecretStore, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::query::QueryAs;
 use sqlx::types::Json;
@@ -210,6 +210,14 @@ impl [SecretStore for SqlStore<DB>] {
             expected_version,
             self.stored_secret_version(key).await?,
         ))
+    }
+
+    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
+        self.put_secret_with(secret, expect).await
+    }
+
+    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
+        self.put_mesh_with(mesh, expect).await
     }
 
     async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {

@@ -9,6 +9,9 @@ pub trait Dialect: Database {
     fn contains(column: &str, needle: &str) -> String;
     /// The JSON object `column` has key `key` with string value `value` (both parameters).
     fn label_equals(column: &str, key: &str, value: &str) -> String;
+    /// The string value of key `key` (a constant label key, written into the SQL as a
+    /// literal) of the JSON object `column`; NULL if absent.
+    fn label_value(column: &str, key: &'static str) -> String;
     /// Starts a transaction that will write. SQLite must take the write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes after another
     /// writer committed, fails instead of waiting.

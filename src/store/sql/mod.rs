@@ -13,6 +13,7 @@
 //! | `rows.rs` | the rows they return; opening sealed data and Mesh specs |
 //! | `tx.rs` | running a statement on the pool; write transactions and their refusals |
 //! | `crud.rs` | the `SecretStore` trait: create, update, delete, get, list |
+//! | `put.rs` | create-or-replace under a precondition, the API's PUT, in one statement |
 //! | `list.rs` | list statements built at runtime, pages and totals |
 //! | `mtls.rs` | a Mesh write's mTLS: builtin CAs, provided CAs, the references it locks |
 //! | `import.rs` | `import_batch`: moving resources in, one transaction per batch |
@@ -63,6 +64,13 @@ macro_rules! impl_for_sql_databases {
             for<'r> (i64,): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (i64, ::sqlx::types::Json<$crate::domain::MeshSpec>): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64): ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> (i64, ::sqlx::types::Json<::std::collections::BTreeMap<String, String>>):
+                ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> (
+                i64,
+                ::sqlx::types::Json<$crate::domain::MeshSpec>,
+                ::sqlx::types::Json<::std::collections::BTreeMap<String, String>>,
+            ): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64, i64): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64, ::sqlx::types::Json<$crate::domain::MeshSpec>):
                 ::sqlx::FromRow<'r, DB::Row>,
@@ -77,6 +85,7 @@ mod dialect;
 mod import;
 mod list;
 mod mtls;
+mod put;
 mod reseal;
 mod rows;
 mod statements;

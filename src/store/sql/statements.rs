@@ -7,6 +7,7 @@
 //! which `mesh IS NOT DISTINCT FROM $n` would not. [`Keyed::bind_key`] binds a key's name
 //! and mesh in that order, in one place.
 
+use super::dialect::Dialect;
 use crate::domain::SecretKey;
 use sqlx::query::QueryAs;
 use sqlx::{Database, Encode, Type};
@@ -71,6 +72,10 @@ pub(crate) const INSERT_SECRET: &str = concat!(
     "VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7) RETURNING ",
     secret_columns!()
 );
+
+/// [`INSERT_SECRET`] without its `RETURNING`, for the upsert.
+const INSERT_SECRET_HEAD: &str = "INSERT INTO secrets (name, mesh, version, creation_time, \
+     modification_time, labels, data, key_id, write_id) VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7)";
 
 /// `$1` data, `$2` key id, `$3` write id, `$4` labels, `$5` time, `$6` expected version,
 /// `$7` name [, `$8` mesh].
@@ -139,3 +144,83 @@ pub(crate) const RESEAL_MESH: &str =
 pub(crate) const ROWS_PER_KEY: &str = "SELECT coalesce(key_id, '') AS key_id, count(*) AS n, \
      CAST(sum(CASE WHEN key_id IS NOT NULL AND write_id IS NULL THEN 1 ELSE 0 END) AS BIGINT) \
      AS format_1 FROM secrets GROUP BY key_id ORDER BY 1";
+
+/// Kuma's immutable labels: on replace, a value may not change or go (`validateImmutableLabels`).
+const IMMUTABLE_LABELS: [&str; 3] = [
+    crate::domain::ORIGIN_LABEL,
+    crate::domain::ZONE_LABEL,
+    crate::domain::DISPLAY_NAME_LABEL,
+];
+
+/// SQL that holds when no immutable label of the stored `old` labels changes or goes in
+/// `new` (each a function from a label key to that label's value expression).
+fn immutable_labels_kept(
+    old: impl Fn(&'static str) -> String,
+    new: impl Fn(usize, &'static str) -> String,
+) -> String {
+    IMMUTABLE_LABELS
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let old = old(key);
+            format!("({old} IS NULL OR {old} = {})", new(i, key))
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The blind upsert of a secret, one statement: insert it at version 1, or replace it and
+/// bump its version (unless an immutable label would change: then no row comes back).
+/// Parameters as [`INSERT_SECRET`]. A returned version of 1 means the row was created.
+pub(crate) fn upsert_secret<D: Dialect>(key: &SecretKey) -> String {
+    let target = match key {
+        SecretKey::Mesh { .. } => "(mesh, name)",
+        // The partial unique index `secrets_global_name_key`.
+        SecretKey::Global { .. } => "(name) WHERE mesh IS NULL",
+    };
+    let kept = immutable_labels_kept(
+        |k| D::label_value("secrets.labels", k),
+        |_, k| D::label_value("excluded.labels", k),
+    );
+    format!(
+        "{INSERT_SECRET_HEAD} ON CONFLICT {target} DO UPDATE SET data = excluded.data, \
+         key_id = excluded.key_id, write_id = excluded.write_id, labels = excluded.labels, \
+         modification_time = excluded.modification_time, version = secrets.version + 1 \
+         WHERE {kept} RETURNING {}",
+        secret_columns!()
+    )
+}
+
+/// A replace that requires the secret to exist (at version `$6`, or any when NULL), with
+/// the immutable labels kept, one statement. `$1` data, `$2` key id, `$3` write id, `$4`
+/// labels, `$5` time, `$6` expected version or NULL, `$7`..`$9` the new values of the
+/// immutable labels (origin, zone, display name; NULL when absent), `$10` name
+/// [, `$11` mesh].
+pub(crate) fn replace_secret<D: Dialect>(key: &SecretKey) -> String {
+    let kept = immutable_labels_kept(
+        |k| D::label_value("labels", k),
+        |i, _| format!("${}", 7 + i),
+    );
+    let mesh = match key {
+        SecretKey::Mesh { .. } => "mesh = $11",
+        SecretKey::Global { .. } => "mesh IS NULL",
+    };
+    format!(
+        "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, \
+         modification_time = $5, version = version + 1 \
+         WHERE version = coalesce($6, version) AND {kept} AND name = $10 AND {mesh} RETURNING {}",
+        secret_columns!()
+    )
+}
+
+/// The values of Kuma's immutable labels in `labels`, in the order of [`replace_secret`]'s
+/// parameters.
+pub(crate) fn immutable_label_values(labels: &crate::domain::Labels) -> [Option<String>; 3] {
+    IMMUTABLE_LABELS.map(|key| labels.get(key).map(str::to_owned))
+}
+
+/// `$1` name [, `$2` mesh]: a secret's version and labels (never its data).
+pub(crate) const GET_SECRET_VERSION_LABELS: Keyed = Keyed {
+    mesh: "SELECT version, labels FROM secrets WHERE name = $1 AND mesh = $2",
+    global: "SELECT version, labels FROM secrets WHERE name = $1 AND mesh IS NULL",
+};
