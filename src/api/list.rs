@@ -14,6 +14,10 @@ use std::collections::BTreeMap;
 
 const TITLE: &str = "Could not retrieve resources";
 
+/// The header every list answer carries: the change-feed revision it reflects, to follow
+/// the feed from (`GET /_changes?after=…`) with no gap.
+pub const REVISION_HEADER: &str = "kuma-secrets-revision";
+
 /// Parsed list parameters.
 #[derive(Debug)]
 pub struct ListParams {

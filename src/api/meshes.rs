@@ -9,7 +9,7 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Preconditions, etag};
-use super::list;
+use super::list::{self, REVISION_HEADER};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::redact_private_keys;
@@ -43,6 +43,11 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
         labels: params.labels.clone(),
         page: params.page.clone(),
     };
+    let revision = state
+        .store
+        .current_revision()
+        .await
+        .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
     let mut page = state
         .store
         .list_meshes(&query)
@@ -58,12 +63,15 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
         &params,
         page.next.as_ref(),
     );
-    Ok(Json(ListBody {
-        total: page.total,
-        items: page.items.iter().map(MeshItem::from).collect(),
-        next,
-    })
-    .into_response())
+    Ok((
+        [(REVISION_HEADER, revision.to_string())],
+        Json(ListBody {
+            total: page.total,
+            items: page.items.iter().map(MeshItem::from).collect(),
+            next,
+        }),
+    )
+        .into_response())
 }
 
 /// A Mesh name that is not a DNS-1035 label (`aa.a`, `1mesh`, `a_b`) is accepted, as Kuma

@@ -240,6 +240,22 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
         self.timed("list_meshes", self.inner.list_meshes(query))
             .await
     }
+    async fn current_revision(&self) -> Result<i64> {
+        self.timed("current_revision", self.inner.current_revision())
+            .await
+    }
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+        filter: &crate::store::feed::EventFilter,
+    ) -> Result<crate::store::feed::EventPage> {
+        self.timed(
+            "events_after",
+            self.inner.events_after(after, limit, filter),
+        )
+        .await
+    }
     async fn ping(&self) -> Result<()> {
         self.timed("ping", self.inner.ping()).await
     }

@@ -14,10 +14,12 @@
 //! | `global_secrets` | `/global-secrets[/{name}]`, `/globalsecrets[/{name}]` |
 //! | `meshes` | `/meshes[/{name}]` |
 //! | `user_token` | `POST /tokens/user` |
+//! | `changes` | `/_changes` (long poll), `/_watch` (server-sent events) |
 //! | `health` | `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
 //! | `openapi` | the OpenAPI document, generated, and `Routes`, through which every route is registered |
 
 pub mod auth;
+mod changes;
 mod error;
 mod extract;
 mod global_secrets;
@@ -99,6 +101,9 @@ pub struct AppState<S> {
     pub config: Arc<ApiConfig>,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
+    /// Notified after every write request, so change-feed readers waiting in this process
+    /// look again at once.
+    pub changes: Arc<tokio::sync::Notify>,
 }
 
 impl<S: Clone> Clone for AppState<S> {
@@ -107,6 +112,7 @@ impl<S: Clone> Clone for AppState<S> {
             store: self.store.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            changes: self.changes.clone(),
         }
     }
 }
@@ -119,6 +125,7 @@ impl<S> AppState<S> {
             store: MeteredStore::new(store, metrics.clone()),
             config: Arc::new(config),
             metrics,
+            changes: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -159,6 +166,7 @@ pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
 /// The routes that need authentication.
 fn resource_routes<S: SecretStore + Clone + 'static>() -> openapi::Routes<AppState<S>> {
     secrets::router()
+        .merge(changes::router())
         .merge(global_secrets::router())
         .merge(meshes::router())
         .merge(user_token::router())

@@ -632,6 +632,102 @@ operation!(
     get_secret_usage
 );
 
+/// An event of the change feed.
+#[derive(ToSchema)]
+#[schema(as = ChangeEvent)]
+struct ChangeEventSchema {
+    /// Its place in the store-wide, commit-ordered sequence.
+    revision: i64,
+    /// `create`, `update` or `delete`.
+    #[schema(pattern = "^(create|update|delete)$")]
+    operation: String,
+    /// `Secret`, `GlobalSecret` or `Mesh`.
+    #[schema(rename = "type")]
+    resource_type: String,
+    /// The Mesh of a Secret; null for a GlobalSecret and a Mesh.
+    mesh: Option<String>,
+    name: String,
+    /// The resource's version after the change.
+    version: i64,
+    #[schema(format = DateTime)]
+    time: String,
+    /// Who made it: `{"name", "groups"}`.
+    actor: Option<BTreeMap<String, serde_json::Value>>,
+    #[schema(rename = "requestId")]
+    request_id: Option<String>,
+}
+
+/// A page of the change feed.
+#[derive(ToSchema)]
+#[schema(as = Changes)]
+struct ChangesSchema {
+    events: Vec<ChangeEventSchema>,
+    /// The revision to continue after.
+    revision: i64,
+}
+
+/// The change feed's parameters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ChangesQuery {
+    /// Events after this revision (default 0: from the start).
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    /// Events per answer (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Wait up to this long for an event when there is none yet (`30s`; at most 60s).
+    #[param(pattern = "^(0|([0-9]{1,4}[dhms])+)$")]
+    wait: Option<String>,
+    /// Only this Mesh's events (its secrets and itself).
+    mesh: Option<String>,
+    /// Only events of this type.
+    #[param(pattern = "^(Secret|GlobalSecret|Mesh)$")]
+    r#type: Option<String>,
+}
+
+/// Errors of the change feed.
+#[derive(utoipa::IntoResponses)]
+enum FeedErrors {
+    /// Bad parameters.
+    #[response(status = 400)]
+    BadRequest(ErrorSchema),
+    /// Bad token.
+    #[response(status = 401)]
+    Unauthorized(ErrorSchema),
+    /// Not an admin.
+    #[response(status = 403)]
+    Forbidden(ErrorSchema),
+    /// Retention pruned the events asked for: list again.
+    #[response(status = 410)]
+    Gone(ErrorSchema),
+    /// The store cannot be reached; retry (`Retry-After`).
+    #[response(status = 503)]
+    Unavailable(ErrorSchema),
+}
+
+operation!(
+    #[utoipa::path(get, path = "/_changes", tag = "Changes", operation_id = "getChanges",
+        summary = "The changes after a revision, in commit order (a long poll with `wait`)",
+        params(ChangesQuery),
+        responses(
+            (status = 200, description = "Events, and the revision to continue after", body = ChangesSchema),
+            FeedErrors,
+        ))]
+    get_changes
+);
+
+operation!(
+    #[utoipa::path(get, path = "/_watch", tag = "Changes", operation_id = "watchChanges",
+        summary = "The changes as server-sent events; `Last-Event-ID` resumes",
+        params(ChangesQuery),
+        responses(
+            (status = 200, description = "A stream of `change` events, `id` the revision", body = String, content_type = "text/event-stream"),
+            FeedErrors,
+        ))]
+    watch_changes
+);
+
 operation!(
     #[utoipa::path(post, path = "/tokens/user", tag = "Token",
         operation_id = "generateUserToken", summary = "Issue a user token (admin only)",
@@ -712,6 +808,7 @@ impl Modify for BearerTokens {
         delete_global_secret_alias,
         get_mesh_list, get_mesh, put_mesh, delete_mesh,
         generate_user_token,
+        get_changes, watch_changes,
         index, healthz, readyz, metrics, openapi,
     ),
     modifiers(&BearerTokens),

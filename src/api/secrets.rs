@@ -9,7 +9,7 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Condition, JsonBody, Preconditions, etag};
-use super::list;
+use super::list::{self, REVISION_HEADER};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::Mtls;
@@ -210,6 +210,13 @@ pub(super) async fn list_secrets<S: SecretStore>(
         _ => SecretType::Secret,
     };
     user.require_admin(resource_type.as_str())?;
+    // The revision first: the list then reflects at least every change up to it, so a
+    // watch from it misses nothing (it may repeat a change the list already shows).
+    let revision = state
+        .store
+        .current_revision()
+        .await
+        .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
     let mut query = SecretQuery::new(scope).page(params.page.clone());
     query.name_contains = params.name.clone();
     query.labels = params.labels.clone();
@@ -225,12 +232,15 @@ pub(super) async fn list_secrets<S: SecretStore>(
         &params,
         page.next.as_ref(),
     );
-    Ok(Json(ListBody {
-        total: page.total,
-        items: page.items.iter().map(SecretItem::from).collect(),
-        next,
-    })
-    .into_response())
+    Ok((
+        [(REVISION_HEADER, revision.to_string())],
+        Json(ListBody {
+            total: page.total,
+            items: page.items.iter().map(SecretItem::from).collect(),
+            next,
+        }),
+    )
+        .into_response())
 }
 
 pub(super) async fn get_secret<S: SecretStore>(

@@ -14,6 +14,7 @@ mod migrate;
 mod rotate;
 mod serve;
 mod table;
+mod watch;
 
 use crate::store::StoreUrl;
 use clap::{Parser, Subcommand};
@@ -57,6 +58,10 @@ pub enum Command {
     Copy(copy::CopyArgs),
     /// Re-seal every secret with the keyring's active key (online), or show --status.
     RotateKeys(rotate::RotateArgs),
+    /// Print changes to secrets, global secrets and meshes as they happen.
+    Watch(watch::WatchArgs),
+    /// Who changed or deleted what, and when (the change feed's audit trail).
+    Audit(watch::AuditArgs),
 }
 
 /// Where the store lives; shared by every command that opens one.
@@ -96,6 +101,19 @@ impl ApiArgs {
     }
 }
 
+/// Runs a verb that writes to a store directly with `cli:VERB` as the actor of its changes
+/// (the audit trail), and one request id for the run.
+async fn cli_context<F: std::future::Future>(verb: &str, run: F) -> F::Output {
+    let context = crate::store::feed::WriteContext {
+        actor: crate::store::feed::Actor {
+            name: format!("cli:{verb}"),
+            groups: Vec::new(),
+        },
+        request_id: Some(uuid::Uuid::new_v4().to_string()),
+    };
+    crate::store::feed::with_write_context(context, run).await
+}
+
 /// Runs a parsed command line.
 ///
 /// # Errors
@@ -109,8 +127,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(cmd) => delete::run(cmd).await,
         Command::Generate(cmd) => generate::run(cmd).await,
         Command::Export(args) => export::run(args).await,
-        Command::Import(args) => import::run(args).await,
-        Command::Copy(args) => copy::run(args).await,
-        Command::RotateKeys(args) => rotate::run(args).await,
+        Command::Import(args) => cli_context("import", import::run(args)).await,
+        Command::Copy(args) => cli_context("copy", copy::run(args)).await,
+        Command::RotateKeys(args) => cli_context("rotate-keys", rotate::run(args)).await,
+        Command::Watch(args) => watch::watch(args).await,
+        Command::Audit(args) => watch::audit(args).await,
     }
 }

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Allow deleting a Secret that a Mesh's mTLS backend uses (Kuma's store.unsafeDelete).
     #[arg(long, env = "KUMA_SECRETS_UNSAFE_DELETE")]
     unsafe_delete: bool,
+    /// How long the change feed keeps events (e.g. 7d, 12h); older ones are pruned in small
+    /// batches, and a reader asking for them gets 410 Gone.
+    #[arg(long, env = "KUMA_SECRETS_EVENTS_RETENTION", default_value = "7d", value_parser = crate::duration::parse)]
+    events_retention: std::time::Duration,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
     max_connections: u32,
@@ -92,14 +96,40 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store = %args.store.url,
         "kuma-secrets API listening"
     );
+    let pruner = tokio::spawn(prune_events(store.clone(), args.events_retention));
     let app = api::app(AppState::new(store.clone(), config));
     match tls {
         Some(tls) => api::serve_tls(listener, app, tls, shutdown_signal()).await?,
         None => api::serve(listener, app, shutdown_signal()).await?,
     }
+    pruner.abort();
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every minute, prunes change-feed events older than `retention`, a thousand per
+/// statement so no lock is held for long. Several replicas may all do it: a prune is a
+/// delete of a prefix, and repeating it is harmless.
+async fn prune_events(store: AnyStore, retention: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let cutoff = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|keep| chrono::Utc::now().checked_sub_signed(keep))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        loop {
+            match store.prune_events(cutoff, 1000).await {
+                Ok(0) => break,
+                Ok(pruned) => tracing::debug!(pruned, "pruned change-feed events"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not prune change-feed events");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -58,6 +58,15 @@ pub enum StoreError {
         /// Why its spec cannot be read.
         reason: String,
     },
+    /// The change feed no longer holds the events after the asked revision (retention
+    /// pruned them): list again, then follow the feed from the list's revision.
+    #[error(
+        "the change feed starts at revision {oldest} now: the events asked for were pruned; list again and continue from the list's revision"
+    )]
+    Gone {
+        /// The oldest revision still kept.
+        oldest: i64,
+    },
     /// A sealed secret did not open: its key id is not in the keyring, or its stored value
     /// fails authentication (altered, or moved from another row). Names the secret, never
     /// its data.

@@ -22,6 +22,7 @@
 //! and opened after a row is read, whenever the store has a keyring.
 
 mod error;
+pub mod feed;
 mod migrations;
 mod page;
 mod pool;
@@ -173,6 +174,26 @@ pub trait SecretStore: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`] if the database cannot be reached.
     fn list_meshes(&self, query: &MeshQuery) -> impl Future<Output = Result<Page<Mesh>>> + Send;
+
+    /// The highest revision of the change feed so far (0 before any change): a list read
+    /// after this call reflects every change up to it, so following the feed from it after
+    /// listing misses nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the database cannot be reached.
+    fn current_revision(&self) -> impl Future<Output = Result<i64>> + Send;
+
+    /// The changes after revision `after`, in commit order, at most `limit` examined,
+    /// those passing `filter` returned.
+    ///
+    /// # Errors
+    /// [`StoreError::Gone`] when retention pruned events after `after`.
+    fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+        filter: &feed::EventFilter,
+    ) -> impl Future<Output = Result<feed::EventPage>> + Send;
 
     /// Checks that the database answers (for readiness probes).
     ///
@@ -361,6 +382,21 @@ impl AnyStore {
         }
     }
 
+    /// Prunes events written before `cutoff`. See [`SqlStore::prune_events`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn prune_events(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<u64> {
+        match self {
+            AnyStore::Postgres(s) => s.prune_events(cutoff, batch).await,
+            AnyStore::Sqlite(s) => s.prune_events(cutoff, batch).await,
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
@@ -421,6 +457,17 @@ impl SecretStore for AnyStore {
     }
     async fn ping(&self) -> Result<()> {
         delegate!(self, s => s.ping())
+    }
+    async fn current_revision(&self) -> Result<i64> {
+        delegate!(self, s => s.current_revision())
+    }
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+        filter: &feed::EventFilter,
+    ) -> Result<feed::EventPage> {
+        delegate!(self, s => s.events_after(after, limit, filter))
     }
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
         delegate!(self, s => s.import_batch(items))

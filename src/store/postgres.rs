@@ -27,6 +27,25 @@ impl Dialect for Postgres {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2 FOR SHARE";
 
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SEQUENCE_EVENTS: Option<&'static str> = Some(
+        "WITH numbered AS ( \
+           SELECT e.id, s.last + row_number() OVER (ORDER BY e.xid, e.id) AS revision \
+           FROM events e, events_sequencer s \
+           WHERE s.id = 1 AND e.revision IS NULL \
+             AND e.xid < pg_snapshot_xmin(pg_current_snapshot()) \
+           ORDER BY e.xid, e.id LIMIT 10000), \
+         assigned AS ( \
+           UPDATE events SET revision = numbered.revision FROM numbered \
+           WHERE events.id = numbered.id RETURNING events.revision) \
+         UPDATE events_sequencer SET last = coalesce((SELECT max(revision) FROM assigned), last) \
+         WHERE id = 1 RETURNING last",
+    );
+    const LAST_REVISION: &'static str = "SELECT last FROM events_sequencer WHERE id = 1";
+    const PRUNE_EVENTS: &'static str = "DELETE FROM events WHERE id IN ( \
+         SELECT id FROM events WHERE revision IS NOT NULL \
+           AND revision < coalesce((SELECT min(revision) FROM events WHERE time >= CAST($1 AS timestamptz)), \
+                                   (SELECT last + 1 FROM events_sequencer WHERE id = 1)) \
+         ORDER BY revision LIMIT $2) RETURNING revision";
 
     fn contains(column: &str, needle: &str) -> String {
         format!("strpos({column}, {needle}) > 0")

@@ -31,6 +31,13 @@ impl Dialect for Sqlite {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2";
 
     const FOR_UPDATE: &'static str = "";
+    const SEQUENCE_EVENTS: Option<&'static str> = None;
+    const LAST_REVISION: &'static str = "SELECT last FROM events_sequence WHERE id = 1";
+    const PRUNE_EVENTS: &'static str = "DELETE FROM events WHERE revision IN ( \
+         SELECT revision FROM events \
+         WHERE revision < coalesce((SELECT min(revision) FROM events WHERE time >= $1), \
+                                   (SELECT last + 1 FROM events_sequence WHERE id = 1)) \
+         ORDER BY revision LIMIT $2) RETURNING revision";
 
     fn contains(column: &str, needle: &str) -> String {
         format!("instr({column}, {needle}) > 0")

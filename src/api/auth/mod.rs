@@ -8,6 +8,8 @@
 
 pub mod tokens;
 
+use crate::store::feed::{Actor, WriteContext, with_write_context};
+
 use super::AppState;
 use super::error::ApiError;
 use crate::store::SecretStore;
@@ -88,9 +90,9 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
     let host = request_host(&request);
-    let user = if state.config.localhost_is_admin
-        && is_direct_loopback(remote, host, request.headers(), state.config.tls)
-    {
+    let local = state.config.localhost_is_admin
+        && is_direct_loopback(remote, host, request.headers(), state.config.tls);
+    let user = if local {
         User::admin()
     } else if let Some(token) = bearer_token(request.headers()) {
         match tokens::verify(&state.store, token).await {
@@ -100,8 +102,52 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
     } else {
         User::anonymous()
     };
+    // The audit trail's actor: the token's user, or `localhost` for the local admin.
+    let actor = Actor {
+        name: if local {
+            LOCALHOST_ACTOR.to_owned()
+        } else {
+            user.name.clone()
+        },
+        groups: user.groups.clone(),
+    };
+    let request_id = request_id(request.headers());
     request.extensions_mut().insert(user);
-    next.run(request).await
+    let context = WriteContext {
+        actor,
+        request_id: Some(request_id.clone()),
+    };
+    let writes = request.method() != axum::http::Method::GET;
+    let mut response = with_write_context(context, next.run(request)).await;
+    if writes {
+        // Wake this process's change-feed readers: the write (if any) has committed.
+        state.changes.notify_waiters();
+    }
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// The actor name of a change made by the local admin (`localhostIsAdmin`).
+pub const LOCALHOST_ACTOR: &str = "localhost";
+
+/// The header a request id comes in and goes back in.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The caller's `X-Request-Id` if it is a sane one (1 to 128 of `[A-Za-z0-9._:-]`, so it
+/// cannot forge log or audit lines), else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 /// The host the client asked for: the `Host` header (HTTP/1.1), or the URI's authority

@@ -7,12 +7,13 @@ use super::rows::{ListedMeshRow, ListedSecretRow, MeshRow, SecretRow};
 use super::statements::bind_key;
 use super::statements::{
     DELETE_MESH, DELETE_SECRET, GET_MESH, GET_MESH_VERSION, GET_SECRET, GET_SECRET_VERSION,
-    INSERT_MESH, INSERT_SECRET, UPDATE_MESH, UPDATE_SECRET,
+    INSERT_MESH, INSERT_SECRET, STAMP_MESH, STAMP_MESH_SECRETS, STAMP_SECRET, UPDATE_MESH,
+    UPDATE_SECRET,
 };
 use super::tx::{RunOnStore, TxError};
 use super::{
     SqlStore, StoredData, check_mesh_spec, labels_json, missed, now, open_spec_with, seal,
-    seal_spec,
+    seal_spec, writer,
 };
 use crate::domain::mtls::Mtls;
 use crate::domain::{
@@ -58,6 +59,8 @@ impl [SqlStore<DB>] {
             .bind(stored.bytes)
             .bind(stored.key_id)
             .bind(stored.write_id)
+            .bind(writer().0)
+            .bind(writer().1)
     }
 
     /// `UPDATE_SECRET` with its parameters bound (the mesh last, for a Secret).
@@ -74,8 +77,26 @@ impl [SqlStore<DB>] {
             .bind(stored.write_id)
             .bind(labels_json(labels))
             .bind(time)
-            .bind(expected_version);
+            .bind(expected_version)
+            .bind(writer().0)
+            .bind(writer().1);
         bind_key(query, key)
+    }
+
+    /// Deletes a secret in a transaction, after recording who deletes it on the row (its
+    /// delete event copies them): the deleted version, if it was at `expected_version`.
+    async fn stamp_and_delete(
+        tx: &mut DB::Connection,
+        key: &SecretKey,
+        expected_version: Option<i64>,
+    ) -> std::result::Result<Option<(i64,)>, sqlx::Error> {
+        let (actor, request_id) = writer();
+        let stamp = sqlx::query_as::<DB, (i64,)>(STAMP_SECRET.for_key(key))
+            .bind(actor)
+            .bind(request_id);
+        bind_key(stamp, key).fetch_optional(&mut *tx).await?;
+        let delete = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key)).bind(expected_version);
+        bind_key(delete, key).fetch_optional(&mut *tx).await
     }
 
     /// `INSERT_MESH` with its parameters bound.
@@ -90,6 +111,8 @@ impl [SqlStore<DB>] {
             .bind(time)
             .bind(labels_json(labels))
             .bind(Json(spec))
+            .bind(writer().0)
+            .bind(writer().1)
     }
 
     /// `UPDATE_MESH` with its parameters bound.
@@ -106,6 +129,8 @@ impl [SqlStore<DB>] {
             .bind(time)
             .bind(expected_version)
             .bind(name.as_str().to_owned())
+            .bind(writer().0)
+            .bind(writer().1)
     }
 }
 }
@@ -189,17 +214,17 @@ impl [SecretStore for SqlStore<DB>] {
                                 Ok(None) => {}
                             }
                         }
-                        let query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(&key))
-                            .bind(expected_version);
-                        Ok(bind_key(query, &key).fetch_optional(&mut *tx).await?)
+                        Ok(Self::stamp_and_delete(tx, &key, expected_version).await?)
                     })
                 })
                 .await?
             }
             _ => {
-                let query = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key))
-                    .bind(expected_version);
-                bind_key(query, key).fetch_optional_via(self, Op::Other).await?
+                let key = key.clone();
+                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+                    Box::pin(async move { Ok(Self::stamp_and_delete(tx, &key, expected_version).await?) })
+                })
+                .await?
             }
         };
         if deleted.is_some() {
@@ -339,10 +364,27 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
     async fn delete_mesh(&self, name: &MeshName, expected_version: Option<i64>) -> Result<()> {
-        let deleted = sqlx::query_as::<DB, (i64,)>(DELETE_MESH)
-            .bind(expected_version)
-            .bind(name.as_str().to_owned())
-            .fetch_optional_via(self, Op::Other)
+        let mesh = name.clone();
+        let deleted = self
+            .in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+                Box::pin(async move {
+                    // Who deletes, on the Mesh and on the secrets its delete cascades to.
+                    let (actor, request_id) = writer();
+                    for stamp in [STAMP_MESH_SECRETS, STAMP_MESH] {
+                        sqlx::query_as::<DB, (i64,)>(stamp)
+                            .bind(actor.clone())
+                            .bind(request_id.clone())
+                            .bind(mesh.as_str().to_owned())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    }
+                    Ok(sqlx::query_as::<DB, (i64,)>(DELETE_MESH)
+                        .bind(expected_version)
+                        .bind(mesh.as_str().to_owned())
+                        .fetch_optional(&mut *tx)
+                        .await?)
+                })
+            })
             .await?;
         if deleted.is_some() {
             return Ok(());
@@ -379,6 +421,14 @@ impl [SecretStore for SqlStore<DB>] {
             query.page.offset(),
         )
         .await
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        self.sequence_events().await
+    }
+
+    async fn events_after(&self, after: i64, limit: u32, filter: &crate::store::feed::EventFilter) -> Result<crate::store::feed::EventPage> {
+        self.events_after_with(after, limit, filter).await
     }
 
     async fn ping(&self) -> Result<()> {

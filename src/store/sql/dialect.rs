@@ -23,6 +23,15 @@ pub trait Dialect: Database {
     const LOCK_MESH_EXCLUSIVE: &'static str;
     /// `$1` mesh, `$2` name: whether a Secret exists, locked against deletion until commit.
     const LOCK_SECRET_SHARED: &'static str;
+    /// Numbers the events whose transactions have all ended, in order (Postgres: after
+    /// commit, under an advisory lock; `None` for SQLite, which numbers in the writing
+    /// transaction). Returns the highest revision given so far.
+    const SEQUENCE_EVENTS: Option<&'static str>;
+    /// The highest revision given so far.
+    const LAST_REVISION: &'static str;
+    /// `$1` cutoff time, `$2` batch size: deletes the oldest events, a prefix of the
+    /// revisions only, none at or after the first event newer than the cutoff.
+    const PRUNE_EVENTS: &'static str;
     /// Appended to a `SELECT` of one row in a write transaction to lock it for the update
     /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
     /// other writers, so nothing).

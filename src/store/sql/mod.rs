@@ -18,6 +18,7 @@
 //! | `mtls.rs` | a Mesh write's mTLS: builtin CAs, provided CAs, the references it locks |
 //! | `import.rs` | `import_batch`: moving resources in, one transaction per batch |
 //! | `reseal.rs` | key rotation, key usage, unreadable rows |
+//! | `feed.rs` | the change feed: numbering, pages of events, retention |
 //!
 //! Every impl block over the database is written inside [`impl_for_sql_databases!`]: the
 //! bounds a generic sqlx database needs (the types it binds, the rows it decodes) cannot be
@@ -61,6 +62,10 @@ macro_rules! impl_for_sql_databases {
             for<'r> $crate::store::sql::MeshRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::ListedMeshRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::SealedRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::sql::EventRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> (Option<i64>,): ::sqlx::FromRow<'r, DB::Row>,
+            for<'q> Option<::sqlx::types::Json<$crate::store::feed::Actor>>:
+                ::sqlx::Encode<'q, DB> + ::sqlx::Type<DB>,
             for<'r> (i64,): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (i64, ::sqlx::types::Json<$crate::domain::MeshSpec>): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64): ::sqlx::FromRow<'r, DB::Row>,
@@ -82,6 +87,7 @@ macro_rules! impl_for_sql_databases {
 
 mod crud;
 mod dialect;
+mod feed;
 mod import;
 mod list;
 mod mtls;
@@ -92,6 +98,7 @@ mod statements;
 mod tx;
 
 pub use dialect::Dialect;
+pub use feed::EventRow;
 pub use reseal::{KeyUsage, ResealBatch, Unreadable};
 pub use rows::{ListedMeshRow, ListedSecretRow, MeshRow, SealedRow, SecretRow};
 
@@ -144,6 +151,14 @@ impl<DB: Database> SqlStore<DB> {
 /// equals the record a write returned.
 pub(super) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// The actor and request id of the current write, as bound to a statement.
+pub(super) fn writer() -> (Option<Json<crate::store::feed::Actor>>, Option<String>) {
+    match crate::store::feed::current_write_context() {
+        Some(context) => (Some(Json(context.actor)), context.request_id),
+        None => (None, None),
+    }
 }
 
 pub(super) fn labels_json(labels: &Labels) -> Json<BTreeMap<String, String>> {

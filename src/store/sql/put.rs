@@ -9,7 +9,9 @@ use super::statements::{
     GET_SECRET_VERSION_LABELS, bind_key, immutable_label_values, replace_secret, upsert_secret,
 };
 use super::tx::{RunOnStore, TxError};
-use super::{SqlStore, check_mesh_spec, labels_json, missed, now, open_spec_with, seal, seal_spec};
+use super::{
+    SqlStore, check_mesh_spec, labels_json, missed, now, open_spec_with, seal, seal_spec, writer,
+};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
     Labels, Mesh, MeshSpec, NewMesh, NewSecret, ResourceKey, Secret, SecretKey,
@@ -47,6 +49,8 @@ impl [SqlStore<DB>] {
                         .bind(stored.bytes)
                         .bind(stored.key_id)
                         .bind(stored.write_id)
+                        .bind(writer().0)
+                        .bind(writer().1)
                         .fetch_optional_via(self, Op::Create(&resource))
                         .await?
                 }
@@ -65,7 +69,9 @@ impl [SqlStore<DB>] {
                         .bind(version)
                         .bind(origin)
                         .bind(zone)
-                        .bind(display_name);
+                        .bind(display_name)
+                        .bind(writer().0)
+                        .bind(writer().1);
                     bind_key(query, &key).fetch_optional_via(self, Op::Other).await?
                 }
             };

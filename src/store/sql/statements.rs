@@ -66,33 +66,48 @@ pub(crate) const GET_SECRET_VERSION: Keyed = Keyed {
 };
 
 /// `$1` name, `$2` mesh (NULL for global), `$3` time, `$4` labels, `$5` data (sealed or
-/// plain), `$6` key id and `$7` write id (both NULL for plain).
+/// plain), `$6` key id and `$7` write id (both NULL for plain), `$8` actor, `$9` request id.
 pub(crate) const INSERT_SECRET: &str = concat!(
-    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data, key_id, write_id) ",
-    "VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7) RETURNING ",
+    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data, ",
+    "key_id, write_id, actor, request_id) VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
     secret_columns!()
 );
 
 /// [`INSERT_SECRET`] without its `RETURNING`, for the upsert.
 const INSERT_SECRET_HEAD: &str = "INSERT INTO secrets (name, mesh, version, creation_time, \
-     modification_time, labels, data, key_id, write_id) VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7)";
+     modification_time, labels, data, key_id, write_id, actor, request_id) \
+     VALUES ($1, $2, 1, $3, $3, $4, $5, $6, $7, $8, $9)";
 
 /// `$1` data, `$2` key id, `$3` write id, `$4` labels, `$5` time, `$6` expected version,
-/// `$7` name [, `$8` mesh].
+/// `$7` actor, `$8` request id, `$9` name [, `$10` mesh].
 pub(crate) const UPDATE_SECRET: Keyed = Keyed {
     mesh: concat!(
         "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, ",
-        "modification_time = $5, version = version + 1 ",
-        "WHERE version = $6 AND name = $7 AND mesh = $8 RETURNING ",
+        "modification_time = $5, version = version + 1, actor = $7, request_id = $8 ",
+        "WHERE version = $6 AND name = $9 AND mesh = $10 RETURNING ",
         secret_columns!()
     ),
     global: concat!(
         "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, ",
-        "modification_time = $5, version = version + 1 ",
-        "WHERE version = $6 AND name = $7 AND mesh IS NULL RETURNING ",
+        "modification_time = $5, version = version + 1, actor = $7, request_id = $8 ",
+        "WHERE version = $6 AND name = $9 AND mesh IS NULL RETURNING ",
         secret_columns!()
     ),
 };
+
+/// `$1` actor, `$2` request id, `$3` name [, `$4` mesh]: who is about to delete the secret,
+/// for its delete event (the version does not change, so this is no event itself).
+pub(crate) const STAMP_SECRET: Keyed = Keyed {
+    mesh: "UPDATE secrets SET actor = $1, request_id = $2 WHERE name = $3 AND mesh = $4",
+    global: "UPDATE secrets SET actor = $1, request_id = $2 WHERE name = $3 AND mesh IS NULL",
+};
+
+/// `$1` actor, `$2` request id, `$3` mesh: who is about to delete a Mesh, on it and on the
+/// secrets its delete cascades to.
+pub(crate) const STAMP_MESH_SECRETS: &str =
+    "UPDATE secrets SET actor = $1, request_id = $2 WHERE mesh = $3";
+/// As [`STAMP_MESH_SECRETS`], on the Mesh row.
+pub(crate) const STAMP_MESH: &str = "UPDATE meshes SET actor = $1, request_id = $2 WHERE name = $3";
 
 /// `$1` expected version or NULL for any, `$2` name [, `$3` mesh].
 pub(crate) const DELETE_SECRET: Keyed = Keyed {
@@ -107,16 +122,17 @@ pub(crate) const GET_MESH: &str =
     concat!("SELECT ", mesh_columns!(), " FROM meshes WHERE name = $1");
 /// `$1` name.
 pub(crate) const GET_MESH_VERSION: &str = "SELECT version FROM meshes WHERE name = $1";
-/// `$1` name, `$2` time, `$3` labels, `$4` spec.
+/// `$1` name, `$2` time, `$3` labels, `$4` spec, `$5` actor, `$6` request id.
 pub(crate) const INSERT_MESH: &str = concat!(
-    "INSERT INTO meshes (name, version, creation_time, modification_time, labels, spec) ",
-    "VALUES ($1, 1, $2, $2, $3, $4) RETURNING ",
+    "INSERT INTO meshes (name, version, creation_time, modification_time, labels, spec, actor, ",
+    "request_id) VALUES ($1, 1, $2, $2, $3, $4, $5, $6) RETURNING ",
     mesh_columns!()
 );
-/// `$1` spec, `$2` labels, `$3` time, `$4` expected version, `$5` name.
+/// `$1` spec, `$2` labels, `$3` time, `$4` expected version, `$5` name, `$6` actor,
+/// `$7` request id.
 pub(crate) const UPDATE_MESH: &str = concat!(
-    "UPDATE meshes SET spec = $1, labels = $2, modification_time = $3, version = version + 1 ",
-    "WHERE version = $4 AND name = $5 RETURNING ",
+    "UPDATE meshes SET spec = $1, labels = $2, modification_time = $3, version = version + 1, ",
+    "actor = $6, request_id = $7 WHERE version = $4 AND name = $5 RETURNING ",
     mesh_columns!()
 );
 /// `$1` expected version or NULL, `$2` name. Secrets go with it (`ON DELETE CASCADE`).
@@ -185,7 +201,8 @@ pub(crate) fn upsert_secret<D: Dialect>(key: &SecretKey) -> String {
     format!(
         "{INSERT_SECRET_HEAD} ON CONFLICT {target} DO UPDATE SET data = excluded.data, \
          key_id = excluded.key_id, write_id = excluded.write_id, labels = excluded.labels, \
-         modification_time = excluded.modification_time, version = secrets.version + 1 \
+         modification_time = excluded.modification_time, version = secrets.version + 1, \
+         actor = excluded.actor, request_id = excluded.request_id \
          WHERE {kept} RETURNING {}",
         secret_columns!()
     )
@@ -194,21 +211,21 @@ pub(crate) fn upsert_secret<D: Dialect>(key: &SecretKey) -> String {
 /// A replace that requires the secret to exist (at version `$6`, or any when NULL), with
 /// the immutable labels kept, one statement. `$1` data, `$2` key id, `$3` write id, `$4`
 /// labels, `$5` time, `$6` expected version or NULL, `$7`..`$9` the new values of the
-/// immutable labels (origin, zone, display name; NULL when absent), `$10` name
-/// [, `$11` mesh].
+/// immutable labels (origin, zone, display name; NULL when absent), `$10` actor, `$11`
+/// request id, `$12` name [, `$13` mesh].
 pub(crate) fn replace_secret<D: Dialect>(key: &SecretKey) -> String {
     let kept = immutable_labels_kept(
         |k| D::label_value("labels", k),
         |i, _| format!("${}", 7 + i),
     );
     let mesh = match key {
-        SecretKey::Mesh { .. } => "mesh = $11",
+        SecretKey::Mesh { .. } => "mesh = $13",
         SecretKey::Global { .. } => "mesh IS NULL",
     };
     format!(
         "UPDATE secrets SET data = $1, key_id = $2, write_id = $3, labels = $4, \
-         modification_time = $5, version = version + 1 \
-         WHERE version = coalesce($6, version) AND {kept} AND name = $10 AND {mesh} RETURNING {}",
+         modification_time = $5, version = version + 1, actor = $10, request_id = $11 \
+         WHERE version = coalesce($6, version) AND {kept} AND name = $12 AND {mesh} RETURNING {}",
         secret_columns!()
     )
 }
