@@ -18,6 +18,10 @@
 //! write, opening on every read) on a second database whose rows are sealed, so the table
 //! shows what sealing costs next to the plaintext path.
 //!
+//! And each cell runs the plaintext store once more on a third database whose change-feed
+//! triggers are disabled, so the table shows what recording every change as an event (in
+//! the writing transaction) costs.
+//!
 //! Secrets hold 1 KiB (a typical PEM key). Postgres comes from `DATABASE_URL`; the bench
 //! creates and drops its own databases.
 
@@ -271,9 +275,10 @@ fn main() {
         .unwrap();
     let admin_url = database_url();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (plain_db, sealed_db) = (
+    let (plain_db, sealed_db, quiet_db) = (
         format!("ks_bench_{suffix}"),
         format!("ks_bench_sealed_{suffix}"),
+        format!("ks_bench_noevents_{suffix}"),
     );
     let keyring = Arc::new(Keyring::single("bench-1", Keyring::random_key()));
     let script_dir = tempfile::tempdir().unwrap();
@@ -285,6 +290,13 @@ fn main() {
         let max = args.callers.iter().copied().max().unwrap_or(1);
         let url = prepare(&mut admin, &admin_url, &plain_db, max, None).await;
         let sealed_url = prepare(&mut admin, &admin_url, &sealed_db, max, Some(keyring.clone())).await;
+        let quiet_url = prepare(&mut admin, &admin_url, &quiet_db, max, None).await;
+        let mut quiet = PgConnection::connect(&quiet_url).await.unwrap();
+        quiet
+            .execute("ALTER TABLE secrets DISABLE TRIGGER secrets_events")
+            .await
+            .unwrap();
+        quiet.close().await.unwrap();
 
         println!(
             "store vs pgbench, {}s per cell, {} cores, Postgres at {}",
@@ -293,8 +305,8 @@ fn main() {
             kuma_secrets::store::StoreUrl::parse(&admin_url).map_or_else(|e| e.to_string(), |u| u.to_string())
         );
         println!();
-        println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio | sealed ops/s | sealed / plaintext |");
-        println!("|---|---:|---:|---:|---:|---:|---:|");
+        println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio | sealed ops/s | sealed / plaintext | events off ops/s | events on / off |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for op in [Op::Get, Op::Update] {
             for &callers in &args.callers {
                 let run = |url: String, keyring: Option<Arc<Keyring>>| async move {
@@ -311,6 +323,7 @@ fn main() {
                 };
                 let ours = run(url.clone(), None).await;
                 let sealed = run(sealed_url.clone(), Some(keyring.clone())).await;
+                let no_events = run(quiet_url.clone(), None).await;
                 let theirs = run_pgbench(&url, op, callers, args.seconds, script_dir.path());
                 // pgbench wrote its plaintext payload with a key id: make the rows plaintext
                 // rows again for the next plaintext run.
@@ -320,14 +333,15 @@ fn main() {
                     .unwrap();
                 conn.close().await.unwrap();
                 println!(
-                    "| {} | {callers} | {ours:.0} | {theirs:.0} | {:.2} | {sealed:.0} | {:.2} |",
+                    "| {} | {callers} | {ours:.0} | {theirs:.0} | {:.2} | {sealed:.0} | {:.2} | {no_events:.0} | {:.2} |",
                     op.name(),
                     ours / theirs,
-                    sealed / ours
+                    sealed / ours,
+                    ours / no_events
                 );
             }
         }
-        for db in [&plain_db, &sealed_db] {
+        for db in [&plain_db, &sealed_db, &quiet_db] {
             admin
                 .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
                 .await

@@ -7,13 +7,14 @@
 -- copies them into the event. Key rotation rewrites `data` without changing `version`,
 -- and is no event.
 --
--- Commit order: `revision` is NULL when the event is inserted and is assigned after
--- commit, by the store's sequencer, in order, only to events whose transaction ids are
--- below the oldest transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`).
--- A transaction that committed late therefore gets a revision above everything a reader
--- has already seen, never one below: a reader that has consumed up to R never later
--- finds an event at or below R. Writers take no shared lock; the cost is that a
--- long-running transaction delays numbering (not writes) until it ends.
+-- Commit order: `revision` is NULL when the event is inserted, and is assigned after
+-- commit by the store's sequencer: one at a time (an advisory lock), each run numbering
+-- every committed event it can see that has no revision yet, above the highest revision
+-- given so far. An event is numbered only once it is visible, that is committed, and
+-- everything numbered later gets a higher revision: so a reader that has consumed up to R
+-- never later finds an event at or below R, however the writers' commits interleave
+-- (numbering at insert time would let a slow writer's event land below R). Writers take
+-- no shared lock; readers run the sequencer before they read.
 
 ALTER TABLE secrets ADD COLUMN actor jsonb;
 ALTER TABLE secrets ADD COLUMN request_id text;

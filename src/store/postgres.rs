@@ -32,7 +32,6 @@ impl Dialect for Postgres {
            SELECT e.id, s.last + row_number() OVER (ORDER BY e.xid, e.id) AS revision \
            FROM events e, events_sequencer s \
            WHERE s.id = 1 AND e.revision IS NULL \
-             AND e.xid < pg_snapshot_xmin(pg_current_snapshot()) \
            ORDER BY e.xid, e.id LIMIT 10000), \
          assigned AS ( \
            UPDATE events SET revision = numbered.revision FROM numbered \

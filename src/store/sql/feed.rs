@@ -113,6 +113,8 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// The database failed.
     pub async fn prune_events(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
+        // Only numbered events are pruned: number what can be first.
+        self.sequence_events().await?;
         let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         let pruned = sqlx::query_as::<DB, (i64,)>(DB::PRUNE_EVENTS)
             .bind(cutoff)
