@@ -24,7 +24,6 @@ ALTER TABLE meshes ADD COLUMN request_id text;
 CREATE TABLE events (
     id            bigint GENERATED ALWAYS AS IDENTITY,
     revision      bigint,
-    xid           xid8        NOT NULL DEFAULT pg_current_xact_id(),
     time          timestamptz NOT NULL DEFAULT now(),
     operation     text        NOT NULL,
     resource_type text        NOT NULL,
@@ -35,7 +34,6 @@ CREATE TABLE events (
     request_id    text,
 
     CONSTRAINT events_pkey PRIMARY KEY (id),
-    CONSTRAINT events_revision_key UNIQUE (revision),
     CONSTRAINT events_operation_known CHECK (operation IN ('create', 'update', 'delete')),
     CONSTRAINT events_type_known CHECK (resource_type IN ('Secret', 'GlobalSecret', 'Mesh'))
 );
@@ -50,10 +48,12 @@ CREATE TABLE events_sequencer (
 );
 INSERT INTO events_sequencer (id, last) VALUES (1, 0);
 
--- The sequencer's work list: events not yet numbered, in transaction order.
-CREATE INDEX events_unnumbered_idx ON events (xid, id) WHERE revision IS NULL;
--- Retention prunes by time.
-CREATE INDEX events_time_idx ON events (time);
+-- Each write adds its event to two indexes only (the cost of the feed is on writes):
+-- readers find numbered events by revision, the sequencer finds the events still to
+-- number. Both are partial, so neither holds the other's rows. Retention walks revisions
+-- from the oldest and needs no index on time.
+CREATE UNIQUE INDEX events_revision_key ON events (revision) WHERE revision IS NOT NULL;
+CREATE INDEX events_unnumbered_idx ON events (id) WHERE revision IS NULL;
 
 CREATE FUNCTION kuma_secrets_secret_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

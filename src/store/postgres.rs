@@ -29,10 +29,10 @@ impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const SEQUENCE_EVENTS: Option<&'static str> = Some(
         "WITH numbered AS ( \
-           SELECT e.id, s.last + row_number() OVER (ORDER BY e.xid, e.id) AS revision \
+           SELECT e.id, s.last + row_number() OVER (ORDER BY e.id) AS revision \
            FROM events e, events_sequencer s \
            WHERE s.id = 1 AND e.revision IS NULL \
-           ORDER BY e.xid, e.id LIMIT 10000), \
+           ORDER BY e.id LIMIT 10000), \
          assigned AS ( \
            UPDATE events SET revision = numbered.revision FROM numbered \
            WHERE events.id = numbered.id RETURNING events.revision) \
@@ -40,11 +40,15 @@ impl Dialect for Postgres {
          WHERE id = 1 RETURNING last",
     );
     const LAST_REVISION: &'static str = "SELECT last FROM events_sequencer WHERE id = 1";
-    const PRUNE_EVENTS: &'static str = "DELETE FROM events WHERE id IN ( \
-         SELECT id FROM events WHERE revision IS NOT NULL \
-           AND revision < coalesce((SELECT min(revision) FROM events WHERE time >= CAST($1 AS timestamptz)), \
-                                   (SELECT last + 1 FROM events_sequencer WHERE id = 1)) \
-         ORDER BY revision LIMIT $2) RETURNING revision";
+    const PRUNE_EVENTS: &'static str = "WITH head AS ( \
+           SELECT revision, time FROM events WHERE revision IS NOT NULL \
+           ORDER BY revision LIMIT $2), \
+         stop AS (SELECT min(revision) AS revision FROM head \
+           WHERE time >= CAST($1 AS timestamptz)) \
+         DELETE FROM events WHERE revision IS NOT NULL \
+           AND revision < coalesce((SELECT revision FROM stop), \
+                                   (SELECT max(revision) + 1 FROM head)) \
+         RETURNING revision";
 
     fn contains(column: &str, needle: &str) -> String {
         format!("strpos({column}, {needle}) > 0")

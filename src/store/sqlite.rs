@@ -33,11 +33,13 @@ impl Dialect for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const SEQUENCE_EVENTS: Option<&'static str> = None;
     const LAST_REVISION: &'static str = "SELECT last FROM events_sequence WHERE id = 1";
-    const PRUNE_EVENTS: &'static str = "DELETE FROM events WHERE revision IN ( \
-         SELECT revision FROM events \
-         WHERE revision < coalesce((SELECT min(revision) FROM events WHERE time >= $1), \
-                                   (SELECT last + 1 FROM events_sequence WHERE id = 1)) \
-         ORDER BY revision LIMIT $2) RETURNING revision";
+    const PRUNE_EVENTS: &'static str = "WITH head AS ( \
+           SELECT revision, time FROM events ORDER BY revision LIMIT $2), \
+         stop AS (SELECT min(revision) AS revision FROM head WHERE time >= $1) \
+         DELETE FROM events \
+         WHERE revision < coalesce((SELECT revision FROM stop), \
+                                   (SELECT max(revision) + 1 FROM head)) \
+         RETURNING revision";
 
     fn contains(column: &str, needle: &str) -> String {
         format!("instr({column}, {needle}) > 0")

@@ -29,8 +29,9 @@ pub trait Dialect: Database {
     const SEQUENCE_EVENTS: Option<&'static str>;
     /// The highest revision given so far.
     const LAST_REVISION: &'static str;
-    /// `$1` cutoff time, `$2` batch size: deletes the oldest events, a prefix of the
-    /// revisions only, none at or after the first event newer than the cutoff.
+    /// `$1` cutoff time, `$2` batch size: deletes among the `$2` oldest events those before
+    /// the first one newer than the cutoff, so what goes is always a prefix of the
+    /// revisions (a reader is told 410 Gone, never silently skips a hole).
     const PRUNE_EVENTS: &'static str;
     /// Appended to a `SELECT` of one row in a write transaction to lock it for the update
     /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
