@@ -6,9 +6,9 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, put_json, put_secret};
+use common::http::{b64, fetch_json, put_json, put_secret};
 use common::process::kuma;
-use common::raw::store_url;
+use common::raw::{store_tool, store_url};
 use common::server::{Backend, Guard, TestServer};
 use futures_util::StreamExt;
 use kuma_secrets::api::ApiConfig;
@@ -267,18 +267,7 @@ async fn every_change_is_an_event_with_its_actor(backend: Backend) {
         .with_active("test-2")
         .save_new(&keys)
         .unwrap();
-    kuma(
-        &[
-            "rotate-keys",
-            "--store",
-            &store_url(&server),
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await
-    .ok();
+    store_tool(&server, &keys, &["rotate-keys"]).await.ok();
     assert_eq!(server.store.current_revision().await.unwrap(), before);
 
     // The CLI's changes carry its verb; `audit` answers who did what.
@@ -288,20 +277,9 @@ async fn every_change_is_an_event_with_its_actor(backend: Backend) {
         "type: Secret\nmesh: default\nname: imported\ndata: eA==\n",
     )
     .unwrap();
-    kuma(
-        &[
-            "import",
-            "--store",
-            &store_url(&server),
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-            "-f",
-            file.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await
-    .ok();
+    store_tool(&server, &keys, &["import", "-f", file.to_str().unwrap()])
+        .await
+        .ok();
     let run = kuma(&["audit", "-o", "json", "--api-url", &server.url], None)
         .await
         .ok();
@@ -350,14 +328,7 @@ async fn list_then_watch_misses_nothing_and_long_polls_wake(backend: Backend) {
         .unwrap();
     put_secret(&server, "default", "after-1", b"1").await;
     put_secret(&server, "default", "after-2", b"1").await;
-    let changes: Value = Client::new()
-        .get(server.at(&format!("/_changes?after={revision}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let changes: Value = fetch_json(server.at(&format!("/_changes?after={revision}"))).await;
     let names: Vec<&str> = changes["events"]
         .as_array()
         .unwrap()
@@ -371,14 +342,7 @@ async fn list_then_watch_misses_nothing_and_long_polls_wake(backend: Backend) {
     let url = server.at(&format!("/_changes?after={next}&wait=20s&mesh=default"));
     let poll = tokio::spawn(async move {
         let started = Instant::now();
-        let body: Value = Client::new()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = fetch_json(url).await;
         (started.elapsed(), body)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -440,6 +404,31 @@ async fn pruned_revisions_answer_410_gone(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(page.events[0].name, "kept");
+}
+
+/// A long poll that asks to wait longer than the server's request timeout answers, empty,
+/// before the timeout would cut it off with a 503.
+#[tokio::test]
+async fn a_long_poll_answers_before_the_request_timeout() {
+    let config = ApiConfig {
+        request_timeout: Duration::from_secs(2),
+        ..ApiConfig::default()
+    };
+    let server = TestServer::start_with(Backend::Sqlite, config, StoreOptions::default()).await;
+    let revision = server.store.current_revision().await.unwrap();
+    let started = Instant::now();
+    let response = Client::new()
+        .get(server.at(&format!("/_changes?after={revision}&wait=50s")))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["events"], json!([]));
+    assert_eq!(body["revision"], json!(revision));
+    // It did wait (nine tenths of the timeout), and the 200 says it beat the timeout.
+    assert!(waited >= Duration::from_millis(1700), "waited {waited:?}");
 }
 
 on_both_backends! {
@@ -534,14 +523,7 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second() 
     let after = second.store.current_revision().await.unwrap();
     let poll_url = second.at(&format!("/_changes?after={after}&wait=10s"));
     let poll = tokio::spawn(async move {
-        let body: Value = Client::new()
-            .get(poll_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = fetch_json(poll_url).await;
         (Instant::now(), body)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;

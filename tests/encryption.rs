@@ -195,15 +195,9 @@ async fn a_keyring_missing_a_key_id_in_use_is_refused_at_start(backend: Backend)
 
 /// Rotates `url` with `keys` (a file), returning the run.
 async fn rotate(url: &str, keys: &std::path::Path, extra: &[&str]) -> CliRun {
-    let mut args = vec![
-        "rotate-keys",
-        "--store",
-        url,
-        "--encryption-keys",
-        keys.to_str().unwrap(),
-    ];
+    let mut args = vec!["rotate-keys"];
     args.extend(extra);
-    kuma(&args, None).await
+    common::raw::store_tool_at(url, keys, &args).await
 }
 
 async fn rotation_under_concurrent_writes_loses_nothing_and_ends_on_the_new_key(backend: Backend) {

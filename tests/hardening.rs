@@ -8,9 +8,9 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, delete_path, get_json, put_json, put_secret};
+use common::http::{b64, delete_path, fetch_text, get_json, put_json, put_secret};
 use common::process::{kuma, spawn_serve};
-use common::raw::{P, contains, raw_database, raw_row, raw_sql, store_url};
+use common::raw::{P, contains, raw_database, raw_row, raw_sql, store_tool};
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::{ApiConfig, User};
 use kuma_secrets::domain::{
@@ -159,20 +159,9 @@ async fn an_unreadable_row_is_named_by_status_and_can_be_deleted(backend: Backen
     .await;
     let dir = tempfile::tempdir().unwrap();
     let keys = common::test_keyring_file(dir.path());
-    let url = store_url(&server);
-    let run = kuma(
-        &[
-            "rotate-keys",
-            "--status",
-            "--store",
-            &url,
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await
-    .ok();
+    let run = store_tool(&server, &keys, &["rotate-keys", "--status"])
+        .await
+        .ok();
     assert!(
         run.stdout.contains("2 stored values do not open")
             && run.stdout.contains("name=\"broken\"")
@@ -302,20 +291,9 @@ async fn the_delete_guard_fails_closed_on_a_spec_it_cannot_read(backend: Backend
     )
     .unwrap();
     let keys = common::test_keyring_file(dir.path());
-    let run = kuma(
-        &[
-            "import",
-            "--store",
-            &store_url(&server),
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-            "-f",
-            file.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await
-    .failed();
+    let run = store_tool(&server, &keys, &["import", "-f", file.to_str().unwrap()])
+        .await
+        .failed();
     assert!(
         run.stderr
             .contains("could not find installed plugin for this type"),
@@ -342,14 +320,7 @@ async fn made_up_methods_do_not_grow_the_metrics(backend: Backend) {
             .await
             .unwrap();
     }
-    let metrics = client
-        .get(server.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = fetch_text(server.at("/metrics")).await;
     assert!(!metrics.contains("BREW"), "a made-up method became a label");
     assert!(metrics.contains("method=\"other\""));
     assert!(metrics.len() < 100_000, "{} bytes", metrics.len());
@@ -410,14 +381,7 @@ async fn inline_ca_keys_are_sealed_at_rest_and_hidden_from_non_admins(backend: B
         key_pem.as_str()
     );
     for path in ["/meshes/default", "/meshes"] {
-        let anonymous = Client::new()
-            .get(server.at(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let anonymous = fetch_text(server.at(path)).await;
         assert!(!anonymous.contains("PRIVATE KEY"), "{path}: {anonymous}");
         assert!(
             anonymous.contains("shown to admins only"),
@@ -488,20 +452,9 @@ async fn export_over_an_existing_file_makes_it_owner_only(backend: Backend) {
     std::fs::write(&out, "old contents").unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
     let keys = common::test_keyring_file(dir.path());
-    kuma(
-        &[
-            "export",
-            "--store",
-            &store_url(&server),
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await
-    .ok();
+    store_tool(&server, &keys, &["export", "-o", out.to_str().unwrap()])
+        .await
+        .ok();
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(&out).unwrap();

@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, get_json, put_json};
+use common::http::{b64, fetch_json, get_json, put_json, violations};
 use common::process::{CliRun, kuma};
 use common::server::{Backend, TestServer};
 use kuma_secrets::domain::{Labels, NewSecret, SecretData, SecretKey};
@@ -126,23 +126,6 @@ async fn preconditions_still_hold_with_one_statement_writes(backend: Backend) {
     assert_eq!(version_of(&server, "/meshes/default/secrets/cas").await, 3);
 }
 
-/// (field, reason) of an error body, in order.
-fn violations(body: &Value) -> Vec<(String, String)> {
-    body["invalid_parameters"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|p| {
-                    (
-                        p["field"].as_str().unwrap().to_owned(),
-                        p["reason"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn validation_reports_everything_in_kumas_order(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (status, body) = put_json(
@@ -212,14 +195,7 @@ async fn validation_reports_everything_in_kumas_order(backend: Backend) {
         body["invalid_parameters"][0]["field"],
         "/meshes/{mesh}/secrets.filter[notlabels.x]"
     );
-    let body: Value = Client::new()
-        .get(server.at("/secrets?filter%5Blabels.x%5D%5Beq%5D=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = fetch_json(server.at("/secrets?filter%5Blabels.x%5D%5Beq%5D=1")).await;
     assert_eq!(
         body["invalid_parameters"][0]["field"],
         "/secrets.filter[labels.x][eq]"
@@ -488,19 +464,16 @@ async fn the_secrets_page_examples_work_as_pasted(backend: Backend) {
     // The Kubernetes secret examples through `import` too.
     let dir = tempfile::tempdir().unwrap();
     let keys = common::test_keyring_file(dir.path());
-    let run = kuma(
+    let run = common::raw::store_tool(
+        &server,
+        &keys,
         &[
             "import",
-            "--store",
-            &common::raw::store_url(&server),
-            "--encryption-keys",
-            keys.to_str().unwrap(),
             "-f",
             &fixture("kubernetes-secret.yaml"),
             "-f",
             &fixture("kubernetes-global-secret.yaml"),
         ],
-        None,
     )
     .await
     .ok();

@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, delete_path, get_json, put_json, put_secret, stored};
+use common::http::{b64, delete_path, get_json, put_json, put_secret, stored, violations};
 use common::process::kuma;
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::ApiConfig;
@@ -53,23 +53,6 @@ async fn put_mesh(server: &TestServer, name: &str, mtls: Value) -> (StatusCode, 
         json!({"type": "Mesh", "name": name, "mtls": mtls}),
     )
     .await
-}
-
-/// The (field, reason) pairs of an error body.
-fn violations(body: &Value) -> Vec<(String, String)> {
-    body["invalid_parameters"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|p| {
-                    (
-                        p["field"].as_str().unwrap().to_owned(),
-                        p["reason"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[track_caller]

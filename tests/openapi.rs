@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+use common::http::fetch_json;
 use common::server::{Backend, TestServer};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::Value;
@@ -30,14 +31,7 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
 async fn every_documented_operation_is_served_and_every_route_is_documented(backend: Backend) {
     let server = TestServer::start(backend).await;
     let client = Client::new();
-    let doc: Value = client
-        .get(server.at("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = fetch_json(server.at("/openapi.json")).await;
     let documented = documented(&doc);
 
     // Router to document: what the server registers is exactly what is documented.

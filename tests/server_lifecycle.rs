@@ -5,6 +5,7 @@
 mod common;
 
 use common::TestDb;
+use common::http::{fetch_json, fetch_text};
 use common::process::{spawn_serve, terminate, wait_exit};
 use common::server::{Backend, TestServer, wait_ready};
 use kuma_secrets::domain::SecretKey;
@@ -28,14 +29,7 @@ async fn the_binary_serves_the_embedded_default_and_stops_on_sigterm() {
     assert_eq!(mode & 0o777, 0o600, "the generated keyring is owner-only");
 
     let client = reqwest::Client::new();
-    let meshes: serde_json::Value = client
-        .get(format!("{url}/meshes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meshes: serde_json::Value = fetch_json(format!("{url}/meshes")).await;
     assert_eq!(meshes["items"][0]["name"], "default");
     let put = client
         .put(format!("{url}/meshes/default/secrets/sample"))
@@ -61,14 +55,7 @@ async fn the_binary_serves_the_embedded_default_and_stops_on_sigterm() {
     // Nobody reads the log from here on: the server must not mind.
     drop(logs);
     wait_ready(&url).await;
-    let read: serde_json::Value = client
-        .get(format!("{url}/meshes/default/secrets/sample"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: serde_json::Value = fetch_json(format!("{url}/meshes/default/secrets/sample")).await;
     assert_eq!(read["data"], "dGVzdAo=");
     terminate(&again);
     let status = wait_exit(&mut again);
@@ -109,17 +96,9 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
         .unwrap();
 
     // Wait until the server is inside that request (it is waiting for the rest of the body).
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = client
-            .get(server.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = fetch_text(server.at("/metrics")).await;
         if metrics
             .contains(r#"kuma_secrets_http_requests_in_flight{route="/global-secrets/{name}"} 1"#)
         {

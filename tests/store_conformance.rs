@@ -47,14 +47,44 @@ async fn add_mesh<S: SecretStore>(store: &S, name: &str) {
 }
 
 async fn add_secret<S: SecretStore>(store: &S, key: SecretKey, bytes: &[u8]) {
+    add_labelled(store, key, bytes, &[]).await;
+}
+
+async fn add_labelled<S: SecretStore>(
+    store: &S,
+    key: SecretKey,
+    bytes: &[u8],
+    pairs: &[(&str, &str)],
+) -> kuma_secrets::domain::Secret {
     store
         .create_secret(NewSecret {
             key,
             data: data(bytes),
-            labels: Labels::default(),
+            labels: labels(pairs),
         })
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Updates `key` at `version` to `bytes` and `labels`; panics unless it succeeds.
+async fn update_to<S: SecretStore>(
+    store: &S,
+    key: &SecretKey,
+    version: i64,
+    bytes: &[u8],
+    labels: Labels,
+) -> kuma_secrets::domain::Secret {
+    store
+        .update_secret(
+            key,
+            version,
+            SecretUpdate {
+                data: data(bytes),
+                labels,
+            },
+        )
+        .await
+        .unwrap()
 }
 
 fn names(items: &[kuma_secrets::domain::Secret]) -> Vec<String> {
@@ -75,14 +105,13 @@ fn page(size: u32, offset: u64) -> PageRequest {
 
 async fn create_returns_the_stored_secret_at_version_1<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
-    let created = store
-        .create_secret(NewSecret {
-            key: key("demo", "resource1.demo"),
-            data: data(b"tls-key"),
-            labels: labels(&[("foo", "bar")]),
-        })
-        .await
-        .unwrap();
+    let created = add_labelled(
+        store,
+        key("demo", "resource1.demo"),
+        b"tls-key",
+        &[("foo", "bar")],
+    )
+    .await;
 
     let read = store
         .get_secret(&key("demo", "resource1.demo"))
@@ -247,14 +276,7 @@ async fn updating_a_deleted_secret_is_not_found<S: SecretStore>(store: &S) {
 
 async fn update_bumps_the_version_and_replaces_data_and_labels<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
-    let created = store
-        .create_secret(NewSecret {
-            key: key("demo", "s"),
-            data: data(b"old"),
-            labels: labels(&[("foo", "bar")]),
-        })
-        .await
-        .unwrap();
+    let created = add_labelled(store, key("demo", "s"), b"old", &[("foo", "bar")]).await;
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     let updated = store
         .update_secret(
@@ -282,50 +304,16 @@ async fn update_bumps_the_version_and_replaces_data_and_labels<S: SecretStore>(s
 
 async fn update_with_the_same_labels_preserves_them<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
-    let created = store
-        .create_secret(NewSecret {
-            key: key("demo", "s"),
-            data: data(b"1"),
-            labels: labels(&[("foo", "bar")]),
-        })
-        .await
-        .unwrap();
-    store
-        .update_secret(
-            &key("demo", "s"),
-            1,
-            SecretUpdate {
-                data: data(b"2"),
-                labels: created.labels.clone(),
-            },
-        )
-        .await
-        .unwrap();
+    let created = add_labelled(store, key("demo", "s"), b"1", &[("foo", "bar")]).await;
+    update_to(store, &key("demo", "s"), 1, b"2", created.labels.clone()).await;
     let read = store.get_secret(&key("demo", "s")).await.unwrap();
     assert_eq!(read.labels.get("foo"), Some("bar"));
 }
 
 async fn update_with_empty_labels_removes_them<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
-    store
-        .create_secret(NewSecret {
-            key: key("demo", "s"),
-            data: data(b"1"),
-            labels: labels(&[("foo", "bar")]),
-        })
-        .await
-        .unwrap();
-    store
-        .update_secret(
-            &key("demo", "s"),
-            1,
-            SecretUpdate {
-                data: data(b"2"),
-                labels: Labels::default(),
-            },
-        )
-        .await
-        .unwrap();
+    add_labelled(store, key("demo", "s"), b"1", &[("foo", "bar")]).await;
+    update_to(store, &key("demo", "s"), 1, b"2", Labels::default()).await;
     assert!(
         store
             .get_secret(&key("demo", "s"))
@@ -559,14 +547,13 @@ async fn list_filters_by_name_substring_across_and_within_meshes<S: SecretStore>
 async fn list_filters_by_label_equality<S: SecretStore>(store: &S) {
     add_mesh(store, "demo").await;
     for (name, env, team) in [("a", "prod", "x"), ("b", "prod", "y"), ("c", "dev", "x")] {
-        store
-            .create_secret(NewSecret {
-                key: key("demo", name),
-                data: data(b"x"),
-                labels: labels(&[("kuma.io/env", env), ("team", team)]),
-            })
-            .await
-            .unwrap();
+        add_labelled(
+            store,
+            key("demo", name),
+            b"x",
+            &[("kuma.io/env", env), ("team", team)],
+        )
+        .await;
     }
     let prod = store
         .list_secrets(&SecretQuery::new(SecretScope::AllMeshes).label("kuma.io/env", "prod"))

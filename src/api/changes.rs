@@ -29,6 +29,12 @@ use tokio::time::Instant;
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest `wait` a long poll may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest a long poll waits here: [`MAX_WAIT`], and well inside the server's request
+/// timeout, so a long poll answers with what it has rather than a 503.
+fn longest_wait(config: &crate::api::ApiConfig) -> Duration {
+    MAX_WAIT.min(config.request_timeout * 9 / 10)
+}
 /// Events per answer, at most.
 const MAX_LIMIT: u32 = 1000;
 
@@ -54,7 +60,7 @@ fn bad(reason: impl Into<String>, field: &str) -> ApiError {
     )
 }
 
-fn parse_params(query: Option<&str>) -> ApiResult<FeedParams> {
+fn parse_params(query: Option<&str>, longest_wait: Duration) -> ApiResult<FeedParams> {
     let mut params = FeedParams {
         after: 0,
         limit: 100,
@@ -86,7 +92,7 @@ fn parse_params(query: Option<&str>) -> ApiResult<FeedParams> {
                 } else {
                     crate::duration::parse(&value).map_err(|e| bad(e, "wait"))?
                 }
-                .min(MAX_WAIT);
+                .min(longest_wait);
             }
             "mesh" => params.filter.mesh = Some(value.into_owned()).filter(|m| !m.is_empty()),
             "type" => {
@@ -122,7 +128,7 @@ async fn get_changes<S: SecretStore + Clone + 'static>(
     uri: Uri,
 ) -> ApiResult<Response> {
     user.require_admin("Secret")?;
-    let params = parse_params(uri.query())?;
+    let params = parse_params(uri.query(), longest_wait(&state.config))?;
     let deadline = Instant::now() + params.wait;
     let mut after = params.after;
     loop {
@@ -155,7 +161,7 @@ async fn watch_changes<S: SecretStore + Clone + 'static>(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     user.require_admin("Secret")?;
-    let mut params = parse_params(uri.query())?;
+    let mut params = parse_params(uri.query(), longest_wait(&state.config))?;
     if let Some(last) = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

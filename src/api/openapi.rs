@@ -307,6 +307,20 @@ enum GlobalSecretResponse {
     Kubernetes(KubernetesSecretSchema),
 }
 
+/// One server-sent event of `/_watch`: `event: change` with `id` the revision and `data` a
+/// [`ChangeEvent`](ChangeEventSchema) as JSON, or `event: error` with the reason as `data`
+/// (the stream then ends; reconnect with `Last-Event-ID`).
+#[derive(ToSchema)]
+#[schema(as = WatchEvent)]
+struct WatchEventSchema {
+    /// `change` or `error`.
+    event: Option<String>,
+    /// The revision of a `change`.
+    id: Option<String>,
+    /// The event as JSON, or the error's reason.
+    data: String,
+}
+
 /// `POST /tokens/user`.
 #[derive(ToSchema)]
 #[schema(as = UserTokenRequest)]
@@ -676,7 +690,7 @@ struct ChangesQuery {
     /// Events per answer (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    /// Wait up to this long for an event when there is none yet (`30s`; at most 60s).
+    /// Wait up to this long for an event when there is none yet (`30s`; at most 60s, and at most nine tenths of the server's `--request-timeout`).
     #[param(pattern = "^(0|([0-9]{1,4}[dhms])+)$")]
     wait: Option<String>,
     /// Only this Mesh's events (its secrets and itself).
@@ -722,7 +736,7 @@ operation!(
         summary = "The changes as server-sent events; `Last-Event-ID` resumes",
         params(ChangesQuery),
         responses(
-            (status = 200, description = "A stream of `change` events, `id` the revision", body = String, content_type = "text/event-stream"),
+            (status = 200, description = "A stream of `change` events, `id` the revision", body = WatchEventSchema, content_type = "text/event-stream"),
             FeedErrors,
         ))]
     watch_changes
@@ -811,6 +825,9 @@ impl Modify for BearerTokens {
         get_changes, watch_changes,
         index, healthz, readyz, metrics, openapi,
     ),
+    // The error bodies are named only inside the response enums, which utoipa does not
+    // follow into components: register them, or every error response is a dangling $ref.
+    components(schemas(ErrorSchema, InvalidParameterSchema)),
     modifiers(&BearerTokens),
     security((), ("bearer" = [])),
 )]

@@ -31,6 +31,47 @@ pub async fn get_json(server: &TestServer, path: &str) -> Value {
     response.json().await.unwrap()
 }
 
+/// `GET url`, whatever its status: the JSON body.
+pub async fn fetch_json(url: impl reqwest::IntoUrl) -> Value {
+    Client::new()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `GET url`, whatever its status: the body as text.
+pub async fn fetch_text(url: impl reqwest::IntoUrl) -> String {
+    Client::new()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The (field, reason) pairs of a Kuma error body, in order.
+pub fn violations(body: &Value) -> Vec<(String, String)> {
+    body["invalid_parameters"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|p| {
+                    (
+                        p["field"].as_str().unwrap().to_owned(),
+                        p["reason"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `DELETE path`: status and JSON answer.
 pub async fn delete_path(server: &TestServer, path: &str) -> (StatusCode, Value) {
     let response = Client::new().delete(server.at(path)).send().await.unwrap();

@@ -76,6 +76,32 @@ pub fn store_url(server: &TestServer) -> String {
     }
 }
 
+/// Runs a store tool (`import`, `export`, `rotate-keys`, …) directly on the store under
+/// `server`, opened with the keyring file `keys`: `ARGS --store URL --encryption-keys KEYS`.
+pub async fn store_tool(
+    server: &TestServer,
+    keys: &std::path::Path,
+    args: &[&str],
+) -> super::process::CliRun {
+    store_tool_at(&store_url(server), keys, args).await
+}
+
+/// As [`store_tool`], on the store at `store` (a store URL).
+pub async fn store_tool_at(
+    store: &str,
+    keys: &std::path::Path,
+    args: &[&str],
+) -> super::process::CliRun {
+    let mut all = args.to_vec();
+    all.extend([
+        "--store",
+        store,
+        "--encryption-keys",
+        keys.to_str().unwrap(),
+    ]);
+    super::process::kuma(&all, None).await
+}
+
 /// Everything the database holds, as bytes.
 pub fn raw_database(server: &TestServer) -> Vec<u8> {
     match &server.guard {
