@@ -119,108 +119,100 @@ const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 const MESH_PATTERN: &str = "^[0-9a-z_.-]+$";
 const ETAGS_PATTERN: &str = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#;
 
-/// A Secret: bound to one Mesh.
-#[derive(Deserialize, ToSchema)]
-#[schema(as = SecretItem)]
-struct SecretItemSchema {
-    /// `Secret`.
-    #[schema(rename = "type", pattern = "^Secret$")]
-    kind: String,
-    /// The Mesh.
-    mesh: String,
-    /// The name.
-    name: String,
-    /// Set by the server.
-    #[schema(rename = "creationTime", read_only, format = DateTime)]
-    creation_time: Option<String>,
-    /// Set by the server.
-    #[schema(rename = "modificationTime", read_only, format = DateTime)]
-    modification_time: Option<String>,
-    /// Labels.
-    labels: Option<BTreeMap<String, String>>,
-    /// The bytes, standard padded base64.
-    #[schema(format = Byte)]
-    data: Option<String>,
+/// An item schema: the fields given, then the times and labels every resource carries.
+macro_rules! item_schema {
+    ($(#[$attr:meta])* struct $schema:ident as $name:ident { $($fields:tt)* }) => {
+        $(#[$attr])*
+        #[derive(Deserialize, ToSchema)]
+        #[schema(as = $name)]
+        struct $schema {
+            $($fields)*
+            /// Set by the server.
+            #[schema(rename = "creationTime", read_only, format = DateTime)]
+            creation_time: Option<String>,
+            /// Set by the server.
+            #[schema(rename = "modificationTime", read_only, format = DateTime)]
+            modification_time: Option<String>,
+            /// Labels.
+            labels: Option<BTreeMap<String, String>>,
+        }
+    };
 }
 
-/// A GlobalSecret: bound to no Mesh.
-#[derive(Deserialize, ToSchema)]
-#[schema(as = GlobalSecretItem)]
-struct GlobalSecretItemSchema {
-    /// `GlobalSecret`.
-    #[schema(rename = "type", pattern = "^GlobalSecret$")]
-    kind: String,
-    /// The name.
-    name: String,
-    /// Set by the server.
-    #[schema(rename = "creationTime", read_only, format = DateTime)]
-    creation_time: Option<String>,
-    /// Set by the server.
-    #[schema(rename = "modificationTime", read_only, format = DateTime)]
-    modification_time: Option<String>,
-    /// Labels.
-    labels: Option<BTreeMap<String, String>>,
-    /// The bytes, standard padded base64.
-    #[schema(format = Byte)]
-    data: Option<String>,
+/// A page of items: `{"total","items","next"}`.
+macro_rules! list_schema {
+    ($(#[$attr:meta])* struct $schema:ident as $name:ident of $item:ty) => {
+        $(#[$attr])*
+        #[derive(ToSchema)]
+        #[schema(as = $name)]
+        struct $schema {
+            /// Every match.
+            total: u64,
+            /// This page.
+            items: Vec<$item>,
+            /// The next page's URL, or null.
+            next: Option<String>,
+        }
+    };
 }
 
-/// A Mesh: meta fields, then its spec fields (`mtls`, …) flat beside them.
-#[derive(Deserialize, ToSchema)]
-#[schema(as = MeshItem)]
-struct MeshItemSchema {
-    /// `Mesh`.
-    #[schema(rename = "type", pattern = "^Mesh$")]
-    kind: String,
-    /// The name.
-    name: String,
-    /// Set by the server.
-    #[schema(rename = "creationTime", read_only, format = DateTime)]
-    creation_time: Option<String>,
-    /// Set by the server.
-    #[schema(rename = "modificationTime", read_only, format = DateTime)]
-    modification_time: Option<String>,
-    /// Labels.
-    labels: Option<BTreeMap<String, String>>,
-    /// The spec fields.
-    #[serde(flatten)]
-    spec: BTreeMap<String, serde_json::Value>,
+item_schema! {
+    /// A Secret: bound to one Mesh.
+    struct SecretItemSchema as SecretItem {
+        /// `Secret`.
+        #[schema(rename = "type", pattern = "^Secret$")]
+        kind: String,
+        /// The Mesh.
+        mesh: String,
+        /// The name.
+        name: String,
+        /// The bytes, standard padded base64.
+        #[schema(format = Byte)]
+        data: Option<String>,
+    }
 }
 
-/// A page of Secrets.
-#[derive(ToSchema)]
-#[schema(as = SecretList)]
-struct SecretListSchema {
-    /// Every match.
-    total: u64,
-    /// This page.
-    items: Vec<SecretItemSchema>,
-    /// The next page's URL, or null.
-    next: Option<String>,
+item_schema! {
+    /// A GlobalSecret: bound to no Mesh.
+    struct GlobalSecretItemSchema as GlobalSecretItem {
+        /// `GlobalSecret`.
+        #[schema(rename = "type", pattern = "^GlobalSecret$")]
+        kind: String,
+        /// The name.
+        name: String,
+        /// The bytes, standard padded base64.
+        #[schema(format = Byte)]
+        data: Option<String>,
+    }
 }
 
-/// A page of GlobalSecrets.
-#[derive(ToSchema)]
-#[schema(as = GlobalSecretList)]
-struct GlobalSecretListSchema {
-    /// Every match.
-    total: u64,
-    /// This page.
-    items: Vec<GlobalSecretItemSchema>,
-    /// The next page's URL, or null.
-    next: Option<String>,
+item_schema! {
+    /// A Mesh: meta fields, then its spec fields (`mtls`, …) flat beside them.
+    struct MeshItemSchema as MeshItem {
+        /// `Mesh`.
+        #[schema(rename = "type", pattern = "^Mesh$")]
+        kind: String,
+        /// The name.
+        name: String,
+        /// The spec fields.
+        #[serde(flatten)]
+        spec: BTreeMap<String, serde_json::Value>,
+    }
 }
 
-/// A page of Meshes.
-#[derive(ToSchema)]
-#[schema(as = MeshList)]
-struct MeshListSchema {
-    /// Every match.
-    total: u64,
-    /// This page.
-    items: Vec<MeshItemSchema>,
-    /// The next page's URL, or null.
-    next: Option<String>,
+list_schema! {
+    /// A page of Secrets.
+    struct SecretListSchema as SecretList of SecretItemSchema
+}
+
+list_schema! {
+    /// A page of GlobalSecrets.
+    struct GlobalSecretListSchema as GlobalSecretList of GlobalSecretItemSchema
+}
+
+list_schema! {
+    /// A page of Meshes.
+    struct MeshListSchema as MeshList of MeshItemSchema
 }
 
 /// One field violation.

@@ -27,8 +27,8 @@ impl Item {
 
     fn modification_time(&self) -> Option<&str> {
         match self {
-            Item::Secret(s) => s.modification_time.as_deref(),
-            Item::Mesh(m) => m.modification_time.as_deref(),
+            Item::Secret(s) => s.meta.modification_time.as_deref(),
+            Item::Mesh(m) => m.meta.modification_time.as_deref(),
         }
     }
 
@@ -424,8 +424,8 @@ fn mtls_of(mesh: &MeshItem) -> String {
 /// An item of the API as a Kubernetes manifest.
 fn kubernetes_of(item: &Item) -> anyhow::Result<Value> {
     let created = match item {
-        Item::Secret(s) => s.creation_time.as_deref(),
-        Item::Mesh(m) => m.creation_time.as_deref(),
+        Item::Secret(s) => s.meta.creation_time.as_deref(),
+        Item::Mesh(m) => m.meta.creation_time.as_deref(),
     }
     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
     .map(|t| t.to_utc());

@@ -2,7 +2,7 @@
 //! Universal YAML `apply` reads and `export` writes (without timestamps: the store sets
 //! those).
 
-use crate::domain::{Mesh, MeshSpec, Meta, NewMesh, NewSecret, Resource, Secret};
+use crate::domain::{Labels, Mesh, MeshSpec, Meta, NewMesh, NewSecret, Resource, Secret};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -12,6 +12,49 @@ use std::collections::BTreeMap;
 /// RFC 3339 with as many fractional digits as needed, UTC (`Z`).
 pub fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The fields every resource item carries beside its `type` and `name`: times (absent in
+/// Universal YAML, set by the store) and labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemMeta {
+    /// When it was created.
+    #[serde(
+        rename = "creationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub creation_time: Option<String>,
+    /// When it last changed.
+    #[serde(
+        rename = "modificationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub modification_time: Option<String>,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ItemMeta {
+    /// The Universal form: labels, no times.
+    fn universal(labels: &Labels) -> Self {
+        ItemMeta {
+            creation_time: None,
+            modification_time: None,
+            labels: labels.as_map().clone(),
+        }
+    }
+
+    /// A stored resource's: labels and times.
+    fn stored(labels: &Labels, meta: &Meta) -> Self {
+        ItemMeta {
+            creation_time: Some(timestamp(&meta.creation_time)),
+            modification_time: Some(timestamp(&meta.modification_time)),
+            labels: labels.as_map().clone(),
+        }
+    }
 }
 
 /// A Secret or GlobalSecret: `type`, `mesh` (Secrets only), `name`, times, `labels`, and
@@ -26,59 +69,43 @@ pub struct SecretItem {
     pub mesh: Option<String>,
     /// Its name.
     pub name: String,
-    /// When it was created (absent in Universal YAML).
-    #[serde(
-        rename = "creationTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub creation_time: Option<String>,
-    /// When it last changed (absent in Universal YAML).
-    #[serde(
-        rename = "modificationTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub modification_time: Option<String>,
-    /// Its labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    /// Times and labels.
+    #[serde(flatten)]
+    pub meta: ItemMeta,
     /// Its bytes, base64.
     pub data: String,
 }
 
-/// `creationTime` and `modificationTime` of a stored resource.
-fn times(meta: &Meta) -> (Option<String>, Option<String>) {
-    (
-        Some(timestamp(&meta.creation_time)),
-        Some(timestamp(&meta.modification_time)),
-    )
+impl SecretItem {
+    fn new(secret: &NewSecret, meta: ItemMeta) -> Self {
+        SecretItem {
+            kind: secret.key.secret_type().as_str().to_owned(),
+            mesh: secret.key.mesh().map(|m| m.as_str().to_owned()),
+            name: secret.key.name().as_str().to_owned(),
+            meta,
+            data: STANDARD.encode(secret.data.expose()),
+        }
+    }
 }
 
 impl From<&Secret> for SecretItem {
     fn from(secret: &Secret) -> Self {
-        let mut item = SecretItem::from(&NewSecret {
-            key: secret.key.clone(),
-            data: secret.data.clone(),
-            labels: secret.labels.clone(),
-        });
-        (item.creation_time, item.modification_time) = times(&secret.meta);
-        item
+        let meta = ItemMeta::stored(&secret.labels, &secret.meta);
+        SecretItem::new(
+            &NewSecret {
+                key: secret.key.clone(),
+                data: secret.data.clone(),
+                labels: Labels::default(),
+            },
+            meta,
+        )
     }
 }
 
 impl From<&NewSecret> for SecretItem {
     /// The Universal form, without timestamps.
     fn from(secret: &NewSecret) -> Self {
-        SecretItem {
-            kind: secret.key.secret_type().as_str().to_owned(),
-            mesh: secret.key.mesh().map(|m| m.as_str().to_owned()),
-            name: secret.key.name().as_str().to_owned(),
-            creation_time: None,
-            modification_time: None,
-            labels: secret.labels.as_map().clone(),
-            data: STANDARD.encode(secret.data.expose()),
-        }
+        SecretItem::new(secret, ItemMeta::universal(&secret.labels))
     }
 }
 
@@ -90,23 +117,9 @@ pub struct MeshItem {
     pub kind: String,
     /// Its name.
     pub name: String,
-    /// When it was created (absent in Universal YAML).
-    #[serde(
-        rename = "creationTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub creation_time: Option<String>,
-    /// When it last changed (absent in Universal YAML).
-    #[serde(
-        rename = "modificationTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub modification_time: Option<String>,
-    /// Its labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    /// Times and labels.
+    #[serde(flatten)]
+    pub meta: ItemMeta,
     /// Kuma's resource identifier, `kri_m____{name}_` (stored Meshes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kri: Option<String>,
@@ -117,14 +130,13 @@ pub struct MeshItem {
 
 impl From<&Mesh> for MeshItem {
     fn from(mesh: &Mesh) -> Self {
-        let mut item = MeshItem::from(&NewMesh {
-            name: mesh.name.clone(),
+        MeshItem {
+            kind: "Mesh".to_owned(),
+            name: mesh.name.as_str().to_owned(),
+            meta: ItemMeta::stored(&mesh.labels, &mesh.meta),
+            kri: Some(mesh_kri(mesh.name.as_str())),
             spec: mesh.spec.clone(),
-            labels: mesh.labels.clone(),
-        });
-        (item.creation_time, item.modification_time) = times(&mesh.meta);
-        item.kri = Some(mesh_kri(mesh.name.as_str()));
-        item
+        }
     }
 }
 
@@ -134,9 +146,7 @@ impl From<&NewMesh> for MeshItem {
         MeshItem {
             kind: "Mesh".to_owned(),
             name: mesh.name.as_str().to_owned(),
-            creation_time: None,
-            modification_time: None,
-            labels: mesh.labels.as_map().clone(),
+            meta: ItemMeta::universal(&mesh.labels),
             kri: None,
             spec: mesh.spec.clone(),
         }
