@@ -6,10 +6,17 @@
 //! server seeks straight to the next page (an index range scan) instead of skipping
 //! `offset` rows. Kuma clients that only read `offset` keep working.
 
-use super::error::ApiError;
+use super::AppState;
+use super::error::{ApiError, ApiResult};
 use crate::domain::ValidationError;
-use crate::store::{Cursor, DEFAULT_PAGE_SIZE, PageRequest, PageStart};
+use crate::store::{self, Cursor, DEFAULT_PAGE_SIZE, Page, PageRequest, PageStart, SecretStore};
+use crate::wire::ListBody;
+use axum::Json;
+use axum::extract::{FromRequestParts, MatchedPath};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 const TITLE: &str = "Could not retrieve resources";
@@ -128,6 +135,56 @@ pub fn parse(query: Option<&str>, route: &str) -> Result<ListParams, ApiError> {
         labels,
         pairs,
     })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ListParams {
+    type Rejection = ApiError;
+
+    /// The list parameters of the request's query, checked against its route.
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let route = MatchedPath::from_request_parts(parts, state)
+            .await
+            .map(|route| route.as_str().to_owned())
+            .unwrap_or_default();
+        parse(parts.uri.query(), &route)
+    }
+}
+
+/// Answers a list request: `{"total","items","next"}` with each item shown by `show`, and
+/// the change-feed revision the page reflects in [`REVISION_HEADER`]. The revision is read
+/// before `fetch` runs, so the page holds at least every change up to it, and a watch from
+/// it misses nothing (it may repeat a change the page already shows).
+pub async fn answer<S, T, W, Fut>(
+    state: &AppState<S>,
+    request: (&ListParams, &Uri, &HeaderMap),
+    fetch: impl FnOnce() -> Fut,
+    show: impl FnMut(T) -> W,
+) -> ApiResult<Response>
+where
+    S: SecretStore,
+    Fut: Future<Output = store::Result<Page<T>>>,
+    W: Serialize,
+{
+    let (params, uri, headers) = request;
+    let revision = state
+        .store
+        .current_revision()
+        .await
+        .map_err(|e| ApiError::store(TITLE, e))?;
+    let page = fetch().await.map_err(|e| ApiError::store(TITLE, e))?;
+    let next = next_link(
+        uri,
+        headers,
+        state.config.scheme(),
+        params,
+        page.next.as_ref(),
+    );
+    let body = ListBody {
+        total: page.total,
+        items: page.items.into_iter().map(show).collect(),
+        next,
+    };
+    Ok(([(REVISION_HEADER, revision.to_string())], Json(body)).into_response())
 }
 
 /// The absolute URL of the page after this one, keeping every other parameter, sorted by

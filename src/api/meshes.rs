@@ -9,14 +9,14 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Preconditions, etag};
-use super::list::{self, REVISION_HEADER};
+use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::redact_private_keys;
 use crate::domain::{MESH_NAME_TOO_LONG, Mesh, MeshName, ValidationError, computed_labels};
 use crate::store::{MeshQuery, SecretStore, StoreError};
-use crate::wire::{self, ListBody, MeshItem};
-use axum::extract::{MatchedPath, Path, State};
+use crate::wire::{self, MeshItem};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -32,46 +32,26 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
 
 async fn list_meshes<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
-    route: MatchedPath,
     Extension(user): Extension<User>,
+    params: ListParams,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let params = list::parse(uri.query(), route.as_str())?;
     let query = MeshQuery {
         name_contains: params.name.clone(),
         labels: params.labels.clone(),
         page: params.page.clone(),
     };
-    let revision = state
-        .store
-        .current_revision()
-        .await
-        .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
-    let mut page = state
-        .store
-        .list_meshes(&query)
-        .await
-        .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
-    for mesh in &mut page.items {
-        shown_to(&user, mesh);
-    }
-    let next = list::next_link(
-        &uri,
-        &headers,
-        state.config.scheme(),
-        &params,
-        page.next.as_ref(),
-    );
-    Ok((
-        [(REVISION_HEADER, revision.to_string())],
-        Json(ListBody {
-            total: page.total,
-            items: page.items.iter().map(MeshItem::from).collect(),
-            next,
-        }),
+    list::answer(
+        &state,
+        (&params, &uri, &headers),
+        || state.store.list_meshes(&query),
+        |mut mesh| {
+            shown_to(&user, &mut mesh);
+            MeshItem::from(&mesh)
+        },
     )
-        .into_response())
+    .await
 }
 
 /// A Mesh name that is not a DNS-1035 label (`aa.a`, `1mesh`, `a_b`) is accepted, as Kuma

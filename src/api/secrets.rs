@@ -9,7 +9,7 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Condition, JsonBody, Preconditions, etag};
-use super::list::{self, REVISION_HEADER};
+use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::Mtls;
@@ -18,92 +18,92 @@ use crate::domain::{
     ValidationError, computed_labels,
 };
 use crate::store::{SecretQuery, SecretScope, SecretStore, StoreError};
-use crate::wire::{self, ListBody, SecretItem, SecretUsage, SecretUsageList};
-use axum::extract::{MatchedPath, Path, State};
+use crate::wire::{self, SecretItem, SecretUsage, SecretUsageList};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use std::collections::HashMap;
 
 /// Routes of mesh-scoped secrets.
 pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
     Routes::new()
-        .add::<doc::__path_get_secret_list, _, _>(list_mesh_secrets::<S>)
-        .add::<doc::__path_get_secret, _, _>(get_mesh_secret::<S>)
-        .add::<doc::__path_put_secret, _, _>(put_mesh_secret::<S>)
-        .add::<doc::__path_delete_secret, _, _>(delete_mesh_secret::<S>)
+        .add::<doc::__path_get_secret_list, _, _>(list_secrets::<S>)
+        .add::<doc::__path_get_secret, _, _>(get_secret::<S>)
+        .add::<doc::__path_put_secret, _, _>(put_secret::<S>)
+        .add::<doc::__path_delete_secret, _, _>(delete_secret::<S>)
         .add::<doc::__path_get_secret_usage, _, _>(get_mesh_secret_usage::<S>)
-        .add::<doc::__path_get_secret_list_in_all_meshes, _, _>(list_all_secrets::<S>)
+        .add::<doc::__path_get_secret_list_in_all_meshes, _, _>(list_secrets::<S>)
 }
 
-async fn list_mesh_secrets<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    route: MatchedPath,
-    Extension(user): Extension<User>,
-    Path(mesh): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let params = list::parse(uri.query(), route.as_str())?;
-    let mesh = existing_mesh(&state, &mesh).await?;
-    list_secrets(
-        &state,
-        &user,
-        SecretScope::Mesh(mesh),
-        params,
-        &uri,
-        &headers,
-    )
-    .await
+/// The secret a route names: a Secret of a Mesh that exists
+/// (`/meshes/{mesh}/secrets/{name}`) or a GlobalSecret (`/global-secrets/{name}`).
+/// Resolving it checks the Mesh first, as Kuma does (404 "Failed to retrieve Mesh").
+pub(super) struct SecretAt {
+    /// The Mesh, `None` for a GlobalSecret.
+    pub mesh: Option<MeshName>,
+    /// The name as the URL spells it (not yet validated).
+    pub name: String,
 }
 
-async fn list_all_secrets<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    route: MatchedPath,
-    Extension(user): Extension<User>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let params = list::parse(uri.query(), route.as_str())?;
-    list_secrets(
-        &state,
-        &user,
-        SecretScope::AllMeshes,
-        params,
-        &uri,
-        &headers,
-    )
-    .await
+impl SecretAt {
+    /// `Secret` or `GlobalSecret`.
+    pub fn secret_type(&self) -> SecretType {
+        if self.mesh.is_some() {
+            SecretType::Secret
+        } else {
+            SecretType::GlobalSecret
+        }
+    }
+
+    /// The key the URL names, if the name could exist at all.
+    pub fn key(&self) -> Option<SecretKey> {
+        let name = ResourceName::parse(&self.name).ok()?;
+        Some(match &self.mesh {
+            Some(mesh) => SecretKey::secret(mesh.clone(), name),
+            None => SecretKey::global(name),
+        })
+    }
 }
 
-async fn get_mesh_secret<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
-    Path((mesh, name)): Path<(String, String)>,
-    uri: Uri,
-) -> ApiResult<Response> {
-    let mesh = existing_mesh(&state, &mesh).await?;
-    get_secret(&state, &user, Some(mesh), &name, &uri).await
+impl<S: SecretStore + Clone + 'static> FromRequestParts<AppState<S>> for SecretAt {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+        let mesh = match params.get("mesh") {
+            Some(mesh) => Some(existing_mesh(state, mesh).await?),
+            None => None,
+        };
+        let name = params.get("name").cloned().unwrap_or_default();
+        Ok(SecretAt { mesh, name })
+    }
 }
 
-async fn put_mesh_secret<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
-    Path((mesh, name)): Path<(String, String)>,
-    preconditions: Preconditions,
-    body: JsonBody,
-) -> ApiResult<Response> {
-    let mesh = existing_mesh(&state, &mesh).await?;
-    put_secret(&state, &user, Some(mesh), &name, &preconditions, body).await
-}
+/// Which secrets a list route covers: one existing Mesh's (`/meshes/{mesh}/secrets`),
+/// every Mesh's (`/secrets`), or the GlobalSecrets.
+pub(super) struct ListScope(SecretScope);
 
-async fn delete_mesh_secret<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
-    Path((mesh, name)): Path<(String, String)>,
-    preconditions: Preconditions,
-) -> ApiResult<Response> {
-    let mesh = existing_mesh(&state, &mesh).await?;
-    delete_secret(&state, &user, Some(mesh), &name, &preconditions).await
+impl<S: SecretStore + Clone + 'static> FromRequestParts<AppState<S>> for ListScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let at = SecretAt::from_request_parts(parts, state).await?;
+        Ok(ListScope(match at.mesh {
+            Some(mesh) => SecretScope::Mesh(mesh),
+            None if parts.uri.path().starts_with("/secrets") => SecretScope::AllMeshes,
+            None => SecretScope::Global,
+        }))
+    }
 }
 
 /// `GET /meshes/{mesh}/secrets/{name}/_usage` (admin only, a kuma-secrets extension): the
@@ -112,10 +112,12 @@ async fn delete_mesh_secret<S: SecretStore + Clone + 'static>(
 async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
-    Path((mesh, name)): Path<(String, String)>,
+    at: SecretAt,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
-    let mesh_name = existing_mesh(&state, &mesh).await?;
+    let (Some(mesh_name), name) = (at.mesh, at.name) else {
+        return Err(ApiError::mesh_not_found());
+    };
     user.require_admin("Secret")?;
     let mesh = state
         .store
@@ -180,80 +182,41 @@ pub(super) async fn existing_mesh<S: SecretStore>(
     }
 }
 
-fn secret_type(mesh: &Option<MeshName>) -> SecretType {
-    if mesh.is_some() {
-        SecretType::Secret
-    } else {
-        SecretType::GlobalSecret
-    }
-}
-
-/// The key a URL names, if the name could exist at all.
-fn url_key(mesh: Option<MeshName>, name: &str) -> Option<SecretKey> {
-    let name = ResourceName::parse(name).ok()?;
-    Some(match mesh {
-        Some(mesh) => SecretKey::secret(mesh, name),
-        None => SecretKey::global(name),
-    })
-}
-
-pub(super) async fn list_secrets<S: SecretStore>(
-    state: &AppState<S>,
-    user: &User,
-    scope: SecretScope,
-    params: list::ListParams,
-    uri: &Uri,
-    headers: &HeaderMap,
+pub(super) async fn list_secrets<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    params: ListParams,
+    ListScope(scope): ListScope,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let resource_type = match scope {
         SecretScope::Global => SecretType::GlobalSecret,
         _ => SecretType::Secret,
     };
     user.require_admin(resource_type.as_str())?;
-    // The revision first: the list then reflects at least every change up to it, so a
-    // watch from it misses nothing (it may repeat a change the list already shows).
-    let revision = state
-        .store
-        .current_revision()
-        .await
-        .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
     let mut query = SecretQuery::new(scope).page(params.page.clone());
     query.name_contains = params.name.clone();
     query.labels = params.labels.clone();
-    let page = state
-        .store
-        .list_secrets(&query)
-        .await
-        .map_err(|e| ApiError::store("Could not retrieve resources", e))?;
-    let next = list::next_link(
-        uri,
-        headers,
-        state.config.scheme(),
-        &params,
-        page.next.as_ref(),
-    );
-    Ok((
-        [(REVISION_HEADER, revision.to_string())],
-        Json(ListBody {
-            total: page.total,
-            items: page.items.iter().map(SecretItem::from).collect(),
-            next,
-        }),
+    list::answer(
+        &state,
+        (&params, &uri, &headers),
+        || state.store.list_secrets(&query),
+        |secret| SecretItem::from(&secret),
     )
-        .into_response())
+    .await
 }
 
-pub(super) async fn get_secret<S: SecretStore>(
-    state: &AppState<S>,
-    user: &User,
-    mesh: Option<MeshName>,
-    name: &str,
-    uri: &Uri,
+pub(super) async fn get_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    at: SecretAt,
+    uri: Uri,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let format = Format::from_query(uri.query())?;
-    user.require_admin(secret_type(&mesh).as_str())?;
-    let key = url_key(mesh, name).ok_or_else(|| ApiError::not_found(TITLE))?;
+    user.require_admin(at.secret_type().as_str())?;
+    let key = at.key().ok_or_else(|| ApiError::not_found(TITLE))?;
     let secret = state
         .store
         .get_secret(&key)
@@ -316,16 +279,15 @@ impl Format {
     }
 }
 
-pub(super) async fn put_secret<S: SecretStore>(
-    state: &AppState<S>,
-    user: &User,
-    mesh: Option<MeshName>,
-    url_name: &str,
-    preconditions: &Preconditions,
+pub(super) async fn put_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    preconditions: Preconditions,
+    at: SecretAt,
     body: JsonBody,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not process a resource";
-    let kind = secret_type(&mesh);
+    let kind = at.secret_type();
     let type_name = kind.as_str();
     let parsed = wire::parse_body(type_name, &body.bytes()?).map_err(ApiError::bad_request)?;
     user.require_admin(type_name)?;
@@ -333,13 +295,13 @@ pub(super) async fn put_secret<S: SecretStore>(
     // Every violation at once, in Kuma's order: where the body disagrees with the URL,
     // then the body's own fields.
     let mut errors = ValidationError::default();
-    if parsed.name != url_name {
+    if parsed.name != at.name {
         errors.push("name", "name from the URL has to be the same as in body");
     }
     if parsed.kind != type_name {
         errors.push("type", "type from the URL has to be the same as in body");
     }
-    if let Some(mesh) = &mesh
+    if let Some(mesh) = &at.mesh
         && parsed.mesh != mesh.as_str()
     {
         errors.push("mesh", "mesh from the URL has to be the same as in body");
@@ -368,22 +330,21 @@ pub(super) async fn put_secret<S: SecretStore>(
     upsert(
         &state.store,
         Write::Secret(secret),
-        preconditions,
+        &preconditions,
         Vec::new(),
     )
     .await
 }
 
-pub(super) async fn delete_secret<S: SecretStore>(
-    state: &AppState<S>,
-    user: &User,
-    mesh: Option<MeshName>,
-    name: &str,
-    preconditions: &Preconditions,
+pub(super) async fn delete_secret<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    preconditions: Preconditions,
+    at: SecretAt,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
-    user.require_admin(secret_type(&mesh).as_str())?;
-    let key = url_key(mesh, name).ok_or_else(|| ApiError::not_found(TITLE))?;
+    user.require_admin(at.secret_type().as_str())?;
+    let key = at.key().ok_or_else(|| ApiError::not_found(TITLE))?;
     // With If-Match, delete only the version the caller saw: the store checks it in the
     // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
     // never opened, so a secret whose sealed value is unreadable can still be deleted.

@@ -389,15 +389,7 @@ mod tests {
 
     #[test]
     fn any_proxy_header_makes_a_request_proxied() {
-        for proxy in [
-            "via",
-            "x-forwarded-host",
-            "x-forwarded-proto",
-            "x-forwarded-port",
-            "true-client-ip",
-            "cf-connecting-ip",
-            "x-original-forwarded-for",
-        ] {
+        for proxy in PROXY_HEADERS {
             assert!(
                 !direct(LOCAL, &headers(&[("host", "127.0.0.1"), (proxy, "x")])),
                 "{proxy}"
