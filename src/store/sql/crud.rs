@@ -2,7 +2,6 @@
 //! one write transaction, secret data sealed before it is bound and opened after it is read.
 
 use super::list::{list_meshes, list_secrets};
-use super::mtls::{MTLS_ATTEMPTS, MeshRefusal};
 use super::rows::{ListedMeshRow, ListedSecretRow, MeshRow, SecretRow};
 use super::statements::bind_key;
 use super::statements::{
@@ -11,10 +10,7 @@ use super::statements::{
     UPDATE_SECRET,
 };
 use super::tx::{RunOnStore, TxError};
-use super::{
-    SqlStore, StoredData, check_mesh_spec, labels_json, missed, now, open_spec_with, seal,
-    seal_spec, writer,
-};
+use super::{SqlStore, StoredData, labels_json, missed, now, open_spec_with, seal, writer};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
@@ -282,31 +278,7 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
     async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
-        let key = ResourceKey::mesh(&mesh.name);
-        let mtls = check_mesh_spec(&mesh.name, &mesh.spec)?;
-        for attempt in 1.. {
-            let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
-            let time = now();
-            let keyring = self.options.keyring.clone();
-            let mesh = mesh.clone();
-            let outcome = self
-                .in_write_transaction::<_, MeshRefusal, _>(Op::Create(&key), move |tx| {
-                    Box::pin(async move {
-                        let stored = seal_spec(keyring.as_deref(), &mesh.name, &mesh.spec);
-                        let row = Self::insert_mesh_query(&mesh.name, time, &mesh.labels, stored)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        Self::apply_mtls_plan(tx, keyring.as_deref(), &mesh.name, plan, time).await?;
-                        Ok(row.with_spec(mesh.spec))
-                    })
-                })
-                .await;
-            match outcome {
-                Err(MeshRefusal::CaVanished(_)) if attempt < MTLS_ATTEMPTS => continue,
-                other => return other.map_err(StoreError::from),
-            }
-        }
-        unreachable!("the loop returns")
+        Ok(self.put_mesh_with(mesh, Expect::Absent).await?.value)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
@@ -316,50 +288,12 @@ impl [SecretStore for SqlStore<DB>] {
         expected_version: i64,
         update: MeshUpdate,
     ) -> Result<Mesh> {
-        let mtls = check_mesh_spec(name, &update.spec)?;
-        for attempt in 1.. {
-            let plan = self.prepare_mtls(name, mtls.as_ref()).await?;
-            let time = now();
-            let keyring = self.options.keyring.clone();
-            let accept_plaintext = self.options.accept_plaintext_rows;
-            let (name, update, mtls) = (name.clone(), update.clone(), mtls.clone());
-            let outcome = self
-                .in_write_transaction::<_, MeshRefusal, _>(Op::Other, move |tx| {
-                    Box::pin(async move {
-                        let current = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_EXCLUSIVE)
-                            .bind(name.as_str().to_owned())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        let Some((version, Json(current_spec))) = current else {
-                            let missing = StoreError::NotFound(ResourceKey::mesh(&name));
-                            return Err(TxError::Refused(MeshRefusal::Store(missing)));
-                        };
-                        if version != expected_version {
-                            let moved = missed(ResourceKey::mesh(&name), Some(expected_version), Some(version));
-                            return Err(TxError::Refused(MeshRefusal::Store(moved)));
-                        }
-                        // A stored spec that no longer parses (or opens) cannot block fixing it.
-                        let current_mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &name, current_spec)
-                            .ok()
-                            .and_then(|spec| Mtls::of(&spec, &name).ok().flatten());
-                        if let Err(e) = Mtls::check_change(current_mtls.as_ref(), mtls.as_ref()) {
-                            return Err(TxError::Refused(MeshRefusal::Invalid(e)));
-                        }
-                        let stored = seal_spec(keyring.as_deref(), &name, &update.spec);
-                        let row = Self::update_mesh_query(&name, stored, &update.labels, time, expected_version)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        Self::apply_mtls_plan(tx, keyring.as_deref(), &name, plan, time).await?;
-                        Ok(row.with_spec(update.spec))
-                    })
-                })
-                .await;
-            match outcome {
-                Err(MeshRefusal::CaVanished(_)) if attempt < MTLS_ATTEMPTS => continue,
-                other => return other.map_err(StoreError::from),
-            }
-        }
-        unreachable!("the loop returns")
+        let mesh = NewMesh {
+            name: name.clone(),
+            spec: update.spec,
+            labels: update.labels,
+        };
+        Ok(self.put_mesh_with(mesh, Expect::Version(expected_version)).await?.value)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]

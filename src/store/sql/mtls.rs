@@ -182,6 +182,16 @@ impl [SqlStore<DB>] {
     /// Inside a Mesh's write transaction: stores the builtin CAs that are still missing,
     /// and checks that every secret a provided backend references still exists, locking
     /// it so a concurrent delete waits for this commit (and then sees the reference).
+    /// Locks the Secret `name` of `mesh` against deletion until commit, if it exists.
+    async fn lock_mesh_secret(tx: &mut DB::Connection, mesh: &MeshName, name: &str) -> TxResult<bool, MeshRefusal> {
+        let row = sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
+            .bind(mesh.as_str().to_owned())
+            .bind(name.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub(super) async fn apply_mtls_plan(
         tx: &mut DB::Connection,
         keyring: Option<&Keyring>,
@@ -193,12 +203,7 @@ impl [SqlStore<DB>] {
         // until commit; a concurrent delete that won the race sends us back to planning.
         for (cert, key) in plan.builtin_present {
             for name in [cert, key] {
-                let exists = sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
-                    .bind(mesh.as_str().to_owned())
-                    .bind(name.clone())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if exists.is_none() {
+                if !Self::lock_mesh_secret(tx, mesh, &name).await? {
                     return Err(TxError::Refused(MeshRefusal::CaVanished(name)));
                 }
             }
@@ -206,12 +211,7 @@ impl [SqlStore<DB>] {
         for ca in plan.builtin {
             let mut present = 0;
             for (name, _) in [&ca.cert, &ca.key] {
-                present += sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
-                    .bind(mesh.as_str().to_owned())
-                    .bind(name.clone())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some() as u8;
+                present += Self::lock_mesh_secret(tx, mesh, name).await? as u8;
             }
             if present == 2 {
                 // Created meanwhile by a concurrent write: never regenerated.
@@ -230,12 +230,7 @@ impl [SqlStore<DB>] {
         }
         let mut errors = ValidationError::default();
         for name in plan.required {
-            let exists = sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
-                .bind(mesh.as_str().to_owned())
-                .bind(name.clone())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
+            if !Self::lock_mesh_secret(tx, mesh, &name).await? {
                 errors.push("mtls", load_error(&name, mesh));
             }
         }
