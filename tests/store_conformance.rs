@@ -87,6 +87,14 @@ async fn update_to<S: SecretStore>(
         .unwrap()
 }
 
+/// `err` is a conflict between the `expected` version and the `actual` one.
+fn assert_conflict(err: &StoreError, expected: i64, actual: i64) {
+    assert!(
+        matches!(err, StoreError::Conflict { expected: e, actual: a, .. } if *e == expected && *a == actual),
+        "{err:?}"
+    );
+}
+
 fn names(items: &[kuma_secrets::domain::Secret]) -> Vec<String> {
     items
         .iter()
@@ -338,17 +346,7 @@ async fn update_with_a_stale_version_is_a_conflict<S: SecretStore>(store: &S) {
         .update_secret(&global("gs"), 1, update())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::Conflict {
-                expected: 1,
-                actual: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_conflict(&err, 1, 2);
     assert!(
         err.to_string()
             .starts_with(r#"resource conflict: type="GlobalSecret" name="gs""#)
@@ -400,32 +398,12 @@ async fn delete_removes_the_secret<S: SecretStore>(store: &S) {
 
 async fn delete_with_a_stale_version_is_a_conflict_and_keeps_the_secret<S: SecretStore>(store: &S) {
     add_secret(store, global("gs"), b"1").await;
-    store
-        .update_secret(
-            &global("gs"),
-            1,
-            SecretUpdate {
-                data: data(b"2"),
-                labels: Labels::default(),
-            },
-        )
-        .await
-        .unwrap();
+    update_to(store, &global("gs"), 1, b"2", Labels::default()).await;
     let err = store
         .delete_secret(&global("gs"), Some(1))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::Conflict {
-                expected: 1,
-                actual: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_conflict(&err, 1, 2);
     assert!(store.get_secret(&global("gs")).await.is_ok());
     store.delete_secret(&global("gs"), Some(2)).await.unwrap();
     assert!(store.get_secret(&global("gs")).await.is_err());

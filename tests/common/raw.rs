@@ -10,62 +10,53 @@ pub enum P {
     Text(String),
 }
 
+/// Runs `$body` with `$conn` connected straight to the database under `$server`, on
+/// either backend (the body is the same text for both drivers).
+macro_rules! with_raw_connection {
+    ($server:expr, |$conn:ident| $body:expr) => {{
+        use sqlx::Connection;
+        match &$server.guard {
+            Guard::Postgres(db) => {
+                let mut $conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                $body
+            }
+            Guard::Sqlite(_) => {
+                let mut $conn = sqlx::SqliteConnection::connect(&store_url($server))
+                    .await
+                    .unwrap();
+                $body
+            }
+        }
+    }};
+}
+
 /// Runs one SQL statement straight on the server's database, as someone with write access
 /// to it (a compromised replica, a restored backup) would.
 pub async fn raw_sql(server: &TestServer, sql: &str, params: Vec<P>) {
-    use sqlx::Connection;
-    match &server.guard {
-        Guard::Postgres(db) => {
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-            for p in params {
-                query = match p {
-                    P::Bytes(b) => query.bind(b),
-                    P::Text(t) => query.bind(t),
-                };
-            }
-            query.execute(&mut conn).await.unwrap();
+    with_raw_connection!(server, |conn| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+        for p in params {
+            query = match p {
+                P::Bytes(b) => query.bind(b),
+                P::Text(t) => query.bind(t),
+            };
         }
-        Guard::Sqlite(dir) => {
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-            for p in params {
-                query = match p {
-                    P::Bytes(b) => query.bind(b),
-                    P::Text(t) => query.bind(t),
-                };
-            }
-            query.execute(&mut conn).await.unwrap();
-        }
-    }
+        query.execute(&mut conn).await.unwrap();
+    })
 }
 
 /// The stored `(data, write_id)` of a secret, read behind the service's back.
 pub async fn raw_row(server: &TestServer, name: &str) -> (Vec<u8>, Vec<u8>) {
-    use sqlx::{Connection, Row};
+    use sqlx::Row;
     let sql = "SELECT data, write_id FROM secrets WHERE name = $1";
-    match &server.guard {
-        Guard::Postgres(db) => {
-            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            let row = sqlx::query(sql)
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            (row.get(0), row.get(1))
-        }
-        Guard::Sqlite(dir) => {
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            let row = sqlx::query(sql)
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            (row.get(0), row.get(1))
-        }
-    }
+    with_raw_connection!(server, |conn| {
+        let row = sqlx::query(sql)
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    })
 }
 
 /// The URL of the store under a test server.
