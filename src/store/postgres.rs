@@ -35,7 +35,8 @@ impl Dialect for Postgres {
            ORDER BY e.id LIMIT 10000), \
          assigned AS ( \
            UPDATE events SET revision = numbered.revision FROM numbered \
-           WHERE events.id = numbered.id RETURNING events.revision) \
+           WHERE events.id = numbered.id AND events.revision IS NULL \
+           RETURNING events.revision) \
          UPDATE events_sequencer SET last = coalesce((SELECT max(revision) FROM assigned), last) \
          WHERE id = 1 RETURNING last",
     );
