@@ -160,11 +160,7 @@ async fn every_change_is_an_event_with_its_actor(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(response.headers()["x-request-id"], "req-42");
-    let response = Client::new()
-        .delete(server.at("/meshes/other"))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::http::send_delete(server.at("/meshes/other")).await;
     assert_eq!(response.status(), StatusCode::OK);
 
     let page = server
@@ -316,11 +312,7 @@ async fn every_change_is_an_event_with_its_actor(backend: Backend) {
 async fn list_then_watch_misses_nothing_and_long_polls_wake(backend: Backend) {
     let server = TestServer::start(backend).await;
     put_secret(&server, "default", "before", b"1").await;
-    let response = Client::new()
-        .get(server.at("/meshes/default/secrets"))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::http::send_get(server.at("/meshes/default/secrets")).await;
     let revision: i64 = response.headers()["kuma-secrets-revision"]
         .to_str()
         .unwrap()
@@ -352,11 +344,8 @@ async fn list_then_watch_misses_nothing_and_long_polls_wake(backend: Backend) {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
 
     // Server-sent events from a revision.
-    let mut sse = Client::new()
-        .get(server.at(&format!("/_watch?after={revision}")))
-        .send()
-        .await
-        .unwrap();
+    let mut sse =
+        crate::common::http::send_get(server.at(&format!("/_watch?after={revision}"))).await;
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     let mut text = String::new();
     while text.matches("event: change").count() < 3 {
@@ -391,11 +380,7 @@ async fn pruned_revisions_answer_410_gone(backend: Backend) {
             .await,
         Err(StoreError::Gone { .. })
     ));
-    let response = Client::new()
-        .get(server.at("/_changes?after=0"))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::http::send_get(server.at("/_changes?after=0")).await;
     assert_eq!(response.status(), StatusCode::GONE);
     let latest = server.store.current_revision().await.unwrap();
     let page = server
@@ -417,11 +402,9 @@ async fn a_long_poll_answers_before_the_request_timeout() {
     let server = TestServer::start_with(Backend::Sqlite, config, StoreOptions::default()).await;
     let revision = server.store.current_revision().await.unwrap();
     let started = Instant::now();
-    let response = Client::new()
-        .get(server.at(&format!("/_changes?after={revision}&wait=50s")))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        crate::common::http::send_get(server.at(&format!("/_changes?after={revision}&wait=50s")))
+            .await;
     let waited = started.elapsed();
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();

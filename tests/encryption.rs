@@ -82,11 +82,7 @@ async fn a_value_moved_to_another_row_or_altered_fails_to_open_naming_the_secret
         other => panic!("a moved ciphertext must not open: {other:?}"),
     }
     // Over HTTP: an error naming the secret, never its data; other secrets still read.
-    let response = Client::new()
-        .get(server.at("/meshes/default/secrets/beta"))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::http::send_get(server.at("/meshes/default/secrets/beta")).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body: Value = response.json().await.unwrap();
     let detail = body["detail"].as_str().unwrap();
@@ -136,11 +132,7 @@ async fn a_value_moved_to_another_row_or_altered_fails_to_open_naming_the_secret
         })
     ));
     // A list containing it fails the same way rather than return garbage.
-    let response = Client::new()
-        .get(server.at("/meshes/default/secrets"))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::http::send_get(server.at("/meshes/default/secrets")).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
 

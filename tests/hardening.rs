@@ -131,11 +131,8 @@ async fn an_older_sealed_value_put_back_does_not_open(backend: Backend) {
         vec![P::Bytes(old_data)],
     )
     .await;
-    let response = Client::new()
-        .get(server.at("/meshes/default/secrets/db-password"))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        crate::common::http::send_get(server.at("/meshes/default/secrets/db-password")).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body: Value = response.json().await.unwrap();
     let detail = body["detail"].as_str().unwrap();
@@ -559,11 +556,7 @@ async fn a_global_secret_with_a_mesh_is_refused(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["invalid_parameters"][0]["field"], "mesh");
-    let response = Client::new()
-        .get(server.at("/global-secrets/g"))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::http::send_get(server.at("/global-secrets/g")).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 

@@ -52,7 +52,7 @@ async fn blind_puts(
 }
 
 async fn version_of(server: &TestServer, path: &str) -> i64 {
-    let response = Client::new().get(server.at(path)).send().await.unwrap();
+    let response = crate::common::http::send_get(server.at(path)).await;
     let etag = response.headers()["etag"]
         .to_str()
         .unwrap()
@@ -183,11 +183,10 @@ async fn validation_reports_everything_in_kumas_order(backend: Backend) {
     );
 
     // A bad list filter names the route template and the parameter.
-    let response = Client::new()
-        .get(server.at("/meshes/default/secrets?filter%5Bnotlabels.x%5D=1"))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::http::send_get(
+        server.at("/meshes/default/secrets?filter%5Bnotlabels.x%5D=1"),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["detail"], "Resource is not valid");

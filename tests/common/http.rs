@@ -102,3 +102,13 @@ pub async fn stored(server: &TestServer, mesh: Option<&str>, name: &str) -> Opti
         Err(other) => panic!("{other}"),
     }
 }
+
+/// `GET url`, answered.
+pub async fn send_get(url: impl reqwest::IntoUrl) -> reqwest::Response {
+    reqwest::Client::new().get(url).send().await.unwrap()
+}
+
+/// `DELETE url`, answered.
+pub async fn send_delete(url: impl reqwest::IntoUrl) -> reqwest::Response {
+    reqwest::Client::new().delete(url).send().await.unwrap()
+}
