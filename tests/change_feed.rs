@@ -55,7 +55,7 @@ async fn slow_insert(server: &TestServer, name: String, delay: Duration) {
             tx.commit().await.unwrap();
         }
         Guard::Sqlite(dir) => {
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
+            let url = common::sqlite_url(dir.path(), "store.db");
             let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
             conn.execute("PRAGMA busy_timeout = 30000").await.unwrap();
             let mut tx =

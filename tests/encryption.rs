@@ -109,7 +109,7 @@ async fn a_value_moved_to_another_row_or_altered_fails_to_open_naming_the_secret
             let Guard::Sqlite(dir) = &server.guard else {
                 unreachable!()
             };
-            let url = format!("sqlite://{}", dir.path().join("store.db").display());
+            let url = common::sqlite_url(dir.path(), "store.db");
             let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
             let row = sqlx::query("SELECT data FROM secrets WHERE name = 'alpha'")
                 .fetch_one(&mut conn)
@@ -303,7 +303,7 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
             db = TestDb::migrated().await;
             db.url.clone()
         }
-        Backend::Sqlite => format!("sqlite://{}", dir.path().join("old.db").display()),
+        Backend::Sqlite => common::sqlite_url(dir.path(), "old.db"),
     };
     let plain = open_with(&url, None).await.unwrap();
     kuma_secrets::api::bootstrap(&plain, true).await.unwrap();
@@ -441,7 +441,7 @@ async fn generate_encryption_key_then_rotate_moves_every_secret_to_the_new_key()
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&keys).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let url = common::sqlite_url(dir.path(), "store.db");
     let store = open_with(&url, Some(Arc::new(Keyring::load(&keys).unwrap())))
         .await
         .unwrap();

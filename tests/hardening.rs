@@ -46,7 +46,7 @@ async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) 
     // The attacker's own store, in plaintext, with a signing key of serial 1...
     let dir = tempfile::tempdir().unwrap();
     let theirs = SqliteStore::open(
-        &format!("sqlite://{}", dir.path().join("evil.db").display()),
+        &common::sqlite_url(dir.path(), "evil.db"),
         StoreOptions::default(),
     )
     .await
@@ -70,7 +70,7 @@ async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) 
     // Serial 2 is the newest key, so tokens minted with the attacker's key name kid 2.
     let forged = {
         let planted = kuma_secrets::store::SqliteStore::open(
-            &format!("sqlite://{}", dir.path().join("evil2.db").display()),
+            &common::sqlite_url(dir.path(), "evil2.db"),
             StoreOptions::default(),
         )
         .await
@@ -580,7 +580,7 @@ on_both_backends! {
 #[tokio::test]
 async fn a_lost_embedded_keyring_is_not_silently_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", dir.path().join("kuma-secrets.db").display());
+    let store = common::sqlite_url(dir.path(), "kuma-secrets.db");
     let (mut first, url, _log) = spawn_serve(&["--store", &store], dir.path());
     common::server::wait_ready(&url).await;
     common::process::terminate(&first);
@@ -606,7 +606,7 @@ async fn a_lost_embedded_keyring_is_not_silently_replaced() {
 #[tokio::test]
 async fn plaintext_rows_are_served_only_with_accept_plaintext_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let url = common::sqlite_url(dir.path(), "s.db");
     let plain = AnyStore::open(&url, StoreOptions::default()).await.unwrap();
     let mesh = MeshName::parse("default").unwrap();
     plain

@@ -366,19 +366,6 @@ async fn kumactl_get_parity(backend: Backend) {
     );
 }
 
-/// A CA certificate and key (PEM).
-fn ca_pair() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
 fn fixture(name: &str) -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/secrets-page")
@@ -421,7 +408,7 @@ async fn the_secrets_page_examples_work_as_pasted(backend: Backend) {
     assert_eq!(secret["data"], "dGVzdAo=");
 
     // The Mesh examples use `config:`; they need their secrets first.
-    let (cert, key) = ca_pair();
+    let (cert, key) = common::pki::ca_pair("kuma-parity");
     for (name, pem) in [("my-cert", cert), ("my-key", key)] {
         let (status, body) = put_json(
             &server,
@@ -495,7 +482,7 @@ on_both_backends! {
 #[tokio::test]
 async fn importing_secrets_without_their_mesh_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let store = common::sqlite_url(dir.path(), "fresh.db");
     let run = kuma(
         &[
             "import",

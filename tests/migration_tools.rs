@@ -11,7 +11,7 @@ use kuma_secrets::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWa
 use std::collections::BTreeMap;
 
 fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
-    format!("sqlite://{}", dir.path().join(file).display())
+    common::sqlite_url(dir.path(), file)
 }
 
 async fn open(url: &str) -> AnyStore {

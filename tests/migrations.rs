@@ -163,7 +163,7 @@ async fn the_pool_reconnects_after_its_connections_are_killed() {
 #[tokio::test]
 async fn sqlite_migrates_itself_on_open_and_reopens_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let url = common::sqlite_url(dir.path(), "s.db");
     let store = SqliteStore::open(&url, StoreOptions::default())
         .await
         .unwrap();

@@ -14,22 +14,6 @@ use kuma_secrets::store::{SecretStore, StoreError, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// A CA certificate and key (PEM), as an operator's own CA would be.
-fn ca_pair(name: &str) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
 /// A leaf certificate (not a CA, keyAgreement set) and its key.
 fn leaf_pair() -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -68,7 +52,7 @@ fn assert_violation(body: &Value, field: &str, reason_part: &str) {
 
 async fn the_seeds_provided_ca_example_works_end_to_end_through_apply(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let (cert, key) = ca_pair("my CA");
+    let (cert, key) = common::pki::ca_pair("my CA");
     let secrets = format!(
         "type: Secret\nmesh: default\nname: my-cert\ndata: {}\n---\ntype: Secret\nmesh: default\nname: my-key\ndata: {}\n",
         b64(&cert),
@@ -162,9 +146,9 @@ mtls:
 
 async fn mesh_mtls_validation_speaks_kumas_messages(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let (cert, key) = ca_pair("ca");
+    let (cert, key) = common::pki::ca_pair("ca");
     let (leaf_cert, leaf_key) = leaf_pair();
-    let (_, other_key) = ca_pair("other");
+    let (_, other_key) = common::pki::ca_pair("other");
     put_secret(&server, "default", "ca-cert", &cert).await;
     put_secret(&server, "default", "ca-key", &key).await;
     put_secret(&server, "default", "leaf-cert", &leaf_cert).await;
@@ -397,7 +381,7 @@ async fn a_delete_racing_a_new_reference_never_leaves_it_dangling(backend: Backe
     let server = TestServer::start(backend).await;
     let store = server.store.clone();
     let mesh = MeshName::parse("default").unwrap();
-    let (cert, key) = ca_pair("race");
+    let (cert, key) = common::pki::ca_pair("race");
     let ca_key = SecretKey::parse(Some("default"), "ca-key").unwrap();
     store
         .create_secret(NewSecret {

@@ -54,7 +54,13 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The store URL of the SQLite file `file` in `dir`.
+pub fn sqlite_url(dir: &std::path::Path, file: &str) -> String {
+    format!("sqlite://{}", dir.join(file).display())
+}
+
 pub mod http;
+pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod server;
@@ -212,7 +218,7 @@ pub async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
 /// As [`sqlite_store`], with options.
 pub async fn sqlite_store_with(options: StoreOptions) -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let url = sqlite_url(dir.path(), "store.db");
     let store = SqliteStore::open(&url, sealed(options))
         .await
         .expect("open sqlite store");

@@ -63,7 +63,7 @@ pub async fn raw_row(server: &TestServer, name: &str) -> (Vec<u8>, Vec<u8>) {
 pub fn store_url(server: &TestServer) -> String {
     match &server.guard {
         Guard::Postgres(db) => db.url.clone(),
-        Guard::Sqlite(dir) => format!("sqlite://{}", dir.path().join("store.db").display()),
+        Guard::Sqlite(dir) => super::sqlite_url(dir.path(), "store.db"),
     }
 }
 
