@@ -80,6 +80,12 @@ impl ApiError {
     pub fn store(title: &str, err: StoreError) -> Self {
         match err {
             StoreError::NotFound(_) => Self::not_found(title),
+            StoreError::VersionNotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, title, err.to_string())
+            }
+            StoreError::NotDeleted(_) => {
+                Self::new(StatusCode::CONFLICT, "Conflict", err.to_string())
+            }
             StoreError::MeshNotFound { .. } => Self::mesh_not_found(),
             StoreError::AlreadyExists(_) | StoreError::Conflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "Conflict", err.to_string())

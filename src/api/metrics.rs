@@ -259,6 +259,40 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     async fn ping(&self) -> Result<()> {
         self.timed("ping", self.inner.ping()).await
     }
+    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
+        self.timed(
+            "get_secret_version",
+            self.inner.get_secret_version(key, version),
+        )
+        .await
+    }
+    async fn secret_versions(
+        &self,
+        key: &SecretKey,
+    ) -> Result<Vec<crate::store::history::VersionInfo>> {
+        self.timed("secret_versions", self.inner.secret_versions(key))
+            .await
+    }
+    async fn rollback_secret(
+        &self,
+        key: &SecretKey,
+        version: i64,
+        expected: Option<i64>,
+    ) -> Result<Secret> {
+        self.timed(
+            "rollback_secret",
+            self.inner.rollback_secret(key, version, expected),
+        )
+        .await
+    }
+    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        self.timed("restore_secret", self.inner.restore_secret(key, version))
+            .await
+    }
+    async fn purge_secret(&self, key: &SecretKey) -> Result<()> {
+        self.timed("purge_secret", self.inner.purge_secret(key))
+            .await
+    }
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
         self.timed("import_batch", self.inner.import_batch(items))
             .await

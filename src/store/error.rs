@@ -27,6 +27,23 @@ pub enum StoreError {
         /// The version stored now.
         actual: i64,
     },
+    /// A version of a secret that is not kept: pruned by the history limit
+    /// (`--max-versions`), or never written.
+    #[error(
+        "version {version} of {key} is not kept: it was pruned (see --max-versions) or never existed; GET …/_versions lists the versions kept"
+    )]
+    VersionNotFound {
+        /// The secret.
+        key: ResourceKey,
+        /// The version asked for.
+        version: i64,
+    },
+    /// A restore of a secret that exists: only a deleted secret can be restored (roll an
+    /// existing one back instead).
+    #[error(
+        "{0} exists: only a deleted secret can be restored; use _rollback to return to an earlier version"
+    )]
+    NotDeleted(ResourceKey),
     /// A Secret names a Mesh that does not exist.
     #[error("mesh {mesh:?} not found")]
     MeshNotFound {

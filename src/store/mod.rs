@@ -23,6 +23,7 @@
 
 mod error;
 pub mod feed;
+pub mod history;
 mod migrations;
 mod page;
 mod pool;
@@ -126,6 +127,59 @@ pub trait SecretStore: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`] if the database cannot be reached.
     fn secret_version(&self, key: &SecretKey) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Version `version` of a secret: its current version or one kept in history
+    /// (`store::history`).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if the secret does not exist (deleted ones included),
+    /// [`StoreError::VersionNotFound`] if that version is not kept.
+    fn get_secret_version(
+        &self,
+        key: &SecretKey,
+        version: i64,
+    ) -> impl Future<Output = Result<Secret>> + Send;
+
+    /// A secret's versions, newest first, as metadata: the current one and those kept, or
+    /// a deleted secret's kept versions.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if nothing of the secret exists.
+    fn secret_versions(
+        &self,
+        key: &SecretKey,
+    ) -> impl Future<Output = Result<Vec<history::VersionInfo>>> + Send;
+
+    /// Writes version `version`'s data and labels as a new version (history is never
+    /// rewritten), only if the secret is at `expected_version` when one is given.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::VersionNotFound`], [`StoreError::Conflict`].
+    fn rollback_secret(
+        &self,
+        key: &SecretKey,
+        version: i64,
+        expected_version: Option<i64>,
+    ) -> impl Future<Output = Result<Secret>> + Send;
+
+    /// Brings a deleted secret back: version `version` of its history (the newest if
+    /// `None`) becomes its new current version.
+    ///
+    /// # Errors
+    /// [`StoreError::NotDeleted`] if the secret exists, [`StoreError::NotFound`] if none of
+    /// it is kept, [`StoreError::VersionNotFound`] if that version is not.
+    fn restore_secret(
+        &self,
+        key: &SecretKey,
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<Secret>> + Send;
+
+    /// Destroys a secret and every kept version of it now (a deleted secret's history
+    /// included), with the same mTLS guard as a delete.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if nothing of the secret exists, [`StoreError::InUse`].
+    fn purge_secret(&self, key: &SecretKey) -> impl Future<Output = Result<()>> + Send;
 
     /// Lists secrets, filtered and paginated in SQL, sorted by (mesh, name).
     ///
@@ -397,6 +451,33 @@ impl AnyStore {
         }
     }
 
+    /// Sets how many earlier versions each secret keeps. See [`SqlStore::set_max_versions`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn set_max_versions(&self, limit: u32) -> Result<()> {
+        match self {
+            AnyStore::Postgres(s) => s.set_max_versions(limit).await,
+            AnyStore::Sqlite(s) => s.set_max_versions(limit).await,
+        }
+    }
+
+    /// Prunes the histories of secrets deleted before `cutoff`. See
+    /// [`SqlStore::prune_deleted_history`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn prune_deleted_history(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<u64> {
+        match self {
+            AnyStore::Postgres(s) => s.prune_deleted_history(cutoff, batch).await,
+            AnyStore::Sqlite(s) => s.prune_deleted_history(cutoff, batch).await,
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
@@ -416,6 +497,26 @@ macro_rules! delegate {
 }
 
 impl SecretStore for AnyStore {
+    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
+        delegate!(self, s => s.get_secret_version(key, version))
+    }
+    async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<history::VersionInfo>> {
+        delegate!(self, s => s.secret_versions(key))
+    }
+    async fn rollback_secret(
+        &self,
+        key: &SecretKey,
+        version: i64,
+        expected: Option<i64>,
+    ) -> Result<Secret> {
+        delegate!(self, s => s.rollback_secret(key, version, expected))
+    }
+    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        delegate!(self, s => s.restore_secret(key, version))
+    }
+    async fn purge_secret(&self, key: &SecretKey) -> Result<()> {
+        delegate!(self, s => s.purge_secret(key))
+    }
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
         delegate!(self, s => s.create_secret(secret))
     }

@@ -41,6 +41,9 @@ impl Dialect for Postgres {
          WHERE id = 1 RETURNING last",
     );
     const LAST_REVISION: &'static str = "SELECT last FROM events_sequencer WHERE id = 1";
+    const PRUNE_DELETED_HISTORY: &'static str = "DELETE FROM secret_versions WHERE id IN ( \
+           SELECT id FROM secret_versions WHERE deleted_time < CAST($1 AS timestamptz) \
+           LIMIT $2) RETURNING version";
     const PRUNE_EVENTS: &'static str = "WITH head AS ( \
            SELECT revision, time FROM events WHERE revision IS NOT NULL \
            ORDER BY revision LIMIT $2), \

@@ -33,6 +33,8 @@ impl Dialect for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const SEQUENCE_EVENTS: Option<&'static str> = None;
     const LAST_REVISION: &'static str = "SELECT last FROM events_sequence WHERE id = 1";
+    const PRUNE_DELETED_HISTORY: &'static str = "DELETE FROM secret_versions WHERE id IN ( \
+           SELECT id FROM secret_versions WHERE deleted_time < $1 LIMIT $2) RETURNING version";
     const PRUNE_EVENTS: &'static str = "WITH head AS ( \
            SELECT revision, time FROM events ORDER BY revision LIMIT $2), \
          stop AS (SELECT min(revision) AS revision FROM head WHERE time >= $1) \

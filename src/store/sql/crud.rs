@@ -1,6 +1,7 @@
 //! The [`SecretStore`] contract on SQL: secret and Mesh CRUD, each write one statement or
 //! one write transaction, secret data sealed before it is bound and opened after it is read.
 
+use super::history::PURGE_HISTORY;
 use super::list::{list_meshes, list_secrets};
 use super::rows::{ListedMeshRow, ListedSecretRow, MeshRow, SecretRow};
 use super::statements::bind_key;
@@ -17,6 +18,7 @@ use crate::domain::{
     Secret, SecretKey, SecretUpdate,
 };
 use crate::store::error::Op;
+use crate::store::history::VersionInfo;
 use crate::store::page::{MeshQuery, Page, PageStart, SecretQuery};
 use crate::store::{Expect, ImportCounts, Put, Result, SecretStore, StoreError};
 use chrono::{DateTime, Utc};
@@ -81,10 +83,14 @@ impl [SqlStore<DB>] {
 
     /// Deletes a secret in a transaction, after recording who deletes it on the row (its
     /// delete event copies them): the deleted version, if it was at `expected_version`.
+    ///
+    /// With `purge`, the secret's kept versions go too (a deleted secret's included): the
+    /// answer is then `Some` if anything of the secret was there.
     async fn stamp_and_delete(
         tx: &mut DB::Connection,
         key: &SecretKey,
         expected_version: Option<i64>,
+        purge: bool,
     ) -> std::result::Result<Option<(i64,)>, sqlx::Error> {
         let (actor, request_id) = writer();
         let stamp = sqlx::query_as::<DB, (i64,)>(STAMP_SECRET.for_key(key))
@@ -92,7 +98,82 @@ impl [SqlStore<DB>] {
             .bind(request_id);
         bind_key(stamp, key).fetch_optional(&mut *tx).await?;
         let delete = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key)).bind(expected_version);
-        bind_key(delete, key).fetch_optional(&mut *tx).await
+        let deleted = bind_key(delete, key).fetch_optional(&mut *tx).await?;
+        if !purge || (deleted.is_none() && expected_version.is_some()) {
+            return Ok(deleted);
+        }
+        let purged = bind_key(sqlx::query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(key)), key)
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(deleted.or_else(|| purged.first().copied()))
+    }
+
+    /// A delete (with the mTLS guard) of the secret `key`, and with `purge` of its kept
+    /// versions.
+    async fn delete_secret_with(&self, key: &SecretKey, expected_version: Option<i64>, purge: bool) -> Result<()> {
+        let deleted = match (key.mesh(), self.options.unsafe_delete) {
+            (Some(mesh), false) => {
+                // The guard and the delete in one transaction, with the Mesh row locked:
+                // a Mesh update adding a reference either commits first (and we see it)
+                // or waits for us (and then finds the secret gone).
+                let (key, mesh) = (key.clone(), mesh.clone());
+                let keyring = self.options.keyring.clone();
+                let accept_plaintext = self.options.accept_plaintext_rows;
+                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+                    Box::pin(async move {
+                        let spec = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
+                            .bind(mesh.as_str().to_owned())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if let Some((_, Json(spec))) = spec {
+                            // Fail closed: a spec the guard cannot read might use the secret.
+                            let mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &mesh, spec)
+                                .map_err(|e| e.to_string())
+                                .and_then(|spec| Mtls::of(&spec, &mesh).map_err(|e| e.to_string()));
+                            match mtls {
+                                Err(reason) => {
+                                    return Err(TxError::Refused(StoreError::MeshUnreadable {
+                                        mesh: mesh.as_str().to_owned(),
+                                        reason,
+                                    }));
+                                }
+                                Ok(Some(mtls)) => {
+                                    if let Some(usage) = mtls
+                                        .used_secrets(&mesh)
+                                        .into_iter()
+                                        .find(|u| u.secret == key.name().as_str())
+                                    {
+                                        return Err(TxError::Refused(StoreError::InUse {
+                                            secret: usage.secret,
+                                            mesh: mesh.as_str().to_owned(),
+                                            backend: usage.backend,
+                                        }));
+                                    }
+                                }
+                                Ok(None) => {}
+                            }
+                        }
+                        Ok(Self::stamp_and_delete(tx, &key, expected_version, purge).await?)
+                    })
+                })
+                .await?
+            }
+            _ => {
+                let key = key.clone();
+                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+                    Box::pin(async move { Ok(Self::stamp_and_delete(tx, &key, expected_version, purge).await?) })
+                })
+                .await?
+            }
+        };
+        if deleted.is_some() {
+            return Ok(());
+        }
+        Err(missed(
+            key.resource_key(),
+            expected_version,
+            self.stored_secret_version(key).await?,
+        ))
     }
 
     /// `INSERT_MESH` with its parameters bound.
@@ -168,69 +249,27 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
     async fn delete_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
-        let deleted = match (key.mesh(), self.options.unsafe_delete) {
-            (Some(mesh), false) => {
-                // The guard and the delete in one transaction, with the Mesh row locked:
-                // a Mesh update adding a reference either commits first (and we see it)
-                // or waits for us (and then finds the secret gone).
-                let (key, mesh) = (key.clone(), mesh.clone());
-                let keyring = self.options.keyring.clone();
-                let accept_plaintext = self.options.accept_plaintext_rows;
-                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
-                    Box::pin(async move {
-                        let spec = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
-                            .bind(mesh.as_str().to_owned())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        if let Some((_, Json(spec))) = spec {
-                            // Fail closed: a spec the guard cannot read might use the secret.
-                            let mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &mesh, spec)
-                                .map_err(|e| e.to_string())
-                                .and_then(|spec| Mtls::of(&spec, &mesh).map_err(|e| e.to_string()));
-                            match mtls {
-                                Err(reason) => {
-                                    return Err(TxError::Refused(StoreError::MeshUnreadable {
-                                        mesh: mesh.as_str().to_owned(),
-                                        reason,
-                                    }));
-                                }
-                                Ok(Some(mtls)) => {
-                                    if let Some(usage) = mtls
-                                        .used_secrets(&mesh)
-                                        .into_iter()
-                                        .find(|u| u.secret == key.name().as_str())
-                                    {
-                                        return Err(TxError::Refused(StoreError::InUse {
-                                            secret: usage.secret,
-                                            mesh: mesh.as_str().to_owned(),
-                                            backend: usage.backend,
-                                        }));
-                                    }
-                                }
-                                Ok(None) => {}
-                            }
-                        }
-                        Ok(Self::stamp_and_delete(tx, &key, expected_version).await?)
-                    })
-                })
-                .await?
-            }
-            _ => {
-                let key = key.clone();
-                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
-                    Box::pin(async move { Ok(Self::stamp_and_delete(tx, &key, expected_version).await?) })
-                })
-                .await?
-            }
-        };
-        if deleted.is_some() {
-            return Ok(());
-        }
-        Err(missed(
-            key.resource_key(),
-            expected_version,
-            self.stored_secret_version(key).await?,
-        ))
+        self.delete_secret_with(key, expected_version, false).await
+    }
+
+    async fn purge_secret(&self, key: &SecretKey) -> Result<()> {
+        self.delete_secret_with(key, None, true).await
+    }
+
+    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
+        self.get_secret_version_with(key, version).await
+    }
+
+    async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
+        self.secret_versions_with(key).await
+    }
+
+    async fn rollback_secret(&self, key: &SecretKey, version: i64, expected_version: Option<i64>) -> Result<Secret> {
+        self.rollback_secret_with(key, version, expected_version).await
+    }
+
+    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        self.restore_secret_with(key, version).await
     }
 
     async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {

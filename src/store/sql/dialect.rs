@@ -33,6 +33,9 @@ pub trait Dialect: Database {
     /// the first one newer than the cutoff, so what goes is always a prefix of the
     /// revisions (a reader is told 410 Gone, never silently skips a hole).
     const PRUNE_EVENTS: &'static str;
+    /// `$1` cutoff time, `$2` batch size: deletes up to `$2` versions of secrets deleted
+    /// before the cutoff, returning their versions.
+    const PRUNE_DELETED_HISTORY: &'static str;
     /// Appended to a `SELECT` of one row in a write transaction to lock it for the update
     /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
     /// other writers, so nothing).

@@ -63,6 +63,7 @@ macro_rules! impl_for_sql_databases {
             for<'r> $crate::store::sql::ListedMeshRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::SealedRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::EventRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::sql::VersionRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (Option<i64>,): ::sqlx::FromRow<'r, DB::Row>,
             for<'q> Option<::sqlx::types::Json<$crate::store::feed::Actor>>:
                 ::sqlx::Encode<'q, DB> + ::sqlx::Type<DB>,
@@ -88,6 +89,7 @@ macro_rules! impl_for_sql_databases {
 mod crud;
 mod dialect;
 mod feed;
+mod history;
 mod import;
 mod list;
 mod mtls;
@@ -99,6 +101,7 @@ mod tx;
 
 pub use dialect::Dialect;
 pub use feed::EventRow;
+pub use history::VersionRow;
 pub use reseal::{KeyUsage, ResealBatch, Unreadable};
 pub use rows::{ListedMeshRow, ListedSecretRow, MeshRow, SealedRow, SecretRow};
 

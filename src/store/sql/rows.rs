@@ -60,6 +60,11 @@ impl SecretRow {
         self.version
     }
 
+    /// When the secret was created.
+    pub fn creation_time(&self) -> DateTime<Utc> {
+        self.creation_time
+    }
+
     /// The secret's key.
     pub fn key(&self) -> SecretKey {
         stored_key(self.mesh.as_deref(), &self.name)

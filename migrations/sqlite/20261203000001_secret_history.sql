@@ -1,0 +1,63 @@
+-- Version history: every update keeps the version it replaces, and a delete keeps the
+-- deleted secret's versions for a while, so a bad rotation can be rolled back and a
+-- mistaken delete undone. Written by triggers in the writing statement, so every write
+-- path (API, import, copy, rollback, restore) keeps history. See the Postgres migration of
+-- the same name for the rules; these triggers are the same rules in SQLite's syntax.
+
+CREATE TABLE secret_versions (
+    id                INTEGER NOT NULL,
+    mesh              TEXT,
+    name              TEXT    NOT NULL,
+    version           INTEGER NOT NULL,
+    creation_time     TEXT    NOT NULL,
+    modification_time TEXT    NOT NULL,
+    labels            TEXT    NOT NULL,
+    data              BLOB    NOT NULL,
+    key_id            TEXT,
+    write_id          BLOB,
+    actor             TEXT,
+    request_id        TEXT,
+    deleted_time      TEXT,
+
+    CONSTRAINT secret_versions_pkey PRIMARY KEY (id),
+    CONSTRAINT secret_versions_mesh_fk FOREIGN KEY (mesh) REFERENCES meshes (name) ON DELETE CASCADE,
+    CONSTRAINT secret_versions_key UNIQUE (mesh, name, version)
+) STRICT;
+CREATE UNIQUE INDEX secret_versions_global_key ON secret_versions (name, version) WHERE mesh IS NULL;
+CREATE INDEX secret_versions_deleted_idx ON secret_versions (deleted_time) WHERE deleted_time IS NOT NULL;
+CREATE INDEX secret_versions_key_id_idx ON secret_versions (key_id);
+
+CREATE TABLE history_settings (
+    id           INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    max_versions INTEGER NOT NULL CHECK (max_versions >= 0)
+) STRICT;
+INSERT INTO history_settings (id, max_versions) VALUES (1, 10);
+
+CREATE TRIGGER secrets_history_insert AFTER INSERT ON secrets BEGIN
+    DELETE FROM secret_versions
+    WHERE mesh IS NEW.mesh AND name = NEW.name AND deleted_time IS NOT NULL;
+END;
+
+CREATE TRIGGER secrets_history_update AFTER UPDATE ON secrets
+WHEN NEW.version <> OLD.version
+ AND (SELECT max_versions FROM history_settings WHERE id = 1) > 0 BEGIN
+    INSERT INTO secret_versions (mesh, name, version, creation_time, modification_time,
+                                 labels, data, key_id, write_id, actor, request_id)
+    VALUES (OLD.mesh, OLD.name, OLD.version, OLD.creation_time, OLD.modification_time,
+            OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id);
+    DELETE FROM secret_versions
+    WHERE mesh IS OLD.mesh AND name = OLD.name
+      AND version <= NEW.version - 1 - (SELECT max_versions FROM history_settings WHERE id = 1);
+END;
+
+CREATE TRIGGER secrets_history_delete AFTER DELETE ON secrets
+WHEN (SELECT max_versions FROM history_settings WHERE id = 1) > 0
+ AND (OLD.mesh IS NULL OR EXISTS (SELECT 1 FROM meshes WHERE name = OLD.mesh)) BEGIN
+    INSERT INTO secret_versions (mesh, name, version, creation_time, modification_time,
+                                 labels, data, key_id, write_id, actor, request_id, deleted_time)
+    VALUES (OLD.mesh, OLD.name, OLD.version, OLD.creation_time, OLD.modification_time,
+            OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id,
+            strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+    UPDATE secret_versions SET deleted_time = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+    WHERE mesh IS OLD.mesh AND name = OLD.name AND deleted_time IS NULL;
+END;

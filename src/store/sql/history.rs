@@ -1,0 +1,334 @@
+//! Version history on SQL: reading a kept version, listing versions, rolling back,
+//! restoring a deleted secret, purging, the history limit and the pruning of deleted
+//! secrets' histories. The rows themselves are written by triggers (migration
+//! `secret_history`); see `store::history` for the rules.
+
+use super::rows::SecretRow;
+use super::statements::{Keyed, bind_key};
+use super::tx::{RunOnStore, TxError};
+use super::{SqlStore, labels_json, now, seal, writer};
+use crate::domain::{Secret, SecretKey};
+use crate::store::error::Op;
+use crate::store::feed::Actor;
+use crate::store::history::VersionInfo;
+use crate::store::{Result, StoreError};
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+use sqlx::types::Json;
+
+/// `$1` version, `$2` name [, `$3` mesh]: a kept version of a secret that exists.
+const GET_KEPT_VERSION: Keyed = Keyed {
+    mesh: concat!(
+        "SELECT ",
+        secret_columns!(),
+        " FROM secret_versions WHERE deleted_time IS NULL AND version = $1 AND name = $2 AND mesh = $3"
+    ),
+    global: concat!(
+        "SELECT ",
+        secret_columns!(),
+        " FROM secret_versions WHERE deleted_time IS NULL AND version = $1 AND name = $2 AND mesh IS NULL"
+    ),
+};
+
+/// `$1` name [, `$2` mesh]: the versions of a deleted secret, newest first.
+const DELETED_VERSIONS: Keyed = Keyed {
+    mesh: concat!(
+        "SELECT ",
+        secret_columns!(),
+        " FROM secret_versions WHERE deleted_time IS NOT NULL AND name = $1 AND mesh = $2 ORDER BY version DESC"
+    ),
+    global: concat!(
+        "SELECT ",
+        secret_columns!(),
+        " FROM secret_versions WHERE deleted_time IS NOT NULL AND name = $1 AND mesh IS NULL ORDER BY version DESC"
+    ),
+};
+
+/// `$1` name [, `$2` mesh]: history as metadata, newest first.
+const LIST_KEPT: Keyed = Keyed {
+    mesh: "SELECT version, modification_time, actor, deleted_time FROM secret_versions \
+           WHERE name = $1 AND mesh = $2 ORDER BY version DESC",
+    global: "SELECT version, modification_time, actor, deleted_time FROM secret_versions \
+             WHERE name = $1 AND mesh IS NULL ORDER BY version DESC",
+};
+
+/// `$1` name [, `$2` mesh]: the current version as metadata.
+const CURRENT_META: Keyed = Keyed {
+    mesh: "SELECT version, modification_time, actor, NULL AS deleted_time FROM secrets \
+           WHERE name = $1 AND mesh = $2",
+    global: "SELECT version, modification_time, actor, NULL AS deleted_time FROM secrets \
+             WHERE name = $1 AND mesh IS NULL",
+};
+
+/// `$1` name [, `$2` mesh]: a deleted secret's history belongs to the secret again.
+const UNDELETE_HISTORY: Keyed = Keyed {
+    mesh: "UPDATE secret_versions SET deleted_time = NULL \
+           WHERE deleted_time IS NOT NULL AND name = $1 AND mesh = $2",
+    global: "UPDATE secret_versions SET deleted_time = NULL \
+             WHERE deleted_time IS NOT NULL AND name = $1 AND mesh IS NULL",
+};
+
+/// `$1` name [, `$2` mesh]: every kept version, gone.
+pub(super) const PURGE_HISTORY: Keyed = Keyed {
+    mesh: "DELETE FROM secret_versions WHERE name = $1 AND mesh = $2 RETURNING version",
+    global: "DELETE FROM secret_versions WHERE name = $1 AND mesh IS NULL RETURNING version",
+};
+
+/// `$1` name, `$2` mesh (NULL for global), `$3` version, `$4` creation time, `$5` time,
+/// `$6` labels, `$7` data, `$8` key id, `$9` write id, `$10` actor, `$11` request id.
+const RESTORE_SECRET: &str = concat!(
+    "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data, ",
+    "key_id, write_id, actor, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
+    secret_columns!()
+);
+
+/// `$1` the limit.
+const SET_MAX_VERSIONS: &str = "UPDATE history_settings SET max_versions = $1 WHERE id = 1";
+const GET_MAX_VERSIONS: &str =
+    "SELECT CAST(max_versions AS BIGINT) FROM history_settings WHERE id = 1";
+
+/// A version of a secret as `_versions` lists it (an implementation detail of
+/// [`super::SqlStore`]).
+#[derive(sqlx::FromRow)]
+pub struct VersionRow {
+    version: i64,
+    modification_time: DateTime<Utc>,
+    actor: Option<Json<Actor>>,
+    deleted_time: Option<DateTime<Utc>>,
+}
+
+impl_for_sql_databases! {
+impl [SqlStore<DB>] {
+    /// Version `version` of the secret `key`: the current one or one kept in history.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if the secret does not exist (a deleted secret included),
+    /// [`StoreError::VersionNotFound`] if it exists but that version is not kept.
+    pub(super) async fn get_secret_version_with(&self, key: &SecretKey, version: i64) -> Result<Secret> {
+        let current = self.get_secret_row(key).await?;
+        let row = if current.version() == version {
+            current
+        } else {
+            let kept = sqlx::query_as::<DB, SecretRow>(GET_KEPT_VERSION.for_key(key)).bind(version);
+            bind_key(kept, key)
+                .fetch_optional_via(self, Op::Other)
+                .await?
+                .ok_or_else(|| StoreError::VersionNotFound { key: key.resource_key(), version })?
+        };
+        row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+    }
+
+    async fn get_secret_row(&self, key: &SecretKey) -> Result<SecretRow> {
+        bind_key(sqlx::query_as::<DB, SecretRow>(super::statements::GET_SECRET.for_key(key)), key)
+            .fetch_optional_via(self, Op::Other)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.resource_key()))
+    }
+
+    /// The versions of the secret `key`, newest first: the current one and those kept, or
+    /// a deleted secret's kept versions (each with its deletion time).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the secret neither exists nor has kept versions.
+    pub(super) async fn secret_versions_with(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
+        let current = bind_key(sqlx::query_as::<DB, VersionRow>(CURRENT_META.for_key(key)), key)
+            .fetch_optional_via(self, Op::Other)
+            .await?;
+        let kept = bind_key(sqlx::query_as::<DB, VersionRow>(LIST_KEPT.for_key(key)), key)
+            .fetch_all_via(self, Op::Other)
+            .await?;
+        let mut versions: Vec<VersionInfo> = current
+            .into_iter()
+            .map(|row| VersionInfo {
+                version: row.version,
+                modification_time: row.modification_time,
+                current: true,
+                actor: row.actor.map(|Json(a)| a),
+                deletion_time: None,
+            })
+            .collect();
+        let exists = !versions.is_empty();
+        versions.extend(
+            kept.into_iter()
+                // A delete committed after the current row was read: not this secret's.
+                .filter(|row| !exists || row.deleted_time.is_none())
+                .map(|row| VersionInfo {
+                    version: row.version,
+                    modification_time: row.modification_time,
+                    current: false,
+                    actor: row.actor.map(|Json(a)| a),
+                    deletion_time: row.deleted_time,
+                }),
+        );
+        if versions.is_empty() {
+            return Err(StoreError::NotFound(key.resource_key()));
+        }
+        Ok(versions)
+    }
+
+    /// Writes version `version`'s data and labels as a new version of the secret `key`
+    /// (history is never rewritten), if it is at `expected_version` when one is given.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::VersionNotFound`], [`StoreError::Conflict`]
+    /// when `expected_version` is not the current one.
+    pub(super) async fn rollback_secret_with(
+        &self,
+        key: &SecretKey,
+        version: i64,
+        expected_version: Option<i64>,
+    ) -> Result<Secret> {
+        let keyring = self.options.keyring.clone();
+        let accept_plaintext = self.options.accept_plaintext_rows;
+        let key = key.clone();
+        self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+            Box::pin(async move {
+                let refuse = |e: StoreError| Err(TxError::Refused(e));
+                let lock = format!(
+                    "{}{}",
+                    super::statements::GET_SECRET.for_key(&key),
+                    DB::FOR_UPDATE
+                );
+                let current = bind_key(sqlx::query_as::<DB, SecretRow>(AssertSqlSafe(lock)), &key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(current) = current else {
+                    return refuse(StoreError::NotFound(key.resource_key()));
+                };
+                let at = current.version();
+                if let Some(expected) = expected_version
+                    && expected != at
+                {
+                    return refuse(super::missed(key.resource_key(), Some(expected), Some(at)));
+                }
+                let source = if version == at {
+                    current
+                } else {
+                    let kept = sqlx::query_as::<DB, SecretRow>(GET_KEPT_VERSION.for_key(&key)).bind(version);
+                    match bind_key(kept, &key).fetch_optional(&mut *tx).await? {
+                        Some(row) => row,
+                        None => {
+                            return refuse(StoreError::VersionNotFound { key: key.resource_key(), version });
+                        }
+                    }
+                };
+                let source = match source.open(keyring.as_deref(), accept_plaintext) {
+                    Ok(secret) => secret,
+                    Err(e) => return refuse(e),
+                };
+                let stored = seal(keyring.as_deref(), &key, source.data.expose());
+                let row = Self::update_secret_query(&key, stored, &source.labels, now(), at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok(row.with_data(source.data))
+            })
+        })
+        .await
+    }
+
+    /// Brings the deleted secret `key` back from its history: version `version` (the
+    /// newest kept if `None`) becomes a new version, above every kept one, and its history
+    /// is the secret's again.
+    ///
+    /// # Errors
+    /// [`StoreError::NotDeleted`] if the secret exists, [`StoreError::NotFound`] if nothing
+    /// of it is kept, [`StoreError::VersionNotFound`] if that version is not.
+    pub(super) async fn restore_secret_with(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        let keyring = self.options.keyring.clone();
+        let accept_plaintext = self.options.accept_plaintext_rows;
+        let max_size = self.options.max_secret_size;
+        let key = key.clone();
+        self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+            Box::pin(async move {
+                let refuse = |e: StoreError| Err(TxError::Refused(e));
+                let exists = bind_key(
+                    sqlx::query_as::<DB, (i64,)>(super::statements::GET_SECRET_VERSION.for_key(&key)),
+                    &key,
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_some() {
+                    return refuse(StoreError::NotDeleted(key.resource_key()));
+                }
+                let kept = bind_key(sqlx::query_as::<DB, SecretRow>(DELETED_VERSIONS.for_key(&key)), &key)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let Some(newest) = kept.first().map(SecretRow::version) else {
+                    return refuse(StoreError::NotFound(key.resource_key()));
+                };
+                let Some(source) = kept.into_iter().find(|row| version.is_none_or(|v| row.version() == v)) else {
+                    let version = version.unwrap_or(newest);
+                    return refuse(StoreError::VersionNotFound { key: key.resource_key(), version });
+                };
+                let creation_time = source.creation_time();
+                let source = match source.open(keyring.as_deref(), accept_plaintext) {
+                    Ok(secret) => secret,
+                    Err(e) => return refuse(e),
+                };
+                if let Err(e) = source.data.check_size(max_size) {
+                    return refuse(e.into());
+                }
+                bind_key(sqlx::query_as::<DB, (i64,)>(UNDELETE_HISTORY.for_key(&key)), &key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let stored = seal(keyring.as_deref(), &key, source.data.expose());
+                let (actor, request_id) = writer();
+                let row = sqlx::query_as::<DB, SecretRow>(RESTORE_SECRET)
+                    .bind(key.name().as_str().to_owned())
+                    .bind(key.mesh().map(|m| m.as_str().to_owned()))
+                    .bind(newest + 1)
+                    .bind(creation_time)
+                    .bind(now())
+                    .bind(labels_json(&source.labels))
+                    .bind(stored.bytes)
+                    .bind(stored.key_id)
+                    .bind(stored.write_id)
+                    .bind(actor)
+                    .bind(request_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok(row.with_data(source.data))
+            })
+        })
+        .await
+    }
+
+    /// How many earlier versions each secret keeps.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn max_versions(&self) -> Result<u32> {
+        let (limit,) = sqlx::query_as::<DB, (i64,)>(GET_MAX_VERSIONS)
+            .fetch_one_via(self, Op::Other)
+            .await?;
+        Ok(u32::try_from(limit).unwrap_or(0))
+    }
+
+    /// Sets how many earlier versions each secret keeps (0: none, and deletes are final).
+    /// Secrets over a lowered limit shed their oldest versions at their next update.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn set_max_versions(&self, limit: u32) -> Result<()> {
+        sqlx::query_as::<DB, (i64,)>(SET_MAX_VERSIONS)
+            .bind(i64::from(limit))
+            .fetch_optional_via(self, Op::Other)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes up to `batch` versions of secrets deleted before `cutoff`; returns how many.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn prune_deleted_history(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
+        let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let pruned = sqlx::query_as::<DB, (i64,)>(DB::PRUNE_DELETED_HISTORY)
+            .bind(cutoff)
+            .bind(i64::from(batch))
+            .fetch_all_via(self, Op::Other)
+            .await?;
+        Ok(pruned.len() as u64)
+    }
+}
+}
