@@ -254,7 +254,7 @@ async fn purge_destroys_a_secret_and_its_history<S: SecretStore>(store: &S) {
     add_mesh(store).await;
     create(store, "live", "a").await;
     update(store, "live", 1, "b").await;
-    store.purge_secret(&key("live")).await.unwrap();
+    store.purge_secret(&key("live"), None).await.unwrap();
     for err in [
         store.get_secret(&key("live")).await.unwrap_err(),
         store.secret_versions(&key("live")).await.unwrap_err(),
@@ -265,10 +265,10 @@ async fn purge_destroys_a_secret_and_its_history<S: SecretStore>(store: &S) {
     // A deleted secret's history.
     create(store, "gone", "a").await;
     store.delete_secret(&key("gone"), None).await.unwrap();
-    store.purge_secret(&key("gone")).await.unwrap();
+    store.purge_secret(&key("gone"), None).await.unwrap();
     let err = store.restore_secret(&key("gone"), None).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store.purge_secret(&key("gone")).await.unwrap_err();
+    let err = store.purge_secret(&key("gone"), None).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 

@@ -40,6 +40,58 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// A request body that may be left out (`POST …/_restore`); one that is sent must be JSON,
+/// as for [`JsonBody`].
+pub struct OptionalJsonBody(Result<Option<Bytes>, ApiError>);
+
+impl OptionalJsonBody {
+    /// The body, `None` when the request had none.
+    ///
+    /// # Errors
+    /// As [`JsonBody::bytes`].
+    pub fn bytes(self) -> Result<Option<Bytes>, ApiError> {
+        self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = request.headers().clone();
+        let body = match Bytes::from_request(request, state).await {
+            Ok(bytes) if bytes.is_empty() => Ok(None),
+            other => json_body(&headers, other).map(Some),
+        };
+        Ok(OptionalJsonBody(body))
+    }
+}
+
+impl Preconditions {
+    /// The version an `If-Match` asks a write to find, for a store call that checks it in
+    /// the write itself: `None` without one (or with `*`). Several ETags are checked here
+    /// against the version `current` reads, which is then the one expected.
+    ///
+    /// # Errors
+    /// 412 when none of several ETags is the current version; `current`'s own errors.
+    pub async fn expected_version<F>(&self, current: F) -> Result<Option<i64>, ApiError>
+    where
+        F: Future<Output = Result<Option<i64>, ApiError>>,
+    {
+        match &self.if_match {
+            None | Some(Condition::Any) => Ok(None),
+            Some(Condition::Versions(versions)) => match versions[..] {
+                [version] => Ok(Some(version)),
+                _ => {
+                    let current = current.await?;
+                    self.check(current)?;
+                    Ok(current)
+                }
+            },
+        }
+    }
+}
+
 fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)

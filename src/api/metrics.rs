@@ -289,8 +289,8 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
         self.timed("restore_secret", self.inner.restore_secret(key, version))
             .await
     }
-    async fn purge_secret(&self, key: &SecretKey) -> Result<()> {
-        self.timed("purge_secret", self.inner.purge_secret(key))
+    async fn purge_secret(&self, key: &SecretKey, expected: Option<i64>) -> Result<()> {
+        self.timed("purge_secret", self.inner.purge_secret(key, expected))
             .await
     }
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {

@@ -24,6 +24,7 @@ mod error;
 mod extract;
 mod global_secrets;
 mod health;
+mod history;
 mod list;
 mod meshes;
 mod metrics;

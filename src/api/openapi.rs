@@ -405,6 +405,19 @@ struct FormatQuery {
     format: Option<String>,
     /// Namespace of the Kubernetes manifest (default `kuma-system`).
     namespace: Option<String>,
+    /// A version kept in the secret's history (`GET …/_versions` lists them); the `ETag`
+    /// is that version.
+    #[param(minimum = 1)]
+    version: Option<i64>,
+}
+
+/// `?purge=` of a Secret DELETE.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PurgeQuery {
+    /// `true`: destroy the secret and its whole history now (no restore).
+    #[param(pattern = "^(true|false)$")]
+    purge: Option<String>,
 }
 
 /// Conditional writes.
@@ -537,7 +550,7 @@ macro_rules! resource_operations {
         type: $kind:literal, alias: $suffix:literal,
         list: $list_path:literal ($($list_param:ident),*) -> $list_schema:ident,
         item: $item_path:literal ($item_param:ident), get ($($get_param:ident),*) -> $get_schema:ident,
-            put $put_schema:ident,
+            put $put_schema:ident, delete ($($delete_param:ident),*),
         fns: $list:ident, $get:ident, $put:ident, $delete:ident
     ) => {
         operation!(
@@ -577,7 +590,7 @@ macro_rules! resource_operations {
             #[utoipa::path(delete, path = $item_path, tag = $kind,
                 operation_id = concat!("delete", $kind, $suffix),
                 summary = concat!("Delete a ", $kind),
-                params($item_param, DeleteConditions),
+                params($item_param, DeleteConditions $(, $delete_param)*),
                 responses(
                     (status = 200, description = "Deleted", body = EmptySchema),
                     ItemErrors,
@@ -591,21 +604,21 @@ resource_operations!(
     type: "Secret", alias: "",
     list: "/meshes/{mesh}/secrets" (MeshPath, ListQuery) -> SecretListSchema,
     item: "/meshes/{mesh}/secrets/{name}" (SecretPath), get (FormatQuery) -> SecretResponse,
-        put SecretItemSchema,
+        put SecretItemSchema, delete (PurgeQuery),
     fns: get_secret_list, get_secret, put_secret, delete_secret
 );
 resource_operations!(
     type: "GlobalSecret", alias: "",
     list: "/global-secrets" (ListQuery) -> GlobalSecretListSchema,
     item: "/global-secrets/{name}" (NamePath), get (FormatQuery) -> GlobalSecretResponse,
-        put GlobalSecretItemSchema,
+        put GlobalSecretItemSchema, delete (PurgeQuery),
     fns: get_global_secret_list, get_global_secret, put_global_secret, delete_global_secret
 );
 resource_operations!(
     type: "GlobalSecret", alias: "Alias",
     list: "/globalsecrets" (ListQuery) -> GlobalSecretListSchema,
     item: "/globalsecrets/{name}" (NamePath), get (FormatQuery) -> GlobalSecretResponse,
-        put GlobalSecretItemSchema,
+        put GlobalSecretItemSchema, delete (PurgeQuery),
     fns: get_global_secret_list_alias, get_global_secret_alias, put_global_secret_alias,
         delete_global_secret_alias
 );
@@ -613,8 +626,118 @@ resource_operations!(
     type: "Mesh", alias: "",
     list: "/meshes" (ListQuery) -> MeshListSchema,
     item: "/meshes/{name}" (MeshNamePath), get () -> MeshItemSchema, put MeshItemSchema,
+        delete (),
     fns: get_mesh_list, get_mesh, put_mesh, delete_mesh
 );
+
+/// The version history operations of one secret type under one spelling of its path:
+/// `…/_versions`, `…/_rollback`, `…/_restore`.
+macro_rules! history_operations {
+    (
+        type: $kind:literal, alias: $suffix:literal, item: $item_path:literal ($item_param:ident)
+            -> $item_schema:ident,
+        fns: $versions:ident, $rollback:ident, $restore:ident
+    ) => {
+        operation!(
+            #[utoipa::path(get, path = concat!($item_path, "/_versions"), tag = $kind,
+                operation_id = concat!("get", $kind, "Versions", $suffix),
+                summary = concat!("List the versions kept of a ", $kind, ", newest first"),
+                params($item_param),
+                responses(
+                    (status = 200, description = "Its versions", body = VersionListSchema),
+                    ItemErrors,
+                ))]
+            $versions
+        );
+        operation!(
+            #[utoipa::path(post, path = concat!($item_path, "/_rollback"), tag = $kind,
+                operation_id = concat!("rollback", $kind, $suffix),
+                summary = concat!("Write an earlier version of a ", $kind, " as a new version"),
+                params($item_param, DeleteConditions),
+                request_body = RollbackRequestSchema,
+                responses(
+                    (status = 200, description = "Rolled back",
+                        headers(("ETag" = String, description = "\"<version>\"")),
+                        body = $item_schema),
+                    WriteErrors,
+                ))]
+            $rollback
+        );
+        operation!(
+            #[utoipa::path(post, path = concat!($item_path, "/_restore"), tag = $kind,
+                operation_id = concat!("restore", $kind, $suffix),
+                summary = concat!("Bring a deleted ", $kind, " back from its history"),
+                params($item_param),
+                request_body(content = Option<RestoreRequestSchema>, description = "Optional: the version to restore (the newest kept by default)"),
+                responses(
+                    (status = 200, description = "Restored",
+                        headers(("ETag" = String, description = "\"<version>\"")),
+                        body = $item_schema),
+                    WriteErrors,
+                ))]
+            $restore
+        );
+    };
+}
+
+history_operations!(
+    type: "Secret", alias: "", item: "/meshes/{mesh}/secrets/{name}" (SecretPath)
+        -> SecretItemSchema,
+    fns: get_secret_versions, rollback_secret, restore_secret
+);
+history_operations!(
+    type: "GlobalSecret", alias: "", item: "/global-secrets/{name}" (NamePath)
+        -> GlobalSecretItemSchema,
+    fns: get_global_secret_versions, rollback_global_secret, restore_global_secret
+);
+history_operations!(
+    type: "GlobalSecret", alias: "Alias", item: "/globalsecrets/{name}" (NamePath)
+        -> GlobalSecretItemSchema,
+    fns: get_global_secret_versions_alias, rollback_global_secret_alias,
+        restore_global_secret_alias
+);
+
+/// One version of a secret (metadata, never data).
+#[derive(ToSchema)]
+#[schema(as = VersionItem)]
+struct VersionItemSchema {
+    /// The version.
+    #[schema(minimum = 1)]
+    version: i64,
+    /// When it was written.
+    #[schema(rename = "modificationTime", format = DateTime)]
+    modification_time: String,
+    /// It is the current version.
+    current: bool,
+    /// Who wrote it: `{"name", "groups"}` (for the version a delete removed: who deleted it).
+    actor: Option<BTreeMap<String, serde_json::Value>>,
+    /// When the secret was deleted (versions of a deleted secret).
+    #[schema(rename = "deletionTime", format = DateTime)]
+    deletion_time: Option<String>,
+}
+
+list_schema! {
+    /// The versions of a secret, newest first (`next` is always null).
+    struct VersionListSchema as VersionList of VersionItemSchema
+}
+
+/// `POST …/_rollback`.
+#[derive(ToSchema)]
+#[schema(as = RollbackRequest)]
+struct RollbackRequestSchema {
+    /// The version to return to.
+    #[schema(minimum = 1)]
+    version: i64,
+}
+
+/// `POST …/_restore`.
+#[derive(ToSchema)]
+#[schema(as = RestoreRequest)]
+struct RestoreRequestSchema {
+    /// The version to restore (the newest kept by default).
+    #[schema(minimum = 1)]
+    version: Option<i64>,
+}
 
 operation!(
     #[utoipa::path(get, path = "/secrets", tag = "Secret",
@@ -809,6 +932,10 @@ impl Modify for BearerTokens {
     paths(
         get_secret_list, get_secret_list_in_all_meshes, get_secret, put_secret, delete_secret,
         get_secret_usage,
+        get_secret_versions, rollback_secret, restore_secret,
+        get_global_secret_versions, rollback_global_secret, restore_global_secret,
+        get_global_secret_versions_alias, rollback_global_secret_alias,
+        restore_global_secret_alias,
         get_global_secret_list, get_global_secret, put_global_secret, delete_global_secret,
         get_global_secret_list_alias, get_global_secret_alias, put_global_secret_alias,
         delete_global_secret_alias,

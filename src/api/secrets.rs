@@ -8,7 +8,8 @@
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Condition, JsonBody, Preconditions, etag};
+use super::extract::{JsonBody, Preconditions, etag};
+use super::history;
 use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
@@ -34,6 +35,9 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
         .add::<doc::__path_put_secret, _, _>(put_secret::<S>)
         .add::<doc::__path_delete_secret, _, _>(delete_secret::<S>)
         .add::<doc::__path_get_secret_usage, _, _>(get_mesh_secret_usage::<S>)
+        .add::<doc::__path_get_secret_versions, _, _>(history::list_versions::<S>)
+        .add::<doc::__path_rollback_secret, _, _>(history::rollback::<S>)
+        .add::<doc::__path_restore_secret, _, _>(history::restore::<S>)
         .add::<doc::__path_get_secret_list_in_all_meshes, _, _>(list_secrets::<S>)
 }
 
@@ -215,13 +219,14 @@ pub(super) async fn get_secret<S: SecretStore + Clone + 'static>(
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let format = Format::from_query(uri.query())?;
+    let version = version_requested(uri.query())?;
     user.require_admin(at.secret_type().as_str())?;
     let key = at.key().ok_or_else(|| ApiError::not_found(TITLE))?;
-    let secret = state
-        .store
-        .get_secret(&key)
-        .await
-        .map_err(|e| ApiError::store(TITLE, e))?;
+    let secret = match version {
+        None => state.store.get_secret(&key).await,
+        Some(version) => state.store.get_secret_version(&key, version).await,
+    }
+    .map_err(|e| ApiError::store(TITLE, e))?;
     let tag = etag(secret.meta.version);
     let body = match format {
         Format::Universal => Json(SecretItem::from(&secret)).into_response(),
@@ -241,6 +246,22 @@ fn kubernetes_manifest(secret: &Secret, namespace: &str) -> serde_json::Value {
         labels: Labels::default(),
     });
     wire::to_kubernetes(&resource, Some(&secret.meta.creation_time), namespace)
+}
+
+/// `?version=V` of an item GET: a version kept in the secret's history.
+fn version_requested(query: Option<&str>) -> ApiResult<Option<i64>> {
+    let Some((_, raw)) =
+        form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == "version")
+    else {
+        return Ok(None);
+    };
+    match raw.parse::<i64>() {
+        Ok(version) if version >= 1 => Ok(Some(version)),
+        _ => Err(ApiError::invalid(
+            "Could not retrieve a resource",
+            ValidationError::single("version", r#""version" must be a whole number from 1"#),
+        )),
+    }
 }
 
 /// `?format=` of an item GET.
@@ -341,6 +362,7 @@ pub(super) async fn delete_secret<S: SecretStore + Clone + 'static>(
     Extension(user): Extension<User>,
     preconditions: Preconditions,
     at: SecretAt,
+    uri: Uri,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
     user.require_admin(at.secret_type().as_str())?;
@@ -348,35 +370,44 @@ pub(super) async fn delete_secret<S: SecretStore + Clone + 'static>(
     // With If-Match, delete only the version the caller saw: the store checks it in the
     // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
     // never opened, so a secret whose sealed value is unreadable can still be deleted.
-    let (expected, precondition) = match &preconditions.if_match {
-        None => (None, false),
-        Some(Condition::Any) => (None, true),
-        Some(Condition::Versions(versions)) => match versions[..] {
-            [version] => (Some(version), true),
-            // No version or several: learn the current one (the row is not opened).
-            _ => {
-                let current = state
-                    .store
-                    .secret_version(&key)
-                    .await
-                    .map_err(|e| ApiError::store(TITLE, e))?;
-                preconditions.check(current)?;
-                (current, true)
-            }
-        },
+    let precondition = preconditions.if_match.is_some();
+    let expected = preconditions
+        .expected_version(async {
+            state
+                .store
+                .secret_version(&key)
+                .await
+                .map_err(|e| ApiError::store(TITLE, e))
+        })
+        .await?;
+    let deleted = if purge_requested(uri.query())? {
+        state.store.purge_secret(&key, expected).await
+    } else {
+        state.store.delete_secret(&key, expected).await
     };
-    state
-        .store
-        .delete_secret(&key, expected)
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
-                "If-Match failed: the resource is at version \"{actual}\""
-            )),
-            StoreError::NotFound(_) if precondition => {
-                ApiError::precondition_failed("If-Match failed: the resource does not exist")
-            }
-            other => ApiError::store(TITLE, other),
-        })?;
+    deleted.map_err(|e| match e {
+        StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
+            "If-Match failed: the resource is at version \"{actual}\""
+        )),
+        StoreError::NotFound(_) if precondition => {
+            ApiError::precondition_failed("If-Match failed: the resource does not exist")
+        }
+        other => ApiError::store(TITLE, other),
+    })?;
     Ok(Json(serde_json::json!({})).into_response())
+}
+
+/// `?purge=true` of a DELETE: destroy the secret's history with it.
+fn purge_requested(query: Option<&str>) -> ApiResult<bool> {
+    let purge = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "purge")
+        .map(|(_, v)| v.into_owned());
+    match purge.as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::invalid(
+            "Could not delete a resource",
+            ValidationError::single("purge", r#""purge" must be true or false"#),
+        )),
+    }
 }

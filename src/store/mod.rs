@@ -175,11 +175,17 @@ pub trait SecretStore: Send + Sync {
     ) -> impl Future<Output = Result<Secret>> + Send;
 
     /// Destroys a secret and every kept version of it now (a deleted secret's history
-    /// included), with the same mTLS guard as a delete.
+    /// included), with the same mTLS guard as a delete; with `expected_version`, only if
+    /// the secret exists at that version.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] if nothing of the secret exists, [`StoreError::InUse`].
-    fn purge_secret(&self, key: &SecretKey) -> impl Future<Output = Result<()>> + Send;
+    /// [`StoreError::NotFound`] if nothing of the secret exists, [`StoreError::Conflict`],
+    /// [`StoreError::InUse`].
+    fn purge_secret(
+        &self,
+        key: &SecretKey,
+        expected_version: Option<i64>,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Lists secrets, filtered and paginated in SQL, sorted by (mesh, name).
     ///
@@ -514,8 +520,8 @@ impl SecretStore for AnyStore {
     async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
         delegate!(self, s => s.restore_secret(key, version))
     }
-    async fn purge_secret(&self, key: &SecretKey) -> Result<()> {
-        delegate!(self, s => s.purge_secret(key))
+    async fn purge_secret(&self, key: &SecretKey, expected: Option<i64>) -> Result<()> {
+        delegate!(self, s => s.purge_secret(key, expected))
     }
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
         delegate!(self, s => s.create_secret(secret))

@@ -201,3 +201,47 @@ pub struct SecretUsageList {
     /// Each use.
     pub items: Vec<SecretUsage>,
 }
+
+/// One version of a secret in `GET …/{name}/_versions` (metadata, never data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionItem {
+    /// The version (the `ETag` a `GET …?version=V` answers with).
+    pub version: i64,
+    /// When it was written.
+    #[serde(rename = "modificationTime")]
+    pub modification_time: String,
+    /// It is the secret's current version.
+    pub current: bool,
+    /// Who wrote it, when the store knows (for the version a delete removed: who deleted it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<crate::store::feed::Actor>,
+    /// When the secret was deleted, on the versions of a deleted secret.
+    #[serde(
+        rename = "deletionTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deletion_time: Option<String>,
+}
+
+impl From<&crate::store::history::VersionInfo> for VersionItem {
+    fn from(info: &crate::store::history::VersionInfo) -> Self {
+        VersionItem {
+            version: info.version,
+            modification_time: timestamp(&info.modification_time),
+            current: info.current,
+            actor: info.actor.clone(),
+            deletion_time: info.deletion_time.as_ref().map(timestamp),
+        }
+    }
+}
+
+/// The body of `POST …/{name}/_rollback` (`version` required) and `…/_restore` (optional:
+/// the newest kept version by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRequest {
+    /// The version to return to.
+    #[serde(default)]
+    pub version: Option<i64>,
+}

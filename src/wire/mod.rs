@@ -3,7 +3,7 @@
 //!
 //! | file | what |
 //! | --- | --- |
-//! | `items.rs` | a Secret, GlobalSecret or Mesh as Kuma shows it (API bodies, Universal YAML); list bodies |
+//! | `items.rs` | a Secret, GlobalSecret or Mesh as Kuma shows it (API bodies, Universal YAML); list bodies; a secret's versions |
 //! | `body.rs` | a resource body as read from a PUT or a file, and its one validation into a `NewSecret` or `NewMesh` |
 //! | `kubernetes.rs` | Kubernetes manifests: `v1` `Secret` and `kuma.io/v1alpha1` `Mesh` |
 //! | `error.rs` | Kuma's error body |
@@ -19,7 +19,8 @@ mod kubernetes;
 pub use body::{ResourceBody, decode_base64, parse_body, parse_value};
 pub use error::{Cause, ErrorBody, InvalidParameter};
 pub use items::{
-    ListBody, MeshItem, SecretItem, SecretUsage, SecretUsageList, timestamp, universal,
+    ItemMeta, ListBody, MeshItem, SecretItem, SecretUsage, SecretUsageList, VersionItem,
+    VersionRequest, timestamp, universal,
 };
 pub use kubernetes::{
     GLOBAL_SECRET_K8S_TYPE, KUMA_NAMESPACE, KubernetesMesh, KubernetesSecret, ObjectMeta,

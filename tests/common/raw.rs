@@ -8,6 +8,7 @@ use super::server::{Guard, TestServer};
 pub enum P {
     Bytes(Vec<u8>),
     Text(String),
+    Int(i64),
 }
 
 /// Runs `$body` with `$conn` connected straight to the database under `$server`, on
@@ -39,6 +40,7 @@ pub async fn raw_sql(server: &TestServer, sql: &str, params: Vec<P>) {
             query = match p {
                 P::Bytes(b) => query.bind(b),
                 P::Text(t) => query.bind(t),
+                P::Int(i) => query.bind(i),
             };
         }
         query.execute(&mut conn).await.unwrap();
@@ -56,6 +58,18 @@ pub async fn raw_row(server: &TestServer, name: &str) -> (Vec<u8>, Vec<u8>) {
             .await
             .unwrap();
         (row.get(0), row.get(1))
+    })
+}
+
+/// How many rows `sql` (a `SELECT count(*) …` with text parameters) counts, read behind
+/// the service's back.
+pub async fn raw_count(server: &TestServer, sql: &str, params: &[&str]) -> i64 {
+    with_raw_connection!(server, |conn| {
+        let mut query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_owned()));
+        for p in params {
+            query = query.bind(p.to_string());
+        }
+        query.fetch_one(&mut conn).await.unwrap().0
     })
 }
 

@@ -252,8 +252,8 @@ impl [SecretStore for SqlStore<DB>] {
         self.delete_secret_with(key, expected_version, false).await
     }
 
-    async fn purge_secret(&self, key: &SecretKey) -> Result<()> {
-        self.delete_secret_with(key, None, true).await
+    async fn purge_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
+        self.delete_secret_with(key, expected_version, true).await
     }
 
     async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {

@@ -1,0 +1,137 @@
+//! Version history routes, under each secret route (`/meshes/{mesh}/secrets/{name}`,
+//! `/global-secrets/{name}`, `/globalsecrets/{name}`): `GET …/_versions`, `POST
+//! …/_rollback`, `POST …/_restore`. Reading one version (`GET …?version=V`) and purging
+//! (`DELETE …?purge=true`) are options of the item routes in `secrets.rs`. Admin only, like
+//! secrets themselves; the rules are `store::history`'s.
+
+use super::AppState;
+use super::auth::User;
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, OptionalJsonBody, Preconditions, etag};
+use super::secrets::SecretAt;
+use crate::domain::{Secret, SecretKey, ValidationError};
+use crate::store::{SecretStore, StoreError};
+use crate::wire::{ListBody, SecretItem, VersionItem, VersionRequest};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+
+/// `GET …/{name}/_versions`: the versions kept, newest first, as metadata, in Kuma's list
+/// shape (never paged: at most the history limit and the current version). A deleted
+/// secret's versions are listed too (each with its `deletionTime`), to choose what to
+/// restore.
+pub(super) async fn list_versions<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    at: SecretAt,
+) -> ApiResult<Response> {
+    const TITLE: &str = "Could not retrieve a resource";
+    let key = admin_key(&user, &at, TITLE)?;
+    let versions = state
+        .store
+        .secret_versions(&key)
+        .await
+        .map_err(|e| ApiError::store(TITLE, e))?;
+    Ok(Json(ListBody {
+        total: versions.len() as u64,
+        items: versions.iter().map(VersionItem::from).collect(),
+        next: None,
+    })
+    .into_response())
+}
+
+/// `POST …/{name}/_rollback` with `{"version": V}`: writes version V's data and labels as a
+/// new version and answers the secret as GET does (`ETag` the new version). With
+/// `If-Match`, only if the secret is still at that version.
+pub(super) async fn rollback<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    preconditions: Preconditions,
+    at: SecretAt,
+    body: JsonBody,
+) -> ApiResult<Response> {
+    const TITLE: &str = "Could not roll back a resource";
+    let request = version_request(&body.bytes()?, TITLE)?;
+    let Some(version) = request.version else {
+        return Err(ApiError::invalid(
+            TITLE,
+            ValidationError::single("version", "cannot be empty: the version to roll back to"),
+        ));
+    };
+    let key = admin_key(&user, &at, TITLE)?;
+    let expected = preconditions
+        .expected_version(async {
+            state
+                .store
+                .secret_version(&key)
+                .await
+                .map_err(|e| ApiError::store(TITLE, e))
+        })
+        .await?;
+    let secret = state
+        .store
+        .rollback_secret(&key, version, expected)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
+                "If-Match failed: the resource is at version \"{actual}\""
+            )),
+            other => ApiError::store(TITLE, other),
+        })?;
+    Ok(answer(&secret))
+}
+
+/// `POST …/{name}/_restore`, optionally with `{"version": V}`: brings a deleted secret
+/// back as a new version (the newest kept one by default) and answers it as GET does.
+pub(super) async fn restore<S: SecretStore + Clone + 'static>(
+    State(state): State<AppState<S>>,
+    Extension(user): Extension<User>,
+    at: SecretAt,
+    body: OptionalJsonBody,
+) -> ApiResult<Response> {
+    const TITLE: &str = "Could not restore a resource";
+    let request = match body.bytes()? {
+        Some(bytes) => version_request(&bytes, TITLE)?,
+        None => VersionRequest::default(),
+    };
+    let key = admin_key(&user, &at, TITLE)?;
+    let secret = state
+        .store
+        .restore_secret(&key, request.version)
+        .await
+        .map_err(|e| ApiError::store(TITLE, e))?;
+    Ok(answer(&secret))
+}
+
+/// The key of a history route, for an admin; 404 for a name that cannot exist.
+fn admin_key(user: &User, at: &SecretAt, title: &str) -> ApiResult<SecretKey> {
+    user.require_admin(at.secret_type().as_str())?;
+    at.key().ok_or_else(|| ApiError::not_found(title))
+}
+
+/// `{"version": V}`, V a whole number from 1.
+fn version_request(body: &Bytes, title: &str) -> ApiResult<VersionRequest> {
+    let request: VersionRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be {{\"version\": <a version of the secret>}}: {e}"
+        ))
+    })?;
+    if request.version.is_some_and(|v| v < 1) {
+        return Err(ApiError::invalid(
+            title,
+            ValidationError::single("version", "must be a whole number from 1"),
+        ));
+    }
+    Ok(request)
+}
+
+/// The secret as GET answers it, with its new version as the `ETag`.
+fn answer(secret: &Secret) -> Response {
+    (
+        [(header::ETAG, etag(secret.meta.version))],
+        Json(SecretItem::from(secret)),
+    )
+        .into_response()
+}
