@@ -127,6 +127,11 @@ impl ApiClient {
             reason: one_line(&e),
         })?;
         let status = response.status();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_owned());
         let body = response
             .bytes()
             .await
@@ -135,7 +140,13 @@ impl ApiClient {
                 reason: one_line(&e),
             })?;
         if status.is_success() {
-            return Ok((status, bytes_body::Body(body.to_vec())));
+            return Ok((
+                status,
+                bytes_body::Body {
+                    bytes: body.to_vec(),
+                    etag,
+                },
+            ));
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(mut error) if !error.title.is_empty() => {
@@ -179,6 +190,22 @@ impl ApiClient {
             .map(|_| ())
     }
 
+    /// `POST path` with a JSON body, answered with a `T` and its `ETag` (unquoted).
+    ///
+    /// # Errors
+    /// As [`ClientError`]; a body that is not a `T` is [`ClientError::Protocol`].
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(T, Option<String>)> {
+        let (_, body) = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        let etag = body.etag.clone();
+        Ok((body.json(&self.base)?, etag))
+    }
+
     /// `POST path` with a JSON body, answered with text.
     ///
     /// # Errors
@@ -191,7 +218,7 @@ impl ApiClient {
         let (_, body) = self
             .send(self.request(reqwest::Method::POST, path).json(body))
             .await?;
-        String::from_utf8(body.0).map_err(|_| ClientError::Protocol {
+        String::from_utf8(body.bytes).map_err(|_| ClientError::Protocol {
             url: self.base.clone(),
             reason: "the answer is not UTF-8".into(),
         })
@@ -215,12 +242,15 @@ mod bytes_body {
     use super::ClientError;
     use serde::de::DeserializeOwned;
 
-    /// A successful response body.
-    pub struct Body(pub Vec<u8>);
+    /// A successful response body, and the `ETag` it came with (unquoted).
+    pub struct Body {
+        pub bytes: Vec<u8>,
+        pub etag: Option<String>,
+    }
 
     impl Body {
         pub fn json<T: DeserializeOwned>(self, base: &str) -> Result<T, ClientError> {
-            serde_json::from_slice(&self.0).map_err(|e| ClientError::Protocol {
+            serde_json::from_slice(&self.bytes).map_err(|e| ClientError::Protocol {
                 url: base.to_owned(),
                 reason: format!("the answer is not what the API sends: {e}"),
             })

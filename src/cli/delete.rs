@@ -14,6 +14,8 @@ pub enum DeleteCommand {
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
         #[command(flatten)]
+        purge: Purge,
+        #[command(flatten)]
         api: ApiArgs,
     },
     /// A global secret.
@@ -21,6 +23,8 @@ pub enum DeleteCommand {
     GlobalSecret {
         /// Its name.
         name: String,
+        #[command(flatten)]
+        purge: Purge,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -33,22 +37,44 @@ pub enum DeleteCommand {
     },
 }
 
+/// `--purge` of a secret delete.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Purge {
+    /// Destroy its whole version history too, now: it cannot be restored.
+    #[arg(long)]
+    purge: bool,
+}
+
 pub(super) async fn run(cmd: DeleteCommand) -> anyhow::Result<()> {
-    let (type_name, name, path, api) = match cmd {
-        DeleteCommand::Secret { name, mesh, api } => {
+    let (type_name, name, path, purge, api) = match cmd {
+        DeleteCommand::Secret {
+            name,
+            mesh,
+            purge,
+            api,
+        } => {
             let path = format!("/meshes/{}/secrets/{}", segment(&mesh), segment(&name));
-            ("Secret", name, path, api)
+            ("Secret", name, path, purge.purge, api)
         }
-        DeleteCommand::GlobalSecret { name, api } => {
+        DeleteCommand::GlobalSecret { name, purge, api } => {
             let path = format!("/global-secrets/{}", segment(&name));
-            ("GlobalSecret", name, path, api)
+            ("GlobalSecret", name, path, purge.purge, api)
         }
         DeleteCommand::Mesh { name, api } => {
             let path = format!("/meshes/{}", segment(&name));
-            ("Mesh", name, path, api)
+            ("Mesh", name, path, false, api)
         }
     };
+    let path = if purge {
+        format!("{path}?purge=true")
+    } else {
+        path
+    };
     match api.client()?.delete(&path).await {
+        Ok(()) if purge => {
+            println!("purged {type_name} {name:?} and its history");
+            Ok(())
+        }
         Ok(()) => {
             println!("deleted {type_name} {name:?}");
             Ok(())

@@ -126,6 +126,9 @@ pub enum GetCommand {
         /// extension; the table itself stays kumactl's).
         #[arg(long)]
         show_usage: bool,
+        /// An earlier version kept in its history (`kuma-secrets history` lists them).
+        #[arg(long)]
+        version: Option<i64>,
         #[command(flatten)]
         flags: GetFlags,
     },
@@ -142,6 +145,9 @@ pub enum GetCommand {
     GlobalSecret {
         /// Its name.
         name: String,
+        /// An earlier version kept in its history (`kuma-secrets history` lists them).
+        #[arg(long)]
+        version: Option<i64>,
         #[command(flatten)]
         flags: GetFlags,
     },
@@ -186,18 +192,31 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
             name,
             mesh,
             show_usage,
+            version,
             flags,
         } => {
             let path = format!("/meshes/{}/secrets/{}", segment(&mesh), segment(&name));
             let missing = format!("No resources found in {mesh} mesh");
-            let mut out = item(&flags, &path, Kind::Secret, &missing, now).await?;
+            let mut out = item(
+                &flags,
+                &at_version(&path, version),
+                Kind::Secret,
+                &missing,
+                now,
+            )
+            .await?;
             if show_usage && flags.output == Output::Table {
                 out.push_str(&usage_of(&flags.api.client()?, &path).await);
             }
             out
         }
-        GetCommand::GlobalSecret { name, flags } => {
+        GetCommand::GlobalSecret {
+            name,
+            version,
+            flags,
+        } => {
             let path = format!("/global-secrets/{}", segment(&name));
+            let path = at_version(&path, version);
             item(&flags, &path, Kind::GlobalSecret, "No resources found", now).await?
         }
         GetCommand::Mesh { name, flags } => {
@@ -207,6 +226,14 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// `path`, or its `?version=V`.
+fn at_version(path: &str, version: Option<i64>) -> String {
+    match version {
+        Some(version) => format!("{path}?version={version}"),
+        None => path.to_owned(),
+    }
 }
 
 async fn list(

@@ -8,6 +8,7 @@ mod delete;
 mod export;
 mod generate;
 mod get;
+mod history;
 mod import;
 pub mod keyring;
 mod migrate;
@@ -62,6 +63,12 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Who changed or deleted what, and when (the change feed's audit trail).
     Audit(watch::AuditArgs),
+    /// List the versions kept of a secret or global secret.
+    History(history::HistoryArgs),
+    /// Write an earlier version of a secret or global secret again, as its newest.
+    Rollback(history::RollbackArgs),
+    /// Bring a deleted secret or global secret back from its history.
+    Restore(history::RestoreArgs),
 }
 
 /// Where the store lives; shared by every command that opens one.
@@ -132,5 +139,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RotateKeys(args) => cli_context("rotate-keys", rotate::run(args)).await,
         Command::Watch(args) => watch::watch(args).await,
         Command::Audit(args) => watch::audit(args).await,
+        Command::History(args) => history::history(args).await,
+        Command::Rollback(args) => history::rollback(args).await,
+        Command::Restore(args) => history::restore(args).await,
     }
 }

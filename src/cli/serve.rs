@@ -51,6 +51,15 @@ pub struct ServeArgs {
     /// batches, and a reader asking for them gets 410 Gone.
     #[arg(long, env = "KUMA_SECRETS_EVENTS_RETENTION", default_value = "7d", value_parser = crate::duration::parse)]
     events_retention: std::time::Duration,
+    /// How many earlier versions each secret keeps (0: no history, and deletes are final).
+    /// The limit is the store's: starting `serve` records it in the database, for every
+    /// replica.
+    #[arg(long, env = "KUMA_SECRETS_MAX_VERSIONS", default_value_t = crate::store::history::DEFAULT_MAX_VERSIONS)]
+    max_versions: u32,
+    /// How long a deleted secret's versions are kept for `_restore` (e.g. 7d, 12h); then
+    /// they are pruned in small batches.
+    #[arg(long, env = "KUMA_SECRETS_DELETED_RETENTION", default_value = "7d", value_parser = crate::duration::parse)]
+    deleted_retention: std::time::Duration,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
     max_connections: u32,
@@ -80,6 +89,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the store {}", args.store.url))?;
     api::bootstrap(&store, !args.skip_default_mesh).await?;
+    store
+        .set_max_versions(args.max_versions)
+        .await
+        .context("cannot record --max-versions in the store")?;
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.api_addr))?;
@@ -96,7 +109,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store = %args.store.url,
         "kuma-secrets API listening"
     );
-    let pruner = tokio::spawn(prune_events(store.clone(), args.events_retention));
+    let pruner = tokio::spawn(prune(
+        store.clone(),
+        args.events_retention,
+        args.deleted_retention,
+    ));
     let app = api::app(AppState::new(store.clone(), config));
     match tls {
         Some(tls) => api::serve_tls(listener, app, tls, shutdown_signal()).await?,
@@ -108,28 +125,49 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every minute, prunes change-feed events older than `retention`, a thousand per
-/// statement so no lock is held for long. Several replicas may all do it: a prune is a
-/// delete of a prefix, and repeating it is harmless.
-async fn prune_events(store: AnyStore, retention: std::time::Duration) {
+/// Every minute, prunes what retention lets go: change-feed events older than `events`,
+/// and the versions of secrets deleted longer than `deleted` ago. A thousand rows per
+/// statement, so no lock is held for long. Several replicas may all do it: repeating a
+/// prune is harmless.
+async fn prune(store: AnyStore, events: std::time::Duration, deleted: std::time::Duration) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let cutoff = chrono::Duration::from_std(retention)
-            .ok()
-            .and_then(|keep| chrono::Utc::now().checked_sub_signed(keep))
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        loop {
-            match store.prune_events(cutoff, 1000).await {
-                Ok(0) => break,
-                Ok(pruned) => tracing::debug!(pruned, "pruned change-feed events"),
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not prune change-feed events");
-                    break;
-                }
+        prune_in_batches("change-feed events", || {
+            store.prune_events(cutoff(events), 1000)
+        })
+        .await;
+        prune_in_batches("versions of deleted secrets", || {
+            store.prune_deleted_history(cutoff(deleted), 1000)
+        })
+        .await;
+    }
+}
+
+/// Runs `batch` until it prunes nothing (or fails: the next tick tries again).
+async fn prune_in_batches<F, Fut>(what: &str, mut batch: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::store::Result<u64>>,
+{
+    loop {
+        match batch().await {
+            Ok(0) => break,
+            Ok(pruned) => tracing::debug!(pruned, what, "pruned"),
+            Err(err) => {
+                tracing::warn!(error = %err, what, "could not prune");
+                break;
             }
         }
     }
+}
+
+/// The time `retention` ago.
+fn cutoff(retention: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(retention)
+        .ok()
+        .and_then(|keep| chrono::Utc::now().checked_sub_signed(keep))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
