@@ -25,7 +25,10 @@ async fn sealed_store(url: &str) -> AnyStore {
     let store = AnyStore::open(url, options).await.unwrap();
     let mut after = 0;
     loop {
-        let batch = store.reseal_batch(after, 1000).await.unwrap();
+        let batch = store
+            .reseal_batch(kuma_secrets::store::SealedRows::Current, after, 1000)
+            .await
+            .unwrap();
         after = batch.last_id;
         if batch.finished {
             break;

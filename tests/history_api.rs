@@ -329,7 +329,58 @@ async fn no_version_reaches_the_database_in_plaintext(backend: Backend) {
     }
 }
 
+/// `rotate-keys` re-seals the versions kept in history too, and `--status` counts them: after
+/// it, a store holding only the new key reads every kept version.
+async fn rotation_reseals_history(backend: Backend) {
+    use kuma_secrets::sealing::Keyring;
+    use kuma_secrets::store::{AnyStore, SecretStore, StoreOptions};
+    let server = TestServer::start(backend).await;
+    for value in ["r1", "r2", "r3"] {
+        put_secret(&server, "default", "tls", value).await;
+    }
+    let new_key = Keyring::random_key();
+    let dir = tempfile::tempdir().unwrap();
+    let both = dir.path().join("both.keys");
+    (*common::test_keyring())
+        .clone()
+        .with_key("test-2", new_key)
+        .with_active("test-2")
+        .save_new(&both)
+        .unwrap();
+    let run = common::raw::store_tool(&server, &both, &["rotate-keys", "--status"])
+        .await
+        .ok();
+    assert!(run.stdout.contains("test-1"), "{run:?}");
+    common::raw::store_tool(&server, &both, &["rotate-keys"])
+        .await
+        .ok();
+    let run = common::raw::store_tool(&server, &both, &["rotate-keys", "--status"])
+        .await
+        .ok();
+    assert!(!run.stdout.contains("test-1"), "{run:?}");
+    let new_only = Keyring::single("test-2", new_key);
+    let store = AnyStore::open(
+        &common::raw::store_url(&server),
+        StoreOptions {
+            keyring: Some(std::sync::Arc::new(new_only)),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let usage = store.rows_per_key().await.unwrap();
+    let values: u64 = usage.iter().map(|u| u.rows).sum();
+    assert!(values >= 3, "the kept versions are counted: {usage:?}");
+    let key = kuma_secrets::domain::SecretKey::parse(Some("default"), "tls").unwrap();
+    for (version, value) in [(1, "r1"), (2, "r2"), (3, "r3")] {
+        let secret = store.get_secret_version(&key, version).await.unwrap();
+        assert_eq!(secret.data.expose(), value.as_bytes());
+    }
+    store.close().await;
+}
+
 on_both_backends! {
+    rotation_reseals_history,
     versions_read_roll_back_and_list,
     deletes_can_be_undone_and_purges_cannot,
     a_moved_history_value_does_not_open,

@@ -5,7 +5,7 @@
 
 use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, resolve};
-use crate::store::{AnyStore, KeyUsage, StoreOptions, Unreadable};
+use crate::store::{AnyStore, KeyUsage, SealedRows, StoreOptions, Unreadable};
 
 /// `kuma-secrets rotate-keys …`
 #[derive(Debug, clap::Args)]
@@ -14,7 +14,7 @@ pub struct RotateArgs {
     store: StoreArgs,
     #[command(flatten)]
     encryption: EncryptionArgs,
-    /// Only show how many secrets each key id seals.
+    /// Only show how many secret values (current and kept versions) each key id seals.
     #[arg(long)]
     status: bool,
     /// Secrets per transaction.
@@ -49,17 +49,20 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
     // normally sealed with the active key by that write; the second pass catches the rest
     // (say, a write from a replica still on the old keyring).
     for _pass in 0..2 {
-        let mut after = 0;
-        loop {
-            let batch = store.reseal_batch(after, args.batch_size).await?;
-            resealed += batch.resealed;
-            skipped += batch.skipped;
-            after = batch.last_id;
-            if batch.resealed + batch.skipped > 0 {
-                eprintln!("re-sealed {resealed} secrets ({skipped} changed meanwhile)");
-            }
-            if batch.finished {
-                break;
+        // Current versions, then the versions kept in history.
+        for rows in SealedRows::ALL {
+            let mut after = 0;
+            loop {
+                let batch = store.reseal_batch(rows, after, args.batch_size).await?;
+                resealed += batch.resealed;
+                skipped += batch.skipped;
+                after = batch.last_id;
+                if batch.resealed + batch.skipped > 0 {
+                    eprintln!("re-sealed {resealed} secret values ({skipped} changed meanwhile)");
+                }
+                if batch.finished {
+                    break;
+                }
             }
         }
         if remaining(&store, &active).await? == 0 {
@@ -69,13 +72,13 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
     let meshes = store.reseal_meshes().await?;
     let remaining = remaining(&store, &active).await?;
     println!(
-        "re-sealed {resealed} secrets and the inline CA keys of {meshes} Meshes of {} with key {active:?}; {skipped} secrets changed meanwhile and were sealed by that write",
+        "re-sealed {resealed} secret values (current and kept versions) and the inline CA keys of {meshes} Meshes of {} with key {active:?}; {skipped} secrets changed meanwhile and were sealed by that write",
         args.store.url
     );
     store.close().await;
     if remaining > 0 {
         anyhow::bail!(
-            "{remaining} secrets are still sealed with another key or the old format: a writer may still use an older keyring or binary; update every server, then run rotate-keys again"
+            "{remaining} secret values are still sealed with another key or the old format: a writer may still use an older keyring or binary; update every server, then run rotate-keys again"
         );
     }
     Ok(())
@@ -119,7 +122,7 @@ fn render_status(rows: &[KeyUsage], active: Option<&str>) -> String {
     if table.is_empty() {
         return "no secrets stored\n".into();
     }
-    super::table::render(&["KEY ID", "SECRETS", "STATE"], &table)
+    super::table::render(&["KEY ID", "VALUES", "STATE"], &table)
 }
 
 /// The resources that do not open, named, so an operator can delete or re-import them.
@@ -132,7 +135,13 @@ fn render_unreadable(unreadable: &[Unreadable]) -> String {
         unreadable.len()
     );
     for item in unreadable {
-        out.push_str(&format!("  {}: {}\n", item.key, item.reason));
+        match item.version {
+            Some(version) => out.push_str(&format!(
+                "  {} version {version}: {}\n",
+                item.key, item.reason
+            )),
+            None => out.push_str(&format!("  {}: {}\n", item.key, item.reason)),
+        }
     }
     out
 }

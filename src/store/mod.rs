@@ -40,7 +40,7 @@ pub use page::{
     SecretScope,
 };
 pub use postgres::PostgresStore;
-pub use sql::{Dialect, KeyUsage, ResealBatch, SqlStore, Unreadable};
+pub use sql::{Dialect, KeyUsage, ResealBatch, SealedRows, SqlStore, Unreadable};
 pub use sqlite::SqliteStore;
 pub use url::{Backend, StoreUrl};
 pub use walk::{MeshWalk, SecretWalk, Walk};
@@ -435,10 +435,15 @@ impl AnyStore {
     ///
     /// # Errors
     /// As [`SqlStore::reseal_batch`].
-    pub async fn reseal_batch(&self, after: i64, size: u32) -> Result<ResealBatch> {
+    pub async fn reseal_batch(
+        &self,
+        rows: SealedRows,
+        after: i64,
+        size: u32,
+    ) -> Result<ResealBatch> {
         match self {
-            AnyStore::Postgres(s) => s.reseal_batch(after, size).await,
-            AnyStore::Sqlite(s) => s.reseal_batch(after, size).await,
+            AnyStore::Postgres(s) => s.reseal_batch(rows, after, size).await,
+            AnyStore::Sqlite(s) => s.reseal_batch(rows, after, size).await,
         }
     }
 

@@ -104,6 +104,7 @@ pub use feed::EventRow;
 pub use history::VersionRow;
 pub use reseal::{KeyUsage, ResealBatch, Unreadable};
 pub use rows::{ListedMeshRow, ListedSecretRow, MeshRow, SealedRow, SecretRow};
+pub use statements::SealedRows;
 
 use crate::domain::mtls::Mtls;
 use crate::domain::{Labels, MeshName, MeshSpec, ResourceKey, SecretKey, ValidationError};

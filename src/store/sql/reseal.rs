@@ -2,13 +2,14 @@
 //! re-sealing secrets and Mesh inline CA keys with the active key, online.
 
 use super::rows::{SealedRow, open_value};
-use super::statements::{RESEAL_MESH, RESEAL_ROW, ROWS_AFTER, ROWS_PER_KEY, ROWS_TO_RESEAL};
+use super::statements::{RESEAL_MESH, ROWS_PER_KEY, SealedRows};
 use super::tx::{RunOnStore, TxError};
 use super::{SqlStore, seal, seal_spec};
 use crate::domain::{MeshName, MeshSpec, ResourceKey, ValidationError};
 use crate::sealing::OpenError;
 use crate::store::error::Op;
 use crate::store::{Result, StoreError};
+use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 
 /// What one [`SqlStore::reseal_batch`] did.
@@ -41,6 +42,8 @@ pub struct KeyUsage {
 pub struct Unreadable {
     /// The resource.
     pub key: ResourceKey,
+    /// The version, for a version kept in history (`None`: the current one).
+    pub version: Option<i64>,
     /// Why.
     pub reason: OpenError,
 }
@@ -110,9 +113,10 @@ impl [SqlStore<DB>] {
     pub async fn unreadable(&self) -> Result<Vec<Unreadable>> {
         let keyring = self.options.keyring.as_deref();
         let mut found = Vec::new();
+        for table in SealedRows::ALL {
         let mut after = 0;
         loop {
-            let rows = sqlx::query_as::<DB, SealedRow>(ROWS_AFTER)
+            let rows = sqlx::query_as::<DB, SealedRow>(AssertSqlSafe(table.after()))
                 .bind(after)
                 .bind(500_i64)
                 .fetch_all_via(self, Op::Other)
@@ -131,10 +135,12 @@ impl [SqlStore<DB>] {
                 ) {
                     found.push(Unreadable {
                         key: key.resource_key(),
+                        version: (table == SealedRows::History).then_some(row.version),
                         reason,
                     });
                 }
             }
+        }
         }
         for (name, _, Json(mut spec)) in self.stored_mesh_specs().await? {
             if let Err(reason) =
@@ -142,6 +148,7 @@ impl [SqlStore<DB>] {
             {
                 found.push(Unreadable {
                     key: ResourceKey::mesh(&MeshName::from_stored(name)),
+                    version: None,
                     reason,
                 });
             }
@@ -169,14 +176,14 @@ impl [SqlStore<DB>] {
         }
     }
 
-    /// Re-seals with the active key the next `size` rows after id `after` that are sealed
+    /// Re-seals with the active key the next `size` `rows` after id `after` that are sealed
     /// with another key or not at all, in one transaction. Each row is written only if its
     /// version is still the one read, so a concurrent write (which seals with the active
     /// key itself) is never overwritten; its version and times do not change.
     ///
     /// # Errors
     /// No keyring, a row that does not open (named), or the database failed.
-    pub async fn reseal_batch(&self, after: i64, size: u32) -> Result<ResealBatch> {
+    pub async fn reseal_batch(&self, rows: SealedRows, after: i64, size: u32) -> Result<ResealBatch> {
         let Some(keyring) = self.options.keyring.clone() else {
             return Err(StoreError::Invalid(ValidationError::single(
                 "encryption-keys",
@@ -185,7 +192,8 @@ impl [SqlStore<DB>] {
         };
         self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
             Box::pin(async move {
-                let rows = sqlx::query_as::<DB, SealedRow>(ROWS_TO_RESEAL)
+                let table = rows;
+                let rows = sqlx::query_as::<DB, SealedRow>(AssertSqlSafe(table.to_reseal()))
                     .bind(after)
                     .bind(keyring.active_id().to_owned())
                     .bind(i64::from(size))
@@ -220,7 +228,7 @@ impl [SqlStore<DB>] {
                         }
                     };
                     let stored = seal(Some(&keyring), &key, &plaintext);
-                    let written = sqlx::query_as::<DB, (i64,)>(RESEAL_ROW)
+                    let written = sqlx::query_as::<DB, (i64,)>(AssertSqlSafe(table.reseal()))
                         .bind(stored.bytes)
                         .bind(stored.key_id)
                         .bind(stored.write_id)

@@ -140,26 +140,70 @@ pub(crate) const DELETE_MESH: &str =
     "DELETE FROM meshes WHERE version = coalesce($1, version) AND name = $2 RETURNING version";
 
 /// `$1` after id, `$2` active key id, `$3` limit: the next rows not sealed with the active
-/// key in format 2 (plaintext and format 1 rows included), in id order.
-pub(crate) const ROWS_TO_RESEAL: &str = "SELECT id, mesh, name, version, data, key_id, write_id \
-     FROM secrets WHERE id > $1 AND (key_id IS NULL OR key_id <> $2 OR write_id IS NULL) \
-     ORDER BY id LIMIT $3";
-/// `$1` after id, `$2` limit: every row, in id order (to find those that do not open).
-pub(crate) const ROWS_AFTER: &str = "SELECT id, mesh, name, version, data, key_id, write_id \
-     FROM secrets WHERE id > $1 ORDER BY id LIMIT $2";
-/// `$1` data, `$2` key id, `$3` write id, `$4` id, `$5` version read: re-seals a row unless
-/// it changed since (then a concurrent write has sealed it already). Content, version and
-/// times stay.
-pub(crate) const RESEAL_ROW: &str = "UPDATE secrets SET data = $1, key_id = $2, write_id = $3 \
-     WHERE id = $4 AND version = $5 RETURNING id";
+/// The rows that hold sealed secret values: the current versions (`secrets`) and the
+/// versions kept in history (`secret_versions`). Key rotation walks both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedRows {
+    /// `secrets`.
+    Current,
+    /// `secret_versions`.
+    History,
+}
+
+impl SealedRows {
+    /// Both, in the order key rotation walks them.
+    pub const ALL: [SealedRows; 2] = [SealedRows::Current, SealedRows::History];
+
+    fn table(self) -> &'static str {
+        match self {
+            SealedRows::Current => "secrets",
+            SealedRows::History => "secret_versions",
+        }
+    }
+
+    /// `$1` after id, `$2` active key id, `$3` limit: rows not sealed with the active key,
+    /// or still in seal format 1, in id order.
+    pub(crate) fn to_reseal(self) -> String {
+        format!(
+            "SELECT id, mesh, name, version, data, key_id, write_id FROM {} \
+             WHERE id > $1 AND (key_id IS NULL OR key_id <> $2 OR write_id IS NULL) \
+             ORDER BY id LIMIT $3",
+            self.table()
+        )
+    }
+
+    /// `$1` after id, `$2` limit: every row, in id order (to find those that do not open).
+    pub(crate) fn after(self) -> String {
+        format!(
+            "SELECT id, mesh, name, version, data, key_id, write_id FROM {} \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+            self.table()
+        )
+    }
+
+    /// `$1` data, `$2` key id, `$3` write id, `$4` id, `$5` version read: re-seals a row
+    /// unless it changed since (then a concurrent write has sealed it already). Content,
+    /// version and times stay.
+    pub(crate) fn reseal(self) -> String {
+        format!(
+            "UPDATE {} SET data = $1, key_id = $2, write_id = $3 \
+             WHERE id = $4 AND version = $5 RETURNING id",
+            self.table()
+        )
+    }
+}
+
 /// `$1` spec, `$2` name, `$3` version read: re-seals a Mesh's inline CA keys unless it
 /// changed since. Version and times stay.
 pub(crate) const RESEAL_MESH: &str =
     "UPDATE meshes SET spec = $1 WHERE name = $2 AND version = $3 RETURNING version";
-/// Rows per key id (`''` for plaintext), and how many of them are still in seal format 1.
+/// Rows per key id (`''` for plaintext), and how many of them are still in seal format 1:
+/// current versions and those kept in history.
 pub(crate) const ROWS_PER_KEY: &str = "SELECT coalesce(key_id, '') AS key_id, count(*) AS n, \
      CAST(sum(CASE WHEN key_id IS NOT NULL AND write_id IS NULL THEN 1 ELSE 0 END) AS BIGINT) \
-     AS format_1 FROM secrets GROUP BY key_id ORDER BY 1";
+     AS format_1 FROM (SELECT key_id, write_id FROM secrets \
+     UNION ALL SELECT key_id, write_id FROM secret_versions) AS sealed \
+     GROUP BY coalesce(key_id, '') ORDER BY 1";
 
 /// Kuma's immutable labels: on replace, a value may not change or go (`validateImmutableLabels`).
 const IMMUTABLE_LABELS: [&str; 3] = [
