@@ -20,6 +20,10 @@
 //! write, opening on every read) on a second database whose rows are sealed, so the table
 //! shows what sealing costs next to the plaintext path.
 //!
+//! Each cell also runs the plaintext store with version history off (`--max-versions 0`)
+//! next to the default (10 earlier versions per secret), alternating the same way, so the
+//! table shows what keeping history costs.
+//!
 //! And each cell runs the plaintext store on the same database with its change-feed trigger
 //! disabled, so the table shows what recording every change as an event (in the writing
 //! transaction) costs. Events on and off alternate on, off, off, on, and each column is the
@@ -179,10 +183,19 @@ async fn run_store(store: &Arc<PostgresStore>, op: Op, callers: usize, seconds: 
 
 async fn reset_versions(url: &str) {
     let mut conn = PgConnection::connect(url).await.unwrap();
-    conn.execute("UPDATE secrets SET version = 1")
+    // Versions start again at 1: the history the previous run kept (and the versions this
+    // reset itself moves into history) would collide with them.
+    conn.execute("UPDATE secrets SET version = 1; DELETE FROM secret_versions")
         .await
         .unwrap();
     conn.close().await.unwrap();
+}
+
+/// Sets the store's history limit (`serve --max-versions`).
+async fn set_max_versions(url: &str, limit: u32) {
+    let store = PostgresStore::open(url, StoreOptions::default()).await.unwrap();
+    store.set_max_versions(limit).await.unwrap();
+    store.close().await;
 }
 
 /// Turns the change-feed trigger on secrets on or off.
@@ -320,8 +333,8 @@ fn main() {
             kuma_secrets::store::StoreUrl::parse(&admin_url).map_or_else(|e| e.to_string(), |u| u.to_string())
         );
         println!();
-        println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio | sealed ops/s | sealed / plaintext | events off ops/s | events on / off |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio | sealed ops/s | sealed / plaintext | events off ops/s | events on / off | max-versions 0 ops/s | max-versions 10 / 0 |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for op in [Op::Get, Op::Update] {
             for &callers in &args.callers {
                 let run = |url: String, keyring: Option<Arc<Keyring>>| async move {
@@ -336,27 +349,38 @@ fn main() {
                     reset_versions(&url).await;
                     rate
                 };
-                let ours_first = run(url.clone(), None).await;
+                // on, events off, events off, on, history off, history off, on: each
+                // comparison is between the runs around it.
+                let on_1 = run(url.clone(), None).await;
                 set_events(&url, false).await;
                 let no_events = run(url.clone(), None).await;
                 let no_events = (no_events + run(url.clone(), None).await) / 2.0;
                 set_events(&url, true).await;
-                let ours = (ours_first + run(url.clone(), None).await) / 2.0;
+                let on_2 = run(url.clone(), None).await;
+                set_max_versions(&url, 0).await;
+                let no_history = run(url.clone(), None).await;
+                let no_history = (no_history + run(url.clone(), None).await) / 2.0;
+                set_max_versions(&url, 10).await;
+                let on_3 = run(url.clone(), None).await;
+                let ours = (on_1 + on_2 + on_3) / 3.0;
+                let events_ratio = (on_1 + on_2) / 2.0 / no_events;
+                let history_ratio = (on_2 + on_3) / 2.0 / no_history;
                 let sealed = run(sealed_url.clone(), Some(keyring.clone())).await;
                 let theirs = run_pgbench(&url, op, callers, args.seconds, script_dir.path());
                 // pgbench wrote its plaintext payload with a key id: make the rows plaintext
                 // rows again for the next plaintext run.
                 let mut conn = PgConnection::connect(&url).await.unwrap();
-                conn.execute("UPDATE secrets SET version = 1, key_id = NULL")
+                conn.execute("UPDATE secrets SET version = 1, key_id = NULL; DELETE FROM secret_versions")
                     .await
                     .unwrap();
                 conn.close().await.unwrap();
                 println!(
-                    "| {} | {callers} | {ours:.0} | {theirs:.0} | {:.2} | {sealed:.0} | {:.2} | {no_events:.0} | {:.2} |",
+                    "| {} | {callers} | {ours:.0} | {theirs:.0} | {:.2} | {sealed:.0} | {:.2} | {no_events:.0} | {:.2} | {no_history:.0} | {:.2} |",
                     op.name(),
                     ours / theirs,
                     sealed / ours,
-                    ours / no_events
+                    events_ratio,
+                    history_ratio
                 );
             }
         }
