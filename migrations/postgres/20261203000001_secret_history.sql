@@ -6,12 +6,19 @@
 -- A history row is the replaced `secrets` row as it was: its sealed `data` with the
 -- `write_id` it was sealed with, so it opens under the same binding (the secret's identity
 -- and that write), and a value moved into another secret's or version's row does not open.
+--
+-- The history of a secret is a ring of `max_versions` slots: version V goes into slot
+-- V % max_versions, replacing the version `max_versions` before it. So keeping a version
+-- is one upsert of a row that already exists (a heap-only update once the ring is full:
+-- no index entry, no delete), not an insert and a delete per write.
 
 CREATE TABLE secret_versions (
     -- Batch boundaries for key rotation.
     id                bigint GENERATED ALWAYS AS IDENTITY,
     mesh              text COLLATE "C",
     name              text COLLATE "C" NOT NULL,
+    -- version % max_versions.
+    slot              integer          NOT NULL,
     version           bigint           NOT NULL,
     creation_time     timestamptz      NOT NULL,
     modification_time timestamptz      NOT NULL,
@@ -28,11 +35,10 @@ CREATE TABLE secret_versions (
     CONSTRAINT secret_versions_pkey PRIMARY KEY (id),
     -- Deleting a Mesh deletes its secrets' histories in the same statement.
     CONSTRAINT secret_versions_mesh_fk FOREIGN KEY (mesh) REFERENCES meshes (name) ON DELETE CASCADE,
-    CONSTRAINT secret_versions_key UNIQUE (mesh, name, version)
-);
-CREATE UNIQUE INDEX secret_versions_global_key ON secret_versions (name, version) WHERE mesh IS NULL;
+    CONSTRAINT secret_versions_slot_key UNIQUE (mesh, name, slot)
+) WITH (fillfactor = 50);  -- room on each page for the heap-only updates of the ring
+CREATE UNIQUE INDEX secret_versions_global_slot_key ON secret_versions (name, slot) WHERE mesh IS NULL;
 CREATE INDEX secret_versions_deleted_idx ON secret_versions (deleted_time) WHERE deleted_time IS NOT NULL;
-CREATE INDEX secret_versions_key_id_idx ON secret_versions (key_id);
 
 -- How many earlier versions each secret keeps (0: no history, deletes are final). One row;
 -- `serve --max-versions` sets it.
@@ -66,36 +72,43 @@ BEGIN
     IF keep IS NULL OR keep = 0 THEN
         RETURN NULL;
     END IF;
-    IF TG_OP = 'DELETE' THEN
-        -- A Mesh delete cascades here after the Mesh row is gone: its secrets' histories
-        -- go with it, so keep nothing.
-        IF OLD.mesh IS NOT NULL AND NOT EXISTS (SELECT 1 FROM meshes WHERE name = OLD.mesh) THEN
-            RETURN NULL;
-        END IF;
-        INSERT INTO secret_versions (mesh, name, version, creation_time, modification_time,
-                                     labels, data, key_id, write_id, actor, request_id, deleted_time)
-        VALUES (OLD.mesh, OLD.name, OLD.version, OLD.creation_time, OLD.modification_time,
-                OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id, now());
-        IF OLD.mesh IS NULL THEN
-            UPDATE secret_versions SET deleted_time = now()
-            WHERE mesh IS NULL AND name = OLD.name AND deleted_time IS NULL;
-        ELSE
-            UPDATE secret_versions SET deleted_time = now()
-            WHERE mesh = OLD.mesh AND name = OLD.name AND deleted_time IS NULL;
-        END IF;
+    -- A Mesh delete cascades here after the Mesh row is gone: its secrets' histories go
+    -- with it, so keep nothing.
+    IF TG_OP = 'DELETE' AND OLD.mesh IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM meshes WHERE name = OLD.mesh) THEN
         RETURN NULL;
     END IF;
-    -- An update that changes the version (key rotation rewrites data in place and does not).
-    INSERT INTO secret_versions (mesh, name, version, creation_time, modification_time,
-                                 labels, data, key_id, write_id, actor, request_id)
-    VALUES (OLD.mesh, OLD.name, OLD.version, OLD.creation_time, OLD.modification_time,
-            OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id);
+    -- The replaced (or deleted) version into its slot of the ring.
     IF OLD.mesh IS NULL THEN
-        DELETE FROM secret_versions
-        WHERE mesh IS NULL AND name = OLD.name AND version <= NEW.version - 1 - keep;
+        INSERT INTO secret_versions AS v (mesh, name, slot, version, creation_time,
+            modification_time, labels, data, key_id, write_id, actor, request_id)
+        VALUES (NULL, OLD.name, OLD.version % keep, OLD.version, OLD.creation_time,
+            OLD.modification_time, OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor,
+            OLD.request_id)
+        ON CONFLICT (name, slot) WHERE mesh IS NULL DO UPDATE SET
+            version = EXCLUDED.version, creation_time = EXCLUDED.creation_time,
+            modification_time = EXCLUDED.modification_time, labels = EXCLUDED.labels,
+            data = EXCLUDED.data, key_id = EXCLUDED.key_id, write_id = EXCLUDED.write_id,
+            actor = EXCLUDED.actor, request_id = EXCLUDED.request_id, deleted_time = NULL;
+        IF TG_OP = 'DELETE' THEN
+            UPDATE secret_versions SET deleted_time = now()
+            WHERE mesh IS NULL AND name = OLD.name;
+        END IF;
     ELSE
-        DELETE FROM secret_versions
-        WHERE mesh = OLD.mesh AND name = OLD.name AND version <= NEW.version - 1 - keep;
+        INSERT INTO secret_versions AS v (mesh, name, slot, version, creation_time,
+            modification_time, labels, data, key_id, write_id, actor, request_id)
+        VALUES (OLD.mesh, OLD.name, OLD.version % keep, OLD.version, OLD.creation_time,
+            OLD.modification_time, OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor,
+            OLD.request_id)
+        ON CONFLICT (mesh, name, slot) DO UPDATE SET
+            version = EXCLUDED.version, creation_time = EXCLUDED.creation_time,
+            modification_time = EXCLUDED.modification_time, labels = EXCLUDED.labels,
+            data = EXCLUDED.data, key_id = EXCLUDED.key_id, write_id = EXCLUDED.write_id,
+            actor = EXCLUDED.actor, request_id = EXCLUDED.request_id, deleted_time = NULL;
+        IF TG_OP = 'DELETE' THEN
+            UPDATE secret_versions SET deleted_time = now()
+            WHERE mesh = OLD.mesh AND name = OLD.name;
+        END IF;
     END IF;
     RETURN NULL;
 END $$;

@@ -82,8 +82,24 @@ const RESTORE_SECRET: &str = concat!(
     secret_columns!()
 );
 
-/// `$1` the limit.
-const SET_MAX_VERSIONS: &str = "UPDATE history_settings SET max_versions = $1 WHERE id = 1";
+/// `$1` the limit: records it if it changes (then the history rings are re-cut).
+const SET_MAX_VERSIONS: &str = "UPDATE history_settings SET max_versions = $1 \
+     WHERE id = 1 AND max_versions <> $1 RETURNING CAST(max_versions AS BIGINT)";
+
+/// `$1` the new limit: of two kept versions of a secret that fall into one slot of the new
+/// ring, the older goes.
+const DROP_SLOT_COLLISIONS: &str = "DELETE FROM secret_versions WHERE EXISTS ( \
+     SELECT 1 FROM secret_versions AS newer WHERE newer.name = secret_versions.name \
+     AND (newer.mesh = secret_versions.mesh OR (newer.mesh IS NULL AND secret_versions.mesh IS NULL)) \
+     AND newer.version > secret_versions.version \
+     AND newer.version % $1 = secret_versions.version % $1) RETURNING version";
+
+/// Moves every slot out of the way (negative), so the next statement can renumber them
+/// without two rows meeting in one slot midway.
+const PARK_SLOTS: &str = "UPDATE secret_versions SET slot = -1 - slot RETURNING version";
+
+/// `$1` the new limit.
+const RENUMBER_SLOTS: &str = "UPDATE secret_versions SET slot = version % $1 RETURNING version";
 const GET_MAX_VERSIONS: &str =
     "SELECT CAST(max_versions AS BIGINT) FROM history_settings WHERE id = 1";
 
@@ -305,16 +321,36 @@ impl [SqlStore<DB>] {
     }
 
     /// Sets how many earlier versions each secret keeps (0: none, and deletes are final).
-    /// Secrets over a lowered limit shed their oldest versions at their next update.
+    /// A new limit re-cuts every secret's ring of kept versions in one transaction: the
+    /// newest versions stay, those the smaller ring has no room for go. With 0, what is
+    /// kept stays readable until purged or expired, and nothing more is kept.
     ///
     /// # Errors
     /// The database failed.
     pub async fn set_max_versions(&self, limit: u32) -> Result<()> {
-        sqlx::query_as::<DB, (i64,)>(SET_MAX_VERSIONS)
-            .bind(i64::from(limit))
-            .fetch_optional_via(self, Op::Other)
-            .await?;
-        Ok(())
+        let limit = i64::from(limit);
+        self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+            Box::pin(async move {
+                let changed = sqlx::query_as::<DB, (i64,)>(SET_MAX_VERSIONS)
+                    .bind(limit)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if changed.is_none() || limit == 0 {
+                    return Ok(());
+                }
+                sqlx::query_as::<DB, (i64,)>(DROP_SLOT_COLLISIONS)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                sqlx::query_as::<DB, (i64,)>(PARK_SLOTS).fetch_all(&mut *tx).await?;
+                sqlx::query_as::<DB, (i64,)>(RENUMBER_SLOTS)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Deletes up to `batch` versions of secrets deleted before `cutoff`; returns how many.
