@@ -193,7 +193,9 @@ async fn reset_versions(url: &str) {
 
 /// Sets the store's history limit (`serve --max-versions`).
 async fn set_max_versions(url: &str, limit: u32) {
-    let store = PostgresStore::open(url, StoreOptions::default()).await.unwrap();
+    let store = PostgresStore::open(url, StoreOptions::default())
+        .await
+        .unwrap();
     store.set_max_versions(limit).await.unwrap();
     store.close().await;
 }

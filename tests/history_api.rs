@@ -32,6 +32,20 @@ async fn post(
     (status, etag, response.json().await.unwrap())
 }
 
+/// The newest change-feed event: (operation, version, actor name).
+async fn last_event(server: &TestServer) -> (String, i64, String) {
+    let feed = get_json(server, "/_changes?after=0&limit=1000").await;
+    let event = feed["events"].as_array().unwrap().last().unwrap().clone();
+    (
+        event["operation"].as_str().unwrap().to_owned(),
+        event["version"].as_i64().unwrap(),
+        event["actor"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
 fn data_of(body: &Value) -> String {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
@@ -100,6 +114,11 @@ async fn versions_read_roll_back_and_list(backend: Backend) {
     assert_eq!(data_of(&body), "v-one");
     assert_eq!(body["type"], "Secret");
     assert_eq!(data_of(&get_json(&server, S).await), "v-one");
+    // A rollback is an update in the change feed, with its actor.
+    assert_eq!(
+        last_event(&server).await,
+        ("update".to_owned(), 4, "localhost".to_owned())
+    );
     // If-Match on a version that moved on: 412, nothing written.
     let response = Client::new()
         .post(server.at(&format!("{S}/_rollback")))
@@ -187,6 +206,11 @@ async fn deletes_can_be_undone_and_purges_cannot(backend: Backend) {
         "{body}"
     );
     assert_eq!(data_of(&body), "second");
+    // A restore is a create in the change feed, with its actor.
+    assert_eq!(
+        last_event(&server).await,
+        ("create".to_owned(), 3, "localhost".to_owned())
+    );
     let (status, _, body) = post(&server, &format!("{S}/_restore"), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     // Restore a chosen version after another delete.
@@ -217,6 +241,11 @@ async fn deletes_can_be_undone_and_purges_cannot(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // A purge of a live secret is its delete event.
+    assert_eq!(
+        last_event(&server).await,
+        ("delete".to_owned(), 4, "localhost".to_owned())
+    );
     for table in ["secrets", "secret_versions"] {
         let sql = format!("SELECT count(*) FROM {table} WHERE name = $1");
         assert_eq!(raw_count(&server, &sql, &["tls"]).await, 0, "{table}");
