@@ -8,7 +8,7 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalJsonBody, Preconditions, etag};
-use super::secrets::SecretAt;
+use super::secrets::{SecretAt, expected_version, precondition_or_store_error};
 use crate::domain::{Secret, SecretKey, ValidationError};
 use crate::store::{SecretStore, StoreError};
 use crate::wire::{ListBody, SecretItem, VersionItem, VersionRequest};
@@ -61,24 +61,15 @@ pub(super) async fn rollback<S: SecretStore + Clone + 'static>(
         ));
     };
     let key = admin_key(&user, &at, TITLE)?;
-    let expected = preconditions
-        .expected_version(async {
-            state
-                .store
-                .secret_version(&key)
-                .await
-                .map_err(|e| ApiError::store(TITLE, e))
-        })
-        .await?;
+    let expected = expected_version(&state, &key, &preconditions, TITLE).await?;
     let secret = state
         .store
         .rollback_secret(&key, version, expected)
         .await
         .map_err(|e| match e {
-            StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
-                "If-Match failed: the resource is at version \"{actual}\""
-            )),
-            other => ApiError::store(TITLE, other),
+            // Without If-Match, a missing secret is a 404, not a failed precondition.
+            StoreError::NotFound(_) => ApiError::store(TITLE, e),
+            other => precondition_or_store_error(other, &preconditions, TITLE),
         })?;
     Ok(answer(&secret))
 }

@@ -370,30 +370,13 @@ pub(super) async fn delete_secret<S: SecretStore + Clone + 'static>(
     // With If-Match, delete only the version the caller saw: the store checks it in the
     // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
     // never opened, so a secret whose sealed value is unreadable can still be deleted.
-    let precondition = preconditions.if_match.is_some();
-    let expected = preconditions
-        .expected_version(async {
-            state
-                .store
-                .secret_version(&key)
-                .await
-                .map_err(|e| ApiError::store(TITLE, e))
-        })
-        .await?;
+    let expected = expected_version(&state, &key, &preconditions, TITLE).await?;
     let deleted = if purge_requested(uri.query())? {
         state.store.purge_secret(&key, expected).await
     } else {
         state.store.delete_secret(&key, expected).await
     };
-    deleted.map_err(|e| match e {
-        StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
-            "If-Match failed: the resource is at version \"{actual}\""
-        )),
-        StoreError::NotFound(_) if precondition => {
-            ApiError::precondition_failed("If-Match failed: the resource does not exist")
-        }
-        other => ApiError::store(TITLE, other),
-    })?;
+    deleted.map_err(|e| precondition_or_store_error(e, &preconditions, TITLE))?;
     Ok(Json(serde_json::json!({})).into_response())
 }
 
@@ -409,5 +392,41 @@ fn purge_requested(query: Option<&str>) -> ApiResult<bool> {
             "Could not delete a resource",
             ValidationError::single("purge", r#""purge" must be true or false"#),
         )),
+    }
+}
+
+/// The version a conditional write of `key` expects (`If-Match`), checked by the store in
+/// the write itself; several ETags are checked here against the current version.
+pub(super) async fn expected_version<S: SecretStore>(
+    state: &AppState<S>,
+    key: &SecretKey,
+    preconditions: &Preconditions,
+    title: &str,
+) -> ApiResult<Option<i64>> {
+    preconditions
+        .expected_version(async {
+            state
+                .store
+                .secret_version(key)
+                .await
+                .map_err(|e| ApiError::store(title, e))
+        })
+        .await
+}
+
+/// A store error of a conditional write: a failed `If-Match` is 412, the rest as usual.
+pub(super) fn precondition_or_store_error(
+    err: StoreError,
+    preconditions: &Preconditions,
+    title: &str,
+) -> ApiError {
+    match err {
+        StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
+            "If-Match failed: the resource is at version \"{actual}\""
+        )),
+        StoreError::NotFound(_) if preconditions.if_match.is_some() => {
+            ApiError::precondition_failed("If-Match failed: the resource does not exist")
+        }
+        other => ApiError::store(title, other),
     }
 }

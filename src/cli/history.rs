@@ -98,46 +98,39 @@ pub(super) async fn history(args: HistoryArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
-    let (type_name, name, path) = args.target.resolve();
     let Some(to) = args.to else {
         anyhow::bail!(
             "--to is required: the version to roll back to (`kuma-secrets history` lists them)"
         );
     };
-    let (_, version): (SecretItem, _) = args
-        .api
-        .client()?
-        .post(
-            &format!("{path}/_rollback"),
-            &VersionRequest { version: Some(to) },
-        )
-        .await
-        .map_err(|e| explain(e, type_name, name))?;
-    println!(
-        "rolled back {type_name} {name:?} to version {to}: it is now version {}",
-        version.unwrap_or_default()
-    );
+    let (type_name, name, version) =
+        post_version(&args.api, &args.target, "_rollback", Some(to)).await?;
+    println!("rolled back {type_name} {name:?} to version {to}: it is now version {version}");
     Ok(())
 }
 
 pub(super) async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let (type_name, name, path) = args.target.resolve();
-    let (_, version): (SecretItem, _) = args
-        .api
+    let (type_name, name, version) =
+        post_version(&args.api, &args.target, "_restore", args.version).await?;
+    println!("restored {type_name} {name:?} as version {version}");
+    Ok(())
+}
+
+/// `POST {target}/{route}` with `{"version": …}`: the target's type and name, and the new
+/// version the answer's `ETag` names.
+async fn post_version<'t>(
+    api: &ApiArgs,
+    target: &'t Target,
+    route: &str,
+    version: Option<i64>,
+) -> anyhow::Result<(&'static str, &'t str, String)> {
+    let (type_name, name, path) = target.resolve();
+    let (_, new_version): (SecretItem, _) = api
         .client()?
-        .post(
-            &format!("{path}/_restore"),
-            &VersionRequest {
-                version: args.version,
-            },
-        )
+        .post(&format!("{path}/{route}"), &VersionRequest { version })
         .await
         .map_err(|e| explain(e, type_name, name))?;
-    println!(
-        "restored {type_name} {name:?} as version {}",
-        version.unwrap_or_default()
-    );
-    Ok(())
+    Ok((type_name, name, new_version.unwrap_or_default()))
 }
 
 /// `VERSION   CURRENT   AGE   ACTOR   DELETED`, newest first.

@@ -115,8 +115,14 @@ impl [SqlStore<DB>] {
     pub async fn prune_events(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
         // Only numbered events are pruned: number what can be first.
         self.sequence_events().await?;
+        self.delete_before(DB::PRUNE_EVENTS, cutoff, batch).await
+    }
+
+    /// Runs a pruning statement (`$1` cutoff time, `$2` batch size, a row per deleted row
+    /// returned); returns how many rows it deleted.
+    pub(super) async fn delete_before(&self, sql: &'static str, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
         let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        let pruned = sqlx::query_as::<DB, (i64,)>(DB::PRUNE_EVENTS)
+        let pruned = sqlx::query_as::<DB, (i64,)>(sql)
             .bind(cutoff)
             .bind(i64::from(batch))
             .fetch_all_via(self, Op::Other)

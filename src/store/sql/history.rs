@@ -358,13 +358,7 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// The database failed.
     pub async fn prune_deleted_history(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
-        let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        let pruned = sqlx::query_as::<DB, (i64,)>(DB::PRUNE_DELETED_HISTORY)
-            .bind(cutoff)
-            .bind(i64::from(batch))
-            .fetch_all_via(self, Op::Other)
-            .await?;
-        Ok(pruned.len() as u64)
+        self.delete_before(DB::PRUNE_DELETED_HISTORY, cutoff, batch).await
     }
 }
 }
