@@ -457,3 +457,101 @@ async fn export_refuses_to_print_secrets_on_a_terminal_unless_forced() {
     assert!(forced.status.success(), "{text}");
     assert!(text.contains("type: GlobalSecret"), "{text}");
 }
+
+/// `copy --with-history` carries every kept version under its number, re-sealed in the
+/// destination, verifies them, and is safe to run again; without it only current values go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_with_history_carries_every_kept_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite_url(&dir, "history.db");
+    let source = open(&sqlite).await;
+    seed(&source, 3).await;
+    let key = SecretKey::parse(Some("default"), "secret-00001").unwrap();
+    let global = SecretKey::parse(None, "signing-key").unwrap();
+    for k in [&key, &global] {
+        for round in 0..4 {
+            let current = source.get_secret(k).await.unwrap();
+            source
+                .update_secret(
+                    k,
+                    current.meta.version,
+                    kuma_secrets::domain::SecretUpdate {
+                        data: SecretData::new(format!("round-{round}").into_bytes()).unwrap(),
+                        labels: current.labels,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let versions = |store: &AnyStore, k: &SecretKey| {
+        let (store, k) = (store.clone(), k.clone());
+        async move {
+            let mut out = Vec::new();
+            for info in store.secret_versions(&k).await.unwrap() {
+                let v = store.get_secret_version(&k, info.version).await.unwrap();
+                out.push((info.version, v.data.expose().to_vec(), v.labels));
+            }
+            out
+        }
+    };
+    let expected = (
+        versions(&source, &key).await,
+        versions(&source, &global).await,
+    );
+    assert_eq!(expected.0.len(), 5);
+    source.close().await;
+
+    let db = TestDb::empty().await;
+    let run = kuma(&["copy", "--from", &sqlite, "--to", &db.url], None)
+        .await
+        .ok();
+    assert!(run.stdout.contains("verified"), "{run:?}");
+    let postgres = open(&db.url).await;
+    assert_eq!(
+        versions(&postgres, &key).await.len(),
+        1,
+        "no history without the flag"
+    );
+
+    for _ in 0..2 {
+        let run = kuma(
+            &["copy", "--from", &sqlite, "--to", &db.url, "--with-history"],
+            None,
+        )
+        .await
+        .ok();
+        assert!(
+            run.stdout.contains("copied 8 kept versions of 2 secrets"),
+            "{run:?}"
+        );
+        assert!(run.stdout.contains("verified"), "{run:?}");
+        assert_eq!(versions(&postgres, &key).await, expected.0);
+        assert_eq!(versions(&postgres, &global).await, expected.1);
+    }
+
+    // Verification catches a kept version that differs.
+    let tamper = "UPDATE secret_versions SET labels = '{\"x\": \"y\"}' WHERE name = 'secret-00001' AND version = 2";
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query(tamper).execute(&mut conn).await.unwrap();
+    let run = kuma(
+        &[
+            "copy",
+            "--from",
+            &sqlite,
+            "--to",
+            &db.url,
+            "--verify-only",
+            "--with-history",
+        ],
+        None,
+    )
+    .await
+    .failed();
+    assert!(
+        run.stderr.contains("secret-00001") && run.stderr.contains("version 2"),
+        "{run:?}"
+    );
+}

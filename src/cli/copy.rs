@@ -43,6 +43,10 @@ pub struct CopyArgs {
     /// Only verify that every resource of --from is in --to, identical; copy nothing.
     #[arg(long)]
     verify_only: bool,
+    /// Also carry each secret's kept versions (version history), with their numbers, and
+    /// verify them. Deleted secrets' histories are not carried.
+    #[arg(long)]
+    with_history: bool,
 }
 
 pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
@@ -70,9 +74,16 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     };
     if !args.verify_only {
         copy_all(&source, &destination, args.batch_size, &from, &to).await?;
+        if args.with_history {
+            let (secrets, versions) = copy_history(&source, &destination, args.batch_size).await?;
+            println!("copied {versions} kept versions of {secrets} secrets");
+        }
     }
     if !args.no_verify {
-        let report = verify(&source, &destination, args.batch_size).await?;
+        let mut report = verify(&source, &destination, args.batch_size).await?;
+        if args.with_history {
+            verify_history(&source, &destination, args.batch_size, &mut report).await?;
+        }
         if report.problems.is_empty() {
             println!(
                 "verified {} resources: every one is in {to} with identical data and labels{}",
@@ -99,6 +110,117 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     }
     source.close().await;
     destination.close().await;
+    Ok(())
+}
+
+/// Walks over every secret: Secrets of every Mesh, then GlobalSecrets.
+fn secret_walks(page_size: u32) -> anyhow::Result<[SecretWalk; 2]> {
+    Ok([
+        SecretWalk::new(SecretScope::AllMeshes, page_size)?,
+        SecretWalk::new(SecretScope::Global, page_size)?,
+    ])
+}
+
+/// The versions `store` keeps of `secret` (not the current one), opened, with who wrote
+/// each.
+async fn kept_versions(
+    store: &AnyStore,
+    secret: &Secret,
+) -> anyhow::Result<Vec<(Secret, Option<crate::store::feed::Actor>)>> {
+    let mut kept = Vec::new();
+    for info in store.secret_versions(&secret.key).await? {
+        if info.current || info.deletion_time.is_some() {
+            continue;
+        }
+        let version = store.get_secret_version(&secret.key, info.version).await?;
+        kept.push((version, info.actor));
+    }
+    Ok(kept)
+}
+
+/// Carries every secret's kept versions, with their numbers, into `destination` (the
+/// current values are there already); returns (secrets, versions).
+async fn copy_history(
+    source: &AnyStore,
+    destination: &AnyStore,
+    page_size: u32,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut secrets, mut versions) = (0u64, 0u64);
+    for mut walk in secret_walks(page_size)? {
+        while let Some(page) = walk.next_page(source).await? {
+            for secret in page.items {
+                let kept = kept_versions(source, &secret).await?;
+                if !kept.is_empty() {
+                    versions += destination
+                        .replace_history(&secret.key, secret.meta.version, kept)
+                        .await?;
+                    secrets += 1;
+                }
+            }
+        }
+    }
+    Ok((secrets, versions))
+}
+
+/// Checks that every kept version of every source secret is in `destination` under the
+/// same number, with identical data and labels (as many as its history limit keeps).
+async fn verify_history(
+    source: &AnyStore,
+    destination: &AnyStore,
+    page_size: u32,
+    report: &mut Verification,
+) -> anyhow::Result<()> {
+    for mut walk in secret_walks(page_size)? {
+        while let Some(page) = walk.next_page(source).await? {
+            for secret in page.items {
+                let theirs = match destination.get_secret(&secret.key).await {
+                    Ok(theirs) => theirs,
+                    // Reported by the current values' verification.
+                    Err(_) => continue,
+                };
+                if theirs.meta.version != secret.meta.version {
+                    report.problems.push(format!(
+                        "differs: {} is at version {} there, {} here",
+                        secret.key.resource_key(),
+                        theirs.meta.version,
+                        secret.meta.version
+                    ));
+                    continue;
+                }
+                let kept: std::collections::BTreeSet<i64> = destination
+                    .secret_versions(&secret.key)
+                    .await?
+                    .into_iter()
+                    .filter(|v| !v.current)
+                    .map(|v| v.version)
+                    .collect();
+                for (mine, _) in kept_versions(source, &secret).await? {
+                    if !kept.contains(&mine.meta.version) {
+                        // Not kept there: its history limit is smaller. Only a gap is wrong.
+                        if kept.iter().any(|v| *v < mine.meta.version) {
+                            report.problems.push(format!(
+                                "missing: {} version {}",
+                                secret.key.resource_key(),
+                                mine.meta.version
+                            ));
+                        }
+                        continue;
+                    }
+                    report.checked += 1;
+                    let there = destination
+                        .get_secret_version(&secret.key, mine.meta.version)
+                        .await?;
+                    if there.data.expose() != mine.data.expose() || there.labels != mine.labels {
+                        report.problems.push(format!(
+                            "differs: {} version {}",
+                            secret.key.resource_key(),
+                            mine.meta.version
+                        ));
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 

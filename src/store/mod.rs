@@ -473,6 +473,22 @@ impl AnyStore {
         }
     }
 
+    /// Replaces a secret's kept versions. See [`SqlStore::replace_history`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::replace_history`].
+    pub async fn replace_history(
+        &self,
+        key: &SecretKey,
+        current_version: i64,
+        versions: Vec<(Secret, Option<feed::Actor>)>,
+    ) -> Result<u64> {
+        match self {
+            AnyStore::Postgres(s) => s.replace_history(key, current_version, versions).await,
+            AnyStore::Sqlite(s) => s.replace_history(key, current_version, versions).await,
+        }
+    }
+
     /// Prunes the histories of secrets deleted before `cutoff`. See
     /// [`SqlStore::prune_deleted_history`].
     ///

@@ -82,6 +82,21 @@ const RESTORE_SECRET: &str = concat!(
     secret_columns!()
 );
 
+/// `$1` version, `$2` name [, `$3` mesh]: a secret's current version, renumbered.
+const RENUMBER_CURRENT: Keyed = Keyed {
+    mesh: "UPDATE secrets SET version = $1 WHERE version <> $1 AND name = $2 AND mesh = $3 \
+           RETURNING version",
+    global: "UPDATE secrets SET version = $1 WHERE version <> $1 AND name = $2 AND mesh IS NULL \
+             RETURNING version",
+};
+
+/// `$1` name, `$2` mesh (NULL for global), `$3` slot, `$4` version, `$5` creation time,
+/// `$6` modification time, `$7` labels, `$8` data, `$9` key id, `$10` write id, `$11` actor,
+/// `$12` request id.
+const INSERT_KEPT: &str = "INSERT INTO secret_versions (name, mesh, slot, version, creation_time, \
+     modification_time, labels, data, key_id, write_id, actor, request_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING version";
+
 /// `$1` the limit: records it if it changes (then the history rings are re-cut).
 const SET_MAX_VERSIONS: &str = "UPDATE history_settings SET max_versions = $1 \
      WHERE id = 1 AND max_versions <> $1 RETURNING CAST(max_versions AS BIGINT)";
@@ -304,6 +319,74 @@ impl [SqlStore<DB>] {
                     .fetch_one(&mut *tx)
                     .await?;
                 Ok(row.with_data(source.data))
+            })
+        })
+        .await
+    }
+
+    /// Makes `versions` the kept versions of the existing secret `key`, and
+    /// `current_version` the number of its current one (`copy --with-history`, after the
+    /// current value was copied; its content is left as it is). Versions are sealed anew
+    /// with this store's keyring, each bound to a write of its own; of those older than the
+    /// current one, the newest this store's history limit has room for are kept. Returns
+    /// how many.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if the secret does not exist here.
+    pub async fn replace_history(
+        &self,
+        key: &SecretKey,
+        current_version: i64,
+        versions: Vec<(Secret, Option<Actor>)>,
+    ) -> Result<u64> {
+        let keyring = self.options.keyring.clone();
+        let key = key.clone();
+        self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+            Box::pin(async move {
+                let exists = bind_key(
+                    sqlx::query_as::<DB, (i64,)>(super::statements::GET_SECRET_VERSION.for_key(&key)),
+                    &key,
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_none() {
+                    return Err(TxError::Refused(StoreError::NotFound(key.resource_key())));
+                }
+                let renumber = sqlx::query_as::<DB, (i64,)>(RENUMBER_CURRENT.for_key(&key)).bind(current_version);
+                bind_key(renumber, &key).fetch_optional(&mut *tx).await?;
+                // Renumbering kept the version it replaced: start from nothing.
+                bind_key(sqlx::query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(&key)), &key)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let (keep,) = sqlx::query_as::<DB, (i64,)>(GET_MAX_VERSIONS).fetch_one(&mut *tx).await?;
+                let mut versions: Vec<_> = versions
+                    .into_iter()
+                    .filter(|(v, _)| v.meta.version < current_version)
+                    .collect();
+                versions.sort_by_key(|(v, _)| std::cmp::Reverse(v.meta.version));
+                versions.truncate(usize::try_from(keep).unwrap_or(0));
+                let (_, request_id) = writer();
+                let mut kept = 0;
+                for (version, actor) in versions {
+                    let stored = seal(keyring.as_deref(), &key, version.data.expose());
+                    sqlx::query_as::<DB, (i64,)>(INSERT_KEPT)
+                        .bind(key.name().as_str().to_owned())
+                        .bind(key.mesh().map(|m| m.as_str().to_owned()))
+                        .bind(version.meta.version % keep)
+                        .bind(version.meta.version)
+                        .bind(version.meta.creation_time)
+                        .bind(version.meta.modification_time)
+                        .bind(labels_json(&version.labels))
+                        .bind(stored.bytes)
+                        .bind(stored.key_id)
+                        .bind(stored.write_id)
+                        .bind(actor.map(Json))
+                        .bind(request_id.clone())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    kept += 1;
+                }
+                Ok(kept)
             })
         })
         .await
