@@ -374,6 +374,16 @@ pub enum AnyStore {
     Sqlite(SqliteStore),
 }
 
+/// Calls the same method on whichever backend `self` is.
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Postgres($store) => $call.await,
+            AnyStore::Sqlite($store) => $call.await,
+        }
+    };
+}
+
 impl AnyStore {
     /// Opens the store `url` names. SQLite files are created and migrated on open; a
     /// Postgres schema must already be at this binary's version (`kuma-secrets migrate up`).
@@ -392,10 +402,7 @@ impl AnyStore {
     /// # Errors
     /// The database failed.
     pub async fn rows_per_key(&self) -> Result<Vec<KeyUsage>> {
-        match self {
-            AnyStore::Postgres(s) => s.rows_per_key().await,
-            AnyStore::Sqlite(s) => s.rows_per_key().await,
-        }
+        delegate!(self, s => s.rows_per_key())
     }
 
     /// Stored values that do not open. See [`SqlStore::unreadable`].
@@ -403,10 +410,7 @@ impl AnyStore {
     /// # Errors
     /// The database failed.
     pub async fn unreadable(&self) -> Result<Vec<Unreadable>> {
-        match self {
-            AnyStore::Postgres(s) => s.unreadable().await,
-            AnyStore::Sqlite(s) => s.unreadable().await,
-        }
+        delegate!(self, s => s.unreadable())
     }
 
     /// Whether anything in the store is sealed. See [`SqlStore::holds_sealed_values`].
@@ -414,10 +418,7 @@ impl AnyStore {
     /// # Errors
     /// The database failed.
     pub async fn holds_sealed_values(&self) -> Result<bool> {
-        match self {
-            AnyStore::Postgres(s) => s.holds_sealed_values().await,
-            AnyStore::Sqlite(s) => s.holds_sealed_values().await,
-        }
+        delegate!(self, s => s.holds_sealed_values())
     }
 
     /// Re-seals Mesh inline CA keys. See [`SqlStore::reseal_meshes`].
@@ -425,10 +426,7 @@ impl AnyStore {
     /// # Errors
     /// As [`SqlStore::reseal_meshes`].
     pub async fn reseal_meshes(&self) -> Result<u64> {
-        match self {
-            AnyStore::Postgres(s) => s.reseal_meshes().await,
-            AnyStore::Sqlite(s) => s.reseal_meshes().await,
-        }
+        delegate!(self, s => s.reseal_meshes())
     }
 
     /// One batch of key rotation. See [`SqlStore::reseal_batch`].
@@ -441,10 +439,7 @@ impl AnyStore {
         after: i64,
         size: u32,
     ) -> Result<ResealBatch> {
-        match self {
-            AnyStore::Postgres(s) => s.reseal_batch(rows, after, size).await,
-            AnyStore::Sqlite(s) => s.reseal_batch(rows, after, size).await,
-        }
+        delegate!(self, s => s.reseal_batch(rows, after, size))
     }
 
     /// Prunes events written before `cutoff`. See [`SqlStore::prune_events`].
@@ -456,10 +451,7 @@ impl AnyStore {
         cutoff: chrono::DateTime<chrono::Utc>,
         batch: u32,
     ) -> Result<u64> {
-        match self {
-            AnyStore::Postgres(s) => s.prune_events(cutoff, batch).await,
-            AnyStore::Sqlite(s) => s.prune_events(cutoff, batch).await,
-        }
+        delegate!(self, s => s.prune_events(cutoff, batch))
     }
 
     /// Sets how many earlier versions each secret keeps. See [`SqlStore::set_max_versions`].
@@ -467,10 +459,7 @@ impl AnyStore {
     /// # Errors
     /// The database failed.
     pub async fn set_max_versions(&self, limit: u32) -> Result<()> {
-        match self {
-            AnyStore::Postgres(s) => s.set_max_versions(limit).await,
-            AnyStore::Sqlite(s) => s.set_max_versions(limit).await,
-        }
+        delegate!(self, s => s.set_max_versions(limit))
     }
 
     /// Replaces a secret's kept versions. See [`SqlStore::replace_history`].
@@ -483,10 +472,7 @@ impl AnyStore {
         current_version: i64,
         versions: Vec<(Secret, Option<feed::Actor>)>,
     ) -> Result<u64> {
-        match self {
-            AnyStore::Postgres(s) => s.replace_history(key, current_version, versions).await,
-            AnyStore::Sqlite(s) => s.replace_history(key, current_version, versions).await,
-        }
+        delegate!(self, s => s.replace_history(key, current_version, versions))
     }
 
     /// Prunes the histories of secrets deleted before `cutoff`. See
@@ -499,28 +485,13 @@ impl AnyStore {
         cutoff: chrono::DateTime<chrono::Utc>,
         batch: u32,
     ) -> Result<u64> {
-        match self {
-            AnyStore::Postgres(s) => s.prune_deleted_history(cutoff, batch).await,
-            AnyStore::Sqlite(s) => s.prune_deleted_history(cutoff, batch).await,
-        }
+        delegate!(self, s => s.prune_deleted_history(cutoff, batch))
     }
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
-        match self {
-            AnyStore::Postgres(s) => s.close().await,
-            AnyStore::Sqlite(s) => s.close().await,
-        }
+        delegate!(self, s => s.close())
     }
-}
-
-macro_rules! delegate {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            AnyStore::Postgres($store) => $call.await,
-            AnyStore::Sqlite($store) => $call.await,
-        }
-    };
 }
 
 impl SecretStore for AnyStore {

@@ -268,8 +268,11 @@ impl [SqlStore<DB>] {
         let keyring = self.options.keyring.clone();
         let accept_plaintext = self.options.accept_plaintext_rows;
         let max_size = self.options.max_secret_size;
+        let resource = key.resource_key();
         let key = key.clone();
-        self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+        // A secret created meanwhile under the name makes the insert collide: as a create,
+        // that is AlreadyExists (409), not an internal error.
+        self.in_write_transaction::<_, StoreError, _>(Op::Create(&resource), move |tx| {
             Box::pin(async move {
                 let refuse = |e: StoreError| Err(TxError::Refused(e));
                 let exists = bind_key(
