@@ -155,18 +155,12 @@ async fn apply_get_delete_round_trip_in_every_output_format(backend: Backend) {
             .contains("there is no Secret with name \"sample\""),
         "{run:?}"
     );
-    let run = cli(&server, &["get", "secret", "sample"]).await.failed();
-    assert!(
-        run.stderr.contains("No resources found in default mesh"),
-        "{run:?}"
-    );
-    let run = cli(&server, &["get", "global-secret", "nope"])
+    cli(&server, &["get", "secret", "sample"])
         .await
-        .failed();
-    assert!(
-        run.stderr.contains("Error: No resources found\n"),
-        "{run:?}"
-    );
+        .fails_with("No resources found in default mesh");
+    cli(&server, &["get", "global-secret", "nope"])
+        .await
+        .fails_with("Error: No resources found\n");
     let run = cli(&server, &["delete", "global-secret", "shared"])
         .await
         .ok();
@@ -265,13 +259,9 @@ items:
 
     // A global secret may not carry a mesh.
     let bad = "apiVersion: v1\nkind: Secret\ntype: system.kuma.io/global-secret\nmetadata:\n  name: g\n  labels: {kuma.io/mesh: default}\ndata: {value: YQ==}\n";
-    let run = cli_in(&server, &["apply", "-f", "-"], Some(bad))
+    cli_in(&server, &["apply", "-f", "-"], Some(bad))
         .await
-        .failed();
-    assert!(
-        run.stderr.contains("mesh cannot be set on global secret"),
-        "{run:?}"
-    );
+        .fails_with("mesh cannot be set on global secret");
 }
 
 async fn templating_fills_vars_and_dry_run_applies_nothing(backend: Backend) {
@@ -310,10 +300,9 @@ async fn templating_fills_vars_and_dry_run_applies_nothing(backend: Backend) {
         "dry run"
     );
 
-    let run = cli(&server, &["apply", "-f", file, "--var", "mesh=default"])
+    cli(&server, &["apply", "-f", file, "--var", "mesh=default"])
         .await
-        .failed();
-    assert!(run.stderr.contains("--var key=VALUE"), "{run:?}");
+        .fails_with("--var key=VALUE");
 
     cli(
         &server,
@@ -397,13 +386,9 @@ name: typo
         "nothing applied"
     );
 
-    let run = cli_in(&server, &["apply", "-f", "-"], Some("name: [unclosed\n"))
+    cli_in(&server, &["apply", "-f", "-"], Some("name: [unclosed\n"))
         .await
-        .failed();
-    assert!(
-        run.stderr.contains("resource[0]: failed to parse resource"),
-        "{run:?}"
-    );
+        .fails_with("resource[0]: failed to parse resource");
 
     // A server-side failure names the resource.
     let run = cli_in(
@@ -451,8 +436,9 @@ async fn failures_exit_non_zero_with_one_line(backend: Backend) {
     let server = TestServer::start_with(backend, config, StoreOptions::default()).await;
 
     // No token: 403 with Kuma's text.
-    let run = cli(&server, &["get", "secrets"]).await.failed();
-    assert!(run.stderr.contains("Access Denied"), "{run:?}");
+    cli(&server, &["get", "secrets"])
+        .await
+        .fails_with("Access Denied");
     // A bad token: 401.
     let run = cli(&server, &["get", "secrets", "--token", "not-a-jwt"])
         .await
@@ -493,10 +479,9 @@ async fn failures_exit_non_zero_with_one_line(backend: Backend) {
     .ok();
     let john = run.stdout.trim().to_owned();
     assert_eq!(john.split('.').count(), 3, "a JWT: {run:?}");
-    let run = cli(&server, &["get", "secrets", "--token", &john])
+    cli(&server, &["get", "secrets", "--token", &john])
         .await
-        .failed();
-    assert!(run.stderr.contains("Access Denied"), "{run:?}");
+        .fails_with("Access Denied");
     // The token also comes from the environment.
     let run = kuma_with_env(
         &["get", "meshes"],
@@ -519,18 +504,13 @@ async fn failures_exit_non_zero_with_one_line(backend: Backend) {
             .contains("could not reach the API at http://127.0.0.1:9"),
         "{run:?}"
     );
-    let run = kuma(&["get", "secrets", "--api-url", "not a url"], None)
+    kuma(&["get", "secrets", "--api-url", "not a url"], None)
         .await
-        .failed();
-    assert!(run.stderr.contains("invalid --api-url"), "{run:?}");
+        .fails_with("invalid --api-url");
     // Missing file.
-    let run = cli(&server, &["apply", "-f", "/nonexistent.yaml"])
+    cli(&server, &["apply", "-f", "/nonexistent.yaml"])
         .await
-        .failed();
-    assert!(
-        run.stderr.contains("could not read /nonexistent.yaml"),
-        "{run:?}"
-    );
+        .fails_with("could not read /nonexistent.yaml");
 }
 
 on_both_backends! {

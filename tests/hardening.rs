@@ -589,16 +589,12 @@ async fn a_lost_embedded_keyring_is_not_silently_replaced() {
     assert!(keys.exists());
     std::fs::remove_file(&keys).unwrap();
 
-    let run = kuma(
+    kuma(
         &["serve", "--api-addr", "127.0.0.1:0", "--store", &store],
         None,
     )
     .await
-    .failed();
-    assert!(
-        run.stderr.contains("kuma-secrets.db.keys is missing"),
-        "{run:?}"
-    );
+    .fails_with("kuma-secrets.db.keys is missing");
     assert!(!keys.exists(), "no new keyring was generated");
 }
 

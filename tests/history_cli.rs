@@ -61,10 +61,9 @@ async fn history_verbs_through_a_real_server() {
     .ok();
     let body: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(body["data"], "ZDM=", "{run:?}");
-    let run = at(&url, &["get", "secret", "tls", "--version", "1"])
+    at(&url, &["get", "secret", "tls", "--version", "1"])
         .await
-        .failed();
-    assert!(run.stderr.contains("No resources found"), "{run:?}");
+        .fails_with("No resources found");
 
     let run = at(&url, &["rollback", "secret", "tls", "--to", "2"])
         .await
@@ -73,22 +72,22 @@ async fn history_verbs_through_a_real_server() {
         run.stdout,
         "rolled back Secret \"tls\" to version 2: it is now version 5\n"
     );
-    let run = at(&url, &["rollback", "secret", "tls"]).await.failed();
-    assert!(run.stderr.contains("--to is required"), "{run:?}");
+    at(&url, &["rollback", "secret", "tls"])
+        .await
+        .fails_with("--to is required");
 
     at(&url, &["delete", "secret", "tls"]).await.ok();
     let run = at(&url, &["restore", "secret", "tls"]).await.ok();
     assert_eq!(run.stdout, "restored Secret \"tls\" as version 6\n");
-    let run = at(&url, &["restore", "secret", "tls"]).await.failed();
-    assert!(
-        run.stderr.contains("only a deleted secret can be restored"),
-        "{run:?}"
-    );
+    at(&url, &["restore", "secret", "tls"])
+        .await
+        .fails_with("only a deleted secret can be restored");
 
     let run = at(&url, &["delete", "secret", "tls", "--purge"]).await.ok();
     assert_eq!(run.stdout, "purged Secret \"tls\" and its history\n");
-    let run = at(&url, &["history", "secret", "tls"]).await.failed();
-    assert!(run.stderr.contains("Secret \"tls\""), "{run:?}");
+    at(&url, &["history", "secret", "tls"])
+        .await
+        .fails_with("Secret \"tls\"");
 
     // A deleted secret's history outlives the server, until --deleted-retention lets go.
     kuma(
@@ -122,6 +121,7 @@ async fn history_verbs_through_a_real_server() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let run = at(&url, &["restore", "secret", "tls"]).await.failed();
-    assert!(run.stderr.contains("Secret \"tls\""), "{run:?}");
+    at(&url, &["restore", "secret", "tls"])
+        .await
+        .fails_with("Secret \"tls\"");
 }

@@ -259,11 +259,9 @@ async fn kumactl_apply_parity(backend: Backend) {
         if !source.ends_with(".yaml") {
             std::fs::create_dir(source).unwrap();
         }
-        let run = cli(&server, &["apply", "-f", source], None).await.failed();
-        assert!(
-            run.stderr.contains("Error: no resource(s) passed to apply"),
-            "{run:?}"
-        );
+        let run = cli(&server, &["apply", "-f", source], None)
+            .await
+            .fails_with("Error: no resource(s) passed to apply");
         assert_eq!(run.code, 1);
     }
 

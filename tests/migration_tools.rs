@@ -194,10 +194,9 @@ async fn export_then_import_into_an_empty_store_reproduces_it() {
         .ok();
     let documents = kuma_secrets::manifest::read_stream(&run.stdout).unwrap();
     assert_eq!(documents.resources.len(), 51);
-    let run = kuma(&["export", "--store", &db.url, "-m", "nowhere"], None)
+    kuma(&["export", "--store", &db.url, "-m", "nowhere"], None)
         .await
-        .failed();
-    assert!(run.stderr.contains("no Mesh \"nowhere\""), "{run:?}");
+        .fails_with("no Mesh \"nowhere\"");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,10 +219,9 @@ async fn import_updates_what_differs_and_rejects_a_bad_file_whole() {
     // A file with one bad document imports nothing.
     let bad = format!("{second}---\ntype: Secret\nmesh: default\nname: c\ndata: '!!'\n");
     let bad = bad.replace("data: YQ==", "data: eA==");
-    let run = kuma(&["import", "--store", &target, "-f", "-"], Some(&bad))
+    kuma(&["import", "--store", &target, "-f", "-"], Some(&bad))
         .await
-        .failed();
-    assert!(run.stderr.contains("resource[3]"), "{run:?}");
+        .fails_with("resource[3]");
     let store = open(&target).await;
     let a = store
         .get_secret(&SecretKey::parse(Some("default"), "a").unwrap())

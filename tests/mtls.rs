@@ -99,16 +99,12 @@ mtls:
         stored(&server, Some("default"), "my-cert").await.unwrap(),
         cert.as_bytes()
     );
-    let run = kuma(
+    kuma(
         &["delete", "secret", "my-key", "--api-url", &server.url],
         None,
     )
     .await
-    .failed();
-    assert!(
-        run.stderr.contains("currently in use in Mesh \"default\""),
-        "{run:?}"
-    );
+    .fails_with("currently in use in Mesh \"default\"");
 
     // The usage index, over HTTP and in `get secret`.
     let usage = get_json(&server, "/meshes/default/secrets/my-cert/_usage").await;

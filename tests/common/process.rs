@@ -125,6 +125,14 @@ impl CliRun {
         );
         self
     }
+
+    /// As [`CliRun::failed`], saying `text` on stderr.
+    #[track_caller]
+    pub fn fails_with(self, text: &str) -> Self {
+        let run = self.failed();
+        assert!(run.stderr.contains(text), "{text:?} not said: {run:#?}");
+        run
+    }
 }
 
 /// Runs `kuma-secrets ARGS` with `stdin`, without inheriting any `KUMA_SECRETS_*`
