@@ -1,5 +1,6 @@
 //! The README's commands, run as a new user would paste them: the quick start's curl
-//! session and the authentication examples, against a real server (its address put in
+//! session, the authentication examples and the version history walk-through, against a
+//! real server (its address put in
 //! place of Kuma's port), each command required to succeed.
 
 #[macro_use]
@@ -60,4 +61,21 @@ async fn the_quick_start_and_authentication_commands_work_as_pasted() {
     let out = tokio::task::block_in_place(|| run(server_ref, &auth[0]));
     // The admin token, then the minted one: two JWTs.
     assert_eq!(out.matches("eyJ0eXAi").count(), 2, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_history_commands_work_as_pasted() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    // The secret the walk-through starts from, at version 3.
+    for value in ["v1", "v2", "v3"] {
+        common::http::put_secret(&server, "default", "tls-key", value).await;
+    }
+    let history = shell_blocks("Version history");
+    let server_ref = &server;
+    let out = tokio::task::block_in_place(|| run(server_ref, &history[0]));
+    assert!(out.contains("\"current\":true"), "{out}");
+    assert!(out.contains("VERSION   CURRENT"), "{out}");
+    let gone =
+        common::http::fetch_json(server.at("/meshes/default/secrets/tls-key/_versions")).await;
+    assert_eq!(gone["status"], 404, "purged: {gone}");
 }
