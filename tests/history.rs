@@ -274,7 +274,16 @@ async fn purge_destroys_a_secret_and_its_history<S: SecretStore>(store: &S) {
 
 async fn with_history_off_deletes_are_final<S: SecretStore + HistoryLimit>(store: &S) {
     add_mesh(store).await;
+    create(store, "before", "kept").await;
+    update(store, "before", 1, "current").await;
     store.keep(0).await;
+    // What was kept stays readable; nothing more is kept.
+    assert_eq!(
+        text(&store.get_secret_version(&key("before"), 1).await.unwrap()),
+        "kept"
+    );
+    update(store, "before", 2, "newer").await;
+    assert_eq!(versions(store, "before").await, vec![3, 1]);
     create(store, "s", "a").await;
     update(store, "s", 1, "b").await;
     assert_eq!(versions(store, "s").await, vec![2]);
