@@ -331,6 +331,57 @@ async fn deleted_history_expires<S: SecretStore + HistoryLimit>(store: &S) {
     assert_eq!(versions(store, "live").await, vec![2, 1]);
 }
 
+/// Runs `future` as the user `name`.
+async fn as_user<F: std::future::Future>(name: &str, future: F) -> F::Output {
+    use kuma_secrets::store::feed::{Actor, WriteContext, with_write_context};
+    let context = WriteContext {
+        actor: Actor {
+            name: name.to_owned(),
+            groups: Vec::new(),
+        },
+        request_id: None,
+    };
+    with_write_context(context, future).await
+}
+
+fn actors(listed: &[kuma_secrets::store::history::VersionInfo]) -> Vec<(i64, String)> {
+    listed
+        .iter()
+        .map(|v| {
+            (
+                v.version,
+                v.actor.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn each_version_names_its_writer<S: SecretStore>(store: &S) {
+    add_mesh(store).await;
+    as_user("alice", create(store, "s", "a1")).await;
+    as_user("bob", update(store, "s", 1, "b2")).await;
+    // A delete that fails (stale version) leaves no trace on the row...
+    let err = as_user("mallory", store.delete_secret(&key("s"), Some(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    as_user("alice", update(store, "s", 2, "a3")).await;
+    let listed = store.secret_versions(&key("s")).await.unwrap();
+    assert_eq!(
+        actors(&listed),
+        [(3, "alice".into()), (2, "bob".into()), (1, "alice".into())]
+    );
+    // ...and a delete keeps the deleted version with its writer, not its deleter.
+    as_user("carol", store.delete_secret(&key("s"), None))
+        .await
+        .unwrap();
+    let listed = store.secret_versions(&key("s")).await.unwrap();
+    assert_eq!(
+        actors(&listed),
+        [(3, "alice".into()), (2, "bob".into()), (1, "alice".into())]
+    );
+}
+
 /// 16 writers each update or roll back one secret with compare-and-swap, retrying on
 /// conflicts: the final version is one more than the writes accepted, and every version
 /// the limit keeps is readable.
@@ -404,6 +455,7 @@ on_both_backends! {
         with_history_off_deletes_are_final,
         deleting_a_mesh_drops_its_secrets_histories,
         deleted_history_expires,
+        each_version_names_its_writer,
     ],
     shared: [racing_updates_and_rollbacks_lose_nothing]
 }

@@ -12,6 +12,11 @@
 -- is one upsert of a row that already exists (a heap-only update once the ring is full:
 -- no index entry, no delete), not an insert and a delete per write.
 
+-- Who wrote the current version, kept when a delete stamps its own actor on the row (for
+-- the delete event): the deleted version is kept with its writer, not its deleter. Set
+-- only by that stamp, in the deleting transaction.
+ALTER TABLE secrets ADD COLUMN written_by jsonb;
+
 CREATE TABLE secret_versions (
     -- Batch boundaries for key rotation.
     id                bigint GENERATED ALWAYS AS IDENTITY,
@@ -83,7 +88,8 @@ BEGIN
         INSERT INTO secret_versions AS v (mesh, name, slot, version, creation_time,
             modification_time, labels, data, key_id, write_id, actor, request_id)
         VALUES (NULL, OLD.name, OLD.version % keep, OLD.version, OLD.creation_time,
-            OLD.modification_time, OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor,
+            OLD.modification_time, OLD.labels, OLD.data, OLD.key_id, OLD.write_id,
+            coalesce(OLD.written_by, OLD.actor),
             OLD.request_id)
         ON CONFLICT (name, slot) WHERE mesh IS NULL DO UPDATE SET
             version = EXCLUDED.version, creation_time = EXCLUDED.creation_time,
@@ -98,7 +104,8 @@ BEGIN
         INSERT INTO secret_versions AS v (mesh, name, slot, version, creation_time,
             modification_time, labels, data, key_id, write_id, actor, request_id)
         VALUES (OLD.mesh, OLD.name, OLD.version % keep, OLD.version, OLD.creation_time,
-            OLD.modification_time, OLD.labels, OLD.data, OLD.key_id, OLD.write_id, OLD.actor,
+            OLD.modification_time, OLD.labels, OLD.data, OLD.key_id, OLD.write_id,
+            coalesce(OLD.written_by, OLD.actor),
             OLD.request_id)
         ON CONFLICT (mesh, name, slot) DO UPDATE SET
             version = EXCLUDED.version, creation_time = EXCLUDED.creation_time,

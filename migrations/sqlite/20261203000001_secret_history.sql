@@ -4,6 +4,10 @@
 -- path (API, import, copy, rollback, restore) keeps history. See the Postgres migration of
 -- the same name for the rules; these triggers are the same rules in SQLite's syntax.
 
+-- Who wrote the current version, kept when a delete stamps its own actor on the row (see
+-- the Postgres migration).
+ALTER TABLE secrets ADD COLUMN written_by TEXT;
+
 CREATE TABLE secret_versions (
     id                INTEGER NOT NULL,
     mesh              TEXT,
@@ -47,7 +51,7 @@ WHEN NEW.version <> OLD.version AND OLD.mesh IS NOT NULL AND (SELECT max_version
         modification_time, labels, data, key_id, write_id, actor, request_id)
     VALUES (OLD.mesh, OLD.name, OLD.version % (SELECT max_versions FROM history_settings WHERE id = 1),
             OLD.version, OLD.creation_time, OLD.modification_time, OLD.labels, OLD.data,
-            OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id)
+            OLD.key_id, OLD.write_id, coalesce(OLD.written_by, OLD.actor), OLD.request_id)
     ON CONFLICT (mesh, name, slot) DO UPDATE SET
         version = excluded.version, creation_time = excluded.creation_time,
         modification_time = excluded.modification_time, labels = excluded.labels,
@@ -61,7 +65,7 @@ WHEN NEW.version <> OLD.version AND OLD.mesh IS NULL AND (SELECT max_versions FR
         modification_time, labels, data, key_id, write_id, actor, request_id)
     VALUES (NULL, OLD.name, OLD.version % (SELECT max_versions FROM history_settings WHERE id = 1),
             OLD.version, OLD.creation_time, OLD.modification_time, OLD.labels, OLD.data,
-            OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id)
+            OLD.key_id, OLD.write_id, coalesce(OLD.written_by, OLD.actor), OLD.request_id)
     ON CONFLICT (name, slot) WHERE mesh IS NULL DO UPDATE SET
         version = excluded.version, creation_time = excluded.creation_time,
         modification_time = excluded.modification_time, labels = excluded.labels,
@@ -78,7 +82,7 @@ WHEN OLD.mesh IS NOT NULL AND (SELECT max_versions FROM history_settings WHERE i
         modification_time, labels, data, key_id, write_id, actor, request_id)
     VALUES (OLD.mesh, OLD.name, OLD.version % (SELECT max_versions FROM history_settings WHERE id = 1),
             OLD.version, OLD.creation_time, OLD.modification_time, OLD.labels, OLD.data,
-            OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id)
+            OLD.key_id, OLD.write_id, coalesce(OLD.written_by, OLD.actor), OLD.request_id)
     ON CONFLICT (mesh, name, slot) DO UPDATE SET
         version = excluded.version, creation_time = excluded.creation_time,
         modification_time = excluded.modification_time, labels = excluded.labels,
@@ -94,7 +98,7 @@ WHEN OLD.mesh IS NULL AND (SELECT max_versions FROM history_settings WHERE id = 
         modification_time, labels, data, key_id, write_id, actor, request_id)
     VALUES (NULL, OLD.name, OLD.version % (SELECT max_versions FROM history_settings WHERE id = 1),
             OLD.version, OLD.creation_time, OLD.modification_time, OLD.labels, OLD.data,
-            OLD.key_id, OLD.write_id, OLD.actor, OLD.request_id)
+            OLD.key_id, OLD.write_id, coalesce(OLD.written_by, OLD.actor), OLD.request_id)
     ON CONFLICT (name, slot) WHERE mesh IS NULL DO UPDATE SET
         version = excluded.version, creation_time = excluded.creation_time,
         modification_time = excluded.modification_time, labels = excluded.labels,

@@ -709,7 +709,7 @@ struct VersionItemSchema {
     modification_time: String,
     /// It is the current version.
     current: bool,
-    /// Who wrote it: `{"name", "groups"}` (for the version a delete removed: who deleted it).
+    /// Who wrote it: `{"name", "groups"}`.
     actor: Option<BTreeMap<String, serde_json::Value>>,
     /// When the secret was deleted (versions of a deleted secret).
     #[schema(rename = "deletionTime", format = DateTime)]

@@ -23,7 +23,7 @@ pub struct VersionInfo {
     pub modification_time: DateTime<Utc>,
     /// It is the secret's current version.
     pub current: bool,
-    /// Who wrote it, when known (for the version a delete removed: who deleted it).
+    /// Who wrote it, when known.
     pub actor: Option<Actor>,
     /// When the secret was deleted, for the versions of a deleted secret.
     pub deletion_time: Option<DateTime<Utc>>,

@@ -212,7 +212,7 @@ pub struct VersionItem {
     pub modification_time: String,
     /// It is the secret's current version.
     pub current: bool,
-    /// Who wrote it, when the store knows (for the version a delete removed: who deleted it).
+    /// Who wrote it, when the store knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<crate::store::feed::Actor>,
     /// When the secret was deleted, on the versions of a deleted secret.

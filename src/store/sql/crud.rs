@@ -84,14 +84,14 @@ impl [SqlStore<DB>] {
     /// Deletes a secret in a transaction, after recording who deletes it on the row (its
     /// delete event copies them): the deleted version, if it was at `expected_version`.
     ///
-    /// With `purge`, the secret's kept versions go too (a deleted secret's included): the
-    /// answer is then `Some` if anything of the secret was there.
+    /// With `purge`, the secret's kept versions go too (a deleted secret's included).
+    /// Refused with `NotFound` (rolling the stamp back) when nothing of the secret went.
     async fn stamp_and_delete(
         tx: &mut DB::Connection,
         key: &SecretKey,
         expected_version: Option<i64>,
         purge: bool,
-    ) -> std::result::Result<Option<(i64,)>, sqlx::Error> {
+    ) -> super::tx::TxResult<(), StoreError> {
         let (actor, request_id) = writer();
         let stamp = sqlx::query_as::<DB, (i64,)>(STAMP_SECRET.for_key(key))
             .bind(actor)
@@ -99,13 +99,18 @@ impl [SqlStore<DB>] {
         bind_key(stamp, key).fetch_optional(&mut *tx).await?;
         let delete = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key)).bind(expected_version);
         let deleted = bind_key(delete, key).fetch_optional(&mut *tx).await?;
-        if !purge || (deleted.is_none() && expected_version.is_some()) {
-            return Ok(deleted);
+        let purged = if purge && (deleted.is_some() || expected_version.is_none()) {
+            bind_key(sqlx::query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(key)), key)
+                .fetch_all(&mut *tx)
+                .await?
+        } else {
+            Vec::new()
+        };
+        if deleted.is_none() && purged.is_empty() {
+            // Nothing went: the stamp goes too (rolled back), so the row keeps its writer.
+            return Err(TxError::Refused(StoreError::NotFound(key.resource_key())));
         }
-        let purged = bind_key(sqlx::query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(key)), key)
-            .fetch_all(&mut *tx)
-            .await?;
-        Ok(deleted.or_else(|| purged.first().copied()))
+        Ok(())
     }
 
     /// A delete (with the mTLS guard) of the secret `key`, and with `purge` of its kept
@@ -153,27 +158,27 @@ impl [SqlStore<DB>] {
                                 Ok(None) => {}
                             }
                         }
-                        Ok(Self::stamp_and_delete(tx, &key, expected_version, purge).await?)
+                        Self::stamp_and_delete(tx, &key, expected_version, purge).await
                     })
                 })
-                .await?
+                .await
             }
             _ => {
                 let key = key.clone();
                 self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
-                    Box::pin(async move { Ok(Self::stamp_and_delete(tx, &key, expected_version, purge).await?) })
+                    Box::pin(async move { Self::stamp_and_delete(tx, &key, expected_version, purge).await })
                 })
-                .await?
+                .await
             }
         };
-        if deleted.is_some() {
-            return Ok(());
+        match deleted {
+            Err(StoreError::NotFound(_)) => Err(missed(
+                key.resource_key(),
+                expected_version,
+                self.stored_secret_version(key).await?,
+            )),
+            other => other,
         }
-        Err(missed(
-            key.resource_key(),
-            expected_version,
-            self.stored_secret_version(key).await?,
-        ))
     }
 
     /// `INSERT_MESH` with its parameters bound.

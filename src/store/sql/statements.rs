@@ -97,9 +97,12 @@ pub(crate) const UPDATE_SECRET: Keyed = Keyed {
 
 /// `$1` actor, `$2` request id, `$3` name [, `$4` mesh]: who is about to delete the secret,
 /// for its delete event (the version does not change, so this is no event itself).
+/// The writer's actor moves to `written_by`, for the deleted version's history row.
 pub(crate) const STAMP_SECRET: Keyed = Keyed {
-    mesh: "UPDATE secrets SET actor = $1, request_id = $2 WHERE name = $3 AND mesh = $4",
-    global: "UPDATE secrets SET actor = $1, request_id = $2 WHERE name = $3 AND mesh IS NULL",
+    mesh: "UPDATE secrets SET written_by = actor, actor = $1, request_id = $2 \
+           WHERE name = $3 AND mesh = $4",
+    global: "UPDATE secrets SET written_by = actor, actor = $1, request_id = $2 \
+             WHERE name = $3 AND mesh IS NULL",
 };
 
 /// `$1` actor, `$2` request id, `$3` mesh: who is about to delete a Mesh, on it and on the
