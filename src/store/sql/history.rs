@@ -149,6 +149,17 @@ impl [SqlStore<DB>] {
         row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
     }
 
+    /// The current version of `key` as the transaction `tx` sees it.
+    async fn current_version_in(tx: &mut DB::Connection, key: &SecretKey) -> std::result::Result<Option<i64>, sqlx::Error> {
+        let row = bind_key(
+            sqlx::query_as::<DB, (i64,)>(super::statements::GET_SECRET_VERSION.for_key(key)),
+            key,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(row.map(|(v,)| v))
+    }
+
     async fn get_secret_row(&self, key: &SecretKey) -> Result<SecretRow> {
         bind_key(sqlx::query_as::<DB, SecretRow>(super::statements::GET_SECRET.for_key(key)), key)
             .fetch_optional_via(self, Op::Other)
@@ -275,13 +286,7 @@ impl [SqlStore<DB>] {
         self.in_write_transaction::<_, StoreError, _>(Op::Create(&resource), move |tx| {
             Box::pin(async move {
                 let refuse = |e: StoreError| Err(TxError::Refused(e));
-                let exists = bind_key(
-                    sqlx::query_as::<DB, (i64,)>(super::statements::GET_SECRET_VERSION.for_key(&key)),
-                    &key,
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                if exists.is_some() {
+                if Self::current_version_in(tx, &key).await?.is_some() {
                     return refuse(StoreError::NotDeleted(key.resource_key()));
                 }
                 let kept = bind_key(sqlx::query_as::<DB, SecretRow>(DELETED_VERSIONS.for_key(&key)), &key)
@@ -346,13 +351,7 @@ impl [SqlStore<DB>] {
         let key = key.clone();
         self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
             Box::pin(async move {
-                let exists = bind_key(
-                    sqlx::query_as::<DB, (i64,)>(super::statements::GET_SECRET_VERSION.for_key(&key)),
-                    &key,
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                if exists.is_none() {
+                if Self::current_version_in(tx, &key).await?.is_none() {
                     return Err(TxError::Refused(StoreError::NotFound(key.resource_key())));
                 }
                 let renumber = sqlx::query_as::<DB, (i64,)>(RENUMBER_CURRENT.for_key(&key)).bind(current_version);
