@@ -9,7 +9,7 @@ use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalJsonBody, Preconditions, etag};
 use super::secrets::{SecretAt, expected_version, precondition_or_store_error};
-use crate::domain::{Secret, SecretKey, ValidationError};
+use crate::domain::{Secret, ValidationError};
 use crate::store::{SecretStore, StoreError};
 use crate::wire::{ListBody, SecretItem, VersionItem, VersionRequest};
 use axum::body::Bytes;
@@ -28,7 +28,7 @@ pub(super) async fn list_versions<S: SecretStore + Clone + 'static>(
     at: SecretAt,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
-    let key = admin_key(&user, &at, TITLE)?;
+    let key = at.key_for_admin(&user, TITLE)?;
     let versions = state
         .store
         .secret_versions(&key)
@@ -60,7 +60,7 @@ pub(super) async fn rollback<S: SecretStore + Clone + 'static>(
             ValidationError::single("version", "cannot be empty: the version to roll back to"),
         ));
     };
-    let key = admin_key(&user, &at, TITLE)?;
+    let key = at.key_for_admin(&user, TITLE)?;
     let expected = expected_version(&state, &key, &preconditions, TITLE).await?;
     let secret = state
         .store
@@ -87,19 +87,13 @@ pub(super) async fn restore<S: SecretStore + Clone + 'static>(
         Some(bytes) => version_request(&bytes, TITLE)?,
         None => VersionRequest::default(),
     };
-    let key = admin_key(&user, &at, TITLE)?;
+    let key = at.key_for_admin(&user, TITLE)?;
     let secret = state
         .store
         .restore_secret(&key, request.version)
         .await
         .map_err(|e| ApiError::store(TITLE, e))?;
     Ok(answer(&secret))
-}
-
-/// The key of a history route, for an admin; 404 for a name that cannot exist.
-fn admin_key(user: &User, at: &SecretAt, title: &str) -> ApiResult<SecretKey> {
-    user.require_admin(at.secret_type().as_str())?;
-    at.key().ok_or_else(|| ApiError::not_found(title))
 }
 
 /// `{"version": V}`, V a whole number from 1.

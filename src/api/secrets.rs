@@ -61,6 +61,13 @@ impl SecretAt {
         }
     }
 
+    /// The key the URL names, for an admin (403 otherwise); 404 under `title` for a name
+    /// that cannot exist.
+    pub fn key_for_admin(&self, user: &User, title: &str) -> ApiResult<SecretKey> {
+        user.require_admin(self.secret_type().as_str())?;
+        self.key().ok_or_else(|| ApiError::not_found(title))
+    }
+
     /// The key the URL names, if the name could exist at all.
     pub fn key(&self) -> Option<SecretKey> {
         let name = ResourceName::parse(&self.name).ok()?;
@@ -218,10 +225,8 @@ pub(super) async fn get_secret<S: SecretStore + Clone + 'static>(
     uri: Uri,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
-    let format = Format::from_query(uri.query())?;
-    let version = version_requested(uri.query())?;
-    user.require_admin(at.secret_type().as_str())?;
-    let key = at.key().ok_or_else(|| ApiError::not_found(TITLE))?;
+    let ItemQuery { format, version } = ItemQuery::parse(uri.query())?;
+    let key = at.key_for_admin(&user, TITLE)?;
     let secret = match version {
         None => state.store.get_secret(&key).await,
         Some(version) => state.store.get_secret_version(&key, version).await,
@@ -248,20 +253,11 @@ fn kubernetes_manifest(secret: &Secret, namespace: &str) -> serde_json::Value {
     wire::to_kubernetes(&resource, Some(&secret.meta.creation_time), namespace)
 }
 
-/// `?version=V` of an item GET: a version kept in the secret's history.
-fn version_requested(query: Option<&str>) -> ApiResult<Option<i64>> {
-    let Some((_, raw)) =
-        form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == "version")
-    else {
-        return Ok(None);
-    };
-    match raw.parse::<i64>() {
-        Ok(version) if version >= 1 => Ok(Some(version)),
-        _ => Err(ApiError::invalid(
-            "Could not retrieve a resource",
-            ValidationError::single("version", r#""version" must be a whole number from 1"#),
-        )),
-    }
+/// The query of an item GET: `?format=` and `?version=`.
+struct ItemQuery {
+    format: Format,
+    /// A version kept in the secret's history, instead of the current one.
+    version: Option<i64>,
 }
 
 /// `?format=` of an item GET.
@@ -270,8 +266,9 @@ enum Format {
     Kubernetes { namespace: String },
 }
 
-impl Format {
-    fn from_query(query: Option<&str>) -> ApiResult<Self> {
+impl ItemQuery {
+    fn parse(query: Option<&str>) -> ApiResult<Self> {
+        const TITLE: &str = "Could not retrieve a resource";
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
@@ -281,22 +278,38 @@ impl Format {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.as_str())
         };
-        match get("format").unwrap_or("") {
-            "" | "universal" => Ok(Format::Universal),
-            "k8s" | "kubernetes" => Ok(Format::Kubernetes {
+        let format = match get("format").unwrap_or("") {
+            "" | "universal" => Format::Universal,
+            "k8s" | "kubernetes" => Format::Kubernetes {
                 namespace: get("namespace")
                     .filter(|n| !n.is_empty())
                     .unwrap_or("kuma-system")
                     .to_owned(),
-            }),
-            _ => Err(ApiError::invalid(
-                "Could not retrieve a resource",
-                ValidationError::single(
-                    "format",
-                    r#""format" must be one of ["k8s", "kubernetes", "universal"]"#,
-                ),
-            )),
-        }
+            },
+            _ => {
+                return Err(ApiError::invalid(
+                    TITLE,
+                    ValidationError::single(
+                        "format",
+                        r#""format" must be one of ["k8s", "kubernetes", "universal"]"#,
+                    ),
+                ));
+            }
+        };
+        let version = match get("version").map(str::parse::<i64>) {
+            None => None,
+            Some(Ok(version)) if version >= 1 => Some(version),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    TITLE,
+                    ValidationError::single(
+                        "version",
+                        r#""version" must be a whole number from 1"#,
+                    ),
+                ));
+            }
+        };
+        Ok(ItemQuery { format, version })
     }
 }
 
@@ -365,8 +378,7 @@ pub(super) async fn delete_secret<S: SecretStore + Clone + 'static>(
     uri: Uri,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
-    user.require_admin(at.secret_type().as_str())?;
-    let key = at.key().ok_or_else(|| ApiError::not_found(TITLE))?;
+    let key = at.key_for_admin(&user, TITLE)?;
     // With If-Match, delete only the version the caller saw: the store checks it in the
     // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
     // never opened, so a secret whose sealed value is unreadable can still be deleted.

@@ -243,8 +243,7 @@ async fn copy_all(
         counts += destination.import_batch(batch).await?;
         progress.advance(n);
     }
-    for scope in [SecretScope::AllMeshes, SecretScope::Global] {
-        let mut secrets = SecretWalk::new(scope, batch_size)?;
+    for mut secrets in secret_walks(batch_size)? {
         while let Some(page) = secrets.next_page(source).await? {
             let batch: Vec<Resource> = page.items.iter().map(secret_resource_of).collect();
             let n = batch.len() as u64;
@@ -266,11 +265,8 @@ async fn count_all(store: &AnyStore) -> anyhow::Result<u64> {
         .next_page(store)
         .await?
         .map_or(0, |p| p.total);
-    for scope in [SecretScope::AllMeshes, SecretScope::Global] {
-        total += SecretWalk::new(scope, 1)?
-            .next_page(store)
-            .await?
-            .map_or(0, |p| p.total);
+    for mut secrets in secret_walks(1)? {
+        total += secrets.next_page(store).await?.map_or(0, |p| p.total);
     }
     Ok(total)
 }

@@ -34,6 +34,14 @@ impl [SqlStore<DB>] {
         Ok(row.map(|(v,)| v))
     }
 
+    /// The stored row of the secret `key`, not opened.
+    pub(super) async fn get_secret_row(&self, key: &SecretKey) -> Result<SecretRow> {
+        bind_key(sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key)), key)
+            .fetch_optional_via(self, Op::Other)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.resource_key()))
+    }
+
     async fn mesh_version(&self, name: &MeshName) -> Result<Option<i64>> {
         let row = sqlx::query_as::<DB, (i64,)>(GET_MESH_VERSION)
             .bind(name.as_str().to_owned())
@@ -291,10 +299,8 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key))]
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
-        bind_key(sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key)), key)
-            .fetch_optional_via(self, Op::Other)
+        self.get_secret_row(key)
             .await?
-            .ok_or_else(|| StoreError::NotFound(key.resource_key()))?
             .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
     }
 

@@ -160,13 +160,6 @@ impl [SqlStore<DB>] {
         Ok(row.map(|(v,)| v))
     }
 
-    async fn get_secret_row(&self, key: &SecretKey) -> Result<SecretRow> {
-        bind_key(sqlx::query_as::<DB, SecretRow>(super::statements::GET_SECRET.for_key(key)), key)
-            .fetch_optional_via(self, Op::Other)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(key.resource_key()))
-    }
-
     /// The versions of the secret `key`, newest first: the current one and those kept, or
     /// a deleted secret's kept versions (each with its deletion time).
     ///
