@@ -258,6 +258,14 @@ mod bytes_body {
     }
 }
 
+/// The API path of a Secret of `mesh`, or of a GlobalSecret when `mesh` is `None`.
+pub fn secret_path(mesh: Option<&str>, name: &str) -> String {
+    match mesh {
+        Some(mesh) => format!("/meshes/{}/secrets/{}", segment(mesh), segment(name)),
+        None => format!("/global-secrets/{}", segment(name)),
+    }
+}
+
 /// Percent-encodes one path segment (names are RFC 1123, but a user may type anything).
 pub fn segment(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes())

@@ -3,7 +3,7 @@
 //! reported before anything is written), then each resource is PUT in order.
 
 use super::ApiArgs;
-use crate::client::{ApiClient, segment};
+use crate::client::{ApiClient, secret_path, segment};
 use crate::domain::Resource;
 use crate::manifest::{self, template};
 use anyhow::Context;
@@ -74,8 +74,7 @@ async fn apply_one(client: &ApiClient, resource: &Resource) -> anyhow::Result<()
     let key = resource.key();
     let path = match (key.resource_type, &key.mesh) {
         ("Mesh", _) => format!("/meshes/{}", segment(&key.name)),
-        (_, Some(mesh)) => format!("/meshes/{}/secrets/{}", segment(mesh), segment(&key.name)),
-        (_, None) => format!("/global-secrets/{}", segment(&key.name)),
+        (_, mesh) => secret_path(mesh.as_deref(), &key.name),
     };
     let mesh = key.mesh.clone().unwrap_or_default();
     let created = client

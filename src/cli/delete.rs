@@ -1,7 +1,7 @@
 //! `kuma-secrets delete …`: kumactl's `delete` with its messages.
 
 use super::ApiArgs;
-use crate::client::{ClientError, segment};
+use crate::client::{ClientError, secret_path, segment};
 
 /// `kuma-secrets delete …`
 #[derive(Debug, clap::Subcommand)]
@@ -53,11 +53,11 @@ pub(super) async fn run(cmd: DeleteCommand) -> anyhow::Result<()> {
             purge,
             api,
         } => {
-            let path = format!("/meshes/{}/secrets/{}", segment(&mesh), segment(&name));
+            let path = secret_path(Some(&mesh), &name);
             ("Secret", name, path, purge.purge, api)
         }
         DeleteCommand::GlobalSecret { name, purge, api } => {
-            let path = format!("/global-secrets/{}", segment(&name));
+            let path = secret_path(None, &name);
             ("GlobalSecret", name, path, purge.purge, api)
         }
         DeleteCommand::Mesh { name, api } => {

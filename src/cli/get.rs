@@ -2,7 +2,7 @@
 //! table columns, footer and "No resources found" messages, plus `-o kubernetes`.
 
 use super::{ApiArgs, table};
-use crate::client::{ApiClient, ClientError, segment};
+use crate::client::{ApiClient, ClientError, secret_path, segment};
 use crate::manifest::{self, Entry};
 use crate::wire::{ListBody, MeshItem, SecretItem, SecretUsageList};
 use chrono::{DateTime, Utc};
@@ -195,7 +195,7 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
             version,
             flags,
         } => {
-            let path = format!("/meshes/{}/secrets/{}", segment(&mesh), segment(&name));
+            let path = secret_path(Some(&mesh), &name);
             let missing = format!("No resources found in {mesh} mesh");
             let mut out = item(
                 &flags,
@@ -215,7 +215,7 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
             version,
             flags,
         } => {
-            let path = format!("/global-secrets/{}", segment(&name));
+            let path = secret_path(None, &name);
             let path = at_version(&path, version);
             item(&flags, &path, Kind::GlobalSecret, "No resources found", now).await?
         }

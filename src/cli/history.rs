@@ -4,7 +4,7 @@
 //! history is `delete secret NAME --purge`.
 
 use super::{ApiArgs, table};
-use crate::client::{ClientError, segment};
+use crate::client::{ClientError, secret_path};
 use crate::wire::{ListBody, SecretItem, VersionItem, VersionRequest};
 use chrono::{DateTime, Utc};
 
@@ -31,16 +31,8 @@ impl Target {
     /// `Secret` or `GlobalSecret`, its name, and its API path.
     fn resolve(&self) -> (&'static str, &str, String) {
         match self {
-            Target::Secret { name, mesh } => (
-                "Secret",
-                name,
-                format!("/meshes/{}/secrets/{}", segment(mesh), segment(name)),
-            ),
-            Target::GlobalSecret { name } => (
-                "GlobalSecret",
-                name,
-                format!("/global-secrets/{}", segment(name)),
-            ),
+            Target::Secret { name, mesh } => ("Secret", name, secret_path(Some(mesh), name)),
+            Target::GlobalSecret { name } => ("GlobalSecret", name, secret_path(None, name)),
         }
     }
 }
