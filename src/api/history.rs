@@ -67,7 +67,8 @@ pub(super) async fn rollback<S: SecretStore + Clone + 'static>(
         .rollback_secret(&key, version, expected)
         .await
         .map_err(|e| match e {
-            // Without If-Match, a missing secret is a 404, not a failed precondition.
+            // A missing secret is a 404 even with If-Match (a DELETE answers 412 there):
+            // there is nothing to roll back, whatever the caller expected.
             StoreError::NotFound(_) => ApiError::store(TITLE, e),
             other => precondition_or_store_error(other, &preconditions, TITLE),
         })?;
