@@ -8,6 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 /// The `ETag` of a resource at `version`: `"<version>"`.
 pub fn etag(version: i64) -> HeaderValue {
@@ -188,6 +189,16 @@ impl Preconditions {
         }
         Ok(())
     }
+}
+
+/// 304 Not Modified (with the ETag) when a GET's `If-None-Match` names `version`: the
+/// client holds it already (RFC 9110 §13.1.2).
+pub fn not_modified(preconditions: &Preconditions, version: i64) -> Option<Response> {
+    preconditions
+        .if_none_match
+        .as_ref()
+        .filter(|held| held.matches(Some(version)))
+        .map(|_| (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(version))]).into_response())
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Preconditions {

@@ -8,7 +8,7 @@
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, Preconditions, etag};
+use super::extract::{JsonBody, Preconditions, etag, not_modified};
 use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
@@ -84,6 +84,7 @@ async fn get_mesh<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     Path(name): Path<String>,
+    preconditions: Preconditions,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let name = MeshName::parse(&name).map_err(|_| ApiError::not_found(TITLE))?;
@@ -92,6 +93,9 @@ async fn get_mesh<S: SecretStore + Clone + 'static>(
         .get_mesh(&name)
         .await
         .map_err(|e| ApiError::store(TITLE, e))?;
+    if let Some(unchanged) = not_modified(&preconditions, mesh.meta.version) {
+        return Ok(unchanged);
+    }
     shown_to(&user, &mut mesh);
     Ok((
         [(header::ETAG, etag(mesh.meta.version))],

@@ -213,6 +213,10 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
         self.timed("get_secret", self.inner.get_secret(key)).await
     }
+    async fn get_secret_fresh(&self, key: &SecretKey) -> Result<Secret> {
+        self.timed("get_secret_fresh", self.inner.get_secret_fresh(key))
+            .await
+    }
     async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
         self.timed("secret_version", self.inner.secret_version(key))
             .await

@@ -434,6 +434,21 @@ struct WriteConditions {
     if_none_match: Option<String>,
 }
 
+/// Conditional reads.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+struct ReadConditions {
+    /// ETags the client holds: 304 Not Modified (no body) if the resource is at one of
+    /// them, or exists (`*`).
+    #[serde(rename = "If-None-Match")]
+    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
+    if_none_match: Option<String>,
+    /// `no-cache` (or `no-store`, `max-age=0`): read a Secret from the database, not from
+    /// the server's read cache.
+    #[serde(rename = "Cache-Control")]
+    cache_control: Option<String>,
+}
+
 /// Conditional deletes.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -568,11 +583,13 @@ macro_rules! resource_operations {
             #[utoipa::path(get, path = $item_path, tag = $kind,
                 operation_id = concat!("get", $kind, $suffix),
                 summary = concat!("Get a ", $kind, "; its ETag is its version"),
-                params($item_param $(, $get_param)*),
+                params($item_param, ReadConditions $(, $get_param)*),
                 responses(
                     (status = 200, description = "Found",
                         headers(("ETag" = String, description = "\"<version>\"")),
                         body = $get_schema),
+                    (status = 304, description = "At a version `If-None-Match` named",
+                        headers(("ETag" = String, description = "\"<version>\""))),
                     ItemErrors,
                 ))]
             $get

@@ -8,7 +8,7 @@
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, Preconditions, etag};
+use super::extract::{JsonBody, Preconditions, etag, not_modified};
 use super::history;
 use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
@@ -223,15 +223,21 @@ pub(super) async fn get_secret<S: SecretStore + Clone + 'static>(
     Extension(user): Extension<User>,
     at: SecretAt,
     uri: Uri,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let ItemQuery { format, version } = ItemQuery::parse(uri.query())?;
     let key = at.key_for_admin(&user, TITLE)?;
+    let preconditions = Preconditions::from_headers(&headers)?;
     let secret = match version {
+        None if bypasses_cache(&headers) => state.store.get_secret_fresh(&key).await,
         None => state.store.get_secret(&key).await,
         Some(version) => state.store.get_secret_version(&key, version).await,
     }
     .map_err(|e| ApiError::store(TITLE, e))?;
+    if let Some(unchanged) = not_modified(&preconditions, secret.meta.version) {
+        return Ok(unchanged);
+    }
     let tag = etag(secret.meta.version);
     let body = match format {
         Format::Universal => Json(SecretItem::from(&secret)).into_response(),
@@ -240,6 +246,18 @@ pub(super) async fn get_secret<S: SecretStore + Clone + 'static>(
         }
     };
     Ok(([(header::ETAG, tag)], body).into_response())
+}
+
+/// Whether a read asks to skip the read cache: `Cache-Control: no-cache` (or `no-store`,
+/// `max-age=0`), as RFC 9111 §5.2.1 lets a client ask a cache to revalidate.
+fn bypasses_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|directive| directive.trim().to_ascii_lowercase())
+        .any(|d| d == "no-cache" || d == "no-store" || d == "max-age=0")
 }
 
 /// The Kubernetes manifest Kuma returns for `?format=k8s` (reference §8): the only label it

@@ -5,6 +5,7 @@ use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
+use crate::store::cache::CachedStore;
 use crate::store::{AnyStore, StoreOptions};
 use anyhow::Context;
 use clap::ArgAction;
@@ -60,6 +61,10 @@ pub struct ServeArgs {
     /// they are pruned in small batches.
     #[arg(long, env = "KUMA_SECRETS_DELETED_RETENTION", default_value = "7d", value_parser = crate::duration::parse)]
     deleted_retention: std::time::Duration,
+    /// How many secrets the read cache keeps in memory, sealed (0: no cache, every GET
+    /// reads the database). Kept coherent by the change feed: see the README.
+    #[arg(long, env = "KUMA_SECRETS_CACHE_ENTRIES", default_value_t = crate::store::cache::DEFAULT_CACHE_ENTRIES)]
+    cache_entries: usize,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
     max_connections: u32,
@@ -114,14 +119,34 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.events_retention,
         args.deleted_retention,
     ));
-    let app = api::app(AppState::new(store.clone(), config));
+    let served = if args.cache_entries == 0 {
+        let app = api::app(AppState::new(store.clone(), config));
+        serve_app(listener, app, tls).await
+    } else {
+        let cached = CachedStore::new(store.clone(), args.cache_entries);
+        let state = AppState::new(cached.clone(), config);
+        let follower = tokio::spawn(cached.follow(state.changes.clone()));
+        let served = serve_app(listener, api::app(state), tls).await;
+        follower.abort();
+        served
+    };
+    pruner.abort();
+    served?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `app` until SIGINT or SIGTERM, over TLS if given.
+async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) -> anyhow::Result<()> {
     match tls {
         Some(tls) => api::serve_tls(listener, app, tls, shutdown_signal()).await?,
         None => api::serve(listener, app, shutdown_signal()).await?,
     }
-    pruner.abort();
-    store.close().await;
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -21,6 +21,7 @@
 //! Secret data is sealed (AES-256-GCM, `crate::sealing`) before it is bound to a statement
 //! and opened after a row is read, whenever the store has a keyring.
 
+pub mod cache;
 mod error;
 pub mod feed;
 pub mod history;
@@ -120,6 +121,15 @@ pub trait SecretStore: Send + Sync {
     /// # Errors
     /// [`StoreError::NotFound`] if it does not exist.
     fn get_secret(&self, key: &SecretKey) -> impl Future<Output = Result<Secret>> + Send;
+
+    /// The secret as the database holds it now, past any read cache (what a GET with
+    /// `Cache-Control: no-cache` asks for). A store without a cache just reads it.
+    ///
+    /// # Errors
+    /// As [`SecretStore::get_secret`].
+    fn get_secret_fresh(&self, key: &SecretKey) -> impl Future<Output = Result<Secret>> + Send {
+        self.get_secret(key)
+    }
 
     /// The current version of a secret, `None` if it does not exist. Never opens the sealed
     /// value, so it works on rows that do not open.
@@ -491,6 +501,18 @@ impl AnyStore {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         delegate!(self, s => s.close())
+    }
+}
+
+impl cache::SealedReads for AnyStore {
+    async fn get_sealed_secret(&self, key: &SecretKey) -> Result<cache::SealedSecret> {
+        delegate!(self, s => s.get_sealed_secret(key))
+    }
+    fn open_sealed(&self, sealed: &cache::SealedSecret) -> Result<Secret> {
+        match self {
+            AnyStore::Postgres(s) => s.open_sealed(sealed),
+            AnyStore::Sqlite(s) => s.open_sealed(sealed),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
     Secret, SecretKey, SecretUpdate,
 };
+use crate::store::cache::{SealedReads, SealedSecret};
 use crate::store::error::Op;
 use crate::store::history::VersionInfo;
 use crate::store::page::{MeshQuery, Page, PageStart, SecretQuery};
@@ -221,6 +222,21 @@ impl [SqlStore<DB>] {
             .bind(name.as_str().to_owned())
             .bind(writer().0)
             .bind(writer().1)
+    }
+}
+}
+
+impl_for_sql_databases! {
+impl [SealedReads for SqlStore<DB>] {
+    async fn get_sealed_secret(&self, key: &SecretKey) -> Result<SealedSecret> {
+        Ok(SealedSecret(self.get_secret_row(key).await?))
+    }
+
+    fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret> {
+        sealed
+            .0
+            .clone()
+            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
     }
 }
 }

@@ -12,7 +12,7 @@ use sqlx::types::Json;
 use std::collections::BTreeMap;
 
 /// A `secrets` row (an implementation detail of [`super::SqlStore`]).
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct SecretRow {
     mesh: Option<String>,
     name: String,
@@ -58,6 +58,22 @@ impl SecretRow {
     /// The row's version.
     pub fn version(&self) -> i64 {
         self.version
+    }
+
+    /// A plaintext row of secret `default/stub`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn stub_for_tests() -> Self {
+        Self {
+            mesh: Some("default".to_owned()),
+            name: "stub".to_owned(),
+            version: 1,
+            creation_time: Utc::now(),
+            modification_time: Utc::now(),
+            labels: Json(BTreeMap::new()),
+            data: b"x".to_vec(),
+            key_id: None,
+            write_id: None,
+        }
     }
 
     /// When the secret was created.

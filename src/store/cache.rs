@@ -1,0 +1,581 @@
+//! The read cache: secrets served from memory, kept coherent by the change feed.
+//!
+//! [`CachedStore`] wraps a store. A GET that finds its secret in the cache opens it from
+//! memory; one that does not reads the row and keeps it. What is kept is the row as
+//! stored, **still sealed**: each read opens it again (AES-256-GCM of a 1 KiB value costs
+//! about a microsecond), so a memory dump of `serve` holds no more plaintext than the
+//! requests in flight. (A store without a keyring holds plaintext rows, in memory as in
+//! the database.)
+//!
+//! Coherence, in three rules:
+//!
+//! 1. **Own writes.** Every write through this store drops the secrets it touched (a Mesh
+//!    write drops the Mesh's secrets) before it returns, so this replica's next read goes
+//!    to the database: read-your-writes.
+//! 2. **Other replicas' writes.** A follower reads the change feed (every [`WATCH_POLL`],
+//!    or at once when this process writes) and drops every secret an event names. Another
+//!    replica's write is visible here within one poll plus the feed query.
+//! 3. **No stale fill.** A read that misses takes a ticket (its shard's epoch) before it
+//!    reads the database and keeps the row only if no drop hit that shard since: a row read
+//!    just before a write commits is never kept after the write's drop.
+//!
+//! When the feed cannot be read (the database is down), drops from other replicas stop
+//! arriving. The cache then stops answering once [`MAX_STALENESS`] has passed since the
+//! follower last read the feed: every read goes to the database (so, during an outage, a
+//! 503 rather than data of unknown age). When the feed is back, the follower first applies
+//! every event it missed, then the cache answers again. If retention pruned events the
+//! follower still needed (410), it empties the cache and starts from the current revision.
+//!
+//! Only single-secret GETs are cached: lists and their totals go to the database, and so
+//! do history reads. The cache holds at most `capacity` secrets; a full shard drops an
+//! arbitrary entry to make room.
+//!
+//! [`WATCH_POLL`]: crate::store::feed::WATCH_POLL
+
+use crate::domain::{
+    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, ResourceName, Secret, SecretKey,
+    SecretUpdate,
+};
+use crate::store::feed::{Event, EventFilter, EventPage, WATCH_POLL};
+use crate::store::history::VersionInfo;
+use crate::store::page::{MeshQuery, Page, SecretQuery};
+use crate::store::sql::SecretRow;
+use crate::store::{Expect, ImportCounts, Put, Result, SecretStore, StoreError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long after the follower last read the change feed the cache still answers. Past
+/// it, reads go to the database until the feed is read again.
+pub const MAX_STALENESS: Duration = Duration::from_secs(1);
+
+/// The default number of secrets kept (`serve --cache-entries`): about 15 MB of sealed
+/// 1 KiB secrets.
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+
+/// Shards of the cache, each with its own lock and epoch.
+const SHARDS: usize = 16;
+
+/// A secret's row as stored, still sealed.
+#[derive(Clone)]
+pub struct SealedSecret(pub(crate) SecretRow);
+
+impl SealedSecret {
+    /// The version the row is at.
+    pub fn version(&self) -> i64 {
+        self.0.version()
+    }
+}
+
+/// The reads a store gives the cache: a secret's row without opening it, and opening it.
+pub trait SealedReads: Send + Sync {
+    /// The secret's row as stored, still sealed.
+    ///
+    /// # Errors
+    /// As [`SecretStore::get_secret`], except that nothing is opened.
+    fn get_sealed_secret(
+        &self,
+        key: &SecretKey,
+    ) -> impl Future<Output = Result<SealedSecret>> + Send;
+
+    /// Opens a row [`SealedReads::get_sealed_secret`] read.
+    ///
+    /// # Errors
+    /// [`StoreError::Sealed`] when it does not open.
+    fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret>;
+}
+
+/// How the cache has been used since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads answered from memory.
+    pub hits: u64,
+    /// Reads that went to the database and kept what they read.
+    pub misses: u64,
+    /// Reads that went to the database because the cache was not answering (feed not read
+    /// for [`MAX_STALENESS`], a fill raced a write, or the read asked to bypass it).
+    pub bypassed: u64,
+    /// Secrets dropped because a write or an event named them.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<SecretKey, Arc<SealedSecret>>,
+    /// Goes up on every drop in this shard: a fill keeps its row only if it is unchanged.
+    epoch: u64,
+}
+
+/// The shared state of a [`CachedStore`] and its follower.
+struct ReadCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    /// When the cache was made: the origin of `fresh_until`.
+    origin: Instant,
+    /// Milliseconds after `origin` until which the cache answers (0: not yet).
+    fresh_until: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypassed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A shard's epoch when a read began.
+struct Ticket {
+    shard: usize,
+    epoch: u64,
+}
+
+impl ReadCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            origin: Instant::now(),
+            fresh_until: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            bypassed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn shard_of(key: &SecretKey) -> usize {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        // A fixed hasher: the shard only spreads locks, it is not a security boundary.
+        let mut hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+            .build_hasher();
+        key.hash(&mut hasher);
+        (hasher.finish() % SHARDS as u64) as usize
+    }
+
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard> {
+        // A panic while holding the lock leaves a consistent map (every change is one call).
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The follower has just read the feed up to now.
+    fn mark_fresh(&self) {
+        let until = self.now_ms() + MAX_STALENESS.as_millis() as u64;
+        self.fresh_until.store(until, Ordering::Release);
+    }
+
+    /// Whether the cache may answer: the feed was read within [`MAX_STALENESS`].
+    fn answering(&self) -> bool {
+        self.now_ms() < self.fresh_until.load(Ordering::Acquire)
+    }
+
+    /// The cached row of `key`, or a ticket to fill it.
+    fn get(&self, key: &SecretKey) -> std::result::Result<Arc<SealedSecret>, Ticket> {
+        let shard = Self::shard_of(key);
+        let guard = self.lock(shard);
+        match guard.entries.get(key) {
+            Some(row) => Ok(Arc::clone(row)),
+            None => Err(Ticket {
+                shard,
+                epoch: guard.epoch,
+            }),
+        }
+    }
+
+    /// Keeps `row` for `key` if nothing was dropped in its shard since `ticket`.
+    fn fill(&self, key: &SecretKey, ticket: Ticket, row: Arc<SealedSecret>) -> bool {
+        let mut guard = self.lock(ticket.shard);
+        if guard.epoch != ticket.epoch {
+            return false;
+        }
+        if guard.entries.len() >= self.per_shard
+            && !guard.entries.contains_key(key)
+            && let Some(victim) = guard.entries.keys().next().cloned()
+        {
+            guard.entries.remove(&victim);
+        }
+        guard.entries.insert(key.clone(), row);
+        true
+    }
+
+    /// Drops `key`, and fails every fill of its shard in flight.
+    fn drop_key(&self, key: &SecretKey) {
+        let mut guard = self.lock(Self::shard_of(key));
+        guard.epoch += 1;
+        if guard.entries.remove(key).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every secret of `mesh`.
+    fn drop_mesh(&self, mesh: &str) {
+        self.drop_where(|key| key.mesh().is_some_and(|m| m.as_str() == mesh));
+    }
+
+    /// Drops everything.
+    fn clear(&self) {
+        self.drop_where(|_| true);
+    }
+
+    fn drop_where(&self, doomed: impl Fn(&SecretKey) -> bool) {
+        for shard in 0..SHARDS {
+            let mut guard = self.lock(shard);
+            guard.epoch += 1;
+            let before = guard.entries.len();
+            guard.entries.retain(|key, _| !doomed(key));
+            let gone = (before - guard.entries.len()) as u64;
+            self.dropped.fetch_add(gone, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies one change-feed event.
+    fn apply(&self, event: &Event) {
+        let name = || ResourceName::from_stored(event.name.clone());
+        match (event.resource_type.as_str(), &event.mesh) {
+            ("Secret", Some(mesh)) => self.drop_key(&SecretKey::secret(
+                MeshName::from_stored(mesh.clone()),
+                name(),
+            )),
+            ("GlobalSecret", _) => self.drop_key(&SecretKey::global(name())),
+            // A Mesh delete's secrets have their own (cascaded) events; a Mesh write may
+            // also have generated CA secrets. Dropping the Mesh's secrets covers both.
+            ("Mesh", _) => self.drop_mesh(&event.name),
+            // An event this version does not know: drop everything rather than guess.
+            _ => self.clear(),
+        }
+    }
+
+    fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bypassed: self.bypassed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn len(&self) -> usize {
+        (0..SHARDS).map(|s| self.lock(s).entries.len()).sum()
+    }
+}
+
+/// A store whose single-secret reads are served from a coherent in-memory cache (see the
+/// module docs). Every other call goes to the wrapped store.
+///
+/// The cache answers only while [`CachedStore::follow`] runs: start it once per process.
+pub struct CachedStore<S> {
+    inner: S,
+    cache: Arc<ReadCache>,
+}
+
+impl<S: Clone> Clone for CachedStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cache: Arc::clone(&self.cache),
+        }
+    }
+}
+
+impl<S> CachedStore<S> {
+    /// Wraps `inner` with a cache of at most `capacity` secrets.
+    pub fn new(inner: S, capacity: usize) -> Self {
+        Self {
+            inner,
+            cache: Arc::new(ReadCache::new(capacity)),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// How the cache has been used.
+    pub fn stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// How many secrets it holds.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether reads are being answered from memory (the feed was read lately).
+    pub fn answering(&self) -> bool {
+        self.cache.answering()
+    }
+}
+
+impl<S: SecretStore + SealedReads + Clone + 'static> CachedStore<S> {
+    /// Follows the change feed, dropping what each event names, until the future is
+    /// dropped; `wake` (notified after this process's writes) makes it look at once
+    /// instead of at the next [`WATCH_POLL`]. Never ends on its own: database errors are
+    /// retried with backoff, and the cache stops answering meanwhile.
+    pub async fn follow(self, wake: Arc<tokio::sync::Notify>) {
+        let cache = &self.cache;
+        let mut backoff = Duration::from_millis(50);
+        let mut after = None;
+        loop {
+            let woken = wake.notified();
+            let Some(from) = after else {
+                // Start (or restart after a 410) from the current revision, and empty the
+                // cache after reading it: every change up to it is in the database rows
+                // any later fill reads, and every later one will come as an event.
+                match self.inner.current_revision().await {
+                    Ok(revision) => {
+                        cache.clear();
+                        after = Some(revision);
+                        cache.mark_fresh();
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "read cache: the change feed cannot be read; reads go to the database");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+                continue;
+            };
+            match self
+                .inner
+                .events_after(from, 1000, &EventFilter::default())
+                .await
+            {
+                Ok(EventPage { events, revision }) => {
+                    for event in &events {
+                        cache.apply(event);
+                    }
+                    after = Some(revision);
+                    cache.mark_fresh();
+                    backoff = Duration::from_millis(50);
+                    if events.is_empty() {
+                        tokio::select! {
+                            () = woken => {}
+                            () = tokio::time::sleep(WATCH_POLL) => {}
+                        }
+                    }
+                }
+                Err(StoreError::Gone { oldest }) => {
+                    tracing::warn!(after = from, oldest, "read cache: events it needed were pruned; starting over empty");
+                    after = None;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, after = from, "read cache: the change feed cannot be read; reads go to the database");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+impl<S: SecretStore + SealedReads> CachedStore<S> {
+    /// Reads `key` through the cache.
+    async fn read(&self, key: &SecretKey) -> Result<Secret> {
+        let cache = &self.cache;
+        if !cache.answering() {
+            cache.bypassed.fetch_add(1, Ordering::Relaxed);
+            return self.inner.get_secret(key).await;
+        }
+        let ticket = match cache.get(key) {
+            Ok(row) => {
+                cache.hits.fetch_add(1, Ordering::Relaxed);
+                return self.inner.open_sealed(&row);
+            }
+            Err(ticket) => ticket,
+        };
+        let row = Arc::new(self.inner.get_sealed_secret(key).await?);
+        let secret = self.inner.open_sealed(&row)?;
+        // Only a row that opens is kept, and only while the cache answers.
+        let kept = cache.answering() && cache.fill(key, ticket, row);
+        let counter = if kept { &cache.misses } else { &cache.bypassed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(secret)
+    }
+
+    /// Runs a write, then drops the secret it touched, whatever the outcome (a failed
+    /// write may have committed before its connection broke).
+    async fn writing<T>(&self, key: &SecretKey, write: impl Future<Output = T>) -> T {
+        let result = write.await;
+        self.cache.drop_key(key);
+        result
+    }
+
+    /// As [`CachedStore::writing`], dropping every secret of `mesh`.
+    async fn writing_mesh<T>(&self, mesh: &MeshName, write: impl Future<Output = T>) -> T {
+        let result = write.await;
+        self.cache.drop_mesh(mesh.as_str());
+        result
+    }
+}
+
+impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
+    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
+        let key = secret.key.clone();
+        self.writing(&key, self.inner.create_secret(secret)).await
+    }
+    async fn update_secret(&self, key: &SecretKey, v: i64, u: SecretUpdate) -> Result<Secret> {
+        self.writing(key, self.inner.update_secret(key, v, u)).await
+    }
+    async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
+        self.writing(key, self.inner.delete_secret(key, v)).await
+    }
+    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
+        let key = secret.key.clone();
+        self.writing(&key, self.inner.put_secret(secret, expect))
+            .await
+    }
+    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
+        let name = mesh.name.clone();
+        self.writing_mesh(&name, self.inner.put_mesh(mesh, expect))
+            .await
+    }
+    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
+        self.read(key).await
+    }
+    async fn get_secret_fresh(&self, key: &SecretKey) -> Result<Secret> {
+        self.cache.bypassed.fetch_add(1, Ordering::Relaxed);
+        self.inner.get_secret(key).await
+    }
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        self.inner.secret_version(key).await
+    }
+    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
+        self.inner.get_secret_version(key, version).await
+    }
+    async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
+        self.inner.secret_versions(key).await
+    }
+    async fn rollback_secret(
+        &self,
+        key: &SecretKey,
+        version: i64,
+        expected: Option<i64>,
+    ) -> Result<Secret> {
+        self.writing(key, self.inner.rollback_secret(key, version, expected))
+            .await
+    }
+    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        self.writing(key, self.inner.restore_secret(key, version))
+            .await
+    }
+    async fn purge_secret(&self, key: &SecretKey, expected: Option<i64>) -> Result<()> {
+        self.writing(key, self.inner.purge_secret(key, expected))
+            .await
+    }
+    async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
+        self.inner.list_secrets(query).await
+    }
+    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
+        let name = mesh.name.clone();
+        self.writing_mesh(&name, self.inner.create_mesh(mesh)).await
+    }
+    async fn update_mesh(&self, name: &MeshName, v: i64, u: MeshUpdate) -> Result<Mesh> {
+        self.writing_mesh(name, self.inner.update_mesh(name, v, u))
+            .await
+    }
+    async fn delete_mesh(&self, name: &MeshName, v: Option<i64>) -> Result<()> {
+        self.writing_mesh(name, self.inner.delete_mesh(name, v))
+            .await
+    }
+    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
+        self.inner.get_mesh(name).await
+    }
+    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
+        self.inner.list_meshes(query).await
+    }
+    async fn current_revision(&self) -> Result<i64> {
+        self.inner.current_revision().await
+    }
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<EventPage> {
+        self.inner.events_after(after, limit, filter).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        let touched: Vec<Resource> = items.clone();
+        let result = self.inner.import_batch(items).await;
+        for item in &touched {
+            match item {
+                Resource::Secret(secret) => self.cache.drop_key(&secret.key),
+                Resource::Mesh(mesh) => self.cache.drop_mesh(mesh.name.as_str()),
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> SecretKey {
+        SecretKey::parse(Some("default"), name).unwrap()
+    }
+
+    #[test]
+    fn a_fill_that_raced_a_drop_is_not_kept() {
+        let cache = ReadCache::new(100);
+        let Err(ticket) = cache.get(&key("a")) else {
+            panic!("an empty cache has nothing")
+        };
+        // A write to the same shard commits and drops while the read is in flight.
+        cache.drop_key(&key("a"));
+        assert!(!cache.fill(&key("a"), ticket, Arc::new(sealed_stub())));
+        assert!(cache.get(&key("a")).is_err());
+    }
+
+    #[test]
+    fn a_full_shard_makes_room() {
+        let cache = ReadCache::new(SHARDS); // one entry per shard
+        for i in 0..200 {
+            let k = key(&format!("s{i}"));
+            let Err(ticket) = cache.get(&k) else { continue };
+            assert!(cache.fill(&k, ticket, Arc::new(sealed_stub())));
+        }
+        assert!(cache.len() <= SHARDS);
+    }
+
+    #[test]
+    fn the_cache_answers_only_while_the_feed_is_read() {
+        let cache = ReadCache::new(10);
+        assert!(!cache.answering(), "not before the follower first reads the feed");
+        cache.mark_fresh();
+        assert!(cache.answering());
+        cache.fresh_until.store(0, Ordering::Release);
+        assert!(!cache.answering());
+    }
+
+    #[test]
+    fn a_mesh_event_drops_that_mesh_only() {
+        let cache = ReadCache::new(100);
+        let other = SecretKey::parse(Some("other"), "a").unwrap();
+        for k in [key("a"), other.clone()] {
+            let Err(ticket) = cache.get(&k) else { panic!() };
+            cache.fill(&k, ticket, Arc::new(sealed_stub()));
+        }
+        cache.drop_mesh("default");
+        assert!(cache.get(&key("a")).is_err());
+        assert!(cache.get(&other).is_ok());
+    }
+
+    fn sealed_stub() -> SealedSecret {
+        SealedSecret(SecretRow::stub_for_tests())
+    }
+}
