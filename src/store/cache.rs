@@ -145,8 +145,8 @@ impl ReadCache {
     fn shard_of(key: &SecretKey) -> usize {
         use std::hash::{BuildHasher, Hash, Hasher};
         // A fixed hasher: the shard only spreads locks, it is not a security boundary.
-        let mut hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
-            .build_hasher();
+        let mut hasher =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().build_hasher();
         key.hash(&mut hasher);
         (hasher.finish() % SHARDS as u64) as usize
     }
@@ -366,7 +366,11 @@ impl<S: SecretStore + SealedReads + Clone + 'static> CachedStore<S> {
                     }
                 }
                 Err(StoreError::Gone { oldest }) => {
-                    tracing::warn!(after = from, oldest, "read cache: events it needed were pruned; starting over empty");
+                    tracing::warn!(
+                        after = from,
+                        oldest,
+                        "read cache: events it needed were pruned; starting over empty"
+                    );
                     after = None;
                 }
                 Err(err) => {
@@ -555,7 +559,10 @@ mod tests {
     #[test]
     fn the_cache_answers_only_while_the_feed_is_read() {
         let cache = ReadCache::new(10);
-        assert!(!cache.answering(), "not before the follower first reads the feed");
+        assert!(
+            !cache.answering(),
+            "not before the follower first reads the feed"
+        );
         cache.mark_fresh();
         assert!(cache.answering());
         cache.fresh_until.store(0, Ordering::Release);

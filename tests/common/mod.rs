@@ -62,6 +62,7 @@ pub fn sqlite_url(dir: &std::path::Path, file: &str) -> String {
 pub mod http;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod server;
 

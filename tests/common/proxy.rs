@@ -1,0 +1,80 @@
+//! A TCP proxy in front of the shared Postgres that a test can cut and heal: the database
+//! "goes down" for the store behind the proxy only, and the shared server is never touched.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A running proxy to `127.0.0.1:5432` (or wherever `DATABASE_URL` points).
+pub struct Proxy {
+    /// The port it listens on.
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+}
+
+impl Proxy {
+    /// Listens on a free port and forwards every connection to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (generation, _) = watch::channel(0u64);
+        let proxy = Self {
+            port,
+            cut: cut.clone(),
+            generation: generation.clone(),
+        };
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if cut.load(Ordering::SeqCst) {
+                    drop(client); // refused: the connection closes at once
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut cuts = generation.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {} // cut: both sockets drop
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// `url` (a Postgres URL) with its host and port replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let mut parsed = reqwest::Url::parse(url).unwrap();
+        parsed.set_host(Some("127.0.0.1")).unwrap();
+        parsed.set_port(Some(self.port)).unwrap();
+        parsed.to_string()
+    }
+}
+
+/// `host:port` of a Postgres URL.
+pub fn upstream_of(url: &str) -> String {
+    let parsed = reqwest::Url::parse(url).unwrap();
+    format!(
+        "{}:{}",
+        parsed.host_str().unwrap_or("127.0.0.1"),
+        parsed.port().unwrap_or(5432)
+    )
+}
