@@ -143,12 +143,11 @@ impl ReadCache {
     }
 
     fn shard_of(key: &SecretKey) -> usize {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::BuildHasher;
         // A fixed hasher: the shard only spreads locks, it is not a security boundary.
-        let mut hasher =
-            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().build_hasher();
-        key.hash(&mut hasher);
-        (hasher.finish() % SHARDS as u64) as usize
+        let hash =
+            std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key);
+        (hash % SHARDS as u64) as usize
     }
 
     fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard> {
