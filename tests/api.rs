@@ -199,6 +199,20 @@ async fn a_missing_mesh_is_404_on_every_verb(backend: Backend) {
         json_of(get(&server.at("/meshes/BAD%20MESH/secrets")).await).await,
         expected
     );
+    // The item routes look the Mesh up only when a request fails; the Mesh's 404 still
+    // comes before what else is wrong with the request.
+    assert_eq!(json_of(put_raw(&item, "{not json").await).await, expected);
+    assert_eq!(
+        json_of(put(&item, &secret("nomesh", "other-name", "eA==")).await).await,
+        expected
+    );
+    let conditional = client()
+        .get(&item)
+        .header("If-None-Match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(conditional).await, expected);
 }
 
 async fn deleting_a_mesh_deletes_its_secrets(backend: Backend) {

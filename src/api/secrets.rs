@@ -78,6 +78,22 @@ impl SecretAt {
     }
 }
 
+impl SecretAt {
+    /// The path's Mesh and name, the Mesh name parsed (404 "Failed to retrieve Mesh" if it
+    /// cannot be one) but not looked up.
+    async fn unchecked<S: Send + Sync>(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+        let mesh = match params.get("mesh") {
+            Some(mesh) => Some(MeshName::parse(mesh).map_err(|_| ApiError::mesh_not_found())?),
+            None => None,
+        };
+        let name = params.get("name").cloned().unwrap_or_default();
+        Ok(SecretAt { mesh, name })
+    }
+}
+
 impl<S: SecretStore + Clone + 'static> FromRequestParts<AppState<S>> for SecretAt {
     type Rejection = ApiError;
 
@@ -85,15 +101,48 @@ impl<S: SecretStore + Clone + 'static> FromRequestParts<AppState<S>> for SecretA
         parts: &mut Parts,
         state: &AppState<S>,
     ) -> Result<Self, Self::Rejection> {
-        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-        let mesh = match params.get("mesh") {
-            Some(mesh) => Some(existing_mesh(state, mesh).await?),
-            None => None,
-        };
-        let name = params.get("name").cloned().unwrap_or_default();
-        Ok(SecretAt { mesh, name })
+        let at = SecretAt::unchecked(parts, state).await?;
+        if let Some(mesh) = &at.mesh {
+            mesh_must_exist(state, mesh).await?;
+        }
+        Ok(at)
+    }
+}
+
+/// The secret an item GET, PUT or DELETE names, its Mesh not looked up up front: a request
+/// that succeeds proves the Mesh exists (a secret's row references its Mesh), so only a
+/// failing one looks the Mesh up, to answer as [`SecretAt`] does (the Mesh's 404 before
+/// any other error). A GET served from the read cache then costs no database round trip,
+/// and a PUT is its one statement.
+pub(super) struct SecretItemAt(SecretAt);
+
+impl<S: SecretStore + Clone + 'static> FromRequestParts<AppState<S>> for SecretItemAt {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(SecretItemAt(SecretAt::unchecked(parts, state).await?))
+    }
+}
+
+impl SecretItemAt {
+    /// Runs `handler` on the secret; if it fails, the Mesh's 404 comes first.
+    async fn handle<S, F, Fut>(self, state: &AppState<S>, handler: F) -> ApiResult<Response>
+    where
+        S: SecretStore,
+        F: FnOnce(SecretAt) -> Fut,
+        Fut: std::future::Future<Output = ApiResult<Response>>,
+    {
+        let mesh = self.0.mesh.clone();
+        let answer = handler(self.0).await;
+        if answer.is_err()
+            && let Some(mesh) = &mesh
+        {
+            mesh_must_exist(state, mesh).await?;
+        }
+        answer
     }
 }
 
@@ -178,16 +227,13 @@ async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
     .into_response())
 }
 
-/// The Mesh of a mesh-scoped route, which must exist (404 "Failed to retrieve Mesh").
-pub(super) async fn existing_mesh<S: SecretStore>(
+/// 404 "Failed to retrieve Mesh" unless `mesh` exists.
+pub(super) async fn mesh_must_exist<S: SecretStore>(
     state: &AppState<S>,
-    mesh: &str,
-) -> ApiResult<MeshName> {
-    let Ok(mesh) = MeshName::parse(mesh) else {
-        return Err(ApiError::mesh_not_found());
-    };
-    match state.store.get_mesh(&mesh).await {
-        Ok(_) => Ok(mesh),
+    mesh: &MeshName,
+) -> ApiResult<()> {
+    match state.store.get_mesh(mesh).await {
+        Ok(_) => Ok(()),
         Err(StoreError::NotFound(_)) => Err(ApiError::mesh_not_found()),
         Err(other) => Err(ApiError::store("Failed to retrieve Mesh", other)),
     }
@@ -221,16 +267,29 @@ pub(super) async fn list_secrets<S: SecretStore + Clone + 'static>(
 pub(super) async fn get_secret<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
-    at: SecretAt,
+    at: SecretItemAt,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    at.handle(&state, |at| {
+        get_secret_at(&state, &user, at, &uri, &headers)
+    })
+    .await
+}
+
+async fn get_secret_at<S: SecretStore>(
+    state: &AppState<S>,
+    user: &User,
+    at: SecretAt,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let ItemQuery { format, version } = ItemQuery::parse(uri.query())?;
-    let key = at.key_for_admin(&user, TITLE)?;
-    let preconditions = Preconditions::from_headers(&headers)?;
+    let key = at.key_for_admin(user, TITLE)?;
+    let preconditions = Preconditions::from_headers(headers)?;
     let secret = match version {
-        None if bypasses_cache(&headers) => state.store.get_secret_fresh(&key).await,
+        None if bypasses_cache(headers) => state.store.get_secret_fresh(&key).await,
         None => state.store.get_secret(&key).await,
         Some(version) => state.store.get_secret_version(&key, version).await,
     }
@@ -335,6 +394,19 @@ pub(super) async fn put_secret<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     preconditions: Preconditions,
+    at: SecretItemAt,
+    body: JsonBody,
+) -> ApiResult<Response> {
+    at.handle(&state, |at| {
+        put_secret_at(&state, &user, &preconditions, at, body)
+    })
+    .await
+}
+
+async fn put_secret_at<S: SecretStore>(
+    state: &AppState<S>,
+    user: &User,
+    preconditions: &Preconditions,
     at: SecretAt,
     body: JsonBody,
 ) -> ApiResult<Response> {
@@ -392,8 +464,21 @@ pub(super) async fn delete_secret<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     preconditions: Preconditions,
-    at: SecretAt,
+    at: SecretItemAt,
     uri: Uri,
+) -> ApiResult<Response> {
+    at.handle(&state, |at| {
+        delete_secret_at(&state, &user, &preconditions, at, &uri)
+    })
+    .await
+}
+
+async fn delete_secret_at<S: SecretStore>(
+    state: &AppState<S>,
+    user: &User,
+    preconditions: &Preconditions,
+    at: SecretAt,
+    uri: &Uri,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
     let key = at.key_for_admin(&user, TITLE)?;
