@@ -236,6 +236,77 @@ async fn import_updates_what_differs_and_rejects_a_bad_file_whole() {
         .ok();
 }
 
+/// Import reads its sources twice (validate, then write) one document at a time: a
+/// directory and stdin together, in batches smaller than the input, with documents
+/// numbered across every source when one is bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_streams_several_sources_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_url(&dir, "target.db");
+    let files = dir.path().join("manifests");
+    std::fs::create_dir(&files).unwrap();
+    let secret = |name: &str| format!("type: Secret\nmesh: streamed\nname: {name}\ndata: eA==\n");
+    std::fs::write(
+        files.join("1.yaml"),
+        format!("{}---\n{}", secret("a"), secret("b")),
+    )
+    .unwrap();
+    std::fs::write(files.join("2.yml"), "# only a comment\n---\n").unwrap();
+    std::fs::write(files.join("ignored.txt"), "not: read").unwrap();
+    let stdin = format!(
+        "{}---\n{}---\ntype: Mesh\nname: streamed\n",
+        secret("c"),
+        secret("d")
+    );
+    let run = kuma(
+        &[
+            "import",
+            "--store",
+            &target,
+            "--batch-size",
+            "2",
+            "-f",
+            files.to_str().unwrap(),
+            "-f",
+            "-",
+        ],
+        Some(&stdin),
+    )
+    .await
+    .ok();
+    assert!(
+        run.stdout.contains(": 5 created, 0 updated, 0 unchanged"),
+        "{run:?}"
+    );
+
+    let bad = format!(
+        "{}---\ntype: Secret\nmesh: streamed\nname: e\ndata: '!!'\n",
+        secret("c")
+    );
+    kuma(
+        &[
+            "import",
+            "--store",
+            &target,
+            "-f",
+            files.to_str().unwrap(),
+            "-f",
+            "-",
+        ],
+        Some(&bad),
+    )
+    .await
+    .fails_with("resource[3]: failed to parse resource");
+    let store = open(&target).await;
+    assert!(
+        store
+            .get_secret(&SecretKey::parse(Some("streamed"), "e").unwrap())
+            .await
+            .is_err(),
+        "nothing of a bad input is written"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_output_imports_and_other_secret_types_are_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();

@@ -454,7 +454,7 @@ async fn put_secret_at<S: SecretStore>(
     upsert(
         &state.store,
         Write::Secret(secret),
-        &preconditions,
+        preconditions,
         Vec::new(),
     )
     .await
@@ -481,17 +481,17 @@ async fn delete_secret_at<S: SecretStore>(
     uri: &Uri,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
-    let key = at.key_for_admin(&user, TITLE)?;
+    let key = at.key_for_admin(user, TITLE)?;
     // With If-Match, delete only the version the caller saw: the store checks it in the
     // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
     // never opened, so a secret whose sealed value is unreadable can still be deleted.
-    let expected = expected_version(&state, &key, &preconditions, TITLE).await?;
+    let expected = expected_version(state, &key, preconditions, TITLE).await?;
     let deleted = if purge_requested(uri.query())? {
         state.store.purge_secret(&key, expected).await
     } else {
         state.store.delete_secret(&key, expected).await
     };
-    deleted.map_err(|e| precondition_or_store_error(e, &preconditions, TITLE))?;
+    deleted.map_err(|e| precondition_or_store_error(e, preconditions, TITLE))?;
     Ok(Json(serde_json::json!({})).into_response())
 }
 

@@ -96,6 +96,23 @@ async fn apply_one(client: &ApiClient, resource: &Resource) -> anyhow::Result<()
     Ok(())
 }
 
+/// The YAML and JSON files of directory `dir` (`*.yaml`, `*.yml`, `*.json`), sorted by name.
+pub(super) fn manifest_files_in(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("could not read directory {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// The text of one `-f`: stdin, a URL, a directory's YAML and JSON files, or a file.
 pub(super) async fn read_source(source: &str) -> anyhow::Result<String> {
     if source == "-" {
@@ -120,20 +137,8 @@ pub(super) async fn read_source(source: &str) -> anyhow::Result<String> {
     }
     let path = Path::new(source);
     if path.is_dir() {
-        let mut files: Vec<_> = std::fs::read_dir(path)
-            .with_context(|| format!("could not read directory {source}"))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
-            .collect();
-        files.sort();
         let mut texts = Vec::new();
-        for file in files {
+        for file in manifest_files_in(path)? {
             texts.push(
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("could not read {}", file.display()))?,

@@ -4,13 +4,15 @@
 //! alone, so a second run changes nothing. Each batch is one transaction.
 
 use super::StoreArgs;
-use super::apply::read_source;
+use super::apply::manifest_files_in;
 use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::domain::Resource;
-use crate::manifest;
+use crate::manifest::{self, Documents, Entry};
 use crate::store::{
     AnyStore, Backend, ImportCounts, PostgresStore, SecretStore, StoreError, StoreOptions, StoreUrl,
 };
+use anyhow::Context;
+use serde_json::Value;
 
 /// `kuma-secrets import …`
 #[derive(Debug, clap::Args)]
@@ -28,46 +30,191 @@ pub struct ImportArgs {
 }
 
 pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for source in &args.files {
-        if !text.is_empty() {
-            text.push_str("\n---\n");
-        }
-        text.push_str(&read_source(source).await?);
-    }
-    let stream = match manifest::read_stream(&text) {
-        Ok(stream) => stream,
-        Err(problems) => {
-            for problem in problems {
-                eprintln!("{problem}");
-            }
-            anyhow::bail!("failed to validate some resources; nothing was imported");
-        }
-    };
-    // Meshes first, so the secrets of a mesh defined later in the file find it.
-    let (meshes, secrets): (Vec<Resource>, Vec<Resource>) = stream
-        .resources
-        .into_iter()
-        .partition(|r| matches!(r, Resource::Mesh(_)));
+    let sources = Sources::gather(&args.files).await?;
+    // First pass: validate every document, keeping only the Meshes (few and small), so a
+    // bad file is reported in full before anything is written.
+    let checked = sources.check()?;
     let store = open_destination(&args.store.url, &args.encryption).await?;
-    let mut counts = ImportCounts::default();
     let batch = args.batch_size as usize;
-    for chunk in meshes.chunks(batch).chain(secrets.chunks(batch)) {
+    let mut counts = ImportCounts::default();
+    // Meshes first, so the secrets of a mesh defined later in the file find it.
+    for chunk in checked.meshes.chunks(batch) {
         counts += store
             .import_batch(chunk.to_vec())
+            .await
+            .map_err(explain_missing_mesh)?;
+    }
+    // Second pass: the secrets, one batch in memory at a time.
+    let mut pending = Vec::with_capacity(batch);
+    for resource in sources.resources() {
+        let resource = resource?;
+        if matches!(resource, Resource::Mesh(_)) {
+            continue;
+        }
+        pending.push(resource);
+        if pending.len() == batch {
+            counts += store
+                .import_batch(std::mem::take(&mut pending))
+                .await
+                .map_err(explain_missing_mesh)?;
+        }
+    }
+    if !pending.is_empty() {
+        counts += store
+            .import_batch(pending)
             .await
             .map_err(explain_missing_mesh)?;
     }
     store.close().await;
     println!(
         "imported into {}: {} created, {} updated, {} unchanged, {} skipped (not Kuma resources)",
-        args.store.url,
-        counts.created,
-        counts.updated,
-        counts.unchanged,
-        stream.skipped.len()
+        args.store.url, counts.created, counts.updated, counts.unchanged, checked.skipped
     );
     Ok(())
+}
+
+/// The `-f` sources as files read in order, twice (validate, then write): a directory is
+/// its YAML and JSON files, and stdin or a URL is first copied to a temporary file
+/// (removed at the end). Memory holds one document and one batch at a time, whatever the
+/// size of the input.
+struct Sources {
+    files: Vec<std::path::PathBuf>,
+    _spooled: Vec<tempfile::TempPath>,
+}
+
+/// What the validating pass found.
+struct Checked {
+    meshes: Vec<Resource>,
+    skipped: usize,
+}
+
+impl Sources {
+    async fn gather(sources: &[String]) -> anyhow::Result<Self> {
+        let mut files = Vec::new();
+        let mut spooled = Vec::new();
+        for source in sources {
+            if source == "-" || source.starts_with("http://") || source.starts_with("https://") {
+                let path = spool(source).await?;
+                files.push(path.to_path_buf());
+                spooled.push(path);
+                continue;
+            }
+            let path = std::path::Path::new(source);
+            if path.is_dir() {
+                files.extend(manifest_files_in(path)?);
+            } else {
+                std::fs::metadata(path).with_context(|| format!("could not read {source}"))?;
+                files.push(path.to_path_buf());
+            }
+        }
+        Ok(Self {
+            files,
+            _spooled: spooled,
+        })
+    }
+
+    /// Every document of every file, in order, numbered across all of them.
+    fn documents(
+        &self,
+    ) -> impl Iterator<Item = anyhow::Result<(usize, Result<Value, String>)>> + '_ {
+        self.files
+            .iter()
+            .flat_map(|file| {
+                let opened = std::fs::File::open(file)
+                    .with_context(|| format!("could not read {}", file.display()));
+                let (documents, error) = match opened {
+                    Ok(f) => (Some(Documents::new(std::io::BufReader::new(f))), None),
+                    Err(e) => (None, Some(Err(e))),
+                };
+                let name = file.display().to_string();
+                error
+                    .into_iter()
+                    .chain(documents.into_iter().flatten().map(move |document| {
+                        document.with_context(|| format!("could not read {name}"))
+                    }))
+            })
+            .enumerate()
+            .map(|(i, document)| document.map(|d| (i, d)))
+    }
+
+    /// Validates every document: the Meshes and the count of skipped objects, or every
+    /// problem (kumactl's words, by index), and nothing is written.
+    fn check(&self) -> anyhow::Result<Checked> {
+        let mut checked = Checked {
+            meshes: Vec::new(),
+            skipped: 0,
+        };
+        let mut problems = 0;
+        for document in self.documents() {
+            let (i, document) = document?;
+            match document.and_then(manifest::parse_document) {
+                Ok(entries) => {
+                    for entry in entries {
+                        match entry {
+                            Entry::Resource(mesh @ Resource::Mesh(_)) => checked.meshes.push(mesh),
+                            Entry::Resource(Resource::Secret(_)) => {}
+                            Entry::Skipped(_) => checked.skipped += 1,
+                        }
+                    }
+                }
+                Err(why) => {
+                    eprintln!("resource[{i}]: failed to parse resource: {why}");
+                    problems += 1;
+                }
+            }
+        }
+        if problems > 0 {
+            anyhow::bail!("failed to validate some resources; nothing was imported");
+        }
+        Ok(checked)
+    }
+
+    /// Every resource, in order (after [`Sources::check`] passed).
+    fn resources(&self) -> impl Iterator<Item = anyhow::Result<Resource>> + '_ {
+        self.documents().flat_map(|document| {
+            let entries = document.and_then(|(i, document)| {
+                document
+                    .and_then(manifest::parse_document)
+                    .map_err(|why| anyhow::anyhow!("resource[{i}] changed while importing: {why}"))
+            });
+            let (entries, error) = match entries {
+                Ok(entries) => (entries, None),
+                Err(e) => (Vec::new(), Some(Err(e))),
+            };
+            error
+                .into_iter()
+                .chain(entries.into_iter().filter_map(|entry| match entry {
+                    Entry::Resource(resource) => Some(Ok(resource)),
+                    Entry::Skipped(_) => None,
+                }))
+        })
+    }
+}
+
+/// Copies stdin (`-`) or a URL into a temporary file.
+async fn spool(source: &str) -> anyhow::Result<tempfile::TempPath> {
+    let mut file = tempfile::NamedTempFile::new().context("could not create a temporary file")?;
+    if source == "-" {
+        std::io::copy(&mut std::io::stdin().lock(), &mut file).context("could not read stdin")?;
+    } else {
+        let mut response = reqwest::Client::new()
+            .get(source)
+            .timeout(std::time::Duration::from_secs(600))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("could not fetch {source}"))?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .with_context(|| format!("could not fetch {source}"))?
+        {
+            std::io::Write::write_all(&mut file, &chunk)
+                .context("could not write a temporary file")?;
+        }
+    }
+    std::io::Write::flush(&mut file).context("could not write a temporary file")?;
+    Ok(file.into_temp_path())
 }
 
 /// A secret whose Mesh is neither in the store nor in the files: say how to get one.

@@ -73,32 +73,79 @@ pub fn read_stream(text: &str) -> Result<Stream, Vec<String>> {
 /// broken document (an unclosed quote, say) is an error at its own index and never
 /// swallows the documents after it.
 pub fn documents(text: &str) -> Vec<Result<Value, String>> {
-    let mut chunks = vec![String::new()];
-    for line in text.lines() {
-        let separator = line
-            .strip_prefix("---")
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
-        if separator {
-            chunks.push(String::new());
-        } else {
-            let chunk = chunks.last_mut().expect("one chunk at least");
-            chunk.push_str(line);
-            chunk.push('\n');
+    Documents::new(text.as_bytes())
+        .filter_map(std::io::Result::ok)
+        .collect()
+}
+
+/// The documents of a YAML stream as [`documents`] splits them, read line by line from
+/// `reader`: memory holds one document at a time, whatever the size of the stream.
+pub struct Documents<R> {
+    lines: std::io::Lines<R>,
+    finished: bool,
+}
+
+impl<R: std::io::BufRead> Documents<R> {
+    /// Reads `reader`.
+    pub fn new(reader: R) -> Self {
+        Self {
+            lines: reader.lines(),
+            finished: false,
         }
     }
-    chunks
-        .into_iter()
-        .filter(|chunk| {
-            chunk
-                .lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
-        .filter_map(|chunk| match serde_yaml_ng::from_str::<Value>(&chunk) {
-            Ok(Value::Null) => None,
-            Ok(value) => Some(Ok(value)),
-            Err(e) => Some(Err(e.to_string())),
-        })
-        .collect()
+}
+
+impl<R: std::io::BufRead> Iterator for Documents<R> {
+    /// A document (or why it does not parse), or the read error that ends the stream.
+    type Item = std::io::Result<Result<Value, String>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.finished {
+            let mut chunk = String::new();
+            loop {
+                match self.lines.next() {
+                    None => {
+                        self.finished = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        self.finished = true;
+                        return Some(Err(e));
+                    }
+                    Some(Ok(line)) if is_separator(&line) => break,
+                    Some(Ok(line)) => {
+                        chunk.push_str(&line);
+                        chunk.push('\n');
+                    }
+                }
+            }
+            if let Some(document) = parse_chunk(&chunk) {
+                return Some(Ok(document));
+            }
+        }
+        None
+    }
+}
+
+/// A `---` line (optionally followed by blanks and a comment).
+fn is_separator(line: &str) -> bool {
+    line.strip_prefix("---")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+/// One document's text parsed, `None` if it holds nothing (blank, comments, `null`).
+fn parse_chunk(chunk: &str) -> Option<Result<Value, String>> {
+    let empty = !chunk
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    if empty {
+        return None;
+    }
+    match serde_yaml_ng::from_str::<Value>(chunk) {
+        Ok(Value::Null) => None,
+        Ok(value) => Some(Ok(value)),
+        Err(e) => Some(Err(e.to_string())),
+    }
 }
 
 /// Reads one document: a Universal resource, a Kubernetes object, or a `List` of them.
