@@ -9,11 +9,14 @@
 //! keyring (as `rotate-keys` does), starts the real API on port 0, and times over HTTP
 //! (every page opens its sealed rows): the first page (median of 30), every page while following
 //! `next` to the end, and for comparison the last page requested by `offset` alone (what
-//! Kuma's clients send, and what Kuma itself answers by loading every row).
+//! Kuma's clients send, and what Kuma itself answers by loading every row). Each backend is
+//! measured as `serve` runs it (with the read cache, which keeps a list's `total` until a
+//! secret changes) and without the cache (every page counts every match).
 
 use kuma_secrets::api::{self, ApiConfig, AppState};
 use kuma_secrets::sealing::Keyring;
-use kuma_secrets::store::{AnyStore, StoreOptions};
+use kuma_secrets::store::cache::{CachedStore, DEFAULT_CACHE_ENTRIES};
+use kuma_secrets::store::{AnyStore, SecretStore, StoreOptions};
 use std::sync::Arc;
 
 /// A store on `url` sealing with a fresh key, its seeded plaintext rows sealed.
@@ -75,11 +78,31 @@ async fn timed_get(client: &reqwest::Client, url: &str) -> (Duration, serde_json
     (started.elapsed(), body)
 }
 
+/// Measures `store` served as `serve` serves it (with the read cache, which keeps a list's
+/// `total`), then without the cache.
 async fn measure(name: &str, store: AnyStore, args: &Args) {
     api::bootstrap(&store, false).await.unwrap();
+    let cached = CachedStore::new(store.clone(), DEFAULT_CACHE_ENTRIES);
+    let state = AppState::new(cached.clone(), ApiConfig::default());
+    let follower = tokio::spawn(cached.clone().follow(state.changes.clone()));
+    while !cached.answering() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    measure_app(name, state, args).await;
+    follower.abort();
+    let state = AppState::new(store.clone(), ApiConfig::default());
+    measure_app(&format!("{name} (no cache)"), state, args).await;
+    store.close().await;
+}
+
+async fn measure_app<S: SecretStore + Clone + 'static>(
+    name: &str,
+    state: AppState<S>,
+    args: &Args,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = api::app(AppState::new(store.clone(), ApiConfig::default()));
+    let app = api::app(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(listener, app, async {
         let _ = rx.await;
@@ -135,7 +158,6 @@ async fn measure(name: &str, store: AnyStore, args: &Args) {
     );
     let _ = tx.send(());
     server.await.unwrap().unwrap();
-    store.close().await;
 }
 
 /// Seeds `secret-000001`…; `{name}` is the dialect's zero-padding of `i`.

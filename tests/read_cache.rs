@@ -14,7 +14,10 @@ use kuma_secrets::domain::{
     Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey, SecretUpdate,
 };
 use kuma_secrets::store::cache::{CachedStore, MAX_STALENESS};
-use kuma_secrets::store::{AnyStore, Expect, SecretStore, StoreError, StoreOptions};
+use kuma_secrets::store::{
+    AnyStore, Expect, PageRequest, PageStart, SecretQuery, SecretScope, SecretStore, StoreError,
+    StoreOptions,
+};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -197,9 +200,83 @@ async fn another_replicas_writes_are_seen_within_the_bound(backend: Backend) {
     assert!(store.stats().hits >= 30, "{:?}", store.stats());
 }
 
+/// A list's `total` is counted once and reused until a secret changes: at once after a
+/// write here, within the bound after another replica's. A known total given to the store
+/// is what it answers, even on an empty page past the end.
+async fn list_totals_are_reused_until_a_secret_changes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let other = &server.store;
+    let (store, _follower) = cached_on(&store_url(&server)).await;
+    for name in ["a", "b", "c"] {
+        store.create_secret(new_secret(name, "x")).await.unwrap();
+    }
+    let mesh = SecretScope::Mesh(MeshName::parse("default").unwrap());
+    let query = SecretQuery::new(mesh.clone()).page(PageRequest::first(2).unwrap());
+    assert_eq!(store.list_secrets(&query).await.unwrap().total, 3);
+    let reused = store.stats().totals_reused;
+    let page = store.list_secrets(&query).await.unwrap();
+    assert_eq!((page.total, page.items.len()), (3, 2));
+    assert_eq!(store.stats().totals_reused, reused + 1, "counted once");
+    let filtered = query.clone().name_contains("a");
+    assert_eq!(
+        store.list_secrets(&filtered).await.unwrap().total,
+        1,
+        "filters count apart"
+    );
+
+    store.create_secret(new_secret("d", "x")).await.unwrap();
+    assert_eq!(
+        store.list_secrets(&query).await.unwrap().total,
+        4,
+        "own write"
+    );
+    other.create_secret(new_secret("e", "x")).await.unwrap();
+    let written = Instant::now();
+    while store.list_secrets(&query).await.unwrap().total != 5 {
+        assert!(
+            written.elapsed() < MAX_STALENESS * 2,
+            "another replica's create"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    other.delete_secret(&key("e"), None).await.unwrap();
+    let written = Instant::now();
+    while store.list_secrets(&query).await.unwrap().total != 4 {
+        assert!(
+            written.elapsed() < MAX_STALENESS * 2,
+            "another replica's delete"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The revision a list carries comes from the follower: never past the store's, and
+    // caught up within the bound.
+    let exact = other.current_revision().await.unwrap();
+    assert!(store.current_revision().await.unwrap() <= exact);
+    let written = Instant::now();
+    while store.current_revision().await.unwrap() < exact {
+        assert!(
+            written.elapsed() < MAX_STALENESS * 2,
+            "the followed revision lags"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut known = SecretQuery::new(mesh.clone());
+    known.known_total = Some(42);
+    assert_eq!(other.list_secrets(&known).await.unwrap().total, 42);
+    let mut past_the_end =
+        SecretQuery::new(mesh).page(PageRequest::new(10, PageStart::Offset(100)).unwrap());
+    past_the_end.known_total = Some(42);
+    let page = other.list_secrets(&past_the_end).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.total, 42);
+}
+
 on_both_backends!(
     own_writes_are_read_at_once,
     another_replicas_writes_are_seen_within_the_bound,
+    list_totals_are_reused_until_a_secret_changes,
 );
 
 /// Postgres goes away for the cached store (a proxy between them is cut): within

@@ -26,9 +26,12 @@
 //! every event it missed, then the cache answers again. If retention pruned events the
 //! follower still needed (410), it empties the cache and starts from the current revision.
 //!
-//! Only single-secret GETs are cached: lists and their totals go to the database, and so
-//! do history reads. The cache holds at most `capacity` secrets; a full shard drops an
-//! arbitrary entry to make room.
+//! Single-secret GETs are served from memory. A list's page always comes from the
+//! database, but its `total` (a count of every match, the bulk of a page's cost on a large
+//! store) is kept by what it counts (scope and filters) and reused until any secret changes
+//! (any write here, any event from the feed forgets every total). History reads go to the
+//! database. The cache holds at most `capacity` secrets; a full shard drops an arbitrary
+//! entry to make room.
 //!
 //! [`WATCH_POLL`]: crate::store::feed::WATCH_POLL
 
@@ -99,7 +102,21 @@ pub struct CacheStats {
     pub bypassed: u64,
     /// Secrets dropped because a write or an event named them.
     pub dropped: u64,
+    /// List pages whose `total` came from memory instead of a count.
+    pub totals_reused: u64,
 }
+
+/// The `total` of recent lists, by what they count (scope and filters). Any change to any
+/// secret (a write here, an event from the feed) forgets them all: a total is reused only
+/// while nothing it counts can have changed.
+#[derive(Default)]
+struct Totals {
+    counts: HashMap<String, u64>,
+    epoch: u64,
+}
+
+/// Totals kept at most; past it the oldest are not told apart, all go.
+const MAX_TOTALS: usize = 1000;
 
 #[derive(Default)]
 struct Shard {
@@ -112,6 +129,9 @@ struct Shard {
 struct ReadCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    totals: Mutex<Totals>,
+    /// The revision the follower has read the feed to (every change up to it is committed).
+    followed: std::sync::atomic::AtomicI64,
     /// When the cache was made: the origin of `fresh_until`.
     origin: Instant,
     /// Milliseconds after `origin` until which the cache answers (0: not yet).
@@ -120,6 +140,7 @@ struct ReadCache {
     misses: AtomicU64,
     bypassed: AtomicU64,
     dropped: AtomicU64,
+    totals_reused: AtomicU64,
 }
 
 /// A shard's epoch when a read began.
@@ -133,12 +154,15 @@ impl ReadCache {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            totals: Mutex::new(Totals::default()),
+            followed: std::sync::atomic::AtomicI64::new(0),
             origin: Instant::now(),
             fresh_until: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             bypassed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            totals_reused: AtomicU64::new(0),
         }
     }
 
@@ -201,8 +225,40 @@ impl ReadCache {
         true
     }
 
+    fn lock_totals(&self) -> std::sync::MutexGuard<'_, Totals> {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The kept total of the lists `what` names, or a ticket to keep one.
+    fn total(&self, what: &str) -> std::result::Result<u64, u64> {
+        let totals = self.lock_totals();
+        totals.counts.get(what).copied().ok_or(totals.epoch)
+    }
+
+    /// Keeps `total` for `what` if no secret changed since `ticket`.
+    fn keep_total(&self, what: String, ticket: u64, total: u64) {
+        let mut totals = self.lock_totals();
+        if totals.epoch != ticket {
+            return;
+        }
+        if totals.counts.len() >= MAX_TOTALS {
+            totals.counts.clear();
+        }
+        totals.counts.insert(what, total);
+    }
+
+    /// Forgets every total: some secret changed.
+    fn forget_totals(&self) {
+        let mut totals = self.lock_totals();
+        totals.epoch += 1;
+        totals.counts.clear();
+    }
+
     /// Drops `key`, and fails every fill of its shard in flight.
     fn drop_key(&self, key: &SecretKey) {
+        self.forget_totals();
         let mut guard = self.lock(Self::shard_of(key));
         guard.epoch += 1;
         if guard.entries.remove(key).is_some() {
@@ -221,6 +277,7 @@ impl ReadCache {
     }
 
     fn drop_where(&self, doomed: impl Fn(&SecretKey) -> bool) {
+        self.forget_totals();
         for shard in 0..SHARDS {
             let mut guard = self.lock(shard);
             guard.epoch += 1;
@@ -254,6 +311,7 @@ impl ReadCache {
             misses: self.misses.load(Ordering::Relaxed),
             bypassed: self.bypassed.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            totals_reused: self.totals_reused.load(Ordering::Relaxed),
         }
     }
 
@@ -334,6 +392,7 @@ impl<S: SecretStore + SealedReads + Clone + 'static> CachedStore<S> {
                     Ok(revision) => {
                         cache.clear();
                         after = Some(revision);
+                        cache.followed.store(revision, Ordering::Release);
                         cache.mark_fresh();
                         backoff = Duration::from_millis(50);
                     }
@@ -355,6 +414,7 @@ impl<S: SecretStore + SealedReads + Clone + 'static> CachedStore<S> {
                         cache.apply(event);
                     }
                     after = Some(revision);
+                    cache.followed.store(revision, Ordering::Release);
                     cache.mark_fresh();
                     backoff = Duration::from_millis(50);
                     if events.is_empty() {
@@ -477,7 +537,30 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
             .await
     }
     async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
-        self.inner.list_secrets(query).await
+        let cache = &self.cache;
+        if query.known_total.is_some() || !cache.answering() {
+            return self.inner.list_secrets(query).await;
+        }
+        // What the total counts: the scope and the filters, not the page.
+        let what = format!(
+            "{:?}|{:?}|{:?}",
+            query.scope, query.name_contains, query.labels
+        );
+        match cache.total(&what) {
+            Ok(total) => {
+                cache.totals_reused.fetch_add(1, Ordering::Relaxed);
+                let mut known = query.clone();
+                known.known_total = Some(total);
+                self.inner.list_secrets(&known).await
+            }
+            Err(ticket) => {
+                let page = self.inner.list_secrets(query).await?;
+                if cache.answering() {
+                    cache.keep_total(what, ticket, page.total);
+                }
+                Ok(page)
+            }
+        }
     }
     async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
         let name = mesh.name.clone();
@@ -497,7 +580,14 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
     async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
         self.inner.list_meshes(query).await
     }
+    /// While the cache answers, the revision the follower has read the feed to: every
+    /// change up to it is in the database, so a list read after it shows them and a watch
+    /// from it misses nothing (it may repeat a change up to [`MAX_STALENESS`] old). This
+    /// spares each list the sequencer's transaction. Otherwise the store's own.
     async fn current_revision(&self) -> Result<i64> {
+        if self.cache.answering() {
+            return Ok(self.cache.followed.load(Ordering::Acquire));
+        }
         self.inner.current_revision().await
     }
     async fn events_after(

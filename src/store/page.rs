@@ -174,6 +174,10 @@ pub struct SecretQuery {
     pub labels: BTreeMap<String, String>,
     /// Which page.
     pub page: PageRequest,
+    /// The number of matches, when the caller already knows it (the read cache keeps the
+    /// totals of recent lists): the store then returns it as the page's `total` instead of
+    /// counting every match again, the bulk of a page's cost on a large store.
+    pub known_total: Option<u64>,
 }
 
 impl SecretQuery {
@@ -184,6 +188,7 @@ impl SecretQuery {
             name_contains: None,
             labels: BTreeMap::new(),
             page: PageRequest::default(),
+            known_total: None,
         }
     }
 

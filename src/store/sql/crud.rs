@@ -323,9 +323,11 @@ impl [SecretStore for SqlStore<DB>] {
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, scope = ?query.scope))]
     async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
         let first_page = query.page.start() == &PageStart::Offset(0);
-        self.run_list(
+        let known_total = query.known_total;
+        let mut page = self.run_list(
             list_secrets::<DB>(query),
-            first_page,
+            // A known total needs no count, even for an empty page past the end.
+            first_page || known_total.is_some(),
             |row: ListedSecretRow| {
                 let total = row.total;
                 Ok((row.row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)?, total))
@@ -339,7 +341,14 @@ impl [SecretStore for SqlStore<DB>] {
             query.page.size(),
             query.page.offset(),
         )
-        .await
+        .await?;
+        if let Some(known) = known_total
+            && page.items.is_empty()
+            && !first_page
+        {
+            page.total = known;
+        }
+        Ok(page)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh.name))]

@@ -52,6 +52,8 @@ struct ListSpec<'a> {
     /// Keyset comparison for a cursor page, in terms of the cursor's (mesh, name).
     keyset: fn(&mut Statement, &Cursor) -> String,
     size: u32,
+    /// The count of matches if the caller knows it: bound as `total` instead of counted.
+    known_total: Option<u64>,
 }
 
 fn build<D: Dialect>(spec: ListSpec<'_>) -> ListStatements {
@@ -93,9 +95,16 @@ fn build<D: Dialect>(spec: ListSpec<'_>) -> ListStatements {
     // One row more than the page tells whether a next page exists.
     let limit = page.param(Bind::Int(i64::from(spec.size) + 1));
     let offset = page.param(Bind::Int(i64::try_from(offset).unwrap_or(i64::MAX)));
+    let total = match spec.known_total {
+        Some(known) => format!(
+            "CAST({} AS BIGINT)",
+            page.param(Bind::Int(i64::try_from(known).unwrap_or(i64::MAX)))
+        ),
+        None => format!("(SELECT count(*) FROM {} WHERE {filter})", spec.table),
+    };
     let mut text = format!(
-        "SELECT {}, (SELECT count(*) FROM {} WHERE {filter}) AS total FROM {} WHERE {filter}",
-        spec.columns, spec.table, spec.table
+        "SELECT {}, {total} AS total FROM {} WHERE {filter}",
+        spec.columns, spec.table
     );
     if let Some(keyset) = keyset {
         let _ = write!(text, " AND {keyset}");
@@ -147,6 +156,7 @@ pub(crate) fn list_secrets<D: Dialect>(query: &SecretQuery) -> ListStatements {
         start: query.page.start(),
         keyset,
         size: query.page.size(),
+        known_total: query.known_total,
     })
 }
 
@@ -162,6 +172,7 @@ pub(crate) fn list_meshes<D: Dialect>(query: &MeshQuery) -> ListStatements {
         start: query.page.start(),
         keyset: |s, c| format!("name > {}", s.param(Bind::Text(c.name.clone()))),
         size: query.page.size(),
+        known_total: None,
     })
 }
 
