@@ -125,14 +125,18 @@ function next_name()
   step = step + 1
   return n
 end
--- wrk asks each thread for one request it never sends: answer it without moving on, or
+-- The next name of a compare-and-swap walk and the version it expects, or nil for the
+-- one request wrk asks each thread for and never sends: answered without moving on, or
 -- the name it named would be one version ahead of the server for the whole run.
-function discarded_first()
+function next_swap()
   if first then
     first = false
-    return true
+    return nil
   end
-  return false
+  local n = next_name()
+  local expected = versions[n]
+  versions[n] = expected + 1
+  return n, expected
 end
 function done(summary, latency, requests)
   local total = 0
@@ -161,13 +165,9 @@ LUA
 cat >"$WORK/ours-ifmatch.lua" <<'LUA'
 dofile(os.getenv('WRK_DIR') .. '/common.lua')
 function request()
-  if discarded_first() then
-    return wrk.format('GET', '/readyz')
-  end
-  local n = next_name()
+  local n, expected = next_swap()
+  if not n then return wrk.format('GET', '/readyz') end
   local name = 's-' .. n
-  local expected = versions[n]
-  versions[n] = expected + 1
   return wrk.format('PUT', '/meshes/default/secrets/' .. name,
     { ['Content-Type'] = 'application/json', ['If-Match'] = '"' .. expected .. '"' },
     '{"type":"Secret","mesh":"default","name":"' .. name .. '","data":"' .. value .. '"}')
@@ -197,13 +197,9 @@ LUA
 cat >"$WORK/etcd-ifmatch.lua" <<'LUA'
 dofile(os.getenv('WRK_DIR') .. '/common.lua')
 function request()
-  if discarded_first() then
-    return wrk.format('GET', '/health')
-  end
-  local n = next_name()
+  local n, expected = next_swap()
+  if not n then return wrk.format('GET', '/health') end
   local key = b64('/registry/secrets/default/s-' .. n)
-  local expected = versions[n]
-  versions[n] = expected + 1
   return wrk.format('POST', '/v3/kv/txn', nil,
     '{"compare":[{"key":"' .. key .. '","result":"EQUAL","target":"VERSION","version":"' .. expected ..
     '"}],"success":[{"requestPut":{"key":"' .. key .. '","value":"' .. value .. '"}}]}')

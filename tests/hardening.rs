@@ -644,3 +644,64 @@ async fn plaintext_rows_are_served_only_with_accept_plaintext_rows() {
         b"v"
     );
 }
+
+/// A database that hangs (accepts connections, never answers): every request ends by
+/// `--request-timeout` with a 503 that carries `Retry-After` and says what happened, never
+/// a hang and never a 500; once the database answers again, so does the server, by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_database_gets_503_with_retry_after_by_the_request_timeout() {
+    let db = common::TestDb::migrated().await;
+    let proxy = common::proxy::Proxy::start(common::proxy::upstream_of(&db.url)).await;
+    let store = AnyStore::open(
+        &proxy.url_for(&db.url),
+        common::sealed(StoreOptions::default()),
+    )
+    .await
+    .unwrap();
+    let config = ApiConfig {
+        request_timeout: Duration::from_secs(1),
+        ..ApiConfig::default()
+    };
+    let server = TestServer::start_on(store, common::server::Guard::Postgres(db), config).await;
+    put_secret(&server, "default", "s", b"x").await;
+
+    proxy.stall();
+    let client = Client::new();
+    let mut timed_out = false;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let response = client
+            .get(server.at("/meshes/default/secrets/s"))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert!(took < Duration::from_secs(3), "answered after {took:?}");
+        let body: Value = response.json().await.unwrap();
+        timed_out |= body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("--request-timeout"));
+    }
+    assert!(timed_out, "no request waited for the hanging database");
+
+    proxy.heal();
+    let healed = std::time::Instant::now();
+    loop {
+        let response = client
+            .get(server.at("/meshes/default/secrets/s"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            healed.elapsed() < Duration::from_secs(10),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

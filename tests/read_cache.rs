@@ -11,7 +11,7 @@ use common::proxy::{Proxy, upstream_of};
 use common::raw::{raw_sql, store_url};
 use common::server::{Backend, TestServer};
 use kuma_secrets::domain::{
-    Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey, SecretUpdate,
+    Labels, MeshName, NewSecret, Resource, SecretData, SecretKey, SecretUpdate,
 };
 use kuma_secrets::store::cache::{CachedStore, MAX_STALENESS};
 use kuma_secrets::store::{
@@ -58,6 +58,19 @@ async fn cached_on(url: &str) -> (CachedStore<AnyStore>, tokio::task::JoinHandle
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     (cached, follower)
+}
+
+/// Polls `check` until it holds, failing after twice the cache's staleness bound.
+async fn within_the_bound(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < MAX_STALENESS * 2,
+            "{what}: not seen after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn data_of(secret: &kuma_secrets::domain::Secret) -> String {
@@ -141,14 +154,6 @@ async fn own_writes_are_read_at_once(backend: Backend) {
         ),
         "a Mesh delete drops its secrets"
     );
-    store
-        .create_mesh(NewMesh {
-            name: MeshName::parse("default").unwrap(),
-            spec: Default::default(),
-            labels: Labels::default(),
-        })
-        .await
-        .unwrap();
 }
 
 /// Another replica (here, another store on the same database) updates a secret this one
@@ -231,36 +236,24 @@ async fn list_totals_are_reused_until_a_secret_changes(backend: Backend) {
         "own write"
     );
     other.create_secret(new_secret("e", "x")).await.unwrap();
-    let written = Instant::now();
-    while store.list_secrets(&query).await.unwrap().total != 5 {
-        assert!(
-            written.elapsed() < MAX_STALENESS * 2,
-            "another replica's create"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    within_the_bound("another replica's create", async || {
+        store.list_secrets(&query).await.unwrap().total == 5
+    })
+    .await;
     other.delete_secret(&key("e"), None).await.unwrap();
-    let written = Instant::now();
-    while store.list_secrets(&query).await.unwrap().total != 4 {
-        assert!(
-            written.elapsed() < MAX_STALENESS * 2,
-            "another replica's delete"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    within_the_bound("another replica's delete", async || {
+        store.list_secrets(&query).await.unwrap().total == 4
+    })
+    .await;
 
     // The revision a list carries comes from the follower: never past the store's, and
     // caught up within the bound.
     let exact = other.current_revision().await.unwrap();
     assert!(store.current_revision().await.unwrap() <= exact);
-    let written = Instant::now();
-    while store.current_revision().await.unwrap() < exact {
-        assert!(
-            written.elapsed() < MAX_STALENESS * 2,
-            "the followed revision lags"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    within_the_bound("the followed revision lags", async || {
+        store.current_revision().await.unwrap() == exact
+    })
+    .await;
 
     let mut known = SecretQuery::new(mesh.clone());
     known.known_total = Some(42);

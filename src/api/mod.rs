@@ -48,7 +48,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// How the API behaves.
@@ -144,9 +143,9 @@ pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
         .merge(resources)
         .merge(operational)
         .layer(DefaultBodyLimit::max(state.config.body_limit()))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             state.config.request_timeout,
+            within_request_timeout,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -179,6 +178,27 @@ pub fn served_operations() -> Vec<(String, String)> {
     let (_, mut served) = resource_routes::<crate::store::AnyStore>().into_parts();
     served.extend(health::router::<crate::store::AnyStore>().into_parts().1);
     served
+}
+
+/// Answers a request that takes longer than `limit` (`--request-timeout`) with a 503 that
+/// carries `Retry-After`, as every 503 does, and Kuma's error body, instead of letting the
+/// client hang (a store that stopped answering, say).
+async fn within_request_timeout(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Request timeout",
+            format!(
+                "the request took longer than {} s (--request-timeout); retry",
+                limit.as_secs_f64()
+            ),
+        )),
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; requests in flight then finish

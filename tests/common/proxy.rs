@@ -11,6 +11,7 @@ pub struct Proxy {
     /// The port it listens on.
     pub port: u16,
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
 }
 
@@ -20,16 +21,27 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
         let proxy = Self {
             port,
             cut: cut.clone(),
+            stalled: stalled.clone(),
             generation: generation.clone(),
         };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if cut.load(Ordering::SeqCst) {
                     drop(client); // refused: the connection closes at once
+                    continue;
+                }
+                if stalled.load(Ordering::SeqCst) {
+                    // Accepted, never answered: the database hangs.
+                    let mut cuts = generation.subscribe();
+                    tokio::spawn(async move {
+                        let _held = client;
+                        let _ = cuts.changed().await;
+                    });
                     continue;
                 }
                 let upstream = upstream.clone();
@@ -55,9 +67,18 @@ impl Proxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Accepts connections again.
+    /// Closes every open connection and holds new ones open without an answer: a
+    /// database that hangs rather than refuses.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Accepts and forwards connections again.
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// `url` (a Postgres URL) with its host and port replaced by the proxy's.
