@@ -81,13 +81,23 @@ pub async fn delete_path(server: &TestServer, path: &str) -> (StatusCode, Value)
 
 /// Creates or updates Secret `name` in `mesh` through the API; panics unless it succeeds.
 pub async fn put_secret(server: &TestServer, mesh: &str, name: &str, data: impl AsRef<[u8]>) {
-    let (status, body) = put_json(
-        server,
-        &format!("/meshes/{mesh}/secrets/{name}"),
-        json!({"type": "Secret", "mesh": mesh, "name": name, "data": b64(data)}),
-    )
-    .await;
-    assert!(status.is_success(), "{status} {body}");
+    put_secret_at(&server.url, mesh, name, data).await;
+}
+
+/// [`put_secret`] through the API at `base` (`http://HOST:PORT`), a `serve` process say.
+pub async fn put_secret_at(base: &str, mesh: &str, name: &str, data: impl AsRef<[u8]>) {
+    let response = Client::new()
+        .put(format!("{base}/meshes/{mesh}/secrets/{name}"))
+        .json(&json!({"type": "Secret", "mesh": mesh, "name": name, "data": b64(data)}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "{status} {}",
+        response.text().await.unwrap_or_default()
+    );
 }
 
 /// The stored bytes of a secret, read from the store under the server; `None` if absent.

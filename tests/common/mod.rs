@@ -59,6 +59,7 @@ pub fn sqlite_url(dir: &std::path::Path, file: &str) -> String {
     format!("sqlite://{}", dir.join(file).display())
 }
 
+pub mod cluster;
 pub mod http;
 pub mod pki;
 pub mod process;

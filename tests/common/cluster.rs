@@ -1,0 +1,258 @@
+//! A throwaway Postgres cluster of a test's own, for tests that stop, kill or restart the
+//! database: `initdb` and `pg_ctl` from the local binaries (`/usr/lib/postgresql/*/bin`),
+//! run as the `postgres` user when the tests run as root, in a temporary directory, on a
+//! free port, listening on loopback only, removed when dropped. The machine's shared
+//! server is never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A running (or stopped) cluster.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+}
+
+/// The directory of the newest local Postgres binaries, if any.
+pub fn local_binaries() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists() && bin.join("pg_ctl").exists())
+        .collect();
+    dirs.sort_by_key(|dir| {
+        dir.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Creates and starts a cluster (trust authentication, user `postgres`).
+    ///
+    /// # Panics
+    /// With a message saying how to get them, when there are no local Postgres binaries.
+    pub fn start() -> Self {
+        let bin = local_binaries().expect(
+            "this test needs the Postgres server binaries (initdb, pg_ctl) to make a throwaway \
+             cluster: apt-get install postgresql (Debian), or point DATABASE_URL at a server \
+             for the other tests (docker compose up -d)",
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("ks-cluster-")
+            .tempdir()
+            .unwrap();
+        if running_as_root() {
+            // Postgres refuses to run as root: the cluster belongs to `postgres`.
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success(), "chown of the cluster directory failed");
+        }
+        let port = free_port();
+        let cluster = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+            port,
+        };
+        let data = cluster.data_dir();
+        cluster.run_checked(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        cluster.start_again();
+        cluster
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// Runs a Postgres binary as the cluster's owner.
+    fn run(&self, tool: &str, args: &[&str]) -> Output {
+        let program = self.bin.join(tool);
+        let mut command = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
+    }
+
+    fn run_checked(&self, tool: &str, args: &[&str]) {
+        let out = self.run(tool, args);
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the (stopped) cluster and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let data = self.data_dir();
+        let socket_dir = self.dir.path().to_str().unwrap().to_owned();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {socket_dir} -c max_connections=200",
+            self.port
+        );
+        self.run_checked(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                self.log_file().to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        self.wait_accepting(Duration::from_secs(60));
+    }
+
+    /// Waits until the server accepts connections (after a start, or crash recovery).
+    pub fn wait_accepting(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ready = self.run(
+                "pg_isready",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ],
+            );
+            if ready.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never accepted connections"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `pg_ctl stop -m fast`: disconnects every client, shuts down cleanly.
+    pub fn stop_fast(&self) {
+        let data = self.data_dir();
+        self.run_checked(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// `kill -9` of the postmaster (its backends follow): a crash; the next start runs
+    /// crash recovery.
+    pub fn kill_postmaster(&self) {
+        let pid = self.postmaster_pid().expect("the cluster is not running");
+        let children: Vec<String> = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let status = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // The backends notice their postmaster is gone and exit (a new postmaster would
+        // refuse to start beside them): wait for them and for the port.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            || alive(&pid.to_string())
+            || children.iter().any(|child| alive(child))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the killed postmaster kept running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // What a crashed server leaves behind would block the next start's port check.
+        let _ = std::fs::remove_file(self.data_dir().join("postmaster.pid"));
+    }
+
+    fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Faults, tried on the real binary against a throwaway Postgres of the test's own
+//! (`common::cluster`): the database stopped (fast shutdown) and crashed (`kill -9` of the
+//! postmaster) under load. Every answer during the outage is a 503 with `Retry-After`
+//! (never a 500, never a hang past the request timeout), `/readyz` turns 503 within 2 s, the
+//! service recovers by itself within 2 s of Postgres accepting connections again, every
+//! acknowledged write is there afterwards, and the change feed has no gap.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::process::{kuma, spawn_serve};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `serve --request-timeout`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the load saw.
+#[derive(Default)]
+struct Seen {
+    /// Acknowledged creates: name → version.
+    acked: BTreeMap<String, i64>,
+    /// Answers by status.
+    statuses: BTreeMap<u16, u64>,
+    /// Problems: a 500, a 503 without Retry-After, an answer past the request timeout.
+    problems: Vec<String>,
+    /// When a write last succeeded.
+    last_write: Option<Instant>,
+}
+
+fn record(seen: &Mutex<Seen>, what: &str, started: Instant, response: &reqwest::Response) {
+    let mut seen = seen.lock().unwrap();
+    let status = response.status();
+    *seen.statuses.entry(status.as_u16()).or_default() += 1;
+    let took = started.elapsed();
+    if took > REQUEST_TIMEOUT + Duration::from_millis(1500) {
+        seen.problems
+            .push(format!("{what}: answered after {took:?}"));
+    }
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        seen.problems.push(format!("{what}: {status}"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE && !response.headers().contains_key("retry-after")
+    {
+        seen.problems
+            .push(format!("{what}: 503 without Retry-After"));
+    }
+}
+
+/// Writers creating new secrets and readers reading one and listing, until `stop`.
+fn start_load(
+    base: &str,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let (client, base, seen, stop) =
+            (client.clone(), base.to_owned(), seen.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("w-{writer}-{i}");
+                i += 1;
+                let started = Instant::now();
+                let Ok(response) = client
+                    .put(format!("{base}/meshes/default/secrets/{name}"))
+                    .json(&json!({"type": "Secret", "mesh": "default", "name": name,
+                                  "data": common::http::b64(&name)}))
+                    .send()
+                    .await
+                else {
+                    seen.lock()
+                        .unwrap()
+                        .problems
+                        .push(format!("PUT {name}: no answer"));
+                    continue;
+                };
+                record(&seen, &format!("PUT {name}"), started, &response);
+                if response.status().is_success() {
+                    let version: i64 = response.headers()["etag"]
+                        .to_str()
+                        .unwrap()
+                        .trim_matches('"')
+                        .parse()
+                        .unwrap();
+                    let mut seen = seen.lock().unwrap();
+                    seen.acked.insert(name, version);
+                    seen.last_write = Some(Instant::now());
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for reader in 0..2 {
+        let (client, base, seen, stop) =
+            (client.clone(), base.to_owned(), seen.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let path = if reader == 0 {
+                "/meshes/default/secrets/seed"
+            } else {
+                "/meshes/default/secrets?size=10"
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match client.get(format!("{base}{path}")).send().await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        record(&seen, &format!("GET {path}"), started, &response);
+                        if !ok {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    Err(e) => seen
+                        .lock()
+                        .unwrap()
+                        .problems
+                        .push(format!("GET {path}: {e}")),
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// How long until `/readyz` answers `want`.
+async fn until_ready_is(base: &str, want: StatusCode, limit: Duration) -> Duration {
+    let client = Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == want
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "/readyz never answered {want} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long after `since` until a write succeeds again.
+async fn until_writes_succeed(seen: &Mutex<Seen>, since: Instant, limit: Duration) -> Duration {
+    loop {
+        if let Some(last) = seen.lock().unwrap().last_write
+            && last > since
+        {
+            return last.duration_since(since);
+        }
+        assert!(
+            since.elapsed() < limit,
+            "no write succeeded within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_and_crashed_under_load() {
+    let cluster = Cluster::start();
+    kuma(&["migrate", "up", "--store", &cluster.url], None)
+        .await
+        .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    let timeout = format!("{}s", REQUEST_TIMEOUT.as_secs());
+    let (_serve, base, _log) = spawn_serve(
+        &[
+            "--store",
+            &cluster.url,
+            "--encryption-keys",
+            keys.to_str().unwrap(),
+            "--request-timeout",
+            &timeout,
+        ],
+        dir.path(),
+    );
+    common::server::wait_ready(&base).await;
+    common::http::put_secret_at(&base, "default", "seed", b"seed").await;
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&base, seen.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut report = Vec::new();
+    for (fault, crash) in [
+        ("fast shutdown", false),
+        ("kill -9 of the postmaster", true),
+    ] {
+        let before = seen.lock().unwrap().acked.len();
+        if crash {
+            cluster.kill_postmaster();
+        } else {
+            cluster.stop_fast();
+        }
+        let down = until_ready_is(
+            &base,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(2),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.start_again();
+        let back = Instant::now();
+        let ready = until_ready_is(&base, StatusCode::OK, Duration::from_secs(2)).await;
+        let writing = until_writes_succeed(&seen, back, Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = seen.lock().unwrap().acked.len();
+        report.push(format!(
+            "{fault}: /readyz 503 after {down:?}; Postgres back: /readyz 200 after {ready:?}, \
+             writes after {writing:?}; {} writes acknowledged around it",
+            after - before
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
+    for line in &report {
+        eprintln!("{line}");
+    }
+    eprintln!("answers by status: {:?}", seen.statuses);
+    assert!(
+        seen.problems.is_empty(),
+        "{} problems, first: {:?}\n{}",
+        seen.problems.len(),
+        &seen.problems[..seen.problems.len().min(5)],
+        cluster.log()
+    );
+    assert!(
+        seen.statuses.get(&503).copied().unwrap_or(0) > 0,
+        "the outage was never seen: {:?}",
+        seen.statuses
+    );
+
+    // Every acknowledged write is there, at its acknowledged version.
+    let client = Client::new();
+    for (name, version) in &seen.acked {
+        let response = client
+            .get(format!("{base}/meshes/default/secrets/{name}"))
+            .header("Cache-Control", "no-cache")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "acknowledged {name} is gone"
+        );
+        assert_eq!(
+            response.headers()["etag"],
+            format!("\"{version}\"").as_str()
+        );
+    }
+
+    // The change feed: revisions without a gap, a create for every acknowledged write.
+    let mut after = 0;
+    let mut created = std::collections::BTreeSet::new();
+    loop {
+        let body: Value =
+            common::http::fetch_json(format!("{base}/_changes?after={after}&limit=1000")).await;
+        let events = body["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for event in events {
+            let revision = event["revision"].as_i64().unwrap();
+            assert_eq!(
+                revision,
+                after + 1,
+                "a gap in the change feed after {after}"
+            );
+            after = revision;
+            if event["operation"] == "create" {
+                created.insert(event["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    for name in seen.acked.keys() {
+        assert!(
+            created.contains(name),
+            "no create event for acknowledged {name}"
+        );
+    }
+    eprintln!(
+        "{} acknowledged writes all present; change feed 1..={after} without a gap",
+        seen.acked.len()
+    );
+}
