@@ -340,7 +340,8 @@ async fn serve_killed_under_writers_loses_no_acknowledged_write(backend: Backend
         common::server::wait_ready(&base).await;
         // What the previous round acknowledged survived the kill.
         let client = Client::new();
-        for (name, version) in acked.lock().unwrap().clone() {
+        let previous = acked.lock().unwrap().clone();
+        for (name, version) in previous {
             let response = client
                 .get(format!("{base}/meshes/default/secrets/{name}"))
                 .send()
