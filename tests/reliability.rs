@@ -403,3 +403,55 @@ async fn serve_killed_under_writers_loses_no_acknowledged_write(backend: Backend
 }
 
 on_both_backends!(serve_killed_under_writers_loses_no_acknowledged_write);
+
+/// A test that needs Postgres and finds one (what the next test runs in a child process).
+#[tokio::test]
+async fn a_test_database_is_reachable() {
+    let db = common::TestDb::migrated().await;
+    let store =
+        kuma_secrets::store::PostgresStore::open(&db.url, common::sealed(Default::default()))
+            .await
+            .unwrap();
+    kuma_secrets::store::SecretStore::ping(&store)
+        .await
+        .unwrap();
+}
+
+/// With `DATABASE_URL` unset and nothing answering on the default address, the suite starts
+/// a throwaway cluster from the local binaries (and says so), and it is gone after the run.
+#[test]
+fn without_a_running_postgres_the_suite_starts_its_own() {
+    let nothing_there = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // bound, then released: nothing listens there
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_test_database_is_reachable", "--nocapture"])
+        .env_remove("DATABASE_URL")
+        .env("KUMA_SECRETS_TEST_PG_PORT", nothing_there.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    let said = stderr
+        .lines()
+        .find(|l| l.contains("throwaway cluster at"))
+        .unwrap_or_else(|| panic!("the run did not say it started a cluster:\n{stderr}"));
+    let port: u16 = said
+        .split("127.0.0.1:")
+        .nth(2)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {said:?}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the throwaway cluster outlived its run"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

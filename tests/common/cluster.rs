@@ -239,6 +239,41 @@ impl Cluster {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// Keeps the cluster running until this test process ends, then stops and removes it
+    /// (a watchdog process waits for this one to exit): the suite's own server when no
+    /// Postgres is configured or running. Returns its URL.
+    pub fn for_this_process(self) -> String {
+        // Neither this nor its directory is dropped here: the watchdog stops and removes them.
+        let this = std::mem::ManuallyDrop::new(self);
+        let url = this.url.clone();
+        let data = this.data_dir();
+        let pg_ctl = this.bin.join("pg_ctl");
+        let as_owner = if running_as_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        let dir = this.dir.path().to_path_buf();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             {as_owner}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        // Outlives this process on purpose: it is what cleans up after it.
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the cluster's watchdog");
+        url
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()

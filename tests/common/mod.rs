@@ -70,10 +70,45 @@ pub mod server;
 use kuma_secrets::store::{PostgresStore, SqliteStore, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
 
-/// The Postgres server tests create their databases on.
+/// The port the tests look for Postgres on when `DATABASE_URL` is not set: 5432, or
+/// `KUMA_SECRETS_TEST_PG_PORT` (which lets a test try the path where nothing answers).
+fn default_port() -> u16 {
+    std::env::var("KUMA_SECRETS_TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432)
+}
+
+/// The Postgres server tests create their databases on: `DATABASE_URL` if set; else the
+/// default address if a server answers there; else, on a machine with the Postgres
+/// binaries installed but no server running, a throwaway cluster started for this test
+/// process (and said so on stderr), removed when the process ends.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let port = default_port();
+        let default = format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres");
+        let answers = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            std::time::Duration::from_secs(1),
+        )
+        .is_ok();
+        if answers || cluster::local_binaries().is_none() {
+            // A server to use, or nothing to start one with (the first test to connect
+            // then says how to get one).
+            return default;
+        }
+        let url = cluster::Cluster::start().for_this_process();
+        eprintln!(
+            "DATABASE_URL is not set and no Postgres answers on 127.0.0.1:{port}: \
+             these tests use a throwaway cluster at {url}, removed when they end"
+        );
+        url
+    })
+    .clone()
 }
 
 /// `url` with its database name replaced by `db`.
@@ -102,6 +137,7 @@ async fn admin_connection() -> PgConnection {
         Err(err) => panic!(
             "these tests need Postgres at {} (DATABASE_URL) and cannot reach it: {err}.\n\
              Start the local one with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
+             or install the server binaries (apt-get install postgresql) and the tests start a throwaway one, \
              or run `docker compose up -d` in the repository, or point DATABASE_URL at a server.",
             kuma_secrets::store::StoreUrl::parse(&url)
                 .map_or_else(|e| e.to_string(), |u| u.to_string())
