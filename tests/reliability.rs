@@ -455,3 +455,222 @@ fn without_a_running_postgres_the_suite_starts_its_own() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Three `serve` processes on one Postgres: If-Match increments spread over all three lose
+/// no increment; blind PUTs end at version = accepted writes + 1; a Mesh deleted through one
+/// while the others create secrets in it leaves no orphan; every replica's change feed is
+/// the same sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_postgres_lose_nothing() {
+    let db = common::TestDb::migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    let args = [
+        "--store",
+        db.url.as_str(),
+        "--encryption-keys",
+        keys.to_str().unwrap(),
+    ];
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..3 {
+        let (process, base, _log) = spawn_serve(&args, dir.path());
+        common::server::wait_ready(&base).await;
+        servers.push(process);
+        bases.push(base);
+    }
+    let client = Client::new();
+    let put = |base: &str, mesh: &str, name: &str, if_match: Option<i64>| {
+        let mut request = client
+            .put(format!("{base}/meshes/{mesh}/secrets/{name}"))
+            .json(&json!({"type": "Secret", "mesh": mesh, "name": name, "data": "eA=="}));
+        if let Some(version) = if_match {
+            request = request.header("If-Match", format!("\"{version}\""));
+        }
+        request.send()
+    };
+    let version_of = |response: &reqwest::Response| -> i64 {
+        response.headers()["etag"]
+            .to_str()
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap()
+    };
+    common::http::put_secret_at(&bases[0], "default", "counter", b"0").await;
+    common::http::put_secret_at(&bases[0], "default", "blind", b"0").await;
+
+    // 6 workers, two per replica: If-Match increments of `counter` (re-read on 412) and
+    // blind PUTs of `blind`.
+    let increments = Arc::new(Mutex::new(0u64));
+    let blind_accepted = Arc::new(Mutex::new(0u64));
+    let mut workers = Vec::new();
+    for worker in 0..6 {
+        let base = bases[worker % 3].clone();
+        let (client, increments, blind_accepted) =
+            (client.clone(), increments.clone(), blind_accepted.clone());
+        workers.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                loop {
+                    let current = client
+                        .get(format!("{base}/meshes/default/secrets/counter"))
+                        .header("Cache-Control", "no-cache")
+                        .send()
+                        .await
+                        .unwrap();
+                    let version: i64 = current.headers()["etag"]
+                        .to_str()
+                        .unwrap()
+                        .trim_matches('"')
+                        .parse()
+                        .unwrap();
+                    let response = client
+                        .put(format!("{base}/meshes/default/secrets/counter"))
+                        .header("If-Match", format!("\"{version}\""))
+                        .json(
+                            &json!({"type": "Secret", "mesh": "default", "name": "counter",
+                                      "data": common::http::b64(format!("{}", version + 1))}),
+                        )
+                        .send()
+                        .await
+                        .unwrap();
+                    match response.status() {
+                        StatusCode::OK => {
+                            *increments.lock().unwrap() += 1;
+                            break;
+                        }
+                        StatusCode::PRECONDITION_FAILED => continue,
+                        other => panic!("If-Match PUT: {other}"),
+                    }
+                }
+                let response = client
+                    .put(format!("{base}/meshes/default/secrets/blind"))
+                    .json(
+                        &json!({"type": "Secret", "mesh": "default", "name": "blind",
+                                  "data": "eA=="}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    response.status().is_success(),
+                    "blind PUT: {}",
+                    response.status()
+                );
+                *blind_accepted.lock().unwrap() += 1;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let counter = put(&bases[1], "default", "counter", Some(1)).await.unwrap();
+    let detail: Value = counter.json().await.unwrap();
+    let increments = *increments.lock().unwrap();
+    assert!(
+        detail["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("\"{}\"", increments + 1)),
+        "counter should be at {} after {increments} increments: {detail}",
+        increments + 1
+    );
+    let blind = client
+        .get(format!("{}/meshes/default/secrets/blind", bases[2]))
+        .header("Cache-Control", "no-cache")
+        .send()
+        .await
+        .unwrap();
+    let blind_accepted = *blind_accepted.lock().unwrap();
+    assert_eq!(version_of(&blind) as u64, blind_accepted + 1);
+
+    // A Mesh deleted through one replica while the other two create secrets in it.
+    let created = client
+        .put(format!("{}/meshes/doomed", bases[0]))
+        .json(&json!({"type": "Mesh", "name": "doomed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let mut creators = Vec::new();
+    for (creator, base) in bases.iter().enumerate().skip(1) {
+        let base = base.clone();
+        let client = client.clone();
+        creators.push(tokio::spawn(async move {
+            // Until the Mesh is gone: the delete lands in the middle of the creates.
+            for i in 0..5000 {
+                let response = client
+                    .put(format!("{base}/meshes/doomed/secrets/c-{creator}-{i}"))
+                    .json(&json!({"type": "Secret", "mesh": "doomed",
+                                  "name": format!("c-{creator}-{i}"), "data": "eA=="}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                assert!(
+                    status.is_success() || status == StatusCode::NOT_FOUND,
+                    "create in a Mesh being deleted: {status}"
+                );
+                if status == StatusCode::NOT_FOUND {
+                    return i;
+                }
+            }
+            panic!("the Mesh was never deleted")
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let deleted = client
+        .delete(format!("{}/meshes/doomed", bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    for creator in creators {
+        let created_before_the_delete = creator.await.unwrap();
+        assert!(
+            created_before_the_delete > 0,
+            "the delete came before any create"
+        );
+    }
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let (orphans,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM secrets s WHERE s.mesh IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM meshes m WHERE m.name = s.mesh)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "secrets left without their Mesh");
+    let meshes: Value = common::http::fetch_json(format!("{}/meshes/doomed", bases[1])).await;
+    assert_eq!(meshes["title"], "Could not retrieve a resource", "{meshes}");
+
+    // Every replica's change feed: the same sequence.
+    let mut feeds = Vec::new();
+    for base in &bases {
+        let mut after = 0;
+        let mut feed = Vec::new();
+        loop {
+            let body: Value =
+                common::http::fetch_json(format!("{base}/_changes?after={after}&limit=1000")).await;
+            let events = body["events"].as_array().unwrap().clone();
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                after = event["revision"].as_i64().unwrap();
+                feed.push((
+                    after,
+                    event["operation"].as_str().unwrap().to_owned(),
+                    event["name"].as_str().unwrap().to_owned(),
+                    event["version"].as_i64().unwrap(),
+                ));
+            }
+        }
+        feeds.push(feed);
+    }
+    assert!(feeds[0].len() as u64 >= increments + blind_accepted);
+    assert_eq!(feeds[0], feeds[1]);
+    assert_eq!(feeds[0], feeds[2]);
+}
