@@ -674,3 +674,84 @@ async fn three_replicas_on_one_postgres_lose_nothing() {
     assert_eq!(feeds[0], feeds[1]);
     assert_eq!(feeds[0], feeds[2]);
 }
+
+/// The embedded store shared by `serve` under load and the store tools run beside it
+/// (`import`, `export`, `rotate-keys`): no client sees an error (`database is locked` or
+/// any 5xx), every tool run succeeds, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_tools_beside_a_loaded_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_url(dir.path(), "kuma-secrets.db");
+    let (_serve, base, _log) = spawn_serve(&["--store", &store], dir.path());
+    common::server::wait_ready(&base).await;
+    common::http::put_secret_at(&base, "default", "seed", b"seed").await;
+    let file = dir.path().join("import.yaml");
+    let documents: Vec<String> = (0..1000)
+        .map(|i| format!("type: Secret\nmesh: default\nname: imported-{i}\ndata: eA==\n"))
+        .collect();
+    std::fs::write(&file, documents.join("---\n")).unwrap();
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&base, seen.clone(), stop.clone());
+    let export = dir.path().join("export.yaml");
+    let runs = [
+        vec!["import", "-f", file.to_str().unwrap(), "--batch-size", "50"],
+        vec!["export", "-o", export.to_str().unwrap()],
+        vec!["rotate-keys"],
+        vec!["import", "-f", file.to_str().unwrap()],
+    ];
+    for args in runs.iter().chain(runs.iter()) {
+        let mut all = args.clone();
+        all.extend(["--store", &store]);
+        kuma(&all, None).await.ok();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
+    eprintln!("answers while the tools ran: {:?}", seen.statuses);
+    assert!(
+        seen.statuses.values().sum::<u64>() > 200,
+        "too little load: {:?}",
+        seen.statuses
+    );
+    let errors: u64 = seen
+        .statuses
+        .iter()
+        .filter(|(status, _)| **status >= 500)
+        .map(|(_, count)| count)
+        .sum();
+    assert_eq!(
+        errors,
+        0,
+        "answers by status: {:?}, {:?}",
+        seen.statuses,
+        &seen.problems[..seen.problems.len().min(3)]
+    );
+    assert!(
+        seen.problems.is_empty(),
+        "{:?}",
+        &seen.problems[..seen.problems.len().min(3)]
+    );
+    assert!(!seen.acked.is_empty());
+    let client = Client::new();
+    for (name, version) in &seen.acked {
+        let response = client
+            .get(format!("{base}/meshes/default/secrets/{name}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{name} is gone");
+        assert_eq!(
+            response.headers()["etag"],
+            format!("\"{version}\"").as_str()
+        );
+    }
+    let listed: Value = common::http::fetch_json(format!(
+        "{base}/meshes/default/secrets?size=1&name=imported-"
+    ))
+    .await;
+    assert_eq!(listed["total"], 1000);
+}
