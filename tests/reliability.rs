@@ -755,3 +755,101 @@ async fn sqlite_tools_beside_a_loaded_server() {
     .await;
     assert_eq!(listed["total"], 1000);
 }
+
+/// `serve --read-replica` on a real hot standby of a throwaway primary: reads go to the
+/// standby (a change made on the primary behind the server's back while the standby's
+/// replay is paused is not seen; `Cache-Control: no-cache` reads the primary), a client
+/// reads its own write at once even while the standby is behind, and a standby that is
+/// down is reported in `/readyz` (still 200) while reads go to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
+    let primary = Cluster::start();
+    kuma(&["migrate", "up", "--store", &primary.url], None)
+        .await
+        .ok();
+    let standby = Cluster::standby_of(&primary);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    let (_serve, base, _log) = spawn_serve(
+        &[
+            "--store",
+            &primary.url,
+            "--read-replica",
+            &standby.url,
+            "--max-replica-lag",
+            "30s",
+            "--cache-entries",
+            "0",
+            "--encryption-keys",
+            keys.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    common::server::wait_ready(&base).await;
+    let client = Client::new();
+    let readyz = async || {
+        let response = client.get(format!("{base}/readyz")).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    let read = async |fresh: bool| -> Value {
+        let mut request = client.get(format!("{base}/meshes/default/secrets/s"));
+        if fresh {
+            request = request.header("Cache-Control", "no-cache");
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    };
+
+    common::http::put_secret_at(&base, "default", "s", b"v1").await;
+    assert_eq!(
+        read(false).await["data"],
+        common::http::b64("v1"),
+        "own write, at once"
+    );
+    let started = Instant::now();
+    while !readyz().await.1.contains("read replica: in use") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            readyz().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the monitor see the standby past the write above.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    standby.psql("SELECT pg_wal_replay_pause()");
+    primary.psql("UPDATE secrets SET labels = '{\"behind\": \"back\"}' WHERE name = 's'");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        read(false).await["labels"].get("behind").is_none(),
+        "the read did not come from the standby"
+    );
+    assert_eq!(
+        read(true).await["labels"]["behind"],
+        "back",
+        "no-cache reads the primary"
+    );
+
+    common::http::put_secret_at(&base, "default", "s", b"v2").await;
+    assert_eq!(
+        read(false).await["data"],
+        common::http::b64("v2"),
+        "a client's own write, while the standby is behind"
+    );
+    standby.psql("SELECT pg_wal_replay_resume()");
+
+    standby.stop_fast();
+    let started = Instant::now();
+    loop {
+        let (status, body) = readyz().await;
+        assert_eq!(status, StatusCode::OK, "the primary still serves: {body}");
+        if body.contains("read replica: not used") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(read(false).await["data"], common::http::b64("v2"));
+}

@@ -33,7 +33,10 @@ async fn healthz() -> &'static str {
 
 async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S>>) -> Response {
     match state.store.ping().await {
-        Ok(()) => "ok\n".into_response(),
+        Ok(()) => match state.store.readiness_note() {
+            Some(note) => format!("ok\n{note}\n").into_response(),
+            None => "ok\n".into_response(),
+        },
         Err(err) => {
             tracing::warn!(error = %super::error::error_chain(&err), "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()

@@ -263,6 +263,9 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     async fn ping(&self) -> Result<()> {
         self.timed("ping", self.inner.ping()).await
     }
+    fn readiness_note(&self) -> Option<String> {
+        self.inner.readiness_note()
+    }
     async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
         self.timed(
             "get_secret_version",

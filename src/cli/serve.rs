@@ -5,8 +5,9 @@ use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
-use crate::store::cache::CachedStore;
-use crate::store::{AnyStore, StoreOptions};
+use crate::store::cache::{CachedStore, SealedReads};
+use crate::store::replica::ReadReplica;
+use crate::store::{AnyStore, PostgresStore, SecretStore, StoreOptions, StoreUrl};
 use anyhow::Context;
 use clap::ArgAction;
 use std::net::SocketAddr;
@@ -65,6 +66,14 @@ pub struct ServeArgs {
     /// reads the database). Kept coherent by the change feed: see the README.
     #[arg(long, env = "KUMA_SECRETS_CACHE_ENTRIES", default_value_t = crate::store::cache::DEFAULT_CACHE_ENTRIES)]
     cache_entries: usize,
+    /// A streaming standby of the Postgres --store to send reads to (GETs, history, Mesh
+    /// reads, list pages past the first), while it is within --max-replica-lag and has
+    /// replayed this server's own last write; writes and counts go to the primary.
+    #[arg(long, env = "KUMA_SECRETS_READ_REPLICA")]
+    read_replica: Option<StoreUrl>,
+    /// How far behind the primary the read replica may be and still serve reads (e.g. 5s).
+    #[arg(long, env = "KUMA_SECRETS_MAX_REPLICA_LAG", default_value = "5s", value_parser = crate::duration::parse)]
+    max_replica_lag: std::time::Duration,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
     max_connections: u32,
@@ -79,6 +88,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         keyring: resolve(&args.store.url, &args.encryption, Access::Write).await?,
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
+    };
+    // The standby holds the same rows: the same keyring opens them.
+    let replica_options = StoreOptions {
+        tolerate_newer_schema: true,
+        ..options.clone()
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(api::load_tls(cert, key).await.with_context(|| {
@@ -119,22 +133,51 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.events_retention,
         args.deleted_retention,
     ));
-    let served = if args.cache_entries == 0 {
-        let app = api::app(AppState::new(store.clone(), config));
-        serve_app(listener, app, tls).await
-    } else {
-        let cached = CachedStore::new(store.clone(), args.cache_entries);
-        let state = AppState::new(cached.clone(), config);
-        let follower = tokio::spawn(cached.follow(state.changes.clone()));
-        let served = serve_app(listener, api::app(state), tls).await;
-        follower.abort();
-        served
+    let served = match &args.read_replica {
+        None => serve_store(store.clone(), args.cache_entries, config, listener, tls).await,
+        Some(url) => {
+            let AnyStore::Postgres(primary) = &store else {
+                anyhow::bail!("--read-replica needs a Postgres --store");
+            };
+            let replica = PostgresStore::open(url.expose(), replica_options)
+                .await
+                .with_context(|| format!("cannot open the read replica {url}"))?;
+            let routed = ReadReplica::new(primary.clone(), replica.clone(), args.max_replica_lag);
+            let monitor = tokio::spawn(routed.clone().monitor());
+            let served = serve_store(routed, args.cache_entries, config, listener, tls).await;
+            monitor.abort();
+            replica.close().await;
+            served
+        }
     };
     pruner.abort();
     served?;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the API on `store`, through a read cache of `cache_entries` secrets (0: none)
+/// kept coherent by the change feed, until SIGINT or SIGTERM.
+async fn serve_store<S>(
+    store: S,
+    cache_entries: usize,
+    config: ApiConfig,
+    listener: tokio::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) -> anyhow::Result<()>
+where
+    S: SecretStore + SealedReads + Clone + 'static,
+{
+    if cache_entries == 0 {
+        return serve_app(listener, api::app(AppState::new(store, config)), tls).await;
+    }
+    let cached = CachedStore::new(store, cache_entries);
+    let state = AppState::new(cached.clone(), config);
+    let follower = tokio::spawn(cached.follow(state.changes.clone()));
+    let served = serve_app(listener, api::app(state), tls).await;
+    follower.abort();
+    served
 }
 
 /// Serves `app` until SIGINT or SIGTERM, over TLS if given.

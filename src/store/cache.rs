@@ -508,7 +508,7 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
     }
     async fn get_secret_fresh(&self, key: &SecretKey) -> Result<Secret> {
         self.cache.bypassed.fetch_add(1, Ordering::Relaxed);
-        self.inner.get_secret(key).await
+        self.inner.get_secret_fresh(key).await
     }
     async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
         self.inner.secret_version(key).await
@@ -600,6 +600,9 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
+    }
+    fn readiness_note(&self) -> Option<String> {
+        self.inner.readiness_note()
     }
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
         let touched: Vec<Resource> = items.clone();

@@ -29,6 +29,7 @@ mod migrations;
 mod page;
 mod pool;
 mod postgres;
+pub mod replica;
 mod sql;
 mod sqlite;
 mod url;
@@ -270,6 +271,12 @@ pub trait SecretStore: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`] if it does not.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A line for the body of a readiness probe about what the store depends on besides
+    /// its database (a read replica's state, say), if anything.
+    fn readiness_note(&self) -> Option<String> {
+        None
+    }
 
     /// Writes a batch of resources as they are given, in one transaction: each is created
     /// if missing, updated (version + 1) if its data, labels or spec differ, and left alone

@@ -100,6 +100,73 @@ impl Cluster {
         cluster
     }
 
+    /// A hot standby of `primary`, streaming from it (`pg_basebackup -R`), started.
+    pub fn standby_of(primary: &Cluster) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ks-standby-")
+            .tempdir()
+            .unwrap();
+        if running_as_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success(), "chown of the standby directory failed");
+        }
+        let port = free_port();
+        let standby = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            bin: primary.bin.clone(),
+            port,
+        };
+        let data = standby.data_dir();
+        standby.run_checked(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        );
+        standby.start_again();
+        standby
+    }
+
+    /// Runs one SQL statement on the cluster with `psql` (as its owner), returning its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-tAc",
+                sql,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

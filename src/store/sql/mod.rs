@@ -94,6 +94,7 @@ mod import;
 mod list;
 mod mtls;
 mod put;
+mod replication;
 mod reseal;
 mod rows;
 mod statements;

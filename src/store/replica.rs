@@ -1,0 +1,269 @@
+//! Reads from a Postgres streaming standby (`serve --read-replica`), writes to the primary.
+//!
+//! [`ReadReplica`] sends single-secret reads, history reads, Mesh reads and list pages whose
+//! total is already known to the standby, and everything else (writes, counts, the change
+//! feed, the read cache's fills) to the primary. A monitor ([`ReadReplica::monitor`])
+//! measures how far the standby is behind: it notes the primary's WAL position, then waits
+//! for the standby to replay it. The standby serves a read only when
+//!
+//! - it answered the monitor lately and its lag is within `--max-replica-lag`, and
+//! - it has replayed everything the primary had when this process's last write had
+//!   committed: a client never reads older than its own write through the same server.
+//!   (Writes through other servers are seen within the lag, as with any replica.)
+//!
+//! Otherwise the read goes to the primary. `/readyz` reports the standby's state in its
+//! body and stays 200 while the primary serves.
+//!
+//! Why the read cache is filled from the primary: a fill from a lagging standby could keep
+//! a version older than one whose change event the cache has already applied, and nothing
+//! would drop it. Why a list's total is counted on the primary: the cache keeps totals
+//! until a secret changes, so a stale count from the standby could stay.
+
+use crate::domain::{
+    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
+};
+use crate::store::cache::{SealedReads, SealedSecret};
+use crate::store::feed::{EventFilter, EventPage};
+use crate::store::history::VersionInfo;
+use crate::store::page::{MeshQuery, Page, SecretQuery};
+use crate::store::{Expect, ImportCounts, PostgresStore, Put, Result, SecretStore};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The default of `--max-replica-lag`.
+pub const DEFAULT_MAX_REPLICA_LAG: Duration = Duration::from_secs(5);
+
+/// How often the monitor measures the standby.
+const MONITOR_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Default)]
+struct Standing {
+    /// The standby has replayed everything the primary had at this instant.
+    caught_up_to: Option<Instant>,
+    /// The last measured lag.
+    lag: Option<Duration>,
+    /// When this process's last write (through this store) ended.
+    last_write: Option<Instant>,
+    /// Why the standby is not used, if it is not.
+    trouble: Option<String>,
+}
+
+/// A store that reads from a standby where it safely can (see the module docs).
+#[derive(Clone)]
+pub struct ReadReplica {
+    primary: PostgresStore,
+    replica: PostgresStore,
+    max_lag: Duration,
+    standing: Arc<Mutex<Standing>>,
+}
+
+impl ReadReplica {
+    /// Reads from `replica` (a standby of `primary`) while it is within `max_lag`.
+    pub fn new(primary: PostgresStore, replica: PostgresStore, max_lag: Duration) -> Self {
+        Self {
+            primary,
+            replica,
+            max_lag,
+            standing: Arc::new(Mutex::new(Standing {
+                trouble: Some("not measured yet".to_owned()),
+                ..Standing::default()
+            })),
+        }
+    }
+
+    fn standing(&self) -> std::sync::MutexGuard<'_, Standing> {
+        self.standing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Measures the standby until the future is dropped: every [`MONITOR_EVERY`], the
+    /// primary's WAL position, then how long the standby takes to replay it (given up past
+    /// the maximum lag).
+    pub async fn monitor(self) {
+        loop {
+            let noted = Instant::now();
+            let outcome = async {
+                let lsn = self
+                    .primary
+                    .wal_position()
+                    .await
+                    .map_err(|e| format!("primary: {e}"))?;
+                loop {
+                    let replayed = self
+                        .replica
+                        .has_replayed(&lsn)
+                        .await
+                        .map_err(|e| format!("unreachable: {e}"))?;
+                    if replayed {
+                        return Ok(noted.elapsed());
+                    }
+                    if noted.elapsed() > self.max_lag {
+                        return Err(format!(
+                            "lagging more than {:?} (--max-replica-lag)",
+                            self.max_lag
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            .await;
+            {
+                let mut standing = self.standing();
+                match outcome {
+                    Ok(lag) => {
+                        standing.caught_up_to = Some(noted);
+                        standing.lag = Some(lag);
+                        standing.trouble = None;
+                    }
+                    Err(why) => {
+                        if standing.trouble.as_deref() != Some(why.as_str()) {
+                            tracing::warn!(reason = %why, "read replica not used; reads go to the primary");
+                        }
+                        standing.trouble = Some(why);
+                    }
+                }
+            }
+            tokio::time::sleep(MONITOR_EVERY).await;
+        }
+    }
+
+    /// The standby, if it may serve a read now; else the primary.
+    fn reader(&self) -> &PostgresStore {
+        let standing = self.standing();
+        let fresh = standing
+            .caught_up_to
+            .is_some_and(|at| at.elapsed() <= self.max_lag + MONITOR_EVERY);
+        let has_own_writes = match (standing.last_write, standing.caught_up_to) {
+            (None, _) => true,
+            (Some(write), Some(caught_up)) => caught_up >= write,
+            (Some(_), None) => false,
+        };
+        if standing.trouble.is_none() && fresh && has_own_writes {
+            &self.replica
+        } else {
+            &self.primary
+        }
+    }
+
+    /// Runs a write on the primary, then notes when it ended.
+    async fn writing<T>(&self, write: impl std::future::Future<Output = T>) -> T {
+        let result = write.await;
+        self.standing().last_write = Some(Instant::now());
+        result
+    }
+
+    /// The standby's state, for `/readyz`.
+    pub fn describe(&self) -> String {
+        let standing = self.standing();
+        match (&standing.trouble, standing.lag) {
+            (Some(trouble), _) => {
+                format!("read replica: not used ({trouble}); reads go to the primary")
+            }
+            (None, Some(lag)) => format!("read replica: in use, lag {} ms", lag.as_millis()),
+            (None, None) => "read replica: in use".to_owned(),
+        }
+    }
+}
+
+impl SealedReads for ReadReplica {
+    async fn get_sealed_secret(&self, key: &SecretKey) -> Result<SealedSecret> {
+        self.primary.get_sealed_secret(key).await
+    }
+    fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret> {
+        self.primary.open_sealed(sealed)
+    }
+}
+
+impl SecretStore for ReadReplica {
+    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
+        self.writing(self.primary.create_secret(secret)).await
+    }
+    async fn update_secret(&self, key: &SecretKey, v: i64, u: SecretUpdate) -> Result<Secret> {
+        self.writing(self.primary.update_secret(key, v, u)).await
+    }
+    async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
+        self.writing(self.primary.delete_secret(key, v)).await
+    }
+    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
+        self.writing(self.primary.put_secret(secret, expect)).await
+    }
+    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
+        self.writing(self.primary.put_mesh(mesh, expect)).await
+    }
+    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
+        self.reader().get_secret(key).await
+    }
+    async fn get_secret_fresh(&self, key: &SecretKey) -> Result<Secret> {
+        self.primary.get_secret(key).await
+    }
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        self.primary.secret_version(key).await
+    }
+    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
+        self.reader().get_secret_version(key, version).await
+    }
+    async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
+        self.reader().secret_versions(key).await
+    }
+    async fn rollback_secret(
+        &self,
+        key: &SecretKey,
+        version: i64,
+        expected: Option<i64>,
+    ) -> Result<Secret> {
+        self.writing(self.primary.rollback_secret(key, version, expected))
+            .await
+    }
+    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        self.writing(self.primary.restore_secret(key, version))
+            .await
+    }
+    async fn purge_secret(&self, key: &SecretKey, expected: Option<i64>) -> Result<()> {
+        self.writing(self.primary.purge_secret(key, expected)).await
+    }
+    async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
+        // Counts on the primary (see the module docs); pages with a known total anywhere.
+        let store = if query.known_total.is_some() {
+            self.reader()
+        } else {
+            &self.primary
+        };
+        store.list_secrets(query).await
+    }
+    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
+        self.writing(self.primary.create_mesh(mesh)).await
+    }
+    async fn update_mesh(&self, name: &MeshName, v: i64, u: MeshUpdate) -> Result<Mesh> {
+        self.writing(self.primary.update_mesh(name, v, u)).await
+    }
+    async fn delete_mesh(&self, name: &MeshName, v: Option<i64>) -> Result<()> {
+        self.writing(self.primary.delete_mesh(name, v)).await
+    }
+    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
+        self.reader().get_mesh(name).await
+    }
+    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
+        self.reader().list_meshes(query).await
+    }
+    async fn current_revision(&self) -> Result<i64> {
+        self.primary.current_revision().await
+    }
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<EventPage> {
+        self.primary.events_after(after, limit, filter).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.primary.ping().await
+    }
+    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        self.writing(self.primary.import_batch(items)).await
+    }
+    fn readiness_note(&self) -> Option<String> {
+        Some(self.describe())
+    }
+}
