@@ -759,8 +759,9 @@ async fn sqlite_tools_beside_a_loaded_server() {
 /// `serve --read-replica` on a real hot standby of a throwaway primary: reads go to the
 /// standby (a change made on the primary behind the server's back while the standby's
 /// replay is paused is not seen; `Cache-Control: no-cache` reads the primary), a client
-/// reads its own write at once even while the standby is behind, and a standby that is
-/// down is reported in `/readyz` (still 200) while reads go to the primary.
+/// reads its own write at once even while the standby is behind, and a standby that lags
+/// past `--max-replica-lag` or is down is reported in `/readyz` (still 200) while reads go
+/// to the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
     let primary = Cluster::start();
@@ -777,7 +778,7 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
             "--read-replica",
             &standby.url,
             "--max-replica-lag",
-            "30s",
+            "2s",
             "--cache-entries",
             "0",
             "--encryption-keys",
@@ -838,7 +839,28 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
         common::http::b64("v2"),
         "a client's own write, while the standby is behind"
     );
+    // Paused past --max-replica-lag: reported, and reads keep going to the primary.
+    let started = Instant::now();
+    loop {
+        let (status, body) = readyz().await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body.contains("lagging more than 2s") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(read(false).await["data"], common::http::b64("v2"));
     standby.psql("SELECT pg_wal_replay_resume()");
+    let started = Instant::now();
+    while !readyz().await.1.contains("read replica: in use") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            readyz().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     standby.stop_fast();
     let started = Instant::now();
