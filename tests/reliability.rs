@@ -875,3 +875,96 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
     }
     assert_eq!(read(false).await["data"], common::http::b64("v2"));
 }
+
+/// After a failover, the proxy in front of Postgres (HAProxy) may keep the server's open
+/// connections on the old primary, now a read-only standby, while new ones go to the new
+/// primary. A write on such a connection (SQLSTATE 25006, read-only) is a 503 with
+/// `Retry-After`, never a 500, and the connection is dropped rather than pooled again, so
+/// the server recovers by itself once the proxy routes to a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_reach_a_standby_after_failover_are_503_and_recover() {
+    let primary = Cluster::start();
+    kuma(&["migrate", "up", "--store", &primary.url], None)
+        .await
+        .ok();
+    let standby = Cluster::standby_of(&primary);
+    let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", primary.port)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    let through_proxy = proxy.url_for(&primary.url);
+    let (_serve, base, _log) = spawn_serve(
+        &[
+            "--store",
+            &through_proxy,
+            "--encryption-keys",
+            keys.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    common::server::wait_ready(&base).await;
+    let client = Client::new();
+    let write = async |i: u32| {
+        client
+            .put(format!("{base}/meshes/default/secrets/f-{i}"))
+            .json(
+                &json!({"type": "Secret", "mesh": "default", "name": format!("f-{i}"),
+                          "data": "eA=="}),
+            )
+            .send()
+            .await
+            .unwrap()
+    };
+    for i in 0..20 {
+        assert!(write(i).await.status().is_success());
+    }
+
+    // The old primary is lost and the proxy now reaches a read-only server.
+    proxy.set_upstream(format!("127.0.0.1:{}", standby.port));
+    proxy.cut();
+    proxy.heal();
+    let mut refused = 0;
+    for i in 20..60 {
+        let response = write(i).await;
+        let status = response.status();
+        assert_ne!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            response.text().await.unwrap()
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(response.headers()["retry-after"], "1");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no write reached the read-only server");
+
+    // The proxy routes new connections to a primary again; open ones stay on the standby.
+    proxy.set_upstream(format!("127.0.0.1:{}", primary.port));
+    let switched = Instant::now();
+    let mut i = 100;
+    loop {
+        let response = write(i).await;
+        i += 1;
+        let status = response.status();
+        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_success() {
+            break;
+        }
+        assert!(
+            switched.elapsed() < Duration::from_secs(2),
+            "writes never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{refused} writes refused with 503 on the read-only server; writes back {:?} after the proxy switched",
+        switched.elapsed()
+    );
+    for j in i..i + 50 {
+        assert!(
+            write(j).await.status().is_success(),
+            "a write after recovery failed"
+        );
+    }
+}

@@ -172,6 +172,25 @@ pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
     StoreError::Internal(err)
 }
 
+/// SQLSTATE `read_only_sql_transaction`: a write reached a server that only reads.
+const READ_ONLY_SERVER: &str = "25006";
+
+/// Whether a connection that failed with `err` must not be used again: the server is
+/// shutting down or gone (class 08, 57P0x), or it is not the primary any more (25006), so
+/// the next statement should open a new connection (which a proxy such as HAProxy routes to
+/// the current primary). Other database errors leave the connection in a known state.
+pub(crate) fn ends_the_connection(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            code.len() == 5
+                && (code.starts_with("08") || code.starts_with("57P0") || code == READ_ONLY_SERVER)
+        }
+        _ => false,
+    }
+}
+
 /// Connection-level failures: the database is down, restarting, or out of connections.
 fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
@@ -185,8 +204,13 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
             let code = code.as_deref().unwrap_or("");
             if code.len() == 5 {
                 // Postgres SQLSTATE: class 08 connection exception, 57P0x shutdown or
-                // cannot connect now, 53300 too many connections.
-                code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+                // cannot connect now, 53300 too many connections, 25006 a write on a
+                // server in recovery (after a failover, a connection still on the old
+                // primary, now a standby).
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || code == "53300"
+                    || code == READ_ONLY_SERVER
             } else {
                 // SQLite (extended) result code: primary 5 SQLITE_BUSY or 6 SQLITE_LOCKED,
                 // left after busy_timeout ran out.

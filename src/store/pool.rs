@@ -153,6 +153,7 @@ impl<C: Connection> PooledConnection<C> {
     /// passes `result` through.
     pub fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         let reusable = match &result {
+            Err(e) if crate::store::error::ends_the_connection(e) => false,
             Ok(_) | Err(sqlx::Error::Database(_) | sqlx::Error::RowNotFound) => true,
             Err(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => true,
             Err(_) => false,

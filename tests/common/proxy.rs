@@ -12,6 +12,7 @@ pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
     stalled: Arc<AtomicBool>,
+    upstream: Arc<std::sync::Mutex<String>>,
     generation: watch::Sender<u64>,
 }
 
@@ -22,11 +23,13 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
         let stalled = Arc::new(AtomicBool::new(false));
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
         let (generation, _) = watch::channel(0u64);
         let proxy = Self {
             port,
             cut: cut.clone(),
             stalled: stalled.clone(),
+            upstream: upstream.clone(),
             generation: generation.clone(),
         };
         tokio::spawn(async move {
@@ -44,7 +47,7 @@ impl Proxy {
                     });
                     continue;
                 }
-                let upstream = upstream.clone();
+                let upstream = upstream.lock().unwrap().clone();
                 let mut cuts = generation.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
@@ -72,6 +75,12 @@ impl Proxy {
     pub fn stall(&self) {
         self.stalled.store(true, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Sends new connections to `upstream` (`host:port`); open ones stay where they are,
+    /// as with a proxy whose health check moved to another server without killing sessions.
+    pub fn set_upstream(&self, upstream: String) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     /// Accepts and forwards connections again.
