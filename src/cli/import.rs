@@ -22,14 +22,32 @@ pub struct ImportArgs {
     #[command(flatten)]
     encryption: EncryptionArgs,
     /// The YAML or JSON stream: a file, a directory, an http(s) URL, or `-` for stdin.
-    #[arg(short = 'f', long = "file", required = true)]
+    #[arg(
+        short = 'f',
+        long = "file",
+        required_unless_present = "from_kuma",
+        conflicts_with = "from_kuma"
+    )]
     files: Vec<String>,
+    /// A Kuma control plane's Postgres database (postgres://…) to read Meshes, Secrets and
+    /// GlobalSecrets from, in one read-only snapshot; it is never written to.
+    #[arg(long = "from-kuma", value_name = "URL")]
+    from_kuma: Option<StoreUrl>,
+    /// With --from-kuma: report what would be imported and skipped, write nothing.
+    #[arg(long, requires = "from_kuma")]
+    dry_run: bool,
+    /// With --from-kuma: skip secrets whose Mesh is gone without listing them.
+    #[arg(long, requires = "from_kuma")]
+    quiet_orphans: bool,
     /// Resources per transaction.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
 }
 
 pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
+    if let Some(kuma) = &args.from_kuma {
+        return run_from_kuma(kuma, &args).await;
+    }
     let sources = Sources::gather(&args.files).await?;
     // First pass: validate every document, keeping only the Meshes (few and small), so a
     // bad file is reported in full before anything is written.
@@ -69,6 +87,73 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<()> {
     println!(
         "imported into {}: {} created, {} updated, {} unchanged, {} skipped (not Kuma resources)",
         args.store.url, counts.created, counts.updated, counts.unchanged, checked.skipped
+    );
+    Ok(())
+}
+
+/// `import --from-kuma`: see [`super::from_kuma`].
+async fn run_from_kuma(kuma: &StoreUrl, args: &ImportArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kuma.backend() == Backend::Postgres,
+        "--from-kuma reads a Kuma control plane's Postgres database: give a postgres:// URL"
+    );
+    let store = open_destination(&args.store.url, &args.encryption).await?;
+    let found = super::from_kuma::import(
+        kuma.expose(),
+        &store,
+        args.batch_size as usize,
+        args.dry_run,
+        !args.quiet_orphans,
+    )
+    .await;
+    store.close().await;
+    let found = found?;
+    for skipped in &found.skipped {
+        eprintln!("skipped {skipped}");
+    }
+    let others: Vec<String> = found
+        .other_types
+        .iter()
+        .map(|(kind, count)| format!("{count} {kind}"))
+        .collect();
+    let counts = found.counts;
+    if args.dry_run {
+        println!(
+            "dry run, nothing written: would import {} meshes and {} secrets from {kuma} into {}; {} skipped; other resource types left alone: {}",
+            found.meshes,
+            found.secrets,
+            args.store.url,
+            found.skipped.len(),
+            if others.is_empty() {
+                "none".to_owned()
+            } else {
+                others.join(", ")
+            }
+        );
+    } else {
+        println!(
+            "imported from {kuma} into {}: {} created, {} updated, {} unchanged{}, verified; {} skipped; other resource types left alone: {}",
+            args.store.url,
+            counts.created,
+            counts.updated,
+            counts.unchanged,
+            if counts.created + counts.updated == 0 {
+                " (nothing new)"
+            } else {
+                ""
+            },
+            found.skipped.len(),
+            if others.is_empty() {
+                "none".to_owned()
+            } else {
+                others.join(", ")
+            }
+        );
+    }
+    anyhow::ensure!(
+        found.skipped.is_empty(),
+        "{} Kuma resources were skipped (listed above)",
+        found.skipped.len()
     );
     Ok(())
 }

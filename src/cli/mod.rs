@@ -6,6 +6,7 @@ mod apply;
 mod copy;
 mod delete;
 mod export;
+mod from_kuma;
 mod generate;
 mod get;
 mod history;
