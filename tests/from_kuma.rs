@@ -30,6 +30,16 @@ CREATE TABLE resources (
 CREATE INDEX resources_owner_idx ON resources (owner_type, owner_mesh, owner_name);
 ";
 
+/// A row as Kuma writes it: name, mesh, type, spec, labels, and its owner (name, type).
+type KumaRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    String,
+    &'a str,
+    Option<(&'a str, &'a str)>,
+);
+
 fn b64(bytes: impl AsRef<[u8]>) -> String {
     common::http::b64(bytes)
 }
@@ -43,7 +53,7 @@ async fn kuma_database() -> (common::TestDb, String, String) {
     let (cert, key) = common::pki::ca_pair("kuma ca");
     let insert = "INSERT INTO resources (name, mesh, type, version, spec, labels, owner_name, owner_mesh, owner_type) \
                   VALUES ($1, $2, $3, $4, $5, CAST($6 AS jsonb), $7, $8, $9)";
-    let rows: Vec<(&str, &str, &str, String, &str, Option<(&str, &str)>)> = vec![
+    let rows: Vec<KumaRow> = vec![
         ("default", "", "Mesh", "{}".into(), "{}", None),
         (
             "demo",
