@@ -142,6 +142,26 @@ async fn kuma_database() -> (common::TestDb, String, String) {
     (db, url, cert)
 }
 
+/// `kuma-secrets import --from-kuma KUMA --store TARGET --encryption-keys KEYS EXTRA…`.
+async fn import_from(
+    kuma_url: &str,
+    target: &str,
+    keys: &str,
+    extra: &[&str],
+) -> common::process::CliRun {
+    let mut args = vec![
+        "import",
+        "--from-kuma",
+        kuma_url,
+        "--store",
+        target,
+        "--encryption-keys",
+        keys,
+    ];
+    args.extend(extra);
+    kuma(&args, None).await
+}
+
 /// Everything in Kuma's table, to check it was not written to.
 async fn fingerprint(url: &str) -> String {
     let mut conn = PgConnection::connect(url).await.unwrap();
@@ -166,21 +186,9 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
     let keys = keys.to_str().unwrap();
 
     // A dry run writes nothing.
-    let dry = kuma(
-        &[
-            "import",
-            "--from-kuma",
-            &kuma_url,
-            "--store",
-            &target,
-            "--encryption-keys",
-            keys,
-            "--dry-run",
-        ],
-        None,
-    )
-    .await
-    .fails_with("2 Kuma resources were skipped");
+    let dry = import_from(&kuma_url, &target, keys, &["--dry-run"])
+        .await
+        .fails_with("2 Kuma resources were skipped");
     assert!(
         dry.stdout.contains("would import 2 meshes and 5 secrets"),
         "{dry:?}"
@@ -195,20 +203,9 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
     assert_eq!(all.total, 0, "a dry run wrote secrets");
     store.close().await;
 
-    let run = kuma(
-        &[
-            "import",
-            "--from-kuma",
-            &kuma_url,
-            "--store",
-            &target,
-            "--encryption-keys",
-            keys,
-        ],
-        None,
-    )
-    .await
-    .fails_with("2 Kuma resources were skipped");
+    let run = import_from(&kuma_url, &target, keys, &[])
+        .await
+        .fails_with("2 Kuma resources were skipped");
     assert!(
         run.stderr
             .contains(r#"skipped Secret "empty" in Mesh "default""#),
@@ -266,21 +263,9 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
     store.close().await;
 
     // Again: nothing new.
-    let again = kuma(
-        &[
-            "import",
-            "--from-kuma",
-            &kuma_url,
-            "--store",
-            &target,
-            "--encryption-keys",
-            keys,
-            "--quiet-orphans",
-        ],
-        None,
-    )
-    .await
-    .fails_with("1 Kuma resources were skipped");
+    let again = import_from(&kuma_url, &target, keys, &["--quiet-orphans"])
+        .await
+        .fails_with("1 Kuma resources were skipped");
     assert!(
         again
             .stdout

@@ -6,7 +6,6 @@
 #[macro_use]
 mod common;
 
-use common::process::spawn_serve;
 use common::proxy::{Proxy, upstream_of};
 use common::raw::{raw_sql, store_url};
 use common::server::{Backend, TestServer};
@@ -363,17 +362,8 @@ fn version_of(response: &reqwest::Response) -> i64 {
 async fn two_servers_on_one_postgres_stay_coherent() {
     let db = common::TestDb::migrated().await;
     let dir = tempfile::tempdir().unwrap();
-    let keys = common::test_keyring_file(dir.path());
-    let args = [
-        "--store",
-        db.url.as_str(),
-        "--encryption-keys",
-        keys.to_str().unwrap(),
-    ];
-    let (_a, a, _log_a) = spawn_serve(&args, dir.path());
-    common::server::wait_ready(&a).await;
-    let (_b, b, _log_b) = spawn_serve(&args, dir.path());
-    common::server::wait_ready(&b).await;
+    let replicas = common::process::spawn_replicas(&db.url, dir.path(), 2).await;
+    let (a, b) = (replicas[0].1.clone(), replicas[1].1.clone());
     let client = Client::new();
     let path = "/meshes/default/secrets/tls";
     let put = |base: &str, data: &str| {

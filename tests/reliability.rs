@@ -157,6 +157,29 @@ async fn until_ready_is(base: &str, want: StatusCode, limit: Duration) -> Durati
     }
 }
 
+/// Waits until `/readyz` is 200 (the primary serves) and its body says `text`, at most 10 s.
+async fn until_ready_says(base: &str, text: &str) {
+    let started = Instant::now();
+    loop {
+        let response = Client::new()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "the primary still serves: {body}");
+        if body.contains(text) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{text:?} never said: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// How long after `since` until a write succeeds again.
 async fn until_writes_succeed(seen: &Mutex<Seen>, since: Instant, limit: Duration) -> Duration {
     loop {
@@ -464,21 +487,8 @@ fn without_a_running_postgres_the_suite_starts_its_own() {
 async fn three_replicas_on_one_postgres_lose_nothing() {
     let db = common::TestDb::migrated().await;
     let dir = tempfile::tempdir().unwrap();
-    let keys = common::test_keyring_file(dir.path());
-    let args = [
-        "--store",
-        db.url.as_str(),
-        "--encryption-keys",
-        keys.to_str().unwrap(),
-    ];
-    let mut servers = Vec::new();
-    let mut bases = Vec::new();
-    for _ in 0..3 {
-        let (process, base, _log) = spawn_serve(&args, dir.path());
-        common::server::wait_ready(&base).await;
-        servers.push(process);
-        bases.push(base);
-    }
+    let replicas = common::process::spawn_replicas(&db.url, dir.path(), 3).await;
+    let bases: Vec<String> = replicas.iter().map(|(_, base)| base.clone()).collect();
     let client = Client::new();
     let put = |base: &str, mesh: &str, name: &str, if_match: Option<i64>| {
         let mut request = client
@@ -788,10 +798,6 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
     );
     common::server::wait_ready(&base).await;
     let client = Client::new();
-    let readyz = async || {
-        let response = client.get(format!("{base}/readyz")).send().await.unwrap();
-        (response.status(), response.text().await.unwrap())
-    };
     let read = async |fresh: bool| -> Value {
         let mut request = client.get(format!("{base}/meshes/default/secrets/s"));
         if fresh {
@@ -808,15 +814,7 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
         common::http::b64("v1"),
         "own write, at once"
     );
-    let started = Instant::now();
-    while !readyz().await.1.contains("read replica: in use") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            readyz().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready_says(&base, "read replica: in use").await;
     // Let the monitor see the standby past the write above.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -840,39 +838,13 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
         "a client's own write, while the standby is behind"
     );
     // Paused past --max-replica-lag: reported, and reads keep going to the primary.
-    let started = Instant::now();
-    loop {
-        let (status, body) = readyz().await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        if body.contains("lagging more than 2s") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready_says(&base, "lagging more than 2s").await;
     assert_eq!(read(false).await["data"], common::http::b64("v2"));
     standby.psql("SELECT pg_wal_replay_resume()");
-    let started = Instant::now();
-    while !readyz().await.1.contains("read replica: in use") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            readyz().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready_says(&base, "read replica: in use").await;
 
     standby.stop_fast();
-    let started = Instant::now();
-    loop {
-        let (status, body) = readyz().await;
-        assert_eq!(status, StatusCode::OK, "the primary still serves: {body}");
-        if body.contains("read replica: not used") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready_says(&base, "read replica: not used").await;
     assert_eq!(read(false).await["data"], common::http::b64("v2"));
 }
 

@@ -43,6 +43,21 @@ fn running_as_root() -> bool {
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
+/// A temporary directory for a cluster, owned by `postgres` when running as root (Postgres
+/// refuses to run as root).
+fn owned_temp_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    if running_as_root() {
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success(), "chown of {} failed", dir.path().display());
+    }
+    dir
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -62,19 +77,7 @@ impl Cluster {
              cluster: apt-get install postgresql (Debian), or point DATABASE_URL at a server \
              for the other tests (docker compose up -d)",
         );
-        let dir = tempfile::Builder::new()
-            .prefix("ks-cluster-")
-            .tempdir()
-            .unwrap();
-        if running_as_root() {
-            // Postgres refuses to run as root: the cluster belongs to `postgres`.
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(chown.success(), "chown of the cluster directory failed");
-        }
+        let dir = owned_temp_dir("ks-cluster-");
         let port = free_port();
         let cluster = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
@@ -102,18 +105,7 @@ impl Cluster {
 
     /// A hot standby of `primary`, streaming from it (`pg_basebackup -R`), started.
     pub fn standby_of(primary: &Cluster) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ks-standby-")
-            .tempdir()
-            .unwrap();
-        if running_as_root() {
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(chown.success(), "chown of the standby directory failed");
-        }
+        let dir = owned_temp_dir("ks-standby-");
         let port = free_port();
         let standby = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),

@@ -71,6 +71,24 @@ pub fn spawn_serve(
     }
 }
 
+/// Starts `count` `serve` processes on the Postgres database `url`, sealed with the test
+/// keyring (written into `dir`), each ready: replicas of one control plane.
+pub async fn spawn_replicas(
+    url: &str,
+    dir: &std::path::Path,
+    count: usize,
+) -> Vec<(ServeProcess, String)> {
+    let keys = super::test_keyring_file(dir);
+    let args = ["--store", url, "--encryption-keys", keys.to_str().unwrap()];
+    let mut replicas = Vec::new();
+    for _ in 0..count {
+        let (process, base, _log) = spawn_serve(&args, dir);
+        super::server::wait_ready(&base).await;
+        replicas.push((process, base));
+    }
+    replicas
+}
+
 /// Sends SIGTERM.
 pub fn terminate(child: &Child) {
     let status = Command::new("kill")
