@@ -41,12 +41,52 @@ pub struct ExportArgs {
     /// Write secret data to a terminal anyway.
     #[arg(long)]
     force: bool,
+    /// Write into a Kuma control plane's Postgres database (its `resources` table), in the
+    /// form Kuma writes, in one transaction: to go back after `import --from-kuma`.
+    #[arg(long = "to-kuma", value_name = "URL", conflicts_with_all = ["output", "mesh", "format"])]
+    to_kuma: Option<crate::store::StoreUrl>,
+    /// With --to-kuma: replace Kuma rows that differ instead of refusing.
+    #[arg(long, requires = "to_kuma")]
+    overwrite: bool,
+}
+
+/// `export --to-kuma`: see [`super::to_kuma`].
+async fn run_to_kuma(kuma: &crate::store::StoreUrl, args: &ExportArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        kuma.backend() == crate::store::Backend::Postgres,
+        "--to-kuma writes a Kuma control plane's Postgres database: give a postgres:// URL"
+    );
+    let options = StoreOptions {
+        keyring: resolve(&args.store.url, &args.encryption, Access::Read).await?,
+        accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
+        ..StoreOptions::default()
+    };
+    let store = AnyStore::open(args.store.url.expose(), options).await?;
+    let done = super::to_kuma::export(kuma.expose(), &store, args.overwrite).await;
+    store.close().await;
+    let done = done?;
+    for row in &done.differing {
+        eprintln!("differs in Kuma's database: {row}");
+    }
+    anyhow::ensure!(
+        done.differing.is_empty(),
+        "{} Kuma rows differ from this store's: nothing was written (--overwrite replaces them)",
+        done.differing.len()
+    );
+    println!(
+        "exported {} into {kuma}: {} created, {} replaced, {} unchanged",
+        args.store.url, done.created, done.replaced, done.unchanged
+    );
+    Ok(())
 }
 
 /// Resources per store page.
 const PAGE: u32 = 500;
 
 pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
+    if let Some(kuma) = &args.to_kuma {
+        return run_to_kuma(kuma, &args).await;
+    }
     let file = args.output.as_deref().map(create_private).transpose()?;
     let mut out: Box<dyn Write> = match &file {
         Some(file) => Box::new(std::io::BufWriter::new(

@@ -16,6 +16,7 @@ mod migrate;
 mod rotate;
 mod serve;
 mod table;
+mod to_kuma;
 mod watch;
 
 use crate::store::StoreUrl;
