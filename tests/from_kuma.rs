@@ -417,3 +417,102 @@ async fn kuma_to_this_store_and_back_round_trips() {
     let tls = &rows[&("Secret".to_owned(), "default".to_owned(), "tls".to_owned())];
     assert_eq!(tls.spec["data"], b64("rotated"));
 }
+
+/// Kuma's token signing key comes along: a token Kuma issued (RS256, `kid` 1) keeps working
+/// after the import, and new tokens are signed with that key while it is the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_kuma_issued_keep_working_after_the_import() {
+    let db = common::TestDb::empty().await;
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    conn.execute(KUMA_SCHEMA).await.unwrap();
+    let rsa = include_str!("fixtures/kuma-user-token-signing-key.pem");
+    sqlx::query(
+        "INSERT INTO resources (name, mesh, type, version, spec, labels) VALUES \
+         ('default', '', 'Mesh', 0, '{}', '{}'), \
+         ('user-token-signing-key-1', '', 'GlobalSecret', 0, $1, '{}')",
+    )
+    .bind(format!(r#"{{"data":"{}"}}"#, b64(rsa)))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = common::sqlite_url(dir.path(), "store.db");
+    let keys = common::test_keyring_file(dir.path());
+    import_from(&db.url, &target, keys.to_str().unwrap(), &[])
+        .await
+        .ok();
+
+    let store = AnyStore::open(&target, common::sealed(StoreOptions::default()))
+        .await
+        .unwrap();
+    let config = kuma_secrets::api::ApiConfig {
+        localhost_is_admin: false,
+        ..Default::default()
+    };
+    let server = common::server::TestServer::start_on(
+        store,
+        common::server::Guard::Sqlite(tempfile::tempdir().unwrap()),
+        config,
+    )
+    .await;
+    // A token as Kuma issues it: RS256, kid = the key's serial, Kuma's claim names.
+    let now = chrono::Utc::now().timestamp();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("1".into());
+    let kuma_token = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"Name": "jane", "Groups": ["mesh-system:admin"],
+                            "exp": now + 3600, "iat": now, "nbf": now, "jti": "kuma-1"}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(rsa.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let listed = client
+        .get(server.at("/global-secrets"))
+        .bearer_auth(&kuma_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.status(),
+        reqwest::StatusCode::OK,
+        "a token Kuma issued"
+    );
+    let anonymous = client
+        .get(server.at("/global-secrets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        reqwest::StatusCode::FORBIDDEN,
+        "no token, no admin"
+    );
+
+    let issued = client
+        .post(server.at("/tokens/user"))
+        .bearer_auth(&kuma_token)
+        .json(
+            &serde_json::json!({"name": "joe", "groups": ["mesh-system:admin"], "validFor": "1h"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), reqwest::StatusCode::OK);
+    let new_token = issued.text().await.unwrap();
+    let new_header = jsonwebtoken::decode_header(new_token.trim()).unwrap();
+    assert_eq!(new_header.alg, jsonwebtoken::Algorithm::RS256);
+    assert_eq!(new_header.kid.as_deref(), Some("1"));
+    let with_new = client
+        .get(server.at("/global-secrets"))
+        .bearer_auth(new_token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        with_new.status(),
+        reqwest::StatusCode::OK,
+        "a token signed here with Kuma's key"
+    );
+}

@@ -4,9 +4,12 @@
 //! Kuma signs with RSA-2048; we sign with Ed25519 (`alg: EdDSA`): the same public/private
 //! split (a verifier never needs the private key), keys generated in microseconds instead
 //! of seconds. The key id (`kid`) is the serial N, so keys rotate by adding N+1; tokens
-//! signed by a removed key stop verifying. Only `EdDSA` is accepted: `alg: none` and HMAC
-//! tokens forged with the public key are rejected by the header check before any
-//! signature work.
+//! signed by a removed key stop verifying. A signing key imported from Kuma
+//! (`import --from-kuma`) is an RSA key: tokens Kuma issued with it (`RS256`) keep
+//! verifying, and while it is the newest key new tokens are signed with it too. Only
+//! `EdDSA` and `RS256` are accepted, each only with a key of its own kind: `alg: none`,
+//! HMAC tokens forged with a public key, and an algorithm that does not match the key are
+//! rejected before any signature work.
 
 use super::{AUTHENTICATED, User};
 use crate::api::error::ApiError;
@@ -176,7 +179,12 @@ pub async fn issue<S: SecretStore>(
         .await
         .map_err(|e| ApiError::store("Could not issue a token", e))?
         .ok_or_else(|| internal("no user token signing key"))?;
-    let encoding = EncodingKey::from_ed_pem(&pem).map_err(|_| internal("unusable signing key"))?;
+    let (algorithm, encoding) = match SigningKind::of(&pem) {
+        Some(SigningKind::Ed25519) => (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem)),
+        Some(SigningKind::Rsa { .. }) => (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem)),
+        None => return Err(internal("unusable signing key")),
+    };
+    let encoding = encoding.map_err(|_| internal("unusable signing key"))?;
     let now = chrono::Utc::now().timestamp();
     let claims = Claims {
         name: user.name.clone(),
@@ -186,7 +194,7 @@ pub async fn issue<S: SecretStore>(
         nbf: now,
         jti: uuid::Uuid::new_v4().to_string(),
     };
-    let mut header = Header::new(Algorithm::EdDSA);
+    let mut header = Header::new(algorithm);
     header.kid = Some(serial.to_string());
     jsonwebtoken::encode(&header, &claims, &encoding).map_err(|_| internal("cannot sign a token"))
 }
@@ -198,7 +206,7 @@ pub async fn issue<S: SecretStore>(
 /// signature, expired, revoked); 503 if the store cannot be read.
 pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| unauthenticated())?;
-    if header.alg != Algorithm::EdDSA {
+    if !matches!(header.alg, Algorithm::EdDSA | Algorithm::RS256) {
         return Err(unauthenticated());
     }
     let serial: u64 = header
@@ -217,8 +225,8 @@ pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiE
         }
         Err(other) => return Err(ApiError::store("Could not verify the token", other)),
     };
-    let decoding = decoding_key(key.data.expose()).ok_or_else(unauthenticated)?;
-    let mut validation = Validation::new(Algorithm::EdDSA);
+    let decoding = decoding_key(key.data.expose(), header.alg).ok_or_else(unauthenticated)?;
+    let mut validation = Validation::new(header.alg);
     validation.leeway = 0;
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp", "iat", "jti"]);
@@ -241,11 +249,132 @@ pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiE
     })
 }
 
-fn decoding_key(private_pem: &[u8]) -> Option<DecodingKey> {
-    let pem = std::str::from_utf8(private_pem).ok()?;
-    let key = SigningKey::from_pkcs8_pem(pem).ok()?;
-    let public = key.verifying_key().to_public_key_pem(LineEnding::LF).ok()?;
-    DecodingKey::from_ed_pem(public.as_bytes()).ok()
+/// The public half of a signing key, if the key is of the kind `algorithm` signs with.
+fn decoding_key(private_pem: &[u8], algorithm: Algorithm) -> Option<DecodingKey> {
+    match (SigningKind::of(private_pem)?, algorithm) {
+        (SigningKind::Ed25519, Algorithm::EdDSA) => {
+            let pem = std::str::from_utf8(private_pem).ok()?;
+            let key = SigningKey::from_pkcs8_pem(pem).ok()?;
+            let public = key.verifying_key().to_public_key_pem(LineEnding::LF).ok()?;
+            DecodingKey::from_ed_pem(public.as_bytes()).ok()
+        }
+        (SigningKind::Rsa { modulus, exponent }, Algorithm::RS256) => {
+            Some(DecodingKey::from_rsa_raw_components(&modulus, &exponent))
+        }
+        _ => None,
+    }
+}
+
+/// What a signing key GlobalSecret holds.
+enum SigningKind {
+    /// Ours: an Ed25519 key (PKCS#8 PEM).
+    Ed25519,
+    /// Kuma's: an RSA private key (PKCS#1 `RSA PRIVATE KEY` or PKCS#8 `PRIVATE KEY`), with
+    /// its public modulus and exponent (big-endian).
+    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+}
+
+impl SigningKind {
+    fn of(private_pem: &[u8]) -> Option<Self> {
+        let pem = std::str::from_utf8(private_pem).ok()?;
+        if SigningKey::from_pkcs8_pem(pem).is_ok() {
+            return Some(SigningKind::Ed25519);
+        }
+        let (label, der) = pem_body(pem)?;
+        let rsa_key = match label {
+            "RSA PRIVATE KEY" => der,
+            // PrivateKeyInfo: SEQUENCE { version, AlgorithmIdentifier, OCTET STRING key }.
+            "PRIVATE KEY" => {
+                let mut info = der::Reader::new(der::sequence(&der)?);
+                info.next(der::INTEGER)?;
+                info.next(der::SEQUENCE)?;
+                info.next(der::OCTET_STRING)?.to_vec()
+            }
+            _ => return None,
+        };
+        // RSAPrivateKey: SEQUENCE { version, modulus, publicExponent, … }.
+        let mut fields = der::Reader::new(der::sequence(&rsa_key)?);
+        fields.next(der::INTEGER)?;
+        let modulus = der::unsigned(fields.next(der::INTEGER)?);
+        let exponent = der::unsigned(fields.next(der::INTEGER)?);
+        Some(SigningKind::Rsa { modulus, exponent })
+    }
+}
+
+/// The label and DER bytes of a PEM block.
+fn pem_body(pem: &str) -> Option<(&str, Vec<u8>)> {
+    use base64::Engine;
+    let begin = pem.find("-----BEGIN ")? + "-----BEGIN ".len();
+    let label_end = begin + pem[begin..].find("-----")?;
+    let label = &pem[begin..label_end];
+    let body_start = label_end + "-----".len();
+    let end = body_start + pem[body_start..].find("-----END ")?;
+    let body: String = pem[body_start..end].split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()?;
+    Some((label, der))
+}
+
+/// Just enough DER to read an RSA private key's public half.
+mod der {
+    pub const INTEGER: u8 = 0x02;
+    pub const OCTET_STRING: u8 = 0x04;
+    pub const SEQUENCE: u8 = 0x30;
+
+    /// Reads one element: its tag, and its content and the rest of the input.
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let length = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let count = usize::from(first & 0x7f);
+            if count == 0 || count > 4 || rest.len() < count {
+                return None;
+            }
+            let (bytes, after) = rest.split_at(count);
+            rest = after;
+            bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b))
+        };
+        if rest.len() < length {
+            return None;
+        }
+        let (content, rest) = rest.split_at(length);
+        Some((tag, content, rest))
+    }
+
+    /// The content of the SEQUENCE `input` is.
+    pub fn sequence(input: &[u8]) -> Option<&[u8]> {
+        match element(input)? {
+            (SEQUENCE, content, _) => Some(content),
+            _ => None,
+        }
+    }
+
+    /// An INTEGER's bytes without the sign byte DER adds to a positive number.
+    pub fn unsigned(integer: &[u8]) -> Vec<u8> {
+        match integer {
+            [0, rest @ ..] if !rest.is_empty() => rest.to_vec(),
+            other => other.to_vec(),
+        }
+    }
+
+    /// The elements of a SEQUENCE's content, one by one.
+    pub struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        pub fn new(content: &'a [u8]) -> Self {
+            Self(content)
+        }
+
+        /// The next element's content, if it has tag `tag`.
+        pub fn next(&mut self, tag: u8) -> Option<&'a [u8]> {
+            let (found, content, rest) = element(self.0)?;
+            self.0 = rest;
+            (found == tag).then_some(content)
+        }
+    }
 }
 
 async fn is_revoked<S: SecretStore>(store: &S, jti: &str) -> Result<bool, ApiError> {
@@ -262,12 +391,61 @@ async fn is_revoked<S: SecretStore>(store: &S, jti: &str) -> Result<bool, ApiErr
 mod tests {
     use super::*;
 
+    /// Kuma's signing keys: RSA-2048, PKCS#1 as Kuma writes it, and the same as PKCS#8.
+    const KUMA_KEYS: [&str; 2] = [
+        include_str!("../../../tests/fixtures/kuma-user-token-signing-key.pem"),
+        include_str!("../../../tests/fixtures/kuma-user-token-signing-key-pkcs8.pem"),
+    ];
+
+    #[test]
+    fn kuma_rsa_keys_verify_rs256_and_nothing_else() {
+        let claims = Claims {
+            name: "jane".into(),
+            groups: vec!["mesh-system:admin".into()],
+            exp: chrono::Utc::now().timestamp() + 60,
+            iat: 0,
+            nbf: 0,
+            jti: "j".into(),
+        };
+        for pem in KUMA_KEYS {
+            assert!(matches!(
+                SigningKind::of(pem.as_bytes()),
+                Some(SigningKind::Rsa { .. })
+            ));
+            let token = jsonwebtoken::encode(
+                &Header::new(Algorithm::RS256),
+                &claims,
+                &EncodingKey::from_rsa_pem(KUMA_KEYS[0].as_bytes()).unwrap(),
+            )
+            .unwrap();
+            let decoding = decoding_key(pem.as_bytes(), Algorithm::RS256).unwrap();
+            let decoded = jsonwebtoken::decode::<Claims>(
+                &token,
+                &decoding,
+                &Validation::new(Algorithm::RS256),
+            )
+            .unwrap();
+            assert_eq!(decoded.claims.name, "jane");
+            // The wrong algorithm for the key: no key at all.
+            assert!(decoding_key(pem.as_bytes(), Algorithm::EdDSA).is_none());
+            assert!(decoding_key(pem.as_bytes(), Algorithm::HS256).is_none());
+        }
+        let ours = generate_signing_key_pem();
+        assert!(decoding_key(ours.as_bytes(), Algorithm::RS256).is_none());
+        assert!(
+            SigningKind::of(
+                b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"
+            )
+            .is_none()
+        );
+    }
+
     #[test]
     fn generated_keys_sign_and_verify() {
         let pem = generate_signing_key_pem();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         let encoding = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
-        let decoding = decoding_key(pem.as_bytes()).unwrap();
+        let decoding = decoding_key(pem.as_bytes(), Algorithm::EdDSA).unwrap();
         let claims = Claims {
             name: "u".into(),
             groups: vec![],
