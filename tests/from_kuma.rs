@@ -137,6 +137,13 @@ async fn kuma_database() -> (common::TestDb, String, String) {
             .await
             .unwrap();
     }
+    // Kuma's times (UTC, no zone) for one row, to see them kept.
+    conn.execute(
+        "UPDATE resources SET creation_time = '2021-03-04 05:06:07.123456', \
+         modification_time = '2022-01-02 03:04:05' WHERE name = 'tls'",
+    )
+    .await
+    .unwrap();
     conn.close().await.unwrap();
     let url = db.url.clone();
     (db, url, cert)
@@ -240,6 +247,15 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
     assert_eq!(tls.labels.get("team"), Some("a"));
     assert_eq!(tls.labels.get("kuma.io/mesh"), Some("default"));
     assert_eq!(tls.meta.version, 1);
+    assert_eq!(
+        tls.meta.creation_time.to_rfc3339(),
+        "2021-03-04T05:06:07.123456+00:00",
+        "Kuma's creation time"
+    );
+    assert_eq!(
+        tls.meta.modification_time.to_rfc3339(),
+        "2022-01-02T03:04:05+00:00"
+    );
     assert!(
         store
             .get_secret(&key(Some("default"), "nolabels"))
@@ -376,6 +392,19 @@ async fn kuma_to_this_store_and_back_round_trips() {
         original.remove(&(kind.to_owned(), mesh.to_owned(), name.to_owned()));
     }
     assert_eq!(kuma_rows(&back.url).await, original);
+    // Kuma's times went there and back.
+    let mut conn = PgConnection::connect(&back.url).await.unwrap();
+    let (created, modified): (String, String) = sqlx::query_as(
+        "SELECT creation_time::text, modification_time::text FROM resources WHERE name = 'tls'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(
+        (created.as_str(), modified.as_str()),
+        ("2021-03-04 05:06:07.123456", "2022-01-02 03:04:05")
+    );
 
     // Into the database it came from: the same rows, nothing written.
     let before = fingerprint(&kuma_url).await;

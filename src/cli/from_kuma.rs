@@ -18,12 +18,12 @@
 //!   a re-run changes nothing (unchanged rows are counted as such); afterwards every
 //!   imported secret is read back from this store and compared with the snapshot.
 //!
-//! Not carried: Kuma's creation and modification times (the rows get this import's time),
-//! and versions (they start at 1, as for any new resource here).
+//! - Kuma's creation and modification times are kept (set after each batch, without a new
+//!   version). Versions start at 1, as for any new resource here.
 
 use crate::domain::Resource;
 use crate::manifest::{self, Entry};
-use crate::store::{AnyStore, ImportCounts, SecretStore};
+use crate::store::{AnyStore, ImportCounts, KeptTimes, SecretStore};
 use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value, json};
@@ -40,9 +40,25 @@ struct KumaRow {
     kind: String,
     spec: Option<String>,
     labels: Option<String>,
+    creation_time: chrono::NaiveDateTime,
+    modification_time: chrono::NaiveDateTime,
 }
 
 impl KumaRow {
+    /// Kuma's times for `resource` (Kuma stores UTC without a zone).
+    fn times(&self, resource: &Resource) -> KeptTimes {
+        let (secret, mesh) = match resource {
+            Resource::Secret(secret) => (Some(secret.key.clone()), None),
+            Resource::Mesh(mesh) => (None, Some(mesh.name.clone())),
+        };
+        KeptTimes {
+            secret,
+            mesh,
+            created: self.creation_time.and_utc(),
+            modified: self.modification_time.and_utc(),
+        }
+    }
+
     /// How the row is named in reports.
     fn describe(&self) -> String {
         match self.kind.as_str() {
@@ -112,11 +128,11 @@ pub(super) struct KumaImport {
 }
 
 /// Kuma's Meshes.
-const MESH_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels FROM resources \
-     WHERE type = 'Mesh' ORDER BY name";
+const MESH_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, creation_time, \
+     modification_time FROM resources WHERE type = 'Mesh' ORDER BY name";
 /// Kuma's Secrets and GlobalSecrets (`mesh = ''`).
-const SECRET_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels FROM resources \
-     WHERE type IN ('Secret', 'GlobalSecret') ORDER BY type, mesh, name";
+const SECRET_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, creation_time, \
+     modification_time FROM resources WHERE type IN ('Secret', 'GlobalSecret') ORDER BY type, mesh, name";
 
 /// Reads Kuma's database at `url` and writes into `store` in batches of `batch` (nothing
 /// when `dry_run`), then verifies what it wrote.
@@ -147,12 +163,14 @@ pub(super) async fn import(
 
     // The Meshes first: few, and every secret needs its own.
     let mut meshes = Vec::new();
+    let mut mesh_times = Vec::new();
     let mut mesh_names = BTreeSet::new();
     let rows: Vec<KumaRow> = sqlx::query_as(MESH_ROWS).fetch_all(&mut *tx).await?;
     for row in rows {
         match row.resource() {
             Ok(resource) => {
                 mesh_names.insert(row.name.clone());
+                mesh_times.push(row.times(&resource));
                 meshes.push(resource);
             }
             Err(why) => found.skipped.push(format!("{}: {why}", row.describe())),
@@ -160,8 +178,9 @@ pub(super) async fn import(
     }
     found.meshes = meshes.len() as u64;
     if !dry_run {
-        for chunk in meshes.chunks(batch) {
+        for (chunk, times) in meshes.chunks(batch).zip(mesh_times.chunks(batch)) {
             found.counts += store.import_batch(chunk.to_vec()).await?;
+            store.keep_times(times.to_vec()).await?;
         }
     }
 
@@ -172,6 +191,7 @@ pub(super) async fn import(
     let progress = progress_bar(total);
     let mut rows = sqlx::query_as::<_, KumaRow>(SECRET_ROWS).fetch(&mut *tx);
     let mut pending = Vec::with_capacity(batch);
+    let mut pending_times = Vec::with_capacity(batch);
     while let Some(row) = rows.try_next().await? {
         progress.inc(1);
         if row.kind == "Secret" && !mesh_names.contains(&row.mesh) {
@@ -186,20 +206,26 @@ pub(super) async fn import(
         match row.resource() {
             Ok(resource) => {
                 found.secrets += 1;
+                pending_times.push(row.times(&resource));
                 pending.push(resource);
             }
             Err(why) => found.skipped.push(format!("{}: {why}", row.describe())),
         }
         if pending.len() == batch {
-            let full = std::mem::take(&mut pending);
+            let (full, times) = (
+                std::mem::take(&mut pending),
+                std::mem::take(&mut pending_times),
+            );
             if !dry_run {
                 found.counts += store.import_batch(full).await?;
+                store.keep_times(times).await?;
             }
         }
     }
     drop(rows);
     if !pending.is_empty() && !dry_run {
         found.counts += store.import_batch(pending).await?;
+        store.keep_times(pending_times).await?;
     }
     progress.finish_and_clear();
 

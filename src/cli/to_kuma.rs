@@ -4,8 +4,9 @@
 //!
 //! - One transaction: all of it or nothing.
 //! - Rows as Kuma writes them: `mesh = ''` for Meshes and GlobalSecrets, `spec` the JSON
-//!   text (`{"data":"<base64>"}` for a secret), `labels` JSON, integer versions (0 for a
-//!   new row, one more for a replaced one), and the owner columns set to the Mesh for its
+//!   text (`{"data":"<base64>"}` for a secret), `labels` JSON, this store's creation and
+//!   modification times, integer versions (0 for a new row, one more for a replaced one),
+//!   and the owner columns set to the Mesh for its
 //!   builtin CA secrets (`{mesh}.ca-builtin-cert-{backend}`, `-key-{backend}`), as Kuma
 //!   sets them, NULL otherwise.
 //! - A row that already exists and says the same (spec and labels; a `null` labels and
@@ -38,6 +39,8 @@ struct Row {
     spec: Value,
     labels: Value,
     owner: Option<String>,
+    /// Creation and modification times, UTC (Kuma stores them without a zone).
+    times: (chrono::NaiveDateTime, chrono::NaiveDateTime),
 }
 
 impl Row {
@@ -56,6 +59,10 @@ impl Row {
             spec: Value::Object(mesh.spec.clone()),
             labels: labels_json(&mesh.labels),
             owner: None,
+            times: (
+                mesh.meta.creation_time.naive_utc(),
+                mesh.meta.modification_time.naive_utc(),
+            ),
         }
     }
 
@@ -77,6 +84,10 @@ impl Row {
                 "data": base64::engine::general_purpose::STANDARD.encode(secret.data.expose())
             }),
             labels: labels_json(&secret.labels),
+            times: (
+                secret.meta.creation_time.naive_utc(),
+                secret.meta.modification_time.naive_utc(),
+            ),
             name,
         }
     }
@@ -178,7 +189,7 @@ async fn write(
             sqlx::query(
                 "INSERT INTO resources (name, mesh, type, version, spec, creation_time, modification_time, \
                  labels, owner_name, owner_mesh, owner_type) \
-                 VALUES ($1, $2, $3, 0, $4, now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc', \
+                 VALUES ($1, $2, $3, 0, $4, $7, $8, \
                  CAST($5 AS jsonb), $6, CASE WHEN $6 IS NULL THEN NULL ELSE '' END, \
                  CASE WHEN $6 IS NULL THEN NULL ELSE 'Mesh' END)",
             )
@@ -188,6 +199,8 @@ async fn write(
             .bind(&spec)
             .bind(&labels)
             .bind(&row.owner)
+            .bind(row.times.0)
+            .bind(row.times.1)
             .execute(&mut **tx)
             .await
             .with_context(|| format!("cannot write {}", row.describe()))?;
@@ -205,7 +218,7 @@ async fn write(
             } else {
                 sqlx::query(
                     "UPDATE resources SET spec = $1, labels = CAST($2 AS jsonb), version = $3 + 1, \
-                     modification_time = now() AT TIME ZONE 'utc' \
+                     modification_time = $7 \
                      WHERE name = $4 AND mesh = $5 AND type = $6 AND version = $3",
                 )
                 .bind(&spec)
@@ -214,6 +227,7 @@ async fn write(
                 .bind(&row.name)
                 .bind(&row.mesh)
                 .bind(row.kind)
+                .bind(row.times.1)
                 .execute(&mut **tx)
                 .await
                 .with_context(|| format!("cannot write {}", row.describe()))?;

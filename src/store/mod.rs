@@ -42,7 +42,7 @@ pub use page::{
     SecretScope,
 };
 pub use postgres::PostgresStore;
-pub use sql::{Dialect, KeyUsage, ResealBatch, SealedRows, SqlStore, Unreadable};
+pub use sql::{Dialect, KeptTimes, KeyUsage, ResealBatch, SealedRows, SqlStore, Unreadable};
 pub use sqlite::SqliteStore;
 pub use url::{Backend, StoreUrl};
 pub use walk::{MeshWalk, SecretWalk, Walk};
@@ -503,6 +503,15 @@ impl AnyStore {
         batch: u32,
     ) -> Result<u64> {
         delegate!(self, s => s.prune_deleted_history(cutoff, batch))
+    }
+
+    /// Gives imported resources the times another store recorded. See
+    /// [`SqlStore::keep_times`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn keep_times(&self, times: Vec<KeptTimes>) -> Result<()> {
+        delegate!(self, s => s.keep_times(times))
     }
 
     /// Closes the pool, waiting for connections to be returned.

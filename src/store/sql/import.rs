@@ -161,3 +161,72 @@ impl [SqlStore<DB>] {
     }
 }
 }
+
+/// A resource's creation and modification times, as another store recorded them.
+#[derive(Debug, Clone)]
+pub struct KeptTimes {
+    /// A secret's key, or `None` with `mesh` for a Mesh.
+    pub secret: Option<crate::domain::SecretKey>,
+    /// The Mesh, when `secret` is `None`.
+    pub mesh: Option<crate::domain::MeshName>,
+    /// When it was created.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// When it was last modified.
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// `$1` created, `$2` modified, `$3` name [, `$4` mesh]: sets a secret's times without a
+/// new version (so no event and no kept version), if they differ.
+const KEEP_SECRET_TIMES: super::statements::Keyed = super::statements::Keyed {
+    mesh: "UPDATE secrets SET creation_time = $1, modification_time = $2 \
+           WHERE name = $3 AND mesh = $4 AND (creation_time <> $1 OR modification_time <> $2)",
+    global: "UPDATE secrets SET creation_time = $1, modification_time = $2 \
+             WHERE name = $3 AND mesh IS NULL AND (creation_time <> $1 OR modification_time <> $2)",
+};
+
+/// As [`KEEP_SECRET_TIMES`] for a Mesh (`$3` its name).
+const KEEP_MESH_TIMES: &str = "UPDATE meshes SET creation_time = $1, modification_time = $2 \
+     WHERE name = $3 AND (creation_time <> $1 OR modification_time <> $2)";
+
+impl_for_sql_databases! {
+impl [SqlStore<DB>] {
+    /// Gives resources just imported the times another store recorded for them (`import
+    /// --from-kuma`), in one write transaction. A time is not a change: no version, no
+    /// event, no kept version.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn keep_times(&self, times: Vec<KeptTimes>) -> Result<()> {
+        self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+            Box::pin(async move {
+                for kept in times {
+                    match (&kept.secret, &kept.mesh) {
+                        (Some(key), _) => {
+                            let query = sqlx::query(KEEP_SECRET_TIMES.for_key(key))
+                                .bind(kept.created)
+                                .bind(kept.modified)
+                                .bind(key.name().as_str().to_owned());
+                            let query = match key.mesh() {
+                                Some(mesh) => query.bind(mesh.as_str().to_owned()),
+                                None => query,
+                            };
+                            query.execute(&mut *tx).await?;
+                        }
+                        (None, Some(mesh)) => {
+                            sqlx::query(KEEP_MESH_TIMES)
+                                .bind(kept.created)
+                                .bind(kept.modified)
+                                .bind(mesh.as_str().to_owned())
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        (None, None) => {}
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+}
