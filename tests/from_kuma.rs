@@ -121,6 +121,16 @@ async fn kuma_database() -> (common::TestDb, String, String) {
             "{}",
             None,
         ),
+        // A Mesh whose builtin CA Kuma never got to store: the check after the import
+        // reports it.
+        (
+            "broken",
+            "",
+            "Mesh",
+            r#"{"mtls":{"backends":[{"name":"ca-2","type":"builtin"}]}}"#.into(),
+            "{}",
+            None,
+        ),
     ];
     for (name, mesh, kind, spec, labels, owner) in rows {
         sqlx::query(insert)
@@ -195,9 +205,9 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
     // A dry run writes nothing.
     let dry = import_from(&kuma_url, &target, keys, &["--dry-run"])
         .await
-        .fails_with("2 Kuma resources were skipped");
+        .fails_with("2 Kuma resources were skipped, 0 problems found");
     assert!(
-        dry.stdout.contains("would import 2 meshes and 5 secrets"),
+        dry.stdout.contains("would import 3 meshes and 5 secrets"),
         "{dry:?}"
     );
     let store = AnyStore::open(&target, common::sealed(StoreOptions::default()))
@@ -212,7 +222,7 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
 
     let run = import_from(&kuma_url, &target, keys, &[])
         .await
-        .fails_with("2 Kuma resources were skipped");
+        .fails_with("2 Kuma resources were skipped, 2 problems found");
     assert!(
         run.stderr
             .contains(r#"skipped Secret "empty" in Mesh "default""#),
@@ -223,7 +233,13 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
             .contains(r#"skipped Secret "orphan" in Mesh "gone": its Mesh does not exist"#),
         "{run:?}"
     );
-    assert!(run.stdout.contains("7 created"), "{run:?}");
+    assert!(run.stdout.contains("8 created"), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            r#"after the import: Mesh "broken": mTLS backend "ca-2" uses Secret "broken.ca-builtin-cert-ca-2", which is not there"#
+        ),
+        "{run:?}"
+    );
     assert!(
         run.stdout
             .contains("other resource types left alone: 1 Dataplane"),
@@ -281,11 +297,11 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
     // Again: nothing new.
     let again = import_from(&kuma_url, &target, keys, &["--quiet-orphans"])
         .await
-        .fails_with("1 Kuma resources were skipped");
+        .fails_with("1 Kuma resources were skipped, 2 problems found");
     assert!(
         again
             .stdout
-            .contains("0 created, 0 updated, 7 unchanged (nothing new)"),
+            .contains("0 created, 0 updated, 8 unchanged (nothing new)"),
         "{again:?}"
     );
     assert!(!again.stderr.contains("orphan"), "{again:?}");
@@ -383,7 +399,7 @@ async fn kuma_to_this_store_and_back_round_trips() {
     };
     let run = export_to(&back.url, &[]).await.ok();
     assert!(
-        run.stdout.contains("7 created, 0 replaced, 0 unchanged"),
+        run.stdout.contains("8 created, 0 replaced, 0 unchanged"),
         "{run:?}"
     );
     let mut original = kuma_rows(&kuma_url).await;
@@ -410,7 +426,7 @@ async fn kuma_to_this_store_and_back_round_trips() {
     let before = fingerprint(&kuma_url).await;
     let run = export_to(&kuma_url, &[]).await.ok();
     assert!(
-        run.stdout.contains("0 created, 0 replaced, 7 unchanged"),
+        run.stdout.contains("0 created, 0 replaced, 8 unchanged"),
         "{run:?}"
     );
     assert_eq!(fingerprint(&kuma_url).await, before);
@@ -439,7 +455,7 @@ async fn kuma_to_this_store_and_back_round_trips() {
     assert_eq!(fingerprint(&kuma_url).await, before);
     let run = export_to(&kuma_url, &["--overwrite"]).await.ok();
     assert!(
-        run.stdout.contains("0 created, 1 replaced, 6 unchanged"),
+        run.stdout.contains("0 created, 1 replaced, 7 unchanged"),
         "{run:?}"
     );
     let rows = kuma_rows(&kuma_url).await;

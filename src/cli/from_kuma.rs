@@ -13,7 +13,9 @@
 //! - Rows this store refuses (a Secret whose spec is `{}`, a name or label our validation
 //!   rejects) and secrets whose Mesh row is missing (Kuma leaves REST-created secrets behind
 //!   when a Mesh is deleted) are reported by name and skipped; other resource types are
-//!   counted. The exit status is an error when anything of the three types was skipped.
+//!   counted. Once everything is in, the API's check runs: every imported Mesh's mTLS
+//!   backends find their secrets. The exit status is an error when anything of the three
+//!   types was skipped or that check found a problem.
 //! - Secrets stream in batches (one transaction each), with a progress bar on a terminal;
 //!   a re-run changes nothing (unchanged rows are counted as such); afterwards every
 //!   imported secret is read back from this store and compared with the snapshot.
@@ -120,6 +122,8 @@ pub(super) struct KumaImport {
     pub counts: ImportCounts,
     /// Rows of the three types that were not imported, with why.
     pub skipped: Vec<String>,
+    /// What the API's checks found wrong once everything was in.
+    pub problems: Vec<String>,
     /// Rows of other types, by type.
     pub other_types: Vec<(String, i64)>,
     /// Secrets that would be (dry run) or were written.
@@ -231,10 +235,42 @@ pub(super) async fn import(
 
     if !dry_run {
         verify(&mut tx, &mesh_names, store).await?;
+        found.problems = missing_mtls_secrets(&meshes, store).await?;
     }
     tx.rollback().await?;
     conn.close().await?;
     Ok(found)
+}
+
+/// The API's check, once everything is in: each imported Mesh's mTLS backends find the
+/// secrets they use (a builtin backend's CA, a provided backend's certificate and key).
+/// What is missing is reported (Kuma had a Mesh referring to nothing).
+async fn missing_mtls_secrets(
+    meshes: &[Resource],
+    store: &AnyStore,
+) -> anyhow::Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for mesh in meshes {
+        let Resource::Mesh(mesh) = mesh else { continue };
+        let Ok(Some(mtls)) = crate::domain::mtls::Mtls::of(&mesh.spec, &mesh.name) else {
+            continue;
+        };
+        for used in mtls.used_secrets(&mesh.name) {
+            let key = crate::domain::SecretKey::parse(Some(mesh.name.as_str()), &used.secret)
+                .map_err(|e| anyhow::anyhow!("Mesh {:?}: {e}", mesh.name.as_str()))?;
+            match store.get_secret(&key).await {
+                Ok(_) => {}
+                Err(crate::store::StoreError::NotFound(_)) => missing.push(format!(
+                    "Mesh {:?}: mTLS backend {:?} uses Secret {:?}, which is not there",
+                    mesh.name.as_str(),
+                    used.backend,
+                    used.secret
+                )),
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// Reads every imported secret back from `store` and compares it with the snapshot.

@@ -111,6 +111,9 @@ async fn run_from_kuma(kuma: &StoreUrl, args: &ImportArgs) -> anyhow::Result<()>
     for skipped in &found.skipped {
         eprintln!("skipped {skipped}");
     }
+    for problem in &found.problems {
+        eprintln!("after the import: {problem}");
+    }
     let others: Vec<String> = found
         .other_types
         .iter()
@@ -151,9 +154,10 @@ async fn run_from_kuma(kuma: &StoreUrl, args: &ImportArgs) -> anyhow::Result<()>
         );
     }
     anyhow::ensure!(
-        found.skipped.is_empty(),
-        "{} Kuma resources were skipped (listed above)",
-        found.skipped.len()
+        found.skipped.is_empty() && found.problems.is_empty(),
+        "{} Kuma resources were skipped, {} problems found after the import (listed above)",
+        found.skipped.len(),
+        found.problems.len()
     );
     Ok(())
 }
