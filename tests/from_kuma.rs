@@ -368,14 +368,16 @@ async fn kuma_rows(url: &str) -> std::collections::BTreeMap<(String, String, Str
         .collect()
 }
 
-/// Kuma → this store → Kuma: equal row for row (apart from times and versions, and the
+/// Kuma → this store (on Postgres) → Kuma: equal row for row (apart from times and versions, and the
 /// rows the import skipped); back into the same database nothing changes; a secret changed
 /// here is refused there unless `--overwrite`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kuma_to_this_store_and_back_round_trips() {
     let (_kuma_db, kuma_url, _) = kuma_database().await;
     let dir = tempfile::tempdir().unwrap();
-    let target = common::sqlite_url(dir.path(), "store.db");
+    // This store on Postgres too (an empty database: the import migrates it).
+    let ours = common::TestDb::empty().await;
+    let target = ours.url.clone();
     let keys = common::test_keyring_file(dir.path());
     let keys = keys.to_str().unwrap();
     import_from(&kuma_url, &target, keys, &["--quiet-orphans"]).await;
