@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// reads the database). Kept coherent by the change feed: see the README.
     #[arg(long, env = "KUMA_SECRETS_CACHE_ENTRIES", default_value_t = crate::store::cache::DEFAULT_CACHE_ENTRIES)]
     cache_entries: usize,
+    /// How much memory the read cache may take, in MiB, whatever the number of secrets (a
+    /// secret larger than a sixteenth of it is always read from the database).
+    #[arg(long, env = "KUMA_SECRETS_CACHE_MIB", default_value_t = crate::store::cache::DEFAULT_CACHE_BYTES >> 20)]
+    cache_mib: usize,
     /// A streaming standby of the Postgres --store to send reads to (GETs, history, Mesh
     /// reads, list pages past the first), while it is within --max-replica-lag and has
     /// replayed this server's own last write; writes and counts go to the primary.
@@ -133,8 +137,12 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.events_retention,
         args.deleted_retention,
     ));
+    let cache = CacheSize {
+        entries: args.cache_entries,
+        bytes: args.cache_mib.saturating_mul(1 << 20),
+    };
     let served = match &args.read_replica {
-        None => serve_store(store.clone(), args.cache_entries, config, listener, tls).await,
+        None => serve_store(store.clone(), cache, config, listener, tls).await,
         Some(url) => {
             let AnyStore::Postgres(primary) = &store else {
                 anyhow::bail!("--read-replica needs a Postgres --store");
@@ -144,7 +152,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the read replica {url}"))?;
             let routed = ReadReplica::new(primary.clone(), replica.clone(), args.max_replica_lag);
             let monitor = tokio::spawn(routed.clone().monitor());
-            let served = serve_store(routed, args.cache_entries, config, listener, tls).await;
+            let served = serve_store(routed, cache, config, listener, tls).await;
             monitor.abort();
             replica.close().await;
             served
@@ -157,11 +165,20 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the API on `store`, through a read cache of `cache_entries` secrets (0: none)
-/// kept coherent by the change feed, until SIGINT or SIGTERM.
+/// How large the read cache may grow.
+#[derive(Clone, Copy)]
+struct CacheSize {
+    /// Secrets (0: no cache).
+    entries: usize,
+    /// Memory.
+    bytes: usize,
+}
+
+/// Serves the API on `store`, through a read cache of `cache` (none for 0 entries) kept
+/// coherent by the change feed, until SIGINT or SIGTERM.
 async fn serve_store<S>(
     store: S,
-    cache_entries: usize,
+    cache: CacheSize,
     config: ApiConfig,
     listener: tokio::net::TcpListener,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
@@ -169,10 +186,10 @@ async fn serve_store<S>(
 where
     S: SecretStore + SealedReads + Clone + 'static,
 {
-    if cache_entries == 0 {
+    if cache.entries == 0 || cache.bytes == 0 {
         return serve_app(listener, api::app(AppState::new(store, config)), tls).await;
     }
-    let cached = CachedStore::new(store, cache_entries);
+    let cached = CachedStore::with_memory(store, cache.entries, cache.bytes);
     let state = AppState::new(cached.clone(), config);
     let follower = tokio::spawn(cached.follow(state.changes.clone()));
     let served = serve_app(listener, api::app(state), tls).await;

@@ -30,8 +30,9 @@
 //! database, but its `total` (a count of every match, the bulk of a page's cost on a large
 //! store) is kept by what it counts (scope and filters) and reused until any secret changes
 //! (any write here, any event from the feed forgets every total). History reads go to the
-//! database. The cache holds at most `capacity` secrets; a full shard drops an arbitrary
-//! entry to make room.
+//! database. The cache holds at most `capacity` secrets taking at most about a memory
+//! budget (64 MiB by default; a secret larger than a sixteenth of it is never kept); a
+//! full shard drops arbitrary entries to make room.
 //!
 //! [`WATCH_POLL`]: crate::store::feed::WATCH_POLL
 
@@ -58,6 +59,10 @@ pub const MAX_STALENESS: Duration = Duration::from_secs(1);
 /// 1 KiB secrets.
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
+/// The default memory the cached rows may take (`serve --cache-mib`), whatever their
+/// number: secrets may be up to a MiB each, and ten thousand of those would not fit.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// Shards of the cache, each with its own lock and epoch.
 const SHARDS: usize = 16;
 
@@ -69,6 +74,11 @@ impl SealedSecret {
     /// The version the row is at.
     pub fn version(&self) -> i64 {
         self.0.version()
+    }
+
+    /// About how many bytes it takes in memory.
+    pub fn memory_size(&self) -> usize {
+        self.0.memory_size()
     }
 }
 
@@ -121,6 +131,8 @@ const MAX_TOTALS: usize = 1000;
 #[derive(Default)]
 struct Shard {
     entries: HashMap<SecretKey, Arc<SealedSecret>>,
+    /// The memory its rows take, by [`SealedSecret::memory_size`].
+    bytes: usize,
     /// Goes up on every drop in this shard: a fill keeps its row only if it is unchanged.
     epoch: u64,
 }
@@ -129,6 +141,7 @@ struct Shard {
 struct ReadCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    per_shard_bytes: usize,
     totals: Mutex<Totals>,
     /// The revision the follower has read the feed to (every change up to it is committed).
     followed: std::sync::atomic::AtomicI64,
@@ -150,10 +163,11 @@ struct Ticket {
 }
 
 impl ReadCache {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, bytes: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            per_shard_bytes: bytes / SHARDS,
             totals: Mutex::new(Totals::default()),
             followed: std::sync::atomic::AtomicI64::new(0),
             origin: Instant::now(),
@@ -215,12 +229,23 @@ impl ReadCache {
         if guard.epoch != ticket.epoch {
             return false;
         }
-        if guard.entries.len() >= self.per_shard
-            && !guard.entries.contains_key(key)
-            && let Some(victim) = guard.entries.keys().next().cloned()
-        {
-            guard.entries.remove(&victim);
+        let size = row.memory_size();
+        if size > self.per_shard_bytes {
+            return false; // larger than a shard may hold: always read from the database
         }
+        if let Some(replaced) = guard.entries.remove(key) {
+            guard.bytes -= replaced.memory_size();
+        }
+        // Make room: an arbitrary entry goes, as many times as needed.
+        while guard.entries.len() >= self.per_shard || guard.bytes + size > self.per_shard_bytes {
+            let Some(victim) = guard.entries.keys().next().cloned() else {
+                break;
+            };
+            if let Some(gone) = guard.entries.remove(&victim) {
+                guard.bytes -= gone.memory_size();
+            }
+        }
+        guard.bytes += size;
         guard.entries.insert(key.clone(), row);
         true
     }
@@ -261,7 +286,8 @@ impl ReadCache {
         self.forget_totals();
         let mut guard = self.lock(Self::shard_of(key));
         guard.epoch += 1;
-        if guard.entries.remove(key).is_some() {
+        if let Some(gone) = guard.entries.remove(key) {
+            guard.bytes -= gone.memory_size();
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -281,9 +307,16 @@ impl ReadCache {
         for shard in 0..SHARDS {
             let mut guard = self.lock(shard);
             guard.epoch += 1;
-            let before = guard.entries.len();
-            guard.entries.retain(|key, _| !doomed(key));
-            let gone = (before - guard.entries.len()) as u64;
+            let (mut gone, mut freed) = (0u64, 0usize);
+            guard.entries.retain(|key, row| {
+                let keep = !doomed(key);
+                if !keep {
+                    gone += 1;
+                    freed += row.memory_size();
+                }
+                keep
+            });
+            guard.bytes -= freed;
             self.dropped.fetch_add(gone, Ordering::Relaxed);
         }
     }
@@ -339,12 +372,24 @@ impl<S: Clone> Clone for CachedStore<S> {
 }
 
 impl<S> CachedStore<S> {
-    /// Wraps `inner` with a cache of at most `capacity` secrets.
+    /// Wraps `inner` with a cache of at most `capacity` secrets and
+    /// [`DEFAULT_CACHE_BYTES`] of them.
     pub fn new(inner: S, capacity: usize) -> Self {
+        Self::with_memory(inner, capacity, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Wraps `inner` with a cache of at most `capacity` secrets taking at most about
+    /// `bytes` of memory (a secret larger than a sixteenth of it is never kept).
+    pub fn with_memory(inner: S, capacity: usize, bytes: usize) -> Self {
         Self {
             inner,
-            cache: Arc::new(ReadCache::new(capacity)),
+            cache: Arc::new(ReadCache::new(capacity, bytes)),
         }
+    }
+
+    /// About how much memory the kept rows take.
+    pub fn memory(&self) -> usize {
+        (0..SHARDS).map(|s| self.cache.lock(s).bytes).sum()
     }
 
     /// The wrapped store.
@@ -627,7 +672,7 @@ mod tests {
 
     #[test]
     fn a_fill_that_raced_a_drop_is_not_kept() {
-        let cache = ReadCache::new(100);
+        let cache = ReadCache::new(100, DEFAULT_CACHE_BYTES);
         let Err(ticket) = cache.get(&key("a")) else {
             panic!("an empty cache has nothing")
         };
@@ -639,7 +684,7 @@ mod tests {
 
     #[test]
     fn a_full_shard_makes_room() {
-        let cache = ReadCache::new(SHARDS); // one entry per shard
+        let cache = ReadCache::new(SHARDS, DEFAULT_CACHE_BYTES); // one entry per shard
         for i in 0..200 {
             let k = key(&format!("s{i}"));
             let Err(ticket) = cache.get(&k) else { continue };
@@ -650,7 +695,7 @@ mod tests {
 
     #[test]
     fn the_cache_answers_only_while_the_feed_is_read() {
-        let cache = ReadCache::new(10);
+        let cache = ReadCache::new(10, DEFAULT_CACHE_BYTES);
         assert!(
             !cache.answering(),
             "not before the follower first reads the feed"
@@ -663,7 +708,7 @@ mod tests {
 
     #[test]
     fn a_mesh_event_drops_that_mesh_only() {
-        let cache = ReadCache::new(100);
+        let cache = ReadCache::new(100, DEFAULT_CACHE_BYTES);
         let other = SecretKey::parse(Some("other"), "a").unwrap();
         for k in [key("a"), other.clone()] {
             let Err(ticket) = cache.get(&k) else { panic!() };
@@ -672,6 +717,30 @@ mod tests {
         cache.drop_mesh("default");
         assert!(cache.get(&key("a")).is_err());
         assert!(cache.get(&other).is_ok());
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_memory_budget() {
+        let one = sealed_stub().memory_size();
+        // Room for three rows per shard.
+        let cache = ReadCache::new(10_000, SHARDS * one * 3);
+        for i in 0..500 {
+            let k = key(&format!("s{i}"));
+            let Err(ticket) = cache.get(&k) else { continue };
+            assert!(cache.fill(&k, ticket, Arc::new(sealed_stub())));
+        }
+        let kept: usize = (0..SHARDS).map(|s| cache.lock(s).bytes).sum();
+        assert!(kept <= SHARDS * one * 3, "{kept}");
+        assert!(cache.len() <= SHARDS * 3);
+        // A row larger than a shard's share is never kept.
+        let small = ReadCache::new(10_000, SHARDS * (one - 1));
+        let Err(ticket) = small.get(&key("big")) else {
+            panic!()
+        };
+        assert!(!small.fill(&key("big"), ticket, Arc::new(sealed_stub())));
+        // Drops give the memory back.
+        cache.clear();
+        assert_eq!((0..SHARDS).map(|s| cache.lock(s).bytes).sum::<usize>(), 0);
     }
 
     fn sealed_stub() -> SealedSecret {

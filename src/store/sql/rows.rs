@@ -60,6 +60,23 @@ impl SecretRow {
         self.version
     }
 
+    /// About how many bytes the row takes in memory: its data, labels and names.
+    pub fn memory_size(&self) -> usize {
+        let labels: usize = self
+            .labels
+            .0
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        self.data.len()
+            + labels
+            + self.name.len()
+            + self.mesh.as_ref().map_or(0, String::len)
+            + self.key_id.as_ref().map_or(0, String::len)
+            + self.write_id.as_ref().map_or(0, Vec::len)
+            + std::mem::size_of::<Self>()
+    }
+
     /// A plaintext row of secret `default/stub`, for unit tests.
     #[cfg(test)]
     pub(crate) fn stub_for_tests() -> Self {
