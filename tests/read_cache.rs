@@ -462,4 +462,17 @@ async fn two_servers_on_one_postgres_stay_coherent() {
         .await
         .unwrap();
     assert_eq!(fresh["labels"]["behind"], "back", "{fresh}");
+
+    // What the cache did is in /metrics.
+    let metrics = common::http::fetch_text(format!("{b}/metrics")).await;
+    let hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"kuma_secrets_read_cache_reads_total{outcome="hit"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cache hits in /metrics:\n{metrics}"));
+    assert!(hits > 0);
+    assert!(
+        metrics.contains("kuma_secrets_read_cache_entries 1"),
+        "{metrics}"
+    );
 }

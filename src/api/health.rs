@@ -45,6 +45,9 @@ async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S
 }
 
 async fn metrics<S: SecretStore + Clone + 'static>(State(state): State<AppState<S>>) -> Response {
+    if let Some(report) = state.store.cache_report() {
+        state.metrics.observe_cache(&report);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

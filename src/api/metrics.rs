@@ -24,6 +24,11 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     request_seconds: HistogramVec,
     store_seconds: HistogramVec,
+    cache_reads: IntCounterVec,
+    cache_drops: prometheus::IntCounter,
+    cache_totals_reused: prometheus::IntCounter,
+    cache_entries: prometheus::IntGauge,
+    cache_bytes: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -69,11 +74,42 @@ impl Metrics {
             &["operation", "outcome"],
         )
         .expect("valid metric");
+        let cache_reads = IntCounterVec::new(
+            Opts::new(
+                "read_cache_reads_total",
+                "Single-secret reads by how the read cache answered: hit (from memory), miss (read and kept), bypass (read past it)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let cache_drops = prometheus::IntCounter::new(
+            "read_cache_drops_total",
+            "Secrets the read cache dropped because a write or a change-feed event named them",
+        )
+        .expect("valid metric");
+        let cache_totals_reused = prometheus::IntCounter::new(
+            "read_cache_list_totals_reused_total",
+            "List pages whose total came from the read cache instead of a count",
+        )
+        .expect("valid metric");
+        let cache_entries =
+            prometheus::IntGauge::new("read_cache_entries", "Secrets the read cache holds")
+                .expect("valid metric");
+        let cache_bytes = prometheus::IntGauge::new(
+            "read_cache_bytes",
+            "About how much memory the read cache's rows take",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
             Box::new(request_seconds.clone()),
             Box::new(store_seconds.clone()),
+            Box::new(cache_reads.clone()),
+            Box::new(cache_drops.clone()),
+            Box::new(cache_totals_reused.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(cache_bytes.clone()),
         ] {
             registry.register(metric).expect("metrics register once");
         }
@@ -83,7 +119,33 @@ impl Metrics {
             in_flight,
             request_seconds,
             store_seconds,
+            cache_reads,
+            cache_drops,
+            cache_totals_reused,
+            cache_entries,
+            cache_bytes,
         }
+    }
+
+    /// Brings the read cache's metrics up to `report` (read at each scrape: the cache
+    /// keeps its own counts).
+    pub fn observe_cache(&self, report: &crate::store::cache::CacheReport) {
+        let raise = |counter: &prometheus::IntCounter, to: u64| {
+            counter.inc_by(to.saturating_sub(counter.get()));
+        };
+        let stats = report.stats;
+        raise(&self.cache_reads.with_label_values(&["hit"]), stats.hits);
+        raise(&self.cache_reads.with_label_values(&["miss"]), stats.misses);
+        raise(
+            &self.cache_reads.with_label_values(&["bypass"]),
+            stats.bypassed,
+        );
+        raise(&self.cache_drops, stats.dropped);
+        raise(&self.cache_totals_reused, stats.totals_reused);
+        self.cache_entries
+            .set(i64::try_from(report.entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(report.bytes).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.
@@ -265,6 +327,9 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     }
     fn readiness_note(&self) -> Option<String> {
         self.inner.readiness_note()
+    }
+    fn cache_report(&self) -> Option<crate::store::cache::CacheReport> {
+        self.inner.cache_report()
     }
     async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
         self.timed(

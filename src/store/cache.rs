@@ -100,6 +100,17 @@ pub trait SealedReads: Send + Sync {
     fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret>;
 }
 
+/// The cache's state for `/metrics`: how it has been used, and what it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheReport {
+    /// How it has been used since start.
+    pub stats: CacheStats,
+    /// Secrets it holds.
+    pub entries: usize,
+    /// About how much memory they take.
+    pub bytes: usize,
+}
+
 /// How the cache has been used since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -648,6 +659,13 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
     }
     fn readiness_note(&self) -> Option<String> {
         self.inner.readiness_note()
+    }
+    fn cache_report(&self) -> Option<CacheReport> {
+        Some(CacheReport {
+            stats: self.stats(),
+            entries: self.len(),
+            bytes: self.memory(),
+        })
     }
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
         let touched: Vec<Resource> = items.clone();

@@ -278,6 +278,11 @@ pub trait SecretStore: Send + Sync {
         None
     }
 
+    /// The read cache's state, for `/metrics`, if the store has one.
+    fn cache_report(&self) -> Option<cache::CacheReport> {
+        None
+    }
+
     /// Writes a batch of resources as they are given, in one transaction: each is created
     /// if missing, updated (version + 1) if its data, labels or spec differ, and left alone
     /// if equal. Running the same batch twice changes nothing the second time. Meshes a
