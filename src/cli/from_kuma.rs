@@ -25,7 +25,7 @@
 
 use crate::domain::Resource;
 use crate::manifest::{self, Entry};
-use crate::store::{AnyStore, ImportCounts, KeptTimes, SecretStore};
+use crate::store::{AnyStore, ImportCounts, KeptTimes, SecretStore, TimesOf};
 use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value, json};
@@ -49,13 +49,11 @@ struct KumaRow {
 impl KumaRow {
     /// Kuma's times for `resource` (Kuma stores UTC without a zone).
     fn times(&self, resource: &Resource) -> KeptTimes {
-        let (secret, mesh) = match resource {
-            Resource::Secret(secret) => (Some(secret.key.clone()), None),
-            Resource::Mesh(mesh) => (None, Some(mesh.name.clone())),
-        };
         KeptTimes {
-            secret,
-            mesh,
+            of: match resource {
+                Resource::Secret(secret) => TimesOf::Secret(secret.key.clone()),
+                Resource::Mesh(mesh) => TimesOf::Mesh(mesh.name.clone()),
+            },
             created: self.creation_time.and_utc(),
             modified: self.modification_time.and_utc(),
         }

@@ -42,7 +42,9 @@ pub use page::{
     SecretScope,
 };
 pub use postgres::PostgresStore;
-pub use sql::{Dialect, KeptTimes, KeyUsage, ResealBatch, SealedRows, SqlStore, Unreadable};
+pub use sql::{
+    Dialect, KeptTimes, KeyUsage, ResealBatch, SealedRows, SqlStore, TimesOf, Unreadable,
+};
 pub use sqlite::SqliteStore;
 pub use url::{Backend, StoreUrl};
 pub use walk::{MeshWalk, SecretWalk, Walk};

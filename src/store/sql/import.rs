@@ -165,14 +165,21 @@ impl [SqlStore<DB>] {
 /// A resource's creation and modification times, as another store recorded them.
 #[derive(Debug, Clone)]
 pub struct KeptTimes {
-    /// A secret's key, or `None` with `mesh` for a Mesh.
-    pub secret: Option<crate::domain::SecretKey>,
-    /// The Mesh, when `secret` is `None`.
-    pub mesh: Option<crate::domain::MeshName>,
+    /// Whose times.
+    pub of: TimesOf,
     /// When it was created.
     pub created: chrono::DateTime<chrono::Utc>,
     /// When it was last modified.
     pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// The resource [`KeptTimes`] belong to.
+#[derive(Debug, Clone)]
+pub enum TimesOf {
+    /// A Secret or GlobalSecret.
+    Secret(crate::domain::SecretKey),
+    /// A Mesh.
+    Mesh(crate::domain::MeshName),
 }
 
 /// `$1` created, `$2` modified, `$3` name [, `$4` mesh]: sets a secret's times without a
@@ -200,8 +207,8 @@ impl [SqlStore<DB>] {
         self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
             Box::pin(async move {
                 for kept in times {
-                    match (&kept.secret, &kept.mesh) {
-                        (Some(key), _) => {
+                    match &kept.of {
+                        TimesOf::Secret(key) => {
                             let query = sqlx::query(KEEP_SECRET_TIMES.for_key(key))
                                 .bind(kept.created)
                                 .bind(kept.modified)
@@ -212,7 +219,7 @@ impl [SqlStore<DB>] {
                             };
                             query.execute(&mut *tx).await?;
                         }
-                        (None, Some(mesh)) => {
+                        TimesOf::Mesh(mesh) => {
                             sqlx::query(KEEP_MESH_TIMES)
                                 .bind(kept.created)
                                 .bind(kept.modified)
@@ -220,7 +227,6 @@ impl [SqlStore<DB>] {
                                 .execute(&mut *tx)
                                 .await?;
                         }
-                        (None, None) => {}
                     }
                 }
                 Ok(())

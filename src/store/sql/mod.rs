@@ -103,7 +103,7 @@ mod tx;
 pub use dialect::Dialect;
 pub use feed::EventRow;
 pub use history::VersionRow;
-pub use import::KeptTimes;
+pub use import::{KeptTimes, TimesOf};
 pub use reseal::{KeyUsage, ResealBatch, Unreadable};
 pub use rows::{ListedMeshRow, ListedSecretRow, MeshRow, SealedRow, SecretRow};
 pub use statements::SealedRows;
