@@ -96,6 +96,22 @@ async fn apply_one(client: &ApiClient, resource: &Resource) -> anyhow::Result<()
     Ok(())
 }
 
+/// Whether a `-f` source is an http(s) URL.
+pub(super) fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// `GET url`, a success status required, the answer's body still to read.
+pub(super) async fn fetch(url: &str, timeout: Duration) -> anyhow::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .get(url)
+        .timeout(timeout)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("could not fetch {url}"))
+}
+
 /// The YAML and JSON files of directory `dir` (`*.yaml`, `*.yml`, `*.json`), sorted by name.
 pub(super) fn manifest_files_in(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -122,15 +138,9 @@ pub(super) async fn read_source(source: &str) -> anyhow::Result<String> {
             .context("could not read stdin")?;
         return Ok(text);
     }
-    if source.starts_with("http://") || source.starts_with("https://") {
-        let response = reqwest::Client::new()
-            .get(source)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("could not fetch {source}"))?;
-        return response
+    if is_url(source) {
+        return fetch(source, Duration::from_secs(10))
+            .await?
             .text()
             .await
             .with_context(|| format!("could not fetch {source}"));

@@ -4,7 +4,7 @@
 //! alone, so a second run changes nothing. Each batch is one transaction.
 
 use super::StoreArgs;
-use super::apply::manifest_files_in;
+use super::apply::{fetch, is_url, manifest_files_in};
 use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::domain::Resource;
 use crate::manifest::{self, Documents, Entry};
@@ -182,7 +182,7 @@ impl Sources {
         let mut files = Vec::new();
         let mut spooled = Vec::new();
         for source in sources {
-            if source == "-" || source.starts_with("http://") || source.starts_with("https://") {
+            if source == "-" || is_url(source) {
                 let path = spool(source).await?;
                 files.push(path.to_path_buf());
                 spooled.push(path);
@@ -286,13 +286,7 @@ async fn spool(source: &str) -> anyhow::Result<tempfile::TempPath> {
     if source == "-" {
         std::io::copy(&mut std::io::stdin().lock(), &mut file).context("could not read stdin")?;
     } else {
-        let mut response = reqwest::Client::new()
-            .get(source)
-            .timeout(std::time::Duration::from_secs(600))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("could not fetch {source}"))?;
+        let mut response = fetch(source, std::time::Duration::from_secs(600)).await?;
         while let Some(chunk) = response
             .chunk()
             .await
