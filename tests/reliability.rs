@@ -180,6 +180,16 @@ async fn until_ready_says(base: &str, text: &str) {
     }
 }
 
+/// A throwaway primary with this store's schema, and a hot standby streaming from it.
+async fn migrated_primary_with_standby() -> (Cluster, Cluster) {
+    let primary = Cluster::start();
+    kuma(&["migrate", "up", "--store", &primary.url], None)
+        .await
+        .ok();
+    let standby = Cluster::standby_of(&primary);
+    (primary, standby)
+}
+
 /// How long after `since` until a write succeeds again.
 async fn until_writes_succeed(seen: &Mutex<Seen>, since: Instant, limit: Duration) -> Duration {
     loop {
@@ -774,11 +784,7 @@ async fn sqlite_tools_beside_a_loaded_server() {
 /// to the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
-    let primary = Cluster::start();
-    kuma(&["migrate", "up", "--store", &primary.url], None)
-        .await
-        .ok();
-    let standby = Cluster::standby_of(&primary);
+    let (primary, standby) = migrated_primary_with_standby().await;
     let dir = tempfile::tempdir().unwrap();
     let keys = common::test_keyring_file(dir.path());
     let (_serve, base, _log) = spawn_serve(
@@ -855,11 +861,7 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
 /// the server recovers by itself once the proxy routes to a primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_that_reach_a_standby_after_failover_are_503_and_recover() {
-    let primary = Cluster::start();
-    kuma(&["migrate", "up", "--store", &primary.url], None)
-        .await
-        .ok();
-    let standby = Cluster::standby_of(&primary);
+    let (primary, standby) = migrated_primary_with_standby().await;
     let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", primary.port)).await;
     let dir = tempfile::tempdir().unwrap();
     let keys = common::test_keyring_file(dir.path());

@@ -138,19 +138,7 @@ impl Cluster {
 
     /// Runs one SQL statement on the cluster with `psql` (as its owner), returning its output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = self.run(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-tAc",
-                sql,
-            ],
-        );
+        let out = self.run_client("psql", &["-tAc", sql]);
         assert!(
             out.status.success(),
             "psql {sql:?}: {}",
@@ -182,6 +170,14 @@ impl Cluster {
             .current_dir(self.dir.path())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
+    }
+
+    /// Runs a client tool against the cluster as user `postgres`, then `args`.
+    fn run_client(&self, tool: &str, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let mut all = vec!["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+        all.extend(args);
+        self.run(tool, &all)
     }
 
     fn run_checked(&self, tool: &str, args: &[&str]) {
@@ -225,17 +221,7 @@ impl Cluster {
     pub fn wait_accepting(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let ready = self.run(
-                "pg_isready",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                ],
-            );
+            let ready = self.run_client("pg_isready", &[]);
             if ready.status.success() {
                 return;
             }

@@ -280,12 +280,12 @@ impl SigningKind {
         if SigningKey::from_pkcs8_pem(pem).is_ok() {
             return Some(SigningKind::Ed25519);
         }
-        let (label, der) = pem_body(pem)?;
+        let (label, body) = pem_body(pem)?;
         let rsa_key = match label {
-            "RSA PRIVATE KEY" => der,
+            "RSA PRIVATE KEY" => body,
             // PrivateKeyInfo: SEQUENCE { version, AlgorithmIdentifier, OCTET STRING key }.
             "PRIVATE KEY" => {
-                let mut info = der::Reader::new(der::sequence(&der)?);
+                let mut info = der::Reader::new(der::sequence(&body)?);
                 info.next(der::INTEGER)?;
                 info.next(der::SEQUENCE)?;
                 info.next(der::OCTET_STRING)?.to_vec()
