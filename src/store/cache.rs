@@ -668,13 +668,21 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
         })
     }
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
-        let touched: Vec<Resource> = items.clone();
-        let result = self.inner.import_batch(items).await;
-        for item in &touched {
+        // What the batch touches, noted without copying its data.
+        let mut keys = Vec::new();
+        let mut meshes = Vec::new();
+        for item in &items {
             match item {
-                Resource::Secret(secret) => self.cache.drop_key(&secret.key),
-                Resource::Mesh(mesh) => self.cache.drop_mesh(mesh.name.as_str()),
+                Resource::Secret(secret) => keys.push(secret.key.clone()),
+                Resource::Mesh(mesh) => meshes.push(mesh.name.clone()),
             }
+        }
+        let result = self.inner.import_batch(items).await;
+        for key in &keys {
+            self.cache.drop_key(key);
+        }
+        for mesh in &meshes {
+            self.cache.drop_mesh(mesh.as_str());
         }
         result
     }
