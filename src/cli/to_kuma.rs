@@ -93,13 +93,9 @@ impl Row {
     }
 }
 
+/// Labels as the JSON object Kuma stores.
 fn labels_json(labels: &crate::domain::Labels) -> Value {
-    Value::Object(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
-            .collect(),
-    )
+    json!(labels.as_map())
 }
 
 /// Labels as Kuma stored them: a `null` (a nil map) is the same as `{}`.
