@@ -108,6 +108,22 @@ impl ApiError {
                     "the secret store cannot be reached; retry later",
                 )
             }
+            StoreError::ReadOnly => {
+                tracing::warn!(error = %err, "store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Store unavailable",
+                    "the secret store accepts only reads now (a database failover is under way); retry later",
+                )
+            }
+            StoreError::TransactionPooler(_) => {
+                tracing::error!(error = %error_chain(&err), "store misconfigured");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Store unavailable",
+                    "the secret store cannot run statements through its connection pooler; see the server log",
+                )
+            }
             other => {
                 tracing::error!(error = %error_chain(&other), "store error");
                 Self::new(

@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::openapi::{self as doc, Routes};
-use crate::store::SecretStore;
+use crate::store::{SecretStore, StoreError};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +39,13 @@ async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S
         },
         Err(err) => {
             tracing::warn!(error = %super::error::error_chain(&err), "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+            let body = match err {
+                StoreError::ReadOnly => {
+                    "store accepts only reads (a standby, or a primary being demoted)\n"
+                }
+                _ => "store unavailable\n",
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
         }
     }
 }
@@ -47,6 +53,9 @@ async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S
 async fn metrics<S: SecretStore + Clone + 'static>(State(state): State<AppState<S>>) -> Response {
     if let Some(report) = state.store.cache_report() {
         state.metrics.observe_cache(&report);
+    }
+    if let Some(report) = state.store.pool_report() {
+        state.metrics.observe_pool(&report);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

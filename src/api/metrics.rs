@@ -26,6 +26,8 @@ pub struct Metrics {
     store_seconds: HistogramVec,
     cache_reads: IntCounterVec,
     cache_drops: prometheus::IntCounter,
+    connections_discarded: prometheus::IntCounter,
+    connections_refused: prometheus::IntCounter,
     cache_totals_reused: prometheus::IntCounter,
     cache_entries: prometheus::IntGauge,
     cache_bytes: prometheus::IntGauge,
@@ -87,6 +89,16 @@ impl Metrics {
             "Secrets the read cache dropped because a write or a change-feed event named them",
         )
         .expect("valid metric");
+        let connections_discarded = prometheus::IntCounter::new(
+            "store_connections_discarded_total",
+            "Database connections closed after an error that ends them: the server went away, is shutting down, or only reads now (a demoted primary)",
+        )
+        .expect("valid metric");
+        let connections_refused = prometheus::IntCounter::new(
+            "store_connections_refused_total",
+            "New database connections refused because the server only reads (a standby), as target_session_attrs=read-write",
+        )
+        .expect("valid metric");
         let cache_totals_reused = prometheus::IntCounter::new(
             "read_cache_list_totals_reused_total",
             "List pages whose total came from the read cache instead of a count",
@@ -107,6 +119,8 @@ impl Metrics {
             Box::new(store_seconds.clone()),
             Box::new(cache_reads.clone()),
             Box::new(cache_drops.clone()),
+            Box::new(connections_discarded.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(cache_totals_reused.clone()),
             Box::new(cache_entries.clone()),
             Box::new(cache_bytes.clone()),
@@ -121,6 +135,8 @@ impl Metrics {
             store_seconds,
             cache_reads,
             cache_drops,
+            connections_discarded,
+            connections_refused,
             cache_totals_reused,
             cache_entries,
             cache_bytes,
@@ -130,9 +146,6 @@ impl Metrics {
     /// Brings the read cache's metrics up to `report` (read at each scrape: the cache
     /// keeps its own counts).
     pub fn observe_cache(&self, report: &crate::store::cache::CacheReport) {
-        let raise = |counter: &prometheus::IntCounter, to: u64| {
-            counter.inc_by(to.saturating_sub(counter.get()));
-        };
         let stats = report.stats;
         raise(&self.cache_reads.with_label_values(&["hit"]), stats.hits);
         raise(&self.cache_reads.with_label_values(&["miss"]), stats.misses);
@@ -148,6 +161,12 @@ impl Metrics {
             .set(i64::try_from(report.bytes).unwrap_or(i64::MAX));
     }
 
+    /// Brings the connection pool's metrics up to `report` (read at each scrape).
+    pub fn observe_pool(&self, report: &crate::store::PoolReport) {
+        raise(&self.connections_discarded, report.discarded);
+        raise(&self.connections_refused, report.refused);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -156,6 +175,11 @@ impl Metrics {
             .expect("text encoding does not fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// Raises a counter to `to`, a count kept elsewhere (never lowers it).
+fn raise(counter: &prometheus::IntCounter, to: u64) {
+    counter.inc_by(to.saturating_sub(counter.get()));
 }
 
 /// Middleware: counts and times every request under its matched route (not the raw path,
@@ -330,6 +354,9 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     }
     fn cache_report(&self) -> Option<crate::store::cache::CacheReport> {
         self.inner.cache_report()
+    }
+    fn pool_report(&self) -> Option<crate::store::PoolReport> {
+        self.inner.pool_report()
     }
     async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
         self.timed(

@@ -96,6 +96,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The standby holds the same rows: the same keyring opens them.
     let replica_options = StoreOptions {
         tolerate_newer_schema: true,
+        reads_only: true,
         ..options.clone()
     };
     let tls = match (&args.tls_cert, &args.tls_key) {

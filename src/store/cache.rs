@@ -660,6 +660,9 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
     fn readiness_note(&self) -> Option<String> {
         self.inner.readiness_note()
     }
+    fn pool_report(&self) -> Option<super::PoolReport> {
+        self.inner.pool_report()
+    }
     fn cache_report(&self) -> Option<CacheReport> {
         Some(CacheReport {
             stats: self.stats(),

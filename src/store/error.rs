@@ -113,6 +113,27 @@ pub enum StoreError {
         /// The URL, password redacted.
         url: String,
     },
+    /// A store URL parameter has a value the store does not understand.
+    #[error("store URL {url:?}: {reason}")]
+    BadUrlParameter {
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// The database accepts only reads now: the store reached a standby, or a primary
+    /// being demoted in a failover. Retry: the next connection goes to the new primary.
+    #[error(
+        "the database accepts only reads now (a standby, or a primary being demoted in a failover); retry shortly"
+    )]
+    ReadOnly,
+    /// A connection pooler between the store and Postgres runs each transaction on another
+    /// server connection (PgBouncer in transaction mode), and the store was not told, so its
+    /// named prepared statements went missing or collided.
+    #[error(
+        "a connection pooler in transaction mode sits between the store and Postgres (prepared statement missing or already present: {0}); add pool_mode=transaction to the store URL"
+    )]
+    TransactionPooler(#[source] sqlx::Error),
     /// The database schema does not match this binary.
     #[error(transparent)]
     Schema(#[from] SchemaError),
@@ -124,7 +145,24 @@ pub enum StoreError {
 impl StoreError {
     /// True for errors a caller may retry as they are (the database was unreachable).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::ReadOnly)
+    }
+}
+
+/// Why a pool refused a new connection: the server accepts only reads. Carried as an I/O
+/// error (the connection is unusable) and mapped to [`StoreError::ReadOnly`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the server accepts only reads (a standby, or a primary being demoted): connection refused, as target_session_attrs=read-write would"
+)]
+pub(crate) struct ServerReadOnly;
+
+impl From<ServerReadOnly> for sqlx::Error {
+    fn from(refusal: ServerReadOnly) -> Self {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            refusal,
+        ))
     }
 }
 
@@ -141,6 +179,20 @@ pub(crate) enum Op<'a> {
 /// reports it; SQLite does not, so its error kind stands in), connection trouble to
 /// [`StoreError::Unavailable`], the rest to [`StoreError::Internal`].
 pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
+    if let sqlx::Error::Io(io) = &err
+        && io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<ServerReadOnly>())
+    {
+        return StoreError::ReadOnly;
+    }
+    match sqlstate(&err).as_deref() {
+        Some(READ_ONLY_SERVER) => return StoreError::ReadOnly,
+        Some(DUPLICATE_PREPARED_STATEMENT | INVALID_STATEMENT_NAME) => {
+            return StoreError::TransactionPooler(err);
+        }
+        _ => {}
+    }
     if is_unavailable(&err) {
         return StoreError::Unavailable(err);
     }
@@ -174,21 +226,38 @@ pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
 
 /// SQLSTATE `read_only_sql_transaction`: a write reached a server that only reads.
 const READ_ONLY_SERVER: &str = "25006";
+/// SQLSTATE `duplicate_prepared_statement`: a statement name is taken on this server
+/// connection (another client's, behind a pooler in transaction mode).
+const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+/// SQLSTATE `invalid_sql_statement_name`: a prepared statement this connection made is not
+/// on the server connection (a pooler in transaction mode switched it).
+const INVALID_STATEMENT_NAME: &str = "26000";
+
+/// The code of a database error: a Postgres SQLSTATE (five characters), or a SQLite
+/// result code (digits).
+fn sqlstate(err: &sqlx::Error) -> Option<std::borrow::Cow<'_, str>> {
+    match err {
+        sqlx::Error::Database(db) => db.code(),
+        _ => None,
+    }
+}
 
 /// Whether a connection that failed with `err` must not be used again: the server is
-/// shutting down or gone (class 08, 57P0x), or it is not the primary any more (25006), so
-/// the next statement should open a new connection (which a proxy such as HAProxy routes to
-/// the current primary). Other database errors leave the connection in a known state.
+/// shutting down or gone (class 08, 57P0x), it is not the primary any more (25006), or its
+/// prepared statements are not where the connection left them (42P05, 26000: a pooler in
+/// transaction mode), so the next statement should open a new connection (which a proxy
+/// such as HAProxy routes to the current primary). Other database errors leave the
+/// connection in a known state.
 pub(crate) fn ends_the_connection(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or("");
-            code.len() == 5
-                && (code.starts_with("08") || code.starts_with("57P0") || code == READ_ONLY_SERVER)
-        }
-        _ => false,
-    }
+    let code = sqlstate(err);
+    let code = code.as_deref().unwrap_or("");
+    code.len() == 5
+        && (code.starts_with("08")
+            || code.starts_with("57P0")
+            || matches!(
+                code,
+                READ_ONLY_SERVER | DUPLICATE_PREPARED_STATEMENT | INVALID_STATEMENT_NAME
+            ))
 }
 
 /// Connection-level failures: the database is down, restarting, or out of connections.
@@ -204,13 +273,8 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
             let code = code.as_deref().unwrap_or("");
             if code.len() == 5 {
                 // Postgres SQLSTATE: class 08 connection exception, 57P0x shutdown or
-                // cannot connect now, 53300 too many connections, 25006 a write on a
-                // server in recovery (after a failover, a connection still on the old
-                // primary, now a standby).
-                code.starts_with("08")
-                    || code.starts_with("57P0")
-                    || code == "53300"
-                    || code == READ_ONLY_SERVER
+                // cannot connect now, 53300 too many connections.
+                code.starts_with("08") || code.starts_with("57P0") || code == "53300"
             } else {
                 // SQLite (extended) result code: primary 5 SQLITE_BUSY or 6 SQLITE_LOCKED,
                 // left after busy_timeout ran out.

@@ -9,6 +9,7 @@
 //! itself on open, since nobody else shares its file.
 
 use super::error::{Op, map_db_error};
+use super::sql::query_as;
 use super::{Result, StoreError};
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Acquire, Connection, Database, Executor, FromRow};
@@ -236,7 +237,7 @@ where
 
 /// What a backend tells the shared migration steps: its migrations and how to ask whether
 /// `_sqlx_migrations` exists yet.
-pub(crate) trait MigrationTarget: Database {
+pub(crate) trait MigrationTarget: Database + sqlx::database::HasStatementCache {
     /// The embedded migrations of this backend.
     const MIGRATOR: &'static Migrator;
     /// One row, one boolean column: does `_sqlx_migrations` exist.
@@ -256,14 +257,14 @@ where
     for<'r> AppliedRow: FromRow<'r, DB::Row>,
     <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
 {
-    let (exists,): (bool,) = sqlx::query_as::<DB, (bool,)>(DB::MIGRATIONS_TABLE_EXISTS)
+    let (exists,): (bool,) = query_as::<DB, (bool,)>(DB::MIGRATIONS_TABLE_EXISTS)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| map_db_error(e, Op::Other))?;
     if !exists {
         return Ok(Vec::new());
     }
-    sqlx::query_as::<DB, AppliedRow>(APPLIED)
+    query_as::<DB, AppliedRow>(APPLIED)
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| map_db_error(e, Op::Other))

@@ -41,12 +41,13 @@ pub use page::{
     Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MeshQuery, Page, PageRequest, PageStart, SecretQuery,
     SecretScope,
 };
+pub use pool::PoolReport;
 pub use postgres::PostgresStore;
 pub use sql::{
     Dialect, KeptTimes, KeyUsage, ResealBatch, SealedRows, SqlStore, TimesOf, Unreadable,
 };
 pub use sqlite::SqliteStore;
-pub use url::{Backend, StoreUrl};
+pub use url::{Backend, PoolMode, StoreUrl};
 pub use walk::{MeshWalk, SecretWalk, Walk};
 
 use crate::domain::{
@@ -285,6 +286,11 @@ pub trait SecretStore: Send + Sync {
         None
     }
 
+    /// The connection pool's counts, for `/metrics`, if the store has one.
+    fn pool_report(&self) -> Option<PoolReport> {
+        None
+    }
+
     /// Writes a batch of resources as they are given, in one transaction: each is created
     /// if missing, updated (version + 1) if its data, labels or spec differ, and left alone
     /// if equal. Running the same batch twice changes nothing the second time. Meshes a
@@ -373,6 +379,11 @@ pub struct StoreOptions {
     /// value that fails to open, because anyone who can write to the database could plant
     /// one (a token signing key, say).
     pub accept_plaintext_rows: bool,
+    /// The store is only read from (a read replica's): its Postgres connections may go to a
+    /// server that only reads. Off (the default): every new connection is checked to be
+    /// writable, as libpq's `target_session_attrs=read-write`, and one that is not is
+    /// refused with [`StoreError::ReadOnly`].
+    pub reads_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -385,6 +396,7 @@ impl Default for StoreOptions {
             unsafe_delete: false,
             keyring: None,
             accept_plaintext_rows: false,
+            reads_only: false,
         }
     }
 }
@@ -601,6 +613,12 @@ impl SecretStore for AnyStore {
     }
     async fn ping(&self) -> Result<()> {
         delegate!(self, s => s.ping())
+    }
+    fn pool_report(&self) -> Option<PoolReport> {
+        match self {
+            AnyStore::Postgres(store) => store.pool_report(),
+            AnyStore::Sqlite(store) => store.pool_report(),
+        }
     }
     async fn current_revision(&self) -> Result<i64> {
         delegate!(self, s => s.current_revision())

@@ -11,9 +11,19 @@
 //! A caller acquires a [`PooledConnection`], runs its statement on it, and passes the
 //! result to [`PooledConnection::finish`]: success or a database error (which the server
 //! reported in an orderly way) returns the connection to the pool; an I/O or protocol error,
-//! or dropping the guard without `finish` (cancellation), closes it.
+//! an error saying the server is going away or only reads now (a demoted primary after a
+//! failover: see [`crate::store::error::ends_the_connection`]), or dropping the guard
+//! without `finish` (cancellation), closes it, so the next caller opens a fresh connection,
+//! which a proxy such as HAProxy routes to the current primary.
+//!
+//! A pool may check every new connection before handing it out ([`ConnectCheck`]): the
+//! Postgres store refuses connections to a server that only reads, as libpq's
+//! `target_session_attrs=read-write` does. [`PoolReport`] counts both kinds of refusal,
+//! for `/metrics`.
 
+use futures_util::future::BoxFuture;
 use sqlx::{ConnectOptions, Connection};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,6 +33,10 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Connections are replaced after this long, so server-side memory and settings refresh
 /// (Kuma's `maxConnectionLifetime` is 1 h).
 const MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// How many more connections to open after the check refused one.
+const REOPEN_REFUSED: u32 = 3;
+/// Pause before the n-th reopen: n times this.
+const REOPEN_PAUSE: Duration = Duration::from_millis(25);
 
 struct Idle<C> {
     conn: C,
@@ -30,12 +44,29 @@ struct Idle<C> {
     idle_since: Instant,
 }
 
+/// Runs on every new connection before it is used; an error refuses the connection (it is
+/// closed and the caller gets the error).
+pub(crate) type ConnectCheck<C> = for<'c> fn(&'c mut C) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+
+/// Connections a pool threw away, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolReport {
+    /// Connections closed after an error that ends them: the server went away, is shutting
+    /// down, or only reads now (a write reached a demoted primary).
+    pub discarded: u64,
+    /// New connections refused by the pool's check: the server only reads (a standby).
+    pub refused: u64,
+}
+
 struct Inner<C: Connection> {
     idle: Mutex<Vec<Idle<C>>>,
     permits: Arc<Semaphore>,
     connect: C::Options,
+    check: Option<ConnectCheck<C>>,
     acquire_timeout: Duration,
     max_connections: u32,
+    discarded: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A bounded pool of connections of type `C`.
@@ -52,17 +83,34 @@ impl<C: Connection> Clone for ConnectionPool<C> {
 }
 
 impl<C: Connection> ConnectionPool<C> {
-    /// A pool of at most `max_connections`, opening them lazily with `connect`.
-    pub fn new(connect: C::Options, max_connections: u32, acquire_timeout: Duration) -> Self {
+    /// A pool of at most `max_connections`, opening them lazily with `connect` and checking
+    /// each new one with `check`, if given.
+    pub fn new(
+        connect: C::Options,
+        check: Option<ConnectCheck<C>>,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Self {
         let max_connections = max_connections.max(1);
         Self {
             inner: Arc::new(Inner {
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(max_connections as usize)),
                 connect,
+                check,
                 acquire_timeout,
                 max_connections,
+                discarded: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// What the pool has thrown away so far.
+    pub fn report(&self) -> PoolReport {
+        PoolReport {
+            discarded: self.inner.discarded.load(Ordering::Relaxed),
+            refused: self.inner.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -108,15 +156,44 @@ impl<C: Connection> ConnectionPool<C> {
                 _permit: permit,
             });
         }
-        let conn = tokio::time::timeout(self.inner.acquire_timeout, self.inner.connect.connect())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let conn = self.open_checked().await?;
         Ok(PooledConnection {
             conn: Some(conn),
             created: Instant::now(),
             pool: self.inner.clone(),
             _permit: permit,
         })
+    }
+
+    /// Opens a new connection and runs the pool's check on it. A refused connection is
+    /// closed and another opened, a few times: behind a proxy that still spreads new
+    /// connections over the old and the new primary during a failover (HAProxy between
+    /// health checks), the next one may well reach the primary.
+    async fn open_checked(&self) -> Result<C, sqlx::Error> {
+        let deadline = Instant::now() + self.inner.acquire_timeout;
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut conn = tokio::time::timeout(left, self.inner.connect.connect())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            let Some(check) = self.inner.check else {
+                return Ok(conn);
+            };
+            match check(&mut conn).await {
+                Ok(()) => return Ok(conn),
+                Err(refusal) => {
+                    self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(conn.close_hard());
+                    attempt += 1;
+                    let pause = REOPEN_PAUSE * attempt;
+                    if attempt > REOPEN_REFUSED || Instant::now() + pause >= deadline {
+                        return Err(refusal);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
     }
 
     /// Stops handing out connections and closes the idle ones. Connections in use are
@@ -158,6 +235,9 @@ impl<C: Connection> PooledConnection<C> {
             Err(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => true,
             Err(_) => false,
         };
+        if !reusable && self.conn.is_some() {
+            self.pool.discarded.fetch_add(1, Ordering::Relaxed);
+        }
         if reusable
             && !self.pool.permits.is_closed()
             && let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.idle.lock())

@@ -1,11 +1,13 @@
 //! The Postgres backend: production, shared by several control-plane replicas.
 
 use super::migrations::{self, MigrationReport, MigrationStatus, POSTGRES_MIGRATOR};
-use super::pool::ConnectionPool;
-use super::sql::{Dialect, SqlStore};
+use super::pool::{ConnectCheck, ConnectionPool};
+use super::sql::{Dialect, Preparing, SqlStore};
+use super::url::{PoolMode, split_pool_mode};
 use super::{Result, StoreError, StoreOptions};
+use futures_util::future::BoxFuture;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, Postgres};
+use sqlx::{Connection, Executor, PgConnection, Postgres, Row};
 use std::str::FromStr;
 
 /// The store on Postgres.
@@ -18,6 +20,7 @@ impl migrations::MigrationTarget for Postgres {
 }
 
 impl Dialect for Postgres {
+    const READ_ONLY: &'static str = "SELECT current_setting('transaction_read_only')";
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCK_MESH_SHARED: &'static str =
         "SELECT version, spec FROM meshes WHERE name = $1 FOR SHARE";
@@ -75,17 +78,51 @@ impl SqlStore<Postgres> {
     /// [`StoreError::Unavailable`] if Postgres cannot be reached; [`StoreError::Schema`] if the
     /// schema is behind (run `kuma-secrets migrate up`), newer (unless
     /// `options.tolerate_newer_schema`), dirty or modified.
+    ///
+    /// Unless `options.reads_only`, every connection the store opens must be writable (as
+    /// libpq's `target_session_attrs=read-write` checks): one to a standby, or to a primary
+    /// being demoted, is refused with [`StoreError::ReadOnly`], and the next attempt opens
+    /// another, which a proxy in front of a Patroni cluster routes to the new primary.
     pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
-        let connect = connect_options(url)?;
+        let (connect, pool_mode) = connect_options(url)?;
+        let preparing = match pool_mode {
+            PoolMode::Session => Preparing::Named,
+            PoolMode::Transaction => Preparing::Unnamed,
+        };
         // One direct connection first, for the schema gate: it also reports why Postgres
         // cannot be reached (refused, bad password, no such database), where a pool would
-        // only say it timed out.
+        // only say it timed out. In a transaction, and prepared as the store will, so it
+        // works through a pooler in transaction mode too.
         let mut conn = connect_once(&connect).await?;
-        let applied = migrations::applied::<Postgres>(&mut conn).await;
+        let applied = preparing
+            .around(async {
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(|e| super::error::map_db_error(e, super::error::Op::Other))?;
+                let applied = migrations::applied::<Postgres>(&mut tx).await;
+                let _ = tx.commit().await;
+                applied
+            })
+            .await;
         let _ = conn.close().await;
         migrations::check(&POSTGRES_MIGRATOR, &applied?, options.tolerate_newer_schema)?;
-        let pool = ConnectionPool::new(connect, options.max_connections, options.acquire_timeout);
-        let store = Self { pool, options };
+        let check: Option<ConnectCheck<PgConnection>> = if options.reads_only {
+            None
+        } else {
+            Some(refuse_read_only)
+        };
+        let pool = ConnectionPool::new(
+            connect,
+            check,
+            options.max_connections,
+            options.acquire_timeout,
+        );
+        let store = Self {
+            pool,
+            options,
+            preparing,
+        };
         store.check_keyring().await?;
         Ok(store)
     }
@@ -96,7 +133,7 @@ impl SqlStore<Postgres> {
     /// A newer schema (unless `tolerate_newer`), a dirty or modified one, or a failed
     /// migration.
     pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
-        let conn = connect_once(&connect_options(url)?).await?;
+        let conn = connect_once(&session_options(url)?).await?;
         migrations::migrate_up_on::<Postgres>(conn, tolerate_newer).await
     }
 
@@ -105,17 +142,52 @@ impl SqlStore<Postgres> {
     /// # Errors
     /// [`StoreError::Unavailable`] if the database cannot be reached.
     pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        let conn = connect_once(&connect_options(url)?).await?;
+        let conn = connect_once(&session_options(url)?).await?;
         migrations::status_on::<Postgres>(conn).await
     }
 }
 
-fn connect_options(url: &str) -> Result<PgConnectOptions> {
-    Ok(PgConnectOptions::from_str(url)
+/// The driver's options for `url`, and the `pool_mode` it names.
+fn connect_options(url: &str) -> Result<(PgConnectOptions, PoolMode)> {
+    let (driver_url, pool_mode) = split_pool_mode(url)?;
+    let options = PgConnectOptions::from_str(&driver_url)
         .map_err(|_| StoreError::UnsupportedUrl {
             url: super::url::redact(url),
         })?
-        .application_name("kuma-secrets"))
+        .application_name("kuma-secrets");
+    Ok((options, pool_mode))
+}
+
+/// The driver's options for `url`, for a tool that needs one Postgres session throughout:
+/// migrations hold a session advisory lock (so two `migrate up` runs never interleave) and
+/// run statements outside transactions, which a pooler in transaction mode would spread
+/// over several sessions.
+fn session_options(url: &str) -> Result<PgConnectOptions> {
+    match connect_options(url)? {
+        (options, PoolMode::Session) => Ok(options),
+        (_, PoolMode::Transaction) => Err(StoreError::BadUrlParameter {
+            url: super::url::redact(url),
+            reason: "migrations need one Postgres session throughout (they hold a session lock): \
+                     run them against Postgres directly, or through a pool in session mode, \
+                     without pool_mode=transaction"
+                .to_owned(),
+        }),
+    }
+}
+
+/// Refuses a connection to a server that only reads (libpq's
+/// `target_session_attrs=read-write` check: `SHOW transaction_read_only`), sent as a simple
+/// query so it works through any pooler.
+fn refuse_read_only(conn: &mut PgConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let row = conn.fetch_one("SHOW transaction_read_only").await?;
+        let read_only: String = row.try_get(0)?;
+        if read_only == "off" {
+            Ok(())
+        } else {
+            Err(super::error::ServerReadOnly.into())
+        }
+    })
 }
 
 async fn connect_once(connect: &PgConnectOptions) -> Result<PgConnection> {

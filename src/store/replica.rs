@@ -266,4 +266,8 @@ impl SecretStore for ReadReplica {
     fn readiness_note(&self) -> Option<String> {
         Some(self.describe())
     }
+    /// The primary's pool: where failover trouble shows.
+    fn pool_report(&self) -> Option<super::PoolReport> {
+        self.primary.pool_report()
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::migrations::{self, MigrationReport, MigrationStatus, SQLITE_MIGRATOR};
 use super::pool::ConnectionPool;
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, Preparing, SqlStore};
 use super::{Result, StoreError, StoreOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Sqlite, SqliteConnection};
@@ -24,6 +24,7 @@ impl migrations::MigrationTarget for Sqlite {
 }
 
 impl Dialect for Sqlite {
+    const READ_ONLY: &'static str = "SELECT 'off'";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const LOCK_MESH_SHARED: &'static str = "SELECT version, spec FROM meshes WHERE name = $1";
     const LOCK_MESH_EXCLUSIVE: &'static str = "SELECT version, spec FROM meshes WHERE name = $1";
@@ -71,10 +72,15 @@ impl SqlStore<Sqlite> {
         Self::migrate_up(url, options.tolerate_newer_schema).await?;
         let pool = ConnectionPool::new(
             connect_options(url)?,
+            None,
             options.max_connections.clamp(1, MAX_SQLITE_CONNECTIONS),
             options.acquire_timeout,
         );
-        let store = Self { pool, options };
+        let store = Self {
+            pool,
+            options,
+            preparing: Preparing::Named,
+        };
         store.check_keyring().await?;
         Ok(store)
     }

@@ -1,6 +1,7 @@
 //! [`StoreUrl`]: where a store lives, parsed once (by clap, or by [`StoreUrl::parse`]): its
-//! backend, the SQLite file and the keyring file beside it, and a `Display` that never shows
-//! a password (neither in the userinfo nor in a `password=` query parameter).
+//! backend, the SQLite file and the keyring file beside it, the [`PoolMode`] of a
+//! connection pooler in front of Postgres, and a `Display` that never shows a password
+//! (neither in the userinfo nor in a `password=` query parameter).
 
 use super::{Result, StoreError};
 use std::fmt;
@@ -16,7 +17,28 @@ pub enum Backend {
     Sqlite,
 }
 
-/// A store URL: `postgres://USER:PASSWORD@HOST:PORT/DB` or `sqlite://PATH`.
+/// How the connection pooler between the store and Postgres (if any) hands out server
+/// connections: the `pool_mode` parameter of a Postgres store URL, named and valued as
+/// PgBouncer's own setting, so the URL says what the pooler's configuration says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    /// `pool_mode=session` (or none): each connection is one Postgres session, as with a
+    /// direct connection or PgBouncer in session mode. Statements are prepared once per
+    /// connection under a name and reused.
+    #[default]
+    Session,
+    /// `pool_mode=transaction`: each transaction may run on another server connection
+    /// (PgBouncer in transaction mode; before 1.21 it does not carry prepared statements
+    /// across). Every statement then runs inside a transaction, prepared without a name, so
+    /// nothing outlives it on the server: one more round trip per statement.
+    Transaction,
+}
+
+/// The URL parameter that sets the [`PoolMode`]; removed before the URL reaches the driver.
+const POOL_MODE: &str = "pool_mode";
+
+/// A store URL: `postgres://USER:PASSWORD@HOST:PORT/DB[?pool_mode=transaction]` or
+/// `sqlite://PATH`.
 ///
 /// `Display` and `Debug` redact passwords; [`StoreUrl::expose`] gives the URL to connect
 /// with.
@@ -33,6 +55,7 @@ impl StoreUrl {
     /// [`StoreError::UnsupportedUrl`] (password redacted) for any other scheme.
     pub fn parse(url: &str) -> Result<Self> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            split_pool_mode(url)?;
             Backend::Postgres
         } else if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -53,6 +76,14 @@ impl StoreUrl {
     /// The URL as given, password included: only for connecting, never for printing.
     pub fn expose(&self) -> &str {
         &self.raw
+    }
+
+    /// The pooler's mode named by `pool_mode` (Postgres; SQLite has no pooler).
+    pub fn pool_mode(&self) -> PoolMode {
+        match self.backend {
+            Backend::Postgres => split_pool_mode(&self.raw).map_or(PoolMode::Session, |(_, m)| m),
+            Backend::Sqlite => PoolMode::Session,
+        }
     }
 
     /// The SQLite database file; `None` for Postgres and for an in-memory database.
@@ -98,6 +129,44 @@ impl fmt::Debug for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StoreUrl({self})")
     }
+}
+
+/// Splits the `pool_mode` parameter off a Postgres URL: the URL the driver connects with,
+/// and the mode.
+///
+/// # Errors
+/// [`StoreError::BadUrlParameter`] for a value other than `session` or `transaction`.
+pub(crate) fn split_pool_mode(url: &str) -> Result<(String, PoolMode)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), PoolMode::Session));
+    };
+    let mut mode = PoolMode::Session;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((POOL_MODE, value)) => {
+                mode = match value {
+                    "session" => PoolMode::Session,
+                    "transaction" => PoolMode::Transaction,
+                    other => {
+                        return Err(StoreError::BadUrlParameter {
+                            url: redact(url),
+                            reason: format!(
+                                "{POOL_MODE}={other:?} is not a mode: use session (the default) or transaction (PgBouncer's pool_mode = transaction)"
+                            ),
+                        });
+                    }
+                };
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let driver_url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((driver_url, mode))
 }
 
 /// `url` with any password replaced by `***`: in the userinfo, and in a `password=` query
@@ -180,6 +249,37 @@ mod tests {
             shown("postgres://u:p@db/kuma?PASSWORD=s3cret"),
             "postgres://u:***@db/kuma?PASSWORD=***"
         );
+    }
+
+    #[test]
+    fn pool_mode_is_read_and_stripped_before_the_driver_sees_the_url() {
+        let mode = |s: &str| StoreUrl::parse(s).unwrap().pool_mode();
+        assert_eq!(mode("postgres://h/d"), PoolMode::Session);
+        assert_eq!(mode("postgres://h/d?pool_mode=session"), PoolMode::Session);
+        assert_eq!(
+            mode("postgres://h/d?sslmode=disable&pool_mode=transaction"),
+            PoolMode::Transaction
+        );
+        assert_eq!(
+            split_pool_mode("postgres://h/d?pool_mode=transaction&sslmode=disable").unwrap(),
+            (
+                "postgres://h/d?sslmode=disable".to_owned(),
+                PoolMode::Transaction
+            )
+        );
+        assert_eq!(
+            split_pool_mode("postgres://h/d?pool_mode=transaction")
+                .unwrap()
+                .0,
+            "postgres://h/d"
+        );
+        let bad = StoreUrl::parse("postgres://u:pw@h/d?pool_mode=statement").unwrap_err();
+        let message = bad.to_string();
+        assert!(
+            message.contains("pool_mode=\"statement\" is not a mode"),
+            "{message}"
+        );
+        assert!(!message.contains("pw"), "{message}");
     }
 
     #[test]

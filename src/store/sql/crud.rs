@@ -5,6 +5,7 @@ use super::history::PURGE_HISTORY;
 use super::list::{list_meshes, list_secrets};
 use super::rows::{ListedMeshRow, ListedSecretRow, MeshRow, SecretRow};
 use super::statements::bind_key;
+use super::statements::query_as;
 use super::statements::{
     DELETE_MESH, DELETE_SECRET, GET_MESH, GET_MESH_VERSION, GET_SECRET, GET_SECRET_VERSION,
     INSERT_MESH, INSERT_SECRET, STAMP_MESH, STAMP_MESH_SECRETS, STAMP_SECRET, UPDATE_MESH,
@@ -29,7 +30,7 @@ use sqlx::types::Json;
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
     pub(super) async fn stored_secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
-        let row = bind_key(sqlx::query_as::<DB, (i64,)>(GET_SECRET_VERSION.for_key(key)), key)
+        let row = bind_key(query_as::<DB, (i64,)>(GET_SECRET_VERSION.for_key(key)), key)
             .fetch_optional_via(self, Op::Other)
             .await?;
         Ok(row.map(|(v,)| v))
@@ -37,14 +38,14 @@ impl [SqlStore<DB>] {
 
     /// The stored row of the secret `key`, not opened.
     pub(super) async fn get_secret_row(&self, key: &SecretKey) -> Result<SecretRow> {
-        bind_key(sqlx::query_as::<DB, SecretRow>(GET_SECRET.for_key(key)), key)
+        bind_key(query_as::<DB, SecretRow>(GET_SECRET.for_key(key)), key)
             .fetch_optional_via(self, Op::Other)
             .await?
             .ok_or_else(|| StoreError::NotFound(key.resource_key()))
     }
 
     async fn mesh_version(&self, name: &MeshName) -> Result<Option<i64>> {
-        let row = sqlx::query_as::<DB, (i64,)>(GET_MESH_VERSION)
+        let row = query_as::<DB, (i64,)>(GET_MESH_VERSION)
             .bind(name.as_str().to_owned())
             .fetch_optional_via(self, Op::Other)
             .await?;
@@ -58,7 +59,7 @@ impl [SqlStore<DB>] {
         labels: &Labels,
         stored: StoredData,
     ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
-        sqlx::query_as::<DB, SecretRow>(INSERT_SECRET)
+        query_as::<DB, SecretRow>(INSERT_SECRET)
             .bind(key.name().as_str().to_owned())
             .bind(key.mesh().map(|m| m.as_str().to_owned()))
             .bind(time)
@@ -78,7 +79,7 @@ impl [SqlStore<DB>] {
         time: DateTime<Utc>,
         expected_version: i64,
     ) -> QueryAs<'static, DB, SecretRow, DB::Arguments> {
-        let query = sqlx::query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
+        let query = query_as::<DB, SecretRow>(UPDATE_SECRET.for_key(key))
             .bind(stored.bytes)
             .bind(stored.key_id)
             .bind(stored.write_id)
@@ -102,14 +103,14 @@ impl [SqlStore<DB>] {
         purge: bool,
     ) -> super::tx::TxResult<(), StoreError> {
         let (actor, request_id) = writer();
-        let stamp = sqlx::query_as::<DB, (i64,)>(STAMP_SECRET.for_key(key))
+        let stamp = query_as::<DB, (i64,)>(STAMP_SECRET.for_key(key))
             .bind(actor)
             .bind(request_id);
         bind_key(stamp, key).fetch_optional(&mut *tx).await?;
-        let delete = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key)).bind(expected_version);
+        let delete = query_as::<DB, (i64,)>(DELETE_SECRET.for_key(key)).bind(expected_version);
         let deleted = bind_key(delete, key).fetch_optional(&mut *tx).await?;
         let purged = if purge && (deleted.is_some() || expected_version.is_none()) {
-            bind_key(sqlx::query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(key)), key)
+            bind_key(query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(key)), key)
                 .fetch_all(&mut *tx)
                 .await?
         } else {
@@ -135,7 +136,7 @@ impl [SqlStore<DB>] {
                 let accept_plaintext = self.options.accept_plaintext_rows;
                 self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
                     Box::pin(async move {
-                        let spec = sqlx::query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
+                        let spec = query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
                             .bind(mesh.as_str().to_owned())
                             .fetch_optional(&mut *tx)
                             .await?;
@@ -197,7 +198,7 @@ impl [SqlStore<DB>] {
         labels: &Labels,
         spec: MeshSpec,
     ) -> QueryAs<'static, DB, MeshRow, DB::Arguments> {
-        sqlx::query_as::<DB, MeshRow>(INSERT_MESH)
+        query_as::<DB, MeshRow>(INSERT_MESH)
             .bind(name.as_str().to_owned())
             .bind(time)
             .bind(labels_json(labels))
@@ -214,7 +215,7 @@ impl [SqlStore<DB>] {
         time: DateTime<Utc>,
         expected_version: i64,
     ) -> QueryAs<'static, DB, MeshRow, DB::Arguments> {
-        sqlx::query_as::<DB, MeshRow>(UPDATE_MESH)
+        query_as::<DB, MeshRow>(UPDATE_MESH)
             .bind(Json(spec))
             .bind(labels_json(labels))
             .bind(time)
@@ -380,14 +381,14 @@ impl [SecretStore for SqlStore<DB>] {
                     // Who deletes, on the Mesh and on the secrets its delete cascades to.
                     let (actor, request_id) = writer();
                     for stamp in [STAMP_MESH_SECRETS, STAMP_MESH] {
-                        sqlx::query_as::<DB, (i64,)>(stamp)
+                        query_as::<DB, (i64,)>(stamp)
                             .bind(actor.clone())
                             .bind(request_id.clone())
                             .bind(mesh.as_str().to_owned())
                             .fetch_optional(&mut *tx)
                             .await?;
                     }
-                    Ok(sqlx::query_as::<DB, (i64,)>(DELETE_MESH)
+                    Ok(query_as::<DB, (i64,)>(DELETE_MESH)
                         .bind(expected_version)
                         .bind(mesh.as_str().to_owned())
                         .fetch_optional(&mut *tx)
@@ -407,7 +408,7 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name))]
     async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
-        sqlx::query_as::<DB, MeshRow>(GET_MESH)
+        query_as::<DB, MeshRow>(GET_MESH)
             .bind(name.as_str().to_owned())
             .fetch_optional_via(self, Op::Other)
             .await?
@@ -440,11 +441,20 @@ impl [SecretStore for SqlStore<DB>] {
         self.events_after_with(after, limit, filter).await
     }
 
+    /// Checks that the database answers and, unless the store is only read from, that it
+    /// accepts writes ([`StoreError::ReadOnly`] on a standby or a demoted primary).
     async fn ping(&self) -> Result<()> {
-        sqlx::query_as::<DB, (i64,)>("SELECT CAST(1 AS BIGINT)")
+        let (read_only,) = query_as::<DB, (String,)>(DB::READ_ONLY)
             .fetch_one_via(self, Op::Other)
             .await?;
+        if read_only != "off" && !self.options.reads_only {
+            return Err(StoreError::ReadOnly);
+        }
         Ok(())
+    }
+
+    fn pool_report(&self) -> Option<crate::store::PoolReport> {
+        Some(self.pool.report())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, items = items.len()))]

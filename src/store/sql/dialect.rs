@@ -2,9 +2,10 @@
 //! is shared text (see `statements.rs`).
 
 use sqlx::Database;
+use sqlx::database::HasStatementCache;
 
 /// What differs between the SQL dialects the store speaks.
-pub trait Dialect: Database {
+pub trait Dialect: Database + HasStatementCache {
     /// `column` contains the text parameter `needle` (literally, no wildcards).
     fn contains(column: &str, needle: &str) -> String;
     /// The JSON object `column` has key `key` with string value `value` (both parameters).
@@ -12,6 +13,9 @@ pub trait Dialect: Database {
     /// The string value of key `key` (a constant label key, written into the SQL as a
     /// literal) of the JSON object `column`; NULL if absent.
     fn label_value(column: &str, key: &'static str) -> String;
+    /// One row, one text column: `off` if the server accepts writes (Postgres
+    /// `transaction_read_only`; an SQLite file opened for writing always does).
+    const READ_ONLY: &'static str;
     /// Starts a transaction that will write. SQLite must take the write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes after another
     /// writer committed, fails instead of waiting.

@@ -2,6 +2,7 @@
 //! revision, the current revision, and retention.
 
 use super::SqlStore;
+use super::statements::query_as;
 use super::tx::RunOnStore;
 use crate::store::error::{Op, map_db_error};
 use crate::store::feed::{Actor, Event, EventFilter, EventPage, Operation};
@@ -57,24 +58,24 @@ impl [SqlStore<DB>] {
     /// revision given so far.
     pub(super) async fn sequence_events(&self) -> Result<i64> {
         let Some(sequence) = DB::SEQUENCE_EVENTS else {
-            let (last,) = sqlx::query_as::<DB, (i64,)>(DB::LAST_REVISION)
+            let (last,) = query_as::<DB, (i64,)>(DB::LAST_REVISION)
                 .fetch_one_via(self, Op::Other)
                 .await?;
             return Ok(last);
         };
         let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, Op::Other))?;
-        let result = async {
+        let result = self.preparing.around(async {
             let mut tx = conn.conn().begin().await?;
-            sqlx::query_as::<DB, (i64,)>("SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_xact_lock($1)) l")
+            query_as::<DB, (i64,)>("SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_xact_lock($1)) l")
                 .bind(SEQUENCER_LOCK)
                 .fetch_one(&mut *tx)
                 .await?;
-            let (last,) = sqlx::query_as::<DB, (i64,)>(AssertSqlSafe(sequence))
+            let (last,) = query_as::<DB, (i64,)>(AssertSqlSafe(sequence))
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
             Ok(last)
-        }
+        })
         .await;
         conn.finish(result).map_err(|e| map_db_error(e, Op::Other))
     }
@@ -86,14 +87,14 @@ impl [SqlStore<DB>] {
     /// again), or the database failed.
     pub(super) async fn events_after_with(&self, after: i64, limit: u32, filter: &EventFilter) -> Result<EventPage> {
         let last = self.sequence_events().await?;
-        let (oldest,) = sqlx::query_as::<DB, (Option<i64>,)>(OLDEST_REVISION)
+        let (oldest,) = query_as::<DB, (Option<i64>,)>(OLDEST_REVISION)
             .fetch_one_via(self, Op::Other)
             .await?;
         let oldest = oldest.unwrap_or(last + 1);
         if after < last && after + 1 < oldest {
             return Err(StoreError::Gone { oldest });
         }
-        let rows = sqlx::query_as::<DB, EventRow>(EVENTS_AFTER)
+        let rows = query_as::<DB, EventRow>(EVENTS_AFTER)
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all_via(self, Op::Other)
@@ -122,7 +123,7 @@ impl [SqlStore<DB>] {
     /// returned); returns how many rows it deleted.
     pub(super) async fn delete_before(&self, sql: &'static str, cutoff: DateTime<Utc>, batch: u32) -> Result<u64> {
         let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        let pruned = sqlx::query_as::<DB, (i64,)>(sql)
+        let pruned = query_as::<DB, (i64,)>(sql)
             .bind(cutoff)
             .bind(i64::from(batch))
             .fetch_all_via(self, Op::Other)

@@ -4,6 +4,7 @@
 //! `secret_history`); see `store::history` for the rules.
 
 use super::rows::SecretRow;
+use super::statements::query_as;
 use super::statements::{Keyed, bind_key};
 use super::tx::{RunOnStore, TxError};
 use super::{SqlStore, labels_json, now, seal, writer};
@@ -140,7 +141,7 @@ impl [SqlStore<DB>] {
         let row = if current.version() == version {
             current
         } else {
-            let kept = sqlx::query_as::<DB, SecretRow>(GET_KEPT_VERSION.for_key(key)).bind(version);
+            let kept = query_as::<DB, SecretRow>(GET_KEPT_VERSION.for_key(key)).bind(version);
             bind_key(kept, key)
                 .fetch_optional_via(self, Op::Other)
                 .await?
@@ -152,7 +153,7 @@ impl [SqlStore<DB>] {
     /// The current version of `key` as the transaction `tx` sees it.
     async fn current_version_in(tx: &mut DB::Connection, key: &SecretKey) -> std::result::Result<Option<i64>, sqlx::Error> {
         let row = bind_key(
-            sqlx::query_as::<DB, (i64,)>(super::statements::GET_SECRET_VERSION.for_key(key)),
+            query_as::<DB, (i64,)>(super::statements::GET_SECRET_VERSION.for_key(key)),
             key,
         )
         .fetch_optional(&mut *tx)
@@ -166,10 +167,10 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// [`StoreError::NotFound`] when the secret neither exists nor has kept versions.
     pub(super) async fn secret_versions_with(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
-        let current = bind_key(sqlx::query_as::<DB, VersionRow>(CURRENT_META.for_key(key)), key)
+        let current = bind_key(query_as::<DB, VersionRow>(CURRENT_META.for_key(key)), key)
             .fetch_optional_via(self, Op::Other)
             .await?;
-        let kept = bind_key(sqlx::query_as::<DB, VersionRow>(LIST_KEPT.for_key(key)), key)
+        let kept = bind_key(query_as::<DB, VersionRow>(LIST_KEPT.for_key(key)), key)
             .fetch_all_via(self, Op::Other)
             .await?;
         let mut versions: Vec<VersionInfo> = current
@@ -224,7 +225,7 @@ impl [SqlStore<DB>] {
                     super::statements::GET_SECRET.for_key(&key),
                     DB::FOR_UPDATE
                 );
-                let current = bind_key(sqlx::query_as::<DB, SecretRow>(AssertSqlSafe(lock)), &key)
+                let current = bind_key(query_as::<DB, SecretRow>(AssertSqlSafe(lock)), &key)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(current) = current else {
@@ -239,7 +240,7 @@ impl [SqlStore<DB>] {
                 let source = if version == at {
                     current
                 } else {
-                    let kept = sqlx::query_as::<DB, SecretRow>(GET_KEPT_VERSION.for_key(&key)).bind(version);
+                    let kept = query_as::<DB, SecretRow>(GET_KEPT_VERSION.for_key(&key)).bind(version);
                     match bind_key(kept, &key).fetch_optional(&mut *tx).await? {
                         Some(row) => row,
                         None => {
@@ -282,7 +283,7 @@ impl [SqlStore<DB>] {
                 if Self::current_version_in(tx, &key).await?.is_some() {
                     return refuse(StoreError::NotDeleted(key.resource_key()));
                 }
-                let kept = bind_key(sqlx::query_as::<DB, SecretRow>(DELETED_VERSIONS.for_key(&key)), &key)
+                let kept = bind_key(query_as::<DB, SecretRow>(DELETED_VERSIONS.for_key(&key)), &key)
                     .fetch_all(&mut *tx)
                     .await?;
                 let Some(newest) = kept.first().map(SecretRow::version) else {
@@ -300,12 +301,12 @@ impl [SqlStore<DB>] {
                 if let Err(e) = source.data.check_size(max_size) {
                     return refuse(e.into());
                 }
-                bind_key(sqlx::query_as::<DB, (i64,)>(UNDELETE_HISTORY.for_key(&key)), &key)
+                bind_key(query_as::<DB, (i64,)>(UNDELETE_HISTORY.for_key(&key)), &key)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let stored = seal(keyring.as_deref(), &key, source.data.expose());
                 let (actor, request_id) = writer();
-                let row = sqlx::query_as::<DB, SecretRow>(RESTORE_SECRET)
+                let row = query_as::<DB, SecretRow>(RESTORE_SECRET)
                     .bind(key.name().as_str().to_owned())
                     .bind(key.mesh().map(|m| m.as_str().to_owned()))
                     .bind(newest + 1)
@@ -347,13 +348,13 @@ impl [SqlStore<DB>] {
                 if Self::current_version_in(tx, &key).await?.is_none() {
                     return Err(TxError::Refused(StoreError::NotFound(key.resource_key())));
                 }
-                let renumber = sqlx::query_as::<DB, (i64,)>(RENUMBER_CURRENT.for_key(&key)).bind(current_version);
+                let renumber = query_as::<DB, (i64,)>(RENUMBER_CURRENT.for_key(&key)).bind(current_version);
                 bind_key(renumber, &key).fetch_optional(&mut *tx).await?;
                 // Renumbering kept the version it replaced: start from nothing.
-                bind_key(sqlx::query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(&key)), &key)
+                bind_key(query_as::<DB, (i64,)>(PURGE_HISTORY.for_key(&key)), &key)
                     .fetch_all(&mut *tx)
                     .await?;
-                let (keep,) = sqlx::query_as::<DB, (i64,)>(GET_MAX_VERSIONS).fetch_one(&mut *tx).await?;
+                let (keep,) = query_as::<DB, (i64,)>(GET_MAX_VERSIONS).fetch_one(&mut *tx).await?;
                 let mut versions: Vec<_> = versions
                     .into_iter()
                     .filter(|(v, _)| v.meta.version < current_version)
@@ -364,7 +365,7 @@ impl [SqlStore<DB>] {
                 let mut kept = 0;
                 for (version, actor) in versions {
                     let stored = seal(keyring.as_deref(), &key, version.data.expose());
-                    sqlx::query_as::<DB, (i64,)>(INSERT_KEPT)
+                    query_as::<DB, (i64,)>(INSERT_KEPT)
                         .bind(key.name().as_str().to_owned())
                         .bind(key.mesh().map(|m| m.as_str().to_owned()))
                         .bind(version.meta.version % keep)
@@ -392,7 +393,7 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// The database failed.
     pub async fn max_versions(&self) -> Result<u32> {
-        let (limit,) = sqlx::query_as::<DB, (i64,)>(GET_MAX_VERSIONS)
+        let (limit,) = query_as::<DB, (i64,)>(GET_MAX_VERSIONS)
             .fetch_one_via(self, Op::Other)
             .await?;
         Ok(u32::try_from(limit).unwrap_or(0))
@@ -409,19 +410,19 @@ impl [SqlStore<DB>] {
         let limit = i64::from(limit);
         self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
             Box::pin(async move {
-                let changed = sqlx::query_as::<DB, (i64,)>(SET_MAX_VERSIONS)
+                let changed = query_as::<DB, (i64,)>(SET_MAX_VERSIONS)
                     .bind(limit)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if changed.is_none() || limit == 0 {
                     return Ok(());
                 }
-                sqlx::query_as::<DB, (i64,)>(DROP_SLOT_COLLISIONS)
+                query_as::<DB, (i64,)>(DROP_SLOT_COLLISIONS)
                     .bind(limit)
                     .fetch_all(&mut *tx)
                     .await?;
-                sqlx::query_as::<DB, (i64,)>(PARK_SLOTS).fetch_all(&mut *tx).await?;
-                sqlx::query_as::<DB, (i64,)>(RENUMBER_SLOTS)
+                query_as::<DB, (i64,)>(PARK_SLOTS).fetch_all(&mut *tx).await?;
+                query_as::<DB, (i64,)>(RENUMBER_SLOTS)
                     .bind(limit)
                     .fetch_all(&mut *tx)
                     .await?;

@@ -4,6 +4,7 @@
 
 use super::rows::{MeshRow, SecretRow};
 use super::statements::{GET_MESH, GET_SECRET, bind_key};
+use super::statements::{query, query_as};
 use super::{SqlStore, check_mesh_spec, now, seal, seal_spec};
 use crate::domain::{Resource, ResourceKey, ValidationError};
 use crate::sealing::Keyring;
@@ -52,7 +53,10 @@ impl [SqlStore<DB>] {
             let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, Op::Other))?;
             let mut failed = None;
             let keyring = self.options.keyring.as_deref();
-            let result = Self::import_in_transaction(conn.conn(), keyring, items.clone(), &mut failed).await;
+            let result = self
+                .preparing
+                .around(Self::import_in_transaction(conn.conn(), keyring, items.clone(), &mut failed))
+                .await;
             let outcome = conn.finish(result).map_err(|e| match &failed {
                 Some(key) => map_db_error(e, Op::Create(key)),
                 None => map_db_error(e, Op::Other),
@@ -83,7 +87,7 @@ impl [SqlStore<DB>] {
         for item in items {
             match item {
                 Resource::Mesh(mesh) => {
-                    let existing = sqlx::query_as::<DB, MeshRow>(AssertSqlSafe(format!("{GET_MESH}{}", DB::FOR_UPDATE)))
+                    let existing = query_as::<DB, MeshRow>(AssertSqlSafe(format!("{GET_MESH}{}", DB::FOR_UPDATE)))
                         .bind(mesh.name.as_str().to_owned())
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -118,7 +122,7 @@ impl [SqlStore<DB>] {
                 Resource::Secret(secret) => {
                     let key = &secret.key;
                     let get = format!("{}{}", GET_SECRET.for_key(key), DB::FOR_UPDATE);
-                    let get = bind_key(sqlx::query_as::<DB, SecretRow>(AssertSqlSafe(get)), key);
+                    let get = bind_key(query_as::<DB, SecretRow>(AssertSqlSafe(get)), key);
                     // A stored row that does not open (altered, plaintext, or sealed with a
                     // key this keyring lacks) is overwritten: the import is the authority.
                     let existing = get
@@ -209,7 +213,7 @@ impl [SqlStore<DB>] {
                 for kept in times {
                     match &kept.of {
                         TimesOf::Secret(key) => {
-                            let query = sqlx::query(KEEP_SECRET_TIMES.for_key(key))
+                            let query = query(KEEP_SECRET_TIMES.for_key(key))
                                 .bind(kept.created)
                                 .bind(kept.modified)
                                 .bind(key.name().as_str().to_owned());
@@ -220,7 +224,7 @@ impl [SqlStore<DB>] {
                             query.execute(&mut *tx).await?;
                         }
                         TimesOf::Mesh(mesh) => {
-                            sqlx::query(KEEP_MESH_TIMES)
+                            query(KEEP_MESH_TIMES)
                                 .bind(kept.created)
                                 .bind(kept.modified)
                                 .bind(mesh.as_str().to_owned())

@@ -3,6 +3,7 @@
 
 use super::SqlStore;
 use super::dialect::Dialect;
+use super::statements::query_as;
 use super::tx::RunOnStore;
 use crate::store::Result;
 use crate::store::error::Op;
@@ -212,7 +213,7 @@ impl [SqlStore<DB>] {
         for<'r> Row: FromRow<'r, DB::Row> + Send + Unpin,
     {
         let ListStatements { page, count } = statements;
-        let rows = bind_all(sqlx::query_as::<DB, Row>(AssertSqlSafe(page.text)), page.binds)
+        let rows = bind_all(query_as::<DB, Row>(AssertSqlSafe(page.text)), page.binds)
             .fetch_all_via(self, Op::Other)
             .await?;
         let mut total = 0;
@@ -224,7 +225,7 @@ impl [SqlStore<DB>] {
         }
         if items.is_empty() && !first_page {
             let Statement { text, binds } = count;
-            let (count,) = bind_all(sqlx::query_as::<DB, (i64,)>(AssertSqlSafe(text)), binds)
+            let (count,) = bind_all(query_as::<DB, (i64,)>(AssertSqlSafe(text)), binds)
                 .fetch_one_via(self, Op::Other)
                 .await?;
             total = count;

@@ -70,6 +70,7 @@ macro_rules! impl_for_sql_databases {
             for<'r> (i64,): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (i64, ::sqlx::types::Json<$crate::domain::MeshSpec>): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64): ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> (String,): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (i64, ::sqlx::types::Json<::std::collections::BTreeMap<String, String>>):
                 ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (
@@ -107,6 +108,7 @@ pub use import::{KeptTimes, TimesOf};
 pub use reseal::{KeyUsage, ResealBatch, Unreadable};
 pub use rows::{ListedMeshRow, ListedSecretRow, MeshRow, SealedRow, SecretRow};
 pub use statements::SealedRows;
+pub(crate) use statements::{Preparing, query_as};
 
 use crate::domain::mtls::Mtls;
 use crate::domain::{Labels, MeshName, MeshSpec, ResourceKey, SecretKey, ValidationError};
@@ -124,6 +126,7 @@ use std::fmt;
 pub struct SqlStore<DB: Database> {
     pub(crate) pool: ConnectionPool<DB::Connection>,
     pub(crate) options: StoreOptions,
+    pub(crate) preparing: Preparing,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -131,6 +134,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
         Self {
             pool: self.pool.clone(),
             options: self.options.clone(),
+            preparing: self.preparing,
         }
     }
 }
@@ -142,6 +146,7 @@ impl<DB: Database> fmt::Debug for SqlStore<DB> {
             .field("max_connections", &self.pool.max_connections())
             .field("idle_connections", &self.pool.idle())
             .field("options", &self.options)
+            .field("preparing", &self.preparing)
             .finish()
     }
 }

@@ -5,6 +5,7 @@
 
 use super::SqlStore;
 use super::seal;
+use super::statements::query_as;
 use super::statements::{DELETE_SECRET, bind_key};
 use super::tx::{TxError, TxResult};
 use crate::domain::mtls::{DataSource, Mtls, builtin_ca_names};
@@ -184,7 +185,7 @@ impl [SqlStore<DB>] {
     /// it so a concurrent delete waits for this commit (and then sees the reference).
     /// Locks the Secret `name` of `mesh` against deletion until commit, if it exists.
     async fn lock_mesh_secret(tx: &mut DB::Connection, mesh: &MeshName, name: &str) -> TxResult<bool, MeshRefusal> {
-        let row = sqlx::query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
+        let row = query_as::<DB, (i64,)>(DB::LOCK_SECRET_SHARED)
             .bind(mesh.as_str().to_owned())
             .bind(name.to_owned())
             .fetch_optional(&mut *tx)
@@ -220,7 +221,7 @@ impl [SqlStore<DB>] {
             for (name, pem) in [ca.cert, ca.key] {
                 // A lone half of a pair is useless: replace it with the new pair's half.
                 let stale = SecretKey::secret(mesh.clone(), ResourceName::from_stored(name.clone()));
-                let delete = sqlx::query_as::<DB, (i64,)>(DELETE_SECRET.for_key(&stale)).bind(None::<i64>);
+                let delete = query_as::<DB, (i64,)>(DELETE_SECRET.for_key(&stale)).bind(None::<i64>);
                 bind_key(delete, &stale).fetch_optional(&mut *tx).await?;
                 let stored = seal(keyring, &stale, &pem);
                 Self::insert_secret_query(&stale, time, &builtin_ca_labels(mesh), stored)

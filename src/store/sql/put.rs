@@ -5,6 +5,7 @@
 
 use super::mtls::{MTLS_ATTEMPTS, MeshRefusal};
 use super::rows::SecretRow;
+use super::statements::query_as;
 use super::statements::{
     GET_SECRET_VERSION_LABELS, bind_key, immutable_label_values, replace_secret, upsert_secret,
 };
@@ -41,7 +42,7 @@ impl [SqlStore<DB>] {
             let time = now();
             let row = match expect {
                 Expect::Any => {
-                    sqlx::query_as::<DB, SecretRow>(AssertSqlSafe(upsert_secret::<DB>(&key)))
+                    query_as::<DB, SecretRow>(AssertSqlSafe(upsert_secret::<DB>(&key)))
                         .bind(key.name().as_str().to_owned())
                         .bind(key.mesh().map(|m| m.as_str().to_owned()))
                         .bind(time)
@@ -60,7 +61,7 @@ impl [SqlStore<DB>] {
                         _ => None,
                     };
                     let [origin, zone, display_name] = immutable_label_values(&secret.labels);
-                    let query = sqlx::query_as::<DB, SecretRow>(AssertSqlSafe(replace_secret::<DB>(&key)))
+                    let query = query_as::<DB, SecretRow>(AssertSqlSafe(replace_secret::<DB>(&key)))
                         .bind(stored.bytes)
                         .bind(stored.key_id)
                         .bind(stored.write_id)
@@ -100,7 +101,7 @@ impl [SqlStore<DB>] {
     /// changed between the statement and this read), so the put may run again.
     async fn why_not_put(&self, key: &SecretKey, labels: &Labels, expect: Expect) -> Result<Option<StoreError>> {
         let current = bind_key(
-            sqlx::query_as::<DB, (i64, Json<BTreeMap<String, String>>)>(GET_SECRET_VERSION_LABELS.for_key(key)),
+            query_as::<DB, (i64, Json<BTreeMap<String, String>>)>(GET_SECRET_VERSION_LABELS.for_key(key)),
             key,
         )
         .fetch_optional_via(self, Op::Other)
@@ -132,7 +133,7 @@ impl [SqlStore<DB>] {
                 .in_write_transaction::<_, MeshRefusal, _>(Op::Create(&key), move |tx| {
                     Box::pin(async move {
                         let lock = format!("SELECT version, spec, labels FROM meshes WHERE name = $1{}", DB::FOR_UPDATE);
-                        let current = sqlx::query_as::<DB, (i64, Json<MeshSpec>, Json<BTreeMap<String, String>>)>(AssertSqlSafe(lock))
+                        let current = query_as::<DB, (i64, Json<MeshSpec>, Json<BTreeMap<String, String>>)>(AssertSqlSafe(lock))
                             .bind(mesh.name.as_str().to_owned())
                             .fetch_optional(&mut *tx)
                             .await?;

@@ -2,6 +2,7 @@
 //! whether a standby has replayed a write.
 
 use super::SqlStore;
+use super::statements::query_as;
 use super::tx::RunOnStore;
 use crate::store::Result;
 use crate::store::error::Op;
@@ -13,7 +14,7 @@ impl SqlStore<Postgres> {
     /// # Errors
     /// The database failed (a standby refuses: it has no current position of its own).
     pub async fn wal_position(&self) -> Result<String> {
-        let (lsn,) = sqlx::query_as::<Postgres, (String,)>("SELECT pg_current_wal_lsn()::text")
+        let (lsn,) = query_as::<Postgres, (String,)>("SELECT pg_current_wal_lsn()::text")
             .fetch_one_via(self, Op::Other)
             .await?;
         Ok(lsn)
@@ -25,7 +26,7 @@ impl SqlStore<Postgres> {
     /// # Errors
     /// The database failed.
     pub async fn has_replayed(&self, lsn: &str) -> Result<bool> {
-        let (replayed,) = sqlx::query_as::<Postgres, (bool,)>(
+        let (replayed,) = query_as::<Postgres, (bool,)>(
             "SELECT coalesce(pg_last_wal_replay_lsn() >= CAST($1 AS pg_lsn), false)",
         )
         .bind(lsn.to_owned())

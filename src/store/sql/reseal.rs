@@ -2,6 +2,7 @@
 //! re-sealing secrets and Mesh inline CA keys with the active key, online.
 
 use super::rows::{SealedRow, open_value};
+use super::statements::query_as;
 use super::statements::{RESEAL_MESH, ROWS_PER_KEY, SealedRows};
 use super::tx::{RunOnStore, TxError};
 use super::{SqlStore, seal, seal_spec};
@@ -56,7 +57,7 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// The database failed.
     pub async fn rows_per_key(&self) -> Result<Vec<KeyUsage>> {
-        let rows = sqlx::query_as::<DB, (String, i64, i64)>(ROWS_PER_KEY)
+        let rows = query_as::<DB, (String, i64, i64)>(ROWS_PER_KEY)
             .fetch_all_via(self, Op::Other)
             .await?;
         Ok(rows
@@ -72,7 +73,7 @@ impl [SqlStore<DB>] {
     /// Every Mesh's name, version and stored spec (inline CA keys still sealed). Meshes are
     /// few (one per mesh of a control plane), so this reads them all.
     async fn stored_mesh_specs(&self) -> Result<Vec<(String, i64, Json<MeshSpec>)>> {
-        sqlx::query_as::<DB, (String, i64, Json<MeshSpec>)>(
+        query_as::<DB, (String, i64, Json<MeshSpec>)>(
             "SELECT name, version, spec FROM meshes ORDER BY name",
         )
         .fetch_all_via(self, Op::Other)
@@ -116,7 +117,7 @@ impl [SqlStore<DB>] {
         for table in SealedRows::ALL {
         let mut after = 0;
         loop {
-            let rows = sqlx::query_as::<DB, SealedRow>(AssertSqlSafe(table.after()))
+            let rows = query_as::<DB, SealedRow>(AssertSqlSafe(table.after()))
                 .bind(after)
                 .bind(500_i64)
                 .fetch_all_via(self, Op::Other)
@@ -193,7 +194,7 @@ impl [SqlStore<DB>] {
         self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
             Box::pin(async move {
                 let table = rows;
-                let rows = sqlx::query_as::<DB, SealedRow>(AssertSqlSafe(table.to_reseal()))
+                let rows = query_as::<DB, SealedRow>(AssertSqlSafe(table.to_reseal()))
                     .bind(after)
                     .bind(keyring.active_id().to_owned())
                     .bind(i64::from(size))
@@ -228,7 +229,7 @@ impl [SqlStore<DB>] {
                         }
                     };
                     let stored = seal(Some(&keyring), &key, &plaintext);
-                    let written = sqlx::query_as::<DB, (i64,)>(AssertSqlSafe(table.reseal()))
+                    let written = query_as::<DB, (i64,)>(AssertSqlSafe(table.reseal()))
                         .bind(stored.bytes)
                         .bind(stored.key_id)
                         .bind(stored.write_id)
@@ -275,7 +276,7 @@ impl [SqlStore<DB>] {
                 },
             )?;
             let mesh = MeshName::from_stored(name);
-            let written = sqlx::query_as::<DB, (i64,)>(RESEAL_MESH)
+            let written = query_as::<DB, (i64,)>(RESEAL_MESH)
                 .bind(Json(seal_spec(Some(&keyring), &mesh, &spec)))
                 .bind(mesh.as_str().to_owned())
                 .bind(version)

@@ -6,11 +6,69 @@
 //! `mesh IS NULL` each match an index (`secrets_mesh_name_key`, `secrets_global_name_key`),
 //! which `mesh IS NOT DISTINCT FROM $n` would not. [`Keyed::bind_key`] binds a key's name
 //! and mesh in that order, in one place.
+//!
+//! Every statement is built with [`query_as`] or [`query`] (not sqlx's own), which prepare
+//! it the way the running store operation asks ([`Preparing`]): under a name, kept on the
+//! connection and reused (the default), or without a name, so nothing outlives the
+//! transaction on the server (behind a pooler in transaction mode: see
+//! [`crate::store::PoolMode`]).
 
 use super::dialect::Dialect;
 use crate::domain::SecretKey;
-use sqlx::query::QueryAs;
-use sqlx::{Database, Encode, Type};
+use sqlx::database::HasStatementCache;
+use sqlx::query::{Query, QueryAs};
+use sqlx::{Database, Encode, FromRow, SqlSafeStr, Type};
+use std::future::Future;
+
+/// How a store operation's statements are prepared on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Preparing {
+    /// Under a name, once per connection, then reused: the fastest, and right whenever a
+    /// connection is one server session.
+    Named,
+    /// Without a name, every time: right when a pooler may run the next transaction on
+    /// another server session, which would not have the named statement (or would have
+    /// another client's under the same name).
+    Unnamed,
+}
+
+tokio::task_local! {
+    /// How the statements of the store operation running on this task are prepared; set
+    /// by [`Preparing::around`] where operations meet the pool (`tx.rs`).
+    static PREPARING: Preparing;
+}
+
+impl Preparing {
+    /// Runs `operation` with its statements prepared this way.
+    pub(crate) async fn around<F: Future>(self, operation: F) -> F::Output {
+        PREPARING.scope(self, operation).await
+    }
+
+    /// How statements built now are prepared: as the surrounding operation asks, named
+    /// outside any.
+    fn current() -> Self {
+        PREPARING
+            .try_with(|preparing| *preparing)
+            .unwrap_or(Preparing::Named)
+    }
+}
+
+/// `sqlx::query_as`, prepared as the running operation asks ([`Preparing`]).
+pub(crate) fn query_as<'q, DB, O>(sql: impl SqlSafeStr) -> QueryAs<'q, DB, O, DB::Arguments>
+where
+    DB: Database + HasStatementCache,
+    O: for<'r> FromRow<'r, DB::Row>,
+{
+    sqlx::query_as(sql).persistent(Preparing::current() == Preparing::Named)
+}
+
+/// `sqlx::query`, prepared as the running operation asks ([`Preparing`]).
+pub(crate) fn query<'q, DB>(sql: impl SqlSafeStr) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database + HasStatementCache,
+{
+    sqlx::query(sql).persistent(Preparing::current() == Preparing::Named)
+}
 
 /// A statement in two forms: for a Secret key (mesh bound last) and a GlobalSecret key.
 pub(crate) struct Keyed {

@@ -2,9 +2,10 @@
 //! and maps its errors; [`SqlStore::in_write_transaction`] runs several in one write
 //! transaction, whose body may refuse (roll back) with a domain error of its own type.
 
-use super::SqlStore;
+use super::{Preparing, SqlStore};
 use crate::store::error::{Op, map_db_error};
 use crate::store::{Result, StoreError};
+use sqlx::database::HasStatementCache;
 use sqlx::query::QueryAs;
 use sqlx::{AssertSqlSafe, Database, Executor, FromRow, IntoArguments};
 use std::future::Future;
@@ -31,9 +32,45 @@ pub(super) type TxResult<T, E = StoreError> = std::result::Result<T, TxError<E>>
 /// A transaction body: a future on the transaction's connection.
 pub(super) type TxBody<'c, T, E> = Pin<Box<dyn Future<Output = TxResult<T, E>> + Send + 'c>>;
 
+/// Runs `$run` (an expression over `$conn`, the connection) on a pooled connection of
+/// `$store` and maps its errors. With unnamed statements ([`Preparing::Unnamed`]) it runs
+/// inside a transaction of its own: a pooler in transaction mode keeps one server session
+/// only for the length of a transaction, and an unnamed statement is prepared and executed
+/// in two exchanges.
+macro_rules! on_a_connection {
+    ($store:expr, $op:expr, |$conn:ident| $run:expr) => {{
+        let store = $store;
+        let op = $op;
+        let mut pooled = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| map_db_error(e, op))?;
+        let result = match store.preparing {
+            Preparing::Named => {
+                let $conn = pooled.conn();
+                $run.await
+            }
+            Preparing::Unnamed => {
+                async {
+                    let mut tx = sqlx::Connection::begin(pooled.conn()).await?;
+                    let value = {
+                        let $conn = &mut *tx;
+                        $run.await?
+                    };
+                    tx.commit().await?;
+                    Ok(value)
+                }
+                .await
+            }
+        };
+        pooled.finish(result).map_err(|e| map_db_error(e, op))
+    }};
+}
+
 /// Runs a query on a pooled connection of the store and maps its errors: the one place
-/// statements meet the pool (see `pool.rs` for why the connection is handed back only
-/// after a clean finish).
+/// single statements meet the pool (see `pool.rs` for why the connection is handed back
+/// only after a clean finish).
 pub(super) trait RunOnStore<DB: Database, O> {
     async fn fetch_optional_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Option<O>>;
     async fn fetch_one_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<O>;
@@ -42,39 +79,25 @@ pub(super) trait RunOnStore<DB: Database, O> {
 
 impl<'q, DB, O> RunOnStore<DB, O> for QueryAs<'q, DB, O, DB::Arguments>
 where
-    DB: Database,
+    DB: Database + HasStatementCache,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     O: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
 {
     async fn fetch_optional_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Option<O>> {
-        let mut conn = store
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| map_db_error(e, op))?;
-        let result = self.fetch_optional(conn.conn()).await;
-        conn.finish(result).map_err(|e| map_db_error(e, op))
+        let query = self.persistent(store.preparing == Preparing::Named);
+        on_a_connection!(store, op, |conn| query.fetch_optional(conn))
     }
 
     async fn fetch_one_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<O> {
-        let mut conn = store
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| map_db_error(e, op))?;
-        let result = self.fetch_one(conn.conn()).await;
-        conn.finish(result).map_err(|e| map_db_error(e, op))
+        self.fetch_optional_via(store, op)
+            .await?
+            .ok_or_else(|| map_db_error(sqlx::Error::RowNotFound, op))
     }
 
     async fn fetch_all_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Vec<O>> {
-        let mut conn = store
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| map_db_error(e, op))?;
-        let result = self.fetch_all(conn.conn()).await;
-        conn.finish(result).map_err(|e| map_db_error(e, op))
+        let query = self.persistent(store.preparing == Preparing::Named);
+        on_a_connection!(store, op, |conn| query.fetch_all(conn))
     }
 }
 
@@ -89,7 +112,7 @@ impl [SqlStore<DB>] {
         F: for<'c> FnOnce(&'c mut DB::Connection) -> TxBody<'c, T, E>,
     {
         let mut conn = self.pool.acquire().await.map_err(|e| E::from(map_db_error(e, op)))?;
-        let result = async {
+        let result = self.preparing.around(async {
             let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
             match body(&mut tx).await {
                 Ok(value) => {
@@ -102,7 +125,7 @@ impl [SqlStore<DB>] {
                 }
                 Err(TxError::Db(err)) => Err(err),
             }
-        }
+        })
         .await;
         conn.finish(result).map_err(|e| E::from(map_db_error(e, op)))?
     }
