@@ -131,7 +131,7 @@ pub enum StoreError {
     /// server connection (PgBouncer in transaction mode), and the store was not told, so its
     /// named prepared statements went missing or collided.
     #[error(
-        "a connection pooler in transaction mode sits between the store and Postgres (prepared statement missing or already present: {0}); add pool_mode=transaction to the store URL"
+        "a connection pooler in transaction mode (PgBouncer's pool_mode = transaction) seems to sit between the store and Postgres: a named prepared statement went missing or collided with another client's; add pool_mode=transaction to the store URL"
     )]
     TransactionPooler(#[source] sqlx::Error),
     /// The database schema does not match this binary.

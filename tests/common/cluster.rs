@@ -36,7 +36,7 @@ pub fn local_binaries() -> Option<PathBuf> {
     dirs.pop()
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -45,7 +45,7 @@ fn running_as_root() -> bool {
 
 /// A temporary directory for a cluster, owned by `postgres` when running as root (Postgres
 /// refuses to run as root).
-fn owned_temp_dir(prefix: &str) -> tempfile::TempDir {
+pub fn owned_temp_dir(prefix: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     if running_as_root() {
         let chown = Command::new("chown")
@@ -58,7 +58,7 @@ fn owned_temp_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

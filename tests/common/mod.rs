@@ -60,6 +60,7 @@ pub fn sqlite_url(dir: &std::path::Path, file: &str) -> String {
 }
 
 pub mod cluster;
+pub mod ha;
 pub mod http;
 pub mod pki;
 pub mod process;
