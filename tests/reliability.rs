@@ -857,8 +857,10 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
 /// After a failover, the proxy in front of Postgres (HAProxy) may keep the server's open
 /// connections on the old primary, now a read-only standby, while new ones go to the new
 /// primary. A write on such a connection (SQLSTATE 25006, read-only) is a 503 with
-/// `Retry-After`, never a 500, and the connection is dropped rather than pooled again, so
-/// the server recovers by itself once the proxy routes to a primary.
+/// `Retry-After`, never a 500, and the connection is dropped rather than pooled again; a
+/// new connection to the read-only server is refused (as `target_session_attrs=read-write`)
+/// and `/readyz` says the store accepts only reads; the server recovers by itself once the
+/// proxy routes to a primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_that_reach_a_standby_after_failover_are_503_and_recover() {
     let (primary, standby) = migrated_primary_with_standby().await;
@@ -912,6 +914,10 @@ async fn writes_that_reach_a_standby_after_failover_are_503_and_recover() {
         }
     }
     assert!(refused > 0, "no write reached the read-only server");
+    let ready = common::http::send_get(format!("{base}/readyz")).await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let said = ready.text().await.unwrap();
+    assert!(said.contains("store accepts only reads"), "{said}");
 
     // The proxy routes new connections to a primary again; open ones stay on the standby.
     proxy.set_upstream(format!("127.0.0.1:{}", primary.port));

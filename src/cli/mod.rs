@@ -76,7 +76,8 @@ pub enum Command {
 /// Where the store lives; shared by every command that opens one.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// Store URL: postgres://USER:PASSWORD@HOST:PORT/DB or sqlite://PATH.
+    /// Store URL: postgres://USER:PASSWORD@HOST:PORT/DB (add ?pool_mode=transaction behind
+    /// PgBouncer in transaction mode) or sqlite://PATH.
     #[arg(long = "store", env = "KUMA_SECRETS_STORE", default_value = DEFAULT_STORE_URL)]
     pub url: StoreUrl,
 }
