@@ -52,3 +52,19 @@ pub mod manifest;
 pub mod sealing;
 pub mod store;
 pub mod wire;
+
+/// An error and its causes on one line (`a: b: c`), for logs and the command line. A cause
+/// whose text its error already ends with is not said twice.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}

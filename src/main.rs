@@ -24,23 +24,8 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the error and its causes, never a backtrace.
-            eprintln!("Error: {}", error_chain(&*err));
+            eprintln!("Error: {}", kuma_secrets::error_chain(&*err));
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Many errors already print their cause; don't say it twice.
-        if !line.ends_with(&cause_text) {
-            line.push_str(": ");
-            line.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    line
 }

@@ -23,13 +23,7 @@ async fn post(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let etag = response
-        .headers()
-        .get("etag")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, etag, response.json().await.unwrap())
+    common::http::send(request).await
 }
 
 /// The newest change-feed event: (operation, version, actor name).

@@ -16,7 +16,7 @@
 mod common;
 
 use common::ha::{OpenSessions, PatroniCluster, PgBouncer};
-use common::process::{kuma, spawn_serve};
+use common::process::{kuma, serve_sealed};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const RECOVERY: Duration = Duration::from_secs(2);
 
 /// One topology at a time: each runs two Postgres nodes, Patroni, etcd, HAProxy, `serve`
-/// and its load on a machine that may have two cores, and the bounds checked are timings.
+/// and its load (or PgBouncers and two `serve`s) on a machine that may have two cores, and
+/// the bounds checked are timings.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,20 +49,9 @@ async fn switchover_then_failover(sessions: OpenSessions) {
     let url = cluster.url();
     kuma(&["migrate", "up", "--store", &url], None).await.ok();
     let dir = tempfile::tempdir().unwrap();
-    let keys = common::test_keyring_file(dir.path());
     let timeout = format!("{}s", REQUEST_TIMEOUT.as_secs());
-    let (_serve, base, _log) = spawn_serve(
-        &[
-            "--store",
-            &url,
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-            "--request-timeout",
-            &timeout,
-        ],
-        dir.path(),
-    );
-    common::server::wait_ready(&base).await;
+    let (_serve, base, _log) =
+        serve_sealed(&url, dir.path(), &["--request-timeout", &timeout]).await;
     let load = Load::start(&base, 4, 2).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -349,6 +339,7 @@ async fn every_acknowledged_write_is_there(base: &str, acks: &[Ack]) {
 /// mode nothing needs setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let db = common::TestDb::migrated().await;
     let upstream = reqwest::Url::parse(&db.url).unwrap().port().unwrap_or(5432);
     let transaction = PgBouncer::start(upstream, "transaction");
@@ -373,18 +364,8 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
     // connections (4 per database here) for its life: serve's pool must not be larger.
     let session_url = session.url_for(&db.url);
     for (store, connections, mesh) in [(&pooled, "32", "tx"), (&session_url, "4", "session")] {
-        let (_serve, base, _log) = spawn_serve(
-            &[
-                "--store",
-                store,
-                "--encryption-keys",
-                keys,
-                "--max-connections",
-                connections,
-            ],
-            dir.path(),
-        );
-        common::server::wait_ready(&base).await;
+        let (_serve, base, _log) =
+            serve_sealed(store, dir.path(), &["--max-connections", connections]).await;
         api_core(&base, mesh).await;
     }
 
@@ -471,16 +452,7 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
 /// secret's versions; the change feed.
 async fn api_core(base: &str, mesh: &str) {
     let client = Client::new();
-    let send = |request: reqwest::RequestBuilder| async move {
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let etag = response
-            .headers()
-            .get("etag")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        (status, etag, body)
-    };
+    let send = common::http::send;
     let (status, _, body) = send(
         client
             .put(format!("{base}/meshes/{mesh}"))

@@ -11,7 +11,7 @@
 mod common;
 
 use common::cluster::Cluster;
-use common::process::{kuma, spawn_serve};
+use common::process::{kuma, serve_sealed, spawn_serve};
 use common::server::Backend;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -213,20 +213,9 @@ async fn postgres_stopped_and_crashed_under_load() {
         .await
         .ok();
     let dir = tempfile::tempdir().unwrap();
-    let keys = common::test_keyring_file(dir.path());
     let timeout = format!("{}s", REQUEST_TIMEOUT.as_secs());
-    let (_serve, base, _log) = spawn_serve(
-        &[
-            "--store",
-            &cluster.url,
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-            "--request-timeout",
-            &timeout,
-        ],
-        dir.path(),
-    );
-    common::server::wait_ready(&base).await;
+    let (_serve, base, _log) =
+        serve_sealed(&cluster.url, dir.path(), &["--request-timeout", &timeout]).await;
     common::http::put_secret_at(&base, "default", "seed", b"seed").await;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -866,18 +855,8 @@ async fn writes_that_reach_a_standby_after_failover_are_503_and_recover() {
     let (primary, standby) = migrated_primary_with_standby().await;
     let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", primary.port)).await;
     let dir = tempfile::tempdir().unwrap();
-    let keys = common::test_keyring_file(dir.path());
     let through_proxy = proxy.url_for(&primary.url);
-    let (_serve, base, _log) = spawn_serve(
-        &[
-            "--store",
-            &through_proxy,
-            "--encryption-keys",
-            keys.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    common::server::wait_ready(&base).await;
+    let (_serve, base, _log) = serve_sealed(&through_proxy, dir.path(), &[]).await;
     let client = Client::new();
     let write = async |i: u32| {
         client

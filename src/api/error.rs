@@ -117,7 +117,7 @@ impl ApiError {
                 )
             }
             StoreError::TransactionPooler(_) => {
-                tracing::error!(error = %error_chain(&err), "store misconfigured");
+                tracing::error!(error = %crate::error_chain(&err), "store misconfigured");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Store unavailable",
@@ -125,7 +125,7 @@ impl ApiError {
                 )
             }
             other => {
-                tracing::error!(error = %error_chain(&other), "store error");
+                tracing::error!(error = %crate::error_chain(&other), "store error");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     title,
@@ -134,21 +134,6 @@ impl ApiError {
             }
         }
     }
-}
-
-/// An error and its causes on one line, for logs.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
 
 impl ApiError {

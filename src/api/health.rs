@@ -38,7 +38,7 @@ async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S
             None => "ok\n".into_response(),
         },
         Err(err) => {
-            tracing::warn!(error = %super::error::error_chain(&err), "readiness check failed");
+            tracing::warn!(error = %crate::error_chain(&err), "readiness check failed");
             let body = match err {
                 StoreError::ReadOnly => {
                     "store accepts only reads (a standby, or a primary being demoted)\n"

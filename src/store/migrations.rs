@@ -9,7 +9,7 @@
 //! itself on open, since nobody else shares its file.
 
 use super::error::{Op, map_db_error};
-use super::sql::query_as;
+use super::sql::{SqlStore, query_as};
 use super::{Result, StoreError};
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Acquire, Connection, Database, Executor, FromRow};
@@ -65,7 +65,7 @@ pub enum SchemaError {
 
 /// A migration as recorded in `_sqlx_migrations`.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct AppliedRow {
+pub struct AppliedRow {
     pub version: i64,
     pub description: String,
     pub installed_on: String,
@@ -235,13 +235,18 @@ where
     })
 }
 
-/// What a backend tells the shared migration steps: its migrations and how to ask whether
-/// `_sqlx_migrations` exists yet.
-pub(crate) trait MigrationTarget: Database + sqlx::database::HasStatementCache {
+/// What a backend tells the shared migration steps: its migrations, how to ask whether
+/// `_sqlx_migrations` exists yet, and how to open the one connection migrations run on.
+pub trait MigrationTarget: Database + sqlx::database::HasStatementCache {
     /// The embedded migrations of this backend.
     const MIGRATOR: &'static Migrator;
     /// One row, one boolean column: does `_sqlx_migrations` exist.
     const MIGRATIONS_TABLE_EXISTS: &'static str;
+    /// Opens the connection `migrate up` and `migrate status` run on: one database session
+    /// throughout (migrations hold a session lock).
+    fn connect_for_migrations(
+        url: &str,
+    ) -> impl std::future::Future<Output = Result<Self::Connection>> + Send;
 }
 
 /// The SQL the applied-migrations list is read with (both backends).
@@ -270,12 +275,7 @@ where
         .map_err(|e| map_db_error(e, Op::Other))
 }
 
-/// `migrate up` on an open connection, the same for both backends: the gate, the pending
-/// migrations, then what was applied. Closes the connection.
-pub(crate) async fn migrate_up_on<DB>(
-    mut conn: DB::Connection,
-    tolerate_newer: bool,
-) -> Result<MigrationReport>
+impl<DB> SqlStore<DB>
 where
     DB: MigrationTarget,
     DB::Connection: Migrate,
@@ -285,29 +285,35 @@ where
     for<'r> AppliedRow: FromRow<'r, DB::Row>,
     <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
 {
-    let before = applied::<DB>(&mut conn).await?;
-    let conn_ref = &mut conn;
-    let report = up(DB::MIGRATOR, before, tolerate_newer, |m| async move {
-        m.run(&mut *conn_ref).await.map_err(map_migrate_error)?;
-        applied::<DB>(conn_ref).await
-    })
-    .await;
-    let _ = conn.close().await;
-    report
-}
+    /// Applies pending migrations to the database at `url`: the gate, the pending
+    /// migrations, then what was applied. The same for both backends.
+    ///
+    /// # Errors
+    /// A newer schema (unless `tolerate_newer`), a dirty or modified one, a failed
+    /// migration, or a database that cannot be reached.
+    pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
+        let mut conn = DB::connect_for_migrations(url).await?;
+        let before = applied::<DB>(&mut conn).await?;
+        let conn_ref = &mut conn;
+        let report = up(DB::MIGRATOR, before, tolerate_newer, |m| async move {
+            m.run(&mut *conn_ref).await.map_err(map_migrate_error)?;
+            applied::<DB>(conn_ref).await
+        })
+        .await;
+        let _ = conn.close().await;
+        report
+    }
 
-/// `migrate status` on an open connection, the same for both backends. Closes it.
-pub(crate) async fn status_on<DB>(mut conn: DB::Connection) -> Result<Vec<MigrationStatus>>
-where
-    DB: MigrationTarget,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'r> (bool,): FromRow<'r, DB::Row>,
-    for<'r> AppliedRow: FromRow<'r, DB::Row>,
-    <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
-{
-    let applied = applied::<DB>(&mut conn).await;
-    let _ = conn.close().await;
-    Ok(status(DB::MIGRATOR, &applied?))
+    /// Lists embedded and applied migrations of the database at `url`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the database cannot be reached.
+    pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
+        let mut conn = DB::connect_for_migrations(url).await?;
+        let applied = applied::<DB>(&mut conn).await;
+        let _ = conn.close().await;
+        Ok(status(DB::MIGRATOR, &applied?))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The Postgres backend: production, shared by several control-plane replicas.
 
-use super::migrations::{self, MigrationReport, MigrationStatus, POSTGRES_MIGRATOR};
+use super::migrations::{self, POSTGRES_MIGRATOR};
 use super::pool::{ConnectCheck, ConnectionPool};
 use super::sql::{Dialect, Preparing, SqlStore};
 use super::url::{PoolMode, split_pool_mode};
@@ -17,6 +17,10 @@ impl migrations::MigrationTarget for Postgres {
     const MIGRATOR: &'static sqlx::migrate::Migrator = &POSTGRES_MIGRATOR;
     const MIGRATIONS_TABLE_EXISTS: &'static str =
         "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
+
+    async fn connect_for_migrations(url: &str) -> Result<PgConnection> {
+        connect_once(&session_options(url)?).await
+    }
 }
 
 impl Dialect for Postgres {
@@ -125,25 +129,6 @@ impl SqlStore<Postgres> {
         };
         store.check_keyring().await?;
         Ok(store)
-    }
-
-    /// Applies pending migrations to the database at `url`.
-    ///
-    /// # Errors
-    /// A newer schema (unless `tolerate_newer`), a dirty or modified one, or a failed
-    /// migration.
-    pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
-        let conn = connect_once(&session_options(url)?).await?;
-        migrations::migrate_up_on::<Postgres>(conn, tolerate_newer).await
-    }
-
-    /// Lists embedded and applied migrations of the database at `url`.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] if the database cannot be reached.
-    pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        let conn = connect_once(&session_options(url)?).await?;
-        migrations::status_on::<Postgres>(conn).await
     }
 }
 

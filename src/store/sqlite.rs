@@ -2,7 +2,7 @@
 //! migrated on open. WAL lets readers run beside the single writer, and `busy_timeout`
 //! makes writers queue for the lock instead of failing.
 
-use super::migrations::{self, MigrationReport, MigrationStatus, SQLITE_MIGRATOR};
+use super::migrations::{self, SQLITE_MIGRATOR};
 use super::pool::ConnectionPool;
 use super::sql::{Dialect, Preparing, SqlStore};
 use super::{Result, StoreError, StoreOptions};
@@ -21,6 +21,10 @@ impl migrations::MigrationTarget for Sqlite {
     const MIGRATOR: &'static sqlx::migrate::Migrator = &SQLITE_MIGRATOR;
     const MIGRATIONS_TABLE_EXISTS: &'static str =
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+
+    async fn connect_for_migrations(url: &str) -> Result<SqliteConnection> {
+        connect_once(&connect_options(url)?).await
+    }
 }
 
 impl Dialect for Sqlite {
@@ -83,25 +87,6 @@ impl SqlStore<Sqlite> {
         };
         store.check_keyring().await?;
         Ok(store)
-    }
-
-    /// Applies pending migrations to the database at `url`.
-    ///
-    /// # Errors
-    /// A newer schema (unless `tolerate_newer`), a dirty or modified one, or a failed
-    /// migration.
-    pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
-        let conn = connect_once(&connect_options(url)?).await?;
-        migrations::migrate_up_on::<Sqlite>(conn, tolerate_newer).await
-    }
-
-    /// Lists embedded and applied migrations of the database at `url`.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] if the database cannot be reached.
-    pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        let conn = connect_once(&connect_options(url)?).await?;
-        migrations::status_on::<Sqlite>(conn).await
     }
 }
 

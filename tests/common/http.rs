@@ -122,3 +122,14 @@ pub async fn send_get(url: impl reqwest::IntoUrl) -> reqwest::Response {
 pub async fn send_delete(url: impl reqwest::IntoUrl) -> reqwest::Response {
     reqwest::Client::new().delete(url).send().await.unwrap()
 }
+
+/// Sends `request`; returns its status, ETag and JSON body (`null` if none).
+pub async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Option<String>, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let etag = response
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, etag, response.json().await.unwrap_or(Value::Null))
+}

@@ -71,6 +71,21 @@ pub fn spawn_serve(
     }
 }
 
+/// Starts `serve` on the store `url`, sealed with the test keyring (written into `dir`),
+/// with `extra` flags, and waits until it is ready.
+pub async fn serve_sealed(
+    url: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (ServeProcess, String, mpsc::Receiver<String>) {
+    let keys = super::test_keyring_file(dir);
+    let mut args = vec!["--store", url, "--encryption-keys", keys.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (process, base, log) = spawn_serve(&args, dir);
+    super::server::wait_ready(&base).await;
+    (process, base, log)
+}
+
 /// Starts `count` `serve` processes on the Postgres database `url`, sealed with the test
 /// keyring (written into `dir`), each ready: replicas of one control plane.
 pub async fn spawn_replicas(
@@ -78,12 +93,9 @@ pub async fn spawn_replicas(
     dir: &std::path::Path,
     count: usize,
 ) -> Vec<(ServeProcess, String)> {
-    let keys = super::test_keyring_file(dir);
-    let args = ["--store", url, "--encryption-keys", keys.to_str().unwrap()];
     let mut replicas = Vec::new();
     for _ in 0..count {
-        let (process, base, _log) = spawn_serve(&args, dir);
-        super::server::wait_ready(&base).await;
+        let (process, base, _log) = serve_sealed(url, dir, &[]).await;
         replicas.push((process, base));
     }
     replicas
