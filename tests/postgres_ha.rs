@@ -364,9 +364,16 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
     // connections (4 per database here) for its life: serve's pool must not be larger.
     let session_url = session.url_for(&db.url);
     for (store, connections, mesh) in [(&pooled, "32", "tx"), (&session_url, "4", "session")] {
-        let (_serve, base, _log) =
+        let (serve, base, log) =
             serve_sealed(store, dir.path(), &["--max-connections", connections]).await;
         api_core(&base, mesh).await;
+        drop(serve);
+        let named: Vec<String> = log
+            .try_iter()
+            .filter(|line| line.contains("prepared under a name"))
+            .collect();
+        assert!(named.is_empty(), "{named:?}");
+        store_tools(store, dir.path(), mesh).await;
     }
 
     // Without the option, named statements meet other clients' server sessions: the store
@@ -447,6 +454,43 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
     );
 }
 
+/// The store tools straight on `store`: `export`, `import` of what was exported (nothing
+/// changes), `rotate-keys` to a new key (checked by `--status`) and back.
+async fn store_tools(store: &str, dir: &std::path::Path, mesh: &str) {
+    let keys = common::test_keyring_file(dir);
+    let file = dir.join(format!("{mesh}.yaml"));
+    let file = file.to_str().unwrap();
+    common::raw::store_tool_at(store, &keys, &["export", "-m", mesh, "-o", file])
+        .await
+        .ok();
+    let run = common::raw::store_tool_at(store, &keys, &["import", "-f", file])
+        .await
+        .ok();
+    assert!(run.stdout.contains("0 created"), "{run:#?}");
+    let next = kuma_secrets::sealing::Keyring::random_key();
+    let keyring = |active: &str| {
+        let path = dir.join(format!("{mesh}-{active}.keys"));
+        (*common::test_keyring())
+            .clone()
+            .with_key("next", next)
+            .with_active(active)
+            .save_new(&path)
+            .unwrap();
+        path
+    };
+    let (forward, back) = (keyring("next"), keyring("test-1"));
+    common::raw::store_tool_at(store, &forward, &["rotate-keys"])
+        .await
+        .ok();
+    let status = common::raw::store_tool_at(store, &forward, &["rotate-keys", "--status"])
+        .await
+        .ok();
+    assert!(status.stdout.contains("next"), "{status:#?}");
+    common::raw::store_tool_at(store, &back, &["rotate-keys"])
+        .await
+        .ok();
+}
+
 /// The core of the API under 16 concurrent clients: a Mesh, secrets created, read, updated
 /// under `If-Match` (and refused with a stale one), listed, deleted; a global secret; a
 /// secret's versions; the change feed.
@@ -514,6 +558,30 @@ async fn api_core(base: &str, mesh: &str) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(versions["total"], 2, "{versions}");
 
+    // History: roll back to version 1 (a new version 3), restore a deleted secret.
+    let item = format!("{base}/meshes/{mesh}/secrets");
+    let (status, etag, read) = send(
+        client
+            .post(format!("{item}/s-0-0/_rollback"))
+            .json(&json!({"version": 1})),
+    )
+    .await;
+    assert_eq!((status, etag.as_deref()), (StatusCode::OK, Some("\"3\"")));
+    assert_eq!(read["data"], common::http::b64("one"));
+    let (status, _, _) = send(client.post(format!("{item}/s-0-1/_restore"))).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A Mesh with a builtin CA: its two secrets are generated in the Mesh's transaction.
+    let ca_mesh = format!("{mesh}-mtls");
+    let (status, _, body) = send(client.put(format!("{base}/meshes/{ca_mesh}")).json(&json!({
+        "type": "Mesh", "name": ca_mesh,
+        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
+    })))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, generated) = send(client.get(format!("{base}/meshes/{ca_mesh}/secrets"))).await;
+    assert_eq!(generated["total"], 2, "{generated}");
+
     let global = format!("{base}/global-secrets/{mesh}-global");
     let (status, _, _) =
         send(client.put(&global).json(
@@ -527,7 +595,8 @@ async fn api_core(base: &str, mesh: &str) {
         (StatusCode::OK, Some("eA=="))
     );
 
-    // The Mesh, then 80 creates, 80 updates and 32 deletes in it: one event each, in order.
+    // The Mesh, then 80 creates, 80 updates, 32 deletes, a rollback and a restore in it: one
+    // event each, in order.
     let changes = common::http::fetch_json(format!("{base}/_changes?mesh={mesh}&limit=1000")).await;
     let revisions: Vec<i64> = changes["events"]
         .as_array()
@@ -535,6 +604,6 @@ async fn api_core(base: &str, mesh: &str) {
         .iter()
         .map(|e| e["revision"].as_i64().unwrap())
         .collect();
-    assert_eq!(revisions.len(), 1 + 80 + 80 + 32);
+    assert_eq!(revisions.len(), 1 + 80 + 80 + 32 + 2);
     assert!(revisions.windows(2).all(|w| w[1] > w[0]));
 }

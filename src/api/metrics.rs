@@ -372,17 +372,9 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
         self.timed("secret_versions", self.inner.secret_versions(key))
             .await
     }
-    async fn rollback_secret(
-        &self,
-        key: &SecretKey,
-        version: i64,
-        expected: Option<i64>,
-    ) -> Result<Secret> {
-        self.timed(
-            "rollback_secret",
-            self.inner.rollback_secret(key, version, expected),
-        )
-        .await
+    async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
+        self.timed("rollback_secret", self.inner.rollback_secret(key, to, v))
+            .await
     }
     async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
         self.timed("restore_secret", self.inner.restore_secret(key, version))

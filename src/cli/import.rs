@@ -9,7 +9,8 @@ use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::domain::Resource;
 use crate::manifest::{self, Documents, Entry};
 use crate::store::{
-    AnyStore, Backend, ImportCounts, PostgresStore, SecretStore, StoreError, StoreOptions, StoreUrl,
+    AnyStore, Backend, ImportCounts, PoolMode, PostgresStore, SecretStore, StoreError,
+    StoreOptions, StoreUrl,
 };
 use anyhow::Context;
 use serde_json::Value;
@@ -311,8 +312,10 @@ fn explain_missing_mesh(err: StoreError) -> anyhow::Error {
 }
 
 /// Opens a store to write into. A Postgres database gets its pending migrations first
-/// (moving data into a fresh database is what these commands are for); SQLite migrates
-/// itself on open.
+/// (moving data into a fresh database is what these commands are for), unless it is reached
+/// through a pooler in transaction mode, where migrations cannot run (they need one
+/// session) and the store's schema gate says to run `migrate up` if it is behind; SQLite
+/// migrates itself on open.
 ///
 /// # Errors
 /// Unreachable database, a schema newer than this binary, or a failed migration.
@@ -321,7 +324,7 @@ pub(super) async fn open_destination(
     encryption: &EncryptionArgs,
 ) -> anyhow::Result<AnyStore> {
     let keyring = resolve(url, encryption, Access::Write).await?;
-    if url.backend() == Backend::Postgres {
+    if url.backend() == Backend::Postgres && url.pool_mode() == PoolMode::Session {
         let report = PostgresStore::migrate_up(url.expose(), false).await?;
         for applied in &report.applied {
             eprintln!(

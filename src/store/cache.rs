@@ -575,13 +575,8 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
     async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
         self.inner.secret_versions(key).await
     }
-    async fn rollback_secret(
-        &self,
-        key: &SecretKey,
-        version: i64,
-        expected: Option<i64>,
-    ) -> Result<Secret> {
-        self.writing(key, self.inner.rollback_secret(key, version, expected))
+    async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
+        self.writing(key, self.inner.rollback_secret(key, to, v))
             .await
     }
     async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {

@@ -558,13 +558,8 @@ impl SecretStore for AnyStore {
     async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<history::VersionInfo>> {
         delegate!(self, s => s.secret_versions(key))
     }
-    async fn rollback_secret(
-        &self,
-        key: &SecretKey,
-        version: i64,
-        expected: Option<i64>,
-    ) -> Result<Secret> {
-        delegate!(self, s => s.rollback_secret(key, version, expected))
+    async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
+        delegate!(self, s => s.rollback_secret(key, to, v))
     }
     async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
         delegate!(self, s => s.restore_secret(key, version))

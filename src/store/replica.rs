@@ -206,14 +206,8 @@ impl SecretStore for ReadReplica {
     async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
         self.reader().secret_versions(key).await
     }
-    async fn rollback_secret(
-        &self,
-        key: &SecretKey,
-        version: i64,
-        expected: Option<i64>,
-    ) -> Result<Secret> {
-        self.writing(self.primary.rollback_secret(key, version, expected))
-            .await
+    async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
+        self.writing(self.primary.rollback_secret(key, to, v)).await
     }
     async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
         self.writing(self.primary.restore_secret(key, version))

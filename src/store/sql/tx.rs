@@ -114,7 +114,15 @@ impl [SqlStore<DB>] {
         let mut conn = self.pool.acquire().await.map_err(|e| E::from(map_db_error(e, op)))?;
         let result = self.preparing.around(async {
             let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
-            match body(&mut tx).await {
+            let outcome = body(&mut tx).await;
+            if self.preparing == Preparing::Unnamed && sqlx::Connection::cached_statements_size(&*tx) > 0 {
+                // Nothing named may outlive the transaction on a pooler's server session: a
+                // statement built outside the operation (so prepared under a name) is closed
+                // here, before the session goes back to the pooler.
+                tracing::warn!("a statement was prepared under a name with pool_mode=transaction; closing it");
+                sqlx::Connection::clear_cached_statements(&mut *tx).await?;
+            }
+            match outcome {
                 Ok(value) => {
                     tx.commit().await?;
                     Ok(Ok(value))
