@@ -427,10 +427,11 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
         async move {
             client
                 .put(url)
-                .json(
-                    &json!({"type": "Secret", "mesh": "default", "name": format!("plain-{i}"),
-                              "data": "eA=="}),
-                )
+                .json(&common::http::secret_json(
+                    "default",
+                    &format!("plain-{i}"),
+                    "x",
+                ))
                 .send()
                 .await
                 .unwrap()
@@ -511,32 +512,25 @@ async fn api_core(base: &str, mesh: &str) {
             for i in 0..5 {
                 let name = format!("s-{c}-{i}");
                 let url = format!("{base}/meshes/{mesh}/secrets/{name}");
-                let body = |data: &str| {
-                    json!({"type": "Secret", "mesh": mesh, "name": name,
-                           "data": common::http::b64(data)})
-                };
+                let body = |data: &str| common::http::secret_json(&mesh, &name, data);
                 let (status, etag, _) = send(client.put(&url).json(&body("one"))).await;
                 assert_eq!(status, StatusCode::CREATED);
                 assert_eq!(etag.as_deref(), Some("\"1\""));
                 let (status, _, read) = send(client.get(&url)).await;
                 assert_eq!(status, StatusCode::OK);
                 assert_eq!(read["data"], common::http::b64("one"));
-                let (status, etag, _) = send(
-                    client
-                        .put(&url)
-                        .header("if-match", "\"1\"")
-                        .json(&body("two")),
-                )
-                .await;
+                let put_if_at_1 = |data: &str| {
+                    send(
+                        client
+                            .put(&url)
+                            .header("if-match", "\"1\"")
+                            .json(&body(data)),
+                    )
+                };
+                let (status, etag, _) = put_if_at_1("two").await;
                 assert_eq!(status, StatusCode::OK);
                 assert_eq!(etag.as_deref(), Some("\"2\""));
-                let (status, _, _) = send(
-                    client
-                        .put(&url)
-                        .header("if-match", "\"1\"")
-                        .json(&body("stale")),
-                )
-                .await;
+                let (status, _, _) = put_if_at_1("stale").await;
                 assert_eq!(status, StatusCode::PRECONDITION_FAILED);
                 if i % 2 == 1 {
                     let (status, _, _) = send(client.delete(&url)).await;

@@ -861,10 +861,11 @@ async fn writes_that_reach_a_standby_after_failover_are_503_and_recover() {
     let write = async |i: u32| {
         client
             .put(format!("{base}/meshes/default/secrets/f-{i}"))
-            .json(
-                &json!({"type": "Secret", "mesh": "default", "name": format!("f-{i}"),
-                          "data": "eA=="}),
-            )
+            .json(&common::http::secret_json(
+                "default",
+                &format!("f-{i}"),
+                "x",
+            ))
             .send()
             .await
             .unwrap()

@@ -133,3 +133,8 @@ pub async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Option<Strin
         .map(|v| v.to_str().unwrap().to_owned());
     (status, etag, response.json().await.unwrap_or(Value::Null))
 }
+
+/// A Secret's PUT body: `{"type": "Secret", "mesh", "name", "data": base64}`.
+pub fn secret_json(mesh: &str, name: &str, data: impl AsRef<[u8]>) -> Value {
+    json!({"type": "Secret", "mesh": mesh, "name": name, "data": b64(data)})
+}
