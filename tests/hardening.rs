@@ -13,9 +13,7 @@ use common::process::{kuma, spawn_serve};
 use common::raw::{P, contains, raw_database, raw_row, raw_sql, store_tool};
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::{ApiConfig, User};
-use kuma_secrets::domain::{
-    Labels, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, SecretData, SecretKey,
-};
+use kuma_secrets::domain::{Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey};
 use kuma_secrets::store::{AnyStore, SecretStore, SqliteStore, StoreError, StoreOptions};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -198,19 +196,7 @@ async fn re_adding_a_builtin_backend_racing_a_delete_of_its_ca_never_dangles(bac
     let set = |on: bool| {
         let store = store.clone();
         let mesh = mesh.clone();
-        async move {
-            let current = store.get_mesh(&mesh).await.unwrap();
-            store
-                .update_mesh(
-                    &mesh,
-                    current.meta.version,
-                    MeshUpdate {
-                        spec: builtin(on),
-                        labels: current.labels,
-                    },
-                )
-                .await
-        }
+        async move { common::http::set_mesh_spec(&store, &mesh, builtin(on)).await }
     };
     let (cert, key) = (
         SecretKey::parse(Some("default"), "default.ca-builtin-cert-ca-1").unwrap(),

@@ -52,13 +52,7 @@ async fn blind_puts(
 }
 
 async fn version_of(server: &TestServer, path: &str) -> i64 {
-    let response = crate::common::http::send_get(server.at(path)).await;
-    let etag = response.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
-    etag.parse().unwrap()
+    crate::common::http::version_of(&crate::common::http::send_get(server.at(path)).await)
 }
 
 /// 32 clients PUT one Secret with no precondition: no 409, every write counted once.

@@ -452,16 +452,7 @@ async fn a_delete_racing_a_new_reference_never_leaves_it_dangling(backend: Backe
             }
         }
         // Drop the reference for the next round.
-        let current = store.get_mesh(&mesh).await.unwrap();
-        store
-            .update_mesh(
-                &mesh,
-                current.meta.version,
-                MeshUpdate {
-                    spec: serde_json::Map::new(),
-                    labels: current.labels,
-                },
-            )
+        common::http::set_mesh_spec(&store, &mesh, serde_json::Map::new())
             .await
             .unwrap();
     }

@@ -163,12 +163,7 @@ impl Load {
                     if let (true, Ok(r)) = (write, &response)
                         && r.status().is_success()
                     {
-                        let version = r.headers()["etag"]
-                            .to_str()
-                            .unwrap()
-                            .trim_matches('"')
-                            .parse()
-                            .unwrap();
+                        let version = common::http::version_of(r);
                         acks.lock().unwrap().push((name.clone(), version, data));
                     }
                     outcomes.lock().unwrap().push(Outcome {

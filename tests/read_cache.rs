@@ -344,16 +344,6 @@ async fn while_the_database_is_down_nothing_is_served_from_memory() {
     assert!(store.stats().hits > hits, "served from memory again");
 }
 
-/// The version an answer's ETag names.
-fn version_of(response: &reqwest::Response) -> i64 {
-    response.headers()["etag"]
-        .to_str()
-        .unwrap()
-        .trim_matches('"')
-        .parse()
-        .unwrap()
-}
-
 /// Two real `serve` processes on one Postgres, each with its cache: a write through one is
 /// read through the other within a bounded time (p99 printed), a write through one is read
 /// through the same one at once, `If-None-Match` answers 304, and `Cache-Control: no-cache`
@@ -374,7 +364,7 @@ async fn two_servers_on_one_postgres_stay_coherent() {
         async move {
             let response = request.send().await.unwrap();
             assert!(response.status().is_success(), "{:?}", response.status());
-            version_of(&response)
+            common::http::version_of(&response)
         }
     };
     let get = |base: &str| {
@@ -383,7 +373,7 @@ async fn two_servers_on_one_postgres_stay_coherent() {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
             (
-                version_of(&response),
+                common::http::version_of(&response),
                 response.json::<Value>().await.unwrap(),
             )
         }

@@ -498,14 +498,7 @@ async fn three_replicas_on_one_postgres_lose_nothing() {
         }
         request.send()
     };
-    let version_of = |response: &reqwest::Response| -> i64 {
-        response.headers()["etag"]
-            .to_str()
-            .unwrap()
-            .trim_matches('"')
-            .parse()
-            .unwrap()
-    };
+    let version_of = common::http::version_of;
     common::http::put_secret_at(&bases[0], "default", "counter", b"0").await;
     common::http::put_secret_at(&bases[0], "default", "blind", b"0").await;
 

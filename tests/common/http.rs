@@ -138,3 +138,32 @@ pub async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Option<Strin
 pub fn secret_json(mesh: &str, name: &str, data: impl AsRef<[u8]>) -> Value {
     json!({"type": "Secret", "mesh": mesh, "name": name, "data": b64(data)})
 }
+
+/// The version an answer's `ETag` names.
+pub fn version_of(response: &reqwest::Response) -> i64 {
+    response.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap()
+}
+
+/// Sets Mesh `mesh`'s spec in `store` (its labels kept), at the version it has now.
+pub async fn set_mesh_spec<S: SecretStore>(
+    store: &S,
+    mesh: &kuma_secrets::domain::MeshName,
+    spec: serde_json::Map<String, Value>,
+) -> Result<kuma_secrets::domain::Mesh, StoreError> {
+    let current = store.get_mesh(mesh).await.unwrap();
+    store
+        .update_mesh(
+            mesh,
+            current.meta.version,
+            kuma_secrets::domain::MeshUpdate {
+                spec,
+                labels: current.labels,
+            },
+        )
+        .await
+}
