@@ -415,28 +415,27 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
         }
     };
     let client = Client::new();
+    // Rounds of 64 concurrent writes until one meets another client's statement (the first
+    // almost always does; five rounds make a lucky streak vanishingly unlikely).
     let mut unavailable = 0;
-    let writes = (0..64).map(|i| {
-        let client = client.clone();
-        let url = format!("{base}/meshes/default/secrets/plain-{i}");
-        async move {
-            client
-                .put(url)
-                .json(&common::http::secret_json(
-                    "default",
-                    &format!("plain-{i}"),
-                    "x",
-                ))
-                .send()
-                .await
-                .unwrap()
-                .status()
+    for round in 0..5 {
+        if unavailable > 0 {
+            break;
         }
-    });
-    for status in futures_util::future::join_all(writes).await {
-        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            unavailable += 1;
+        let writes = (0..64).map(|i| {
+            let client = client.clone();
+            let name = format!("plain-{round}-{i}");
+            let url = format!("{base}/meshes/default/secrets/{name}");
+            async move {
+                let body = common::http::secret_json("default", &name, "x");
+                client.put(url).json(&body).send().await.unwrap().status()
+            }
+        });
+        for status in futures_util::future::join_all(writes).await {
+            assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                unavailable += 1;
+            }
         }
     }
     let _ = serve.kill();
@@ -445,7 +444,7 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
     assert!(
         unavailable > 0 && said.iter().any(|l| l.contains("add pool_mode=transaction")),
         "without pool_mode=transaction behind PgBouncer in transaction mode, {unavailable} \
-         writes of 64 were refused and the log said:\n{}",
+         writes were refused and the log said:\n{}",
         said.join("\n")
     );
 }
