@@ -16,7 +16,7 @@
 mod common;
 
 use common::ha::{OpenSessions, PatroniCluster, PgBouncer};
-use common::process::{kuma, serve_sealed};
+use common::process::{kuma, serve_sealed, try_spawn_serve};
 use reqwest::{Client, StatusCode};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -376,45 +376,19 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
 
     // Without the option, named statements meet other clients' server sessions: the store
     // either refuses to start, saying what to set, or starts and says it under load.
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
-        .args(["serve", "--api-addr", "127.0.0.1:0", "--store", &plain])
-        .args(["--encryption-keys", keys])
-        .current_dir(dir.path())
-        .env_remove("KUMA_SECRETS_STORE")
-        .env("KUMA_SECRETS_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, log) = std::sync::mpsc::channel();
-    let stderr = serve.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut said = Vec::new();
-    let base = loop {
-        match log.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => {
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    break format!("http://{}", rest.split_whitespace().next().unwrap());
-                }
-                said.push(line);
-            }
-            Err(_) => {
-                let status = serve.wait().unwrap();
-                assert!(!status.success());
-                let said = said.join("\n");
-                assert!(
-                    said.contains("add pool_mode=transaction to the store URL"),
-                    "serve behind PgBouncer in transaction mode failed without saying what to set:\n{said}"
-                );
-                return;
-            }
+    let (mut serve, base, log) = match try_spawn_serve(
+        &["--store", &plain, "--encryption-keys", keys],
+        dir.path(),
+    ) {
+        Ok(started) => started,
+        Err(not) => {
+            assert!(not.status.is_some_and(|s| !s.success()), "{:?}", not.status);
+            let said = not.said.join("\n");
+            assert!(
+                said.contains("add pool_mode=transaction to the store URL"),
+                "serve behind PgBouncer in transaction mode failed without saying what to set:\n{said}"
+            );
+            return;
         }
     };
     let client = Client::new();
@@ -443,7 +417,7 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
     }
     let _ = serve.kill();
     let _ = serve.wait();
-    said.extend(log.try_iter());
+    let said: Vec<String> = log.try_iter().collect();
     assert!(
         unavailable > 0 && said.iter().any(|l| l.contains("add pool_mode=transaction")),
         "without pool_mode=transaction behind PgBouncer in transaction mode, {unavailable} \

@@ -251,13 +251,17 @@ fn sqlstate(err: &sqlx::Error) -> Option<std::borrow::Cow<'_, str>> {
 pub(crate) fn ends_the_connection(err: &sqlx::Error) -> bool {
     let code = sqlstate(err);
     let code = code.as_deref().unwrap_or("");
-    code.len() == 5
-        && (code.starts_with("08")
-            || code.starts_with("57P0")
-            || matches!(
-                code,
-                READ_ONLY_SERVER | DUPLICATE_PREPARED_STATEMENT | INVALID_STATEMENT_NAME
-            ))
+    server_gone(code)
+        || matches!(
+            code,
+            READ_ONLY_SERVER | DUPLICATE_PREPARED_STATEMENT | INVALID_STATEMENT_NAME
+        )
+}
+
+/// Whether a Postgres SQLSTATE says the server went away: class 08 (connection exception)
+/// or 57P0x (shutting down, cannot connect now).
+fn server_gone(code: &str) -> bool {
+    code.len() == 5 && (code.starts_with("08") || code.starts_with("57P0"))
 }
 
 /// Connection-level failures: the database is down, restarting, or out of connections.
@@ -268,13 +272,12 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code();
+        sqlx::Error::Database(_) => {
+            let code = sqlstate(err);
             let code = code.as_deref().unwrap_or("");
             if code.len() == 5 {
-                // Postgres SQLSTATE: class 08 connection exception, 57P0x shutdown or
-                // cannot connect now, 53300 too many connections.
-                code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+                // Postgres SQLSTATE: the server went away, or 53300 too many connections.
+                server_gone(code) || code == "53300"
             } else {
                 // SQLite (extended) result code: primary 5 SQLITE_BUSY or 6 SQLITE_LOCKED,
                 // left after busy_timeout ran out.

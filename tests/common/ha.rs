@@ -148,7 +148,8 @@ pub fn at_port(url: &str, port: u16) -> String {
 /// authentication, in `pool_mode` (`session` or `transaction`), with few server
 /// connections per database so that clients share them.
 pub struct PgBouncer {
-    daemon: Daemon,
+    /// Stopped when dropped, before its directory goes.
+    _daemon: Daemon,
     /// Its port on 127.0.0.1.
     pub port: u16,
     _dir: tempfile::TempDir,
@@ -182,7 +183,7 @@ impl PgBouncer {
         let daemon = Daemon::start(&program, &["pgbouncer.ini"], path, "pgbouncer.log");
         wait_listening(port, &daemon, "pgbouncer");
         Self {
-            daemon,
+            _daemon: daemon,
             port,
             _dir: dir,
         }
@@ -191,11 +192,6 @@ impl PgBouncer {
     /// `url` routed through this PgBouncer.
     pub fn url_for(&self, url: &str) -> String {
         at_port(url, self.port)
-    }
-
-    /// Its log so far.
-    pub fn log(&self) -> String {
-        self.daemon.log()
     }
 }
 
@@ -267,7 +263,8 @@ pub struct PatroniCluster {
     pub port: u16,
     stats_socket: PathBuf,
     etcd: Daemon,
-    dir: tempfile::TempDir,
+    /// Removed after `Drop` stopped everything.
+    _dir: tempfile::TempDir,
 }
 
 /// How HAProxy treats open sessions to a server its check marks down.
@@ -366,7 +363,7 @@ impl PatroniCluster {
             port,
             stats_socket,
             etcd,
-            dir,
+            _dir: dir,
         };
         cluster.wait_replicating(0).await;
         cluster
@@ -483,11 +480,6 @@ impl PatroniCluster {
         }
         all.push_str(&format!("--- haproxy\n{}", self.haproxy.log()));
         all
-    }
-
-    /// Where the cluster's files are.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

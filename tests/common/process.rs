@@ -38,6 +38,30 @@ pub fn spawn_serve(
     args: &[&str],
     dir: &std::path::Path,
 ) -> (ServeProcess, String, mpsc::Receiver<String>) {
+    match try_spawn_serve(args, dir) {
+        Ok(started) => started,
+        Err(not) => panic!(
+            "the server never logged its address ({:?}):\n{}",
+            not.status,
+            not.said.join("\n")
+        ),
+    }
+}
+
+/// A `serve` that never logged its address.
+pub struct NotStarted {
+    /// How it exited; `None` if it was still running after 20 s (it is killed then).
+    pub status: Option<std::process::ExitStatus>,
+    /// What it logged.
+    pub said: Vec<String>,
+}
+
+/// As [`spawn_serve`], but a server that exits (or is silent for 20 s) before logging its
+/// address is an `Err`.
+pub fn try_spawn_serve(
+    args: &[&str],
+    dir: &std::path::Path,
+) -> Result<(ServeProcess, String, mpsc::Receiver<String>), NotStarted> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
         .arg("serve")
         .args(["--api-addr", "127.0.0.1:0"])
@@ -58,16 +82,26 @@ pub fn spawn_serve(
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut said = Vec::new();
     loop {
-        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server never logged its address");
+        let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            // Its stderr closed: it exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().ok();
+                return Err(NotStarted { status, said });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(NotStarted { status: None, said });
+            }
         };
         if let Some(rest) = line.split("addr=").nth(1) {
             let addr = rest.split_whitespace().next().unwrap().to_owned();
-            return (ServeProcess(child), format!("http://{addr}"), rx);
+            return Ok((ServeProcess(child), format!("http://{addr}"), rx));
         }
+        said.push(line);
     }
 }
 
