@@ -7,7 +7,13 @@
 use crate::domain::{
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
-use crate::store::{Expect, ImportCounts, MeshQuery, Page, Put, Result, SecretQuery, SecretStore};
+use crate::store::cache::CacheReport;
+use crate::store::feed::{EventFilter, EventPage};
+use crate::store::history::VersionInfo;
+use crate::store::{
+    Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SecretQuery, SecretStore,
+    forward_store_methods,
+};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -276,116 +282,38 @@ impl<S> MeteredStore<S> {
 }
 
 impl<S: SecretStore> SecretStore for MeteredStore<S> {
-    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
-        self.timed("create_secret", self.inner.create_secret(secret))
-            .await
-    }
-    async fn update_secret(&self, key: &SecretKey, v: i64, u: SecretUpdate) -> Result<Secret> {
-        self.timed("update_secret", self.inner.update_secret(key, v, u))
-            .await
-    }
-    async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
-        self.timed("delete_secret", self.inner.delete_secret(key, v))
-            .await
-    }
-    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
-        self.timed("put_secret", self.inner.put_secret(secret, expect))
-            .await
-    }
-    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
-        self.timed("put_mesh", self.inner.put_mesh(mesh, expect))
-            .await
-    }
-    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
-        self.timed("get_secret", self.inner.get_secret(key)).await
-    }
-    async fn get_secret_fresh(&self, key: &SecretKey) -> Result<Secret> {
-        self.timed("get_secret_fresh", self.inner.get_secret_fresh(key))
-            .await
-    }
-    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
-        self.timed("secret_version", self.inner.secret_version(key))
-            .await
-    }
-    async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
-        self.timed("list_secrets", self.inner.list_secrets(query))
-            .await
-    }
-    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
-        self.timed("create_mesh", self.inner.create_mesh(mesh))
-            .await
-    }
-    async fn update_mesh(&self, name: &MeshName, v: i64, u: MeshUpdate) -> Result<Mesh> {
-        self.timed("update_mesh", self.inner.update_mesh(name, v, u))
-            .await
-    }
-    async fn delete_mesh(&self, name: &MeshName, v: Option<i64>) -> Result<()> {
-        self.timed("delete_mesh", self.inner.delete_mesh(name, v))
-            .await
-    }
-    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
-        self.timed("get_mesh", self.inner.get_mesh(name)).await
-    }
-    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
-        self.timed("list_meshes", self.inner.list_meshes(query))
-            .await
-    }
-    async fn current_revision(&self) -> Result<i64> {
-        self.timed("current_revision", self.inner.current_revision())
-            .await
-    }
-    async fn events_after(
-        &self,
-        after: i64,
-        limit: u32,
-        filter: &crate::store::feed::EventFilter,
-    ) -> Result<crate::store::feed::EventPage> {
-        self.timed(
-            "events_after",
-            self.inner.events_after(after, limit, filter),
-        )
-        .await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.timed("ping", self.inner.ping()).await
+    forward_store_methods! { [inner] through timed(name)
+        fn create_secret(secret: NewSecret) -> Secret;
+        fn update_secret(key: &SecretKey, v: i64, u: SecretUpdate) -> Secret;
+        fn delete_secret(key: &SecretKey, v: Option<i64>) -> ();
+        fn put_secret(secret: NewSecret, expect: Expect) -> Put<Secret>;
+        fn put_mesh(mesh: NewMesh, expect: Expect) -> Put<Mesh>;
+        fn get_secret(key: &SecretKey) -> Secret;
+        fn get_secret_fresh(key: &SecretKey) -> Secret;
+        fn secret_version(key: &SecretKey) -> Option<i64>;
+        fn get_secret_version(key: &SecretKey, version: i64) -> Secret;
+        fn secret_versions(key: &SecretKey) -> Vec<VersionInfo>;
+        fn rollback_secret(key: &SecretKey, to: i64, v: Option<i64>) -> Secret;
+        fn restore_secret(key: &SecretKey, version: Option<i64>) -> Secret;
+        fn purge_secret(key: &SecretKey, expected: Option<i64>) -> ();
+        fn list_secrets(query: &SecretQuery) -> Page<Secret>;
+        fn create_mesh(mesh: NewMesh) -> Mesh;
+        fn update_mesh(name: &MeshName, v: i64, u: MeshUpdate) -> Mesh;
+        fn delete_mesh(name: &MeshName, v: Option<i64>) -> ();
+        fn get_mesh(name: &MeshName) -> Mesh;
+        fn list_meshes(query: &MeshQuery) -> Page<Mesh>;
+        fn current_revision() -> i64;
+        fn events_after(after: i64, limit: u32, filter: &EventFilter) -> EventPage;
+        fn ping() -> ();
+        fn import_batch(items: Vec<Resource>) -> ImportCounts;
     }
     fn readiness_note(&self) -> Option<String> {
         self.inner.readiness_note()
     }
-    fn cache_report(&self) -> Option<crate::store::cache::CacheReport> {
+    fn cache_report(&self) -> Option<CacheReport> {
         self.inner.cache_report()
     }
-    fn pool_report(&self) -> Option<crate::store::PoolReport> {
+    fn pool_report(&self) -> Option<PoolReport> {
         self.inner.pool_report()
-    }
-    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
-        self.timed(
-            "get_secret_version",
-            self.inner.get_secret_version(key, version),
-        )
-        .await
-    }
-    async fn secret_versions(
-        &self,
-        key: &SecretKey,
-    ) -> Result<Vec<crate::store::history::VersionInfo>> {
-        self.timed("secret_versions", self.inner.secret_versions(key))
-            .await
-    }
-    async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
-        self.timed("rollback_secret", self.inner.rollback_secret(key, to, v))
-            .await
-    }
-    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
-        self.timed("restore_secret", self.inner.restore_secret(key, version))
-            .await
-    }
-    async fn purge_secret(&self, key: &SecretKey, expected: Option<i64>) -> Result<()> {
-        self.timed("purge_secret", self.inner.purge_secret(key, expected))
-            .await
-    }
-    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
-        self.timed("import_batch", self.inner.import_batch(items))
-            .await
     }
 }

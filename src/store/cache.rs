@@ -44,7 +44,9 @@ use crate::store::feed::{Event, EventFilter, EventPage, WATCH_POLL};
 use crate::store::history::VersionInfo;
 use crate::store::page::{MeshQuery, Page, SecretQuery};
 use crate::store::sql::SecretRow;
-use crate::store::{Expect, ImportCounts, Put, Result, SecretStore, StoreError};
+use crate::store::{
+    Expect, ImportCounts, Put, Result, SecretStore, StoreError, forward_store_methods,
+};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -539,6 +541,16 @@ impl<S: SecretStore + SealedReads> CachedStore<S> {
 }
 
 impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
+    // Reads the cache does not hold, and the feed.
+    forward_store_methods! { [inner]
+        fn secret_version(key: &SecretKey) -> Option<i64>;
+        fn get_secret_version(key: &SecretKey, version: i64) -> Secret;
+        fn secret_versions(key: &SecretKey) -> Vec<VersionInfo>;
+        fn get_mesh(name: &MeshName) -> Mesh;
+        fn list_meshes(query: &MeshQuery) -> Page<Mesh>;
+        fn events_after(after: i64, limit: u32, filter: &EventFilter) -> EventPage;
+        fn ping() -> ();
+    }
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
         let key = secret.key.clone();
         self.writing(&key, self.inner.create_secret(secret)).await
@@ -565,15 +577,6 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
     async fn get_secret_fresh(&self, key: &SecretKey) -> Result<Secret> {
         self.cache.bypassed.fetch_add(1, Ordering::Relaxed);
         self.inner.get_secret_fresh(key).await
-    }
-    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
-        self.inner.secret_version(key).await
-    }
-    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
-        self.inner.get_secret_version(key, version).await
-    }
-    async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
-        self.inner.secret_versions(key).await
     }
     async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
         self.writing(key, self.inner.rollback_secret(key, to, v))
@@ -625,12 +628,6 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
         self.writing_mesh(name, self.inner.delete_mesh(name, v))
             .await
     }
-    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
-        self.inner.get_mesh(name).await
-    }
-    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
-        self.inner.list_meshes(query).await
-    }
     /// While the cache answers, the revision the follower has read the feed to: every
     /// change up to it is in the database, so a list read after it shows them and a watch
     /// from it misses nothing (it may repeat a change up to [`MAX_STALENESS`] old). This
@@ -640,17 +637,6 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
             return Ok(self.cache.followed.load(Ordering::Acquire));
         }
         self.inner.current_revision().await
-    }
-    async fn events_after(
-        &self,
-        after: i64,
-        limit: u32,
-        filter: &EventFilter,
-    ) -> Result<EventPage> {
-        self.inner.events_after(after, limit, filter).await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.inner.ping().await
     }
     fn readiness_note(&self) -> Option<String> {
         self.inner.readiness_note()

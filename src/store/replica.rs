@@ -26,7 +26,9 @@ use crate::store::cache::{SealedReads, SealedSecret};
 use crate::store::feed::{EventFilter, EventPage};
 use crate::store::history::VersionInfo;
 use crate::store::page::{MeshQuery, Page, SecretQuery};
-use crate::store::{Expect, ImportCounts, PostgresStore, Put, Result, SecretStore};
+use crate::store::{
+    Expect, ImportCounts, PostgresStore, Put, Result, SecretStore, forward_store_methods,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -176,45 +178,35 @@ impl SealedReads for ReadReplica {
 }
 
 impl SecretStore for ReadReplica {
-    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
-        self.writing(self.primary.create_secret(secret)).await
+    forward_store_methods! { [primary] through writing
+        fn create_secret(secret: NewSecret) -> Secret;
+        fn update_secret(key: &SecretKey, v: i64, u: SecretUpdate) -> Secret;
+        fn delete_secret(key: &SecretKey, v: Option<i64>) -> ();
+        fn put_secret(secret: NewSecret, expect: Expect) -> Put<Secret>;
+        fn put_mesh(mesh: NewMesh, expect: Expect) -> Put<Mesh>;
+        fn rollback_secret(key: &SecretKey, to: i64, v: Option<i64>) -> Secret;
+        fn restore_secret(key: &SecretKey, version: Option<i64>) -> Secret;
+        fn purge_secret(key: &SecretKey, expected: Option<i64>) -> ();
+        fn create_mesh(mesh: NewMesh) -> Mesh;
+        fn update_mesh(name: &MeshName, v: i64, u: MeshUpdate) -> Mesh;
+        fn delete_mesh(name: &MeshName, v: Option<i64>) -> ();
+        fn import_batch(items: Vec<Resource>) -> ImportCounts;
     }
-    async fn update_secret(&self, key: &SecretKey, v: i64, u: SecretUpdate) -> Result<Secret> {
-        self.writing(self.primary.update_secret(key, v, u)).await
+    forward_store_methods! { [reader()]
+        fn get_secret(key: &SecretKey) -> Secret;
+        fn get_secret_version(key: &SecretKey, version: i64) -> Secret;
+        fn secret_versions(key: &SecretKey) -> Vec<VersionInfo>;
+        fn get_mesh(name: &MeshName) -> Mesh;
+        fn list_meshes(query: &MeshQuery) -> Page<Mesh>;
     }
-    async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
-        self.writing(self.primary.delete_secret(key, v)).await
-    }
-    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
-        self.writing(self.primary.put_secret(secret, expect)).await
-    }
-    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
-        self.writing(self.primary.put_mesh(mesh, expect)).await
-    }
-    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
-        self.reader().get_secret(key).await
+    forward_store_methods! { [primary]
+        fn secret_version(key: &SecretKey) -> Option<i64>;
+        fn current_revision() -> i64;
+        fn events_after(after: i64, limit: u32, filter: &EventFilter) -> EventPage;
+        fn ping() -> ();
     }
     async fn get_secret_fresh(&self, key: &SecretKey) -> Result<Secret> {
         self.primary.get_secret(key).await
-    }
-    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
-        self.primary.secret_version(key).await
-    }
-    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
-        self.reader().get_secret_version(key, version).await
-    }
-    async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<VersionInfo>> {
-        self.reader().secret_versions(key).await
-    }
-    async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
-        self.writing(self.primary.rollback_secret(key, to, v)).await
-    }
-    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
-        self.writing(self.primary.restore_secret(key, version))
-            .await
-    }
-    async fn purge_secret(&self, key: &SecretKey, expected: Option<i64>) -> Result<()> {
-        self.writing(self.primary.purge_secret(key, expected)).await
     }
     async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
         // Counts on the primary (see the module docs); pages with a known total anywhere.
@@ -224,38 +216,6 @@ impl SecretStore for ReadReplica {
             &self.primary
         };
         store.list_secrets(query).await
-    }
-    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
-        self.writing(self.primary.create_mesh(mesh)).await
-    }
-    async fn update_mesh(&self, name: &MeshName, v: i64, u: MeshUpdate) -> Result<Mesh> {
-        self.writing(self.primary.update_mesh(name, v, u)).await
-    }
-    async fn delete_mesh(&self, name: &MeshName, v: Option<i64>) -> Result<()> {
-        self.writing(self.primary.delete_mesh(name, v)).await
-    }
-    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
-        self.reader().get_mesh(name).await
-    }
-    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
-        self.reader().list_meshes(query).await
-    }
-    async fn current_revision(&self) -> Result<i64> {
-        self.primary.current_revision().await
-    }
-    async fn events_after(
-        &self,
-        after: i64,
-        limit: u32,
-        filter: &EventFilter,
-    ) -> Result<EventPage> {
-        self.primary.events_after(after, limit, filter).await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.primary.ping().await
-    }
-    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
-        self.writing(self.primary.import_batch(items)).await
     }
     fn readiness_note(&self) -> Option<String> {
         Some(self.describe())
