@@ -13,6 +13,8 @@
 //! measured as `serve` runs it (with the read cache, which keeps a list's `total` until a
 //! secret changes) and without the cache (every page counts every match).
 
+mod common;
+
 use kuma_secrets::api::{self, ApiConfig, AppState};
 use kuma_secrets::sealing::Keyring;
 use kuma_secrets::store::cache::{CachedStore, DEFAULT_CACHE_ENTRIES};
@@ -166,10 +168,7 @@ const SEED_SQL: &str = "INSERT INTO secrets (name, mesh, version, creation_time,
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
         println!("{} secrets in Mesh default, pages of {}, over HTTP on loopback", args.secrets, args.size);
         println!();
@@ -179,14 +178,10 @@ fn main() {
         let data = vec![7u8; 1024];
 
         // Postgres.
-        let admin_url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin_url = common::database_url();
         let db = format!("ks_bench_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url).await.expect("Postgres at DATABASE_URL");
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).await.unwrap();
-        let cut = admin_url.rfind('/').unwrap();
-        let url = format!("{}/{db}", &admin_url[..cut]);
-        kuma_secrets::store::PostgresStore::migrate_up(&url, false).await.unwrap();
+        let url = common::create_migrated_database(&mut admin, &admin_url, &db).await;
         let mut conn = PgConnection::connect(&url).await.unwrap();
         conn.execute("INSERT INTO meshes (name, version, creation_time, modification_time) VALUES ('default', 1, now(), now())")
             .await
@@ -209,7 +204,7 @@ fn main() {
         conn.execute("VACUUM ANALYZE secrets").await.unwrap();
         conn.close().await.unwrap();
         measure("postgres", store, &args).await;
-        admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).await.unwrap();
+        common::drop_database(&mut admin, &db).await;
 
         // SQLite.
         let dir = tempfile::tempdir().unwrap();

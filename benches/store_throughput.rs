@@ -1,7 +1,8 @@
 //! Store throughput next to `pgbench` running the same SQL on the same Postgres.
 //!
 //! ```text
-//! cargo bench --bench store_throughput -- [--seconds N] [--callers 1,8,32]
+//! cargo bench --bench store_throughput -- [--seconds N] [--callers 1,8,32] [--rounds N]
+//!     [--ops get,update]
 //! ```
 //!
 //! For each operation and number of concurrent callers it runs the store for N seconds,
@@ -24,14 +25,18 @@
 //! next to the default (10 earlier versions per secret), alternating the same way, so the
 //! table shows what keeping history costs.
 //!
-//! And each cell runs the plaintext store on the same database with its change-feed trigger
-//! disabled, so the table shows what recording every change as an event (in the writing
-//! transaction) costs. Events on and off alternate on, off, off, on, and each column is the
-//! mean of its two runs: the table grows and ages as the runs go, and this order gives both
-//! sides the same share of it.
+//! And each cell runs the plaintext store on the same database with the update trigger's
+//! event insert taken out (see `set_events`), so the table shows what recording every
+//! change as an event (in the writing transaction) costs. Events on and off alternate on,
+//! off, off, on, and each column is the mean of its runs: the table grows and ages as the
+//! runs go, and this order gives both sides the same share of it. `--rounds N` repeats the
+//! whole sequence N times; on a shared machine one round moves by up to ±15 %, so judge
+//! the ratios over several.
 //!
 //! Secrets hold 1 KiB (a typical PEM key). Postgres comes from `DATABASE_URL`; the bench
 //! creates and drops its own databases.
+
+mod common;
 
 use kuma_secrets::domain::{Labels, NewMesh, NewSecret, SecretData, SecretKey, SecretUpdate};
 use kuma_secrets::sealing::Keyring;
@@ -71,12 +76,17 @@ impl Op {
 struct Args {
     seconds: u64,
     callers: Vec<usize>,
+    /// How many times each cell repeats its on/off sequence (the ratios are over all).
+    rounds: usize,
+    ops: Vec<Op>,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         seconds: 5,
         callers: vec![1, 8, 32],
+        rounds: 1,
+        ops: vec![Op::Get, Op::Update],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -92,29 +102,24 @@ fn parse_args() -> Args {
                     .map(|c| c.parse().expect("caller count"))
                     .collect()
             }
+            "--rounds" => args.rounds = it.next().and_then(|s| s.parse().ok()).expect("--rounds N"),
+            "--ops" => {
+                args.ops = it
+                    .next()
+                    .expect("--ops get,update")
+                    .split(',')
+                    .map(|op| match op {
+                        "get" => Op::Get,
+                        "update" => Op::Update,
+                        other => panic!("--ops: unknown operation {other}"),
+                    })
+                    .collect()
+            }
             // cargo bench passes --bench; ignore it and anything else.
             _ => {}
         }
     }
     args
-}
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let cut = base.rfind('/').expect("database URL has a path");
-    let mut out = format!("{}/{db}", &base[..cut]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 fn secret_name(i: usize) -> String {
@@ -200,15 +205,26 @@ async fn set_max_versions(url: &str, limit: u32) {
     store.close().await;
 }
 
-/// Turns the change-feed trigger on secrets on or off.
+/// Turns the change feed's event on an update on or off: "off" is the update trigger
+/// (`kuma_secrets_secret_updated`) with its event insert, the lines from `-- event:` to
+/// `-- end event`, taken out; "on" puts the function back as the migration wrote it.
 async fn set_events(url: &str, on: bool) {
+    static MIGRATED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let mut conn = PgConnection::connect(url).await.unwrap();
-    let verb = if on { "ENABLE" } else { "DISABLE" };
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE secrets {verb} TRIGGER secrets_events"
-    )))
-    .await
-    .unwrap();
+    let (migrated,): (String,) =
+        sqlx::query_as("SELECT pg_get_functiondef('kuma_secrets_secret_updated'::regproc)")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let migrated = MIGRATED.get_or_init(|| migrated);
+    let definition = if on {
+        migrated.clone()
+    } else {
+        let start = migrated.find("-- event:").expect("the event block starts");
+        let end = migrated.find("-- end event").expect("the event block ends");
+        format!("{}{}", &migrated[..start], &migrated[end..])
+    };
+    conn.execute(sqlx::AssertSqlSafe(definition)).await.unwrap();
     conn.close().await.unwrap();
 }
 
@@ -269,12 +285,7 @@ async fn prepare(
     callers: usize,
     keyring: Option<Arc<Keyring>>,
 ) -> String {
-    let url = with_database(admin_url, db);
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await
-        .unwrap();
-    PostgresStore::migrate_up(&url, false).await.unwrap();
+    let url = common::create_migrated_database(admin, admin_url, db).await;
     let options = StoreOptions {
         keyring,
         ..StoreOptions::default()
@@ -307,11 +318,8 @@ async fn prepare(
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let admin_url = database_url();
+    let runtime = common::runtime();
+    let admin_url = common::database_url();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let (plain_db, sealed_db) = (
         format!("ks_bench_{suffix}"),
@@ -337,7 +345,7 @@ fn main() {
         println!();
         println!("| operation | callers | kuma-secrets ops/s | pgbench tps | ratio | sealed ops/s | sealed / plaintext | events off ops/s | events on / off | max-versions 0 ops/s | max-versions 10 / 0 |");
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for op in [Op::Get, Op::Update] {
+        for &op in &args.ops {
             for &callers in &args.callers {
                 let run = |url: String, keyring: Option<Arc<Keyring>>| async move {
                     let options = StoreOptions {
@@ -352,21 +360,30 @@ fn main() {
                     rate
                 };
                 // on, events off, events off, on, history off, history off, on: each
-                // comparison is between the runs around it.
-                let on_1 = run(url.clone(), None).await;
-                set_events(&url, false).await;
-                let no_events = run(url.clone(), None).await;
-                let no_events = (no_events + run(url.clone(), None).await) / 2.0;
-                set_events(&url, true).await;
-                let on_2 = run(url.clone(), None).await;
-                set_max_versions(&url, 0).await;
-                let no_history = run(url.clone(), None).await;
-                let no_history = (no_history + run(url.clone(), None).await) / 2.0;
-                set_max_versions(&url, 10).await;
-                let on_3 = run(url.clone(), None).await;
-                let ours = (on_1 + on_2 + on_3) / 3.0;
-                let events_ratio = (on_1 + on_2) / 2.0 / no_events;
-                let history_ratio = (on_2 + on_3) / 2.0 / no_history;
+                // comparison is between the runs around it; --rounds repeats the sequence.
+                let (mut on, mut with_events, mut no_events) = (Vec::new(), 0.0, 0.0);
+                let (mut with_history, mut no_history) = (0.0, 0.0);
+                for _ in 0..args.rounds {
+                    let on_1 = run(url.clone(), None).await;
+                    set_events(&url, false).await;
+                    no_events += run(url.clone(), None).await;
+                    no_events += run(url.clone(), None).await;
+                    set_events(&url, true).await;
+                    let on_2 = run(url.clone(), None).await;
+                    set_max_versions(&url, 0).await;
+                    no_history += run(url.clone(), None).await;
+                    no_history += run(url.clone(), None).await;
+                    set_max_versions(&url, 10).await;
+                    let on_3 = run(url.clone(), None).await;
+                    with_events += on_1 + on_2;
+                    with_history += on_2 + on_3;
+                    on.extend([on_1, on_2, on_3]);
+                }
+                let ours = on.iter().sum::<f64>() / on.len() as f64;
+                let events_ratio = with_events / no_events;
+                let history_ratio = with_history / no_history;
+                let no_events = no_events / (2 * args.rounds) as f64;
+                let no_history = no_history / (2 * args.rounds) as f64;
                 let sealed = run(sealed_url.clone(), Some(keyring.clone())).await;
                 let theirs = run_pgbench(&url, op, callers, args.seconds, script_dir.path());
                 // pgbench wrote its plaintext payload with a key id: make the rows plaintext
@@ -387,10 +404,7 @@ fn main() {
             }
         }
         for db in [&plain_db, &sealed_db] {
-            admin
-                .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
-                .await
-                .unwrap();
+            common::drop_database(&mut admin, db).await;
         }
     });
 }

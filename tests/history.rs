@@ -459,3 +459,51 @@ on_both_backends! {
     ],
     shared: [racing_updates_and_rollbacks_lose_nothing]
 }
+
+/// An update of a secret writes its event and keeps the replaced version from a trigger
+/// that runs before the row is written (Postgres): an update the database then refuses (a
+/// constraint checked after that trigger) leaves neither behind, and a versioned update
+/// that matches no row fires nothing.
+#[tokio::test]
+async fn a_refused_update_leaves_no_event_and_no_kept_version_on_postgres() {
+    use sqlx::{Connection, Executor};
+    let (db, store) = common::postgres_store().await;
+    add_mesh(&store).await;
+    let first = create(&store, "s", "v1").await;
+    update(&store, "s", first.meta.version, "v2").await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    async fn counts(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+        let sql = "SELECT (SELECT count(*) FROM events WHERE name = 's'), \
+                   (SELECT count(*) FROM secret_versions)";
+        sqlx::query_as(sql).fetch_one(conn).await.unwrap()
+    }
+    let before = counts(&mut conn).await;
+    assert_eq!(
+        before,
+        (2, 1),
+        "a create and an update: two events, one kept version"
+    );
+    // `secrets_data_not_empty` is checked after BEFORE triggers have run.
+    let refused = conn
+        .execute("UPDATE secrets SET data = '', version = version + 1 WHERE name = 's'")
+        .await
+        .expect_err("empty data violates secrets_data_not_empty");
+    assert!(
+        refused.to_string().contains("secrets_data_not_empty"),
+        "{refused}"
+    );
+    let stale = conn
+        .execute(
+            "UPDATE secrets SET data = 'x', version = version + 1 WHERE name = 's' AND version = 1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale.rows_affected(), 0);
+    assert_eq!(
+        counts(&mut conn).await,
+        before,
+        "nothing written for either"
+    );
+    assert_eq!(versions(&store, "s").await, vec![2, 1]);
+    conn.close().await.unwrap();
+}

@@ -8,8 +8,11 @@
 //! sequencer at a time, run by readers, numbering every visible event without a revision
 //! above the highest so far), so a slow writer's event cannot land below what a reader has
 //! passed; SQLite, one writer at a time, numbers in the writing transaction. The cost is
-//! on writes: a trigger inserts the event (a heap row and two index entries) in the same
-//! transaction; writers take no shared lock. The benchmark measures it (`events on / off`).
+//! on writes: a trigger inserts the event (a heap row and one index entry, in the
+//! unnumbered index) in the same statement; on Postgres an update's event comes from the
+//! one BEFORE UPDATE trigger that also keeps the replaced version (migration
+//! `one_trigger_before_updates`). Writers take no shared lock. The benchmark measures it
+//! (`events on / off`).
 //!
 //! Who is writing is a task-local [`WriteContext`]: the HTTP API sets it per request (the
 //! token's user, or `localhost`), the CLI per run (`cli:import`, …); an embedding control

@@ -4,8 +4,9 @@
 //! (`serve --max-versions`, default 10 earlier versions per secret; 0 keeps none and makes
 //! deletes final). A delete keeps the deleted secret's versions for the deleted-retention
 //! period (`serve --deleted-retention`, default 7 days), so it can be restored. History rows
-//! are written by triggers in the writing statement (migration `secret_history`), sealed as
-//! the row they were, and bound to the write that made them.
+//! are written by triggers in the writing statement (migration `secret_history`; on
+//! Postgres an update's from the trigger of `one_trigger_before_updates`), sealed as the
+//! row they were, and bound to the write that made them.
 //!
 //! Creating a secret with the name of a deleted one starts a fresh history: the deleted
 //! secret's versions are dropped (restore it first to keep them). Deleting a Mesh drops its
