@@ -885,42 +885,55 @@ operation!(
     generate_user_token
 );
 
-operation!(
-    #[utoipa::path(get, path = "/", tag = "Operations", operation_id = "index",
-        summary = "Product and version",
-        responses((status = 200, description = "Product and version", body = BTreeMap<String, String>)))]
-    index
-);
+/// An operation of the service itself: a GET tagged `Operations` whose operation id is
+/// its name, with one body type and content type for each of its responses.
+macro_rules! service_operation {
+    ($name:ident, $path:literal, $summary:literal, body = $body:ty, content_type = $content:literal,
+     $(($status:literal, $description:literal)),+) => {
+        operation!(
+            #[utoipa::path(get, path = $path, tag = "Operations", operation_id = stringify!($name),
+                summary = $summary,
+                responses($((status = $status, description = $description, body = $body, content_type = $content)),+))]
+            $name
+        );
+    };
+}
 
-operation!(
-    #[utoipa::path(get, path = "/healthz", tag = "Operations", operation_id = "healthz",
-        summary = "The process answers",
-        responses((status = 200, description = "ok", body = String, content_type = "text/plain")))]
-    healthz
+service_operation!(index, "/", "Product and version",
+    body = BTreeMap<String, String>, content_type = "application/json",
+    (200, "Product and version"));
+service_operation!(
+    healthz,
+    "/healthz",
+    "The process answers",
+    body = String,
+    content_type = "text/plain",
+    (200, "ok")
 );
-
-operation!(
-    #[utoipa::path(get, path = "/readyz", tag = "Operations", operation_id = "readyz",
-        summary = "The store answers",
-        responses(
-            (status = 200, description = "ok", body = String, content_type = "text/plain"),
-            (status = 503, description = "The store cannot be reached", body = String, content_type = "text/plain"),
-        ))]
-    readyz
+service_operation!(
+    readyz,
+    "/readyz",
+    "The store answers",
+    body = String,
+    content_type = "text/plain",
+    (200, "ok"),
+    (503, "The store cannot be reached")
 );
-
-operation!(
-    #[utoipa::path(get, path = "/metrics", tag = "Operations", operation_id = "metrics",
-        summary = "Prometheus metrics",
-        responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-    metrics
+service_operation!(
+    metrics,
+    "/metrics",
+    "Prometheus metrics",
+    body = String,
+    content_type = "text/plain",
+    (200, "Prometheus text format")
 );
-
-operation!(
-    #[utoipa::path(get, path = "/openapi.json", tag = "Operations", operation_id = "openapi",
-        summary = "This document",
-        responses((status = 200, description = "OpenAPI 3.1", body = serde_json::Value)))]
-    openapi
+service_operation!(
+    openapi,
+    "/openapi.json",
+    "This document",
+    body = serde_json::Value,
+    content_type = "application/json",
+    (200, "OpenAPI 3.1")
 );
 
 struct BearerTokens;
