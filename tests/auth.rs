@@ -49,6 +49,13 @@ async fn issue(server: &TestServer, admin: &str, body: Value) -> reqwest::Respon
         .unwrap()
 }
 
+/// A token the admin issues for `body` (which must be valid).
+async fn issued(server: &TestServer, admin: &str, body: Value) -> String {
+    let response = issue(server, admin, body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
+}
+
 fn unauthenticated() -> Value {
     json!({"type": "/std-errors", "status": 401, "title": "Invalid authentication data",
            "detail": "Unauthenticated", "details": "Unauthenticated"})
@@ -149,15 +156,12 @@ async fn tokens_decide_access_when_localhost_is_not_admin(backend: Backend) {
     );
 
     // Admin by group.
-    let ops = issue(
+    let ops = issued(
         &server,
         &admin,
         json!({"name": "ops", "groups": ["mesh-system:admin"], "validFor": "1h"}),
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(status_with(&server, Some(&ops)).await.0, StatusCode::OK);
 
     let bad = issue(&server, &admin, json!({"name": "x", "validFor": "forever"})).await;
@@ -229,15 +233,12 @@ async fn forged_expired_and_revoked_tokens_are_401(backend: Backend) {
     }
 
     // Revocation: a good token stops working once its id is listed.
-    let john = issue(
+    let john = issued(
         &server,
         &admin,
         json!({"name": "ops", "groups": ["mesh-system:admin"], "validFor": "1h"}),
     )
-    .await
-    .text()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(status_with(&server, Some(&john)).await.0, StatusCode::OK);
     let payload: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
