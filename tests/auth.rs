@@ -50,7 +50,7 @@ async fn issue(server: &TestServer, admin: &str, body: Value) -> reqwest::Respon
 }
 
 /// A token the admin issues for `body` (which must be valid).
-async fn issued(server: &TestServer, admin: &str, body: Value) -> String {
+async fn issued_token(server: &TestServer, admin: &str, body: Value) -> String {
     let response = issue(server, admin, body).await;
     assert_eq!(response.status(), StatusCode::OK);
     response.text().await.unwrap()
@@ -156,7 +156,7 @@ async fn tokens_decide_access_when_localhost_is_not_admin(backend: Backend) {
     );
 
     // Admin by group.
-    let ops = issued(
+    let ops = issued_token(
         &server,
         &admin,
         json!({"name": "ops", "groups": ["mesh-system:admin"], "validFor": "1h"}),
@@ -233,7 +233,7 @@ async fn forged_expired_and_revoked_tokens_are_401(backend: Backend) {
     }
 
     // Revocation: a good token stops working once its id is listed.
-    let john = issued(
+    let john = issued_token(
         &server,
         &admin,
         json!({"name": "ops", "groups": ["mesh-system:admin"], "validFor": "1h"}),
