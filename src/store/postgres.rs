@@ -161,11 +161,12 @@ fn session_options(url: &str) -> Result<PgConnectOptions> {
 }
 
 /// Refuses a connection to a server that only reads (libpq's
-/// `target_session_attrs=read-write` check: `SHOW transaction_read_only`), sent as a simple
-/// query so it works through any pooler.
+/// `target_session_attrs=read-write` check), with the query `ping` asks
+/// ([`Dialect::READ_ONLY`]), sent without parameters, hence as a simple query, so it works
+/// through any pooler.
 fn refuse_read_only(conn: &mut PgConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
     Box::pin(async move {
-        let row = conn.fetch_one("SHOW transaction_read_only").await?;
+        let row = conn.fetch_one(<Postgres as Dialect>::READ_ONLY).await?;
         let read_only: String = row.try_get(0)?;
         if read_only == "off" {
             Ok(())

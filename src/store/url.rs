@@ -46,25 +46,28 @@ const POOL_MODE: &str = "pool_mode";
 pub struct StoreUrl {
     raw: String,
     backend: Backend,
+    pool_mode: PoolMode,
 }
 
 impl StoreUrl {
     /// Parses a store URL.
     ///
     /// # Errors
-    /// [`StoreError::UnsupportedUrl`] (password redacted) for any other scheme.
+    /// [`StoreError::UnsupportedUrl`] (password redacted) for any other scheme;
+    /// [`StoreError::BadUrlParameter`] for a `pool_mode` that is not a mode.
     pub fn parse(url: &str) -> Result<Self> {
-        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            split_pool_mode(url)?;
-            Backend::Postgres
-        } else if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            return Err(StoreError::UnsupportedUrl { url: redact(url) });
-        };
+        let (backend, pool_mode) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                (Backend::Postgres, split_pool_mode(url)?.1)
+            } else if url.starts_with("sqlite:") {
+                (Backend::Sqlite, PoolMode::Session)
+            } else {
+                return Err(StoreError::UnsupportedUrl { url: redact(url) });
+            };
         Ok(Self {
             raw: url.to_owned(),
             backend,
+            pool_mode,
         })
     }
 
@@ -80,10 +83,7 @@ impl StoreUrl {
 
     /// The pooler's mode named by `pool_mode` (Postgres; SQLite has no pooler).
     pub fn pool_mode(&self) -> PoolMode {
-        match self.backend {
-            Backend::Postgres => split_pool_mode(&self.raw).map_or(PoolMode::Session, |(_, m)| m),
-            Backend::Sqlite => PoolMode::Session,
-        }
+        self.pool_mode
     }
 
     /// The SQLite database file; `None` for Postgres and for an in-memory database.
