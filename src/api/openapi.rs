@@ -115,10 +115,6 @@ pub fn document() -> &'static str {
 
 // ---- schemas -------------------------------------------------------------------------------
 
-const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-const MESH_PATTERN: &str = "^[0-9a-z_.-]+$";
-const ETAGS_PATTERN: &str = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#;
-
 /// An item schema: the fields given, then the times and labels every resource carries.
 macro_rules! item_schema {
     ($(#[$attr:meta])* struct $schema:ident as $name:ident { $($fields:tt)* }) => {
@@ -333,175 +329,206 @@ struct UserTokenRequestSchema {
 
 // ---- parameters ----------------------------------------------------------------------------
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct MeshPath {
-    /// The Mesh.
-    #[param(min_length = 1, max_length = 63, pattern = "^[0-9a-z_.-]+$")]
-    mesh: String,
+/// A struct of parameters in one place (`Path`, `Query`, `Header`): its fields, each with
+/// its doc and `#[param]`/`#[serde]` attributes.
+macro_rules! parameters {
+    (
+        $(#[$attr:meta])* struct $name:ident in $place:ident {
+            $($(#[$field_attr:meta])* $field:ident: $ty:ty),+ $(,)?
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Deserialize, IntoParams)]
+        #[into_params(parameter_in = $place)]
+        struct $name {
+            $($(#[$field_attr])* $field: $ty),+
+        }
+    };
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct SecretPath {
-    /// The Mesh.
-    #[param(min_length = 1, max_length = 63, pattern = "^[0-9a-z_.-]+$")]
-    mesh: String,
-    /// The Secret.
-    #[param(
-        min_length = 1,
-        max_length = 253,
-        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-    )]
-    name: String,
+/// The path and precondition parameters, with the patterns of a resource name, a Mesh name
+/// and a list of ETags each spelled once (utoipa's `pattern =` takes a literal, not a
+/// constant: the literals come in as the macro's arguments).
+macro_rules! patterned_parameters {
+    (name = $name:literal, mesh = $mesh:literal, etags = $etags:literal) => {
+        #[cfg(test)]
+        const NAME_PATTERN: &str = $name;
+        #[cfg(test)]
+        const MESH_PATTERN: &str = $mesh;
+        #[cfg(test)]
+        const ETAGS_PATTERN: &str = $etags;
+
+        parameters! {
+            struct MeshPath in Path {
+                /// The Mesh.
+                #[param(min_length = 1, max_length = 63, pattern = $mesh)]
+                mesh: String,
+            }
+        }
+        parameters! {
+            struct SecretPath in Path {
+                /// The Mesh.
+                #[param(min_length = 1, max_length = 63, pattern = $mesh)]
+                mesh: String,
+                /// The Secret.
+                #[param(min_length = 1, max_length = 253, pattern = $name)]
+                name: String,
+            }
+        }
+        parameters! {
+            struct NamePath in Path {
+                /// The resource's name.
+                #[param(min_length = 1, max_length = 253, pattern = $name)]
+                name: String,
+            }
+        }
+        parameters! {
+            struct MeshNamePath in Path {
+                /// The Mesh's name.
+                #[param(min_length = 1, max_length = 63, pattern = $mesh)]
+                name: String,
+            }
+        }
+        parameters! {
+            /// Conditional writes.
+            struct WriteConditions in Header {
+                /// Apply only if the resource is at this ETag (`"<version>"`), or exists (`*`).
+                #[serde(rename = "If-Match")]
+                #[param(pattern = $etags)]
+                if_match: Option<String>,
+                /// `*`: create only.
+                #[serde(rename = "If-None-Match")]
+                #[param(pattern = $etags)]
+                if_none_match: Option<String>,
+            }
+        }
+        parameters! {
+            /// Conditional reads.
+            struct ReadConditions in Header {
+                /// ETags the client holds: 304 Not Modified (no body) if the resource is at
+                /// one of them, or exists (`*`).
+                #[serde(rename = "If-None-Match")]
+                #[param(pattern = $etags)]
+                if_none_match: Option<String>,
+                /// `no-cache` (or `no-store`, `max-age=0`): read a Secret from the database,
+                /// not from the server's read cache.
+                #[serde(rename = "Cache-Control")]
+                cache_control: Option<String>,
+            }
+        }
+        parameters! {
+            /// Conditional deletes.
+            struct DeleteConditions in Header {
+                /// Delete only if the resource is at this ETag (`"<version>"`), or exists (`*`).
+                #[serde(rename = "If-Match")]
+                #[param(pattern = $etags)]
+                if_match: Option<String>,
+            }
+        }
+    };
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct NamePath {
-    /// The resource's name.
-    #[param(
-        min_length = 1,
-        max_length = 253,
-        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-    )]
-    name: String,
+patterned_parameters!(
+    name = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    mesh = "^[0-9a-z_.-]+$",
+    etags = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#
+);
+
+parameters! {
+    /// Kuma's list parameters, plus `cursor`.
+    struct ListQuery in Query {
+        /// Page size (default 100).
+        #[param(minimum = 1, maximum = 1000)]
+        size: Option<u32>,
+        /// Items to skip.
+        #[param(minimum = 0)]
+        offset: Option<u64>,
+        /// Opaque position from a `next` link; as fast on the last page as on the first.
+        #[param(pattern = "^[A-Za-z0-9_-]*$")]
+        cursor: Option<String>,
+        /// Name substring.
+        name: Option<String>,
+        /// `filter[labels.KEY]=VALUE`: exact, ANDed.
+        #[param(style = DeepObject, explode)]
+        filter: Option<BTreeMap<String, String>>,
+    }
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct MeshNamePath {
-    /// The Mesh's name.
-    #[param(min_length = 1, max_length = 63, pattern = "^[0-9a-z_.-]+$")]
-    name: String,
+parameters! {
+    /// `?format=` of a Secret GET.
+    struct FormatQuery in Query {
+        /// `universal` (default) or `k8s`/`kubernetes` for a Kubernetes manifest.
+        #[param(pattern = "^(universal|k8s|kubernetes)$")]
+        format: Option<String>,
+        /// Namespace of the Kubernetes manifest (default `kuma-system`).
+        namespace: Option<String>,
+        /// A version kept in the secret's history (`GET …/_versions` lists them); the `ETag`
+        /// is that version.
+        #[param(minimum = 1)]
+        version: Option<i64>,
+    }
 }
 
-/// Kuma's list parameters, plus `cursor`.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ListQuery {
-    /// Page size (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    size: Option<u32>,
-    /// Items to skip.
-    #[param(minimum = 0)]
-    offset: Option<u64>,
-    /// Opaque position from a `next` link; as fast on the last page as on the first.
-    #[param(pattern = "^[A-Za-z0-9_-]*$")]
-    cursor: Option<String>,
-    /// Name substring.
-    name: Option<String>,
-    /// `filter[labels.KEY]=VALUE`: exact, ANDed.
-    #[param(style = DeepObject, explode)]
-    filter: Option<BTreeMap<String, String>>,
-}
-
-/// `?format=` of a Secret GET.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct FormatQuery {
-    /// `universal` (default) or `k8s`/`kubernetes` for a Kubernetes manifest.
-    #[param(pattern = "^(universal|k8s|kubernetes)$")]
-    format: Option<String>,
-    /// Namespace of the Kubernetes manifest (default `kuma-system`).
-    namespace: Option<String>,
-    /// A version kept in the secret's history (`GET …/_versions` lists them); the `ETag`
-    /// is that version.
-    #[param(minimum = 1)]
-    version: Option<i64>,
-}
-
-/// `?purge=` of a Secret DELETE.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct PurgeQuery {
-    /// `true`: destroy the secret and its whole history now (no restore).
-    #[param(pattern = "^(true|false)$")]
-    purge: Option<String>,
-}
-
-/// Conditional writes.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-struct WriteConditions {
-    /// Apply only if the resource is at this ETag (`"<version>"`), or exists (`*`).
-    #[serde(rename = "If-Match")]
-    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
-    if_match: Option<String>,
-    /// `*`: create only.
-    #[serde(rename = "If-None-Match")]
-    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
-    if_none_match: Option<String>,
-}
-
-/// Conditional reads.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-struct ReadConditions {
-    /// ETags the client holds: 304 Not Modified (no body) if the resource is at one of
-    /// them, or exists (`*`).
-    #[serde(rename = "If-None-Match")]
-    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
-    if_none_match: Option<String>,
-    /// `no-cache` (or `no-store`, `max-age=0`): read a Secret from the database, not from
-    /// the server's read cache.
-    #[serde(rename = "Cache-Control")]
-    cache_control: Option<String>,
-}
-
-/// Conditional deletes.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-struct DeleteConditions {
-    /// Delete only if the resource is at this ETag (`"<version>"`), or exists (`*`).
-    #[serde(rename = "If-Match")]
-    #[param(pattern = r#"^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$"#)]
-    if_match: Option<String>,
+parameters! {
+    /// `?purge=` of a Secret DELETE.
+    struct PurgeQuery in Query {
+        /// `true`: destroy the secret and its whole history now (no restore).
+        #[param(pattern = "^(true|false)$")]
+        purge: Option<String>,
+    }
 }
 
 // ---- error responses, by kind of operation -------------------------------------------------
 
-/// Errors of a list.
-#[derive(utoipa::IntoResponses)]
-enum ListErrors {
-    /// Bad parameters.
-    #[response(status = 400)]
-    BadRequest(ErrorSchema),
-    /// Bad token.
-    #[response(status = 401)]
-    Unauthorized(ErrorSchema),
-    /// Not an admin.
-    #[response(status = 403)]
-    Forbidden(ErrorSchema),
-    /// No such Mesh.
-    #[response(status = 404)]
-    NotFound(ErrorSchema),
-    /// The store cannot be reached; retry (`Retry-After`).
-    #[response(status = 503)]
-    Unavailable(ErrorSchema),
+/// An enum of the error answers of a kind of operation: 400 (its own doc), the 401 and 403
+/// every operation can answer, the given others, and 503.
+macro_rules! error_responses {
+    (
+        $(#[$attr:meta])* enum $name:ident {
+            $(#[doc = $bad_request:literal])* BadRequest,
+            $($(#[doc = $doc:literal])* $status:literal $variant:ident,)*
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(utoipa::IntoResponses)]
+        enum $name {
+            $(#[doc = $bad_request])*
+            #[response(status = 400)]
+            BadRequest(ErrorSchema),
+            /// Bad token.
+            #[response(status = 401)]
+            Unauthorized(ErrorSchema),
+            /// Not an admin.
+            #[response(status = 403)]
+            Forbidden(ErrorSchema),
+            $($(#[doc = $doc])* #[response(status = $status)] $variant(ErrorSchema),)*
+            /// The store cannot be reached; retry (`Retry-After`).
+            #[response(status = 503)]
+            Unavailable(ErrorSchema),
+        }
+    };
 }
 
-/// Errors of a read or a delete.
-#[derive(utoipa::IntoResponses)]
-enum ItemErrors {
-    /// Bad parameters, or a Secret in use by an mTLS backend (delete).
-    #[response(status = 400)]
-    BadRequest(ErrorSchema),
-    /// Bad token.
-    #[response(status = 401)]
-    Unauthorized(ErrorSchema),
-    /// Not an admin.
-    #[response(status = 403)]
-    Forbidden(ErrorSchema),
-    /// Not found.
-    #[response(status = 404)]
-    NotFound(ErrorSchema),
-    /// `If-Match` failed (delete).
-    #[response(status = 412)]
-    PreconditionFailed(ErrorSchema),
-    /// The store cannot be reached; retry (`Retry-After`).
-    #[response(status = 503)]
-    Unavailable(ErrorSchema),
+error_responses! {
+    /// Errors of a list.
+    enum ListErrors {
+        /// Bad parameters.
+        BadRequest,
+        /// No such Mesh.
+        404 NotFound,
+    }
+}
+
+error_responses! {
+    /// Errors of a read or a delete.
+    enum ItemErrors {
+        /// Bad parameters, or a Secret in use by an mTLS backend (delete).
+        BadRequest,
+        /// Not found.
+        404 NotFound,
+        /// `If-Match` failed (delete).
+        412 PreconditionFailed,
+    }
 }
 
 /// A write that succeeded.
@@ -515,36 +542,22 @@ enum Written {
     Created(EmptySchema),
 }
 
-/// Errors of a write.
-#[derive(utoipa::IntoResponses)]
-enum WriteErrors {
-    /// Invalid.
-    #[response(status = 400)]
-    BadRequest(ErrorSchema),
-    /// Bad token.
-    #[response(status = 401)]
-    Unauthorized(ErrorSchema),
-    /// Not an admin.
-    #[response(status = 403)]
-    Forbidden(ErrorSchema),
-    /// No such Mesh.
-    #[response(status = 404)]
-    NotFound(ErrorSchema),
-    /// Changed meanwhile.
-    #[response(status = 409)]
-    Conflict(ErrorSchema),
-    /// A precondition failed.
-    #[response(status = 412)]
-    PreconditionFailed(ErrorSchema),
-    /// Too large.
-    #[response(status = 413)]
-    TooLarge(ErrorSchema),
-    /// Not JSON.
-    #[response(status = 415)]
-    NotJson(ErrorSchema),
-    /// The store cannot be reached; retry (`Retry-After`).
-    #[response(status = 503)]
-    Unavailable(ErrorSchema),
+error_responses! {
+    /// Errors of a write.
+    enum WriteErrors {
+        /// Invalid.
+        BadRequest,
+        /// No such Mesh.
+        404 NotFound,
+        /// Changed meanwhile.
+        409 Conflict,
+        /// A precondition failed.
+        412 PreconditionFailed,
+        /// Too large.
+        413 TooLarge,
+        /// Not JSON.
+        415 NotJson,
+    }
 }
 
 // ---- operations ----------------------------------------------------------------------------
@@ -812,44 +825,34 @@ struct ChangesSchema {
     revision: i64,
 }
 
-/// The change feed's parameters.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ChangesQuery {
-    /// Events after this revision (default 0: from the start).
-    #[param(minimum = 0)]
-    after: Option<i64>,
-    /// Events per answer (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-    /// Wait up to this long for an event when there is none yet (`30s`; at most 60s, and at most nine tenths of the server's `--request-timeout`).
-    #[param(pattern = "^(0|([0-9]{1,4}[dhms])+)$")]
-    wait: Option<String>,
-    /// Only this Mesh's events (its secrets and itself).
-    mesh: Option<String>,
-    /// Only events of this type.
-    #[param(pattern = "^(Secret|GlobalSecret|Mesh)$")]
-    r#type: Option<String>,
+parameters! {
+    /// The change feed's parameters.
+    struct ChangesQuery in Query {
+        /// Events after this revision (default 0: from the start).
+        #[param(minimum = 0)]
+        after: Option<i64>,
+        /// Events per answer (default 100).
+        #[param(minimum = 1, maximum = 1000)]
+        limit: Option<u32>,
+        /// Wait up to this long for an event when there is none yet (`30s`; at most 60s, and at most nine tenths of the server's `--request-timeout`).
+        #[param(pattern = "^(0|([0-9]{1,4}[dhms])+)$")]
+        wait: Option<String>,
+        /// Only this Mesh's events (its secrets and itself).
+        mesh: Option<String>,
+        /// Only events of this type.
+        #[param(pattern = "^(Secret|GlobalSecret|Mesh)$")]
+        r#type: Option<String>,
+    }
 }
 
-/// Errors of the change feed.
-#[derive(utoipa::IntoResponses)]
-enum FeedErrors {
-    /// Bad parameters.
-    #[response(status = 400)]
-    BadRequest(ErrorSchema),
-    /// Bad token.
-    #[response(status = 401)]
-    Unauthorized(ErrorSchema),
-    /// Not an admin.
-    #[response(status = 403)]
-    Forbidden(ErrorSchema),
-    /// Retention pruned the events asked for: list again.
-    #[response(status = 410)]
-    Gone(ErrorSchema),
-    /// The store cannot be reached; retry (`Retry-After`).
-    #[response(status = 503)]
-    Unavailable(ErrorSchema),
+error_responses! {
+    /// Errors of the change feed.
+    enum FeedErrors {
+        /// Bad parameters.
+        BadRequest,
+        /// Retention pruned the events asked for: list again.
+        410 Gone,
+    }
 }
 
 operation!(
@@ -982,8 +985,6 @@ impl Modify for BearerTokens {
 )]
 struct ApiDoc;
 
-// The patterns above are literals (utoipa's attributes take no constants); these keep one
-// spelling of each to compare against in tests.
 #[cfg(test)]
 mod tests {
     use super::*;
