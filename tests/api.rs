@@ -161,12 +161,7 @@ async fn kubernetes_format_returns_a_manifest(backend: Backend) {
     )
     .await;
     let manifest = json_of(get(&server.at("/meshes/default/secrets/s?format=k8s")).await).await;
-    assert_eq!(manifest["apiVersion"], "v1");
-    assert_eq!(manifest["kind"], "Secret");
-    assert_eq!(manifest["type"], "system.kuma.io/secret");
-    assert_eq!(manifest["metadata"]["namespace"], "kuma-system");
-    assert_eq!(manifest["metadata"]["labels"]["kuma.io/mesh"], "default");
-    assert_eq!(manifest["data"]["value"], "dGVzdAo=");
+    common::http::assert_secret_manifest(&manifest, "default", "dGVzdAo=");
 
     put(&server.at("/global-secrets/g"), &global("g", "eA==")).await;
     let manifest =

@@ -8,19 +8,10 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::server::{Backend, TestServer};
-use kuma_secrets::api::ApiConfig;
 use kuma_secrets::domain::SecretKey;
-use kuma_secrets::store::{SecretStore, StoreOptions};
+use kuma_secrets::store::SecretStore;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-
-async fn start_remote_only(backend: Backend) -> TestServer {
-    let config = ApiConfig {
-        localhost_is_admin: false,
-        ..ApiConfig::default()
-    };
-    TestServer::start_with(backend, config, StoreOptions::default()).await
-}
 
 async fn admin_token(server: &TestServer) -> String {
     let key = SecretKey::parse(None, "admin-user-token").unwrap();
@@ -54,6 +45,12 @@ async fn issued_token(server: &TestServer, admin: &str, body: Value) -> String {
     let response = issue(server, admin, body).await;
     assert_eq!(response.status(), StatusCode::OK);
     response.text().await.unwrap()
+}
+
+/// A token for user `ops`, an admin by group (`mesh-system:admin`), valid for an hour.
+async fn ops_admin_token(server: &TestServer, admin: &str) -> String {
+    let body = json!({"name": "ops", "groups": ["mesh-system:admin"], "validFor": "1h"});
+    issued_token(server, admin, body).await
 }
 
 fn unauthenticated() -> Value {
@@ -127,7 +124,7 @@ async fn loopback_is_admin_only_when_direct(backend: Backend) {
 }
 
 async fn tokens_decide_access_when_localhost_is_not_admin(backend: Backend) {
-    let server = start_remote_only(backend).await;
+    let server = TestServer::start_tokens_only(backend).await;
     let admin = admin_token(&server).await;
 
     assert_eq!(status_with(&server, None).await.0, StatusCode::FORBIDDEN);
@@ -156,12 +153,7 @@ async fn tokens_decide_access_when_localhost_is_not_admin(backend: Backend) {
     );
 
     // Admin by group.
-    let ops = issued_token(
-        &server,
-        &admin,
-        json!({"name": "ops", "groups": ["mesh-system:admin"], "validFor": "1h"}),
-    )
-    .await;
+    let ops = ops_admin_token(&server, &admin).await;
     assert_eq!(status_with(&server, Some(&ops)).await.0, StatusCode::OK);
 
     let bad = issue(&server, &admin, json!({"name": "x", "validFor": "forever"})).await;
@@ -171,7 +163,7 @@ async fn tokens_decide_access_when_localhost_is_not_admin(backend: Backend) {
 }
 
 async fn forged_expired_and_revoked_tokens_are_401(backend: Backend) {
-    let server = start_remote_only(backend).await;
+    let server = TestServer::start_tokens_only(backend).await;
     let admin = admin_token(&server).await;
     let parts: Vec<&str> = admin.split('.').collect();
     assert_eq!(parts.len(), 3);
@@ -233,12 +225,7 @@ async fn forged_expired_and_revoked_tokens_are_401(backend: Backend) {
     }
 
     // Revocation: a good token stops working once its id is listed.
-    let john = issued_token(
-        &server,
-        &admin,
-        json!({"name": "ops", "groups": ["mesh-system:admin"], "validFor": "1h"}),
-    )
-    .await;
+    let john = ops_admin_token(&server, &admin).await;
     assert_eq!(status_with(&server, Some(&john)).await.0, StatusCode::OK);
     let payload: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
@@ -268,7 +255,7 @@ async fn forged_expired_and_revoked_tokens_are_401(backend: Backend) {
 }
 
 async fn tokens_never_reach_error_bodies(backend: Backend) {
-    let server = start_remote_only(backend).await;
+    let server = TestServer::start_tokens_only(backend).await;
     let admin = admin_token(&server).await;
     let (_, body) = status_with(&server, Some(&format!("{admin}x"))).await;
     assert!(!body.to_string().contains(&admin[..20]));

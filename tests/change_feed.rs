@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, fetch_json, put_json, put_secret};
+use common::http::{b64, fetch_json, put_json, put_plain_mesh, put_secret};
 use common::process::kuma;
 use common::raw::{store_tool, store_url};
 use common::server::{Backend, Guard, TestServer};
@@ -134,12 +134,7 @@ async fn every_change_is_an_event_with_its_actor(backend: Backend) {
     let start = server.store.current_revision().await.unwrap();
     put_secret(&server, "default", "a", b"1").await;
     put_secret(&server, "default", "a", b"2").await;
-    let (status, _) = put_json(
-        &server,
-        "/meshes/other",
-        json!({"type": "Mesh", "name": "other"}),
-    )
-    .await;
+    let (status, _) = put_plain_mesh(&server, "other").await;
     assert_eq!(status, StatusCode::CREATED);
     put_secret(&server, "other", "b", b"x").await;
     // A token's user, through a proxy (so not the local admin).
@@ -267,13 +262,12 @@ async fn every_change_is_an_event_with_its_actor(backend: Backend) {
     assert_eq!(server.store.current_revision().await.unwrap(), before);
 
     // The CLI's changes carry its verb; `audit` answers who did what.
-    let file = dir.path().join("import.yaml");
-    std::fs::write(
-        &file,
+    let file = common::write_file(
+        dir.path(),
+        "import.yaml",
         "type: Secret\nmesh: default\nname: imported\ndata: eA==\n",
-    )
-    .unwrap();
-    store_tool(&server, &keys, &["import", "-f", file.to_str().unwrap()])
+    );
+    store_tool(&server, &keys, &["import", "-f", &file])
         .await
         .ok();
     let run = kuma(&["audit", "-o", "json", "--api-url", &server.url], None)

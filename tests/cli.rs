@@ -8,9 +8,8 @@ mod common;
 use common::http::stored;
 use common::process::{kuma, kuma_with_env};
 use common::server::{Backend, TestServer};
-use kuma_secrets::api::ApiConfig;
 use kuma_secrets::domain::SecretKey;
-use kuma_secrets::store::{SecretStore, StoreOptions};
+use kuma_secrets::store::SecretStore;
 use serde_json::Value;
 
 /// `kuma-secrets ARGS --api-url URL`.
@@ -116,12 +115,7 @@ async fn apply_get_delete_round_trip_in_every_output_format(backend: Backend) {
         .await
         .ok();
     let manifest: Value = serde_yaml_ng::from_str(&run.stdout).unwrap();
-    assert_eq!(manifest["apiVersion"], "v1");
-    assert_eq!(manifest["kind"], "Secret");
-    assert_eq!(manifest["type"], "system.kuma.io/secret");
-    assert_eq!(manifest["metadata"]["namespace"], "kuma-system");
-    assert_eq!(manifest["metadata"]["labels"]["kuma.io/mesh"], "default");
-    assert_eq!(manifest["data"]["value"], "aGVsbG8=");
+    common::http::assert_secret_manifest(&manifest, "default", "aGVsbG8=");
     let run = cli(&server, &["get", "global-secrets", "-o", "k8s"])
         .await
         .ok();
@@ -267,29 +261,19 @@ items:
 async fn templating_fills_vars_and_dry_run_applies_nothing(backend: Backend) {
     let server = TestServer::start(backend).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("secret.yaml");
-    std::fs::write(
-        &file,
+    let file = common::write_file(
+        dir.path(),
+        "secret.yaml",
         "type: Secret\nmesh: {{ mesh }}\nname: templated\ndata: {{key}}\n",
-    )
-    .unwrap();
-    let file = file.to_str().unwrap();
+    );
+    // `apply -f FILE --var mesh=default`, then `more`.
+    let apply = async |more: &[&str]| {
+        let mut args = vec!["apply", "-f", &file, "--var", "mesh=default"];
+        args.extend_from_slice(more);
+        cli(&server, &args).await
+    };
 
-    let run = cli(
-        &server,
-        &[
-            "apply",
-            "-f",
-            file,
-            "--var",
-            "mesh=default",
-            "-v",
-            "key=c2VjcmV0",
-            "--dry-run",
-        ],
-    )
-    .await
-    .ok();
+    let run = apply(&["-v", "key=c2VjcmV0", "--dry-run"]).await.ok();
     assert_eq!(
         run.stdout,
         "type: Secret\nmesh: default\nname: templated\ndata: c2VjcmV0\n"
@@ -300,24 +284,8 @@ async fn templating_fills_vars_and_dry_run_applies_nothing(backend: Backend) {
         "dry run"
     );
 
-    cli(&server, &["apply", "-f", file, "--var", "mesh=default"])
-        .await
-        .fails_with("--var key=VALUE");
-
-    cli(
-        &server,
-        &[
-            "apply",
-            "-f",
-            file,
-            "--var",
-            "mesh=default",
-            "--var",
-            "key=c2VjcmV0",
-        ],
-    )
-    .await
-    .ok();
+    apply(&[]).await.fails_with("--var key=VALUE");
+    apply(&["--var", "key=c2VjcmV0"]).await.ok();
     assert_eq!(
         stored(&server, Some("default"), "templated").await.unwrap(),
         b"secret"
@@ -429,11 +397,7 @@ async fn lists_page_with_kumactls_footer(backend: Backend) {
 }
 
 async fn failures_exit_non_zero_with_one_line(backend: Backend) {
-    let config = ApiConfig {
-        localhost_is_admin: false,
-        ..ApiConfig::default()
-    };
-    let server = TestServer::start_with(backend, config, StoreOptions::default()).await;
+    let server = TestServer::start_tokens_only(backend).await;
 
     // No token: 403 with Kuma's text.
     cli(&server, &["get", "secrets"])

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::http::{get_as, set_secret_data};
 use common::process::kuma;
 use kuma_secrets::domain::{MeshName, SecretKey};
 use kuma_secrets::store::{AnyStore, SecretQuery, SecretScope, SecretStore, StoreOptions};
@@ -438,16 +439,7 @@ async fn kuma_to_this_store_and_back_round_trips() {
         .await
         .unwrap();
     let key = SecretKey::parse(Some("default"), "tls").unwrap();
-    let current = store.get_secret(&key).await.unwrap();
-    store
-        .update_secret(
-            &key,
-            current.meta.version,
-            kuma_secrets::domain::SecretUpdate {
-                data: kuma_secrets::domain::SecretData::new(b"rotated".to_vec()).unwrap(),
-                labels: current.labels.clone(),
-            },
-        )
+    set_secret_data(&store, &key, b"rotated".to_vec())
         .await
         .unwrap();
     store.close().await;
@@ -493,14 +485,10 @@ async fn tokens_kuma_issued_keep_working_after_the_import() {
     let store = AnyStore::open(&target, common::sealed(StoreOptions::default()))
         .await
         .unwrap();
-    let config = kuma_secrets::api::ApiConfig {
-        localhost_is_admin: false,
-        ..Default::default()
-    };
     let server = common::server::TestServer::start_on(
         store,
         common::server::Guard::Sqlite(tempfile::tempdir().unwrap()),
-        config,
+        common::server::tokens_only(),
     )
     .await;
     // A token as Kuma issues it: RS256, kid = the key's serial, Kuma's claim names.
@@ -515,12 +503,7 @@ async fn tokens_kuma_issued_keep_working_after_the_import() {
     )
     .unwrap();
     let client = reqwest::Client::new();
-    let listed = client
-        .get(server.at("/global-secrets"))
-        .bearer_auth(&kuma_token)
-        .send()
-        .await
-        .unwrap();
+    let listed = get_as(server.at("/global-secrets"), &kuma_token).await;
     assert_eq!(
         listed.status(),
         reqwest::StatusCode::OK,
@@ -551,12 +534,7 @@ async fn tokens_kuma_issued_keep_working_after_the_import() {
     let new_header = jsonwebtoken::decode_header(new_token.trim()).unwrap();
     assert_eq!(new_header.alg, jsonwebtoken::Algorithm::RS256);
     assert_eq!(new_header.kid.as_deref(), Some("1"));
-    let with_new = client
-        .get(server.at("/global-secrets"))
-        .bearer_auth(new_token.trim())
-        .send()
-        .await
-        .unwrap();
+    let with_new = get_as(server.at("/global-secrets"), new_token.trim()).await;
     assert_eq!(
         with_new.status(),
         reqwest::StatusCode::OK,

@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, delete_path, fetch_text, get_json, put_json, put_secret};
+use common::http::{b64, delete_path, fetch_text, get_as, get_json, put_json, put_secret};
 use common::process::{kuma, spawn_serve};
 use common::raw::{P, contains, raw_database, raw_row, raw_sql, store_tool};
 use common::server::{Backend, TestServer};
@@ -19,18 +19,10 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-async fn token_server(backend: Backend) -> TestServer {
-    let config = ApiConfig {
-        localhost_is_admin: false,
-        ..ApiConfig::default()
-    };
-    TestServer::start_with(backend, config, StoreOptions::default()).await
-}
-
 /// The attack: plant a signing key of one's own as a plaintext row (key id NULL), mint an
 /// admin token with it, and read secrets. With a keyring, the row is refused.
 async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) {
-    let server = token_server(backend).await;
+    let server = TestServer::start_tokens_only(backend).await;
     server
         .store
         .create_secret(NewSecret {
@@ -86,12 +78,7 @@ async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) 
             .unwrap()
     };
 
-    let response = Client::new()
-        .get(server.at("/meshes/default/secrets/crown-jewels"))
-        .bearer_auth(&forged)
-        .send()
-        .await
-        .unwrap();
+    let response = get_as(server.at("/meshes/default/secrets/crown-jewels"), &forged).await;
     assert_ne!(
         response.status(),
         StatusCode::OK,
@@ -267,14 +254,13 @@ async fn the_delete_guard_fails_closed_on_a_spec_it_cannot_read(backend: Backend
 
     // import refuses such a Mesh as the API does, and writes nothing.
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("meshes.yaml");
-    std::fs::write(
-        &file,
+    let file = common::write_file(
+        dir.path(),
+        "meshes.yaml",
         "type: Mesh\nname: imported\nmtls:\n  backends:\n  - name: ca-1\n    type: vault\n",
-    )
-    .unwrap();
+    );
     let keys = common::test_keyring_file(dir.path());
-    let run = store_tool(&server, &keys, &["import", "-f", file.to_str().unwrap()])
+    let run = store_tool(&server, &keys, &["import", "-f", &file])
         .await
         .failed();
     assert!(
@@ -311,7 +297,7 @@ async fn made_up_methods_do_not_grow_the_metrics(backend: Backend) {
 
 /// A provided CA's inline private key is sealed at rest and only an admin reads it back.
 async fn inline_ca_keys_are_sealed_at_rest_and_hidden_from_non_admins(backend: Backend) {
-    let server = token_server(backend).await;
+    let server = TestServer::start_tokens_only(backend).await;
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -350,12 +336,8 @@ async fn inline_ca_keys_are_sealed_at_rest_and_hidden_from_non_admins(backend: B
     );
 
     // The admin reads it back as given; anyone else does not see it.
-    let as_admin: Value = Client::new()
-        .get(server.at("/meshes/default"))
-        .bearer_auth(&admin)
-        .send()
+    let as_admin: Value = get_as(server.at("/meshes/default"), &admin)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

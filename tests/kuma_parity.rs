@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use common::http::{b64, fetch_json, get_json, put_json, violations};
+use common::http::{b64, fetch_json, get_json, put_json, put_plain_mesh, violations};
 use common::process::{CliRun, kuma};
 use common::server::{Backend, TestServer};
 use kuma_secrets::domain::{Labels, NewSecret, SecretData, SecretKey};
@@ -212,21 +212,11 @@ async fn meshes_carry_kri_warnings_and_kumas_titles(backend: Backend) {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["title"], "Failed to create a resource");
 
-    let (status, body) = put_json(
-        &server,
-        "/meshes/aa.a",
-        json!({"type": "Mesh", "name": "aa.a"}),
-    )
-    .await;
+    let (status, body) = put_plain_mesh(&server, "aa.a").await;
     assert_eq!(status, StatusCode::CREATED);
     let warning = body["warnings"][0].as_str().unwrap();
     assert!(warning.contains("DNS-1035"), "{warning}");
-    let (status, body) = put_json(
-        &server,
-        "/meshes/fine",
-        json!({"type": "Mesh", "name": "fine"}),
-    )
-    .await;
+    let (status, body) = put_plain_mesh(&server, "fine").await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(body, json!({}));
     // A Mesh read and written back keeps no `kri` in its spec.

@@ -5,6 +5,7 @@
 mod common;
 
 use common::TestDb;
+use common::http::set_secret_data;
 use common::process::{CliRun, kill_when, kuma_with_env};
 use kuma_secrets::domain::{Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey};
 use kuma_secrets::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
@@ -405,16 +406,7 @@ async fn copy_moves_10000_secrets_sqlite_to_postgres_and_back_verified() {
 
     // Verification catches a row that differs.
     let key = SecretKey::parse(Some("payments"), "secret-04999").unwrap();
-    let current = postgres.get_secret(&key).await.unwrap();
-    postgres
-        .update_secret(
-            &key,
-            current.meta.version,
-            kuma_secrets::domain::SecretUpdate {
-                data: SecretData::new(b"tampered".to_vec()).unwrap(),
-                labels: current.labels,
-            },
-        )
+    set_secret_data(&postgres, &key, b"tampered".to_vec())
         .await
         .unwrap();
     let run = kuma(
@@ -539,16 +531,7 @@ async fn copy_with_history_carries_every_kept_version() {
     let global = SecretKey::parse(None, "signing-key").unwrap();
     for k in [&key, &global] {
         for round in 0..4 {
-            let current = source.get_secret(k).await.unwrap();
-            source
-                .update_secret(
-                    k,
-                    current.meta.version,
-                    kuma_secrets::domain::SecretUpdate {
-                        data: SecretData::new(format!("round-{round}").into_bytes()).unwrap(),
-                        labels: current.labels,
-                    },
-                )
+            set_secret_data(&source, k, format!("round-{round}"))
                 .await
                 .unwrap();
         }

@@ -442,12 +442,8 @@ async fn two_servers_on_one_postgres_stay_coherent() {
     .unwrap();
     let (_, cached) = get(&b).await;
     assert!(cached["labels"].get("behind").is_none(), "{cached}");
-    let fresh: Value = client
-        .get(format!("{b}{path}"))
-        .header("Cache-Control", "no-cache")
-        .send()
+    let fresh: Value = common::http::get_fresh(format!("{b}{path}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

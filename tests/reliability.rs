@@ -11,6 +11,7 @@
 mod common;
 
 use common::cluster::Cluster;
+use common::http::{get_fresh, send_get};
 use common::process::{kuma, serve_sealed, spawn_serve};
 use common::server::Backend;
 use reqwest::{Client, StatusCode};
@@ -276,14 +277,8 @@ async fn postgres_stopped_and_crashed_under_load() {
     );
 
     // Every acknowledged write is there, at its acknowledged version.
-    let client = Client::new();
     for (name, version) in &seen.acked {
-        let response = client
-            .get(format!("{base}/meshes/default/secrets/{name}"))
-            .header("Cache-Control", "no-cache")
-            .send()
-            .await
-            .unwrap();
+        let response = get_fresh(format!("{base}/meshes/default/secrets/{name}")).await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -361,14 +356,9 @@ async fn serve_killed_under_writers_loses_no_acknowledged_write(backend: Backend
         let (mut serve, base, _log) = spawn_serve(&args, dir.path());
         common::server::wait_ready(&base).await;
         // What the previous round acknowledged survived the kill.
-        let client = Client::new();
         let previous = acked.lock().unwrap().clone();
         for (name, version) in previous {
-            let response = client
-                .get(format!("{base}/meshes/default/secrets/{name}"))
-                .send()
-                .await
-                .unwrap();
+            let response = send_get(format!("{base}/meshes/default/secrets/{name}")).await;
             assert_eq!(
                 response.status(),
                 StatusCode::OK,
@@ -514,12 +504,7 @@ async fn three_replicas_on_one_postgres_lose_nothing() {
         workers.push(tokio::spawn(async move {
             for _ in 0..25 {
                 loop {
-                    let current = client
-                        .get(format!("{base}/meshes/default/secrets/counter"))
-                        .header("Cache-Control", "no-cache")
-                        .send()
-                        .await
-                        .unwrap();
+                    let current = get_fresh(format!("{base}/meshes/default/secrets/counter")).await;
                     let version: i64 = current.headers()["etag"]
                         .to_str()
                         .unwrap()
@@ -577,12 +562,7 @@ async fn three_replicas_on_one_postgres_lose_nothing() {
         "counter should be at {} after {increments} increments: {detail}",
         increments + 1
     );
-    let blind = client
-        .get(format!("{}/meshes/default/secrets/blind", bases[2]))
-        .header("Cache-Control", "no-cache")
-        .send()
-        .await
-        .unwrap();
+    let blind = get_fresh(format!("{}/meshes/default/secrets/blind", bases[2])).await;
     let blind_accepted = *blind_accepted.lock().unwrap();
     assert_eq!(version_of(&blind) as u64, blind_accepted + 1);
 
@@ -785,13 +765,13 @@ async fn reads_go_to_a_standby_but_never_older_than_the_servers_own_writes() {
         dir.path(),
     );
     common::server::wait_ready(&base).await;
-    let client = Client::new();
     let read = async |fresh: bool| -> Value {
-        let mut request = client.get(format!("{base}/meshes/default/secrets/s"));
-        if fresh {
-            request = request.header("Cache-Control", "no-cache");
-        }
-        let response = request.send().await.unwrap();
+        let url = format!("{base}/meshes/default/secrets/s");
+        let response = if fresh {
+            get_fresh(url).await
+        } else {
+            send_get(url).await
+        };
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.unwrap()
     };

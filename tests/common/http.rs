@@ -118,6 +118,36 @@ pub async fn send_get(url: impl reqwest::IntoUrl) -> reqwest::Response {
     reqwest::Client::new().get(url).send().await.unwrap()
 }
 
+/// `GET url` with `Cache-Control: no-cache`: from the database, past the read cache.
+pub async fn get_fresh(url: impl reqwest::IntoUrl) -> reqwest::Response {
+    Client::new()
+        .get(url)
+        .header("Cache-Control", "no-cache")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET url` with a bearer token, answered.
+pub async fn get_as(url: impl reqwest::IntoUrl, token: &str) -> reqwest::Response {
+    Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `PUT /meshes/{name}` of a Mesh with no spec: status and JSON answer.
+pub async fn put_plain_mesh(server: &TestServer, name: &str) -> (StatusCode, Value) {
+    put_json(
+        server,
+        &format!("/meshes/{name}"),
+        json!({"type": "Mesh", "name": name}),
+    )
+    .await
+}
+
 /// `DELETE url`, answered.
 pub async fn send_delete(url: impl reqwest::IntoUrl) -> reqwest::Response {
     reqwest::Client::new().delete(url).send().await.unwrap()
@@ -139,6 +169,17 @@ pub fn secret_json(mesh: &str, name: &str, data: impl AsRef<[u8]>) -> Value {
     json!({"type": "Secret", "mesh": mesh, "name": name, "data": b64(data)})
 }
 
+/// `manifest` is Kuma's Kubernetes manifest of a Secret of `mesh` in `kuma-system` whose
+/// `data.value` is `value` (base64).
+pub fn assert_secret_manifest(manifest: &Value, mesh: &str, value: &str) {
+    assert_eq!(manifest["apiVersion"], "v1");
+    assert_eq!(manifest["kind"], "Secret");
+    assert_eq!(manifest["type"], "system.kuma.io/secret");
+    assert_eq!(manifest["metadata"]["namespace"], "kuma-system");
+    assert_eq!(manifest["metadata"]["labels"]["kuma.io/mesh"], mesh);
+    assert_eq!(manifest["data"]["value"], value);
+}
+
 /// The version an answer's `ETag` names.
 pub fn version_of(response: &reqwest::Response) -> i64 {
     response.headers()["etag"]
@@ -147,6 +188,21 @@ pub fn version_of(response: &reqwest::Response) -> i64 {
         .trim_matches('"')
         .parse()
         .unwrap()
+}
+
+/// Sets secret `key`'s data in `store` (its labels kept), at the version it has now.
+pub async fn set_secret_data<S: SecretStore>(
+    store: &S,
+    key: &SecretKey,
+    data: impl Into<Vec<u8>>,
+) -> Result<kuma_secrets::domain::Secret, StoreError> {
+    let current = store.get_secret(key).await.unwrap();
+    let data = kuma_secrets::domain::SecretData::new(data.into()).unwrap();
+    let update = kuma_secrets::domain::SecretUpdate {
+        data,
+        labels: current.labels,
+    };
+    store.update_secret(key, current.meta.version, update).await
 }
 
 /// Sets Mesh `mesh`'s spec in `store` (its labels kept), at the version it has now.

@@ -54,6 +54,13 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Writes `contents` to the file `name` in `dir`; its path, as the CLI takes it.
+pub fn write_file(dir: &std::path::Path, name: &str, contents: impl AsRef<[u8]>) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
 /// The store URL of the SQLite file `file` in `dir`.
 pub fn sqlite_url(dir: &std::path::Path, file: &str) -> String {
     format!("sqlite://{}", dir.join(file).display())

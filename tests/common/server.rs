@@ -16,6 +16,14 @@ pub enum Guard {
     Sqlite(tempfile::TempDir),
 }
 
+/// The API's defaults, but loopback callers are not admins: every caller needs a token.
+pub fn tokens_only() -> ApiConfig {
+    ApiConfig {
+        localhost_is_admin: false,
+        ..ApiConfig::default()
+    }
+}
+
 /// A running server.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
@@ -32,6 +40,11 @@ impl TestServer {
     /// Starts a server with default settings.
     pub async fn start(backend: Backend) -> Self {
         Self::start_with(backend, ApiConfig::default(), StoreOptions::default()).await
+    }
+
+    /// Starts a server where every caller needs a token ([`tokens_only`]).
+    pub async fn start_tokens_only(backend: Backend) -> Self {
+        Self::start_with(backend, tokens_only(), StoreOptions::default()).await
     }
 
     /// Starts a server on a fresh store of `backend`.
