@@ -50,102 +50,84 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("kuma_secrets".into()), None).expect("valid registry prefix");
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests by route, method and status",
-            ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "http_requests_in_flight",
-                "HTTP requests being served, by route",
-            ),
-            &["route"],
-        )
-        .expect("valid metric");
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency"),
-            &["route", "method"],
-        )
-        .expect("valid metric");
-        let store_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "store_operation_duration_seconds",
-                "Store operation latency by operation and outcome",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["operation", "outcome"],
-        )
-        .expect("valid metric");
-        let cache_reads = IntCounterVec::new(
-            Opts::new(
-                "read_cache_reads_total",
-                "Single-secret reads by how the read cache answered: hit (from memory), miss (read and kept), bypass (read past it)",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let cache_drops = prometheus::IntCounter::new(
-            "read_cache_drops_total",
-            "Secrets the read cache dropped because a write or a change-feed event named them",
-        )
-        .expect("valid metric");
-        let connections_discarded = prometheus::IntCounter::new(
-            "store_connections_discarded_total",
-            "Database connections closed after an error that ends them: the server went away, is shutting down, or only reads now (a demoted primary)",
-        )
-        .expect("valid metric");
-        let connections_refused = prometheus::IntCounter::new(
-            "store_connections_refused_total",
-            "New database connections refused because the server only reads (a standby), as target_session_attrs=read-write",
-        )
-        .expect("valid metric");
-        let cache_totals_reused = prometheus::IntCounter::new(
-            "read_cache_list_totals_reused_total",
-            "List pages whose total came from the read cache instead of a count",
-        )
-        .expect("valid metric");
-        let cache_entries =
-            prometheus::IntGauge::new("read_cache_entries", "Secrets the read cache holds")
-                .expect("valid metric");
-        let cache_bytes = prometheus::IntGauge::new(
-            "read_cache_bytes",
-            "About how much memory the read cache's rows take",
-        )
-        .expect("valid metric");
-        for metric in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(in_flight.clone()),
-            Box::new(request_seconds.clone()),
-            Box::new(store_seconds.clone()),
-            Box::new(cache_reads.clone()),
-            Box::new(cache_drops.clone()),
-            Box::new(connections_discarded.clone()),
-            Box::new(connections_refused.clone()),
-            Box::new(cache_totals_reused.clone()),
-            Box::new(cache_entries.clone()),
-            Box::new(cache_bytes.clone()),
-        ] {
-            registry.register(metric).expect("metrics register once");
-        }
+        let counter =
+            |name: &str, help: &str| registered(&registry, prometheus::IntCounter::new(name, help));
+        let gauge =
+            |name: &str, help: &str| registered(&registry, prometheus::IntGauge::new(name, help));
         Self {
+            requests: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_requests_total",
+                        "HTTP requests by route, method and status",
+                    ),
+                    &["route", "method", "status"],
+                ),
+            ),
+            in_flight: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "http_requests_in_flight",
+                        "HTTP requests being served, by route",
+                    ),
+                    &["route"],
+                ),
+            ),
+            request_seconds: registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("http_request_duration_seconds", "HTTP request latency"),
+                    &["route", "method"],
+                ),
+            ),
+            store_seconds: registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "store_operation_duration_seconds",
+                        "Store operation latency by operation and outcome",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ]),
+                    &["operation", "outcome"],
+                ),
+            ),
+            cache_reads: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "read_cache_reads_total",
+                        "Single-secret reads by how the read cache answered: hit (from memory), miss (read and kept), bypass (read past it)",
+                    ),
+                    &["outcome"],
+                ),
+            ),
+            cache_drops: counter(
+                "read_cache_drops_total",
+                "Secrets the read cache dropped because a write or a change-feed event named them",
+            ),
+            connections_discarded: counter(
+                "store_connections_discarded_total",
+                "Database connections closed after an error that ends them: the server went away, is shutting down, or only reads now (a demoted primary)",
+            ),
+            connections_refused: counter(
+                "store_connections_refused_total",
+                "New database connections refused because the server only reads (a standby), as target_session_attrs=read-write",
+            ),
+            cache_totals_reused: counter(
+                "read_cache_list_totals_reused_total",
+                "List pages whose total came from the read cache instead of a count",
+            ),
+            cache_entries: gauge("read_cache_entries", "Secrets the read cache holds"),
+            cache_bytes: gauge(
+                "read_cache_bytes",
+                "About how much memory the read cache's rows take",
+            ),
             registry,
-            requests,
-            in_flight,
-            request_seconds,
-            store_seconds,
-            cache_reads,
-            cache_drops,
-            connections_discarded,
-            connections_refused,
-            cache_totals_reused,
-            cache_entries,
-            cache_bytes,
         }
     }
 
@@ -229,6 +211,18 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
+}
+
+/// `metric`, registered in `registry` (the server's metrics are fixed: a bad one is a bug).
+fn registered<C>(registry: &Registry, metric: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metrics register once");
+    metric
 }
 
 /// Counts a request in flight until dropped, so cancelled requests are uncounted too.
