@@ -24,18 +24,12 @@ impl ResourceName {
     /// # Errors
     /// Kuma's messages: empty, longer than 253, or not an RFC 1123 subdomain.
     pub fn parse_field(name: &str, field: &str) -> Result<Self, ValidationError> {
-        if name.is_empty() {
-            return Err(ValidationError::single(field, "cannot be empty"));
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(ValidationError::single(
-                field,
-                "value length must less or equal 253",
-            ));
-        }
-        if !is_rfc1123_subdomain(name) {
-            return Err(ValidationError::single(field, RFC1123_MESSAGE));
-        }
+        check_name(
+            name,
+            field,
+            (MAX_NAME_LEN, "value length must less or equal 253"),
+            (is_rfc1123_subdomain, RFC1123_MESSAGE),
+        )?;
         Ok(Self(name.to_owned()))
     }
 
@@ -73,18 +67,12 @@ impl MeshName {
     /// # Errors
     /// Empty, longer than 63, or characters outside `[0-9a-z-_.]`.
     pub fn parse_field(mesh: &str, field: &str) -> Result<Self, ValidationError> {
-        if mesh.is_empty() {
-            return Err(ValidationError::single(field, "cannot be empty"));
-        }
-        if mesh.len() > MAX_MESH_NAME_LEN {
-            return Err(ValidationError::single(field, MESH_NAME_TOO_LONG));
-        }
-        if !mesh
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-        {
-            return Err(ValidationError::single(field, MESH_CHARS_MESSAGE));
-        }
+        check_name(
+            mesh,
+            field,
+            (MAX_MESH_NAME_LEN, MESH_NAME_TOO_LONG),
+            (is_mesh_alphabet, MESH_CHARS_MESSAGE),
+        )?;
         Ok(Self(mesh.to_owned()))
     }
 
@@ -116,6 +104,32 @@ impl MeshName {
     pub(crate) fn from_stored(name: String) -> Self {
         Self(name)
     }
+}
+
+/// Kuma's checks of a name, in its order: not empty, at most `max` bytes (else `too_long`),
+/// then `valid` (else `invalid`); the first that fails is the one violation of `field`.
+fn check_name(
+    name: &str,
+    field: &str,
+    (max, too_long): (usize, &str),
+    (valid, invalid): (fn(&str) -> bool, &str),
+) -> Result<(), ValidationError> {
+    let reason = if name.is_empty() {
+        "cannot be empty"
+    } else if name.len() > max {
+        too_long
+    } else if !valid(name) {
+        invalid
+    } else {
+        return Ok(());
+    };
+    Err(ValidationError::single(field, reason))
+}
+
+/// Kuma's backward-compatible mesh alphabet: `[0-9a-z-_.]`.
+fn is_mesh_alphabet(mesh: &str) -> bool {
+    mesh.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
 impl fmt::Display for ResourceName {
