@@ -48,7 +48,7 @@ pub use sql::{
 };
 pub use sqlite::SqliteStore;
 pub use url::{Backend, PoolMode, StoreUrl};
-pub use walk::{MeshWalk, SecretWalk, Walk};
+pub use walk::{MeshWalk, PageWalk, SecretWalk, Walk, WalkQuery};
 
 use crate::domain::{
     DEFAULT_MAX_SECRET_SIZE, Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret,

@@ -19,26 +19,57 @@ pub trait Walk {
     ) -> impl std::future::Future<Output = Result<Option<Vec<Self::Item>>>> + Send;
 }
 
-impl Walk for SecretWalk {
+/// A list query a [`PageWalk`] can run page after page.
+pub trait WalkQuery: Send + Sync {
+    /// What a page holds.
+    type Item: Send;
+    /// The page the query asks for.
+    fn page_mut(&mut self) -> &mut PageRequest;
+    /// Runs the query.
+    fn list<S: SecretStore>(
+        &self,
+        store: &S,
+    ) -> impl std::future::Future<Output = Result<Page<Self::Item>>> + Send;
+}
+
+impl WalkQuery for SecretQuery {
     type Item = Secret;
-    async fn next_items<S: SecretStore>(&mut self, store: &S) -> Result<Option<Vec<Secret>>> {
-        Ok(self.next_page(store).await?.map(|page| page.items))
+    fn page_mut(&mut self) -> &mut PageRequest {
+        &mut self.page
+    }
+    fn list<S: SecretStore>(
+        &self,
+        store: &S,
+    ) -> impl std::future::Future<Output = Result<Page<Secret>>> + Send {
+        store.list_secrets(self)
     }
 }
 
-impl Walk for MeshWalk {
+impl WalkQuery for MeshQuery {
     type Item = Mesh;
-    async fn next_items<S: SecretStore>(&mut self, store: &S) -> Result<Option<Vec<Mesh>>> {
-        Ok(self.next_page(store).await?.map(|page| page.items))
+    fn page_mut(&mut self) -> &mut PageRequest {
+        &mut self.page
     }
+    fn list<S: SecretStore>(
+        &self,
+        store: &S,
+    ) -> impl std::future::Future<Output = Result<Page<Mesh>>> + Send {
+        store.list_meshes(self)
+    }
+}
+
+/// The pages of one list query, each starting after the previous page's last key.
+#[derive(Debug)]
+pub struct PageWalk<Q> {
+    query: Q,
+    finished: bool,
 }
 
 /// Every Secret (or GlobalSecret) of a scope, in (mesh, name) order.
-#[derive(Debug)]
-pub struct SecretWalk {
-    query: SecretQuery,
-    finished: bool,
-}
+pub type SecretWalk = PageWalk<SecretQuery>;
+
+/// Every Mesh, in name order.
+pub type MeshWalk = PageWalk<MeshQuery>;
 
 impl SecretWalk {
     /// A walk over `scope` in pages of `page_size` (1 to 1000).
@@ -51,26 +82,6 @@ impl SecretWalk {
             finished: false,
         })
     }
-
-    /// The next page, `None` after the last; the first page's `total` tells the size.
-    ///
-    /// # Errors
-    /// Whatever the store returns.
-    pub async fn next_page<S: SecretStore>(&mut self, store: &S) -> Result<Option<Page<Secret>>> {
-        if self.finished {
-            return Ok(None);
-        }
-        let page = store.list_secrets(&self.query).await?;
-        self.finished = advance(&mut self.query.page, page.next.as_ref())?;
-        Ok(Some(page))
-    }
-}
-
-/// Every Mesh, in name order.
-#[derive(Debug)]
-pub struct MeshWalk {
-    query: MeshQuery,
-    finished: bool,
 }
 
 impl MeshWalk {
@@ -87,18 +98,27 @@ impl MeshWalk {
             finished: false,
         })
     }
+}
 
-    /// The next page, `None` after the last.
+impl<Q: WalkQuery> PageWalk<Q> {
+    /// The next page, `None` after the last; the first page's `total` tells the size.
     ///
     /// # Errors
     /// Whatever the store returns.
-    pub async fn next_page<S: SecretStore>(&mut self, store: &S) -> Result<Option<Page<Mesh>>> {
+    pub async fn next_page<S: SecretStore>(&mut self, store: &S) -> Result<Option<Page<Q::Item>>> {
         if self.finished {
             return Ok(None);
         }
-        let page = store.list_meshes(&self.query).await?;
-        self.finished = advance(&mut self.query.page, page.next.as_ref())?;
+        let page = self.query.list(store).await?;
+        self.finished = advance(self.query.page_mut(), page.next.as_ref())?;
         Ok(Some(page))
+    }
+}
+
+impl<Q: WalkQuery> Walk for PageWalk<Q> {
+    type Item = Q::Item;
+    async fn next_items<S: SecretStore>(&mut self, store: &S) -> Result<Option<Vec<Q::Item>>> {
+        Ok(self.next_page(store).await?.map(|page| page.items))
     }
 }
 
