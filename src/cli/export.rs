@@ -8,7 +8,6 @@ use crate::domain::MeshName;
 use crate::manifest::{self, mesh_resource_of, secret_resource_of};
 use crate::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
 use anyhow::Context;
-use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -117,6 +116,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
     let store = AnyStore::open(args.store.url.expose(), options).await?;
     let mut writer = DocumentWriter {
         out: &mut out,
+        format: args.format,
         count: 0,
     };
     let mut counts = [0u64; 3];
@@ -127,22 +127,14 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
                 .get_mesh(name)
                 .await
                 .with_context(|| format!("no Mesh {:?} in the store", name.as_str()))?;
-            writer.write(&render(
-                args.format,
-                &mesh_resource_of(&found),
-                &found.meta.creation_time,
-            ))?;
+            writer.write(&mesh_resource_of(&found), &found.meta.creation_time)?;
             counts[0] += 1;
         }
         None => {
             let mut walk = MeshWalk::new(PAGE)?;
             while let Some(page) = walk.next_page(&store).await? {
                 for found in &page.items {
-                    writer.write(&render(
-                        args.format,
-                        &mesh_resource_of(found),
-                        &found.meta.creation_time,
-                    ))?;
+                    writer.write(&mesh_resource_of(found), &found.meta.creation_time)?;
                     counts[0] += 1;
                 }
             }
@@ -157,11 +149,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         let mut walk = SecretWalk::new(scope, PAGE)?;
         while let Some(page) = walk.next_page(&store).await? {
             for secret in &page.items {
-                writer.write(&render(
-                    args.format,
-                    &secret_resource_of(secret),
-                    &secret.meta.creation_time,
-                ))?;
+                writer.write(&secret_resource_of(secret), &secret.meta.creation_time)?;
                 counts[slot] += 1;
             }
         }
@@ -189,28 +177,27 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn render(
-    format: Format,
-    resource: &crate::domain::Resource,
-    created: &chrono::DateTime<chrono::Utc>,
-) -> Value {
-    match format {
-        Format::Universal => manifest::to_universal(resource),
-        Format::Kubernetes => {
-            manifest::to_kubernetes(resource, Some(created), manifest::KUMA_NAMESPACE)
-        }
-    }
-}
-
 /// Writes documents with `---` between them.
 struct DocumentWriter<'a> {
     out: &'a mut Box<dyn Write>,
+    format: Format,
     count: u64,
 }
 
 impl DocumentWriter<'_> {
-    fn write(&mut self, document: &Value) -> anyhow::Result<()> {
-        let text = manifest::to_yaml_stream([document]);
+    /// Writes `resource` (created at `created`) as the next document of the stream.
+    fn write(
+        &mut self,
+        resource: &crate::domain::Resource,
+        created: &chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        let document = match self.format {
+            Format::Universal => manifest::to_universal(resource),
+            Format::Kubernetes => {
+                manifest::to_kubernetes(resource, Some(created), manifest::KUMA_NAMESPACE)
+            }
+        };
+        let text = manifest::to_yaml_stream([&document]);
         if self.count > 0 {
             self.out.write_all(b"---\n")?;
         }
