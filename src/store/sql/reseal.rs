@@ -1,7 +1,7 @@
 //! Key rotation and what it reports: rows per key id, rows that do not open, and
 //! re-sealing secrets and Mesh inline CA keys with the active key, online.
 
-use super::rows::{SealedRow, open_value};
+use super::rows::SealedRow;
 use super::statements::query_as;
 use super::statements::{RESEAL_MESH, ROWS_PER_KEY, SealedRows};
 use super::tx::{RunOnStore, TxError};
@@ -115,33 +115,25 @@ impl [SqlStore<DB>] {
         let keyring = self.options.keyring.as_deref();
         let mut found = Vec::new();
         for table in SealedRows::ALL {
-        let mut after = 0;
-        loop {
-            let rows = query_as::<DB, SealedRow>(AssertSqlSafe(table.after()))
-                .bind(after)
-                .bind(500_i64)
-                .fetch_all_via(self, Op::Other)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id;
-            for row in rows {
-                let key = row.key();
-                if let Err(reason) = open_value(
-                    &key,
-                    &row.data,
-                    row.key_id.as_deref(),
-                    row.write_id.as_deref(),
-                    keyring,
-                    false,
-                ) {
-                    found.push(Unreadable {
-                        key: key.resource_key(),
-                        version: (table == SealedRows::History).then_some(row.version),
-                        reason,
-                    });
+            let mut after = 0;
+            loop {
+                let rows = query_as::<DB, SealedRow>(AssertSqlSafe(table.after()))
+                    .bind(after)
+                    .bind(500_i64)
+                    .fetch_all_via(self, Op::Other)
+                    .await?;
+                let Some(last) = rows.last() else { break };
+                after = last.id;
+                for row in rows {
+                    if let Err(reason) = row.value.open(keyring, false) {
+                        found.push(Unreadable {
+                            key: row.value.key().resource_key(),
+                            version: (table == SealedRows::History).then_some(row.version),
+                            reason,
+                        });
+                    }
                 }
             }
-        }
         }
         for (name, _, Json(mut spec)) in self.stored_mesh_specs().await? {
             if let Err(reason) =
@@ -208,17 +200,10 @@ impl [SqlStore<DB>] {
                 };
                 for row in rows {
                     batch.last_id = row.id;
-                    let key = row.key();
+                    let key = row.value.key();
                     // Plaintext rows are sealed here whatever `accept_plaintext_rows` says:
                     // that is how a store from before encryption at rest gets sealed.
-                    let opened = open_value(
-                        &key,
-                        &row.data,
-                        row.key_id.as_deref(),
-                        row.write_id.as_deref(),
-                        Some(&keyring),
-                        true,
-                    );
+                    let opened = row.value.open(Some(&keyring), true);
                     let plaintext = match opened {
                         Ok(plaintext) => zeroize::Zeroizing::new(plaintext),
                         Err(reason) => {

@@ -11,18 +11,73 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use std::collections::BTreeMap;
 
+/// The columns of a `secrets` (or kept version) row that name the secret and hold its
+/// value: plaintext (`key_id` NULL), seal format 1 (`write_id` NULL) or format 2.
+#[derive(Clone, sqlx::FromRow)]
+pub struct StoredValue {
+    mesh: Option<String>,
+    name: String,
+    data: Vec<u8>,
+    key_id: Option<String>,
+    write_id: Option<Vec<u8>>,
+}
+
+impl StoredValue {
+    /// The secret's key.
+    pub fn key(&self) -> SecretKey {
+        stored_key(self.mesh.as_deref(), &self.name)
+    }
+
+    /// The value opened with `keyring`, as its columns say it was sealed.
+    ///
+    /// # Errors
+    /// Why the value does not open; plaintext with a keyring unless `accept_plaintext`.
+    pub fn open(
+        &self,
+        keyring: Option<&Keyring>,
+        accept_plaintext: bool,
+    ) -> Result<Vec<u8>, OpenError> {
+        match (self.key_id.as_deref(), keyring) {
+            (None, Some(_)) if !accept_plaintext => Err(OpenError::Plaintext),
+            (None, _) => Ok(self.data.clone()),
+            (Some(key_id), None) => Err(OpenError::MissingKey {
+                key_id: key_id.to_owned(),
+            }),
+            (Some(key_id), Some(keyring)) => {
+                let key = self.key();
+                match self.write_id.as_deref() {
+                    None => keyring.open(&Binding::LegacySecret(&key), key_id, &self.data),
+                    Some(bytes) => {
+                        let write = WriteId::from_stored(bytes).ok_or(OpenError::Corrupt {
+                            key_id: key_id.to_owned(),
+                        })?;
+                        let binding = Binding::Secret { key: &key, write };
+                        keyring.open(&binding, key_id, &self.data)
+                    }
+                }
+            }
+        }
+    }
+
+    /// About how many bytes the names and the value take in memory.
+    fn memory_size(&self) -> usize {
+        self.data.len()
+            + self.name.len()
+            + self.mesh.as_ref().map_or(0, String::len)
+            + self.key_id.as_ref().map_or(0, String::len)
+            + self.write_id.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// A `secrets` row (an implementation detail of [`super::SqlStore`]).
 #[derive(Clone, sqlx::FromRow)]
 pub struct SecretRow {
-    mesh: Option<String>,
-    name: String,
+    #[sqlx(flatten)]
+    value: StoredValue,
     version: i64,
     creation_time: DateTime<Utc>,
     modification_time: DateTime<Utc>,
     labels: Json<BTreeMap<String, String>>,
-    data: Vec<u8>,
-    key_id: Option<String>,
-    write_id: Option<Vec<u8>>,
 }
 
 impl SecretRow {
@@ -38,20 +93,14 @@ impl SecretRow {
         keyring: Option<&Keyring>,
         accept_plaintext: bool,
     ) -> Result<Secret, StoreError> {
-        let key = self.key();
-        let data = open_value(
-            &key,
-            &self.data,
-            self.key_id.as_deref(),
-            self.write_id.as_deref(),
-            keyring,
-            accept_plaintext,
-        )
-        .map_err(|reason| StoreError::Sealed {
-            key: key.resource_key(),
-            reason,
-        })?;
-        zeroize::Zeroize::zeroize(&mut self.data);
+        let data = self
+            .value
+            .open(keyring, accept_plaintext)
+            .map_err(|reason| StoreError::Sealed {
+                key: self.key().resource_key(),
+                reason,
+            })?;
+        zeroize::Zeroize::zeroize(&mut self.value.data);
         Ok(self.with_data(SecretData::from_stored(data)))
     }
 
@@ -68,28 +117,24 @@ impl SecretRow {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 48)
             .sum();
-        self.data.len()
-            + labels
-            + self.name.len()
-            + self.mesh.as_ref().map_or(0, String::len)
-            + self.key_id.as_ref().map_or(0, String::len)
-            + self.write_id.as_ref().map_or(0, Vec::len)
-            + std::mem::size_of::<Self>()
+        self.value.memory_size() + labels + std::mem::size_of::<Self>()
     }
 
     /// A plaintext row of secret `default/stub`, for unit tests.
     #[cfg(test)]
     pub(crate) fn stub_for_tests() -> Self {
         Self {
-            mesh: Some("default".to_owned()),
-            name: "stub".to_owned(),
+            value: StoredValue {
+                mesh: Some("default".to_owned()),
+                name: "stub".to_owned(),
+                data: b"x".to_vec(),
+                key_id: None,
+                write_id: None,
+            },
             version: 1,
             creation_time: Utc::now(),
             modification_time: Utc::now(),
             labels: Json(BTreeMap::new()),
-            data: b"x".to_vec(),
-            key_id: None,
-            write_id: None,
         }
     }
 
@@ -100,7 +145,7 @@ impl SecretRow {
 
     /// The secret's key.
     pub fn key(&self) -> SecretKey {
-        stored_key(self.mesh.as_deref(), &self.name)
+        self.value.key()
     }
 
     /// The row as a Secret with `data`: after a write, which knows the plaintext it sealed.
@@ -119,37 +164,6 @@ impl SecretRow {
     }
 }
 
-/// Opens the stored `data` of secret `key` as its columns say: plaintext (`key_id` NULL),
-/// format 1 (`write_id` NULL) or format 2.
-///
-/// # Errors
-/// Why the value does not open; plaintext with a keyring unless `accept_plaintext`.
-pub(crate) fn open_value(
-    key: &SecretKey,
-    data: &[u8],
-    key_id: Option<&str>,
-    write_id: Option<&[u8]>,
-    keyring: Option<&Keyring>,
-    accept_plaintext: bool,
-) -> Result<Vec<u8>, OpenError> {
-    match (key_id, keyring) {
-        (None, Some(_)) if !accept_plaintext => Err(OpenError::Plaintext),
-        (None, _) => Ok(data.to_vec()),
-        (Some(key_id), None) => Err(OpenError::MissingKey {
-            key_id: key_id.to_owned(),
-        }),
-        (Some(key_id), Some(keyring)) => match write_id {
-            None => keyring.open(&Binding::LegacySecret(key), key_id, data),
-            Some(bytes) => {
-                let write = WriteId::from_stored(bytes).ok_or(OpenError::Corrupt {
-                    key_id: key_id.to_owned(),
-                })?;
-                keyring.open(&Binding::Secret { key, write }, key_id, data)
-            }
-        },
-    }
-}
-
 /// The key of a stored row (its names were validated when written).
 fn stored_key(mesh: Option<&str>, name: &str) -> SecretKey {
     let name = ResourceName::from_stored(name.to_owned());
@@ -163,19 +177,9 @@ fn stored_key(mesh: Option<&str>, name: &str) -> SecretKey {
 #[derive(sqlx::FromRow)]
 pub struct SealedRow {
     pub id: i64,
-    pub mesh: Option<String>,
-    pub name: String,
     pub version: i64,
-    pub data: Vec<u8>,
-    pub key_id: Option<String>,
-    pub write_id: Option<Vec<u8>>,
-}
-
-impl SealedRow {
-    /// The secret's key.
-    pub fn key(&self) -> SecretKey {
-        stored_key(self.mesh.as_deref(), &self.name)
-    }
+    #[sqlx(flatten)]
+    pub value: StoredValue,
 }
 
 /// A `secrets` row of a list page, with the count of all matches.
