@@ -136,6 +136,13 @@ const MESH_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, 
 const SECRET_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, creation_time, \
      modification_time FROM resources WHERE type IN ('Secret', 'GlobalSecret') ORDER BY type, mesh, name";
 
+/// A connection to the Kuma database at `url`, given as the option `flag`.
+pub(super) async fn connect_to_kuma(url: &str, flag: &str) -> anyhow::Result<PgConnection> {
+    PgConnection::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to the Kuma database ({flag})"))
+}
+
 /// Reads Kuma's database at `url` and writes into `store` in batches of `batch` (nothing
 /// when `dry_run`), then verifies what it wrote.
 pub(super) async fn import(
@@ -145,9 +152,7 @@ pub(super) async fn import(
     dry_run: bool,
     report_orphans: bool,
 ) -> anyhow::Result<KumaImport> {
-    let mut conn = PgConnection::connect(url)
-        .await
-        .context("cannot connect to the Kuma database (--from-kuma)")?;
+    let mut conn = connect_to_kuma(url, "--from-kuma").await?;
     let mut tx = conn.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)

@@ -18,7 +18,7 @@ use crate::domain::{Mesh, Secret};
 use crate::store::{AnyStore, MeshWalk, SecretScope, SecretWalk};
 use anyhow::Context;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use std::collections::BTreeMap;
 
 /// What the export did.
@@ -117,9 +117,7 @@ pub(super) async fn export(
 ) -> anyhow::Result<KumaExport> {
     // Meshes first (owners of their CA secrets), then secrets; a page at a time from the
     // store, each row compared with Kuma's and written in the one transaction.
-    let mut conn = PgConnection::connect(url)
-        .await
-        .context("cannot connect to the Kuma database (--to-kuma)")?;
+    let mut conn = super::from_kuma::connect_to_kuma(url, "--to-kuma").await?;
     let mut tx = conn.begin().await?;
     let mut done = KumaExport::default();
     let mut owners = BTreeMap::new();
