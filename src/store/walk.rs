@@ -32,31 +32,26 @@ pub trait WalkQuery: Send + Sync {
     ) -> impl std::future::Future<Output = Result<Page<Self::Item>>> + Send;
 }
 
-impl WalkQuery for SecretQuery {
-    type Item = Secret;
-    fn page_mut(&mut self) -> &mut PageRequest {
-        &mut self.page
-    }
-    fn list<S: SecretStore>(
-        &self,
-        store: &S,
-    ) -> impl std::future::Future<Output = Result<Page<Secret>>> + Send {
-        store.list_secrets(self)
-    }
+/// `WalkQuery` for a query type whose `page` field pages it and whose store method lists it.
+macro_rules! walk_query {
+    ($query:ty => $item:ty, $list:ident) => {
+        impl WalkQuery for $query {
+            type Item = $item;
+            fn page_mut(&mut self) -> &mut PageRequest {
+                &mut self.page
+            }
+            fn list<S: SecretStore>(
+                &self,
+                store: &S,
+            ) -> impl std::future::Future<Output = Result<Page<$item>>> + Send {
+                store.$list(self)
+            }
+        }
+    };
 }
 
-impl WalkQuery for MeshQuery {
-    type Item = Mesh;
-    fn page_mut(&mut self) -> &mut PageRequest {
-        &mut self.page
-    }
-    fn list<S: SecretStore>(
-        &self,
-        store: &S,
-    ) -> impl std::future::Future<Output = Result<Page<Mesh>>> + Send {
-        store.list_meshes(self)
-    }
-}
+walk_query!(SecretQuery => Secret, list_secrets);
+walk_query!(MeshQuery => Mesh, list_meshes);
 
 /// The pages of one list query, each starting after the previous page's last key.
 #[derive(Debug)]
