@@ -146,6 +146,25 @@ impl SecretItemAt {
     }
 }
 
+/// The axum handler `$handler` for an item route: it extracts the state, the caller, the
+/// extractors listed, the [`SecretItemAt`] and then the body, if any (so a bad precondition
+/// header is refused before the path, as it always was), and runs
+/// `$inner(&state, &user, at, extractors…, body)` through [`SecretItemAt::handle`], so a
+/// failure answers the Mesh's 404 first.
+macro_rules! item_handler {
+    ($handler:ident => $inner:ident($($arg:ident: $ty:ty),*) $(then $body:ident: $body_ty:ty)?) => {
+        pub(super) async fn $handler<S: SecretStore + Clone + 'static>(
+            State(state): State<AppState<S>>,
+            Extension(user): Extension<User>,
+            $($arg: $ty,)*
+            at: SecretItemAt,
+            $($body: $body_ty)?
+        ) -> ApiResult<Response> {
+            at.handle(&state, |at| $inner(&state, &user, at, $($arg,)* $($body)?)).await
+        }
+    };
+}
+
 /// Which secrets a list route covers: one existing Mesh's (`/meshes/{mesh}/secrets`),
 /// every Mesh's (`/secrets`), or the GlobalSecrets.
 pub(super) struct ListScope(SecretScope);
@@ -264,32 +283,21 @@ pub(super) async fn list_secrets<S: SecretStore + Clone + 'static>(
     .await
 }
 
-pub(super) async fn get_secret<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
-    at: SecretItemAt,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    at.handle(&state, |at| {
-        get_secret_at(&state, &user, at, &uri, &headers)
-    })
-    .await
-}
+item_handler!(get_secret => get_secret_at(uri: Uri, headers: HeaderMap));
 
 async fn get_secret_at<S: SecretStore>(
     state: &AppState<S>,
     user: &User,
     at: SecretAt,
-    uri: &Uri,
-    headers: &HeaderMap,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let ItemQuery { format, version } = ItemQuery::parse(uri.query())?;
     let key = at.key_for_admin(user, TITLE)?;
-    let preconditions = Preconditions::from_headers(headers)?;
+    let preconditions = Preconditions::from_headers(&headers)?;
     let secret = match version {
-        None if bypasses_cache(headers) => state.store.get_secret_fresh(&key).await,
+        None if bypasses_cache(&headers) => state.store.get_secret_fresh(&key).await,
         None => state.store.get_secret(&key).await,
         Some(version) => state.store.get_secret_version(&key, version).await,
     }
@@ -390,24 +398,13 @@ impl ItemQuery {
     }
 }
 
-pub(super) async fn put_secret<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
-    preconditions: Preconditions,
-    at: SecretItemAt,
-    body: JsonBody,
-) -> ApiResult<Response> {
-    at.handle(&state, |at| {
-        put_secret_at(&state, &user, &preconditions, at, body)
-    })
-    .await
-}
+item_handler!(put_secret => put_secret_at(preconditions: Preconditions) then body: JsonBody);
 
 async fn put_secret_at<S: SecretStore>(
     state: &AppState<S>,
     user: &User,
-    preconditions: &Preconditions,
     at: SecretAt,
+    preconditions: Preconditions,
     body: JsonBody,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not process a resource";
@@ -454,44 +451,33 @@ async fn put_secret_at<S: SecretStore>(
     upsert(
         &state.store,
         Write::Secret(secret),
-        preconditions,
+        &preconditions,
         Vec::new(),
     )
     .await
 }
 
-pub(super) async fn delete_secret<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
-    preconditions: Preconditions,
-    at: SecretItemAt,
-    uri: Uri,
-) -> ApiResult<Response> {
-    at.handle(&state, |at| {
-        delete_secret_at(&state, &user, &preconditions, at, &uri)
-    })
-    .await
-}
+item_handler!(delete_secret => delete_secret_at(preconditions: Preconditions, uri: Uri));
 
 async fn delete_secret_at<S: SecretStore>(
     state: &AppState<S>,
     user: &User,
-    preconditions: &Preconditions,
     at: SecretAt,
-    uri: &Uri,
+    preconditions: Preconditions,
+    uri: Uri,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
     let key = at.key_for_admin(user, TITLE)?;
     // With If-Match, delete only the version the caller saw: the store checks it in the
     // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
     // never opened, so a secret whose sealed value is unreadable can still be deleted.
-    let expected = expected_version(state, &key, preconditions, TITLE).await?;
+    let expected = expected_version(state, &key, &preconditions, TITLE).await?;
     let deleted = if purge_requested(uri.query())? {
         state.store.purge_secret(&key, expected).await
     } else {
         state.store.delete_secret(&key, expected).await
     };
-    deleted.map_err(|e| precondition_or_store_error(e, preconditions, TITLE))?;
+    deleted.map_err(|e| precondition_or_store_error(e, &preconditions, TITLE))?;
     Ok(Json(serde_json::json!({})).into_response())
 }
 
