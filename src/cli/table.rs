@@ -40,34 +40,30 @@ pub fn age(then: &DateTime<Utc>, now: &DateTime<Utc>) -> String {
     if seconds < 120 {
         format!("{seconds}s")
     } else if minutes < 10 {
-        match seconds % 60 {
-            0 => format!("{minutes}m"),
-            s => format!("{minutes}m{s}s"),
-        }
+        two_units((minutes, 'm'), (seconds % 60, 's'))
     } else if minutes < 180 {
         format!("{minutes}m")
     } else if hours < 8 {
-        match minutes % 60 {
-            0 => format!("{hours}h"),
-            m => format!("{hours}h{m}m"),
-        }
+        two_units((hours, 'h'), (minutes % 60, 'm'))
     } else if hours < 48 {
         format!("{hours}h")
     } else if hours < 24 * 8 {
-        match hours % 24 {
-            0 => format!("{}d", hours / 24),
-            h => format!("{}d{h}h", hours / 24),
-        }
+        two_units((hours / 24, 'd'), (hours % 24, 'h'))
     } else if hours < 24 * 365 * 2 {
         format!("{}d", hours / 24)
     } else if hours < 24 * 365 * 8 {
-        let years = hours / 24 / 365;
-        match (hours / 24) % 365 {
-            0 => format!("{years}y"),
-            d => format!("{years}y{d}d"),
-        }
+        two_units((hours / 24 / 365, 'y'), ((hours / 24) % 365, 'd'))
     } else {
         format!("{}y", hours / 24 / 365)
+    }
+}
+
+/// `3h` or `3h20m`: the larger unit, and the smaller one unless it is zero.
+fn two_units((major, major_unit): (i64, char), (minor, minor_unit): (i64, char)) -> String {
+    if minor == 0 {
+        format!("{major}{major_unit}")
+    } else {
+        format!("{major}{major_unit}{minor}{minor_unit}")
     }
 }
 

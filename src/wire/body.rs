@@ -60,12 +60,7 @@ pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String
         match fields.remove(field) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => *target = s,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "{field} must be a string, not {}",
-                    json_kind(&other)
-                )));
-            }
+            Some(other) => return Err(invalid(must_be(field, "a string", &other))),
         }
     }
     match fields.remove("labels") {
@@ -77,19 +72,13 @@ pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String
                         parsed.labels.insert(k, v);
                     }
                     other => {
-                        return Err(invalid(format!(
-                            "label {k} must be a string, not {}",
-                            json_kind(&other)
-                        )));
+                        return Err(invalid(must_be(&format!("label {k}"), "a string", &other)));
                     }
                 }
             }
         }
         Some(other) => {
-            return Err(invalid(format!(
-                "labels must be an object of strings, not {}",
-                json_kind(&other)
-            )));
+            return Err(invalid(must_be("labels", "an object of strings", &other)));
         }
     }
     match fields.remove("data") {
@@ -97,12 +86,7 @@ pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String
         Some(Value::String(encoded)) => {
             parsed.data = Some(decode_base64(&encoded).map_err(invalid)?);
         }
-        Some(other) => {
-            return Err(invalid(format!(
-                "data must be a base64 string, not {}",
-                json_kind(&other)
-            )));
-        }
+        Some(other) => return Err(invalid(must_be("data", "a base64 string", &other))),
     }
     // Server-set fields are ignored, as Kuma does.
     fields.remove("creationTime");
@@ -110,6 +94,11 @@ pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String
     fields.remove("kri");
     parsed.rest = fields;
     Ok(parsed)
+}
+
+/// `{what} must be {expected}, not {the JSON kind of got}`.
+fn must_be(what: &str, expected: &str, got: &Value) -> String {
+    format!("{what} must be {expected}, not {}", json_kind(got))
 }
 
 /// Standard, padded base64, ignoring CR and LF (Go's `encoding/json` for `[]byte`).
