@@ -15,13 +15,7 @@ fn client() -> Client {
 }
 
 async fn put(url: &str, body: &Value) -> Response {
-    client()
-        .put(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
+    put_raw(url, &body.to_string()).await
 }
 
 async fn put_raw(url: &str, body: &str) -> Response {
@@ -40,6 +34,16 @@ async fn get(url: &str) -> Response {
 
 async fn delete(url: &str) -> Response {
     client().delete(url).send().await.unwrap()
+}
+
+/// `DELETE url` with `If-Match: if_match`.
+async fn delete_if_match(url: &str, if_match: &str) -> Response {
+    client()
+        .delete(url)
+        .header("if-match", if_match)
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn json_of(response: Response) -> Value {
@@ -468,45 +472,36 @@ async fn oversized_data_and_bodies_are_413_naming_the_limit(backend: Backend) {
 async fn if_match_and_if_none_match_guard_writes(backend: Backend) {
     let server = TestServer::start(backend).await;
     let url = server.at("/global-secrets/guarded");
-    let with = |h: &'static str, v: &'static str, data: &str| {
+    let with = async |h: &'static str, v: &'static str, data: &str| {
         client()
             .put(&url)
             .header("content-type", "application/json")
             .header(h, v)
             .body(global("guarded", data).to_string())
+            .send()
+            .await
+            .unwrap()
     };
 
     // Create-only.
     assert_eq!(
-        with("if-none-match", "*", "djE=")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        with("if-none-match", "*", "djE=").await.status(),
         StatusCode::CREATED
     );
     assert_eq!(
-        with("if-none-match", "*", "djI=")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        with("if-none-match", "*", "djI=").await.status(),
         StatusCode::PRECONDITION_FAILED
     );
 
     // Update only from the version read.
-    let stale = with("if-match", "\"7\"", "djI=").send().await.unwrap();
+    let stale = with("if-match", "\"7\"", "djI=").await;
     assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
     assert_eq!(json_of(stale).await["title"], "Precondition Failed");
-    let ok = with("if-match", "\"1\"", "djI=").send().await.unwrap();
+    let ok = with("if-match", "\"1\"", "djI=").await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(ok.headers()["etag"], "\"2\"");
     assert_eq!(
-        with("if-match", "\"1\"", "djM=")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        with("if-match", "\"1\"", "djM=").await.status(),
         StatusCode::PRECONDITION_FAILED
     );
     assert_eq!(json_of(get(&url).await).await["data"], "djI=");
@@ -527,29 +522,14 @@ async fn if_match_and_if_none_match_guard_writes(backend: Backend) {
     );
 
     // Versioned delete.
-    let stale_delete = client()
-        .delete(&url)
-        .header("if-match", "\"1\"")
-        .send()
-        .await
-        .unwrap();
+    let stale_delete = delete_if_match(&url, "\"1\"").await;
     assert_eq!(stale_delete.status(), StatusCode::PRECONDITION_FAILED);
     assert_eq!(get(&url).await.status(), StatusCode::OK);
-    let delete_ok = client()
-        .delete(&url)
-        .header("if-match", "\"2\"")
-        .send()
-        .await
-        .unwrap();
+    let delete_ok = delete_if_match(&url, "\"2\"").await;
     assert_eq!(delete_ok.status(), StatusCode::OK);
     assert_eq!(get(&url).await.status(), StatusCode::NOT_FOUND);
 
-    let garbage = client()
-        .delete(&url)
-        .header("if-match", "seven")
-        .send()
-        .await
-        .unwrap();
+    let garbage = delete_if_match(&url, "seven").await;
     assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
 }
 
