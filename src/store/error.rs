@@ -1,6 +1,6 @@
-//! The store's error enum and the one place database errors are mapped onto it.
+//! The store's errors (`StoreError`; `SchemaError`, why it refuses a database schema) and the
+//! one place database errors are mapped onto them.
 
-use super::migrations::SchemaError;
 use crate::domain::{ResourceKey, ValidationError};
 
 /// Result of a store operation.
@@ -295,4 +295,48 @@ fn missing_keys_message(key_ids: &[String]) -> String {
         ids.join(", "),
         if ids.len() == 1 { "it" } else { "them" }
     )
+}
+
+/// Why a store refuses its database schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Migrations of this binary are not applied yet.
+    #[error(
+        "database schema is behind this binary (database at version {database}, binary at {binary}); run \"kuma-secrets migrate up --store URL\" first"
+    )]
+    Behind {
+        /// Latest version applied to the database, 0 for none.
+        database: i64,
+        /// Latest version embedded in the binary.
+        binary: i64,
+    },
+    /// The database was migrated by a newer binary.
+    #[error(
+        "database schema version {database} is newer than this binary's latest migration {binary}; run a newer kuma-secrets, or pass --tolerate-newer-schema"
+    )]
+    Newer {
+        /// Latest version applied to the database.
+        database: i64,
+        /// Latest version embedded in the binary.
+        binary: i64,
+    },
+    /// A migration failed part-way.
+    #[error(
+        "migration {version} failed part-way and left the schema dirty; repair the database by hand, delete its row from _sqlx_migrations, then rerun \"kuma-secrets migrate up\""
+    )]
+    Dirty {
+        /// The failed migration.
+        version: i64,
+    },
+    /// An applied migration is not the one this binary embeds.
+    #[error(
+        "migration {version} applied to the database differs from the one in this binary; this binary does not belong to this database"
+    )]
+    Modified {
+        /// The differing migration.
+        version: i64,
+    },
+    /// Running a migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
 }

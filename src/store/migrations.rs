@@ -8,7 +8,7 @@
 //! upgrades where a newer replica migrated first). The embedded SQLite store migrates
 //! itself on open, since nobody else shares its file.
 
-use super::error::{Op, map_db_error};
+use super::error::{Op, SchemaError, map_db_error};
 use super::sql::{SqlStore, query_as};
 use super::{Result, StoreError};
 use sqlx::migrate::{Migrate, Migrator};
@@ -18,50 +18,6 @@ use sqlx::{Acquire, Connection, Database, Executor, FromRow};
 pub(crate) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 /// Migrations for SQLite, embedded at build time.
 pub(crate) static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
-
-/// Why a store refuses its database schema.
-#[derive(Debug, thiserror::Error)]
-pub enum SchemaError {
-    /// Migrations of this binary are not applied yet.
-    #[error(
-        "database schema is behind this binary (database at version {database}, binary at {binary}); run \"kuma-secrets migrate up --store URL\" first"
-    )]
-    Behind {
-        /// Latest version applied to the database, 0 for none.
-        database: i64,
-        /// Latest version embedded in the binary.
-        binary: i64,
-    },
-    /// The database was migrated by a newer binary.
-    #[error(
-        "database schema version {database} is newer than this binary's latest migration {binary}; run a newer kuma-secrets, or pass --tolerate-newer-schema"
-    )]
-    Newer {
-        /// Latest version applied to the database.
-        database: i64,
-        /// Latest version embedded in the binary.
-        binary: i64,
-    },
-    /// A migration failed part-way.
-    #[error(
-        "migration {version} failed part-way and left the schema dirty; repair the database by hand, delete its row from _sqlx_migrations, then rerun \"kuma-secrets migrate up\""
-    )]
-    Dirty {
-        /// The failed migration.
-        version: i64,
-    },
-    /// An applied migration is not the one this binary embeds.
-    #[error(
-        "migration {version} applied to the database differs from the one in this binary; this binary does not belong to this database"
-    )]
-    Modified {
-        /// The differing migration.
-        version: i64,
-    },
-    /// Running a migration failed.
-    #[error("migration failed: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
-}
 
 /// A migration as recorded in `_sqlx_migrations`.
 #[derive(Debug, Clone, sqlx::FromRow)]

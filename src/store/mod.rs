@@ -35,8 +35,8 @@ mod sqlite;
 mod url;
 mod walk;
 
-pub use error::{Result, StoreError};
-pub use migrations::{MigrationReport, MigrationState, MigrationStatus, SchemaError};
+pub use error::{Result, SchemaError, StoreError};
+pub use migrations::{MigrationReport, MigrationState, MigrationStatus};
 pub use page::{
     Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MeshQuery, Page, PageRequest, PageStart, SecretQuery,
     SecretScope,
