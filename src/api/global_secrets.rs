@@ -3,7 +3,6 @@
 //! route's lack of a `{mesh}` makes them GlobalSecret handlers.
 
 use super::AppState;
-use super::history;
 use super::openapi::{self as doc, Routes};
 use super::secrets::{delete_secret, get_secret, list_secrets, put_secret};
 use crate::store::SecretStore;
@@ -19,10 +18,4 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
         .add::<doc::__path_get_global_secret_alias, _, _>(get_secret::<S>)
         .add::<doc::__path_put_global_secret_alias, _, _>(put_secret::<S>)
         .add::<doc::__path_delete_global_secret_alias, _, _>(delete_secret::<S>)
-        .add::<doc::__path_get_global_secret_versions, _, _>(history::list_versions::<S>)
-        .add::<doc::__path_rollback_global_secret, _, _>(history::rollback::<S>)
-        .add::<doc::__path_restore_global_secret, _, _>(history::restore::<S>)
-        .add::<doc::__path_get_global_secret_versions_alias, _, _>(history::list_versions::<S>)
-        .add::<doc::__path_rollback_global_secret_alias, _, _>(history::rollback::<S>)
-        .add::<doc::__path_restore_global_secret_alias, _, _>(history::restore::<S>)
 }

@@ -8,6 +8,7 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, OptionalJsonBody, Preconditions, etag};
+use super::openapi::{self as doc, Routes};
 use super::secrets::{SecretAt, expected_version, precondition_or_store_error};
 use crate::domain::{Secret, ValidationError};
 use crate::store::{SecretStore, StoreError};
@@ -18,11 +19,25 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
+/// The history routes of Secrets and of GlobalSecrets, under both of Kuma's spellings.
+pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
+    Routes::new()
+        .add::<doc::__path_get_secret_versions, _, _>(list_versions::<S>)
+        .add::<doc::__path_rollback_secret, _, _>(rollback::<S>)
+        .add::<doc::__path_restore_secret, _, _>(restore::<S>)
+        .add::<doc::__path_get_global_secret_versions, _, _>(list_versions::<S>)
+        .add::<doc::__path_rollback_global_secret, _, _>(rollback::<S>)
+        .add::<doc::__path_restore_global_secret, _, _>(restore::<S>)
+        .add::<doc::__path_get_global_secret_versions_alias, _, _>(list_versions::<S>)
+        .add::<doc::__path_rollback_global_secret_alias, _, _>(rollback::<S>)
+        .add::<doc::__path_restore_global_secret_alias, _, _>(restore::<S>)
+}
+
 /// `GET …/{name}/_versions`: the versions kept, newest first, as metadata, in Kuma's list
 /// shape (never paged: at most the history limit and the current version). A deleted
 /// secret's versions are listed too (each with its `deletionTime`), to choose what to
 /// restore.
-pub(super) async fn list_versions<S: SecretStore + Clone + 'static>(
+async fn list_versions<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     at: SecretAt,
@@ -45,7 +60,7 @@ pub(super) async fn list_versions<S: SecretStore + Clone + 'static>(
 /// `POST …/{name}/_rollback` with `{"version": V}`: writes version V's data and labels as a
 /// new version and answers the secret as GET does (`ETag` the new version). With
 /// `If-Match`, only if the secret is still at that version.
-pub(super) async fn rollback<S: SecretStore + Clone + 'static>(
+async fn rollback<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     preconditions: Preconditions,
@@ -77,7 +92,7 @@ pub(super) async fn rollback<S: SecretStore + Clone + 'static>(
 
 /// `POST …/{name}/_restore`, optionally with `{"version": V}`: brings a deleted secret
 /// back as a new version (the newest kept one by default) and answers it as GET does.
-pub(super) async fn restore<S: SecretStore + Clone + 'static>(
+async fn restore<S: SecretStore + Clone + 'static>(
     State(state): State<AppState<S>>,
     Extension(user): Extension<User>,
     at: SecretAt,

@@ -168,6 +168,7 @@ fn resource_routes<S: SecretStore + Clone + 'static>() -> openapi::Routes<AppSta
     secrets::router()
         .merge(changes::router())
         .merge(global_secrets::router())
+        .merge(history::router())
         .merge(meshes::router())
         .merge(user_token::router())
 }

@@ -9,7 +9,6 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Preconditions, etag, not_modified};
-use super::history;
 use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
@@ -35,9 +34,6 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
         .add::<doc::__path_put_secret, _, _>(put_secret::<S>)
         .add::<doc::__path_delete_secret, _, _>(delete_secret::<S>)
         .add::<doc::__path_get_secret_usage, _, _>(get_mesh_secret_usage::<S>)
-        .add::<doc::__path_get_secret_versions, _, _>(history::list_versions::<S>)
-        .add::<doc::__path_rollback_secret, _, _>(history::rollback::<S>)
-        .add::<doc::__path_restore_secret, _, _>(history::restore::<S>)
         .add::<doc::__path_get_secret_list_in_all_meshes, _, _>(list_secrets::<S>)
 }
 
