@@ -193,15 +193,8 @@ async fn rotation_under_concurrent_writes_loses_nothing_and_ends_on_the_new_key(
     let server = TestServer::start(backend).await;
     let url = store_url(&server);
     for i in 0..300 {
-        server
-            .store
-            .create_secret(NewSecret {
-                key: SecretKey::parse(Some("default"), &format!("s-{i:03}")).unwrap(),
-                data: SecretData::new(b"0".to_vec()).unwrap(),
-                labels: Labels::default(),
-            })
-            .await
-            .unwrap();
+        common::http::create_in_store(&server.store, Some("default"), &format!("s-{i:03}"), "0")
+            .await;
     }
     // ...then a keyring with a new active key, on a server and on rotate-keys.
     let dir = tempfile::tempdir().unwrap();

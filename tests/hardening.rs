@@ -23,15 +23,8 @@ use std::time::Duration;
 /// admin token with it, and read secrets. With a keyring, the row is refused.
 async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) {
     let server = TestServer::start_tokens_only(backend).await;
-    server
-        .store
-        .create_secret(NewSecret {
-            key: SecretKey::parse(Some("default"), "crown-jewels").unwrap(),
-            data: SecretData::new(b"top secret".to_vec()).unwrap(),
-            labels: Labels::default(),
-        })
-        .await
-        .unwrap();
+    common::http::create_in_store(&server.store, Some("default"), "crown-jewels", "top secret")
+        .await;
 
     // The attacker's own store, in plaintext, with a signing key of serial 1...
     let dir = tempfile::tempdir().unwrap();

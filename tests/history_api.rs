@@ -138,19 +138,10 @@ async fn versions_read_roll_back_and_list(backend: Backend) {
     );
 
     // A GlobalSecret, under both spellings.
-    let (status, _) = put_json(
-        &server,
-        "/global-secrets/g",
-        json!({"type": "GlobalSecret", "name": "g", "data": b64("g1")}),
-    )
-    .await;
+    let global = |data: &str| json!({"type": "GlobalSecret", "name": "g", "data": b64(data)});
+    let (status, _) = put_json(&server, "/global-secrets/g", global("g1")).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = put_json(
-        &server,
-        "/globalsecrets/g",
-        json!({"type": "GlobalSecret", "name": "g", "data": b64("g2")}),
-    )
-    .await;
+    let (status, _) = put_json(&server, "/globalsecrets/g", global("g2")).await;
     assert_eq!(status, StatusCode::OK);
     let (status, etag, body) = post(
         &server,

@@ -9,8 +9,6 @@ mod common;
 use common::http::{b64, fetch_json, get_json, put_json, put_plain_mesh, violations};
 use common::process::{CliRun, kuma};
 use common::server::{Backend, TestServer};
-use kuma_secrets::domain::{Labels, NewSecret, SecretData, SecretKey};
-use kuma_secrets::store::SecretStore;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -286,15 +284,7 @@ async fn kumactl_apply_parity(backend: Backend) {
 
 async fn kumactl_get_parity(backend: Backend) {
     let server = TestServer::start(backend).await;
-    server
-        .store
-        .create_secret(NewSecret {
-            key: SecretKey::parse(Some("default"), "sec-1").unwrap(),
-            data: SecretData::new(b"test2\n".to_vec()).unwrap(),
-            labels: Labels::default(),
-        })
-        .await
-        .unwrap();
+    common::http::create_in_store(&server.store, Some("default"), "sec-1", "test2\n").await;
     // One item: meta keys sorted, quoted timestamps, then data.
     let run = cli(&server, &["get", "secret", "sec-1", "-o", "yaml"], None)
         .await

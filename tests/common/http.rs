@@ -190,6 +190,22 @@ pub fn version_of(response: &reqwest::Response) -> i64 {
         .unwrap()
 }
 
+/// Creates secret `name` (in `mesh`, or a GlobalSecret) holding `data`, unlabelled, in
+/// `store` directly; panics unless it is created.
+pub async fn create_in_store<S: SecretStore>(
+    store: &S,
+    mesh: Option<&str>,
+    name: &str,
+    data: impl Into<Vec<u8>>,
+) -> kuma_secrets::domain::Secret {
+    let secret = kuma_secrets::domain::NewSecret {
+        key: SecretKey::parse(mesh, name).unwrap(),
+        data: kuma_secrets::domain::SecretData::new(data.into()).unwrap(),
+        labels: kuma_secrets::domain::Labels::default(),
+    };
+    store.create_secret(secret).await.unwrap()
+}
+
 /// Sets secret `key`'s data in `store` (its labels kept), at the version it has now.
 pub async fn set_secret_data<S: SecretStore>(
     store: &S,
