@@ -17,20 +17,13 @@ pub fn timestamp(t: &DateTime<Utc>) -> String {
 /// The fields every resource item carries beside its `type` and `name`: times (absent in
 /// Universal YAML, set by the store) and labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ItemMeta {
-    /// When it was created.
-    #[serde(
-        rename = "creationTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// When it was created (`creationTime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_time: Option<String>,
-    /// When it last changed.
-    #[serde(
-        rename = "modificationTime",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// When it last changed (`modificationTime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modification_time: Option<String>,
     /// Its labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -19,18 +19,15 @@ pub const GLOBAL_SECRET_K8S_TYPE: &str = "system.kuma.io/global-secret";
 
 /// `metadata` of a Kubernetes object, the fields Kuma's resources use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// The object's name (the Kuma name).
     pub name: String,
     /// Its namespace (Secrets only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// When it was created, RFC 3339 to the second.
-    #[serde(
-        rename = "creationTimestamp",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// When it was created (`creationTimestamp`), RFC 3339 to the second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
     /// Its labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
