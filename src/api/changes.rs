@@ -10,16 +10,15 @@
 //! (every list carries its revision in `Kuma-Secrets-Revision`) and follow from there.
 
 use super::AppState;
-use super::auth::User;
 use super::error::{ApiError, ApiResult};
+use super::extract::Caller;
 use super::openapi::{self as doc, Routes};
 use crate::store::feed::{Changes, EventFilter};
 use crate::store::{SecretStore, StoreError};
-use axum::extract::State;
+use axum::Json;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -123,8 +122,7 @@ fn gone_or(err: StoreError) -> ApiError {
 
 /// `GET /_changes`: a page of the feed, waiting up to `wait` for one.
 async fn get_changes<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     uri: Uri,
 ) -> ApiResult<Response> {
     user.require_admin("Secret")?;
@@ -155,8 +153,7 @@ async fn get_changes<S: SecretStore + Clone + 'static>(
 
 /// `GET /_watch`: the feed as server-sent events, from `after` or `Last-Event-ID`.
 async fn watch_changes<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {

@@ -1,7 +1,9 @@
-//! Typed handler inputs every resource write shares: the JSON body ([`JsonBody`]) and the
-//! `If-Match` / `If-None-Match` preconditions ([`Preconditions`]), plus the `ETag` they
-//! compare against.
+//! Typed handler inputs: who calls and against what ([`Caller`]), and what every resource
+//! write shares: the JSON body ([`JsonBody`]) and the `If-Match` / `If-None-Match`
+//! preconditions ([`Preconditions`]), plus the `ETag` they compare against.
 
+use super::AppState;
+use super::auth::User;
 use super::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -9,6 +11,31 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+/// The server's state and the caller that authentication let in: what every resource
+/// handler starts from.
+pub struct Caller<S> {
+    /// The store and the server's settings.
+    pub state: AppState<S>,
+    /// Who is calling.
+    pub user: User,
+}
+
+impl<S: Clone + Send + Sync + 'static> FromRequestParts<AppState<S>> for Caller<S> {
+    type Rejection = axum::extract::rejection::ExtensionRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::Extension(user) =
+            axum::Extension::<User>::from_request_parts(parts, state).await?;
+        Ok(Caller {
+            state: state.clone(),
+            user,
+        })
+    }
+}
 
 /// The `ETag` of a resource at `version`: `"<version>"`.
 pub fn etag(version: i64) -> HeaderValue {

@@ -5,32 +5,47 @@
 //! secrets themselves; the rules are `store::history`'s.
 
 use super::AppState;
-use super::auth::User;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, OptionalJsonBody, Preconditions, etag};
+use super::extract::{Caller, JsonBody, OptionalJsonBody, Preconditions, etag};
 use super::openapi::{self as doc, Routes};
 use super::secrets::{SecretAt, expected_version, precondition_or_store_error};
 use crate::domain::{Secret, ValidationError};
 use crate::store::{SecretStore, StoreError};
 use crate::wire::{ListBody, SecretItem, VersionItem, VersionRequest};
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 
 /// The history routes of Secrets and of GlobalSecrets, under both of Kuma's spellings.
 pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
-    Routes::new()
-        .add::<doc::__path_get_secret_versions, _, _>(list_versions::<S>)
-        .add::<doc::__path_rollback_secret, _, _>(rollback::<S>)
-        .add::<doc::__path_restore_secret, _, _>(restore::<S>)
-        .add::<doc::__path_get_global_secret_versions, _, _>(list_versions::<S>)
-        .add::<doc::__path_rollback_global_secret, _, _>(rollback::<S>)
-        .add::<doc::__path_restore_global_secret, _, _>(restore::<S>)
-        .add::<doc::__path_get_global_secret_versions_alias, _, _>(list_versions::<S>)
-        .add::<doc::__path_rollback_global_secret_alias, _, _>(rollback::<S>)
-        .add::<doc::__path_restore_global_secret_alias, _, _>(restore::<S>)
+    /// The three history operations under one spelling of a secret's path.
+    macro_rules! under {
+        ($routes:expr, $versions:ident, $rollback:ident, $restore:ident) => {
+            $routes
+                .add::<doc::$versions, _, _>(list_versions::<S>)
+                .add::<doc::$rollback, _, _>(rollback::<S>)
+                .add::<doc::$restore, _, _>(restore::<S>)
+        };
+    }
+    let routes = under!(
+        Routes::new(),
+        __path_get_secret_versions,
+        __path_rollback_secret,
+        __path_restore_secret
+    );
+    let routes = under!(
+        routes,
+        __path_get_global_secret_versions,
+        __path_rollback_global_secret,
+        __path_restore_global_secret
+    );
+    under!(
+        routes,
+        __path_get_global_secret_versions_alias,
+        __path_rollback_global_secret_alias,
+        __path_restore_global_secret_alias
+    )
 }
 
 /// `GET …/{name}/_versions`: the versions kept, newest first, as metadata, in Kuma's list
@@ -38,8 +53,7 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
 /// secret's versions are listed too (each with its `deletionTime`), to choose what to
 /// restore.
 async fn list_versions<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     at: SecretAt,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
@@ -61,8 +75,7 @@ async fn list_versions<S: SecretStore + Clone + 'static>(
 /// new version and answers the secret as GET does (`ETag` the new version). With
 /// `If-Match`, only if the secret is still at that version.
 async fn rollback<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     preconditions: Preconditions,
     at: SecretAt,
     body: JsonBody,
@@ -93,8 +106,7 @@ async fn rollback<S: SecretStore + Clone + 'static>(
 /// `POST …/{name}/_restore`, optionally with `{"version": V}`: brings a deleted secret
 /// back as a new version (the newest kept one by default) and answers it as GET does.
 async fn restore<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     at: SecretAt,
     body: OptionalJsonBody,
 ) -> ApiResult<Response> {

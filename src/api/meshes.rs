@@ -8,7 +8,7 @@
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, Preconditions, etag, not_modified};
+use super::extract::{Caller, JsonBody, Preconditions, etag, not_modified};
 use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
@@ -16,10 +16,10 @@ use crate::domain::mtls::redact_private_keys;
 use crate::domain::{MESH_NAME_TOO_LONG, Mesh, MeshName, ValidationError, computed_labels};
 use crate::store::{MeshQuery, SecretStore, StoreError};
 use crate::wire::{self, MeshItem};
-use axum::extract::{Path, State};
+use axum::Json;
+use axum::extract::Path;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 
 /// Routes of meshes.
 pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
@@ -31,8 +31,7 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
 }
 
 async fn list_meshes<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     params: ListParams,
     uri: Uri,
     headers: HeaderMap,
@@ -81,8 +80,7 @@ fn shown_to(user: &User, mesh: &mut Mesh) {
 }
 
 async fn get_mesh<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     Path(name): Path<String>,
     preconditions: Preconditions,
 ) -> ApiResult<Response> {
@@ -105,8 +103,7 @@ async fn get_mesh<S: SecretStore + Clone + 'static>(
 }
 
 async fn put_mesh<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     Path(url_name): Path<String>,
     preconditions: Preconditions,
     body: JsonBody,
@@ -144,8 +141,7 @@ async fn put_mesh<S: SecretStore + Clone + 'static>(
 }
 
 async fn delete_mesh<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     Path(name): Path<String>,
     preconditions: Preconditions,
 ) -> ApiResult<Response> {

@@ -8,7 +8,7 @@
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, Preconditions, etag, not_modified};
+use super::extract::{Caller, JsonBody, Preconditions, etag, not_modified};
 use super::list::{self, ListParams};
 use super::openapi::{self as doc, Routes};
 use super::upsert::{Write, upsert};
@@ -19,11 +19,11 @@ use crate::domain::{
 };
 use crate::store::{SecretQuery, SecretScope, SecretStore, StoreError};
 use crate::wire::{self, SecretItem, SecretUsage, SecretUsageList};
-use axum::extract::{FromRequestParts, Path, State};
+use axum::Json;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use std::collections::HashMap;
 
 /// Routes of mesh-scoped secrets.
@@ -150,8 +150,7 @@ impl SecretItemAt {
 macro_rules! item_handler {
     ($handler:ident => $inner:ident($($arg:ident: $ty:ty),*) $(then $body:ident: $body_ty:ty)?) => {
         pub(super) async fn $handler<S: SecretStore + Clone + 'static>(
-            State(state): State<AppState<S>>,
-            Extension(user): Extension<User>,
+            Caller { state, user }: Caller<S>,
             $($arg: $ty,)*
             at: SecretItemAt,
             $($body: $body_ty)?
@@ -185,8 +184,7 @@ impl<S: SecretStore + Clone + 'static> FromRequestParts<AppState<S>> for ListSco
 /// mTLS backends of the Mesh that use the secret, enabled or not, the same list the delete
 /// guard checks. 404 when the secret neither exists nor is referenced.
 async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     at: SecretAt,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
@@ -255,8 +253,7 @@ pub(super) async fn mesh_must_exist<S: SecretStore>(
 }
 
 pub(super) async fn list_secrets<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     params: ListParams,
     ListScope(scope): ListScope,
     uri: Uri,

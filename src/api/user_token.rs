@@ -4,12 +4,10 @@
 use super::AppState;
 use super::auth::{AUTHENTICATED, User, tokens};
 use super::error::{ApiError, ApiResult};
-use super::extract::JsonBody;
+use super::extract::{Caller, JsonBody};
 use super::openapi::{self as doc, Routes};
 use crate::domain::ValidationError;
 use crate::store::SecretStore;
-use axum::Extension;
-use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -29,8 +27,7 @@ struct TokenRequest {
 }
 
 async fn generate_user_token<S: SecretStore + Clone + 'static>(
-    State(state): State<AppState<S>>,
-    Extension(user): Extension<User>,
+    Caller { state, user }: Caller<S>,
     body: JsonBody,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not issue a token";
