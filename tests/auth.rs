@@ -13,12 +13,6 @@ use kuma_secrets::store::SecretStore;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-async fn admin_token(server: &TestServer) -> String {
-    let key = SecretKey::parse(None, "admin-user-token").unwrap();
-    let secret = server.store.get_secret(&key).await.unwrap();
-    String::from_utf8(secret.data.expose().to_vec()).unwrap()
-}
-
 async fn status_with(server: &TestServer, token: Option<&str>) -> (StatusCode, Value) {
     let mut request = Client::new().get(server.at("/secrets"));
     if let Some(token) = token {
@@ -125,7 +119,7 @@ async fn loopback_is_admin_only_when_direct(backend: Backend) {
 
 async fn tokens_decide_access_when_localhost_is_not_admin(backend: Backend) {
     let server = TestServer::start_tokens_only(backend).await;
-    let admin = admin_token(&server).await;
+    let admin = server.admin_token().await;
 
     assert_eq!(status_with(&server, None).await.0, StatusCode::FORBIDDEN);
     assert_eq!(status_with(&server, Some(&admin)).await.0, StatusCode::OK);
@@ -164,7 +158,7 @@ async fn tokens_decide_access_when_localhost_is_not_admin(backend: Backend) {
 
 async fn forged_expired_and_revoked_tokens_are_401(backend: Backend) {
     let server = TestServer::start_tokens_only(backend).await;
-    let admin = admin_token(&server).await;
+    let admin = server.admin_token().await;
     let parts: Vec<&str> = admin.split('.').collect();
     assert_eq!(parts.len(), 3);
 
@@ -256,7 +250,7 @@ async fn forged_expired_and_revoked_tokens_are_401(backend: Backend) {
 
 async fn tokens_never_reach_error_bodies(backend: Backend) {
     let server = TestServer::start_tokens_only(backend).await;
-    let admin = admin_token(&server).await;
+    let admin = server.admin_token().await;
     let (_, body) = status_with(&server, Some(&format!("{admin}x"))).await;
     assert!(!body.to_string().contains(&admin[..20]));
 }

@@ -138,12 +138,7 @@ async fn every_change_is_an_event_with_its_actor(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED);
     put_secret(&server, "other", "b", b"x").await;
     // A token's user, through a proxy (so not the local admin).
-    let token = server
-        .store
-        .get_secret(&kuma_secrets::domain::SecretKey::parse(None, "admin-user-token").unwrap())
-        .await
-        .unwrap();
-    let token = String::from_utf8(token.data.expose().to_vec()).unwrap();
+    let token = server.admin_token().await;
     let response = Client::new()
         .put(server.at("/global-secrets/g"))
         .header("x-forwarded-for", "10.0.0.1")

@@ -8,8 +8,6 @@ mod common;
 use common::http::stored;
 use common::process::{kuma, kuma_with_env};
 use common::server::{Backend, TestServer};
-use kuma_secrets::domain::SecretKey;
-use kuma_secrets::store::SecretStore;
 use serde_json::Value;
 
 /// `kuma-secrets ARGS --api-url URL`.
@@ -409,18 +407,7 @@ async fn failures_exit_non_zero_with_one_line(backend: Backend) {
         .failed();
     assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
     // The admin token works, and mints a non-admin token that is refused.
-    let key = SecretKey::parse(None, "admin-user-token").unwrap();
-    let admin = String::from_utf8(
-        server
-            .store
-            .get_secret(&key)
-            .await
-            .unwrap()
-            .data
-            .expose()
-            .to_vec(),
-    )
-    .unwrap();
+    let admin = server.admin_token().await;
     cli(&server, &["get", "secrets", "--token", &admin])
         .await
         .ok();

@@ -302,7 +302,7 @@ async fn inline_ca_keys_are_sealed_at_rest_and_hidden_from_non_admins(backend: B
     let key_pem = key.serialize_pem();
     let spec = json!({"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "provided",
         "conf": {"cert": {"inlineString": cert.pem()}, "key": {"inlineString": key_pem}}}]});
-    let admin = admin_token(&server).await;
+    let admin = server.admin_token().await;
     let response = Client::new()
         .put(server.at("/meshes/default"))
         .bearer_auth(&admin)
@@ -346,16 +346,6 @@ async fn inline_ca_keys_are_sealed_at_rest_and_hidden_from_non_admins(backend: B
             "{path}: {anonymous}"
         );
     }
-}
-
-/// The bootstrapped admin token of a server.
-async fn admin_token(server: &TestServer) -> String {
-    let secret = server
-        .store
-        .get_secret(&SecretKey::parse(None, "admin-user-token").unwrap())
-        .await
-        .unwrap();
-    String::from_utf8(secret.data.expose().to_vec()).unwrap()
 }
 
 /// NUL characters get a 400 in every name, label, filter, cursor and spec string, on both

@@ -116,6 +116,14 @@ impl TestServer {
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
+
+    /// The admin token the server bootstrapped (GlobalSecret `admin-user-token`).
+    pub async fn admin_token(&self) -> String {
+        use kuma_secrets::store::SecretStore;
+        let key = kuma_secrets::domain::SecretKey::parse(None, "admin-user-token").unwrap();
+        let secret = self.store.get_secret(&key).await.unwrap();
+        String::from_utf8(secret.data.expose().to_vec()).unwrap()
+    }
 }
 
 /// Polls `{base}/readyz` until 200, panicking after 10 s.
