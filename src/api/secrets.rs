@@ -142,7 +142,7 @@ impl SecretItemAt {
     }
 }
 
-/// The axum handler `$handler` for an item route: it extracts the state, the caller, the
+/// The axum handler `$handler` for an item route: it extracts the [`Caller`], the
 /// extractors listed, the [`SecretItemAt`] and then the body, if any (so a bad precondition
 /// header is refused before the path, as it always was), and runs
 /// `$inner(&state, &user, at, extractors…, body)` through [`SecretItemAt::handle`], so a
