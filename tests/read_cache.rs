@@ -379,7 +379,7 @@ async fn two_servers_on_one_postgres_stay_coherent() {
         }
     };
 
-    put(&a, "0").await;
+    let mut last_write = put(&a, "0").await;
     let mut lags = Vec::new();
     for round in 1..=20 {
         get(&b).await;
@@ -402,7 +402,7 @@ async fn two_servers_on_one_postgres_stay_coherent() {
         put(&b, &format!("b{round}")).await;
         let (_, body) = get(&b).await;
         assert_eq!(body["data"], common::http::b64(format!("b{round}")));
-        put(&a, &round.to_string()).await;
+        last_write = put(&a, &round.to_string()).await;
     }
     lags.sort();
     eprintln!(
@@ -410,6 +410,14 @@ async fn two_servers_on_one_postgres_stay_coherent() {
         lags[lags.len() / 2],
         lags[lags.len() * 99 / 100]
     );
+
+    // From here on b's cache is read as it stands, so first let it settle: b's follower has
+    // applied every change up to the loop's last write (made through a), and b's cache
+    // holds the secret. Otherwise that write's event could reach b's follower after a read
+    // below filled the cache, and drop what the rest of the test reads from memory.
+    let written = revision_of_write(&a, "tls", last_write).await;
+    until_followed_to(&b, written).await;
+    until_a_cache_hit(&b, path).await;
 
     let (version, _) = get(&b).await;
     let not_modified = client
@@ -461,4 +469,74 @@ async fn two_servers_on_one_postgres_stay_coherent() {
         metrics.contains("kuma_secrets_read_cache_entries 1"),
         "{metrics}"
     );
+}
+
+/// The revision of the change that took Secret `name` (Mesh `default`) to `version`, read
+/// from the change feed of the server at `base`.
+async fn revision_of_write(base: &str, name: &str, version: i64) -> i64 {
+    let feed = common::http::fetch_json(format!(
+        "{base}/_changes?after=0&limit=1000&mesh=default&type=Secret"
+    ))
+    .await;
+    feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["name"] == name && event["version"] == version)
+        .and_then(|event| event["revision"].as_i64())
+        .unwrap_or_else(|| panic!("no event took {name} to version {version}: {feed}"))
+}
+
+/// Polls the server at `base` until the revision its lists carry (`Kuma-Secrets-Revision`)
+/// reaches `revision`. On a server with a read cache that is the revision its follower has
+/// read the change feed to: every event up to it has been applied to the cache.
+async fn until_followed_to(base: &str, revision: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response =
+            common::http::send_get(format!("{base}/meshes/default/secrets?size=1")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let listed: i64 = response.headers()["kuma-secrets-revision"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if listed >= revision {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base}'s lists still carry revision {listed}, before {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The reads the read cache of the server at `base` answered from memory, from `/metrics`.
+async fn cache_hits(base: &str) -> u64 {
+    let metrics = common::http::fetch_text(format!("{base}/metrics")).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"kuma_secrets_read_cache_reads_total{outcome="hit"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads `path` through the server at `base` until its read cache answers one from memory
+/// (its hit counter went up across the read).
+async fn until_a_cache_hit(base: &str, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let before = cache_hits(base).await;
+        let response = common::http::send_get(format!("{base}{path}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if cache_hits(base).await > before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} never answered {path} from its read cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
