@@ -108,6 +108,16 @@ impl ApiError {
                     "the secret store cannot be reached; retry later",
                 )
             }
+            StoreError::Storage { fault, ref source } => {
+                tracing::error!(%fault, error = %source, "the database cannot store data");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Store unavailable",
+                    format!(
+                        "the secret store's database cannot store data: {fault}; nothing was written, retry later"
+                    ),
+                )
+            }
             StoreError::ReadOnly => {
                 tracing::warn!(error = %err, "store unavailable");
                 Self::new(

@@ -107,6 +107,18 @@ pub enum StoreError {
     /// The database cannot be reached or refused the connection; retry later.
     #[error("store unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database could not store what it was given: its disk is full, its file system
+    /// is read-only, or it failed an I/O (SQLite `SQLITE_FULL`, `SQLITE_IOERR`,
+    /// `SQLITE_READONLY`, …; Postgres SQLSTATE classes 53 and 58). The write did not
+    /// commit; retry once the cause is fixed (the store recovers by itself).
+    #[error("the database cannot store data: {fault}")]
+    Storage {
+        /// What failed, in words an operator can act on.
+        fault: StorageFault,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// The store URL names no supported backend.
     #[error("unsupported store URL {url:?}: use postgres://… or sqlite://PATH")]
     UnsupportedUrl {
@@ -145,8 +157,31 @@ pub enum StoreError {
 impl StoreError {
     /// True for errors a caller may retry as they are (the database was unreachable).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::ReadOnly)
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::ReadOnly | StoreError::Storage { .. }
+        )
     }
+}
+
+/// Why the database could not store data (see [`StoreError::Storage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StorageFault {
+    /// No space left on the device that holds the database.
+    #[error("its disk is full (no space left on device)")]
+    DiskFull,
+    /// The database file or its file system accepts no writes.
+    #[error("its files are read-only (a read-only file system, or file permissions)")]
+    ReadOnlyFiles,
+    /// Reading or writing the database's files failed.
+    #[error("an I/O error on its files")]
+    Io,
+    /// The database server ran out of memory.
+    #[error("it is out of memory")]
+    OutOfMemory,
+    /// Another resource limit of the database server (Postgres SQLSTATE class 53).
+    #[error("it ran out of a resource (a server limit)")]
+    OutOfResources,
 }
 
 /// Why a pool refused a new connection: the server accepts only reads. Carried as an I/O
@@ -195,6 +230,9 @@ pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
     }
     if is_unavailable(&err) {
         return StoreError::Unavailable(err);
+    }
+    if let Some(fault) = storage_fault(&err) {
+        return StoreError::Storage { fault, source: err };
     }
     if let (sqlx::Error::Database(db), Op::Create(key)) = (&err, op) {
         let constraint = db.constraint();
@@ -285,6 +323,33 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
             }
         }
         _ => false,
+    }
+}
+
+/// Whether `err` says the database could not store data: Postgres SQLSTATE class 53
+/// (insufficient resources: 53100 disk full, 53200 out of memory; 53300 too many
+/// connections is [`is_unavailable`]'s) and class 58 (system error: 58030 I/O error, …);
+/// SQLite primary result codes 13 `SQLITE_FULL`, 10 `SQLITE_IOERR`, 8 `SQLITE_READONLY`,
+/// 14 `SQLITE_CANTOPEN` and 7 `SQLITE_NOMEM`. An `ENOSPC` may reach SQLite as an I/O error
+/// (`SQLITE_IOERR_WRITE`) rather than `SQLITE_FULL`, depending on which write hit it.
+fn storage_fault(err: &sqlx::Error) -> Option<StorageFault> {
+    let code = sqlstate(err)?;
+    // Five characters: a Postgres SQLSTATE (as in `is_unavailable`); digits: SQLite's.
+    if code.len() == 5 {
+        return match &code[..2] {
+            "53" if code == "53100" => Some(StorageFault::DiskFull),
+            "53" if code == "53200" => Some(StorageFault::OutOfMemory),
+            "53" => Some(StorageFault::OutOfResources),
+            "58" => Some(StorageFault::Io),
+            _ => None,
+        };
+    }
+    match code.parse::<u32>().ok()? & 0xff {
+        13 => Some(StorageFault::DiskFull),
+        10 => Some(StorageFault::Io),
+        8 | 14 => Some(StorageFault::ReadOnlyFiles),
+        7 => Some(StorageFault::OutOfMemory),
+        _ => None,
     }
 }
 

@@ -84,9 +84,14 @@ where
     DB::Arguments: IntoArguments<DB>,
     O: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
 {
+    /// Runs the statement to its end, whatever it returns after its first row. On SQLite
+    /// a statement outside a transaction commits when it is stepped to its end: a fetch
+    /// that stopped at the first row (sqlx's `fetch_optional`) left that commit to the
+    /// statement's reset, whose error (a full disk, an I/O error) nobody sees, so an
+    /// `INSERT … RETURNING` answered a row that was never stored.
     async fn fetch_optional_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<Option<O>> {
         let query = self.persistent(store.preparing == Preparing::Named);
-        on_a_connection!(store, op, |conn| query.fetch_optional(conn))
+        on_a_connection!(store, op, |conn| to_the_end(query.fetch(conn)))
     }
 
     async fn fetch_one_via(self, store: &SqlStore<DB>, op: Op<'_>) -> Result<O> {
@@ -99,6 +104,20 @@ where
         let query = self.persistent(store.preparing == Preparing::Named);
         on_a_connection!(store, op, |conn| query.fetch_all(conn))
     }
+}
+
+/// The first row of `rows`, after stepping through every other one: see
+/// [`RunOnStore::fetch_optional_via`] for why a statement is never left half-run.
+async fn to_the_end<O>(
+    rows: impl futures_util::Stream<Item = std::result::Result<O, sqlx::Error>>,
+) -> std::result::Result<Option<O>, sqlx::Error> {
+    use futures_util::TryStreamExt;
+    let mut rows = std::pin::pin!(rows);
+    let mut first = None;
+    while let Some(row) = rows.try_next().await? {
+        first.get_or_insert(row);
+    }
+    Ok(first)
 }
 
 impl_for_sql_databases! {
