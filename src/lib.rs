@@ -18,6 +18,8 @@
 //! - [`manifest`]: Universal and Kubernetes YAML in and out.
 //! - [`cli`]: the `kuma-secrets` command line (`main.rs` only calls it).
 //! - [`duration`]: durations as users write them (`24h`, `7d`).
+//! - [`printable`]: outside text (token identities, names from the database) escaped for
+//!   terminals and log lines.
 //!
 //! ## Embedding
 //! ```no_run
@@ -49,6 +51,7 @@ pub mod client;
 pub mod domain;
 pub mod duration;
 pub mod manifest;
+pub mod printable;
 pub mod sealing;
 pub mod store;
 pub mod wire;

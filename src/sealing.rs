@@ -84,9 +84,16 @@ pub enum OpenError {
     /// The row is stored unsealed although the store has a keyring: written behind the
     /// service's back, or left from before encryption at rest.
     #[error(
-        "it is stored unsealed although the store has a keyring: it was written behind the service's back, or before encryption at rest (while upgrading, start with --accept-plaintext-rows, then run kuma-secrets rotate-keys)"
+        "it is stored unsealed although the store has a keyring: it was written behind the service's back, or before encryption at rest (while upgrading, start with --accept-plaintext-rows, then run kuma-secrets seal-plaintext)"
     )]
     Plaintext,
+    /// The row grants authority (a token signing key, the admin token, a revocation list,
+    /// a CA) and is stored unsealed although the store has a keyring: never read, whatever
+    /// `--accept-plaintext-rows` says, and never sealed.
+    #[error(
+        "it grants authority (a token signing key, the admin token, a revocation list or a CA key) and is stored unsealed although the store has a keyring: it was written behind the service's back, or before encryption at rest; it is never read or sealed as it is: delete it and let the service generate a new one (or apply it again through the API)"
+    )]
+    PlaintextAuthority,
 }
 
 /// The random id of one write of a secret. It is stored beside the sealed value and bound
@@ -141,8 +148,20 @@ pub enum Binding<'a> {
     },
     /// A secret's value sealed before write ids existed (format 1): opened, never sealed.
     LegacySecret(&'a SecretKey),
-    /// The inline private key of a Mesh's provided CA backend.
+    /// The inline private key of a Mesh's provided CA backend, as one write of the Mesh
+    /// made it (see `seal_mesh_spec`).
     MeshCaKey {
+        /// The Mesh.
+        mesh: &'a str,
+        /// The backend's name.
+        backend: &'a str,
+        /// The write of the Mesh that sealed it.
+        write: WriteId,
+        /// The rest of the backend (its certificate above all), as canonical JSON.
+        rest: &'a [u8],
+    },
+    /// A Mesh CA key sealed before write ids (format 1): opened, never sealed.
+    LegacyMeshCaKey {
         /// The Mesh.
         mesh: &'a str,
         /// The backend's name.
@@ -161,7 +180,21 @@ impl Binding<'_> {
                 aad.extend_from_slice(&write.0);
             }
             Binding::LegacySecret(key) => push_key(&mut aad, key),
-            Binding::MeshCaKey { mesh, backend } => {
+            Binding::MeshCaKey {
+                mesh,
+                backend,
+                write,
+                rest,
+            } => {
+                aad.extend_from_slice(b"kuma-secrets/mesh-ca-key/2\0");
+                aad.extend_from_slice(mesh.as_bytes());
+                aad.push(0);
+                aad.extend_from_slice(backend.as_bytes());
+                aad.push(0);
+                aad.extend_from_slice(&write.0);
+                aad.extend_from_slice(rest);
+            }
+            Binding::LegacyMeshCaKey { mesh, backend } => {
                 aad.extend_from_slice(b"kuma-secrets/mesh-ca-key\0");
                 aad.extend_from_slice(mesh.as_bytes());
                 aad.push(0);
@@ -430,7 +463,10 @@ impl Keyring {
     /// [`Binding::LegacySecret`] (format 1 is never written).
     pub fn seal(&self, binding: &Binding<'_>, plaintext: &[u8]) -> (String, Vec<u8>) {
         assert!(
-            !matches!(binding, Binding::LegacySecret(_)),
+            !matches!(
+                binding,
+                Binding::LegacySecret(_) | Binding::LegacyMeshCaKey { .. }
+            ),
             "format 1 is read only"
         );
         let mut nonce = [0u8; NONCE_LEN];
@@ -494,10 +530,17 @@ impl Keyring {
 }
 
 /// The inline private keys of a Mesh's provided CA backends: `mtls.backends[i].conf.key`
-/// given as `inline` (base64) or `inlineString` (text). Sealed at rest like secret data:
-/// stored as `{"sealed": BASE64, "keyId": ID, "source": "inline"|"inlineString"}`, bound to
-/// the Mesh and the backend's name.
-fn inline_keys_mut(spec: &mut MeshSpec) -> Vec<(String, &mut Map<String, Value>)> {
+/// given as `inline` (base64) or `inlineString` (text). Sealed at rest like secret data,
+/// stored as `{"sealed": BASE64, "keyId": ID, "source": "inline"|"inlineString",
+/// "writeId": BASE64}`: bound to the Mesh, the backend's name, the write of the Mesh that
+/// sealed it, and the rest of the backend as that write gave it (its certificate above all),
+/// so an older sealed key written back beside a newer certificate does not open. Keys sealed
+/// before write ids (no `writeId`: format 1) are bound to the Mesh and backend name only;
+/// they still open, and `rotate-keys` rewrites them.
+///
+/// Each backend with a `conf.key` object: its name, the canonical JSON of the backend
+/// without `conf.key`, and the key object.
+fn inline_keys_mut(spec: &mut MeshSpec) -> Vec<(String, Vec<u8>, &mut Map<String, Value>)> {
     let Some(Value::Array(backends)) = spec
         .get_mut("mtls")
         .and_then(Value::as_object_mut)
@@ -514,36 +557,87 @@ fn inline_keys_mut(spec: &mut MeshSpec) -> Vec<(String, &mut Map<String, Value>)
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
+            let mut rest = Value::Object(backend.clone());
+            if let Some(conf) = rest.get_mut("conf").and_then(Value::as_object_mut) {
+                conf.remove("key");
+            }
+            let mut canonical = Vec::new();
+            write_canonical(&rest, &mut canonical);
             let key = backend
                 .get_mut("conf")
                 .and_then(Value::as_object_mut)?
                 .get_mut("key")?
                 .as_object_mut()?;
-            Some((name, key))
+            Some((name, canonical, key))
         })
         .collect()
 }
 
+/// `value` as JSON with every object's keys sorted: the same bytes whatever order (and
+/// number spelling) a database (Postgres `jsonb`) or a client gave.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(key.clone()).to_string().as_bytes());
+                out.push(b':');
+                write_canonical(&map[key], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        // `1e2` from a client comes back from Postgres' `jsonb` as `100`: numbers are
+        // written as the f64 they denote.
+        Value::Number(n) => out.extend_from_slice(n.as_f64().unwrap_or(0.0).to_string().as_bytes()),
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
 const INLINE_SOURCES: [&str; 2] = ["inline", "inlineString"];
 
-/// Seals every inline CA private key in `spec` (a Mesh `mesh`'s, as the user gave it).
+/// Seals every inline CA private key in `spec` (a Mesh `mesh`'s, as the user gave it),
+/// bound to one fresh write id for this write of the Mesh. A key object holds one source
+/// (the domain refuses two, as Kuma's `oneof` does); should it hold both, both are sealed
+/// away rather than one left in clear: the first is kept, sealed.
 pub fn seal_mesh_spec(keyring: &Keyring, mesh: &str, spec: &mut MeshSpec) {
-    for (backend, key) in inline_keys_mut(spec) {
+    let write = WriteId::random();
+    for (backend, rest, key) in inline_keys_mut(spec) {
         let Some(source) = INLINE_SOURCES.into_iter().find(|s| key.contains_key(*s)) else {
             continue;
         };
         let Some(Value::String(text)) = key.remove(source) else {
             continue;
         };
+        for other in INLINE_SOURCES {
+            key.remove(other);
+        }
         let text = zeroize::Zeroizing::new(text);
         let binding = Binding::MeshCaKey {
             mesh,
             backend: &backend,
+            write,
+            rest: &rest,
         };
         let (key_id, sealed) = keyring.seal(&binding, text.as_bytes());
         key.insert("sealed".into(), Value::String(STANDARD.encode(sealed)));
         key.insert("keyId".into(), Value::String(key_id));
         key.insert("source".into(), Value::String(source.into()));
+        key.insert("writeId".into(), Value::String(STANDARD.encode(write.0)));
     }
 }
 
@@ -551,23 +645,26 @@ pub fn seal_mesh_spec(keyring: &Keyring, mesh: &str, spec: &mut MeshSpec) {
 /// user wrote it.
 ///
 /// # Errors
-/// A key that does not open; with a keyring, an inline key stored unsealed (unless
-/// `accept_plaintext`); a sealed key without a keyring.
+/// A key that does not open; with a keyring, an inline key stored unsealed (a CA key
+/// grants authority: even while plaintext secret rows are accepted), or a sealed key with an unsealed
+/// one beside it; a sealed key without a keyring.
 pub fn open_mesh_spec(
     keyring: Option<&Keyring>,
-    accept_plaintext: bool,
     mesh: &str,
     spec: &mut MeshSpec,
 ) -> Result<(), OpenError> {
-    for (backend, key) in inline_keys_mut(spec) {
+    for (backend, rest, key) in inline_keys_mut(spec) {
+        let unsealed = INLINE_SOURCES.into_iter().any(|s| key.contains_key(s));
         if !key.contains_key("sealed") {
-            if keyring.is_some()
-                && !accept_plaintext
-                && INLINE_SOURCES.into_iter().any(|s| key.contains_key(s))
-            {
-                return Err(OpenError::Plaintext);
+            // A CA key grants authority: with a keyring, never read in clear.
+            if keyring.is_some() && unsealed {
+                return Err(OpenError::PlaintextAuthority);
             }
             continue;
+        }
+        if unsealed {
+            // Nothing this service writes: key material in clear beside a sealed key.
+            return Err(OpenError::PlaintextAuthority);
         }
         let text = |field: &str| key.get(field).and_then(Value::as_str).unwrap_or("");
         let key_id = text("keyId").to_owned();
@@ -581,11 +678,33 @@ pub fn open_mesh_spec(
         let sealed = STANDARD
             .decode(text("sealed"))
             .map_err(|_| OpenError::Truncated)?;
-        let binding = Binding::MeshCaKey {
-            mesh,
-            backend: &backend,
+        let plaintext = match key.get("writeId") {
+            None => keyring.open(
+                &Binding::LegacyMeshCaKey {
+                    mesh,
+                    backend: &backend,
+                },
+                &key_id,
+                &sealed,
+            )?,
+            Some(write) => {
+                let write = write
+                    .as_str()
+                    .and_then(|w| STANDARD.decode(w).ok())
+                    .and_then(|w| WriteId::from_stored(&w))
+                    .ok_or_else(|| OpenError::Corrupt {
+                        key_id: key_id.clone(),
+                    })?;
+                let binding = Binding::MeshCaKey {
+                    mesh,
+                    backend: &backend,
+                    write,
+                    rest: &rest,
+                };
+                keyring.open(&binding, &key_id, &sealed)?
+            }
         };
-        let plaintext = zeroize::Zeroizing::new(keyring.open(&binding, &key_id, &sealed)?);
+        let plaintext = zeroize::Zeroizing::new(plaintext);
         let value = String::from_utf8(plaintext.to_vec()).map_err(|_| OpenError::Corrupt {
             key_id: key_id.clone(),
         })?;
@@ -595,19 +714,32 @@ pub fn open_mesh_spec(
     Ok(())
 }
 
-/// Key ids sealing inline CA keys in a stored spec, and whether any inline key in it is
-/// stored unsealed.
-pub fn mesh_spec_key_ids(spec: &MeshSpec) -> (Vec<String>, bool) {
+/// What sealing a stored spec's inline CA keys shows, for `rotate-keys`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MeshKeySeals {
+    /// Key ids sealing its inline CA keys.
+    pub key_ids: Vec<String>,
+    /// Whether any key field holds key material in clear (an unsealed key, or one beside a
+    /// sealed key).
+    pub plaintext: bool,
+    /// Whether any key is sealed in format 1 (before write ids).
+    pub format_1: bool,
+}
+
+/// How the inline CA keys of a stored spec are sealed.
+pub fn mesh_spec_seals(spec: &MeshSpec) -> MeshKeySeals {
     let mut spec = spec.clone();
-    let mut ids = Vec::new();
-    let mut plaintext = false;
-    for (_, key) in inline_keys_mut(&mut spec) {
-        match key.get("keyId").and_then(Value::as_str) {
-            Some(id) if key.contains_key("sealed") => ids.push(id.to_owned()),
-            _ => plaintext |= INLINE_SOURCES.into_iter().any(|s| key.contains_key(s)),
+    let mut seals = MeshKeySeals::default();
+    for (_, _, key) in inline_keys_mut(&mut spec) {
+        seals.plaintext |= INLINE_SOURCES.into_iter().any(|s| key.contains_key(s));
+        if let Some(id) = key.get("keyId").and_then(Value::as_str)
+            && key.contains_key("sealed")
+        {
+            seals.key_ids.push(id.to_owned());
+            seals.format_1 |= !key.contains_key("writeId");
         }
     }
-    (ids, plaintext)
+    seals
 }
 
 fn valid_id(id: &str) -> bool {
@@ -690,17 +822,83 @@ mod tests {
     #[test]
     fn mesh_ca_keys_are_bound_to_their_mesh_and_backend() {
         let ring = Keyring::single("k1", Keyring::random_key());
+        let write = WriteId::random();
         let here = Binding::MeshCaKey {
             mesh: "default",
             backend: "ca-1",
+            write,
+            rest: b"{}",
         };
         let (id, sealed) = ring.seal(&here, b"PRIVATE");
         assert_eq!(ring.open(&here, &id, &sealed).unwrap(), b"PRIVATE");
         let elsewhere = Binding::MeshCaKey {
             mesh: "other",
             backend: "ca-1",
+            write,
+            rest: b"{}",
         };
         assert!(ring.open(&elsewhere, &id, &sealed).is_err());
+    }
+
+    fn provided_mesh(cert: &str, key: Value) -> MeshSpec {
+        let spec = serde_json::json!({"mtls": {"backends": [{
+            "name": "ca-1", "type": "provided",
+            "conf": {"cert": {"inlineString": cert}, "key": key},
+        }]}});
+        spec.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn an_older_sealed_mesh_key_does_not_open_beside_a_newer_certificate() {
+        let ring = Keyring::single("k1", Keyring::random_key());
+        let mut old = provided_mesh("CERT-1", serde_json::json!({"inlineString": "KEY-1"}));
+        seal_mesh_spec(&ring, "default", &mut old);
+        let mut new = provided_mesh("CERT-2", serde_json::json!({"inlineString": "KEY-2"}));
+        seal_mesh_spec(&ring, "default", &mut new);
+        let old_key = old["mtls"]["backends"][0]["conf"]["key"].clone();
+
+        // The old key object written back beside the new certificate: refused.
+        let mut replayed = new.clone();
+        replayed["mtls"]["backends"][0]["conf"]["key"] = old_key.clone();
+        assert!(open_mesh_spec(Some(&ring), "default", &mut replayed).is_err());
+        // Its write id swapped for the new one: refused too.
+        let mut relabelled = replayed.clone();
+        relabelled["mtls"]["backends"][0]["conf"]["key"]["writeId"] =
+            new["mtls"]["backends"][0]["conf"]["key"]["writeId"].clone();
+        assert!(open_mesh_spec(Some(&ring), "default", &mut relabelled).is_err());
+        // Each opens where it was sealed, whatever order the keys come back in.
+        let mut reordered: MeshSpec = serde_json::from_str(
+            &serde_json::to_string(&new)
+                .unwrap()
+                .replace("\"name\":\"ca-1\",", ""),
+        )
+        .unwrap();
+        reordered["mtls"]["backends"][0]
+            .as_object_mut()
+            .unwrap()
+            .insert("name".into(), "ca-1".into());
+        open_mesh_spec(Some(&ring), "default", &mut reordered).unwrap();
+        assert_eq!(
+            reordered["mtls"]["backends"][0]["conf"]["key"]["inlineString"],
+            "KEY-2"
+        );
+    }
+
+    #[test]
+    fn a_key_in_clear_beside_a_sealed_one_is_found_and_refused() {
+        let ring = Keyring::single("k1", Keyring::random_key());
+        let mut spec = provided_mesh("CERT", serde_json::json!({"inline": "S0VZ"}));
+        seal_mesh_spec(&ring, "default", &mut spec);
+        assert!(!mesh_spec_seals(&spec).plaintext);
+        spec["mtls"]["backends"][0]["conf"]["key"]
+            .as_object_mut()
+            .unwrap()
+            .insert("inlineString".into(), "PLANTED".into());
+        assert!(mesh_spec_seals(&spec).plaintext);
+        assert_eq!(
+            open_mesh_spec(Some(&ring), "default", &mut spec.clone()),
+            Err(OpenError::PlaintextAuthority)
+        );
     }
 
     #[test]

@@ -283,7 +283,9 @@ async fn rotation_under_concurrent_writes_loses_nothing_and_ends_on_the_new_key(
     );
 }
 
-async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Backend) {
+async fn plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_interrupted(
+    backend: Backend,
+) {
     // Rows written before sealing existed: plaintext, key id NULL.
     let db;
     let dir = tempfile::tempdir().unwrap();
@@ -339,14 +341,76 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
         upgrading.get_secret(&first).await.unwrap().data.expose(),
         format!("{MARKER}-0").as_bytes()
     );
+    // The signing key and admin token grant authority: never read in clear, even now.
+    assert!(matches!(
+        upgrading
+            .get_secret(&SecretKey::parse(None, "admin-user-token").unwrap())
+            .await,
+        Err(StoreError::Sealed {
+            reason: OpenError::PlaintextAuthority,
+            ..
+        })
+    ));
     upgrading.close().await;
     let run = rotate(&url, &keys, &["--status"]).await.ok();
     assert!(run.stdout.contains("(plaintext)"), "{run:?}");
 
-    // Killed after its first batches...
+    // Rotation never seals plaintext: it leaves it, and says what to run.
+    rotate(&url, &keys, &[])
+        .await
+        .fails_with("kuma-secrets seal-plaintext lists them");
+    let seal = |extra: &'static [&'static str]| {
+        let mut args = vec!["seal-plaintext"];
+        args.extend(extra);
+        let (url, keys) = (url.clone(), keys.clone());
+        async move { common::raw::store_tool_at(&url, &keys, &args).await }
+    };
+    // seal-plaintext lists every value with its times, and refuses while values that
+    // grant authority are among them, --yes or not: nothing written.
+    let run = seal(&["--yes"])
+        .await
+        .fails_with("never sealed from plaintext");
+    assert!(
+        run.stdout.contains("3002 values are stored in clear")
+            && run.stdout.contains("name=\"user-token-signing-key-1\"")
+            && run
+                .stdout
+                .contains("(grants authority: never sealed from plaintext)")
+            && run.stdout.contains("created 20"),
+        "{run:?}"
+    );
+    assert!(
+        sealed
+            .rows_per_key()
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.key_id.is_none()),
+        "nothing sealed"
+    );
+    // The operator deletes them (the service generates new ones at its next start)...
+    for name in ["user-token-signing-key-1", "admin-user-token"] {
+        sealed
+            .delete_secret(&SecretKey::parse(None, name).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    // ...without --yes it only lists...
+    seal(&[]).await.fails_with("run again with --yes");
+    assert!(
+        sealed
+            .rows_per_key()
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.key_id.is_none())
+    );
+
+    // ...killed after its first batches...
     kill_when(
         &[
-            "rotate-keys",
+            "seal-plaintext",
+            "--yes",
             "--store",
             &url,
             "--batch-size",
@@ -354,7 +418,7 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
             "--encryption-keys",
             keys.to_str().unwrap(),
         ],
-        |line| line.starts_with("re-sealed "),
+        |line| line.starts_with("sealed "),
     )
     .await;
     let per_key = sealed.rows_per_key().await.unwrap();
@@ -364,16 +428,16 @@ async fn interrupted_rotation_resumes_and_plaintext_rows_get_sealed(backend: Bac
     );
 
     // ...and run again: it finishes, and every row reads back as it was.
-    rotate(&url, &keys, &[]).await.ok();
+    seal(&["--yes"]).await.ok();
     let per_key = sealed.rows_per_key().await.unwrap();
     assert_eq!(
         per_key,
         [kuma_secrets::store::KeyUsage {
             key_id: Some("test-1".to_owned()),
-            rows: 3002,
+            rows: 3000,
             format_1: 0
         }],
-        "3000, the signing key and the admin token"
+        "the 3000 secrets (the deleted authority rows went)"
     );
     let last = SecretKey::parse(Some("default"), "old-2999").unwrap();
     assert_eq!(
@@ -409,7 +473,7 @@ on_both_backends! {
     a_value_moved_to_another_row_or_altered_fails_to_open_naming_the_secret,
     a_keyring_missing_a_key_id_in_use_is_refused_at_start,
     rotation_under_concurrent_writes_loses_nothing_and_ends_on_the_new_key,
-    interrupted_rotation_resumes_and_plaintext_rows_get_sealed,
+    plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_interrupted,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ mod import;
 pub mod keyring;
 mod migrate;
 mod rotate;
+mod seal;
 mod serve;
 mod table;
 mod to_kuma;
@@ -61,6 +62,8 @@ pub enum Command {
     Copy(copy::CopyArgs),
     /// Re-seal every secret with the keyring's active key (online), or show --status.
     RotateKeys(rotate::RotateArgs),
+    /// List the values a store holds in clear, and seal them with --yes (upgrades only).
+    SealPlaintext(seal::SealArgs),
     /// Print changes to secrets, global secrets and meshes as they happen.
     Watch(watch::WatchArgs),
     /// Who changed or deleted what, and when (the change feed's audit trail).
@@ -140,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => cli_context("import", import::run(args)).await,
         Command::Copy(args) => cli_context("copy", copy::run(args)).await,
         Command::RotateKeys(args) => cli_context("rotate-keys", rotate::run(args)).await,
+        Command::SealPlaintext(args) => cli_context("seal-plaintext", seal::run(args)).await,
         Command::Watch(args) => watch::watch(args).await,
         Command::Audit(args) => watch::audit(args).await,
         Command::History(args) => history::history(args).await,

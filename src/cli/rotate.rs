@@ -1,7 +1,9 @@
-//! `kuma-secrets rotate-keys`: re-seal every secret still sealed with an older key (or
-//! still plaintext) with the keyring's active key, online, in batches of one transaction.
-//! Safe to interrupt and run again; `--status` shows rows per key id, so the operator
-//! knows when an old key can leave the keyring.
+//! `kuma-secrets rotate-keys`: re-seal every secret still sealed with an older key with the
+//! keyring's active key, online, in batches of one transaction. Safe to interrupt and run
+//! again; `--status` shows rows per key id, so the operator knows when an old key can
+//! leave the keyring. Values stored in clear are never sealed here (whoever can write to
+//! the database could have planted them): `kuma-secrets seal-plaintext` lists them and
+//! seals them when the operator says so.
 
 use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, resolve};
@@ -71,6 +73,7 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
     }
     let meshes = store.reseal_meshes().await?;
     let remaining = remaining(&store, &active).await?;
+    let plaintext = store.plaintext_values().await?.len();
     println!(
         "re-sealed {resealed} secret values (current and kept versions) and the inline CA keys of {meshes} Meshes of {} with key {active:?}; {skipped} secrets changed meanwhile and were sealed by that write",
         args.store.url
@@ -81,21 +84,25 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
             "{remaining} secret values are still sealed with another key or the old format: a writer may still use an older keyring or binary; update every server, then run rotate-keys again"
         );
     }
+    if plaintext > 0 {
+        anyhow::bail!(
+            "{plaintext} values are stored in clear and were not sealed: rotation never seals plaintext (it may have been written behind the service's back); kuma-secrets seal-plaintext lists them, and seals them if you say so"
+        );
+    }
     Ok(())
 }
 
-/// Rows not yet sealed with the active key in the current format.
+/// Sealed rows not yet sealed with the active key in the current format (plaintext rows
+/// are not rotation's).
 async fn remaining(store: &AnyStore, active: &str) -> anyhow::Result<u64> {
     Ok(store
         .rows_per_key()
         .await?
         .into_iter()
-        .map(|usage| {
-            if usage.key_id.as_deref() == Some(active) {
-                usage.format_1
-            } else {
-                usage.rows
-            }
+        .map(|usage| match usage.key_id.as_deref() {
+            None => 0,
+            Some(id) if id == active => usage.format_1,
+            Some(_) => usage.rows,
         })
         .sum())
 }
@@ -106,7 +113,7 @@ fn render_status(rows: &[KeyUsage], active: Option<&str>) -> String {
         .map(|usage| {
             let name = usage.key_id.clone().unwrap_or_else(|| "(plaintext)".into());
             let state = match (usage.key_id.as_deref(), active) {
-                (None, _) => "not sealed: run rotate-keys".to_owned(),
+                (None, _) => "in clear: see kuma-secrets seal-plaintext".to_owned(),
                 (Some(id), Some(active)) if id == active && usage.format_1 == 0 => {
                     "active".to_owned()
                 }

@@ -15,7 +15,8 @@ pub use labels::{
 pub use mesh::{Mesh, MeshSpec, MeshUpdate, NewMesh};
 pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MESH_NAME_TOO_LONG, MeshName, ResourceName};
 pub use secret::{
-    DEFAULT_MAX_SECRET_SIZE, NewSecret, Secret, SecretData, SecretKey, SecretType, SecretUpdate,
+    ADMIN_TOKEN_SECRET, DEFAULT_MAX_SECRET_SIZE, NewSecret, REVOCATIONS_SECRET, SIGNING_KEY_PREFIX,
+    Secret, SecretData, SecretKey, SecretType, SecretUpdate,
 };
 pub use validation::{NUL_REASON, ValidationError, Violation, reject_nul, reject_nul_in_json};
 

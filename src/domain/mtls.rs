@@ -235,12 +235,28 @@ fn parse_backend(
     Some(parsed)
 }
 
+/// The fields of Kuma's `DataSource` oneof, in its field order.
+const DATA_SOURCE_FIELDS: [&str; 4] = ["secret", "file", "inline", "inlineString"];
+
 fn parse_source(value: &Value, path: &str, errors: &mut ValidationError) -> Option<DataSource> {
     let Value::Object(source) = value else {
         errors.push(path, "must be an object");
         return None;
     };
     let text = |key: &str| source.get(key).and_then(Value::as_str);
+    // Kuma's DataSource is a protobuf `oneof`: a second field is refused as protojson
+    // refuses it. Stored, the field not chosen would stay beside the sealed one, in clear.
+    let given: Vec<&str> = DATA_SOURCE_FIELDS
+        .into_iter()
+        .filter(|field| source.contains_key(*field))
+        .collect();
+    if let [_, second, ..] = given[..] {
+        errors.push(
+            path,
+            format!("error parsing {second:?}, oneof kuma.system.v1alpha1.DataSource.type is already set"),
+        );
+        return None;
+    }
     if let Some(secret) = text("secret") {
         if secret.is_empty() {
             errors.push(format!("{path}.secret"), "cannot be empty");

@@ -49,6 +49,13 @@ pub enum SecretKey {
     },
 }
 
+/// Prefix of the user-token signing-key GlobalSecrets; the suffix is the key serial.
+pub const SIGNING_KEY_PREFIX: &str = "user-token-signing-key-";
+/// GlobalSecret holding the bootstrapped admin token.
+pub const ADMIN_TOKEN_SECRET: &str = "admin-user-token";
+/// GlobalSecret listing revoked user-token ids, comma-separated.
+pub const REVOCATIONS_SECRET: &str = "user-token-revocations";
+
 impl SecretKey {
     /// Key of the Secret `name` in `mesh`.
     pub fn secret(mesh: MeshName, name: ResourceName) -> Self {
@@ -74,6 +81,32 @@ impl SecretKey {
                 Ok(SecretKey::Mesh { mesh, name })
             }
             _ => Err(errors),
+        }
+    }
+
+    /// Whether this secret's value grants authority: whoever can plant it can mint tokens,
+    /// become admin, unrevoke a token, or issue certificates proxies trust. Token signing
+    /// keys (Kuma's `*-token-signing-key*`, ours `user-token-signing-key-N`), the
+    /// bootstrapped `admin-user-token`, revocation lists (`*-token-revocations`) and a
+    /// Mesh's builtin CA (`{mesh}.ca-builtin-cert-*`, `{mesh}.ca-builtin-key-*`). Such a
+    /// value stored unsealed in a store with a keyring is never read, nor sealed: it can
+    /// only have been written behind the service's back.
+    pub fn grants_authority(&self) -> bool {
+        let name = self.name().as_str();
+        match self {
+            SecretKey::Global { .. } => {
+                name.contains("token-signing-key")
+                    || name == ADMIN_TOKEN_SECRET
+                    || name.ends_with("token-revocations")
+            }
+            SecretKey::Mesh { mesh, .. } => {
+                name.contains("token-signing-key")
+                    || name.ends_with("token-revocations")
+                    || name.strip_prefix(mesh.as_str()).is_some_and(|rest| {
+                        rest.starts_with(".ca-builtin-cert-")
+                            || rest.starts_with(".ca-builtin-key-")
+                    })
+            }
         }
     }
 

@@ -35,7 +35,7 @@ mod sqlite;
 mod url;
 mod walk;
 
-pub use error::{Result, SchemaError, StoreError};
+pub use error::{Result, SchemaError, StorageFault, StoreError};
 pub use migrations::{MigrationReport, MigrationState, MigrationStatus};
 pub use page::{
     Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MeshQuery, Page, PageRequest, PageStart, SecretQuery,
@@ -44,7 +44,8 @@ pub use page::{
 pub use pool::PoolReport;
 pub use postgres::PostgresStore;
 pub use sql::{
-    Dialect, KeptTimes, KeyUsage, ResealBatch, SealedRows, SqlStore, TimesOf, Unreadable,
+    Dialect, KeptTimes, KeyUsage, PlaintextValue, ResealBatch, SealRefusal, SealedRows, SqlStore,
+    TimesOf, Unreadable,
 };
 pub use sqlite::SqliteStore;
 pub use url::{Backend, PoolMode, StoreUrl};
@@ -512,6 +513,34 @@ impl AnyStore {
         size: u32,
     ) -> Result<ResealBatch> {
         delegate!(self, s => s.reseal_batch(rows, after, size))
+    }
+
+    /// Values stored in clear. See [`SqlStore::plaintext_values`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn plaintext_values(&self) -> Result<Vec<PlaintextValue>> {
+        delegate!(self, s => s.plaintext_values())
+    }
+
+    /// Seals the plaintext values listed. See [`SqlStore::seal_plaintext`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::seal_plaintext`].
+    pub async fn seal_plaintext(
+        &self,
+        listed: &[PlaintextValue],
+        batch: usize,
+    ) -> std::result::Result<u64, SealRefusal> {
+        delegate!(self, s => s.seal_plaintext(listed, batch))
+    }
+
+    /// When the store was first found fully sealed. See [`SqlStore::fully_sealed_since`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn fully_sealed_since(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        delegate!(self, s => s.fully_sealed_since())
     }
 
     /// Prunes events written before `cutoff`. See [`SqlStore::prune_events`].

@@ -122,12 +122,12 @@ impl SqlStore<Postgres> {
             options.max_connections,
             options.acquire_timeout,
         );
-        let store = Self {
+        let mut store = Self {
             pool,
             options,
             preparing,
         };
-        store.check_keyring().await?;
+        store.check_sealing().await?;
         Ok(store)
     }
 }

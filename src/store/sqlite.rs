@@ -80,12 +80,12 @@ impl SqlStore<Sqlite> {
             options.max_connections.clamp(1, MAX_SQLITE_CONNECTIONS),
             options.acquire_timeout,
         );
-        let store = Self {
+        let mut store = Self {
             pool,
             options,
             preparing: Preparing::Named,
         };
-        store.check_keyring().await?;
+        store.check_sealing().await?;
         Ok(store)
     }
 }

@@ -23,12 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Prefix of the signing-key GlobalSecrets; the suffix is the key serial.
-pub const SIGNING_KEY_PREFIX: &str = "user-token-signing-key-";
-/// GlobalSecret holding the bootstrapped admin token.
-pub const ADMIN_TOKEN_SECRET: &str = "admin-user-token";
-/// GlobalSecret listing revoked token ids, comma-separated.
-pub const REVOCATIONS_SECRET: &str = "user-token-revocations";
+pub use crate::domain::{ADMIN_TOKEN_SECRET, REVOCATIONS_SECRET, SIGNING_KEY_PREFIX};
 /// Validity of the bootstrapped admin token (Kuma: 10 years).
 pub const ADMIN_TOKEN_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -221,6 +216,13 @@ pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiE
         Ok(secret) => secret,
         Err(StoreError::NotFound(_)) => {
             tracing::debug!(serial, "token signed by an unknown or removed key");
+            return Err(unauthenticated());
+        }
+        // A signing key that does not open (planted in clear, altered, sealed with a key
+        // this server lacks) verifies nothing: the caller learns only that the token is
+        // bad; the operator learns which row and why, from the log.
+        Err(sealed @ StoreError::Sealed { .. }) => {
+            tracing::error!(error = %sealed, "a token names a signing key that cannot be read");
             return Err(unauthenticated());
         }
         Err(other) => return Err(ApiError::store("Could not verify the token", other)),

@@ -133,7 +133,6 @@ impl [SqlStore<DB>] {
                 // or waits for us (and then finds the secret gone).
                 let (key, mesh) = (key.clone(), mesh.clone());
                 let keyring = self.options.keyring.clone();
-                let accept_plaintext = self.options.accept_plaintext_rows;
                 self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
                     Box::pin(async move {
                         let spec = query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
@@ -142,7 +141,7 @@ impl [SqlStore<DB>] {
                             .await?;
                         if let Some((_, Json(spec))) = spec {
                             // Fail closed: a spec the guard cannot read might use the secret.
-                            let mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &mesh, spec)
+                            let mtls = open_spec_with(keyring.as_deref(), &mesh, spec)
                                 .map_err(|e| e.to_string())
                                 .and_then(|spec| Mtls::of(&spec, &mesh).map_err(|e| e.to_string()));
                             match mtls {
@@ -413,7 +412,7 @@ impl [SecretStore for SqlStore<DB>] {
             .fetch_optional_via(self, Op::Other)
             .await?
             .ok_or_else(|| StoreError::NotFound(ResourceKey::mesh(name)))?
-            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+            .open(self.options.keyring.as_deref())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME))]
@@ -424,7 +423,7 @@ impl [SecretStore for SqlStore<DB>] {
             first_page,
             |row: ListedMeshRow| {
                 let total = row.total;
-                Ok((row.row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)?, total))
+                Ok((row.row.open(self.options.keyring.as_deref())?, total))
             },
             |m: &Mesh| (None, m.name.as_str().to_owned()),
             query.page.size(),

@@ -96,7 +96,7 @@ impl [SqlStore<DB>] {
                     // the authority here.
                     let existing = existing.map(|row| {
                         let version = row.version();
-                        row.open(keyring, false).map_err(|_| version)
+                        row.open(keyring).map_err(|_| version)
                     });
                     match existing {
                         None => {

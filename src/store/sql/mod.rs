@@ -81,6 +81,9 @@ macro_rules! impl_for_sql_databases {
             for<'r> (String, i64, i64): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64, ::sqlx::types::Json<$crate::domain::MeshSpec>):
                 ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> (Option<::chrono::DateTime<::chrono::Utc>>,): ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::sql::PlaintextRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::sql::PlaintextMeshRow: ::sqlx::FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -105,8 +108,10 @@ pub use dialect::Dialect;
 pub use feed::EventRow;
 pub use history::VersionRow;
 pub use import::{KeptTimes, TimesOf};
-pub use reseal::{KeyUsage, ResealBatch, Unreadable};
-pub use rows::{ListedMeshRow, ListedSecretRow, MeshRow, SealedRow, SecretRow};
+pub use reseal::{KeyUsage, PlaintextValue, ResealBatch, SealRefusal, Unreadable};
+pub use rows::{
+    ListedMeshRow, ListedSecretRow, MeshRow, PlaintextMeshRow, PlaintextRow, SealedRow, SecretRow,
+};
 pub use statements::SealedRows;
 pub(crate) use statements::{Preparing, query_as};
 
@@ -217,16 +222,15 @@ pub(super) fn seal_spec(keyring: Option<&Keyring>, mesh: &MeshName, spec: &MeshS
 /// A stored Mesh spec with its inline CA keys opened, or the error naming the Mesh.
 pub(super) fn open_spec_with(
     keyring: Option<&Keyring>,
-    accept_plaintext: bool,
     mesh: &MeshName,
     mut stored: MeshSpec,
 ) -> Result<MeshSpec> {
-    crate::sealing::open_mesh_spec(keyring, accept_plaintext, mesh.as_str(), &mut stored).map_err(
-        |reason| StoreError::Sealed {
+    crate::sealing::open_mesh_spec(keyring, mesh.as_str(), &mut stored).map_err(|reason| {
+        StoreError::Sealed {
             key: ResourceKey::mesh(mesh),
             reason,
-        },
-    )?;
+        }
+    })?;
     Ok(stored)
 }
 

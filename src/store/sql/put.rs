@@ -127,7 +127,6 @@ impl [SqlStore<DB>] {
             let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
             let time = now();
             let keyring = self.options.keyring.clone();
-            let accept_plaintext = self.options.accept_plaintext_rows;
             let (mesh, mtls) = (mesh.clone(), mtls.clone());
             let outcome = self
                 .in_write_transaction::<_, MeshRefusal, _>(Op::Create(&key), move |tx| {
@@ -160,7 +159,7 @@ impl [SqlStore<DB>] {
                                     return refuse(StoreError::Invalid(e));
                                 }
                                 // A stored spec that no longer parses (or opens) cannot block fixing it.
-                                let current_mtls = open_spec_with(keyring.as_deref(), accept_plaintext, &mesh.name, current_spec)
+                                let current_mtls = open_spec_with(keyring.as_deref(), &mesh.name, current_spec)
                                     .ok()
                                     .and_then(|spec| Mtls::of(&spec, &mesh.name).ok().flatten());
                                 if let Err(e) = Mtls::check_change(current_mtls.as_ref(), mtls.as_ref()) {

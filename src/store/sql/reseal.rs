@@ -1,15 +1,20 @@
 //! Key rotation and what it reports: rows per key id, rows that do not open, and
-//! re-sealing secrets and Mesh inline CA keys with the active key, online.
+//! re-sealing secrets and Mesh inline CA keys with the active key, online. And the one way
+//! plaintext becomes sealed: [`SqlStore::seal_plaintext`], which the operator asks for by
+//! name (`kuma-secrets seal-plaintext`), never a side effect of rotation.
 
-use super::rows::SealedRow;
+use super::rows::{PlaintextMeshRow, PlaintextRow, SealedRow};
 use super::statements::query_as;
-use super::statements::{RESEAL_MESH, ROWS_PER_KEY, SealedRows};
+use super::statements::{
+    FULLY_SEALED_AT, MARK_FULLY_SEALED, RESEAL_MESH, ROWS_PER_KEY, SealedRows,
+};
 use super::tx::{RunOnStore, TxError};
-use super::{SqlStore, seal, seal_spec};
+use super::{SqlStore, now, seal, seal_spec};
 use crate::domain::{MeshName, MeshSpec, ResourceKey, ValidationError};
 use crate::sealing::OpenError;
 use crate::store::error::Op;
 use crate::store::{Result, StoreError};
+use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 
@@ -49,6 +54,65 @@ pub struct Unreadable {
     pub reason: OpenError,
 }
 
+/// A value stored in clear in a store that seals: a secret's current version or a kept
+/// one, or a Mesh's inline CA key. Listed (with its times) before `seal-plaintext` writes
+/// anything.
+#[derive(Debug, Clone)]
+pub struct PlaintextValue {
+    /// Which table holds it (a Mesh's key: `None`).
+    pub rows: Option<SealedRows>,
+    /// The row's id in that table (0 for a Mesh).
+    pub id: i64,
+    /// The resource.
+    pub key: ResourceKey,
+    /// Its version (a kept version's own number).
+    pub version: i64,
+    /// When the resource was created.
+    pub creation_time: DateTime<Utc>,
+    /// When this version was written.
+    pub modification_time: DateTime<Utc>,
+    /// Whether it grants authority (see [`crate::domain::SecretKey::grants_authority`]; a
+    /// Mesh CA key always does): such a value is never sealed from plaintext.
+    pub grants_authority: bool,
+}
+
+/// Why `seal-plaintext` refused to seal anything.
+#[derive(Debug, thiserror::Error)]
+pub enum SealRefusal {
+    /// The store was fully sealed before: plaintext now was written behind its back.
+    #[error(
+        "the store has been fully sealed since {since}: {count} values stored in clear since can only have been written behind the service's back; nothing was sealed: delete them (and look for how they got there)"
+    )]
+    Tampered {
+        /// When the store was first found fully sealed.
+        since: DateTime<Utc>,
+        /// How many plaintext values there are now.
+        count: usize,
+    },
+    /// Some values grant authority: never sealed from plaintext.
+    #[error(
+        "{} grant authority (token signing keys, the admin token, revocation lists, CA keys) and are stored in clear: they are never sealed from plaintext, and nothing was sealed; delete them and let the service generate new ones (a Mesh: apply it again with its key through the API), then run seal-plaintext again", names.join(", ")
+    )]
+    Authority {
+        /// The values, named.
+        names: Vec<String>,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PlaintextValue {
+    /// `Secret "tls" in Mesh "default" version 3`, for lists and messages.
+    pub fn describe(&self) -> String {
+        match self.rows {
+            Some(SealedRows::History) => format!("{} kept version {}", self.key, self.version),
+            Some(SealedRows::Current) => format!("{} version {}", self.key, self.version),
+            None => format!("{}: an inline CA key", self.key),
+        }
+    }
+}
+
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
     /// Rows per key id that sealed them (`None`: plaintext), for `rotate-keys --status`
@@ -80,20 +144,25 @@ impl [SqlStore<DB>] {
         .await
     }
 
-    /// Key ids in use: by secrets, and by Mesh inline CA keys.
-    async fn key_ids_in_use(&self) -> Result<Vec<String>> {
-        let mut ids: Vec<String> = self
-            .rows_per_key()
-            .await?
-            .into_iter()
-            .filter_map(|usage| usage.key_id)
-            .collect();
+    /// Key ids in use (by secrets, and by Mesh inline CA keys), and whether any value is
+    /// stored in clear.
+    async fn seals_in_use(&self) -> Result<(Vec<String>, bool)> {
+        let mut ids = Vec::new();
+        let mut plaintext = false;
+        for usage in self.rows_per_key().await? {
+            match usage.key_id {
+                Some(id) => ids.push(id),
+                None => plaintext = true,
+            }
+        }
         for (_, _, Json(spec)) in self.stored_mesh_specs().await? {
-            ids.extend(crate::sealing::mesh_spec_key_ids(&spec).0);
+            let seals = crate::sealing::mesh_spec_seals(&spec);
+            ids.extend(seals.key_ids);
+            plaintext |= seals.plaintext;
         }
         ids.sort();
         ids.dedup();
-        Ok(ids)
+        Ok((ids, plaintext))
     }
 
     /// Whether anything in the store is sealed (a store that is must never get a freshly
@@ -102,7 +171,7 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// The database failed.
     pub async fn holds_sealed_values(&self) -> Result<bool> {
-        Ok(!self.key_ids_in_use().await?.is_empty())
+        Ok(!self.seals_in_use().await?.0.is_empty())
     }
 
     /// Secrets and Meshes whose sealed values do not open with this store's keyring
@@ -137,7 +206,7 @@ impl [SqlStore<DB>] {
         }
         for (name, _, Json(mut spec)) in self.stored_mesh_specs().await? {
             if let Err(reason) =
-                crate::sealing::open_mesh_spec(keyring, false, &name, &mut spec)
+                crate::sealing::open_mesh_spec(keyring, &name, &mut spec)
             {
                 found.push(Unreadable {
                     key: ResourceKey::mesh(&MeshName::from_stored(name)),
@@ -149,24 +218,45 @@ impl [SqlStore<DB>] {
         Ok(found)
     }
 
-    /// Refuses a keyring that lacks a key id some row is sealed with (or no keyring when
-    /// any row is sealed): better to stop at start-up, naming the ids, than fail every read.
+    /// At open: refuses a keyring that lacks a key id some row is sealed with (or no
+    /// keyring when any row is sealed): better to stop at start-up, naming the ids, than
+    /// fail every read. With a keyring, records the store as fully sealed when no value is
+    /// in clear; once it has been, `accept_plaintext_rows` is turned off (a plaintext row
+    /// now was written behind the service's back), saying so in the log.
     ///
     /// # Errors
-    /// [`StoreError::MissingKeys`].
-    pub async fn check_keyring(&self) -> Result<()> {
+    /// [`StoreError::MissingKeys`]; the database failed.
+    pub(in crate::store) async fn check_sealing(&mut self) -> Result<()> {
+        let (in_use, plaintext) = self.seals_in_use().await?;
         let keyring = self.options.keyring.as_deref();
-        let missing: Vec<String> = self
-            .key_ids_in_use()
-            .await?
+        let missing: Vec<String> = in_use
             .into_iter()
             .filter(|id| !keyring.is_some_and(|k| k.contains(id)))
             .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::MissingKeys { key_ids: missing })
+        if !missing.is_empty() {
+            return Err(StoreError::MissingKeys { key_ids: missing });
         }
+        if keyring.is_none() {
+            return Ok(());
+        }
+        let mut since = self.fully_sealed_since().await?;
+        if since.is_none() && !plaintext && !self.options.reads_only {
+            query_as::<DB, (i64,)>(MARK_FULLY_SEALED)
+                .bind(now())
+                .fetch_optional_via(self, Op::Other)
+                .await?;
+            since = self.fully_sealed_since().await?;
+        }
+        if let Some(since) = since
+            && self.options.accept_plaintext_rows
+        {
+            tracing::warn!(
+                %since,
+                "--accept-plaintext-rows is ignored: this store has been fully sealed since then, so a value stored in clear now was written behind the service's back"
+            );
+            self.options.accept_plaintext_rows = false;
+        }
+        Ok(())
     }
 
     /// Re-seals with the active key the next `size` `rows` after id `after` that are sealed
@@ -201,9 +291,8 @@ impl [SqlStore<DB>] {
                 for row in rows {
                     batch.last_id = row.id;
                     let key = row.value.key();
-                    // Plaintext rows are sealed here whatever `accept_plaintext_rows` says:
-                    // that is how a store from before encryption at rest gets sealed.
-                    let opened = row.value.open(Some(&keyring), true);
+                    // Only sealed rows are selected: rotation never seals plaintext.
+                    let opened = row.value.open(Some(&keyring), false);
                     let plaintext = match opened {
                         Ok(plaintext) => zeroize::Zeroizing::new(plaintext),
                         Err(reason) => {
@@ -235,7 +324,7 @@ impl [SqlStore<DB>] {
     }
 
     /// Re-seals with the active key every Mesh whose inline CA keys are sealed with another
-    /// key or stored unsealed; each Mesh only if its version is still the one read (its
+    /// key or in format 1 (a Mesh with a key in clear is left alone); each Mesh only if its version is still the one read (its
     /// version and times do not change). Returns how many Meshes were rewritten.
     ///
     /// # Errors
@@ -249,12 +338,15 @@ impl [SqlStore<DB>] {
         };
         let mut resealed = 0;
         for (name, version, Json(stored)) in self.stored_mesh_specs().await? {
-            let (ids, plaintext) = crate::sealing::mesh_spec_key_ids(&stored);
-            if !plaintext && ids.iter().all(|id| id == keyring.active_id()) {
+            let seals = crate::sealing::mesh_spec_seals(&stored);
+            // A key in clear is never sealed here (`plaintext_values` lists it).
+            if seals.plaintext
+                || (!seals.format_1 && seals.key_ids.iter().all(|id| id == keyring.active_id()))
+            {
                 continue;
             }
             let mut spec = stored;
-            crate::sealing::open_mesh_spec(Some(&keyring), true, &name, &mut spec).map_err(
+            crate::sealing::open_mesh_spec(Some(&keyring), &name, &mut spec).map_err(
                 |reason| StoreError::Sealed {
                     key: ResourceKey::mesh(&MeshName::from_stored(name.clone())),
                     reason,
@@ -270,6 +362,153 @@ impl [SqlStore<DB>] {
             resealed += u64::from(written.is_some());
         }
         Ok(resealed)
+    }
+
+    /// When the store was first found fully sealed, if it was.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn fully_sealed_since(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(query_as::<DB, (Option<DateTime<Utc>>,)>(FULLY_SEALED_AT)
+            .fetch_optional_via(self, Op::Other)
+            .await?
+            .and_then(|(at,)| at))
+    }
+
+    /// Every value stored in clear: secrets' current and kept versions (`key_id` NULL) and
+    /// Mesh inline CA keys, with their times, in table then id order.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn plaintext_values(&self) -> Result<Vec<PlaintextValue>> {
+        let mut found = Vec::new();
+        for table in SealedRows::ALL {
+            let mut after = 0;
+            loop {
+                let rows = query_as::<DB, PlaintextRow>(AssertSqlSafe(table.plaintext_after()))
+                    .bind(after)
+                    .bind(500_i64)
+                    .fetch_all_via(self, Op::Other)
+                    .await?;
+                let Some(last) = rows.last() else { break };
+                after = last.id;
+                for row in rows {
+                    let key = super::rows::stored_key(row.mesh.as_deref(), &row.name);
+                    found.push(PlaintextValue {
+                        rows: Some(table),
+                        id: row.id,
+                        grants_authority: key.grants_authority(),
+                        key: key.resource_key(),
+                        version: row.version,
+                        creation_time: row.creation_time,
+                        modification_time: row.modification_time,
+                    });
+                }
+            }
+        }
+        let meshes = query_as::<DB, PlaintextMeshRow>(
+            "SELECT name, version, creation_time, modification_time, spec FROM meshes ORDER BY name",
+        )
+        .fetch_all_via(self, Op::Other)
+        .await?;
+        for mesh in meshes {
+            if crate::sealing::mesh_spec_seals(&mesh.spec.0).plaintext {
+                found.push(PlaintextValue {
+                    rows: None,
+                    id: 0,
+                    key: ResourceKey::mesh(&MeshName::from_stored(mesh.name)),
+                    version: mesh.version,
+                    creation_time: mesh.creation_time,
+                    modification_time: mesh.modification_time,
+                    grants_authority: true,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Seals with the active key exactly the plaintext values `listed` (from
+    /// [`Self::plaintext_values`], shown to the operator first): each only if it is still
+    /// the row listed (same id and version, still in clear), in batches of one transaction.
+    /// Refuses before writing anything when the store was fully sealed before (plaintext
+    /// now is tampering) or when any listed value grants authority; a batch that meets a
+    /// row granting authority all the same (renamed behind the service's back meanwhile)
+    /// rolls back. Returns how many values were sealed; values that changed since they
+    /// were listed are left as they are (and a later run lists them again).
+    ///
+    /// # Errors
+    /// [`SealRefusal`]; no keyring; the database failed.
+    pub async fn seal_plaintext(&self, listed: &[PlaintextValue], batch: usize) -> std::result::Result<u64, SealRefusal> {
+        let Some(keyring) = self.options.keyring.clone() else {
+            return Err(SealRefusal::Store(StoreError::Invalid(ValidationError::single(
+                "encryption-keys",
+                "sealing needs a keyring",
+            ))));
+        };
+        if let Some(since) = self.fully_sealed_since().await? {
+            return Err(SealRefusal::Tampered { since, count: listed.len() });
+        }
+        let authority: Vec<String> = listed
+            .iter()
+            .filter(|value| value.grants_authority)
+            .map(PlaintextValue::describe)
+            .collect();
+        if !authority.is_empty() {
+            return Err(SealRefusal::Authority { names: authority });
+        }
+        let mut sealed = 0;
+        for table in SealedRows::ALL {
+            let rows: Vec<(i64, i64)> = listed
+                .iter()
+                .filter(|value| value.rows == Some(table))
+                .map(|value| (value.id, value.version))
+                .collect();
+            for chunk in rows.chunks(batch.max(1)) {
+                let chunk = chunk.to_vec();
+                let keyring = keyring.clone();
+                sealed += self
+                    .in_write_transaction::<_, SealRefusal, _>(Op::Other, move |tx| {
+                        Box::pin(async move {
+                            let mut sealed = 0;
+                            for (id, version) in chunk {
+                                let row = query_as::<DB, SealedRow>(AssertSqlSafe(table.plaintext_as_listed()))
+                                    .bind(id)
+                                    .bind(version)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                                let Some(row) = row else { continue };
+                                let key = row.value.key();
+                                if key.grants_authority() {
+                                    return Err(TxError::Refused(SealRefusal::Authority {
+                                        names: vec![format!("{} version {version}", key.resource_key())],
+                                    }));
+                                }
+                                let plaintext = zeroize::Zeroizing::new(
+                                    row.value.open(None, true).map_err(|reason| {
+                                        TxError::Refused(SealRefusal::Store(StoreError::Sealed {
+                                            key: key.resource_key(),
+                                            reason,
+                                        }))
+                                    })?,
+                                );
+                                let stored = seal(Some(&keyring), &key, &plaintext);
+                                let written = query_as::<DB, (i64,)>(AssertSqlSafe(table.reseal()))
+                                    .bind(stored.bytes)
+                                    .bind(stored.key_id)
+                                    .bind(stored.write_id)
+                                    .bind(row.id)
+                                    .bind(row.version)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                                sealed += u64::from(written.is_some());
+                            }
+                            Ok(sealed)
+                        })
+                    })
+                    .await?;
+            }
+        }
+        Ok(sealed)
     }
 }
 }

@@ -31,13 +31,15 @@ impl StoredValue {
     /// The value opened with `keyring`, as its columns say it was sealed.
     ///
     /// # Errors
-    /// Why the value does not open; plaintext with a keyring unless `accept_plaintext`.
+    /// Why the value does not open; plaintext with a keyring unless `accept_plaintext`, and
+    /// a plaintext value that [grants authority](SecretKey::grants_authority) always.
     pub fn open(
         &self,
         keyring: Option<&Keyring>,
         accept_plaintext: bool,
     ) -> Result<Vec<u8>, OpenError> {
         match (self.key_id.as_deref(), keyring) {
+            (None, Some(_)) if self.key().grants_authority() => Err(OpenError::PlaintextAuthority),
             (None, Some(_)) if !accept_plaintext => Err(OpenError::Plaintext),
             (None, _) => Ok(self.data.clone()),
             (Some(key_id), None) => Err(OpenError::MissingKey {
@@ -165,7 +167,7 @@ impl SecretRow {
 }
 
 /// The key of a stored row (its names were validated when written).
-fn stored_key(mesh: Option<&str>, name: &str) -> SecretKey {
+pub(super) fn stored_key(mesh: Option<&str>, name: &str) -> SecretKey {
     let name = ResourceName::from_stored(name.to_owned());
     match mesh {
         Some(mesh) => SecretKey::secret(MeshName::from_stored(mesh.to_owned()), name),
@@ -180,6 +182,27 @@ pub struct SealedRow {
     pub version: i64,
     #[sqlx(flatten)]
     pub value: StoredValue,
+}
+
+/// A plaintext `secrets` (or kept version) row as `seal-plaintext` lists it.
+#[derive(sqlx::FromRow)]
+pub struct PlaintextRow {
+    pub id: i64,
+    pub mesh: Option<String>,
+    pub name: String,
+    pub version: i64,
+    pub creation_time: DateTime<Utc>,
+    pub modification_time: DateTime<Utc>,
+}
+
+/// A Mesh as `seal-plaintext` lists it: its times and stored spec.
+#[derive(sqlx::FromRow)]
+pub struct PlaintextMeshRow {
+    pub name: String,
+    pub version: i64,
+    pub creation_time: DateTime<Utc>,
+    pub modification_time: DateTime<Utc>,
+    pub spec: Json<MeshSpec>,
 }
 
 /// A `secrets` row of a list page, with the count of all matches.
@@ -211,19 +234,16 @@ impl MeshRow {
     ///
     /// # Errors
     /// [`StoreError::Sealed`] naming the Mesh when an inline key does not open (or is
-    /// stored unsealed while the store has a keyring, unless `accept_plaintext`).
-    pub fn open(
-        self,
-        keyring: Option<&Keyring>,
-        accept_plaintext: bool,
-    ) -> Result<Mesh, StoreError> {
+    /// stored unsealed while the store has a keyring: a CA key grants authority, so this
+    /// holds even while plaintext secret rows are accepted).
+    pub fn open(self, keyring: Option<&Keyring>) -> Result<Mesh, StoreError> {
         let mut spec = self.spec.0.clone();
-        crate::sealing::open_mesh_spec(keyring, accept_plaintext, &self.name, &mut spec).map_err(
-            |reason| StoreError::Sealed {
+        crate::sealing::open_mesh_spec(keyring, &self.name, &mut spec).map_err(|reason| {
+            StoreError::Sealed {
                 key: crate::domain::ResourceKey::mesh(&MeshName::from_stored(self.name.clone())),
                 reason,
-            },
-        )?;
+            }
+        })?;
         Ok(self.with_spec(spec))
     }
 

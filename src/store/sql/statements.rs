@@ -200,7 +200,6 @@ pub(crate) const UPDATE_MESH: &str = concat!(
 pub(crate) const DELETE_MESH: &str =
     "DELETE FROM meshes WHERE version = coalesce($1, version) AND name = $2 RETURNING version";
 
-/// `$1` after id, `$2` active key id, `$3` limit: the next rows not sealed with the active
 /// The rows that hold sealed secret values: the current versions (`secrets`) and the
 /// versions kept in history (`secret_versions`). Key rotation walks both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,13 +221,33 @@ impl SealedRows {
         }
     }
 
-    /// `$1` after id, `$2` active key id, `$3` limit: rows not sealed with the active key,
-    /// or still in seal format 1, in id order.
+    /// `$1` after id, `$2` active key id, `$3` limit: sealed rows not sealed with the
+    /// active key, or still in seal format 1, in id order. Never a plaintext row: rotation
+    /// re-seals what a keyring sealed, and never makes trusted what was written in clear
+    /// (see `seal-plaintext`).
     pub(crate) fn to_reseal(self) -> String {
         format!(
             "SELECT id, mesh, name, version, data, key_id, write_id FROM {} \
-             WHERE id > $1 AND (key_id IS NULL OR key_id <> $2 OR write_id IS NULL) \
+             WHERE id > $1 AND key_id IS NOT NULL AND (key_id <> $2 OR write_id IS NULL) \
              ORDER BY id LIMIT $3",
+            self.table()
+        )
+    }
+
+    /// `$1` after id, `$2` limit: plaintext rows, in id order, with their times.
+    pub(crate) fn plaintext_after(self) -> String {
+        format!(
+            "SELECT id, mesh, name, version, creation_time, modification_time FROM {} \
+             WHERE id > $1 AND key_id IS NULL ORDER BY id LIMIT $2",
+            self.table()
+        )
+    }
+
+    /// `$1` id, `$2` version listed: that plaintext row, if it is still as listed.
+    pub(crate) fn plaintext_as_listed(self) -> String {
+        format!(
+            "SELECT id, mesh, name, version, data, key_id, write_id FROM {} \
+             WHERE id = $1 AND version = $2 AND key_id IS NULL",
             self.table()
         )
     }
@@ -253,6 +272,12 @@ impl SealedRows {
         )
     }
 }
+
+/// When the store was first found fully sealed (see the `sealing_state` migration).
+pub(crate) const FULLY_SEALED_AT: &str = "SELECT fully_sealed_at FROM sealing_state WHERE id = 1";
+/// `$1` now: records that the store is fully sealed, unless it was already.
+pub(crate) const MARK_FULLY_SEALED: &str =
+    "UPDATE sealing_state SET fully_sealed_at = $1 WHERE id = 1 AND fully_sealed_at IS NULL";
 
 /// `$1` spec, `$2` name, `$3` version read: re-seals a Mesh's inline CA keys unless it
 /// changed since. Version and times stay.

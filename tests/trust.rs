@@ -1,0 +1,287 @@
+//! The second attack, as someone who can write to the database would try it, on both
+//! backends: a planted plaintext signing key run through the operator's routine commands
+//! (`rotate-keys`, `seal-plaintext`) never becomes trusted; a Mesh CA key given in two
+//! fields, or planted in clear beside a sealed one, never sits in clear unnoticed; an older
+//! sealed Mesh CA key written back beside a newer certificate does not open.
+
+#[macro_use]
+mod common;
+
+use common::http::get_as;
+use common::raw::{P, raw_count, raw_sql, store_tool};
+use common::server::{Backend, TestServer};
+use kuma_secrets::api::User;
+use kuma_secrets::domain::{Labels, NewSecret, SecretKey};
+use kuma_secrets::store::{SecretStore, SqliteStore, StoreOptions};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Rows of `secrets` stored in clear (`key_id` NULL) named `name`.
+async fn plaintext_rows(server: &TestServer, name: &str) -> i64 {
+    raw_count(
+        server,
+        "SELECT count(*) FROM secrets WHERE key_id IS NULL AND name = $1",
+        &[name],
+    )
+    .await
+}
+
+/// A token signed with a key of the attacker's own, planted in the victim's database in
+/// clear as `user-token-signing-key-7`: returns the token (kid 7, admin).
+async fn plant_signing_key_and_forge_admin_token(server: &TestServer) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = SqliteStore::open(
+        &common::sqlite_url(dir.path(), "evil.db"),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Their key, generated as serial 1, then filed as serial 7 (and 1 removed), so that
+    // the tokens they issue name kid 7.
+    kuma_secrets::api::auth::tokens::ensure_signing_key(&theirs)
+        .await
+        .unwrap();
+    let serial_1 = SecretKey::parse(None, "user-token-signing-key-1").unwrap();
+    let key = theirs.get_secret(&serial_1).await.unwrap();
+    theirs
+        .create_secret(NewSecret {
+            key: SecretKey::parse(None, "user-token-signing-key-7").unwrap(),
+            data: key.data.clone(),
+            labels: Labels::default(),
+        })
+        .await
+        .unwrap();
+    theirs.delete_secret(&serial_1, None).await.unwrap();
+    raw_sql(
+        server,
+        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data) \
+         SELECT 'user-token-signing-key-7', NULL, 1, creation_time, modification_time, labels, $1 \
+         FROM secrets WHERE name = 'user-token-signing-key-1'",
+        vec![P::Bytes(key.data.expose().to_vec())],
+    )
+    .await;
+    kuma_secrets::api::auth::tokens::issue(&theirs, &User::admin(), Duration::from_secs(3600))
+        .await
+        .unwrap()
+}
+
+/// The forged token reads nothing: 401, whose body names no row.
+async fn assert_refused(server: &TestServer, forged: &str) {
+    let response = get_as(server.at("/meshes/default/secrets/crown-jewels"), forged).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body = response.text().await.unwrap();
+    assert!(
+        !body.contains("signing-key") && !body.contains("unsealed"),
+        "the answer says nothing about the row: {body}"
+    );
+}
+
+async fn routine_commands_never_make_a_planted_signing_key_trusted(backend: Backend) {
+    let server = TestServer::start_tokens_only(backend).await;
+    common::http::create_in_store(&server.store, Some("default"), "crown-jewels", "top secret")
+        .await;
+    let forged = plant_signing_key_and_forge_admin_token(&server).await;
+    // A plain planted secret too: nothing is sealed in a store that was fully sealed.
+    raw_sql(
+        &server,
+        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data) \
+         SELECT 'planted', NULL, 1, creation_time, modification_time, labels, $1 \
+         FROM secrets WHERE name = 'user-token-signing-key-1'",
+        vec![P::Bytes(b"plain".to_vec())],
+    )
+    .await;
+    assert_refused(&server, &forged).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    // --status reports it, as not sealed...
+    let run = store_tool(&server, &keys, &["rotate-keys", "--status"])
+        .await
+        .ok();
+    assert!(
+        run.stdout.contains("(plaintext)") && run.stdout.contains("user-token-signing-key-7"),
+        "{run:?}"
+    );
+    // ...rotation leaves it in clear and says so...
+    store_tool(&server, &keys, &["rotate-keys"])
+        .await
+        .fails_with("rotation never seals plaintext");
+    assert_eq!(plaintext_rows(&server, "user-token-signing-key-7").await, 1);
+    // ...and seal-plaintext refuses: the store was fully sealed, so this is tampering.
+    let run = store_tool(&server, &keys, &["seal-plaintext", "--yes"])
+        .await
+        .fails_with("fully sealed since");
+    assert!(run.stdout.contains("user-token-signing-key-7"), "{run:?}");
+    assert_eq!(plaintext_rows(&server, "user-token-signing-key-7").await, 1);
+    assert_eq!(plaintext_rows(&server, "planted").await, 1);
+    assert_refused(&server, &forged).await;
+
+    // The attacker clears the record of the store being sealed: a signing key is still
+    // never sealed from plaintext, and the run writes nothing at all.
+    raw_sql(
+        &server,
+        "UPDATE sealing_state SET fully_sealed_at = NULL",
+        vec![],
+    )
+    .await;
+    store_tool(&server, &keys, &["seal-plaintext", "--yes"])
+        .await
+        .fails_with("never sealed from plaintext");
+    assert_eq!(plaintext_rows(&server, "user-token-signing-key-7").await, 1);
+    assert_eq!(plaintext_rows(&server, "planted").await, 1);
+    assert_refused(&server, &forged).await;
+
+    // The same for a version kept in history, planted in clear and named by version.
+    raw_sql(
+        &server,
+        "UPDATE secret_versions SET data = $1, key_id = NULL, write_id = NULL \
+         WHERE name = 'crown-jewels'",
+        vec![P::Bytes(b"old".to_vec())],
+    )
+    .await;
+    store_tool(&server, &keys, &["rotate-keys"])
+        .await
+        .fails_with("rotation never seals plaintext");
+}
+
+/// Kuma's DataSource holds one field: a Mesh CA key given as both `inline` and
+/// `inlineString` is refused (it used to store the second in clear), and a key planted in
+/// clear beside a sealed one is found by `--status` and never served.
+async fn a_mesh_ca_key_in_two_fields_is_refused_and_a_planted_one_is_found(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (cert, key) = common::pki::ca_pair("two-fields");
+    let key_b64 = common::http::b64(&key);
+    let mesh = |key_source: Value| {
+        json!({"type": "Mesh", "name": "default", "mtls": {"backends": [{
+            "name": "ca-1", "type": "provided",
+            "conf": {"cert": {"inlineString": cert}, "key": key_source}}]}})
+    };
+    let response = Client::new()
+        .put(server.at("/meshes/default"))
+        .json(&mesh(json!({"inline": key_b64, "inlineString": key})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body.to_string()
+            .contains("oneof kuma.system.v1alpha1.DataSource.type is already set"),
+        "{body}"
+    );
+    assert!(
+        !common::raw::contains(&common::raw::raw_database(&server), b"PRIVATE KEY"),
+        "nothing of it was stored"
+    );
+
+    // Stored properly, then a key in clear planted beside the sealed one.
+    let (status, body) = common::http::put_json(
+        &server,
+        "/meshes/default",
+        mesh(json!({"inlineString": key})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let spec: String = stored_spec(&server).await;
+    let mut planted: Value = serde_json::from_str(&spec).unwrap();
+    planted["mtls"]["backends"][0]["conf"]["key"]["inlineString"] = json!("PLANTED KEY");
+    write_spec(&server, &planted).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    let run = store_tool(&server, &keys, &["rotate-keys", "--status"])
+        .await
+        .ok();
+    assert!(
+        run.stdout.contains("do not open") && run.stdout.contains("name=\"default\""),
+        "{run:?}"
+    );
+    let response = common::http::send_get(server.at("/meshes/default")).await;
+    assert!(
+        !response.text().await.unwrap().contains("PLANTED"),
+        "never served"
+    );
+}
+
+/// An older sealed CA key written back into the Mesh beside the newer certificate does not
+/// open: the seal is bound to the write and to the rest of the backend.
+async fn an_older_mesh_ca_key_written_back_does_not_open(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mesh = |(cert, key): (String, String)| {
+        json!({"type": "Mesh", "name": "default", "mtls": {"backends": [{
+            "name": "ca-1", "type": "provided",
+            "conf": {"cert": {"inlineString": cert}, "key": {"inlineString": key}}}]}})
+    };
+    let (status, body) = common::http::put_json(
+        &server,
+        "/meshes/default",
+        mesh(common::pki::ca_pair("one")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let old: Value = serde_json::from_str(&stored_spec(&server).await).unwrap();
+    let new_pair = common::pki::ca_pair("two");
+    let (status, body) =
+        common::http::put_json(&server, "/meshes/default", mesh(new_pair.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new: Value = serde_json::from_str(&stored_spec(&server).await).unwrap();
+    let mut replayed = new.clone();
+    replayed["mtls"]["backends"][0]["conf"]["key"] =
+        old["mtls"]["backends"][0]["conf"]["key"].clone();
+    write_spec(&server, &replayed).await;
+
+    let response = common::http::send_get(server.at("/meshes/default")).await;
+    assert_ne!(response.status(), StatusCode::OK, "the old key was served");
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    // The new key object put back where it was opens again: the refusal was the binding.
+    write_spec(&server, &new).await;
+    let response = common::http::send_get(server.at("/meshes/default")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["mtls"]["backends"][0]["conf"]["key"]["inlineString"],
+        new_pair.1.as_str()
+    );
+}
+
+/// The Mesh `default`'s stored spec, as JSON text, read behind the service's back.
+async fn stored_spec(server: &TestServer) -> String {
+    let url = common::raw::store_url(server);
+    if url.starts_with("postgres") {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query_as::<_, (String,)>("SELECT spec::text FROM meshes WHERE name = 'default'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .0
+    } else {
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query_as::<_, (String,)>("SELECT spec FROM meshes WHERE name = 'default'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .0
+    }
+}
+
+/// Writes `spec` into the Mesh `default` behind the service's back.
+async fn write_spec(server: &TestServer, spec: &Value) {
+    let sql = if common::raw::store_url(server).starts_with("postgres") {
+        "UPDATE meshes SET spec = CAST($1 AS jsonb) WHERE name = 'default'"
+    } else {
+        "UPDATE meshes SET spec = $1 WHERE name = 'default'"
+    };
+    raw_sql(server, sql, vec![P::Text(spec.to_string())]).await;
+}
+
+on_both_backends! {
+    routine_commands_never_make_a_planted_signing_key_trusted,
+    a_mesh_ca_key_in_two_fields_is_refused_and_a_planted_one_is_found,
+    an_older_mesh_ca_key_written_back_does_not_open,
+}
