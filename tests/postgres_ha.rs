@@ -366,8 +366,8 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
             serve_sealed(store, dir.path(), &["--max-connections", connections]).await;
         api_core(&base, mesh).await;
         drop(serve);
-        let named: Vec<String> = log
-            .try_iter()
+        let named: Vec<String> = common::process::rest_of_log(&log)
+            .into_iter()
             .filter(|line| line.contains("prepared under a name"))
             .collect();
         assert!(named.is_empty(), "{named:?}");
@@ -417,7 +417,7 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
     }
     let _ = serve.kill();
     let _ = serve.wait();
-    let said: Vec<String> = log.try_iter().collect();
+    let said = common::process::rest_of_log(&log);
     assert!(
         unavailable > 0 && said.iter().any(|l| l.contains("add pool_mode=transaction")),
         "without pool_mode=transaction behind PgBouncer in transaction mode, {unavailable} \

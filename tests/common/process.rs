@@ -135,6 +135,23 @@ pub async fn spawn_replicas(
     replicas
 }
 
+/// Every line `serve` logged that `log` has not yet given, once it has exited: read until
+/// its stderr closes (the thread forwarding it may still be behind when the process is
+/// gone), failing after 30 s.
+pub fn rest_of_log(log: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    loop {
+        match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return lines,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the log did not end within 30 s: {lines:?}")
+            }
+        }
+    }
+}
+
 /// Sends SIGTERM.
 pub fn terminate(child: &Child) {
     let status = Command::new("kill")
