@@ -83,7 +83,7 @@ impl TestServer {
         server
     }
 
-    /// Polls `/readyz` until it answers 200, for at most 10 s.
+    /// Polls `/readyz` until it answers 200, for at most 30 s.
     pub async fn wait_ready(&self) {
         wait_ready(&self.url).await;
     }
@@ -126,10 +126,11 @@ impl TestServer {
     }
 }
 
-/// Polls `{base}/readyz` until 200, panicking after 10 s.
+/// Polls `{base}/readyz` until 200, panicking after 30 s (a bound on failure: a server
+/// starting on a loaded machine is ready as soon as it answers).
 pub async fn wait_ready(base: &str) {
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await
             && r.status() == 200
