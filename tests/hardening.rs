@@ -90,7 +90,7 @@ async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) 
     {
         Err(StoreError::Sealed { key, reason }) => {
             assert_eq!(key.name, "user-token-signing-key-2");
-            assert_eq!(reason, kuma_secrets::sealing::OpenError::Plaintext);
+            assert_eq!(reason, kuma_secrets::sealing::OpenError::PlaintextAuthority);
         }
         other => panic!("a plaintext row must not be served: {other:?}"),
     }
@@ -629,7 +629,9 @@ async fn a_hanging_database_gets_503_with_retry_after_by_the_request_timeout() {
         let took = started.elapsed();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()["retry-after"], "1");
-        assert!(took < Duration::from_secs(3), "answered after {took:?}");
+        // By the request timeout (1 s), with room for a loaded machine, and before the
+        // pool's 5 s acquire timeout could have been what ended it.
+        assert!(took < Duration::from_secs(4), "answered after {took:?}");
         let body: Value = response.json().await.unwrap();
         timed_out |= body["detail"]
             .as_str()
@@ -650,7 +652,7 @@ async fn a_hanging_database_gets_503_with_retry_after_by_the_request_timeout() {
         }
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(
-            healed.elapsed() < Duration::from_secs(10),
+            healed.elapsed() < Duration::from_secs(30),
             "never recovered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
