@@ -6,9 +6,14 @@
 
 use std::borrow::Cow;
 
+/// Whether `text` holds a control character.
+pub fn has_controls(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
 /// `text` with every control character escaped; borrowed when there is none.
 pub fn escaped(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !has_controls(text) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);

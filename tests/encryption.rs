@@ -388,10 +388,11 @@ async fn plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_int
             .all(|u| u.key_id.is_none()),
         "nothing sealed"
     );
-    // The operator deletes them (the service generates new ones at its next start)...
+    // The operator purges them, kept versions too (the service generates new ones at its
+    // next start)...
     for name in ["user-token-signing-key-1", "admin-user-token"] {
         sealed
-            .delete_secret(&SecretKey::parse(None, name).unwrap(), None)
+            .purge_secret(&SecretKey::parse(None, name).unwrap(), None)
             .await
             .unwrap();
     }

@@ -99,7 +99,7 @@ impl Drop for Tmpfs {
 }
 
 /// What the writers saw.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Seen {
     /// Acknowledged writes: secret name → the data the server acknowledged.
     acked: BTreeMap<String, String>,
@@ -306,7 +306,8 @@ async fn full_disk_under_load(base: &str, disk: &Tmpfs) {
             seen.statuses
         );
     }
-    assert_stored(base, &seen.lock().unwrap()).await;
+    let snapshot = seen.lock().unwrap().clone();
+    assert_stored(base, &snapshot).await;
 
     // Space freed: the server writes again, by itself.
     disk.grow("64m");
@@ -350,7 +351,8 @@ async fn full_disk_under_load(base: &str, disk: &Tmpfs) {
     );
     assert_eq!(seen.lock().unwrap().refused.len(), refused_before);
     assert_stored(base, &round_two).await;
-    assert_stored(base, &seen.lock().unwrap()).await;
+    let snapshot = seen.lock().unwrap().clone();
+    assert_stored(base, &snapshot).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

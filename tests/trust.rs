@@ -280,7 +280,113 @@ async fn write_spec(server: &TestServer, spec: &Value) {
     raw_sql(server, sql, vec![P::Text(spec.to_string())]).await;
 }
 
+/// A token's name and groups become the actor of its writes and reach audit output and
+/// logs: control characters are refused when minting (400), and a token that carries them
+/// anyway (issued before the rule) is 401, never a 500.
+async fn token_identities_with_control_characters_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = Client::new();
+    for (name, groups) in [
+        ("ja\u{0}ne", json!([])),
+        ("jane\nINFO forged log line", json!([])),
+        ("jane", json!(["\u{1b}[31madmins"])),
+    ] {
+        let response = client
+            .post(server.at("/tokens/user"))
+            .json(&json!({"name": name, "groups": groups, "validFor": "1h"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{name:?}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("control characters"), "{body}");
+    }
+    let issued_before = kuma_secrets::api::auth::tokens::issue(
+        &server.store,
+        &User {
+            name: "ja\u{0}ne\n".into(),
+            groups: vec!["mesh-system:admin".into()],
+        },
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let response = client
+        .put(server.at("/meshes/default/secrets/s"))
+        .bearer_auth(&issued_before)
+        .header("X-Forwarded-For", "203.0.113.7")
+        .json(&json!({"type": "Secret", "mesh": "default", "name": "s", "data": "dg=="}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Smaller leaks: an anonymous Mesh list does not carry the revision (which moves on every
+/// secret write); headers proxies and CDNs add make a loopback request not the local
+/// admin; a request with two Host headers is refused.
+async fn anonymous_callers_learn_nothing_from_headers(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    put_secret_local(&server).await;
+    let anonymous = Client::new()
+        .get(server.at("/meshes"))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::OK);
+    assert!(anonymous.headers().get("kuma-secrets-revision").is_none());
+    let admin = common::http::send_get(server.at("/meshes")).await;
+    assert!(admin.headers().get("kuma-secrets-revision").is_some());
+
+    for header in [
+        "X-Cluster-Client-IP",
+        "Client-IP",
+        "Fastly-Client-IP",
+        "X-Envoy-External-Address",
+        "X-Forwarded-Server",
+        "X-ProxyUser-Ip",
+        "X-Envoy-Original-IP",
+        "CF-Connecting-IPv6",
+        "X-Azure-ClientIP",
+        "X-AppEngine-User-IP",
+        "Akamai-Origin-Hop",
+        "Forwarded-For",
+    ] {
+        let response = Client::new()
+            .get(server.at("/meshes/default/secrets/s"))
+            .header(header, "203.0.113.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{header}");
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.at("").trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /meshes/default/secrets/s HTTP/1.1\r\nHost: {addr}\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!answer.contains("\"data\""), "{answer}");
+}
+
+async fn put_secret_local(server: &TestServer) {
+    common::http::put_secret(server, "default", "s", b"value").await;
+}
+
 on_both_backends! {
+    token_identities_with_control_characters_are_refused,
+    anonymous_callers_learn_nothing_from_headers,
     routine_commands_never_make_a_planted_signing_key_trusted,
     a_mesh_ca_key_in_two_fields_is_refused_and_a_planted_one_is_found,
     an_older_mesh_ca_key_written_back_does_not_open,

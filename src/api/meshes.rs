@@ -41,7 +41,7 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
         labels: params.labels.clone(),
         page: params.page.clone(),
     };
-    list::answer(
+    let mut response = list::answer(
         &state,
         (&params, &uri, &headers),
         || state.store.list_meshes(&query),
@@ -50,7 +50,13 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
             MeshItem::from(&mesh)
         },
     )
-    .await
+    .await?;
+    // The revision moves on every secret write: anyone could watch when secrets change.
+    // It is for admins, who may read the feed it leads to.
+    if !user.is_admin() {
+        response.headers_mut().remove(list::REVISION_HEADER);
+    }
+    Ok(response)
 }
 
 /// A Mesh name that is not a DNS-1035 label (`aa.a`, `1mesh`, `a_b`) is accepted, as Kuma

@@ -39,6 +39,16 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
     if request.name.trim().is_empty() {
         errors.push("name", "cannot be empty");
     }
+    // A token's identity is stored as the actor of every write it makes (Postgres cannot
+    // store NUL) and printed by audit, history and the log: no control characters.
+    if crate::printable::has_controls(&request.name) {
+        errors.push("name", CONTROL_CHARACTERS);
+    }
+    for (i, group) in request.groups.iter().enumerate() {
+        if crate::printable::has_controls(group) {
+            errors.push(format!("groups[{i}]"), CONTROL_CHARACTERS);
+        }
+    }
     let valid_for = match crate::duration::parse(&request.valid_for) {
         Ok(valid_for) => Some(valid_for),
         Err(reason) => {
@@ -58,6 +68,13 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
         groups,
     };
     let token = tokens::issue(&state.store, &subject, valid_for).await?;
-    tracing::info!(user = %subject.name, by = %user.name, "issued a user token");
+    tracing::info!(
+        user = %crate::printable::escaped(&subject.name),
+        by = %crate::printable::escaped(&user.name),
+        "issued a user token"
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
 }
+
+/// Why a token name or group is refused.
+const CONTROL_CHARACTERS: &str = "must not contain control characters (NUL, newline, ESC, ...)";

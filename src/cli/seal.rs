@@ -54,7 +54,7 @@ async fn seal(store: &AnyStore, args: &SealArgs) -> anyhow::Result<()> {
     }
     if listed.iter().any(|value| value.grants_authority) {
         anyhow::bail!(
-            "values marked (grants authority) are never sealed from plaintext: delete them and let the service generate new ones (a Mesh: apply it again with its key through the API); nothing was sealed"
+            "values marked (grants authority) are never sealed from plaintext: delete them with their kept versions (kuma-secrets delete … --purge) and let the service generate new ones (a Mesh: apply it again with its key through the API); nothing was sealed"
         );
     }
     if !args.yes {

@@ -5,6 +5,16 @@ use chrono::{DateTime, Utc};
 
 /// Renders rows under a header, columns padded to their widest cell plus three spaces.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    // Cells carry outside text (token names, request ids): never a raw control character.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| crate::printable::escaped(cell).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -67,8 +67,13 @@ async fn page(
     Ok(client.get(&query).await?)
 }
 
-/// One line per event: `REVISION TIME OPERATION TYPE MESH/NAME vVERSION by ACTOR`.
+/// One line per event: `REVISION TIME OPERATION TYPE MESH/NAME vVERSION by ACTOR`, with
+/// any control character escaped (an actor is a token's name, chosen by its minter).
 fn line(event: &Event) -> String {
+    crate::printable::escaped(&raw_line(event)).into_owned()
+}
+
+fn raw_line(event: &Event) -> String {
     let place = match &event.mesh {
         Some(mesh) => format!("{mesh}/{}", event.name),
         None => event.name.clone(),

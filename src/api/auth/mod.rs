@@ -89,6 +89,17 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
+    // Two Host headers: which one a proxy in front routed on, and which one this server
+    // would judge, may differ. HTTP/1.1 says such a request is a 400 (RFC 9112 §3.2).
+    if request
+        .headers()
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .count()
+        > 1
+    {
+        return ApiError::bad_request("the request has more than one Host header").into_response();
+    }
     let host = request_host(&request);
     let local = state.config.localhost_is_admin
         && is_direct_loopback(remote, host, request.headers(), state.config.tls);
@@ -235,7 +246,7 @@ fn origin_of(authority: &str, default_port: u16) -> Option<(String, u16)> {
 
 /// Headers that a proxy or a CDN adds: a request carrying any of them came through one, so
 /// its loopback peer is the proxy, not the client.
-const PROXY_HEADERS: [&str; 11] = [
+const PROXY_HEADERS: [&str; 27] = [
     "forwarded",
     "x-forwarded-for",
     "x-real-ip",
@@ -243,10 +254,26 @@ const PROXY_HEADERS: [&str; 11] = [
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded",
+    "forwarded-for",
     "true-client-ip",
     "cf-connecting-ip",
+    "cf-connecting-ipv6",
     "x-original-forwarded-for",
     "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "fastly-client-ip",
+    "akamai-origin-hop",
+    "x-envoy-external-address",
+    "x-envoy-original-ip",
+    "x-proxyuser-ip",
+    "x-appengine-user-ip",
+    "x-azure-clientip",
 ];
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with an optional port (a `:` must be followed by

@@ -241,6 +241,16 @@ pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiE
     if is_revoked(store, &claims.jti).await? {
         return Err(unauthenticated());
     }
+    // Minting refuses these now; a token issued before (or by a Kuma key) is not a user.
+    if crate::printable::has_controls(&claims.name)
+        || claims
+            .groups
+            .iter()
+            .any(|g| crate::printable::has_controls(g))
+    {
+        tracing::warn!("rejected a user token whose name or groups hold control characters");
+        return Err(unauthenticated());
+    }
     let mut groups = claims.groups;
     if !groups.iter().any(|g| g == AUTHENTICATED) {
         groups.push(AUTHENTICATED.into());

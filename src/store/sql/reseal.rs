@@ -91,7 +91,7 @@ pub enum SealRefusal {
     },
     /// Some values grant authority: never sealed from plaintext.
     #[error(
-        "{} grant authority (token signing keys, the admin token, revocation lists, CA keys) and are stored in clear: they are never sealed from plaintext, and nothing was sealed; delete them and let the service generate new ones (a Mesh: apply it again with its key through the API), then run seal-plaintext again", names.join(", ")
+        "{} grant authority (token signing keys, the admin token, revocation lists, CA keys) and are stored in clear: they are never sealed from plaintext, and nothing was sealed; delete them with their kept versions (DELETE …?purge=true) and let the service generate new ones (a Mesh: apply it again with its key through the API), then run seal-plaintext again", names.join(", ")
     )]
     Authority {
         /// The values, named.
