@@ -60,7 +60,8 @@ async fn switchover_then_failover(sessions: OpenSessions) {
     let trigger = Instant::now();
     cluster.switchover(leader);
     let routed = cluster.wait_routed_to(1 - leader).await;
-    tokio::time::sleep(RECOVERY * 2).await;
+    load.until_a_write_started_after(routed + RECOVERY * 2)
+        .await;
     let switchover = load.judge("switchover", trigger, routed, &cluster);
 
     // Unplanned: the new leader's node is lost. The old one, back as its synchronous
@@ -71,7 +72,8 @@ async fn switchover_then_failover(sessions: OpenSessions) {
     let mut cluster = cluster;
     cluster.nodes[1 - leader].crash();
     let routed = cluster.wait_routed_to(leader).await;
-    tokio::time::sleep(RECOVERY * 2).await;
+    load.until_a_write_started_after(routed + RECOVERY * 2)
+        .await;
     let failover = load.judge("failover", trigger, routed, &cluster);
 
     let acknowledged = load.stop().await;
@@ -182,6 +184,29 @@ impl Load {
             acks,
             stop,
             tasks,
+        }
+    }
+
+    /// Waits until a write that started at `at` or later has been answered (at most 60 s
+    /// past `at`), so the writes [`Load::judge`] checks after `RECOVERY` were made: on a
+    /// loaded machine a fixed sleep may end before any has.
+    async fn until_a_write_started_after(&self, at: Instant) {
+        let deadline = at + Duration::from_secs(60);
+        loop {
+            let answered = self
+                .outcomes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|o| o.write && o.started >= at);
+            if answered {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no write started after the awaited instant was answered within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
