@@ -9,7 +9,7 @@
 use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::printable::escaped;
-use crate::store::{AnyStore, PlaintextValue, StoreOptions};
+use crate::store::{AnyStore, PlaintextValue, SealRefusal, StoreOptions};
 
 /// `kuma-secrets seal-plaintext …`
 #[derive(Debug, clap::Args)]
@@ -47,30 +47,21 @@ async fn seal(store: &AnyStore, args: &SealArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print!("{}", render(&listed));
-    if let Some(since) = store.fully_sealed_since().await? {
-        anyhow::bail!(
-            "the store has been fully sealed since {since}: values stored in clear since can only have been written behind the service's back; nothing was sealed: delete them (and look for how they got there)"
-        );
-    }
-    if listed.iter().any(|value| value.grants_authority) {
-        anyhow::bail!(
-            "values marked (grants authority) are never sealed from plaintext: delete them with their kept versions (kuma-secrets delete … --purge) and let the service generate new ones (a Mesh: apply it again with its key through the API); nothing was sealed"
-        );
-    }
+    let refused =
+        |refusal: SealRefusal| anyhow::anyhow!(escaped(&refusal.to_string()).into_owned());
+    // Tampering and authority are the store's to decide, with or without --yes.
+    store.check_sealable(&listed).await.map_err(refused)?;
     if !args.yes {
         anyhow::bail!(
             "nothing was sealed: check that you expect every value listed above (written before encryption at rest), then run again with --yes"
         );
     }
-    // The store checks each chunk again (tampering, authority, each row still as listed).
-    let mut sealed = 0;
-    for chunk in listed.chunks(args.batch_size as usize) {
-        sealed += store
-            .seal_plaintext(chunk, chunk.len())
-            .await
-            .map_err(|refusal| anyhow::anyhow!(escaped(&refusal.to_string()).into_owned()))?;
-        eprintln!("sealed {sealed} of {} values", listed.len());
-    }
+    let sealed = store
+        .seal_plaintext(&listed, args.batch_size as usize, |sealed| {
+            eprintln!("sealed {sealed} of {} values", listed.len());
+        })
+        .await
+        .map_err(refused)?;
     println!(
         "sealed {sealed} of the {} values listed with the active key",
         listed.len()

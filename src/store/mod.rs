@@ -523,6 +523,17 @@ impl AnyStore {
         delegate!(self, s => s.plaintext_values())
     }
 
+    /// Why the plaintext values listed may not be sealed. See [`SqlStore::check_sealable`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::check_sealable`].
+    pub async fn check_sealable(
+        &self,
+        listed: &[PlaintextValue],
+    ) -> std::result::Result<(), SealRefusal> {
+        delegate!(self, s => s.check_sealable(listed))
+    }
+
     /// Seals the plaintext values listed. See [`SqlStore::seal_plaintext`].
     ///
     /// # Errors
@@ -531,8 +542,9 @@ impl AnyStore {
         &self,
         listed: &[PlaintextValue],
         batch: usize,
+        progress: impl FnMut(u64) + Send,
     ) -> std::result::Result<u64, SealRefusal> {
-        delegate!(self, s => s.seal_plaintext(listed, batch))
+        delegate!(self, s => s.seal_plaintext(listed, batch, progress))
     }
 
     /// When the store was first found fully sealed. See [`SqlStore::fully_sealed_since`].

@@ -79,11 +79,9 @@ macro_rules! impl_for_sql_databases {
                 ::sqlx::types::Json<::std::collections::BTreeMap<String, String>>,
             ): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64, i64): ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> (String, i64, ::sqlx::types::Json<$crate::domain::MeshSpec>):
-                ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (Option<::chrono::DateTime<::chrono::Utc>>,): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::PlaintextRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::PlaintextMeshRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::sql::StoredMeshSpec: ::sqlx::FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -110,7 +108,7 @@ pub use history::VersionRow;
 pub use import::{KeptTimes, TimesOf};
 pub use reseal::{KeyUsage, PlaintextValue, ResealBatch, SealRefusal, Unreadable};
 pub use rows::{
-    ListedMeshRow, ListedSecretRow, MeshRow, PlaintextMeshRow, PlaintextRow, SealedRow, SecretRow,
+    ListedMeshRow, ListedSecretRow, MeshRow, PlaintextRow, SealedRow, SecretRow, StoredMeshSpec,
 };
 pub use statements::SealedRows;
 pub(crate) use statements::{Preparing, query_as};

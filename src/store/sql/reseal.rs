@@ -3,14 +3,14 @@
 //! plaintext becomes sealed: [`SqlStore::seal_plaintext`], which the operator asks for by
 //! name (`kuma-secrets seal-plaintext`), never a side effect of rotation.
 
-use super::rows::{PlaintextMeshRow, PlaintextRow, SealedRow};
+use super::rows::{PlaintextRow, SealedRow, StoredMeshSpec};
 use super::statements::query_as;
 use super::statements::{
     FULLY_SEALED_AT, MARK_FULLY_SEALED, RESEAL_MESH, ROWS_PER_KEY, SealedRows,
 };
 use super::tx::{RunOnStore, TxError};
 use super::{SqlStore, now, seal, seal_spec};
-use crate::domain::{MeshName, MeshSpec, ResourceKey, ValidationError};
+use crate::domain::{MeshName, ResourceKey, ValidationError};
 use crate::sealing::OpenError;
 use crate::store::error::Op;
 use crate::store::{Result, StoreError};
@@ -91,7 +91,7 @@ pub enum SealRefusal {
     },
     /// Some values grant authority: never sealed from plaintext.
     #[error(
-        "{} grant authority (token signing keys, the admin token, revocation lists, CA keys) and are stored in clear: they are never sealed from plaintext, and nothing was sealed; delete them with their kept versions (DELETE …?purge=true) and let the service generate new ones (a Mesh: apply it again with its key through the API), then run seal-plaintext again", names.join(", ")
+        "{} grant authority (token signing keys, the admin token, revocation lists, CA keys) and are stored in clear: they are never sealed from plaintext, and nothing was sealed; delete them with their kept versions (kuma-secrets delete … --purge, or DELETE …?purge=true) and let the service generate new ones (a Mesh: apply it again with its key through the API), then run seal-plaintext again", names.join(", ")
     )]
     Authority {
         /// The values, named.
@@ -134,14 +134,41 @@ impl [SqlStore<DB>] {
             .collect())
     }
 
-    /// Every Mesh's name, version and stored spec (inline CA keys still sealed). Meshes are
-    /// few (one per mesh of a control plane), so this reads them all.
-    async fn stored_mesh_specs(&self) -> Result<Vec<(String, i64, Json<MeshSpec>)>> {
-        query_as::<DB, (String, i64, Json<MeshSpec>)>(
-            "SELECT name, version, spec FROM meshes ORDER BY name",
+    /// Every Mesh's name, version, times and stored spec (inline CA keys still sealed).
+    /// Meshes are few (one per mesh of a control plane), so this reads them all.
+    async fn stored_mesh_specs(&self) -> Result<Vec<StoredMeshSpec>> {
+        query_as::<DB, StoredMeshSpec>(
+            "SELECT name, version, creation_time, modification_time, spec FROM meshes ORDER BY name",
         )
         .fetch_all_via(self, Op::Other)
         .await
+    }
+
+    /// Every row `select` picks from `table` (`$1` after id, `$2` batch size: one of
+    /// [`SealedRows`]' keyset walks), in id order, in batches of 500, each handed to `each`.
+    async fn walk_rows<R>(
+        &self,
+        table: SealedRows,
+        select: fn(SealedRows) -> String,
+        id_of: fn(&R) -> i64,
+        mut each: impl FnMut(R),
+    ) -> Result<()>
+    where
+        R: for<'r> sqlx::FromRow<'r, DB::Row> + Send + Unpin,
+    {
+        let mut after = 0;
+        loop {
+            let rows = query_as::<DB, R>(AssertSqlSafe(select(table)))
+                .bind(after)
+                .bind(500_i64)
+                .fetch_all_via(self, Op::Other)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = id_of(last);
+            rows.into_iter().for_each(&mut each);
+        }
     }
 
     /// Key ids in use (by secrets, and by Mesh inline CA keys), and whether any value is
@@ -155,8 +182,8 @@ impl [SqlStore<DB>] {
                 None => plaintext = true,
             }
         }
-        for (_, _, Json(spec)) in self.stored_mesh_specs().await? {
-            let seals = crate::sealing::mesh_spec_seals(&spec);
+        for mesh in self.stored_mesh_specs().await? {
+            let seals = crate::sealing::mesh_spec_seals(&mesh.spec);
             ids.extend(seals.key_ids);
             plaintext |= seals.plaintext;
         }
@@ -184,27 +211,18 @@ impl [SqlStore<DB>] {
         let keyring = self.options.keyring.as_deref();
         let mut found = Vec::new();
         for table in SealedRows::ALL {
-            let mut after = 0;
-            loop {
-                let rows = query_as::<DB, SealedRow>(AssertSqlSafe(table.after()))
-                    .bind(after)
-                    .bind(500_i64)
-                    .fetch_all_via(self, Op::Other)
-                    .await?;
-                let Some(last) = rows.last() else { break };
-                after = last.id;
-                for row in rows {
-                    if let Err(reason) = row.value.open(keyring, false) {
-                        found.push(Unreadable {
-                            key: row.value.key().resource_key(),
-                            version: (table == SealedRows::History).then_some(row.version),
-                            reason,
-                        });
-                    }
+            self.walk_rows(table, SealedRows::after, |row: &SealedRow| row.id, |row| {
+                if let Err(reason) = row.value.open(keyring, false) {
+                    found.push(Unreadable {
+                        key: row.value.key().resource_key(),
+                        version: (table == SealedRows::History).then_some(row.version),
+                        reason,
+                    });
                 }
-            }
+            })
+            .await?;
         }
-        for (name, _, Json(mut spec)) in self.stored_mesh_specs().await? {
+        for StoredMeshSpec { name, spec: Json(mut spec), .. } in self.stored_mesh_specs().await? {
             if let Err(reason) =
                 crate::sealing::open_mesh_spec(keyring, &name, &mut spec)
             {
@@ -337,7 +355,7 @@ impl [SqlStore<DB>] {
             )));
         };
         let mut resealed = 0;
-        for (name, version, Json(stored)) in self.stored_mesh_specs().await? {
+        for StoredMeshSpec { name, version, spec: Json(stored), .. } in self.stored_mesh_specs().await? {
             let seals = crate::sealing::mesh_spec_seals(&stored);
             // A key in clear is never sealed here (`plaintext_values` lists it).
             if seals.plaintext
@@ -383,36 +401,22 @@ impl [SqlStore<DB>] {
     pub async fn plaintext_values(&self) -> Result<Vec<PlaintextValue>> {
         let mut found = Vec::new();
         for table in SealedRows::ALL {
-            let mut after = 0;
-            loop {
-                let rows = query_as::<DB, PlaintextRow>(AssertSqlSafe(table.plaintext_after()))
-                    .bind(after)
-                    .bind(500_i64)
-                    .fetch_all_via(self, Op::Other)
-                    .await?;
-                let Some(last) = rows.last() else { break };
-                after = last.id;
-                for row in rows {
-                    let key = super::rows::stored_key(row.mesh.as_deref(), &row.name);
-                    found.push(PlaintextValue {
-                        rows: Some(table),
-                        id: row.id,
-                        grants_authority: key.grants_authority(),
-                        key: key.resource_key(),
-                        version: row.version,
-                        creation_time: row.creation_time,
-                        modification_time: row.modification_time,
-                    });
-                }
-            }
+            self.walk_rows(table, SealedRows::plaintext_after, |row: &PlaintextRow| row.id, |row| {
+                let key = super::rows::stored_key(row.mesh.as_deref(), &row.name);
+                found.push(PlaintextValue {
+                    rows: Some(table),
+                    id: row.id,
+                    grants_authority: key.grants_authority(),
+                    key: key.resource_key(),
+                    version: row.version,
+                    creation_time: row.creation_time,
+                    modification_time: row.modification_time,
+                });
+            })
+            .await?;
         }
-        let meshes = query_as::<DB, PlaintextMeshRow>(
-            "SELECT name, version, creation_time, modification_time, spec FROM meshes ORDER BY name",
-        )
-        .fetch_all_via(self, Op::Other)
-        .await?;
-        for mesh in meshes {
-            if crate::sealing::mesh_spec_seals(&mesh.spec.0).plaintext {
+        for mesh in self.stored_mesh_specs().await? {
+            if crate::sealing::mesh_spec_seals(&mesh.spec).plaintext {
                 found.push(PlaintextValue {
                     rows: None,
                     id: 0,
@@ -427,24 +431,13 @@ impl [SqlStore<DB>] {
         Ok(found)
     }
 
-    /// Seals with the active key exactly the plaintext values `listed` (from
-    /// [`Self::plaintext_values`], shown to the operator first): each only if it is still
-    /// the row listed (same id and version, still in clear), in batches of one transaction.
-    /// Refuses before writing anything when the store was fully sealed before (plaintext
-    /// now is tampering) or when any listed value grants authority; a batch that meets a
-    /// row granting authority all the same (renamed behind the service's back meanwhile)
-    /// rolls back. Returns how many values were sealed; values that changed since they
-    /// were listed are left as they are (and a later run lists them again).
+    /// Why `listed` (from [`Self::plaintext_values`]) may not be sealed, checked before
+    /// anything is written: the store was fully sealed before (plaintext now is
+    /// tampering), or a value grants authority.
     ///
     /// # Errors
-    /// [`SealRefusal`]; no keyring; the database failed.
-    pub async fn seal_plaintext(&self, listed: &[PlaintextValue], batch: usize) -> std::result::Result<u64, SealRefusal> {
-        let Some(keyring) = self.options.keyring.clone() else {
-            return Err(SealRefusal::Store(StoreError::Invalid(ValidationError::single(
-                "encryption-keys",
-                "sealing needs a keyring",
-            ))));
-        };
+    /// [`SealRefusal`]; the database failed.
+    pub async fn check_sealable(&self, listed: &[PlaintextValue]) -> std::result::Result<(), SealRefusal> {
         if let Some(since) = self.fully_sealed_since().await? {
             return Err(SealRefusal::Tampered { since, count: listed.len() });
         }
@@ -453,9 +446,37 @@ impl [SqlStore<DB>] {
             .filter(|value| value.grants_authority)
             .map(PlaintextValue::describe)
             .collect();
-        if !authority.is_empty() {
-            return Err(SealRefusal::Authority { names: authority });
+        if authority.is_empty() {
+            Ok(())
+        } else {
+            Err(SealRefusal::Authority { names: authority })
         }
+    }
+
+    /// Seals with the active key exactly the plaintext values `listed` (from
+    /// [`Self::plaintext_values`], shown to the operator first): each only if it is still
+    /// the row listed (same id and version, still in clear), in batches of one transaction,
+    /// calling `progress` with the count sealed so far after each. Refuses before writing
+    /// anything as [`Self::check_sealable`] does; a batch that meets a
+    /// row granting authority all the same (renamed behind the service's back meanwhile)
+    /// rolls back. Returns how many values were sealed; values that changed since they
+    /// were listed are left as they are (and a later run lists them again).
+    ///
+    /// # Errors
+    /// [`SealRefusal`]; no keyring; the database failed.
+    pub async fn seal_plaintext(
+        &self,
+        listed: &[PlaintextValue],
+        batch: usize,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> std::result::Result<u64, SealRefusal> {
+        let Some(keyring) = self.options.keyring.clone() else {
+            return Err(SealRefusal::Store(StoreError::Invalid(ValidationError::single(
+                "encryption-keys",
+                "sealing needs a keyring",
+            ))));
+        };
+        self.check_sealable(listed).await?;
         let mut sealed = 0;
         for table in SealedRows::ALL {
             let rows: Vec<(i64, i64)> = listed
@@ -506,6 +527,7 @@ impl [SqlStore<DB>] {
                         })
                     })
                     .await?;
+                progress(sealed);
             }
         }
         Ok(sealed)

@@ -195,9 +195,10 @@ pub struct PlaintextRow {
     pub modification_time: DateTime<Utc>,
 }
 
-/// A Mesh as `seal-plaintext` lists it: its times and stored spec.
+/// A Mesh's stored spec (inline CA keys still sealed) with its name, version and times, as
+/// key rotation and `seal-plaintext` read it.
 #[derive(sqlx::FromRow)]
-pub struct PlaintextMeshRow {
+pub struct StoredMeshSpec {
     pub name: String,
     pub version: i64,
     pub creation_time: DateTime<Utc>,
