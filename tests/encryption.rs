@@ -379,15 +379,14 @@ async fn plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_int
             && run.stdout.contains("created 20"),
         "{run:?}"
     );
-    assert!(
-        sealed
-            .rows_per_key()
-            .await
-            .unwrap()
-            .iter()
-            .all(|u| u.key_id.is_none()),
-        "nothing sealed"
-    );
+    let nothing_sealed = || async {
+        let per_key = sealed.rows_per_key().await.unwrap();
+        assert!(
+            per_key.iter().all(|u| u.key_id.is_none()),
+            "nothing sealed: {per_key:?}"
+        );
+    };
+    nothing_sealed().await;
     // The operator purges them, kept versions too (the service generates new ones at its
     // next start)...
     for name in ["user-token-signing-key-1", "admin-user-token"] {
@@ -398,14 +397,7 @@ async fn plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_int
     }
     // ...without --yes it only lists...
     seal(&[]).await.fails_with("run again with --yes");
-    assert!(
-        sealed
-            .rows_per_key()
-            .await
-            .unwrap()
-            .iter()
-            .all(|u| u.key_id.is_none())
-    );
+    nothing_sealed().await;
 
     // ...killed after its first batches...
     kill_when(

@@ -12,9 +12,9 @@ use common::http::{b64, delete_path, fetch_text, get_as, get_json, put_json, put
 use common::process::{kuma, spawn_serve};
 use common::raw::{P, contains, raw_database, raw_row, raw_sql, store_tool};
 use common::server::{Backend, TestServer};
-use kuma_secrets::api::{ApiConfig, User};
+use kuma_secrets::api::ApiConfig;
 use kuma_secrets::domain::{Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey};
-use kuma_secrets::store::{AnyStore, SecretStore, SqliteStore, StoreError, StoreOptions};
+use kuma_secrets::store::{AnyStore, SecretStore, StoreError, StoreOptions};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -26,50 +26,10 @@ async fn a_planted_plaintext_signing_key_mints_no_admin_token(backend: Backend) 
     common::http::create_in_store(&server.store, Some("default"), "crown-jewels", "top secret")
         .await;
 
-    // The attacker's own store, in plaintext, with a signing key of serial 1...
-    let dir = tempfile::tempdir().unwrap();
-    let theirs = SqliteStore::open(
-        &common::sqlite_url(dir.path(), "evil.db"),
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    kuma_secrets::api::auth::tokens::ensure_signing_key(&theirs)
-        .await
-        .unwrap();
-    let their_key = theirs
-        .get_secret(&SecretKey::parse(None, "user-token-signing-key-1").unwrap())
-        .await
-        .unwrap();
-    // ...planted as serial 2 in the victim's database, unsealed.
-    raw_sql(
-        &server,
-        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data) \
-         SELECT 'user-token-signing-key-2', NULL, 1, creation_time, modification_time, labels, $1 \
-         FROM secrets WHERE name = 'user-token-signing-key-1'",
-        vec![P::Bytes(their_key.data.expose().to_vec())],
-    )
-    .await;
-    // Serial 2 is the newest key, so tokens minted with the attacker's key name kid 2.
-    let forged = {
-        let planted = kuma_secrets::store::SqliteStore::open(
-            &common::sqlite_url(dir.path(), "evil2.db"),
-            StoreOptions::default(),
-        )
-        .await
-        .unwrap();
-        planted
-            .create_secret(NewSecret {
-                key: SecretKey::parse(None, "user-token-signing-key-2").unwrap(),
-                data: their_key.data.clone(),
-                labels: Labels::default(),
-            })
-            .await
-            .unwrap();
-        kuma_secrets::api::auth::tokens::issue(&planted, &User::admin(), Duration::from_secs(3600))
-            .await
-            .unwrap()
-    };
+    // The attacker's own signing key, planted as serial 2 in the victim's database,
+    // unsealed: serial 2 is the newest key, so tokens minted with it name kid 2.
+    let (their_key, forged) = common::raw::attacker_signing_key(2).await;
+    common::raw::plant_plaintext_global(&server, "user-token-signing-key-2", their_key).await;
 
     let response = get_as(server.at("/meshes/default/secrets/crown-jewels"), &forged).await;
     assert_ne!(

@@ -8,11 +8,11 @@
 mod common;
 
 use common::http::get_as;
-use common::raw::{P, raw_count, raw_sql, store_tool};
+use common::raw::{
+    P, attacker_signing_key, plant_plaintext_global, raw_count, raw_sql, store_tool,
+};
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::User;
-use kuma_secrets::domain::{Labels, NewSecret, SecretKey};
-use kuma_secrets::store::{SecretStore, SqliteStore, StoreOptions};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -30,40 +30,9 @@ async fn plaintext_rows(server: &TestServer, name: &str) -> i64 {
 /// A token signed with a key of the attacker's own, planted in the victim's database in
 /// clear as `user-token-signing-key-7`: returns the token (kid 7, admin).
 async fn plant_signing_key_and_forge_admin_token(server: &TestServer) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let theirs = SqliteStore::open(
-        &common::sqlite_url(dir.path(), "evil.db"),
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    // Their key, generated as serial 1, then filed as serial 7 (and 1 removed), so that
-    // the tokens they issue name kid 7.
-    kuma_secrets::api::auth::tokens::ensure_signing_key(&theirs)
-        .await
-        .unwrap();
-    let serial_1 = SecretKey::parse(None, "user-token-signing-key-1").unwrap();
-    let key = theirs.get_secret(&serial_1).await.unwrap();
-    theirs
-        .create_secret(NewSecret {
-            key: SecretKey::parse(None, "user-token-signing-key-7").unwrap(),
-            data: key.data.clone(),
-            labels: Labels::default(),
-        })
-        .await
-        .unwrap();
-    theirs.delete_secret(&serial_1, None).await.unwrap();
-    raw_sql(
-        server,
-        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data) \
-         SELECT 'user-token-signing-key-7', NULL, 1, creation_time, modification_time, labels, $1 \
-         FROM secrets WHERE name = 'user-token-signing-key-1'",
-        vec![P::Bytes(key.data.expose().to_vec())],
-    )
-    .await;
-    kuma_secrets::api::auth::tokens::issue(&theirs, &User::admin(), Duration::from_secs(3600))
-        .await
-        .unwrap()
+    let (key, token) = attacker_signing_key(7).await;
+    plant_plaintext_global(server, "user-token-signing-key-7", key).await;
+    token
 }
 
 /// The forged token reads nothing: 401, whose body names no row.
@@ -83,22 +52,13 @@ async fn routine_commands_never_make_a_planted_signing_key_trusted(backend: Back
         .await;
     let forged = plant_signing_key_and_forge_admin_token(&server).await;
     // A plain planted secret too: nothing is sealed in a store that was fully sealed.
-    raw_sql(
-        &server,
-        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data) \
-         SELECT 'planted', NULL, 1, creation_time, modification_time, labels, $1 \
-         FROM secrets WHERE name = 'user-token-signing-key-1'",
-        vec![P::Bytes(b"plain".to_vec())],
-    )
-    .await;
+    plant_plaintext_global(&server, "planted", b"plain".to_vec()).await;
     assert_refused(&server, &forged).await;
 
     let dir = tempfile::tempdir().unwrap();
     let keys = common::test_keyring_file(dir.path());
     // --status reports it, as not sealed...
-    let run = store_tool(&server, &keys, &["rotate-keys", "--status"])
-        .await
-        .ok();
+    let run = rotation_status(&server).await;
     assert!(
         run.stdout.contains("(plaintext)") && run.stdout.contains("user-token-signing-key-7"),
         "{run:?}"
@@ -187,11 +147,7 @@ async fn a_mesh_ca_key_in_two_fields_is_refused_and_a_planted_one_is_found(backe
     let mut planted: Value = serde_json::from_str(&spec).unwrap();
     planted["mtls"]["backends"][0]["conf"]["key"]["inlineString"] = json!("PLANTED KEY");
     write_spec(&server, &planted).await;
-    let dir = tempfile::tempdir().unwrap();
-    let keys = common::test_keyring_file(dir.path());
-    let run = store_tool(&server, &keys, &["rotate-keys", "--status"])
-        .await
-        .ok();
+    let run = rotation_status(&server).await;
     assert!(
         run.stdout.contains("do not open") && run.stdout.contains("name=\"default\""),
         "{run:?}"
@@ -244,6 +200,15 @@ async fn an_older_mesh_ca_key_written_back_does_not_open(backend: Backend) {
         body["mtls"]["backends"][0]["conf"]["key"]["inlineString"],
         new_pair.1.as_str()
     );
+}
+
+/// `rotate-keys --status` on the server's store, with the test keyring; it succeeds.
+async fn rotation_status(server: &TestServer) -> common::process::CliRun {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    store_tool(server, &keys, &["rotate-keys", "--status"])
+        .await
+        .ok()
 }
 
 /// The Mesh `default`'s stored spec, as JSON text, read behind the service's back.

@@ -133,3 +133,56 @@ pub fn raw_database(server: &TestServer) -> Vec<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Inserts the GlobalSecret `name` holding `data` in clear (key id NULL) behind the
+/// service's back, with the times and labels of `user-token-signing-key-1`: a planted row.
+pub async fn plant_plaintext_global(server: &TestServer, name: &str, data: Vec<u8>) {
+    raw_sql(
+        server,
+        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, data) \
+         SELECT $1, NULL, 1, creation_time, modification_time, labels, $2 \
+         FROM secrets WHERE name = 'user-token-signing-key-1'",
+        vec![P::Text(name.to_owned()), P::Bytes(data)],
+    )
+    .await;
+}
+
+/// An attacker's own user-token signing key (its private PEM) and an admin token it
+/// signed naming `kid` `serial`: made in a plaintext store of the attacker's, never the
+/// victim's.
+pub async fn attacker_signing_key(serial: u32) -> (Vec<u8>, String) {
+    use kuma_secrets::api::auth::tokens;
+    use kuma_secrets::domain::{Labels, NewSecret, SecretKey};
+    use kuma_secrets::store::{SecretStore, SqliteStore, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = SqliteStore::open(
+        &super::sqlite_url(dir.path(), "evil.db"),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Generated as serial 1, then filed as `serial` (and 1 removed), so the tokens it
+    // issues name that kid.
+    tokens::ensure_signing_key(&theirs).await.unwrap();
+    let first = SecretKey::parse(None, "user-token-signing-key-1").unwrap();
+    let key = theirs.get_secret(&first).await.unwrap();
+    if serial != 1 {
+        theirs
+            .create_secret(NewSecret {
+                key: SecretKey::parse(None, &format!("user-token-signing-key-{serial}")).unwrap(),
+                data: key.data.clone(),
+                labels: Labels::default(),
+            })
+            .await
+            .unwrap();
+        theirs.delete_secret(&first, None).await.unwrap();
+    }
+    let token = tokens::issue(
+        &theirs,
+        &kuma_secrets::api::User::admin(),
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    (key.data.expose().to_vec(), token)
+}
