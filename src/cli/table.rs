@@ -83,6 +83,18 @@ mod tests {
     use chrono::Duration;
 
     #[test]
+    fn cells_with_control_characters_are_printed_escaped() {
+        let rows = vec![vec![
+            "1".to_owned(),
+            "jane\n2 forged-row\u{1b}[2J".to_owned(),
+        ]];
+        let out = render(&["VERSION", "ACTOR"], &rows);
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.contains("jane\\n2 forged-row\\u{1b}[2J"), "{out}");
+        assert!(!out.contains('\u{1b}'));
+    }
+
+    #[test]
     fn ages_read_as_kubectl_prints_them() {
         let now = Utc::now();
         let cases = [
