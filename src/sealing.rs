@@ -336,10 +336,15 @@ impl Keyring {
     /// Reads a keyring file.
     ///
     /// # Errors
-    /// Unreadable file, bad YAML, a key that is not 32 bytes of base64, a bad id, or an
-    /// active id with no key.
+    /// Unreadable file, one that others may read or write or that another user owns (as
+    /// ssh refuses a private key), bad YAML, a key that is not 32 bytes of base64, a bad
+    /// id, or an active id with no key.
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
         let shown = path.display().to_string();
+        check_private(path).map_err(|reason| KeyringError::Invalid {
+            path: shown.clone(),
+            reason,
+        })?;
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
             KeyringError::Io {
                 path: shown.clone(),
@@ -742,6 +747,30 @@ pub fn mesh_spec_seals(spec: &MeshSpec) -> MeshKeySeals {
     seals
 }
 
+/// Why a keyring file cannot be trusted, as ssh judges a private key: anyone but its owner
+/// may read or write it, or its owner is not the user running this. A file missing or
+/// unreadable is left for the read to report.
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "its permissions {mode:04o} let other users at the keys: chmod 600 it (and look at who may have read it)"
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "it is owned by uid {}, not by the user running kuma-secrets (uid {me}): another user could have replaced the keys; chown it",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -934,6 +963,27 @@ mod tests {
         );
     }
 
+    fn owner_only(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn a_keyring_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        Keyring::single("key-1", Keyring::random_key())
+            .save_new(&path)
+            .unwrap();
+        Keyring::load(&path).unwrap();
+        for mode in [0o640, 0o604, 0o620] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Keyring::load(&path).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+        }
+    }
+
     #[test]
     fn a_keyring_listing_one_id_twice_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -947,6 +997,7 @@ mod tests {
             format!("active: key-1\nkeys:\n  key-1: {a}\n  key-1: {b}\n"),
         )
         .unwrap();
+        owner_only(&path);
         let err = Keyring::load(&path).unwrap_err().to_string();
         assert!(err.contains("\"key-1\" is listed twice"), "{err}");
     }

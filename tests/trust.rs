@@ -356,3 +356,89 @@ on_both_backends! {
     a_mesh_ca_key_in_two_fields_is_refused_and_a_planted_one_is_found,
     an_older_mesh_ca_key_written_back_does_not_open,
 }
+
+/// Another local user reads nothing of the embedded store: its database, `-wal` and `-shm`
+/// files are created owner-only under umask 022 (and an existing file others may read is
+/// made so), and a keyring others may read, or that another user owns, is refused at start.
+#[tokio::test]
+async fn store_files_are_owner_only_and_an_open_keyring_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ks.db");
+    let mode = |suffix: &str| {
+        let mut file = db.as_os_str().to_owned();
+        file.push(suffix);
+        std::fs::metadata(&file).map(|m| m.permissions().mode() & 0o777)
+    };
+    let serve = || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 022; exec \"$0\" serve --api-addr 127.0.0.1:0 --store \"$1\"")
+            .arg(env!("CARGO_BIN_EXE_kuma-secrets"))
+            .arg(format!("sqlite://{}", db.display()))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_for_wal = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while mode("-wal").is_err() || mode("-shm").is_err() {
+            assert!(std::time::Instant::now() < deadline, "no -wal/-shm file");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut server = serve();
+    wait_for_wal();
+    let modes: Vec<_> = ["", "-wal", "-shm", ".keys"]
+        .into_iter()
+        .map(|suffix| (suffix, mode(suffix).unwrap()))
+        .collect();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    for (suffix, mode) in modes {
+        assert_eq!(mode, 0o600, "ks.db{suffix}");
+    }
+
+    // A database file left open to others is made owner-only at the next start (the
+    // server answering /readyz has opened its store).
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_server, base, _) = common::process::spawn_serve(
+        &["--store", &format!("sqlite://{}", db.display())],
+        dir.path(),
+    );
+    common::server::wait_ready(&base).await;
+    assert_eq!(mode("").unwrap(), 0o600);
+    let keys = common::test_keyring_file(dir.path());
+
+    let url = common::sqlite_url(dir.path(), "other.db");
+    let start = |keys: &std::path::Path| {
+        let (keys, url) = (keys.to_str().unwrap().to_owned(), url.clone());
+        async move {
+            common::process::kuma(
+                &[
+                    "serve",
+                    "--api-addr",
+                    "127.0.0.1:0",
+                    "--store",
+                    &url,
+                    "--encryption-keys",
+                    &keys,
+                ],
+                None,
+            )
+            .await
+        }
+    };
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    start(&keys).await.fails_with("chmod 600");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if common::cluster::running_as_root() {
+        let chown = std::process::Command::new("chown")
+            .args(["postgres"])
+            .arg(&keys)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        start(&keys).await.fails_with("owned by uid");
+    }
+}

@@ -23,7 +23,10 @@ impl migrations::MigrationTarget for Sqlite {
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
 
     async fn connect_for_migrations(url: &str) -> Result<SqliteConnection> {
-        connect_once(&connect_options(url)?).await
+        // The first connection a store makes: the file is created here if it is new.
+        let options = connect_options(url)?;
+        owner_only_files(&options);
+        connect_once(&options).await
     }
 }
 
@@ -102,6 +105,47 @@ fn connect_options(url: &str) -> Result<SqliteConnectOptions> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true))
+}
+
+/// Makes the database file owner-only (0600) whatever the umask: it holds sealed secrets
+/// and the audit trail in clear (who changed what). A new file is created so before SQLite
+/// opens it; SQLite creates the `-wal` and `-shm` files with the database file's
+/// permissions. An existing file others may read is made owner-only, with its `-wal` and
+/// `-shm`, saying so in the log. Failures are left for SQLite's open to report.
+fn owner_only_files(options: &SqliteConnectOptions) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return;
+    }
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    if created.is_ok() {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => tracing::warn!(
+                    file = %std::path::Path::new(&file).display(),
+                    "the store's file was readable by other users: made owner-only (0600)"
+                ),
+                Err(e) => tracing::warn!(
+                    file = %std::path::Path::new(&file).display(),
+                    error = %e,
+                    "the store's file is readable by other users and could not be made owner-only"
+                ),
+            }
+        }
+    }
 }
 
 async fn connect_once(connect: &SqliteConnectOptions) -> Result<SqliteConnection> {
