@@ -442,3 +442,36 @@ async fn store_files_are_owner_only_and_an_open_keyring_is_refused() {
         start(&keys).await.fails_with("owned by uid");
     }
 }
+
+/// Input that costs too much is refused before it is parsed (a YAML file nested 100,000
+/// levels deep took seconds of CPU), and `export -o -` writes to standard output, not to a
+/// file named `-`.
+#[tokio::test]
+async fn deep_yaml_is_refused_before_parsing_and_export_dash_is_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::sqlite_url(dir.path(), "store.db");
+    for (name, text) in [
+        (
+            "flow.yaml",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ),
+        ("block.yaml", format!("{}x\n", "- ".repeat(100_000))),
+    ] {
+        let file = common::write_file(dir.path(), name, text);
+        common::process::kuma(&["import", "--store", &url, "-f", &file], None)
+            .await
+            .fails_with("nested more than 100 levels deep");
+    }
+    let mesh = common::write_file(dir.path(), "mesh.yaml", "type: Mesh\nname: exported\n");
+    common::process::kuma(&["import", "--store", &url, "-f", &mesh], None)
+        .await
+        .ok();
+    let run = common::process::kuma(&["export", "--store", &url, "-o", "-"], None)
+        .await
+        .ok();
+    assert!(run.stdout.contains("name: exported"), "{run:?}");
+    assert!(
+        !std::path::Path::new("-").exists(),
+        "export wrote a file named - in the working directory"
+    );
+}

@@ -34,7 +34,7 @@ pub struct ExportArgs {
     /// Only this mesh and its secrets (no global secrets).
     #[arg(short = 'm', long)]
     mesh: Option<String>,
-    /// Write to this file (created owner-only, 0600) instead of stdout.
+    /// Write to this file (created owner-only, 0600) instead of stdout (`-`: stdout).
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     /// Write secret data to a terminal anyway.
@@ -86,7 +86,12 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
     if let Some(kuma) = &args.to_kuma {
         return run_to_kuma(kuma, &args).await;
     }
-    let file = args.output.as_deref().map(create_private).transpose()?;
+    // `-o -` is standard output, as for most tools (it used to create a file named `-`).
+    let output = args
+        .output
+        .as_deref()
+        .filter(|path| *path != std::path::Path::new("-"));
+    let file = output.map(create_private).transpose()?;
     let mut out: Box<dyn Write> = match &file {
         Some(file) => Box::new(std::io::BufWriter::new(
             file.as_file()
@@ -156,7 +161,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     out.flush().context("could not write the export")?;
     drop(out);
-    if let (Some(file), Some(path)) = (file, &args.output) {
+    if let (Some(file), Some(path)) = (file, output) {
         file.as_file()
             .sync_all()
             .context("could not write the export")?;
@@ -169,8 +174,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         counts[0],
         counts[1],
         counts[2],
-        args.output
-            .as_ref()
+        output
             .map(|p| format!(" to {}", p.display()))
             .unwrap_or_default()
     );

@@ -141,11 +141,74 @@ fn parse_chunk(chunk: &str) -> Option<Result<Value, String>> {
     if empty {
         return None;
     }
+    if let Some(why) = too_deep(chunk) {
+        return Some(Err(why));
+    }
     match serde_yaml_ng::from_str::<Value>(chunk) {
         Ok(Value::Null) => None,
         Ok(value) => Some(Ok(value)),
         Err(e) => Some(Err(e.to_string())),
     }
+}
+
+/// How deeply a document may nest (Kuma's resources nest about ten levels). The YAML
+/// parser refuses past 128, but only after reading the whole document's events: seconds of
+/// CPU for a file of 100,000 `[`. [`too_deep`] refuses it first, in one pass.
+pub const MAX_DEPTH: usize = 100;
+
+/// Why `chunk` nests deeper than [`MAX_DEPTH`], found in one pass before parsing: flow
+/// collections (`[`, `{`) outside quotes and comments, and block nesting (indentation
+/// levels, plus `- ` markers that open a sequence on the same line). An upper estimate:
+/// a block scalar's deeper lines count as a level each time the indentation grows.
+fn too_deep(chunk: &str) -> Option<String> {
+    let refuse = |line: usize| {
+        Some(format!(
+            "nested more than {MAX_DEPTH} levels deep at line {}: refused before parsing",
+            line + 1
+        ))
+    };
+    let mut flow = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    for (number, line) in chunk.lines().enumerate() {
+        let content = line.trim_start_matches(' ');
+        if flow == 0 && !content.is_empty() && !content.starts_with('#') {
+            let indent = line.len() - content.len();
+            while indents.last().is_some_and(|&top| top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            let mut rest = content;
+            let mut markers = 0;
+            while let Some(after) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("-\t")) {
+                markers += 1;
+                rest = after.trim_start_matches([' ', '\t']);
+            }
+            if indents.len() + markers > MAX_DEPTH {
+                return refuse(number);
+            }
+        }
+        let (mut single, mut double, mut escaped) = (false, false, false);
+        let mut previous = ' ';
+        for c in line.chars() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if double => escaped = true,
+                '"' if !single => double = !double,
+                '\'' if !double => single = !single,
+                '#' if !single && !double && previous.is_whitespace() => break,
+                '[' | '{' if !single && !double => {
+                    flow += 1;
+                    if flow + indents.len() > MAX_DEPTH {
+                        return refuse(number);
+                    }
+                }
+                ']' | '}' if !single && !double => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    None
 }
 
 /// Reads one document: a Universal resource, a Kubernetes object, or a `List` of them.
@@ -422,6 +485,23 @@ fn kind_of(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_documents_are_refused_before_parsing_and_real_ones_are_not() {
+        let flow = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let block = format!("{}x", "- ".repeat(100_000));
+        let indented: String = (0..MAX_DEPTH + 1)
+            .map(|i| format!("{}a:\n", " ".repeat(i)))
+            .collect();
+        for deep in [flow, block, indented] {
+            let why = too_deep(&deep).expect("refused");
+            assert!(why.contains("nested more than 100 levels"), "{why}");
+        }
+        let fine = "type: Mesh\nname: m # [[[[ a comment\nmtls:\n  backends:\n  - name: \"ca-[1\"\n    conf: {cert: {secret: c}, key: {secret: k}}\n";
+        assert_eq!(too_deep(fine), None);
+        let just = format!("{}{}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1));
+        assert_eq!(too_deep(&just), None);
+    }
     use serde_json::json;
 
     fn one(text: &str) -> Result<Resource, String> {
