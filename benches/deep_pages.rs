@@ -106,7 +106,7 @@ async fn measure_app<S: SecretStore + Clone + 'static>(
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = api::app(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, app, async {
+    let server = tokio::spawn(api::serve(listener, app, Default::default(), async {
         let _ = rx.await;
     }));
     let client = reqwest::Client::new();

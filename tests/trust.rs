@@ -475,3 +475,83 @@ async fn deep_yaml_is_refused_before_parsing_and_export_dash_is_stdout() {
         "export wrote a file named - in the working directory"
     );
 }
+
+/// Many slow clients (headers never finished) do not stop a normal request: under a low
+/// file-descriptor limit, connections past `--max-client-connections` are closed as soon as
+/// they are accepted, and a client that does not finish its headers within
+/// `--header-read-timeout` is disconnected. Before, 90 half-sent requests made every other
+/// request fail, for as long as they stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_do_not_stop_a_normal_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::sqlite_url(dir.path(), "store.db");
+    let (serve, base, _log) = common::process::spawn_serve(
+        &[
+            "--store",
+            &url,
+            "--max-client-connections",
+            "40",
+            "--header-read-timeout",
+            "2s",
+        ],
+        dir.path(),
+    );
+    common::server::wait_ready(&base).await;
+    let limited = std::process::Command::new("prlimit")
+        .args(["--nofile=128:128", "--pid", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(limited.success(), "prlimit");
+
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await {
+            // A request's first line and one header, never finished.
+            let _ = stream
+                .write_all(b"GET /meshes HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .await;
+            slow.push(stream);
+        }
+    }
+    // A normal request, on a connection of its own each try, is served while they hang.
+    let client = Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let response = client
+            .get(format!("{base}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if response.is_ok_and(|r| r.status() == StatusCode::OK) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no normal request served in 30 s beside 200 slow clients"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a normal request served {:?} after 200 slow clients connected",
+        started.elapsed()
+    );
+    // Every slow client is disconnected, by the cap at once or by the header deadline.
+    for stream in &mut slow {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a slow client was still connected after 30 s"
+        );
+    }
+}

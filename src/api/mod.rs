@@ -20,6 +20,7 @@
 
 pub mod auth;
 mod changes;
+mod connections;
 mod error;
 mod extract;
 mod global_secrets;
@@ -34,6 +35,7 @@ mod upsert;
 mod user_token;
 
 pub use auth::User;
+pub use connections::ConnectionLimits;
 pub use error::{ApiError, ApiResult};
 pub use metrics::{MeteredStore, Metrics};
 pub use openapi::document as openapi_document;
@@ -202,25 +204,26 @@ async fn within_request_timeout(
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; requests in flight then finish
-/// before this returns.
+/// Serves `app` on `listener` until `shutdown` completes; requests in flight finish first
+/// (the request timeout bounds them). Clients' connections are held to `limits`.
 ///
 /// # Errors
 /// I/O errors of the listener.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let server = axum_server::from_tcp(listener.into_std()?)?
+        .map(|plain| connections::CappedAcceptor::new(plain, limits.max_open));
+    with_limits(server, limits, shutdown)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
 }
 
-/// As [`serve`], over TLS (rustls) with the certificate chain and key in `tls`.
+/// As [`serve`], over TLS (rustls) with the certificate chain and key in `tls`. The cap
+/// applies before the TLS handshake; the header deadline after it.
 ///
 /// # Errors
 /// I/O errors of the listener.
@@ -228,8 +231,27 @@ pub async fn serve_tls(
     listener: TcpListener,
     app: Router,
     tls: axum_server::tls_rustls::RustlsConfig,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.map(|rustls| {
+        rustls.acceptor(connections::CappedAcceptor::new(
+            axum_server::accept::DefaultAcceptor::new(),
+            limits.max_open,
+        ))
+    });
+    with_limits(server, limits, shutdown)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}
+
+/// `server` with the header deadline of `limits`, stopped gracefully when `shutdown`
+/// completes: what both servers share.
+fn with_limits<A>(
+    mut server: axum_server::Server<SocketAddr, A>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> axum_server::Server<SocketAddr, A> {
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
@@ -237,10 +259,13 @@ pub async fn serve_tls(
         // No deadline: requests in flight finish (the request timeout bounds them).
         stopper.graceful_shutdown(None);
     });
-    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_read_timeout);
+    server
+        .first_request_timeout(limits.header_read_timeout)
         .handle(handle)
-        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-        .await
 }
 
 /// Loads a PEM certificate chain and private key for [`serve_tls`].

@@ -40,6 +40,12 @@ pub struct ServeArgs {
     /// Answer 503 to requests that take longer than this (e.g. 30s, 1m).
     #[arg(long, env = "KUMA_SECRETS_REQUEST_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse)]
     request_timeout: std::time::Duration,
+    /// Client connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, env = "KUMA_SECRETS_MAX_CLIENT_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_client_connections: u32,
+    /// Time a client has to send a request's headers; slower clients are disconnected.
+    #[arg(long, env = "KUMA_SECRETS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse)]
+    header_read_timeout: std::time::Duration,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "KUMA_SECRETS_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -138,12 +144,20 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.events_retention,
         args.deleted_retention,
     ));
+    let endpoint = Endpoint {
+        listener,
+        tls,
+        limits: api::ConnectionLimits {
+            max_open: args.max_client_connections as usize,
+            header_read_timeout: args.header_read_timeout,
+        },
+    };
     let cache = CacheSize {
         entries: args.cache_entries,
         bytes: args.cache_mib.saturating_mul(1 << 20),
     };
     let served = match &args.read_replica {
-        None => serve_store(store.clone(), cache, config, listener, tls).await,
+        None => serve_store(store.clone(), cache, config, endpoint).await,
         Some(url) => {
             let AnyStore::Postgres(primary) = &store else {
                 anyhow::bail!("--read-replica needs a Postgres --store");
@@ -153,7 +167,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the read replica {url}"))?;
             let routed = ReadReplica::new(primary.clone(), replica.clone(), args.max_replica_lag);
             let monitor = tokio::spawn(routed.clone().monitor());
-            let served = serve_store(routed, cache, config, listener, tls).await;
+            let served = serve_store(routed, cache, config, endpoint).await;
             monitor.abort();
             replica.close().await;
             served
@@ -164,6 +178,14 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where and how the API is served: the bound listener, TLS if any, and what clients'
+/// connections may hold.
+struct Endpoint {
+    listener: tokio::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    limits: api::ConnectionLimits,
 }
 
 /// How large the read cache may grow.
@@ -181,32 +203,32 @@ async fn serve_store<S>(
     store: S,
     cache: CacheSize,
     config: ApiConfig,
-    listener: tokio::net::TcpListener,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    endpoint: Endpoint,
 ) -> anyhow::Result<()>
 where
     S: SecretStore + SealedReads + Clone + 'static,
 {
     if cache.entries == 0 || cache.bytes == 0 {
-        return serve_app(listener, api::app(AppState::new(store, config)), tls).await;
+        return serve_app(endpoint, api::app(AppState::new(store, config))).await;
     }
     let cached = CachedStore::with_memory(store, cache.entries, cache.bytes);
     let state = AppState::new(cached.clone(), config);
     let follower = tokio::spawn(cached.follow(state.changes.clone()));
-    let served = serve_app(listener, api::app(state), tls).await;
+    let served = serve_app(endpoint, api::app(state)).await;
     follower.abort();
     served
 }
 
 /// Serves `app` until SIGINT or SIGTERM, over TLS if given.
-async fn serve_app(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
-) -> anyhow::Result<()> {
+async fn serve_app(endpoint: Endpoint, app: axum::Router) -> anyhow::Result<()> {
+    let Endpoint {
+        listener,
+        tls,
+        limits,
+    } = endpoint;
     match tls {
-        Some(tls) => api::serve_tls(listener, app, tls, shutdown_signal()).await?,
-        None => api::serve(listener, app, shutdown_signal()).await?,
+        Some(tls) => api::serve_tls(listener, app, tls, limits, shutdown_signal()).await?,
+        None => api::serve(listener, app, limits, shutdown_signal()).await?,
     }
     Ok(())
 }

@@ -69,7 +69,7 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let app = api::app(AppState::new(store.clone(), config));
-        let handle = tokio::spawn(api::serve(listener, app, async {
+        let handle = tokio::spawn(api::serve(listener, app, Default::default(), async {
             let _ = rx.await;
         }));
         let server = Self {
