@@ -555,3 +555,39 @@ async fn slow_clients_do_not_stop_a_normal_request() {
         );
     }
 }
+
+/// Under an open-files limit too low for the default cap, `serve` lowers the cap to what
+/// fits beside its database pool (and says so), so the cap is reached before descriptors
+/// run out.
+#[test]
+fn the_connection_cap_fits_the_open_files_limit() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 200; exec \"$0\" serve --api-addr 127.0.0.1:0 --store \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_kuma-secrets"))
+        .arg(common::sqlite_url(dir.path(), "store.db"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = serve.stderr.take().unwrap();
+    let mut said = Vec::new();
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let listening = line.contains("API listening");
+        said.push(line);
+        if listening {
+            break;
+        }
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("--max-client-connections lowered to 104")),
+        "{said:#?}"
+    );
+}

@@ -27,8 +27,8 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
-    /// 1,024 connections (under the usual 1,024-descriptor soft limit's share left after
-    /// the database pool and files; raise both together), 10 s for headers.
+    /// 1,024 connections (`serve` raises its open-files limit to the hard limit, and lowers
+    /// the cap to fit beside its database pool when that is too low), 10 s for headers.
     fn default() -> Self {
         Self {
             max_open: 1024,

@@ -133,8 +133,20 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         tls: tls.is_some(),
     };
+    let addr = listener.local_addr()?;
+    let endpoint = Endpoint {
+        listener,
+        tls,
+        limits: api::ConnectionLimits {
+            max_open: fit_client_connections(
+                args.max_client_connections as usize,
+                args.max_connections,
+            ),
+            header_read_timeout: args.header_read_timeout,
+        },
+    };
     tracing::info!(
-        addr = %listener.local_addr()?,
+        %addr,
         scheme = config.scheme(),
         store = %args.store.url,
         "kuma-secrets API listening"
@@ -144,14 +156,6 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.events_retention,
         args.deleted_retention,
     ));
-    let endpoint = Endpoint {
-        listener,
-        tls,
-        limits: api::ConnectionLimits {
-            max_open: args.max_client_connections as usize,
-            header_read_timeout: args.header_read_timeout,
-        },
-    };
     let cache = CacheSize {
         entries: args.cache_entries,
         bytes: args.cache_mib.saturating_mul(1 << 20),
@@ -178,6 +182,43 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Descriptors kept aside from client connections: the store's files, the log, the
+/// listener, a read replica's pool.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft open-files limit to the hard one (as servers do), then lowers
+/// `requested` to what fits beside the database pool of `pool` connections, saying so:
+/// the cap must be reached before the descriptors run out, or accepting fails for
+/// everyone.
+fn fit_client_connections(requested: usize, pool: u32) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "could not raise the open-files limit");
+        }
+    }
+    let Some(soft) = getrlimit(Resource::Nofile).current else {
+        return requested;
+    };
+    let fits = soft.saturating_sub(RESERVED_DESCRIPTORS + u64::from(pool));
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
+    if fits < requested {
+        tracing::warn!(
+            requested,
+            open_files_limit = soft,
+            "--max-client-connections lowered to {fits}: the open-files limit leaves no room for more beside the database pool"
+        );
+        fits
+    } else {
+        requested
+    }
 }
 
 /// Where and how the API is served: the bound listener, TLS if any, and what clients'
