@@ -13,6 +13,7 @@ use common::raw::{
 };
 use common::server::{Backend, TestServer};
 use kuma_secrets::api::User;
+use kuma_secrets::store::SecretStore;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -350,6 +351,7 @@ async fn put_secret_local(server: &TestServer) {
 }
 
 on_both_backends! {
+    exports_and_copies_are_one_point_in_time,
     token_identities_with_control_characters_are_refused,
     anonymous_callers_learn_nothing_from_headers,
     routine_commands_never_make_a_planted_signing_key_trusted,
@@ -589,5 +591,112 @@ fn the_connection_cap_fits_the_open_files_limit() {
         said.iter()
             .any(|l| l.contains("--max-client-connections lowered to 104")),
         "{said:#?}"
+    );
+}
+
+/// A backup is one point in time: while a writer sets secret `a` to n and then `z` to n,
+/// again and again, every `export` (and every `copy`, verified against the same snapshot)
+/// holds `a` at `z` or one ahead, never `z` ahead of `a`. The export reads 2,000 other
+/// secrets between the two, over several pages.
+async fn exports_and_copies_are_one_point_in_time(backend: Backend) {
+    use base64::Engine;
+    let server = TestServer::start(backend).await;
+    let store = server.store.clone();
+    let (a, z) = (
+        kuma_secrets::domain::SecretKey::parse(Some("default"), "a").unwrap(),
+        kuma_secrets::domain::SecretKey::parse(Some("default"), "z").unwrap(),
+    );
+    common::http::create_in_store(&store, Some("default"), "a", "0").await;
+    for i in 0..2000 {
+        common::http::create_in_store(&store, Some("default"), &format!("m-{i:04}"), "x").await;
+    }
+    common::http::create_in_store(&store, Some("default"), "z", "0").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop, a, z) = (store.clone(), stop.clone(), a.clone(), z.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                common::http::set_secret_data(&store, &a, n.to_string())
+                    .await
+                    .unwrap();
+                common::http::set_secret_data(&store, &z, n.to_string())
+                    .await
+                    .unwrap();
+            }
+            n
+        })
+    };
+    let value = |document: &Value| -> u64 {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(document["data"].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(bytes).unwrap().parse().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::test_keyring_file(dir.path());
+    for round in 0..4 {
+        let run = store_tool(&server, &keys, &["export", "-o", "-"])
+            .await
+            .ok();
+        let documents = kuma_secrets::manifest::documents(&run.stdout);
+        let of = |name: &str| {
+            documents
+                .iter()
+                .filter_map(|d| d.as_ref().ok())
+                .find(|d| d["name"] == name)
+                .map(value)
+                .unwrap_or_else(|| panic!("{name} not exported"))
+        };
+        let (in_a, in_z) = (of("a"), of("z"));
+        assert!(
+            in_a == in_z || in_a == in_z + 1,
+            "export {round}: a = {in_a}, z = {in_z}: not one point in time"
+        );
+
+        let to = common::sqlite_url(dir.path(), &format!("copy-{round}.db"));
+        common::process::kuma(
+            &[
+                "copy",
+                "--from",
+                &common::raw::store_url(&server),
+                "--from-encryption-keys",
+                keys.to_str().unwrap(),
+                "--to",
+                &to,
+                "--encryption-keys",
+                keys.to_str().unwrap(),
+            ],
+            None,
+        )
+        .await
+        .ok();
+        let copied = kuma_secrets::store::AnyStore::open(
+            &to,
+            common::sealed(kuma_secrets::store::StoreOptions::default()),
+        )
+        .await
+        .unwrap();
+        let number = |secret: kuma_secrets::domain::Secret| -> u64 {
+            String::from_utf8(secret.data.expose().to_vec())
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let in_a = number(copied.get_secret(&a).await.unwrap());
+        let in_z = number(copied.get_secret(&z).await.unwrap());
+        copied.close().await;
+        assert!(
+            in_a == in_z || in_a == in_z + 1,
+            "copy {round}: a = {in_a}, z = {in_z}: not one point in time"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(
+        writes > 4,
+        "the writer ran beside the backups ({writes} rounds)"
     );
 }

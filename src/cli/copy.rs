@@ -60,7 +60,10 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
         accept_plaintext_rows: from_encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
-    let source = AnyStore::open(args.from.expose(), source_options).await?;
+    let opened_source = AnyStore::open(args.from.expose(), source_options).await?;
+    // The copy and its verification read one point in time of the source, as pg_dump
+    // does: a writer on the source during the copy cannot make it mix times.
+    let source = opened_source.snapshot();
     let (from, to) = (args.from.to_string(), args.to.to_string());
     let destination = if args.verify_only {
         let options = StoreOptions {
@@ -109,6 +112,7 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
         }
     }
     source.close().await;
+    opened_source.close().await;
     destination.close().await;
     Ok(())
 }

@@ -60,9 +60,12 @@ async fn run_to_kuma(kuma: &crate::store::StoreUrl, args: &ExportArgs) -> anyhow
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
-    let store = AnyStore::open(args.store.url.expose(), options).await?;
+    let opened = AnyStore::open(args.store.url.expose(), options).await?;
+    // One point in time, as pg_dump reads (the pages of a live store otherwise mix times).
+    let store = opened.snapshot();
     let done = super::to_kuma::export(kuma.expose(), &store, args.overwrite).await;
     store.close().await;
+    opened.close().await;
     let done = done?;
     for row in &done.differing {
         eprintln!("differs in Kuma's database: {row}");
@@ -118,7 +121,10 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
         ..StoreOptions::default()
     };
-    let store = AnyStore::open(args.store.url.expose(), options).await?;
+    let opened = AnyStore::open(args.store.url.expose(), options).await?;
+    // Every page from one point in time, as pg_dump reads: a writer that sets A then B
+    // never gives an export holding the new B beside the old A.
+    let store = opened.snapshot();
     let mut writer = DocumentWriter {
         out: &mut out,
         format: args.format,
@@ -169,6 +175,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     store.close().await;
+    opened.close().await;
     eprintln!(
         "exported {} meshes, {} secrets and {} global secrets{}",
         counts[0],

@@ -515,6 +515,15 @@ impl AnyStore {
         delegate!(self, s => s.reseal_batch(rows, after, size))
     }
 
+    /// A view of this store whose reads see one point in time. See [`SqlStore::snapshot`].
+    #[must_use]
+    pub fn snapshot(&self) -> AnyStore {
+        match self {
+            AnyStore::Postgres(store) => AnyStore::Postgres(store.snapshot()),
+            AnyStore::Sqlite(store) => AnyStore::Sqlite(store.snapshot()),
+        }
+    }
+
     /// Values stored in clear. See [`SqlStore::plaintext_values`].
     ///
     /// # Errors

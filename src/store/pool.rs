@@ -59,6 +59,8 @@ pub struct PoolReport {
 }
 
 struct Inner<C: Connection> {
+    /// Pinned: one connection, opened once and never replaced (see [`ConnectionPool::pinned`]).
+    pinned: Option<std::sync::atomic::AtomicBool>,
     idle: Mutex<Vec<Idle<C>>>,
     permits: Arc<Semaphore>,
     connect: C::Options,
@@ -91,9 +93,33 @@ impl<C: Connection> ConnectionPool<C> {
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> Self {
+        Self::with(connect, check, max_connections, acquire_timeout, None)
+    }
+
+    /// A pool of one connection, opened (and checked) once and never pinged, aged out or
+    /// replaced: if it is lost, every later acquire fails. For a session whose state must
+    /// not silently change, such as a snapshot's open transaction.
+    pub fn pinned(connect: C::Options, check: ConnectCheck<C>, acquire_timeout: Duration) -> Self {
+        Self::with(
+            connect,
+            Some(check),
+            1,
+            acquire_timeout,
+            Some(std::sync::atomic::AtomicBool::new(false)),
+        )
+    }
+
+    fn with(
+        connect: C::Options,
+        check: Option<ConnectCheck<C>>,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        pinned: Option<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         let max_connections = max_connections.max(1);
         Self {
             inner: Arc::new(Inner {
+                pinned,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(max_connections as usize)),
                 connect,
@@ -104,6 +130,11 @@ impl<C: Connection> ConnectionPool<C> {
                 refused: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// How the pool opens connections.
+    pub fn connect_options(&self) -> &C::Options {
+        &self.inner.connect
     }
 
     /// What the pool has thrown away so far.
@@ -142,11 +173,15 @@ impl<C: Connection> ConnectionPool<C> {
             let Some(mut idle) = reused else {
                 break;
             };
-            if idle.created.elapsed() > MAX_LIFETIME {
+            let pinned = self.inner.pinned.is_some();
+            if !pinned && idle.created.elapsed() > MAX_LIFETIME {
                 tokio::spawn(idle.conn.close());
                 continue;
             }
-            if idle.idle_since.elapsed() > PING_IF_IDLE_FOR && idle.conn.ping().await.is_err() {
+            if !pinned
+                && idle.idle_since.elapsed() > PING_IF_IDLE_FOR
+                && idle.conn.ping().await.is_err()
+            {
                 continue;
             }
             return Ok(PooledConnection {
@@ -170,6 +205,14 @@ impl<C: Connection> ConnectionPool<C> {
     /// connections over the old and the new primary during a failover (HAProxy between
     /// health checks), the next one may well reach the primary.
     async fn open_checked(&self) -> Result<C, sqlx::Error> {
+        if let Some(opened) = &self.inner.pinned
+            && opened.swap(true, Ordering::SeqCst)
+        {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the pinned connection was lost (its session, such as a snapshot, is gone)",
+            )));
+        }
         let deadline = Instant::now() + self.inner.acquire_timeout;
         let mut attempt = 0;
         loop {

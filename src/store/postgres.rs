@@ -25,6 +25,7 @@ impl migrations::MigrationTarget for Postgres {
 
 impl Dialect for Postgres {
     const READ_ONLY: &'static str = "SELECT current_setting('transaction_read_only')";
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LOCK_MESH_SHARED: &'static str =
         "SELECT version, spec FROM meshes WHERE name = $1 FOR SHARE";

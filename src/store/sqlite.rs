@@ -32,6 +32,7 @@ impl migrations::MigrationTarget for Sqlite {
 
 impl Dialect for Sqlite {
     const READ_ONLY: &'static str = "SELECT 'off'";
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN DEFERRED";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const LOCK_MESH_SHARED: &'static str = "SELECT version, spec FROM meshes WHERE name = $1";
     const LOCK_MESH_EXCLUSIVE: &'static str = "SELECT version, spec FROM meshes WHERE name = $1";

@@ -16,6 +16,10 @@ pub trait Dialect: Database + HasStatementCache {
     /// One row, one text column: `off` if the server accepts writes (Postgres
     /// `transaction_read_only`; an SQLite file opened for writing always does).
     const READ_ONLY: &'static str;
+    /// Starts a read-only transaction whose reads all see one point in time (Postgres
+    /// `REPEATABLE READ READ ONLY`, as `pg_dump`; SQLite a deferred transaction, whose
+    /// first read fixes what it sees until it ends).
+    const BEGIN_SNAPSHOT: &'static str;
     /// Starts a transaction that will write. SQLite must take the write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes after another
     /// writer committed, fails instead of waiting.

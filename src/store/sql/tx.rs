@@ -1,8 +1,9 @@
 //! Where statements meet the pool: [`RunOnStore`] runs one statement on a pooled connection
 //! and maps its errors; [`SqlStore::in_write_transaction`] runs several in one write
-//! transaction, whose body may refuse (roll back) with a domain error of its own type.
+//! transaction, whose body may refuse (roll back) with a domain error of its own type; and
+//! [`SqlStore::snapshot`] pins every read to one transaction, one point in time.
 
-use super::{Preparing, SqlStore};
+use super::{Dialect, Preparing, SqlStore};
 use crate::store::error::{Op, map_db_error};
 use crate::store::{Result, StoreError};
 use sqlx::database::HasStatementCache;
@@ -120,8 +121,43 @@ async fn to_the_end<O>(
     Ok(first)
 }
 
+/// Opens the snapshot's transaction on its connection and reads once, which fixes what
+/// it sees (Postgres takes the snapshot at the first statement, SQLite at the first read).
+fn begin_snapshot<DB: Dialect>(
+    conn: &mut DB::Connection,
+) -> futures_util::future::BoxFuture<'_, std::result::Result<(), sqlx::Error>>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    Box::pin(async move {
+        conn.execute(DB::BEGIN_SNAPSHOT).await?;
+        conn.execute("SELECT 1 FROM meshes LIMIT 1").await?;
+        Ok(())
+    })
+}
+
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
+    /// A view of this store in which every read sees one point in time, as `pg_dump` reads:
+    /// all its statements run on one connection in one read-only transaction (Postgres
+    /// `REPEATABLE READ READ ONLY`, SQLite one read transaction), begun here. For backups
+    /// and copies that walk a live store page by page. Writes through it fail. If its
+    /// connection is lost, its reads fail rather than go on at another point in time.
+    /// [`close`](SqlStore::close) it when done (that ends the transaction).
+    pub fn snapshot(&self) -> Self {
+        Self {
+            pool: super::super::pool::ConnectionPool::pinned(
+                self.pool.connect_options().clone(),
+                begin_snapshot::<DB>,
+                self.options.acquire_timeout,
+            ),
+            options: self.options.clone(),
+            // Statements run inside the snapshot's own transaction; the unnamed path would
+            // wrap each in another one (and its commit would end the snapshot).
+            preparing: Preparing::Named,
+        }
+    }
+
     /// Runs `body` in a write transaction on a pooled connection: commits if it returns
     /// `Ok`, rolls back otherwise. A refusal comes back as it is; a database error is
     /// mapped for `op` (so a constraint violation names the resource being created).
