@@ -86,7 +86,7 @@ async fn measure(name: &str, store: AnyStore, args: &Args) {
     api::bootstrap(&store, false).await.unwrap();
     let cached = CachedStore::new(store.clone(), DEFAULT_CACHE_ENTRIES);
     let state = AppState::new(cached.clone(), ApiConfig::default());
-    let follower = tokio::spawn(cached.clone().follow(state.changes.clone()));
+    let follower = tokio::spawn(cached.clone().follow());
     while !cached.answering() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

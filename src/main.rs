@@ -23,8 +23,8 @@ async fn main() -> ExitCode {
     match kuma_secrets::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the error and its causes, never a backtrace.
-            eprintln!("Error: {}", kuma_secrets::error_chain(&*err));
+            // One line: the error, its causes and what to do about it; never a backtrace.
+            eprintln!("Error: {}", kuma_secrets::cli::advice::describe(&err));
             ExitCode::FAILURE
         }
     }

@@ -440,12 +440,10 @@ async fn a_watch_survives_postgres_dropping_its_connections() {
         unreachable!()
     };
     let start = server.store.current_revision().await.unwrap();
-    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let mut watch = Box::pin(kuma_secrets::store::feed::watch(
+    let mut watch = Box::pin(kuma_secrets::store::watch::watch(
         server.store.clone(),
         start,
         EventFilter::default(),
-        wake,
     ));
     for i in 0..3 {
         put_secret(&server, "default", &format!("before-{i}"), b"1").await;

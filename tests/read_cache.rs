@@ -19,7 +19,6 @@ use kuma_secrets::store::{
 };
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn key(name: &str) -> SecretKey {
@@ -47,7 +46,7 @@ async fn cached_on(url: &str) -> (CachedStore<AnyStore>, tokio::task::JoinHandle
         .await
         .unwrap();
     let cached = CachedStore::new(store, 1000);
-    let follower = tokio::spawn(cached.clone().follow(Arc::new(tokio::sync::Notify::new())));
+    let follower = tokio::spawn(cached.clone().follow());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cached.answering() {
         assert!(

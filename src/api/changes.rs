@@ -129,7 +129,11 @@ async fn get_changes<S: SecretStore + Clone + 'static>(
     let params = parse_params(uri.query(), longest_wait(&state.config))?;
     let deadline = Instant::now() + params.wait;
     let mut after = params.after;
+    let mut waiter = state.store.change_signal().map(|signal| signal.subscribe());
     loop {
+        if let Some(waiter) = &mut waiter {
+            waiter.mark_seen();
+        }
         let page = state
             .store
             .events_after(after, params.limit, &params.filter)
@@ -143,11 +147,11 @@ async fn get_changes<S: SecretStore + Clone + 'static>(
             })
             .into_response());
         }
-        let wake = state.changes.notified();
-        tokio::select! {
-            () = wake => {}
-            () = tokio::time::sleep(POLL_INTERVAL.min(deadline - Instant::now())) => {}
-        }
+        crate::store::watch::wait_for_change(
+            waiter.as_mut(),
+            POLL_INTERVAL.min(deadline - Instant::now()),
+        )
+        .await;
     }
 }
 
@@ -172,12 +176,7 @@ async fn watch_changes<S: SecretStore + Clone + 'static>(
         .events_after(params.after, 1, &params.filter)
         .await
         .map_err(gone_or)?;
-    let events = crate::store::feed::watch(
-        state.store.clone(),
-        params.after,
-        params.filter,
-        state.changes.clone(),
-    );
+    let events = crate::store::watch::watch(state.store.clone(), params.after, params.filter);
     let stream = futures_util::StreamExt::map(events, |item| {
         Ok::<_, Infallible>(match item {
             Ok(event) => SseEvent::default()

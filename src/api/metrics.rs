@@ -7,7 +7,7 @@
 use crate::domain::{
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
-use crate::store::cache::CacheReport;
+use crate::store::CacheReport;
 use crate::store::feed::{EventFilter, EventPage};
 use crate::store::history::VersionInfo;
 use crate::store::{
@@ -133,7 +133,7 @@ impl Metrics {
 
     /// Brings the read cache's metrics up to `report` (read at each scrape: the cache
     /// keeps its own counts).
-    pub fn observe_cache(&self, report: &crate::store::cache::CacheReport) {
+    pub fn observe_cache(&self, report: &crate::store::CacheReport) {
         let stats = report.stats;
         raise(&self.cache_reads.with_label_values(&["hit"]), stats.hits);
         raise(&self.cache_reads.with_label_values(&["miss"]), stats.misses);
@@ -303,6 +303,9 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
     }
     fn readiness_note(&self) -> Option<String> {
         self.inner.readiness_note()
+    }
+    fn change_signal(&self) -> Option<crate::store::feed::ChangeSignal> {
+        self.inner.change_signal()
     }
     fn cache_report(&self) -> Option<CacheReport> {
         self.inner.cache_report()

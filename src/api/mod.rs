@@ -103,9 +103,6 @@ pub struct AppState<S> {
     pub config: Arc<ApiConfig>,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
-    /// Notified after every write request, so change-feed readers waiting in this process
-    /// look again at once.
-    pub changes: Arc<tokio::sync::Notify>,
 }
 
 impl<S: Clone> Clone for AppState<S> {
@@ -114,7 +111,6 @@ impl<S: Clone> Clone for AppState<S> {
             store: self.store.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
-            changes: self.changes.clone(),
         }
     }
 }
@@ -127,7 +123,6 @@ impl<S> AppState<S> {
             store: MeteredStore::new(store, metrics.clone()),
             config: Arc::new(config),
             metrics,
-            changes: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }

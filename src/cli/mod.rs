@@ -2,6 +2,7 @@
 //!
 //! Every command prints a one-line reason and exits non-zero on failure; no backtraces.
 
+pub mod advice;
 mod apply;
 mod copy;
 mod delete;

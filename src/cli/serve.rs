@@ -5,9 +5,9 @@ use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, resolve};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
-use crate::store::cache::{CachedStore, SealedReads};
+use crate::store::cache::CachedStore;
 use crate::store::replica::ReadReplica;
-use crate::store::{AnyStore, PostgresStore, SecretStore, StoreOptions, StoreUrl};
+use crate::store::{AnyStore, PostgresStore, SealedReads, SecretStore, StoreOptions, StoreUrl};
 use anyhow::Context;
 use clap::ArgAction;
 use std::net::SocketAddr;
@@ -254,7 +254,7 @@ where
     }
     let cached = CachedStore::with_memory(store, cache.entries, cache.bytes);
     let state = AppState::new(cached.clone(), config);
-    let follower = tokio::spawn(cached.follow(state.changes.clone()));
+    let follower = tokio::spawn(cached.clone().follow());
     let served = serve_app(endpoint, api::app(state)).await;
     follower.abort();
     served

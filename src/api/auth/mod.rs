@@ -128,12 +128,7 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         actor,
         request_id: Some(request_id.clone()),
     };
-    let writes = request.method() != axum::http::Method::GET;
     let mut response = with_write_context(context, next.run(request)).await;
-    if writes {
-        // Wake this process's change-feed readers: the write (if any) has committed.
-        state.changes.notify_waiters();
-    }
     if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

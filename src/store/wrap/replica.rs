@@ -22,13 +22,14 @@
 use crate::domain::{
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
-use crate::store::cache::{SealedReads, SealedSecret};
-use crate::store::feed::{EventFilter, EventPage};
-use crate::store::history::VersionInfo;
-use crate::store::page::{MeshQuery, Page, SecretQuery};
-use crate::store::{
-    Expect, ImportCounts, PostgresStore, Put, Result, SecretStore, forward_store_methods,
+use crate::store::contract::feed::{EventFilter, EventPage};
+use crate::store::contract::history::VersionInfo;
+use crate::store::contract::page::{MeshQuery, Page, SecretQuery};
+use crate::store::contract::{
+    Expect, ImportCounts, Put, Replication, Result, SecretStore, feed::ChangeSignal,
 };
+use crate::store::contract::{SealedReads, SealedSecret};
+use crate::store::wrap::forward_store_methods;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,16 +53,16 @@ struct Standing {
 
 /// A store that reads from a standby where it safely can (see the module docs).
 #[derive(Clone)]
-pub struct ReadReplica {
-    primary: PostgresStore,
-    replica: PostgresStore,
+pub struct ReadReplica<S> {
+    primary: S,
+    replica: S,
     max_lag: Duration,
     standing: Arc<Mutex<Standing>>,
 }
 
-impl ReadReplica {
+impl<S: Replication> ReadReplica<S> {
     /// Reads from `replica` (a standby of `primary`) while it is within `max_lag`.
-    pub fn new(primary: PostgresStore, replica: PostgresStore, max_lag: Duration) -> Self {
+    pub fn new(primary: S, replica: S, max_lag: Duration) -> Self {
         Self {
             primary,
             replica,
@@ -131,7 +132,7 @@ impl ReadReplica {
     }
 
     /// The standby, if it may serve a read now; else the primary.
-    fn reader(&self) -> &PostgresStore {
+    fn reader(&self) -> &S {
         let standing = self.standing();
         let fresh = standing
             .caught_up_to
@@ -168,7 +169,7 @@ impl ReadReplica {
     }
 }
 
-impl SealedReads for ReadReplica {
+impl<S: Replication + SealedReads> SealedReads for ReadReplica<S> {
     async fn get_sealed_secret(&self, key: &SecretKey) -> Result<SealedSecret> {
         self.primary.get_sealed_secret(key).await
     }
@@ -177,7 +178,7 @@ impl SealedReads for ReadReplica {
     }
 }
 
-impl SecretStore for ReadReplica {
+impl<S: Replication + SecretStore> SecretStore for ReadReplica<S> {
     forward_store_methods! { [primary] through writing
         fn create_secret(secret: NewSecret) -> Secret;
         fn update_secret(key: &SecretKey, v: i64, u: SecretUpdate) -> Secret;
@@ -220,8 +221,11 @@ impl SecretStore for ReadReplica {
     fn readiness_note(&self) -> Option<String> {
         Some(self.describe())
     }
+    fn change_signal(&self) -> Option<ChangeSignal> {
+        self.primary.change_signal()
+    }
     /// The primary's pool: where failover trouble shows.
-    fn pool_report(&self) -> Option<super::PoolReport> {
+    fn pool_report(&self) -> Option<crate::store::contract::PoolReport> {
         self.primary.pool_report()
     }
 }

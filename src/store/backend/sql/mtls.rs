@@ -11,7 +11,7 @@ use super::tx::{TxError, TxResult};
 use crate::domain::mtls::{DataSource, Mtls, builtin_ca_names};
 use crate::domain::{Labels, MeshName, ResourceName, SecretKey, ValidationError};
 use crate::sealing::Keyring;
-use crate::store::{Result, SecretStore, StoreError};
+use crate::store::contract::{Result, SecretStore, StoreError};
 use chrono::{DateTime, Utc};
 
 /// What [`SqlStore::prepare_mtls`] found: CAs to store, secrets that must still exist.

@@ -4,8 +4,8 @@
 //! [`SqlStore::snapshot`] pins every read to one transaction, one point in time.
 
 use super::{Dialect, Preparing, SqlStore};
-use crate::store::error::{Op, map_db_error};
-use crate::store::{Result, StoreError};
+use crate::store::backend::db_error::{Op, map_db_error};
+use crate::store::contract::{Result, StoreError};
 use sqlx::database::HasStatementCache;
 use sqlx::query::QueryAs;
 use sqlx::{AssertSqlSafe, Database, Executor, FromRow, IntoArguments};
@@ -146,7 +146,7 @@ impl [SqlStore<DB>] {
     /// [`close`](SqlStore::close) it when done (that ends the transaction).
     pub fn snapshot(&self) -> Self {
         Self {
-            pool: super::super::pool::ConnectionPool::pinned(
+            pool: crate::store::backend::pool::ConnectionPool::pinned(
                 self.pool.connect_options().clone(),
                 begin_snapshot::<DB>,
                 self.options.acquire_timeout,
@@ -155,6 +155,7 @@ impl [SqlStore<DB>] {
             // Statements run inside the snapshot's own transaction; the unnamed path would
             // wrap each in another one (and its commit would end the snapshot).
             preparing: Preparing::Named,
+            changes: self.changes.clone(),
         }
     }
 

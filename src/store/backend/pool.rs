@@ -12,7 +12,7 @@
 //! result to [`PooledConnection::finish`]: success or a database error (which the server
 //! reported in an orderly way) returns the connection to the pool; an I/O or protocol error,
 //! an error saying the server is going away or only reads now (a demoted primary after a
-//! failover: see [`crate::store::error::ends_the_connection`]), or dropping the guard
+//! failover: see [`crate::store::backend::db_error::ends_the_connection`]), or dropping the guard
 //! without `finish` (cancellation), closes it, so the next caller opens a fresh connection,
 //! which a proxy such as HAProxy routes to the current primary.
 //!
@@ -21,6 +21,7 @@
 //! `target_session_attrs=read-write` does. [`PoolReport`] counts both kinds of refusal,
 //! for `/metrics`.
 
+use crate::store::contract::PoolReport;
 use futures_util::future::BoxFuture;
 use sqlx::{ConnectOptions, Connection};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,16 +48,6 @@ struct Idle<C> {
 /// Runs on every new connection before it is used; an error refuses the connection (it is
 /// closed and the caller gets the error).
 pub(crate) type ConnectCheck<C> = for<'c> fn(&'c mut C) -> BoxFuture<'c, Result<(), sqlx::Error>>;
-
-/// Connections a pool threw away, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolReport {
-    /// Connections closed after an error that ends them: the server went away, is shutting
-    /// down, or only reads now (a write reached a demoted primary).
-    pub discarded: u64,
-    /// New connections refused by the pool's check: the server only reads (a standby).
-    pub refused: u64,
-}
 
 struct Inner<C: Connection> {
     /// Pinned: one connection, opened once and never replaced (see [`ConnectionPool::pinned`]).
@@ -273,7 +264,7 @@ impl<C: Connection> PooledConnection<C> {
     /// passes `result` through.
     pub fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         let reusable = match &result {
-            Err(e) if crate::store::error::ends_the_connection(e) => false,
+            Err(e) if crate::store::backend::db_error::ends_the_connection(e) => false,
             Ok(_) | Err(sqlx::Error::Database(_) | sqlx::Error::RowNotFound) => true,
             Err(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => true,
             Err(_) => false,

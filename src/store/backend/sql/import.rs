@@ -1,4 +1,4 @@
-//! [`SecretStore::import_batch`](crate::store::SecretStore::import_batch) on SQL: a batch
+//! [`SecretStore::import_batch`](crate::store::contract::SecretStore::import_batch) on SQL: a batch
 //! of resources written as given, in one write transaction, idempotently; checked as the
 //! API checks them first, and run again when a concurrent writer created one meanwhile.
 
@@ -8,8 +8,8 @@ use super::statements::{query, query_as};
 use super::{SqlStore, check_mesh_spec, now, seal, seal_spec};
 use crate::domain::{Resource, ResourceKey, ValidationError};
 use crate::sealing::Keyring;
-use crate::store::error::{Op, map_db_error};
-use crate::store::{ImportCounts, Result, StoreError};
+use crate::store::backend::db_error::{Op, map_db_error};
+use crate::store::contract::{ImportCounts, Result, StoreError};
 use sqlx::AssertSqlSafe;
 
 /// How often an import batch runs again after a concurrent writer created one of its

@@ -152,78 +152,153 @@ pub struct EventPage {
     pub revision: i64,
 }
 
-/// How often [`watch`] looks for new events when nothing woke it.
-pub const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// A wake-up for change-feed readers: a store [notifies](ChangeSignal::notify) it when it
+/// may hold new events (after its own writes, and on a Postgres `NOTIFY` from another
+/// process's), and readers [wait](ChangeWaiter::changed) on it between reads. Only a hint:
+/// the events table stays the truth, so a reader that misses a wake-up still finds every
+/// event at its next read.
+#[derive(Clone)]
+pub struct ChangeSignal {
+    inner: std::sync::Arc<SignalInner>,
+}
 
-/// Every event after `after` that passes `filter`, once each, in revision order, as they
-/// are committed: an endless stream (Kubernetes' watch, on SQL). The table is the truth:
-/// `wake` (notified by this process's writes) only makes it look sooner than every
-/// [`WATCH_POLL`]. If the database goes away it waits and resumes from its last revision,
-/// losing nothing; it ends only when retention pruned events it still needed, with one
-/// [`StoreError::Gone`](crate::store::StoreError::Gone) item (list again, then watch).
-pub fn watch<S>(
-    store: S,
-    after: i64,
-    filter: EventFilter,
-    wake: std::sync::Arc<tokio::sync::Notify>,
-) -> impl futures_util::Stream<Item = crate::store::Result<Event>> + Send + 'static
-where
-    S: crate::store::SecretStore + Clone + 'static,
-{
-    struct Watch<S> {
-        store: S,
-        after: i64,
-        filter: EventFilter,
-        wake: std::sync::Arc<tokio::sync::Notify>,
-        ready: std::collections::VecDeque<Event>,
-        ended: bool,
+struct SignalInner {
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Starts what notifies this signal on other processes' writes (a Postgres listener),
+    /// while anyone waits.
+    listen: Option<Listen>,
+    listening: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Starts a task that notifies the signal it is given on other processes' writes, until
+/// nobody waits on it any more.
+type Listen = Box<dyn Fn(WeakChangeSignal) -> tokio::task::JoinHandle<()> + Send + Sync>;
+
+impl std::fmt::Debug for ChangeSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeSignal")
+            .field("generation", &*self.inner.generation.borrow())
+            .field("listens", &self.inner.listen.is_some())
+            .finish()
     }
-    let start = Watch {
-        store,
-        after,
-        filter,
-        wake,
-        ready: std::collections::VecDeque::new(),
-        ended: false,
-    };
-    futures_util::stream::unfold(start, |mut watch| async move {
-        if watch.ended {
-            return None;
+}
+
+impl Default for ChangeSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChangeSignal {
+    /// A signal only this process's writes notify.
+    pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A signal that, while anyone waits on it, also runs `listen`: a task that notifies it
+    /// on other processes' writes and ends when [`WeakChangeSignal::upgrade`] fails or
+    /// [`ChangeSignal::has_waiters`] turns false.
+    pub(crate) fn listening(
+        listen: impl Fn(WeakChangeSignal) -> tokio::task::JoinHandle<()> + Send + Sync + 'static,
+    ) -> Self {
+        Self::build(Some(Box::new(listen)))
+    }
+
+    fn build(listen: Option<Listen>) -> Self {
+        Self {
+            inner: std::sync::Arc::new(SignalInner {
+                generation: tokio::sync::watch::Sender::new(0),
+                listen,
+                listening: std::sync::Mutex::new(None),
+            }),
         }
-        let mut backoff = std::time::Duration::from_millis(100);
-        loop {
-            if let Some(event) = watch.ready.pop_front() {
-                return Some((Ok(event), watch));
-            }
-            let wake = std::sync::Arc::clone(&watch.wake);
-            let woken = wake.notified();
-            match watch
-                .store
-                .events_after(watch.after, 500, &watch.filter)
-                .await
+    }
+
+    /// Wakes every waiter: the store may hold new events.
+    pub fn notify(&self) {
+        self.inner
+            .generation
+            .send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// A guard that [notifies](ChangeSignal::notify) the signal when it is dropped: taken
+    /// at the start of a write, it wakes watchers once the write has ended, however it
+    /// ended (a failed write wakes them for nothing, which costs one read).
+    pub fn notify_on_drop(&self) -> NotifyOnDrop<'_> {
+        NotifyOnDrop(self)
+    }
+
+    /// Whether anyone waits on the signal.
+    pub fn has_waiters(&self) -> bool {
+        self.inner.generation.receiver_count() > 0
+    }
+
+    /// A waiter, woken by every [`ChangeSignal::notify`] from now on (starting the listener
+    /// for other processes' writes if the store has one and it is not running).
+    pub fn subscribe(&self) -> ChangeWaiter {
+        let waiter = ChangeWaiter {
+            generation: self.inner.generation.subscribe(),
+        };
+        if let Some(listen) = &self.inner.listen {
+            let mut running = self
+                .inner
+                .listening
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if running
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
             {
-                Ok(page) => {
-                    watch.after = page.revision;
-                    backoff = std::time::Duration::from_millis(100);
-                    if !page.events.is_empty() {
-                        watch.ready.extend(page.events);
-                        continue;
-                    }
-                    tokio::select! {
-                        () = woken => {}
-                        () = tokio::time::sleep(WATCH_POLL) => {}
-                    }
-                }
-                Err(gone @ crate::store::StoreError::Gone { .. }) => {
-                    watch.ended = true;
-                    return Some((Err(gone), watch));
-                }
-                Err(other) => {
-                    tracing::warn!(error = %other, after = watch.after, "the change feed cannot be read; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                }
+                *running = Some(listen(WeakChangeSignal {
+                    inner: std::sync::Arc::downgrade(&self.inner),
+                }));
             }
         }
-    })
+        waiter
+    }
+}
+
+/// Notifies its [`ChangeSignal`] when dropped (see [`ChangeSignal::notify_on_drop`]).
+#[must_use = "it notifies when dropped: keep it for the length of the write"]
+pub struct NotifyOnDrop<'a>(&'a ChangeSignal);
+
+impl Drop for NotifyOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify();
+    }
+}
+
+/// A [`ChangeSignal`] that does not keep its store's signal alive (held by a listener task).
+#[derive(Clone)]
+pub struct WeakChangeSignal {
+    inner: std::sync::Weak<SignalInner>,
+}
+
+impl WeakChangeSignal {
+    /// The signal, while its store lives.
+    pub fn upgrade(&self) -> Option<ChangeSignal> {
+        self.inner.upgrade().map(|inner| ChangeSignal { inner })
+    }
+}
+
+/// One reader's subscription to a [`ChangeSignal`].
+#[derive(Debug)]
+pub struct ChangeWaiter {
+    generation: tokio::sync::watch::Receiver<u64>,
+}
+
+impl ChangeWaiter {
+    /// Forgets notifications so far: call it before reading the events, then
+    /// [`ChangeWaiter::changed`] after, and no write between the two is missed.
+    pub fn mark_seen(&mut self) {
+        self.generation.borrow_and_update();
+    }
+
+    /// Completes at the first notification since the last [`ChangeWaiter::mark_seen`] (at
+    /// once if there was one). Never completes once the signal is gone.
+    pub async fn changed(&mut self) {
+        if self.generation.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }

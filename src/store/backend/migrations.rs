@@ -8,9 +8,10 @@
 //! upgrades where a newer replica migrated first). The embedded SQLite store migrates
 //! itself on open, since nobody else shares its file.
 
-use super::error::{Op, SchemaError, map_db_error};
+use super::db_error::{Op, map_db_error};
 use super::sql::{SqlStore, query_as};
-use super::{Result, StoreError};
+use crate::store::contract::{DatabaseError, SchemaError};
+use crate::store::contract::{Result, StoreError};
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Acquire, Connection, Database, Executor, FromRow};
 
@@ -146,8 +147,10 @@ pub(crate) fn map_migrate_error(err: sqlx::migrate::MigrateError) -> StoreError 
     match err {
         MigrateError::Dirty(version) => SchemaError::Dirty { version }.into(),
         MigrateError::VersionMismatch(version) => SchemaError::Modified { version }.into(),
-        MigrateError::Execute(e) if is_connection(&e) => StoreError::Unavailable(e),
-        other => SchemaError::Migrate(other).into(),
+        MigrateError::Execute(e) if is_connection(&e) => {
+            StoreError::Unavailable(DatabaseError::new(e))
+        }
+        other => SchemaError::Migrate(DatabaseError::new(other)).into(),
     }
 }
 

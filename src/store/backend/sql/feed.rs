@@ -4,9 +4,9 @@
 use super::SqlStore;
 use super::statements::query_as;
 use super::tx::RunOnStore;
-use crate::store::error::{Op, map_db_error};
-use crate::store::feed::{Actor, Event, EventFilter, EventPage, Operation};
-use crate::store::{Result, StoreError};
+use crate::store::backend::db_error::{Op, map_db_error};
+use crate::store::contract::feed::{Actor, Event, EventFilter, EventPage, Operation};
+use crate::store::contract::{Result, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Connection};

@@ -3,7 +3,7 @@
 //! connection pooler in front of Postgres, and a `Display` that never shows a password
 //! (neither in the userinfo nor in a `password=` query parameter).
 
-use super::{Result, StoreError};
+use crate::store::contract::{Result, StoreError};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

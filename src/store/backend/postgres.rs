@@ -4,7 +4,8 @@ use super::migrations::{self, POSTGRES_MIGRATOR};
 use super::pool::{ConnectCheck, ConnectionPool};
 use super::sql::{Dialect, Preparing, SqlStore};
 use super::url::{PoolMode, split_pool_mode};
-use super::{Result, StoreError, StoreOptions};
+use crate::store::contract::feed::{ChangeSignal, WeakChangeSignal};
+use crate::store::contract::{DatabaseError, Result, StoreError, StoreOptions};
 use futures_util::future::BoxFuture;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection, Postgres, Row};
@@ -104,7 +105,7 @@ impl SqlStore<Postgres> {
                 let mut tx = conn
                     .begin()
                     .await
-                    .map_err(|e| super::error::map_db_error(e, super::error::Op::Other))?;
+                    .map_err(|e| super::db_error::map_db_error(e, super::db_error::Op::Other))?;
                 let applied = migrations::applied::<Postgres>(&mut tx).await;
                 let _ = tx.commit().await;
                 applied
@@ -117,6 +118,16 @@ impl SqlStore<Postgres> {
         } else {
             Some(refuse_read_only)
         };
+        let changes = match pool_mode {
+            // LISTEN needs a session of its own; a transaction-mode pooler gives none.
+            PoolMode::Transaction => ChangeSignal::new(),
+            PoolMode::Session => {
+                let listen_with = connect.clone();
+                ChangeSignal::listening(move |signal| {
+                    tokio::spawn(listen_for_changes(listen_with.clone(), signal))
+                })
+            }
+        };
         let pool = ConnectionPool::new(
             connect,
             check,
@@ -127,6 +138,7 @@ impl SqlStore<Postgres> {
             pool,
             options,
             preparing,
+            changes,
         };
         store.check_sealing().await?;
         Ok(store)
@@ -172,7 +184,7 @@ fn refuse_read_only(conn: &mut PgConnection) -> BoxFuture<'_, Result<(), sqlx::E
         if read_only == "off" {
             Ok(())
         } else {
-            Err(super::error::ServerReadOnly.into())
+            Err(super::db_error::ServerReadOnly.into())
         }
     })
 }
@@ -180,5 +192,88 @@ fn refuse_read_only(conn: &mut PgConnection) -> BoxFuture<'_, Result<(), sqlx::E
 async fn connect_once(connect: &PgConnectOptions) -> Result<PgConnection> {
     PgConnection::connect_with(connect)
         .await
-        .map_err(StoreError::Unavailable)
+        .map_err(|e| StoreError::Unavailable(DatabaseError::new(e)))
+}
+
+/// The channel the events table's trigger notifies at the commit of every transaction that
+/// wrote events (migration `change_notify`).
+pub(crate) const CHANGES_CHANNEL: &str = "kuma_secrets_changes";
+
+/// How often an idle listener checks whether anyone still waits on its signal.
+const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Notifies `signal` at every `NOTIFY` on [`CHANGES_CHANNEL`], on a session of its own,
+/// until nobody waits on the signal or its store is gone. A lost connection is opened again
+/// (notifications meanwhile are lost: the signal is notified once it is back, and watchers
+/// poll anyway).
+async fn listen_for_changes(connect: PgConnectOptions, signal: WeakChangeSignal) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_lazy_with(connect);
+    let mut backoff = std::time::Duration::from_millis(100);
+    'session: loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(CHANGES_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            started = listening => match started {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::debug!(error = %e, "change listener: cannot LISTEN; watchers poll meanwhile");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    if !still_wanted(&signal) {
+                        break 'session;
+                    }
+                    continue 'session;
+                }
+            },
+            () = tokio::time::sleep(LISTENER_CHECK) => {
+                if !still_wanted(&signal) {
+                    break 'session;
+                }
+                continue 'session;
+            }
+        };
+        backoff = std::time::Duration::from_millis(100);
+        // Whatever was committed while not listening: look once.
+        if let Some(signal) = signal.upgrade() {
+            signal.notify();
+        }
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => match signal.upgrade() {
+                        Some(signal) => signal.notify(),
+                        None => break 'session,
+                    },
+                    // The connection was lost (and opened again): look once.
+                    Ok(None) => match signal.upgrade() {
+                        Some(signal) => signal.notify(),
+                        None => break 'session,
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "change listener: connection lost");
+                        continue 'session;
+                    }
+                },
+                () = tokio::time::sleep(LISTENER_CHECK) => {
+                    if !still_wanted(&signal) {
+                        break 'session;
+                    }
+                }
+            }
+        }
+    }
+    pool.close().await;
+}
+
+/// Whether the signal's store lives and someone waits on it.
+fn still_wanted(signal: &WeakChangeSignal) -> bool {
+    signal.upgrade().is_some_and(|signal| signal.has_waiters())
 }

@@ -1,4 +1,4 @@
-//! [`SqlStore`]: the one implementation of [`SecretStore`](crate::store::SecretStore),
+//! [`SqlStore`]: the one implementation of [`SecretStore`](crate::store::contract::SecretStore),
 //! generic over the database. The two backends differ only in how they connect and migrate
 //! (`store/postgres.rs`, `store/sqlite.rs`) and in the fragments of [`Dialect`].
 //!
@@ -43,7 +43,7 @@ macro_rules! impl_for_sql_databases {
     (impl [$($head:tt)*] { $($body:tt)* }) => {
         impl<DB> $($head)*
         where
-            DB: $crate::store::sql::Dialect,
+            DB: $crate::store::backend::sql::Dialect,
             for<'c> &'c mut DB::Connection: ::sqlx::Executor<'c, Database = DB>,
             DB::Arguments: ::sqlx::IntoArguments<DB>,
             for<'q> String: ::sqlx::Encode<'q, DB> + ::sqlx::Type<DB>,
@@ -57,15 +57,15 @@ macro_rules! impl_for_sql_databases {
                 ::sqlx::Encode<'q, DB> + ::sqlx::Type<DB>,
             for<'q> ::sqlx::types::Json<$crate::domain::MeshSpec>:
                 ::sqlx::Encode<'q, DB> + ::sqlx::Type<DB>,
-            for<'r> $crate::store::sql::SecretRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::ListedSecretRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::MeshRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::ListedMeshRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::SealedRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::EventRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::VersionRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::SecretRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::ListedSecretRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::MeshRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::ListedMeshRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::SealedRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::EventRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::VersionRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (Option<i64>,): ::sqlx::FromRow<'r, DB::Row>,
-            for<'q> Option<::sqlx::types::Json<$crate::store::feed::Actor>>:
+            for<'q> Option<::sqlx::types::Json<$crate::store::contract::feed::Actor>>:
                 ::sqlx::Encode<'q, DB> + ::sqlx::Type<DB>,
             for<'r> (i64,): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (i64, ::sqlx::types::Json<$crate::domain::MeshSpec>): ::sqlx::FromRow<'r, DB::Row>,
@@ -80,8 +80,8 @@ macro_rules! impl_for_sql_databases {
             ): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (String, i64, i64): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> (Option<::chrono::DateTime<::chrono::Utc>>,): ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::PlaintextRow: ::sqlx::FromRow<'r, DB::Row>,
-            for<'r> $crate::store::sql::StoredMeshSpec: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::PlaintextRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::StoredMeshSpec: ::sqlx::FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -116,8 +116,9 @@ pub(crate) use statements::{Preparing, query_as};
 use crate::domain::mtls::Mtls;
 use crate::domain::{Labels, MeshName, MeshSpec, ResourceKey, SecretKey, ValidationError};
 use crate::sealing::{Binding, Keyring, WriteId};
-use crate::store::pool::ConnectionPool;
-use crate::store::{Result, StoreError, StoreOptions};
+use crate::store::backend::pool::ConnectionPool;
+use crate::store::contract::feed::ChangeSignal;
+use crate::store::contract::{Result, StoreError, StoreOptions};
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::Database;
 use sqlx::types::Json;
@@ -130,6 +131,9 @@ pub struct SqlStore<DB: Database> {
     pub(crate) pool: ConnectionPool<DB::Connection>,
     pub(crate) options: StoreOptions,
     pub(crate) preparing: Preparing,
+    /// Notified after every write through this store (and, on Postgres, by the listener
+    /// for other processes' commits): what wakes its change-feed watchers.
+    pub(crate) changes: ChangeSignal,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -138,6 +142,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
             pool: self.pool.clone(),
             options: self.options.clone(),
             preparing: self.preparing,
+            changes: self.changes.clone(),
         }
     }
 }
@@ -168,8 +173,11 @@ pub(super) fn now() -> DateTime<Utc> {
 }
 
 /// The actor and request id of the current write, as bound to a statement.
-pub(super) fn writer() -> (Option<Json<crate::store::feed::Actor>>, Option<String>) {
-    match crate::store::feed::current_write_context() {
+pub(super) fn writer() -> (
+    Option<Json<crate::store::contract::feed::Actor>>,
+    Option<String>,
+) {
+    match crate::store::contract::feed::current_write_context() {
         Some(context) => (Some(Json(context.actor)), context.request_id),
         None => (None, None),
     }

@@ -6,7 +6,7 @@ use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData, SecretKey,
 };
 use crate::sealing::{Binding, Keyring, OpenError, WriteId};
-use crate::store::StoreError;
+use crate::store::contract::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use std::collections::BTreeMap;
@@ -120,24 +120,6 @@ impl SecretRow {
             .map(|(k, v)| k.len() + v.len() + 48)
             .sum();
         self.value.memory_size() + labels + std::mem::size_of::<Self>()
-    }
-
-    /// A plaintext row of secret `default/stub`, for unit tests.
-    #[cfg(test)]
-    pub(crate) fn stub_for_tests() -> Self {
-        Self {
-            value: StoredValue {
-                mesh: Some("default".to_owned()),
-                name: "stub".to_owned(),
-                data: b"x".to_vec(),
-                key_id: None,
-                write_id: None,
-            },
-            version: 1,
-            creation_time: Utc::now(),
-            modification_time: Utc::now(),
-            labels: Json(BTreeMap::new()),
-        }
     }
 
     /// When the secret was created.

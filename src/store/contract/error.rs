@@ -1,5 +1,8 @@
-//! The store's errors (`StoreError`; `SchemaError`, why it refuses a database schema) and the
-//! one place database errors are mapped onto them.
+//! The store's errors: [`StoreError`], and [`SchemaError`], why it refuses a database
+//! schema. Both are `#[non_exhaustive]`: match the variants you act on and keep a `_` arm.
+//! The database driver's error is never part of their shape: it is the
+//! [`source`](std::error::Error::source) of the variants that carry a [`DatabaseError`].
+//! Messages say what is wrong; what to type about it is the caller's to add (the CLI does).
 
 use crate::domain::{ResourceKey, ValidationError};
 
@@ -10,6 +13,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// (`resource not found: type="Secret" name="x" mesh="default"`) and never contain secret
 /// data or database credentials.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// No resource with this key.
     #[error("resource not found: {0}")]
@@ -30,7 +34,7 @@ pub enum StoreError {
     /// A version of a secret that is not kept: pruned by the history limit
     /// (`--max-versions`), or never written.
     #[error(
-        "version {version} of {key} is not kept: it was pruned (see --max-versions) or never existed; GET …/_versions lists the versions kept"
+        "version {version} of {key} is not kept: it was pruned by the history limit or never existed; GET …/_versions lists the versions kept"
     )]
     VersionNotFound {
         /// The secret.
@@ -67,7 +71,7 @@ pub enum StoreError {
     /// not parse, or its sealed keys do not open), so the guard cannot tell whether an mTLS
     /// backend uses the secret: it fails closed.
     #[error(
-        "cannot tell whether Mesh {mesh:?} uses this secret: its stored spec cannot be read ({reason}); fix the Mesh first (or start with --unsafe-delete)"
+        "cannot tell whether Mesh {mesh:?} uses this secret: its stored spec cannot be read ({reason}); fix the Mesh first (or open the store with unsafe deletes allowed)"
     )]
     MeshUnreadable {
         /// The Mesh.
@@ -106,7 +110,7 @@ pub enum StoreError {
     Generation(String),
     /// The database cannot be reached or refused the connection; retry later.
     #[error("store unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] DatabaseError),
     /// The database could not store what it was given: its disk is full, its file system
     /// is read-only, or it failed an I/O (SQLite `SQLITE_FULL`, `SQLITE_IOERR`,
     /// `SQLITE_READONLY`, …; Postgres SQLSTATE classes 53 and 58). The write did not
@@ -117,7 +121,7 @@ pub enum StoreError {
         fault: StorageFault,
         /// The driver's error.
         #[source]
-        source: sqlx::Error,
+        source: DatabaseError,
     },
     /// The store URL names no supported backend.
     #[error("unsupported store URL {url:?}: use postgres://… or sqlite://PATH")]
@@ -145,13 +149,13 @@ pub enum StoreError {
     #[error(
         "a connection pooler in transaction mode (PgBouncer's pool_mode = transaction) seems to sit between the store and Postgres: a named prepared statement went missing or collided with another client's; add pool_mode=transaction to the store URL"
     )]
-    TransactionPooler(#[source] sqlx::Error),
+    TransactionPooler(#[source] DatabaseError),
     /// The database schema does not match this binary.
     #[error(transparent)]
     Schema(#[from] SchemaError),
     /// Anything else: a bug or a broken database. The cause is logged, not shown to clients.
     #[error("internal store error")]
-    Internal(#[source] sqlx::Error),
+    Internal(#[source] DatabaseError),
 }
 
 impl StoreError {
@@ -184,190 +188,21 @@ pub enum StorageFault {
     OutOfResources,
 }
 
-/// Why a pool refused a new connection: the server accepts only reads. Carried as an I/O
-/// error (the connection is unusable) and mapped to [`StoreError::ReadOnly`].
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the server accepts only reads (a standby, or a primary being demoted): connection refused, as target_session_attrs=read-write would"
-)]
-pub(crate) struct ServerReadOnly;
-
-impl From<ServerReadOnly> for sqlx::Error {
-    fn from(refusal: ServerReadOnly) -> Self {
-        sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            refusal,
-        ))
-    }
-}
-
-/// What a failed statement was doing, so a constraint violation can be named.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Op<'a> {
-    /// Inserting the resource `key` (a Secret, GlobalSecret or Mesh).
-    Create(&'a ResourceKey),
-    /// Any other statement.
-    Other,
-}
-
-/// Maps a database error once, here: constraint violations by constraint name (Postgres
-/// reports it; SQLite does not, so its error kind stands in), connection trouble to
-/// [`StoreError::Unavailable`], the rest to [`StoreError::Internal`].
-pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
-    if let sqlx::Error::Io(io) = &err
-        && io
-            .get_ref()
-            .is_some_and(|inner| inner.is::<ServerReadOnly>())
-    {
-        return StoreError::ReadOnly;
-    }
-    match sqlstate(&err).as_deref() {
-        Some(READ_ONLY_SERVER) => return StoreError::ReadOnly,
-        Some(DUPLICATE_PREPARED_STATEMENT | INVALID_STATEMENT_NAME) => {
-            return StoreError::TransactionPooler(err);
-        }
-        _ => {}
-    }
-    if is_unavailable(&err) {
-        return StoreError::Unavailable(err);
-    }
-    if let Some(fault) = storage_fault(&err) {
-        return StoreError::Storage { fault, source: err };
-    }
-    if let (sqlx::Error::Database(db), Op::Create(key)) = (&err, op) {
-        let constraint = db.constraint();
-        match constraint {
-            Some("secrets_mesh_name_key" | "secrets_global_name_key" | "meshes_pkey") => {
-                return StoreError::AlreadyExists(key.clone());
-            }
-            Some("secrets_mesh_fk") => {
-                return StoreError::MeshNotFound {
-                    mesh: key.mesh.clone().unwrap_or_default(),
-                };
-            }
-            Some(_) => {}
-            None => match db.kind() {
-                sqlx::error::ErrorKind::UniqueViolation => {
-                    return StoreError::AlreadyExists(key.clone());
-                }
-                sqlx::error::ErrorKind::ForeignKeyViolation => {
-                    return StoreError::MeshNotFound {
-                        mesh: key.mesh.clone().unwrap_or_default(),
-                    };
-                }
-                _ => {}
-            },
-        }
-    }
-    StoreError::Internal(err)
-}
-
-/// SQLSTATE `read_only_sql_transaction`: a write reached a server that only reads.
-const READ_ONLY_SERVER: &str = "25006";
-/// SQLSTATE `duplicate_prepared_statement`: a statement name is taken on this server
-/// connection (another client's, behind a pooler in transaction mode).
-const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
-/// SQLSTATE `invalid_sql_statement_name`: a prepared statement this connection made is not
-/// on the server connection (a pooler in transaction mode switched it).
-const INVALID_STATEMENT_NAME: &str = "26000";
-
-/// The code of a database error: a Postgres SQLSTATE (five characters), or a SQLite
-/// result code (digits).
-fn sqlstate(err: &sqlx::Error) -> Option<std::borrow::Cow<'_, str>> {
-    match err {
-        sqlx::Error::Database(db) => db.code(),
-        _ => None,
-    }
-}
-
-/// Whether a connection that failed with `err` must not be used again: the server is
-/// shutting down or gone (class 08, 57P0x), it is not the primary any more (25006), or its
-/// prepared statements are not where the connection left them (42P05, 26000: a pooler in
-/// transaction mode), so the next statement should open a new connection (which a proxy
-/// such as HAProxy routes to the current primary). Other database errors leave the
-/// connection in a known state.
-pub(crate) fn ends_the_connection(err: &sqlx::Error) -> bool {
-    let code = sqlstate(err);
-    let code = code.as_deref().unwrap_or("");
-    server_gone(code)
-        || matches!(
-            code,
-            READ_ONLY_SERVER | DUPLICATE_PREPARED_STATEMENT | INVALID_STATEMENT_NAME
-        )
-}
-
-/// Whether a Postgres SQLSTATE says the server went away: class 08 (connection exception)
-/// or 57P0x (shutting down, cannot connect now).
-fn server_gone(code: &str) -> bool {
-    code.len() == 5 && (code.starts_with("08") || code.starts_with("57P0"))
-}
-
-/// Connection-level failures: the database is down, restarting, or out of connections.
-fn is_unavailable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(_) => {
-            let code = sqlstate(err);
-            let code = code.as_deref().unwrap_or("");
-            if code.len() == 5 {
-                // Postgres SQLSTATE: the server went away, or 53300 too many connections.
-                server_gone(code) || code == "53300"
-            } else {
-                // SQLite (extended) result code: primary 5 SQLITE_BUSY or 6 SQLITE_LOCKED,
-                // left after busy_timeout ran out.
-                matches!(code.parse::<u32>().map(|c| c & 0xff), Ok(5 | 6))
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether `err` says the database could not store data: Postgres SQLSTATE class 53
-/// (insufficient resources: 53100 disk full, 53200 out of memory; 53300 too many
-/// connections is [`is_unavailable`]'s) and class 58 (system error: 58030 I/O error, …);
-/// SQLite primary result codes 13 `SQLITE_FULL`, 10 `SQLITE_IOERR`, 8 `SQLITE_READONLY`,
-/// 14 `SQLITE_CANTOPEN` and 7 `SQLITE_NOMEM`. An `ENOSPC` may reach SQLite as an I/O error
-/// (`SQLITE_IOERR_WRITE`) rather than `SQLITE_FULL`, depending on which write hit it.
-fn storage_fault(err: &sqlx::Error) -> Option<StorageFault> {
-    let code = sqlstate(err)?;
-    // Five characters: a Postgres SQLSTATE (as in `is_unavailable`); digits: SQLite's.
-    if code.len() == 5 {
-        return match &code[..2] {
-            "53" if code == "53100" => Some(StorageFault::DiskFull),
-            "53" if code == "53200" => Some(StorageFault::OutOfMemory),
-            "53" => Some(StorageFault::OutOfResources),
-            "58" => Some(StorageFault::Io),
-            _ => None,
-        };
-    }
-    match code.parse::<u32>().ok()? & 0xff {
-        13 => Some(StorageFault::DiskFull),
-        10 => Some(StorageFault::Io),
-        8 | 14 => Some(StorageFault::ReadOnlyFiles),
-        7 => Some(StorageFault::OutOfMemory),
-        _ => None,
-    }
-}
-
 fn missing_keys_message(key_ids: &[String]) -> String {
     let ids: Vec<String> = key_ids.iter().map(|id| format!("{id:?}")).collect();
     format!(
-        "the store holds secrets sealed with key id {} not in the keyring: pass the keyring that has {} with --encryption-keys (KUMA_SECRETS_ENCRYPTION_KEYS)",
-        ids.join(", "),
-        if ids.len() == 1 { "it" } else { "them" }
+        "the store holds secrets sealed with key id {} not in the keyring",
+        ids.join(", ")
     )
 }
 
 /// Why a store refuses its database schema.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchemaError {
     /// Migrations of this binary are not applied yet.
     #[error(
-        "database schema is behind this binary (database at version {database}, binary at {binary}); run \"kuma-secrets migrate up --store URL\" first"
+        "database schema is behind this build (database at version {database}, this build at {binary}): its migrations are not applied yet"
     )]
     Behind {
         /// Latest version applied to the database, 0 for none.
@@ -377,7 +212,7 @@ pub enum SchemaError {
     },
     /// The database was migrated by a newer binary.
     #[error(
-        "database schema version {database} is newer than this binary's latest migration {binary}; run a newer kuma-secrets, or pass --tolerate-newer-schema"
+        "database schema version {database} is newer than this build's latest migration {binary}: a newer kuma-secrets migrated it"
     )]
     Newer {
         /// Latest version applied to the database.
@@ -387,7 +222,7 @@ pub enum SchemaError {
     },
     /// A migration failed part-way.
     #[error(
-        "migration {version} failed part-way and left the schema dirty; repair the database by hand, delete its row from _sqlx_migrations, then rerun \"kuma-secrets migrate up\""
+        "migration {version} failed part-way and left the schema dirty: repair the database by hand and delete its row from _sqlx_migrations before migrating again"
     )]
     Dirty {
         /// The failed migration.
@@ -403,5 +238,38 @@ pub enum SchemaError {
     },
     /// Running a migration failed.
     #[error("migration failed: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    Migrate(#[source] DatabaseError),
+}
+
+/// What the database driver reported: the [`source`](std::error::Error::source) of
+/// [`StoreError::Unavailable`], [`StoreError::Storage`], [`StoreError::Internal`] and
+/// others. Its text is the driver's; its type is not part of this crate's API, but
+/// [`DatabaseError::driver_error`] hands it out for downcasting (to `sqlx::Error`).
+#[derive(Debug)]
+pub struct DatabaseError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl DatabaseError {
+    /// Wraps a driver error (or, for a failure the store detects itself, a message).
+    pub(crate) fn new(
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self(error.into())
+    }
+
+    /// The driver's error itself, to downcast.
+    pub fn driver_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }

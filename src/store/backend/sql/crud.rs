@@ -18,11 +18,11 @@ use crate::domain::{
     Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
     Secret, SecretKey, SecretUpdate,
 };
-use crate::store::cache::{SealedReads, SealedSecret};
-use crate::store::error::Op;
-use crate::store::history::VersionInfo;
-use crate::store::page::{MeshQuery, Page, PageStart, SecretQuery};
-use crate::store::{Expect, ImportCounts, Put, Result, SecretStore, StoreError};
+use crate::store::backend::db_error::Op;
+use crate::store::contract::history::VersionInfo;
+use crate::store::contract::page::{MeshQuery, Page, PageStart, SecretQuery};
+use crate::store::contract::{DatabaseError, SealedReads, SealedSecret};
+use crate::store::contract::{Expect, ImportCounts, Put, Result, SecretStore, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::query::QueryAs;
 use sqlx::types::Json;
@@ -229,13 +229,15 @@ impl [SqlStore<DB>] {
 impl_for_sql_databases! {
 impl [SealedReads for SqlStore<DB>] {
     async fn get_sealed_secret(&self, key: &SecretKey) -> Result<SealedSecret> {
-        Ok(SealedSecret(self.get_secret_row(key).await?))
+        let row = self.get_secret_row(key).await?;
+        Ok(SealedSecret::new(row.version(), row.memory_size(), row))
     }
 
     fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret> {
-        sealed
-            .0
-            .clone()
+        let row: &SecretRow = sealed.row().ok_or_else(|| {
+            StoreError::Internal(DatabaseError::new("a sealed row read by another kind of store"))
+        })?;
+        row.clone()
             .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
     }
 }
@@ -245,6 +247,7 @@ impl_for_sql_databases! {
 impl [SecretStore for SqlStore<DB>] {
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %secret.key))]
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
+        let _wake_watchers = self.changes.notify_on_drop();
         secret.data.check_size(self.options.max_secret_size)?;
         let key = secret.key.resource_key();
         let stored = seal(self.options.keyring.as_deref(), &secret.key, secret.data.expose());
@@ -261,6 +264,7 @@ impl [SecretStore for SqlStore<DB>] {
         expected_version: i64,
         update: SecretUpdate,
     ) -> Result<Secret> {
+        let _wake_watchers = self.changes.notify_on_drop();
         update.data.check_size(self.options.max_secret_size)?;
         let stored = seal(self.options.keyring.as_deref(), key, update.data.expose());
         let row = Self::update_secret_query(key, stored, &update.labels, now(), expected_version)
@@ -278,10 +282,12 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
     async fn delete_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
+        let _wake_watchers = self.changes.notify_on_drop();
         self.delete_secret_with(key, expected_version, false).await
     }
 
     async fn purge_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
+        let _wake_watchers = self.changes.notify_on_drop();
         self.delete_secret_with(key, expected_version, true).await
     }
 
@@ -294,18 +300,22 @@ impl [SecretStore for SqlStore<DB>] {
     }
 
     async fn rollback_secret(&self, key: &SecretKey, version: i64, expected_version: Option<i64>) -> Result<Secret> {
+        let _wake_watchers = self.changes.notify_on_drop();
         self.rollback_secret_with(key, version, expected_version).await
     }
 
     async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        let _wake_watchers = self.changes.notify_on_drop();
         self.restore_secret_with(key, version).await
     }
 
     async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
+        let _wake_watchers = self.changes.notify_on_drop();
         self.put_secret_with(secret, expect).await
     }
 
     async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
+        let _wake_watchers = self.changes.notify_on_drop();
         self.put_mesh_with(mesh, expect).await
     }
 
@@ -353,6 +363,7 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh.name))]
     async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
+        let _wake_watchers = self.changes.notify_on_drop();
         Ok(self.put_mesh_with(mesh, Expect::Absent).await?.value)
     }
 
@@ -363,6 +374,7 @@ impl [SecretStore for SqlStore<DB>] {
         expected_version: i64,
         update: MeshUpdate,
     ) -> Result<Mesh> {
+        let _wake_watchers = self.changes.notify_on_drop();
         let mesh = NewMesh {
             name: name.clone(),
             spec: update.spec,
@@ -373,6 +385,7 @@ impl [SecretStore for SqlStore<DB>] {
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %name, expected_version))]
     async fn delete_mesh(&self, name: &MeshName, expected_version: Option<i64>) -> Result<()> {
+        let _wake_watchers = self.changes.notify_on_drop();
         let mesh = name.clone();
         let deleted = self
             .in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
@@ -436,7 +449,7 @@ impl [SecretStore for SqlStore<DB>] {
         self.sequence_events().await
     }
 
-    async fn events_after(&self, after: i64, limit: u32, filter: &crate::store::feed::EventFilter) -> Result<crate::store::feed::EventPage> {
+    async fn events_after(&self, after: i64, limit: u32, filter: &crate::store::contract::feed::EventFilter) -> Result<crate::store::contract::feed::EventPage> {
         self.events_after_with(after, limit, filter).await
     }
 
@@ -452,12 +465,17 @@ impl [SecretStore for SqlStore<DB>] {
         Ok(())
     }
 
-    fn pool_report(&self) -> Option<crate::store::PoolReport> {
+    fn change_signal(&self) -> Option<crate::store::contract::feed::ChangeSignal> {
+        Some(self.changes.clone())
+    }
+
+    fn pool_report(&self) -> Option<crate::store::contract::PoolReport> {
         Some(self.pool.report())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, items = items.len()))]
     async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        let _wake_watchers = self.changes.notify_on_drop();
         self.import(items).await
     }
 }

@@ -5,7 +5,8 @@
 use super::migrations::{self, SQLITE_MIGRATOR};
 use super::pool::ConnectionPool;
 use super::sql::{Dialect, Preparing, SqlStore};
-use super::{Result, StoreError, StoreOptions};
+use crate::store::contract::feed::ChangeSignal;
+use crate::store::contract::{Result, StoreError, StoreOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Sqlite, SqliteConnection};
 use std::str::FromStr;
@@ -88,6 +89,7 @@ impl SqlStore<Sqlite> {
             pool,
             options,
             preparing: Preparing::Named,
+            changes: ChangeSignal::new(),
         };
         store.check_sealing().await?;
         Ok(store)
@@ -152,5 +154,5 @@ fn owner_only_files(options: &SqliteConnectOptions) {
 async fn connect_once(connect: &SqliteConnectOptions) -> Result<SqliteConnection> {
     SqliteConnection::connect_with(connect)
         .await
-        .map_err(StoreError::Unavailable)
+        .map_err(|e| StoreError::Unavailable(crate::store::contract::DatabaseError::new(e)))
 }

@@ -18,8 +18,8 @@ use crate::domain::{
     Labels, Mesh, MeshSpec, NewMesh, NewSecret, ResourceKey, Secret, SecretKey,
     check_immutable_labels,
 };
-use crate::store::error::Op;
-use crate::store::{Expect, Put, Result, SecretStore, StoreError};
+use crate::store::backend::db_error::Op;
+use crate::store::contract::{DatabaseError, Expect, Put, Result, SecretStore, StoreError};
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 use std::collections::BTreeMap;
@@ -91,8 +91,8 @@ impl [SqlStore<DB>] {
                 }
             }
         }
-        Err(StoreError::Unavailable(sqlx::Error::Protocol(
-            "the secret kept changing under a put; retry".into(),
+        Err(StoreError::Unavailable(DatabaseError::new(
+            "the secret kept changing under a put; retry",
         )))
     }
 

@@ -4,16 +4,16 @@
 use super::SqlStore;
 use super::statements::query_as;
 use super::tx::RunOnStore;
-use crate::store::Result;
-use crate::store::error::Op;
+use crate::store::backend::db_error::Op;
+use crate::store::contract::{Replication, Result};
 use sqlx::Postgres;
 
-impl SqlStore<Postgres> {
+impl Replication for SqlStore<Postgres> {
     /// This server's current WAL position (`pg_current_wal_lsn()`, a primary's), as text.
     ///
     /// # Errors
     /// The database failed (a standby refuses: it has no current position of its own).
-    pub async fn wal_position(&self) -> Result<String> {
+    async fn wal_position(&self) -> Result<String> {
         let (lsn,) = query_as::<Postgres, (String,)>("SELECT pg_current_wal_lsn()::text")
             .fetch_one_via(self, Op::Other)
             .await?;
@@ -25,7 +25,7 @@ impl SqlStore<Postgres> {
     ///
     /// # Errors
     /// The database failed.
-    pub async fn has_replayed(&self, lsn: &str) -> Result<bool> {
+    async fn has_replayed(&self, lsn: &str) -> Result<bool> {
         let (replayed,) = query_as::<Postgres, (bool,)>(
             "SELECT coalesce(pg_last_wal_replay_lsn() >= CAST($1 AS pg_lsn), false)",
         )

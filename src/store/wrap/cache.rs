@@ -12,9 +12,11 @@
 //! 1. **Own writes.** Every write through this store drops the secrets it touched (a Mesh
 //!    write drops the Mesh's secrets) before it returns, so this replica's next read goes
 //!    to the database: read-your-writes.
-//! 2. **Other replicas' writes.** A follower reads the change feed (every [`WATCH_POLL`],
-//!    or at once when this process writes) and drops every secret an event names. Another
-//!    replica's write is visible here within one poll plus the feed query.
+//! 2. **Other replicas' writes.** A follower reads the change feed when the store's change
+//!    signal wakes it (this process's writes; on Postgres, other processes' commits, by
+//!    `LISTEN/NOTIFY`), and at least every [`WATCH_POLL`], and drops every secret an event
+//!    names. Another replica's write is visible here within a few milliseconds (one poll
+//!    at worst, when a notification is lost).
 //! 3. **No stale fill.** A read that misses takes a ticket (its shard's epoch) before it
 //!    reads the database and keeps the row only if no drop hit that shard since: a row read
 //!    just before a write commits is never kept after the write's drop.
@@ -34,19 +36,21 @@
 //! budget (64 MiB by default; a secret larger than a sixteenth of it is never kept); a
 //! full shard drops arbitrary entries to make room.
 //!
-//! [`WATCH_POLL`]: crate::store::feed::WATCH_POLL
+//! [`WATCH_POLL`]: crate::store::watch::WATCH_POLL
 
 use crate::domain::{
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, ResourceName, Secret, SecretKey,
     SecretUpdate,
 };
-use crate::store::feed::{Event, EventFilter, EventPage, WATCH_POLL};
-use crate::store::history::VersionInfo;
-use crate::store::page::{MeshQuery, Page, SecretQuery};
-use crate::store::sql::SecretRow;
-use crate::store::{
-    Expect, ImportCounts, Put, Result, SecretStore, StoreError, forward_store_methods,
+use crate::store::contract::feed::{ChangeSignal, Event, EventFilter, EventPage};
+use crate::store::contract::history::VersionInfo;
+use crate::store::contract::page::{MeshQuery, Page, SecretQuery};
+use crate::store::contract::{
+    CacheReport, CacheStats, Expect, ImportCounts, Put, Result, SealedReads, SealedSecret,
+    SecretStore, StoreError,
 };
+use crate::store::wrap::forward_store_methods;
+use crate::store::wrap::watch::{WATCH_POLL, wait_for_change};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,67 +71,6 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// Shards of the cache, each with its own lock and epoch.
 const SHARDS: usize = 16;
-
-/// A secret's row as stored, still sealed.
-#[derive(Clone)]
-pub struct SealedSecret(pub(crate) SecretRow);
-
-impl SealedSecret {
-    /// The version the row is at.
-    pub fn version(&self) -> i64 {
-        self.0.version()
-    }
-
-    /// About how many bytes it takes in memory.
-    pub fn memory_size(&self) -> usize {
-        self.0.memory_size()
-    }
-}
-
-/// The reads a store gives the cache: a secret's row without opening it, and opening it.
-pub trait SealedReads: Send + Sync {
-    /// The secret's row as stored, still sealed.
-    ///
-    /// # Errors
-    /// As [`SecretStore::get_secret`], except that nothing is opened.
-    fn get_sealed_secret(
-        &self,
-        key: &SecretKey,
-    ) -> impl Future<Output = Result<SealedSecret>> + Send;
-
-    /// Opens a row [`SealedReads::get_sealed_secret`] read.
-    ///
-    /// # Errors
-    /// [`StoreError::Sealed`] when it does not open.
-    fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret>;
-}
-
-/// The cache's state for `/metrics`: how it has been used, and what it holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheReport {
-    /// How it has been used since start.
-    pub stats: CacheStats,
-    /// Secrets it holds.
-    pub entries: usize,
-    /// About how much memory they take.
-    pub bytes: usize,
-}
-
-/// How the cache has been used since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    /// Reads answered from memory.
-    pub hits: u64,
-    /// Reads that went to the database and kept what they read.
-    pub misses: u64,
-    /// Reads that went to the database because the cache was not answering (feed not read
-    /// for [`MAX_STALENESS`], a fill raced a write, or the read asked to bypass it).
-    pub bypassed: u64,
-    /// Secrets dropped because a write or an event named them.
-    pub dropped: u64,
-    /// List pages whose `total` came from memory instead of a count.
-    pub totals_reused: u64,
-}
 
 /// The `total` of recent lists, by what they count (scope and filters). Any change to any
 /// secret (a write here, an event from the feed) forgets them all: a total is reused only
@@ -212,9 +155,10 @@ impl ReadCache {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The follower has just read the feed up to now.
-    fn mark_fresh(&self) {
-        let until = self.now_ms() + MAX_STALENESS.as_millis() as u64;
+    /// The follower has read the feed with a query that began at `read_from` (by
+    /// [`ReadCache::now_ms`]): every change committed before then is applied.
+    fn mark_fresh(&self, read_from: u64) {
+        let until = read_from + MAX_STALENESS.as_millis() as u64;
         self.fresh_until.store(until, Ordering::Release);
     }
 
@@ -433,15 +377,19 @@ impl<S> CachedStore<S> {
 
 impl<S: SecretStore + SealedReads + Clone + 'static> CachedStore<S> {
     /// Follows the change feed, dropping what each event names, until the future is
-    /// dropped; `wake` (notified after this process's writes) makes it look at once
-    /// instead of at the next [`WATCH_POLL`]. Never ends on its own: database errors are
-    /// retried with backoff, and the cache stops answering meanwhile.
-    pub async fn follow(self, wake: Arc<tokio::sync::Notify>) {
+    /// dropped; the store's change signal makes it look at once instead of at the next
+    /// [`WATCH_POLL`]. Never ends on its own: database errors are retried with backoff,
+    /// and the cache stops answering meanwhile.
+    pub async fn follow(self) {
         let cache = &self.cache;
         let mut backoff = Duration::from_millis(50);
         let mut after = None;
+        let mut waiter = self.inner.change_signal().map(|signal| signal.subscribe());
         loop {
-            let woken = wake.notified();
+            if let Some(waiter) = &mut waiter {
+                waiter.mark_seen();
+            }
+            let read_from = cache.now_ms();
             let Some(from) = after else {
                 // Start (or restart after a 410) from the current revision, and empty the
                 // cache after reading it: every change up to it is in the database rows
@@ -451,7 +399,7 @@ impl<S: SecretStore + SealedReads + Clone + 'static> CachedStore<S> {
                         cache.clear();
                         after = Some(revision);
                         cache.followed.store(revision, Ordering::Release);
-                        cache.mark_fresh();
+                        cache.mark_fresh(read_from);
                         backoff = Duration::from_millis(50);
                     }
                     Err(err) => {
@@ -473,13 +421,10 @@ impl<S: SecretStore + SealedReads + Clone + 'static> CachedStore<S> {
                     }
                     after = Some(revision);
                     cache.followed.store(revision, Ordering::Release);
-                    cache.mark_fresh();
+                    cache.mark_fresh(read_from);
                     backoff = Duration::from_millis(50);
                     if events.is_empty() {
-                        tokio::select! {
-                            () = woken => {}
-                            () = tokio::time::sleep(WATCH_POLL) => {}
-                        }
+                        wait_for_change(waiter.as_mut(), WATCH_POLL).await;
                     }
                 }
                 Err(StoreError::Gone { oldest }) => {
@@ -638,10 +583,13 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
         }
         self.inner.current_revision().await
     }
+    fn change_signal(&self) -> Option<ChangeSignal> {
+        self.inner.change_signal()
+    }
     fn readiness_note(&self) -> Option<String> {
         self.inner.readiness_note()
     }
-    fn pool_report(&self) -> Option<super::PoolReport> {
+    fn pool_report(&self) -> Option<crate::store::contract::PoolReport> {
         self.inner.pool_report()
     }
     fn cache_report(&self) -> Option<CacheReport> {
@@ -710,7 +658,7 @@ mod tests {
             !cache.answering(),
             "not before the follower first reads the feed"
         );
-        cache.mark_fresh();
+        cache.mark_fresh(cache.now_ms());
         assert!(cache.answering());
         cache.fresh_until.store(0, Ordering::Release);
         assert!(!cache.answering());
@@ -754,6 +702,6 @@ mod tests {
     }
 
     fn sealed_stub() -> SealedSecret {
-        SealedSecret(SecretRow::stub_for_tests())
+        SealedSecret::new(1, 100, ())
     }
 }

@@ -12,8 +12,8 @@ use super::tx::{RunOnStore, TxError};
 use super::{SqlStore, now, seal, seal_spec};
 use crate::domain::{MeshName, ResourceKey, ValidationError};
 use crate::sealing::OpenError;
-use crate::store::error::Op;
-use crate::store::{Result, StoreError};
+use crate::store::backend::db_error::Op;
+use crate::store::contract::{Result, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
@@ -244,7 +244,7 @@ impl [SqlStore<DB>] {
     ///
     /// # Errors
     /// [`StoreError::MissingKeys`]; the database failed.
-    pub(in crate::store) async fn check_sealing(&mut self) -> Result<()> {
+    pub(in crate::store::backend) async fn check_sealing(&mut self) -> Result<()> {
         let (in_use, plaintext) = self.seals_in_use().await?;
         let keyring = self.options.keyring.as_deref();
         let missing: Vec<String> = in_use

@@ -1,0 +1,315 @@
+//! The SQL backends: [`PostgresStore`] and [`SqliteStore`] (one generic [`SqlStore`] over a
+//! [`Dialect`], `sql/`), their connection pool, URLs and schema migrations, and
+//! [`AnyStore`], either one chosen at runtime from a URL.
+
+pub(crate) mod db_error;
+mod migrations;
+mod pool;
+mod postgres;
+mod sql;
+mod sqlite;
+mod url;
+
+pub use migrations::{MigrationReport, MigrationState, MigrationStatus};
+pub use postgres::PostgresStore;
+pub use sql::{
+    Dialect, KeptTimes, KeyUsage, PlaintextValue, ResealBatch, SealRefusal, SealedRows, SqlStore,
+    TimesOf, Unreadable,
+};
+pub use sqlite::SqliteStore;
+pub use url::{Backend, PoolMode, StoreUrl};
+
+use super::contract::feed;
+use super::contract::history;
+use super::contract::{
+    Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SealedReads, SealedSecret,
+    SecretQuery, SecretStore, StoreOptions,
+};
+use crate::domain::{
+    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
+};
+
+/// A store of either backend, chosen at runtime from a URL.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// A Postgres store.
+    Postgres(PostgresStore),
+    /// An embedded SQLite store.
+    Sqlite(SqliteStore),
+}
+
+/// Calls the same method on whichever backend `self` is.
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Postgres($store) => $call.await,
+            AnyStore::Sqlite($store) => $call.await,
+        }
+    };
+}
+
+impl AnyStore {
+    /// Opens the store `url` names. SQLite files are created and migrated on open; a
+    /// Postgres schema must already be at this binary's version (`kuma-secrets migrate up`).
+    ///
+    /// # Errors
+    /// An unsupported URL, an unreachable database, or a schema gate failure.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
+        Ok(match StoreUrl::parse(url)?.backend() {
+            Backend::Postgres => AnyStore::Postgres(PostgresStore::open(url, options).await?),
+            Backend::Sqlite => AnyStore::Sqlite(SqliteStore::open(url, options).await?),
+        })
+    }
+
+    /// Rows per sealing key id (`None`: plaintext). See [`SqlStore::rows_per_key`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn rows_per_key(&self) -> Result<Vec<KeyUsage>> {
+        delegate!(self, s => s.rows_per_key())
+    }
+
+    /// Stored values that do not open. See [`SqlStore::unreadable`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn unreadable(&self) -> Result<Vec<Unreadable>> {
+        delegate!(self, s => s.unreadable())
+    }
+
+    /// Whether anything in the store is sealed. See [`SqlStore::holds_sealed_values`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn holds_sealed_values(&self) -> Result<bool> {
+        delegate!(self, s => s.holds_sealed_values())
+    }
+
+    /// Re-seals Mesh inline CA keys. See [`SqlStore::reseal_meshes`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::reseal_meshes`].
+    pub async fn reseal_meshes(&self) -> Result<u64> {
+        delegate!(self, s => s.reseal_meshes())
+    }
+
+    /// One batch of key rotation. See [`SqlStore::reseal_batch`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::reseal_batch`].
+    pub async fn reseal_batch(
+        &self,
+        rows: SealedRows,
+        after: i64,
+        size: u32,
+    ) -> Result<ResealBatch> {
+        delegate!(self, s => s.reseal_batch(rows, after, size))
+    }
+
+    /// A view of this store whose reads see one point in time. See [`SqlStore::snapshot`].
+    #[must_use]
+    pub fn snapshot(&self) -> AnyStore {
+        match self {
+            AnyStore::Postgres(store) => AnyStore::Postgres(store.snapshot()),
+            AnyStore::Sqlite(store) => AnyStore::Sqlite(store.snapshot()),
+        }
+    }
+
+    /// Values stored in clear. See [`SqlStore::plaintext_values`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn plaintext_values(&self) -> Result<Vec<PlaintextValue>> {
+        delegate!(self, s => s.plaintext_values())
+    }
+
+    /// Why the plaintext values listed may not be sealed. See [`SqlStore::check_sealable`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::check_sealable`].
+    pub async fn check_sealable(
+        &self,
+        listed: &[PlaintextValue],
+    ) -> std::result::Result<(), SealRefusal> {
+        delegate!(self, s => s.check_sealable(listed))
+    }
+
+    /// Seals the plaintext values listed. See [`SqlStore::seal_plaintext`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::seal_plaintext`].
+    pub async fn seal_plaintext(
+        &self,
+        listed: &[PlaintextValue],
+        batch: usize,
+        progress: impl FnMut(u64) + Send,
+    ) -> std::result::Result<u64, SealRefusal> {
+        delegate!(self, s => s.seal_plaintext(listed, batch, progress))
+    }
+
+    /// When the store was first found fully sealed. See [`SqlStore::fully_sealed_since`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn fully_sealed_since(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        delegate!(self, s => s.fully_sealed_since())
+    }
+
+    /// Prunes events written before `cutoff`. See [`SqlStore::prune_events`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn prune_events(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<u64> {
+        delegate!(self, s => s.prune_events(cutoff, batch))
+    }
+
+    /// Sets how many earlier versions each secret keeps. See [`SqlStore::set_max_versions`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn set_max_versions(&self, limit: u32) -> Result<()> {
+        delegate!(self, s => s.set_max_versions(limit))
+    }
+
+    /// Replaces a secret's kept versions. See [`SqlStore::replace_history`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::replace_history`].
+    pub async fn replace_history(
+        &self,
+        key: &SecretKey,
+        current_version: i64,
+        versions: Vec<(Secret, Option<feed::Actor>)>,
+    ) -> Result<u64> {
+        delegate!(self, s => s.replace_history(key, current_version, versions))
+    }
+
+    /// Prunes the histories of secrets deleted before `cutoff`. See
+    /// [`SqlStore::prune_deleted_history`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn prune_deleted_history(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<u64> {
+        delegate!(self, s => s.prune_deleted_history(cutoff, batch))
+    }
+
+    /// Gives imported resources the times another store recorded. See
+    /// [`SqlStore::keep_times`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn keep_times(&self, times: Vec<KeptTimes>) -> Result<()> {
+        delegate!(self, s => s.keep_times(times))
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        delegate!(self, s => s.close())
+    }
+}
+
+impl SealedReads for AnyStore {
+    async fn get_sealed_secret(&self, key: &SecretKey) -> Result<SealedSecret> {
+        delegate!(self, s => s.get_sealed_secret(key))
+    }
+    fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret> {
+        match self {
+            AnyStore::Postgres(s) => s.open_sealed(sealed),
+            AnyStore::Sqlite(s) => s.open_sealed(sealed),
+        }
+    }
+}
+
+impl SecretStore for AnyStore {
+    async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
+        delegate!(self, s => s.get_secret_version(key, version))
+    }
+    async fn secret_versions(&self, key: &SecretKey) -> Result<Vec<history::VersionInfo>> {
+        delegate!(self, s => s.secret_versions(key))
+    }
+    async fn rollback_secret(&self, key: &SecretKey, to: i64, v: Option<i64>) -> Result<Secret> {
+        delegate!(self, s => s.rollback_secret(key, to, v))
+    }
+    async fn restore_secret(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
+        delegate!(self, s => s.restore_secret(key, version))
+    }
+    async fn purge_secret(&self, key: &SecretKey, expected: Option<i64>) -> Result<()> {
+        delegate!(self, s => s.purge_secret(key, expected))
+    }
+    async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
+        delegate!(self, s => s.create_secret(secret))
+    }
+    async fn update_secret(&self, key: &SecretKey, v: i64, u: SecretUpdate) -> Result<Secret> {
+        delegate!(self, s => s.update_secret(key, v, u))
+    }
+    async fn delete_secret(&self, key: &SecretKey, v: Option<i64>) -> Result<()> {
+        delegate!(self, s => s.delete_secret(key, v))
+    }
+    async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
+        delegate!(self, s => s.get_secret(key))
+    }
+    async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
+        delegate!(self, s => s.put_secret(secret, expect))
+    }
+    async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
+        delegate!(self, s => s.put_mesh(mesh, expect))
+    }
+    async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
+        delegate!(self, s => s.secret_version(key))
+    }
+    async fn list_secrets(&self, query: &SecretQuery) -> Result<Page<Secret>> {
+        delegate!(self, s => s.list_secrets(query))
+    }
+    async fn create_mesh(&self, mesh: NewMesh) -> Result<Mesh> {
+        delegate!(self, s => s.create_mesh(mesh))
+    }
+    async fn update_mesh(&self, name: &MeshName, v: i64, u: MeshUpdate) -> Result<Mesh> {
+        delegate!(self, s => s.update_mesh(name, v, u))
+    }
+    async fn delete_mesh(&self, name: &MeshName, v: Option<i64>) -> Result<()> {
+        delegate!(self, s => s.delete_mesh(name, v))
+    }
+    async fn get_mesh(&self, name: &MeshName) -> Result<Mesh> {
+        delegate!(self, s => s.get_mesh(name))
+    }
+    async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
+        delegate!(self, s => s.list_meshes(query))
+    }
+    async fn ping(&self) -> Result<()> {
+        delegate!(self, s => s.ping())
+    }
+    fn change_signal(&self) -> Option<feed::ChangeSignal> {
+        match self {
+            AnyStore::Postgres(store) => store.change_signal(),
+            AnyStore::Sqlite(store) => store.change_signal(),
+        }
+    }
+    fn pool_report(&self) -> Option<PoolReport> {
+        match self {
+            AnyStore::Postgres(store) => store.pool_report(),
+            AnyStore::Sqlite(store) => store.pool_report(),
+        }
+    }
+    async fn current_revision(&self) -> Result<i64> {
+        delegate!(self, s => s.current_revision())
+    }
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+        filter: &feed::EventFilter,
+    ) -> Result<feed::EventPage> {
+        delegate!(self, s => s.events_after(after, limit, filter))
+    }
+    async fn import_batch(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+        delegate!(self, s => s.import_batch(items))
+    }
+}
