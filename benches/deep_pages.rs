@@ -25,7 +25,7 @@ use std::sync::Arc;
 async fn sealed_store(url: &str) -> AnyStore {
     let options = StoreOptions {
         keyring: Some(Arc::new(Keyring::single("bench-1", Keyring::random_key()))),
-        ..StoreOptions::default()
+        ..StoreOptions::allow_plaintext_secrets()
     };
     let store = AnyStore::open(url, options).await.unwrap();
     let mut after = 0;
@@ -210,7 +210,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         // Opening migrates the new file; the seeded rows are sealed below.
-        AnyStore::open(&url, StoreOptions::default()).await.unwrap().close().await;
+        AnyStore::open(&url, StoreOptions::allow_plaintext_secrets()).await.unwrap().close().await;
         let mut conn = SqliteConnection::connect(&url).await.unwrap();
         conn.execute("INSERT INTO meshes (name, version, creation_time, modification_time) VALUES ('default', 1, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
             .await

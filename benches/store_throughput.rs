@@ -198,7 +198,7 @@ async fn reset_versions(url: &str) {
 
 /// Sets the store's history limit (`serve --max-versions`).
 async fn set_max_versions(url: &str, limit: u32) {
-    let store = PostgresStore::open(url, StoreOptions::default())
+    let store = PostgresStore::open(url, StoreOptions::allow_plaintext_secrets())
         .await
         .unwrap();
     store.set_max_versions(limit).await.unwrap();
@@ -288,7 +288,7 @@ async fn prepare(
     let url = common::create_migrated_database(admin, admin_url, db).await;
     let options = StoreOptions {
         keyring,
-        ..StoreOptions::default()
+        ..StoreOptions::allow_plaintext_secrets()
     };
     let store = PostgresStore::open(&url, options).await.unwrap();
     store
@@ -351,7 +351,7 @@ fn main() {
                     let options = StoreOptions {
                         max_connections: callers as u32,
                         keyring,
-                        ..StoreOptions::default()
+                        ..StoreOptions::allow_plaintext_secrets()
                     };
                     let store = Arc::new(PostgresStore::open(&url, options).await.unwrap());
                     let rate = run_store(&store, op, callers, args.seconds).await;

@@ -27,7 +27,7 @@
 //! use kuma_secrets::store::{AnyStore, SecretStore, StoreError, StoreOptions};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = AnyStore::open("sqlite://kuma-secrets.db", StoreOptions::default()).await?;
+//! let store = AnyStore::open("sqlite://kuma-secrets.db", StoreOptions::allow_plaintext_secrets()).await?;
 //! let key = SecretKey::parse(Some("default"), "my-ca-cert")?;
 //! let current = store.get_secret(&key).await?;
 //! let update = SecretUpdate {
@@ -43,10 +43,19 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+compile_error!(
+    "kuma-secrets needs a backend: enable the cargo feature `postgres`, `sqlite`, or both"
+);
+
+#[cfg(feature = "server")]
 pub mod api;
 pub mod ca;
+#[cfg(feature = "server")]
 pub mod cli;
+#[cfg(feature = "server")]
 pub mod client;
 pub mod domain;
 pub mod duration;
@@ -54,6 +63,8 @@ pub mod manifest;
 pub mod printable;
 pub mod sealing;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 /// An error and its causes on one line (`a: b: c`), for logs and the command line. A cause

@@ -439,7 +439,7 @@ async fn oversized_data_and_bodies_are_413_naming_the_limit(backend: Backend) {
     };
     let options = StoreOptions {
         max_secret_size: 1024,
-        ..StoreOptions::default()
+        ..StoreOptions::allow_plaintext_secrets()
     };
     let server = TestServer::start_with(backend, config, options).await;
     let url = server.at("/meshes/default/secrets/big");
@@ -668,10 +668,12 @@ async fn several_servers_on_one_postgres_lose_no_update() {
     };
     let mut others = Vec::new();
     for _ in 0..2 {
-        let store =
-            kuma_secrets::store::AnyStore::open(&db_url, common::sealed(StoreOptions::default()))
-                .await
-                .unwrap();
+        let store = kuma_secrets::store::AnyStore::open(
+            &db_url,
+            common::sealed(StoreOptions::allow_plaintext_secrets()),
+        )
+        .await
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         others.push(
             TestServer::start_on(

@@ -13,6 +13,7 @@ use common::server::{Backend, Guard, TestServer};
 use futures_util::StreamExt;
 use kuma_secrets::api::ApiConfig;
 use kuma_secrets::store::feed::{EventFilter, Operation};
+use kuma_secrets::store::watch::{WatchOptions, watch_with};
 use kuma_secrets::store::{AnyStore, SecretStore, StoreError, StoreOptions};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -130,7 +131,8 @@ async fn a_following_reader_misses_no_event_of_out_of_order_commits(backend: Bac
 /// rotation makes none.
 async fn every_change_is_an_event_with_its_actor(backend: Backend) {
     let config = ApiConfig::default();
-    let server = TestServer::start_with(backend, config, StoreOptions::default()).await;
+    let server =
+        TestServer::start_with(backend, config, StoreOptions::allow_plaintext_secrets()).await;
     let start = server.store.current_revision().await.unwrap();
     put_secret(&server, "default", "a", b"1").await;
     put_secret(&server, "default", "a", b"2").await;
@@ -409,7 +411,12 @@ async fn a_long_poll_answers_before_the_request_timeout() {
         request_timeout: Duration::from_secs(5),
         ..ApiConfig::default()
     };
-    let server = TestServer::start_with(Backend::Sqlite, config, StoreOptions::default()).await;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        config,
+        StoreOptions::allow_plaintext_secrets(),
+    )
+    .await;
     let revision = server.store.current_revision().await.unwrap();
     let started = Instant::now();
     let response =
@@ -505,9 +512,12 @@ async fn a_watch_survives_postgres_dropping_its_connections() {
 async fn a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second() {
     let first = TestServer::start(Backend::Postgres).await;
     let url = store_url(&first);
-    let store = AnyStore::open(&url, common::sealed(StoreOptions::default()))
-        .await
-        .unwrap();
+    let store = AnyStore::open(
+        &url,
+        common::sealed(StoreOptions::allow_plaintext_secrets()),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let second = TestServer::start_on(store, Guard::Sqlite(dir), ApiConfig::default()).await;
     let after = second.store.current_revision().await.unwrap();
@@ -525,4 +535,112 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another_within_a_second() 
     let latency = seen.saturating_duration_since(written);
     eprintln!("a change through one replica reached a watcher on another after {latency:?}");
     assert!(latency < Duration::from_secs(1), "{latency:?}");
+}
+
+/// A watch that would poll only once an hour still sees a write made through another store
+/// on the same Postgres (another replica): the store LISTENs for the NOTIFY the events
+/// trigger sends at commit. Nothing else could wake it within the test's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_is_woken_by_another_replicas_commit() {
+    let server = TestServer::start(Backend::Postgres).await;
+    let url = store_url(&server);
+    let other = AnyStore::open(
+        &url,
+        common::sealed(StoreOptions::allow_plaintext_secrets()),
+    )
+    .await
+    .unwrap();
+    let start = server.store.current_revision().await.unwrap();
+    let signal = server.store.change_signal().unwrap();
+    let mut events = watching(server.store.clone(), start);
+    until_listening(&url).await;
+    for i in 0..3 {
+        // The watch has read the feed to its end and waits (an hour, unless woken).
+        until_parked(&signal).await;
+        other
+            .create_secret(new_secret(&format!("w{i}")))
+            .await
+            .unwrap();
+        let name = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("the watch was not woken by the other store's commit (LISTEN/NOTIFY)")
+            .unwrap();
+        assert_eq!(name, format!("w{i}"));
+    }
+}
+
+/// The names of the events after `start` a watch that polls once an hour delivers.
+fn watching(store: AnyStore, start: i64) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let options = WatchOptions::default().poll(Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let mut watch = Box::pin(watch_with(store, start, EventFilter::default(), options));
+        while let Some(event) = watch.next().await {
+            if sender.send(event.unwrap().name).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// Waits until a watcher waits on `signal`.
+async fn until_parked(signal: &kuma_secrets::store::feed::ChangeSignal) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while signal.parked() == 0 {
+        assert!(Instant::now() < deadline, "the watch never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn new_secret(name: &str) -> kuma_secrets::domain::NewSecret {
+    kuma_secrets::domain::NewSecret {
+        key: kuma_secrets::domain::SecretKey::parse(Some("default"), name).unwrap(),
+        data: kuma_secrets::domain::SecretData::new(b"1".to_vec()).unwrap(),
+        labels: Default::default(),
+    }
+}
+
+/// Waits until a session on `url`'s database LISTENs on the change channel.
+async fn until_listening(url: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (listeners,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN %kuma_secrets_changes%'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if listeners > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no store ever LISTENed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A watch on SQLite (no other process writes there) is woken at once by the store's own
+/// writes: with an hour's poll, nothing else could wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_is_woken_by_its_own_stores_writes() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let start = server.store.current_revision().await.unwrap();
+    let signal = server.store.change_signal().unwrap();
+    let mut events = watching(server.store.clone(), start);
+    for i in 0..3 {
+        until_parked(&signal).await;
+        server
+            .store
+            .create_secret(new_secret(&format!("own{i}")))
+            .await
+            .unwrap();
+        let name = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("the watch was not woken by its store's own write")
+            .unwrap();
+        assert_eq!(name, format!("own{i}"));
+    }
 }

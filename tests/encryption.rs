@@ -26,7 +26,7 @@ async fn open_with(url: &str, keyring: Option<Arc<Keyring>>) -> Result<AnyStore,
         url,
         StoreOptions {
             keyring,
-            ..StoreOptions::default()
+            ..StoreOptions::allow_plaintext_secrets()
         },
     )
     .await
@@ -332,7 +332,7 @@ async fn plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_int
         StoreOptions {
             keyring: Some(common::test_keyring()),
             accept_plaintext_rows: true,
-            ..StoreOptions::default()
+            ..StoreOptions::allow_plaintext_secrets()
         },
     )
     .await

@@ -211,9 +211,12 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
         dry.stdout.contains("would import 3 meshes and 5 secrets"),
         "{dry:?}"
     );
-    let store = AnyStore::open(&target, common::sealed(StoreOptions::default()))
-        .await
-        .unwrap();
+    let store = AnyStore::open(
+        &target,
+        common::sealed(StoreOptions::allow_plaintext_secrets()),
+    )
+    .await
+    .unwrap();
     let all = store
         .list_secrets(&SecretQuery::new(SecretScope::AllMeshes))
         .await
@@ -252,9 +255,12 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
         "Kuma's database was written to"
     );
 
-    let store = AnyStore::open(&target, common::sealed(StoreOptions::default()))
-        .await
-        .unwrap();
+    let store = AnyStore::open(
+        &target,
+        common::sealed(StoreOptions::allow_plaintext_secrets()),
+    )
+    .await
+    .unwrap();
     let key = |mesh: Option<&str>, name: &str| SecretKey::parse(mesh, name).unwrap();
     let tls = store
         .get_secret(&key(Some("default"), "tls"))
@@ -435,9 +441,12 @@ async fn kuma_to_this_store_and_back_round_trips() {
     assert_eq!(fingerprint(&kuma_url).await, before);
 
     // A secret changed here: refused, all or nothing; then replaced with --overwrite.
-    let store = AnyStore::open(&target, common::sealed(StoreOptions::default()))
-        .await
-        .unwrap();
+    let store = AnyStore::open(
+        &target,
+        common::sealed(StoreOptions::allow_plaintext_secrets()),
+    )
+    .await
+    .unwrap();
     let key = SecretKey::parse(Some("default"), "tls").unwrap();
     set_secret_data(&store, &key, b"rotated".to_vec())
         .await
@@ -482,9 +491,12 @@ async fn tokens_kuma_issued_keep_working_after_the_import() {
         .await
         .ok();
 
-    let store = AnyStore::open(&target, common::sealed(StoreOptions::default()))
-        .await
-        .unwrap();
+    let store = AnyStore::open(
+        &target,
+        common::sealed(StoreOptions::allow_plaintext_secrets()),
+    )
+    .await
+    .unwrap();
     let server = common::server::TestServer::start_on(
         store,
         common::server::Guard::Sqlite(tempfile::tempdir().unwrap()),

@@ -514,7 +514,9 @@ async fn a_lost_embedded_keyring_is_not_silently_replaced() {
 async fn plaintext_rows_are_served_only_with_accept_plaintext_rows() {
     let dir = tempfile::tempdir().unwrap();
     let url = common::sqlite_url(dir.path(), "s.db");
-    let plain = AnyStore::open(&url, StoreOptions::default()).await.unwrap();
+    let plain = AnyStore::open(&url, StoreOptions::allow_plaintext_secrets())
+        .await
+        .unwrap();
     let mesh = MeshName::parse("default").unwrap();
     plain
         .create_mesh(NewMesh {
@@ -540,7 +542,7 @@ async fn plaintext_rows_are_served_only_with_accept_plaintext_rows() {
             StoreOptions {
                 keyring: Some(common::test_keyring()),
                 accept_plaintext_rows: accept,
-                ..StoreOptions::default()
+                ..StoreOptions::allow_plaintext_secrets()
             },
         )
     };
@@ -565,7 +567,7 @@ async fn a_hanging_database_gets_503_with_retry_after_by_the_request_timeout() {
     let proxy = common::proxy::Proxy::start(common::proxy::upstream_of(&db.url)).await;
     let store = AnyStore::open(
         &proxy.url_for(&db.url),
-        common::sealed(StoreOptions::default()),
+        common::sealed(StoreOptions::allow_plaintext_secrets()),
     )
     .await
     .unwrap();

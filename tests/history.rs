@@ -102,7 +102,10 @@ fn assert_version_not_found(err: StoreError, version: i64) {
         matches!(err, StoreError::VersionNotFound { version: v, .. } if v == version),
         "{err:?}"
     );
-    assert!(err.to_string().contains("--max-versions"), "{err}");
+    assert!(
+        err.to_string().contains("pruned by the history limit"),
+        "{err}"
+    );
 }
 
 async fn history_is_kept_and_pruned_at_the_limit<S: SecretStore>(store: &S) {

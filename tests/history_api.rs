@@ -75,7 +75,7 @@ async fn versions_read_roll_back_and_list(backend: Backend) {
         missing["detail"]
             .as_str()
             .unwrap()
-            .contains("--max-versions"),
+            .contains("pruned by the history limit"),
         "{missing}"
     );
 
@@ -377,7 +377,7 @@ async fn rotation_reseals_history(backend: Backend) {
         &common::raw::store_url(&server),
         StoreOptions {
             keyring: Some(std::sync::Arc::new(new_only)),
-            ..StoreOptions::default()
+            ..StoreOptions::allow_plaintext_secrets()
         },
     )
     .await

@@ -52,7 +52,7 @@ async fn status_shows_pending_before_and_applied_after() {
 #[tokio::test]
 async fn opening_an_unmigrated_database_names_migrate_up() {
     let db = TestDb::empty().await;
-    let err = PostgresStore::open(&db.url, StoreOptions::default())
+    let err = PostgresStore::open(&db.url, StoreOptions::allow_plaintext_secrets())
         .await
         .unwrap_err();
     assert!(
@@ -72,7 +72,7 @@ async fn a_newer_schema_is_refused_unless_tolerated() {
     let db = TestDb::migrated().await;
     pretend_a_newer_binary_migrated(&db.url).await;
 
-    let err = PostgresStore::open(&db.url, StoreOptions::default())
+    let err = PostgresStore::open(&db.url, StoreOptions::allow_plaintext_secrets())
         .await
         .unwrap_err();
     assert!(
@@ -90,7 +90,7 @@ async fn a_newer_schema_is_refused_unless_tolerated() {
 
     let tolerant = StoreOptions {
         tolerate_newer_schema: true,
-        ..StoreOptions::default()
+        ..StoreOptions::allow_plaintext_secrets()
     };
     let store = PostgresStore::open(&db.url, tolerant).await.unwrap();
     store.ping().await.unwrap();
@@ -117,7 +117,7 @@ async fn a_dirty_schema_is_refused_even_when_tolerating_newer() {
         .unwrap();
     let tolerant = StoreOptions {
         tolerate_newer_schema: true,
-        ..StoreOptions::default()
+        ..StoreOptions::allow_plaintext_secrets()
     };
     let err = PostgresStore::open(&db.url, tolerant).await.unwrap_err();
     assert!(
@@ -131,7 +131,7 @@ async fn an_unreachable_database_is_unavailable() {
     // Nothing listens on port 1.
     let err = PostgresStore::open(
         "postgres://postgres:postgres@127.0.0.1:1/postgres",
-        StoreOptions::default(),
+        StoreOptions::allow_plaintext_secrets(),
     )
     .await
     .unwrap_err();
@@ -173,12 +173,12 @@ async fn the_pool_reconnects_after_its_connections_are_killed() {
 async fn sqlite_migrates_itself_on_open_and_reopens_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let url = common::sqlite_url(dir.path(), "s.db");
-    let store = SqliteStore::open(&url, StoreOptions::default())
+    let store = SqliteStore::open(&url, StoreOptions::allow_plaintext_secrets())
         .await
         .unwrap();
     store.ping().await.unwrap();
     store.close().await;
-    let again = SqliteStore::open(&url, StoreOptions::default())
+    let again = SqliteStore::open(&url, StoreOptions::allow_plaintext_secrets())
         .await
         .unwrap();
     again.close().await;

@@ -349,7 +349,7 @@ async fn builtin_backends_get_real_ca_secrets_kept_across_updates_and_removed_wi
 async fn unsafe_delete_turns_the_guard_off(backend: Backend) {
     let options = StoreOptions {
         unsafe_delete: true,
-        ..StoreOptions::default()
+        ..StoreOptions::allow_plaintext_secrets()
     };
     let server = TestServer::start_with(backend, ApiConfig::default(), options).await;
     let (status, _) = put_mesh(

@@ -384,9 +384,10 @@ async fn the_api_works_behind_pgbouncer_in_transaction_and_session_mode() {
     .ok();
 
     // In session mode each of serve's connections holds one of PgBouncer's server
-    // connections (4 per database here) for its life: serve's pool must not be larger.
+    // connections (4 per database here) for its life, and so does the session that LISTENs
+    // for other replicas' changes: serve's pool must be smaller by one.
     let session_url = session.url_for(&db.url);
-    for (store, connections, mesh) in [(&pooled, "32", "tx"), (&session_url, "4", "session")] {
+    for (store, connections, mesh) in [(&pooled, "32", "tx"), (&session_url, "3", "session")] {
         let (serve, base, log) =
             serve_sealed(store, dir.path(), &["--max-connections", connections]).await;
         api_core(&base, mesh).await;

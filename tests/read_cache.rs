@@ -42,7 +42,7 @@ fn update(data: &str) -> SecretUpdate {
 
 /// A cached store on `url` with its follower running, once it answers from memory.
 async fn cached_on(url: &str) -> (CachedStore<AnyStore>, tokio::task::JoinHandle<()>) {
-    let store = AnyStore::open(url, common::sealed(StoreOptions::default()))
+    let store = AnyStore::open(url, common::sealed(StoreOptions::allow_plaintext_secrets()))
         .await
         .unwrap();
     let cached = CachedStore::new(store, 1000);

@@ -453,10 +453,12 @@ on_both_backends!(serve_killed_under_writers_loses_no_acknowledged_write);
 #[tokio::test]
 async fn a_test_database_is_reachable() {
     let db = common::TestDb::migrated().await;
-    let store =
-        kuma_secrets::store::PostgresStore::open(&db.url, common::sealed(Default::default()))
-            .await
-            .unwrap();
+    let store = kuma_secrets::store::PostgresStore::open(
+        &db.url,
+        common::sealed(kuma_secrets::store::StoreOptions::allow_plaintext_secrets()),
+    )
+    .await
+    .unwrap();
     kuma_secrets::store::SecretStore::ping(&store)
         .await
         .unwrap();

@@ -675,7 +675,7 @@ async fn exports_and_copies_are_one_point_in_time(backend: Backend) {
         .ok();
         let copied = kuma_secrets::store::AnyStore::open(
             &to,
-            common::sealed(kuma_secrets::store::StoreOptions::default()),
+            common::sealed(kuma_secrets::store::StoreOptions::allow_plaintext_secrets()),
         )
         .await
         .unwrap();

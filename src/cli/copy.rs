@@ -7,7 +7,7 @@
 //! Rows only in the destination are left alone and counted.
 
 use super::import::open_destination;
-use super::keyring::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, store_options};
 use crate::domain::{Mesh, Resource, Secret};
 use crate::manifest::{mesh_resource_of, secret_resource_of};
 use crate::store::{
@@ -56,9 +56,8 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
         accept_plaintext_rows: args.encryption.accept_plaintext_rows,
     };
     let source_options = StoreOptions {
-        keyring: resolve(&args.from, &from_encryption, Access::Read).await?,
         accept_plaintext_rows: from_encryption.accept_plaintext_rows(),
-        ..StoreOptions::default()
+        ..store_options(&args.from, &from_encryption, Access::Read).await?
     };
     let opened_source = AnyStore::open(args.from.expose(), source_options).await?;
     // The copy and its verification read one point in time of the source, as pg_dump
@@ -67,9 +66,8 @@ pub(super) async fn run(args: CopyArgs) -> anyhow::Result<()> {
     let (from, to) = (args.from.to_string(), args.to.to_string());
     let destination = if args.verify_only {
         let options = StoreOptions {
-            keyring: resolve(&args.to, &args.encryption, Access::Read).await?,
             accept_plaintext_rows: args.encryption.accept_plaintext_rows,
-            ..StoreOptions::default()
+            ..store_options(&args.to, &args.encryption, Access::Read).await?
         };
         AnyStore::open(args.to.expose(), options).await?
     } else {

@@ -3,7 +3,7 @@
 //! from the store, no server needed; streamed page by page, so memory stays flat.
 
 use super::StoreArgs;
-use super::keyring::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, store_options};
 use crate::domain::MeshName;
 use crate::manifest::{self, mesh_resource_of, secret_resource_of};
 use crate::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
@@ -56,9 +56,8 @@ async fn run_to_kuma(kuma: &crate::store::StoreUrl, args: &ExportArgs) -> anyhow
         "--to-kuma writes a Kuma control plane's Postgres database: give a postgres:// URL"
     );
     let options = StoreOptions {
-        keyring: resolve(&args.store.url, &args.encryption, Access::Read).await?,
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
-        ..StoreOptions::default()
+        ..store_options(&args.store.url, &args.encryption, Access::Read).await?
     };
     let opened = AnyStore::open(args.store.url.expose(), options).await?;
     // One point in time, as pg_dump reads (the pages of a live store otherwise mix times).
@@ -117,9 +116,8 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("invalid --mesh: {e}"))?;
     let options = StoreOptions {
-        keyring: resolve(&args.store.url, &args.encryption, Access::Read).await?,
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
-        ..StoreOptions::default()
+        ..store_options(&args.store.url, &args.encryption, Access::Read).await?
     };
     let opened = AnyStore::open(args.store.url.expose(), options).await?;
     // Every page from one point in time, as pg_dump reads: a writer that sets A then B

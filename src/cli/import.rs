@@ -5,7 +5,7 @@
 
 use super::StoreArgs;
 use super::apply::{fetch, is_url, manifest_files_in};
-use super::keyring::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, store_options};
 use crate::domain::Resource;
 use crate::manifest::{self, Documents, Entry};
 use crate::store::{
@@ -323,7 +323,7 @@ pub(super) async fn open_destination(
     url: &StoreUrl,
     encryption: &EncryptionArgs,
 ) -> anyhow::Result<AnyStore> {
-    let keyring = resolve(url, encryption, Access::Write).await?;
+    let options = store_options(url, encryption, Access::Write).await?;
     if url.backend() == Backend::Postgres && url.pool_mode() == PoolMode::Session {
         let report = PostgresStore::migrate_up(url.expose(), false).await?;
         for applied in &report.applied {
@@ -334,9 +334,8 @@ pub(super) async fn open_destination(
         }
     }
     let options = StoreOptions {
-        keyring,
         accept_plaintext_rows: encryption.accept_plaintext_rows(),
-        ..StoreOptions::default()
+        ..options
     };
     Ok(AnyStore::open(url.expose(), options).await?)
 }

@@ -8,6 +8,7 @@
 //! explicit plaintext flag.
 
 use crate::sealing::Keyring;
+use crate::store::StoreOptions;
 use crate::store::{Backend, StoreUrl};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -52,11 +53,29 @@ pub enum Access {
     Write,
 }
 
-/// The keyring for `store_url`, or `None` for plaintext.
+/// Store options for `store_url` sealed with the keyring `args` choose, or without one
+/// where the user chose plaintext (`--allow-plaintext-secrets`) or only reads.
 ///
 /// # Errors
 /// An unreadable or invalid keyring file, or a Postgres store written without a keyring
 /// or `--allow-plaintext-secrets`.
+pub async fn store_options(
+    store_url: &StoreUrl,
+    args: &EncryptionArgs,
+    access: Access,
+) -> anyhow::Result<StoreOptions> {
+    Ok(match resolve(store_url, args, access).await? {
+        Some(keyring) => StoreOptions::sealed_with(keyring),
+        None => StoreOptions::allow_plaintext_secrets(),
+    })
+}
+
+/// The keyring for `store_url` that `args` choose (see [`store_options`]); `None` where the
+/// user chose plaintext (`--allow-plaintext-secrets`) or only reads.
+///
+/// # Errors
+/// A keyring that does not load, or a Postgres store with neither a keyring nor the
+/// explicit plaintext choice.
 pub async fn resolve(
     store_url: &StoreUrl,
     args: &EncryptionArgs,
@@ -121,10 +140,7 @@ async fn refuse_if_sealed(store_url: &StoreUrl, keyring: &Path) -> anyhow::Resul
     }
     let store = crate::store::SqliteStore::open(
         store_url.expose(),
-        crate::store::StoreOptions {
-            keyring: Some(Arc::new(Keyring::single("probe", Keyring::random_key()))),
-            ..Default::default()
-        },
+        StoreOptions::sealed_with(Arc::new(Keyring::single("probe", Keyring::random_key()))),
     )
     .await;
     let sealed = match store {

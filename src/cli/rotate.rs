@@ -6,8 +6,8 @@
 //! seals them when the operator says so.
 
 use super::StoreArgs;
-use super::keyring::{Access, EncryptionArgs, resolve};
-use crate::store::{AnyStore, KeyUsage, SealedRows, StoreOptions, Unreadable};
+use super::keyring::{Access, EncryptionArgs, store_options};
+use crate::store::{AnyStore, KeyUsage, SealedRows, Unreadable};
 
 /// `kuma-secrets rotate-keys …`
 #[derive(Debug, clap::Args)]
@@ -25,12 +25,8 @@ pub struct RotateArgs {
 }
 
 pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
-    let keyring = resolve(&args.store.url, &args.encryption, Access::Read).await?;
-    let active = keyring.as_ref().map(|k| k.active_id().to_owned());
-    let options = StoreOptions {
-        keyring,
-        ..StoreOptions::default()
-    };
+    let options = store_options(&args.store.url, &args.encryption, Access::Read).await?;
+    let active = options.keyring.as_ref().map(|k| k.active_id().to_owned());
     let store = AnyStore::open(args.store.url.expose(), options).await?;
     if args.status {
         print!(

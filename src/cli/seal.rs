@@ -30,10 +30,7 @@ pub(super) async fn run(args: SealArgs) -> anyhow::Result<()> {
     let Some(keyring) = resolve(&args.store.url, &args.encryption, Access::Read).await? else {
         anyhow::bail!("seal-plaintext needs the keyring to seal with: pass --encryption-keys FILE");
     };
-    let options = StoreOptions {
-        keyring: Some(keyring),
-        ..StoreOptions::default()
-    };
+    let options = StoreOptions::sealed_with(keyring);
     let store = AnyStore::open(args.store.url.expose(), options).await?;
     let result = seal(&store, &args).await;
     store.close().await;

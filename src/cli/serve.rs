@@ -2,11 +2,12 @@
 //! SIGTERM (requests in flight finish first).
 
 use super::StoreArgs;
-use super::keyring::{Access, EncryptionArgs, resolve};
+use super::keyring::{Access, EncryptionArgs, store_options};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
 use crate::store::cache::CachedStore;
 use crate::store::replica::ReadReplica;
+use crate::store::upkeep::{Upkeep, UpkeepOptions};
 use crate::store::{AnyStore, PostgresStore, SealedReads, SecretStore, StoreOptions, StoreUrl};
 use anyhow::Context;
 use clap::ArgAction;
@@ -85,7 +86,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KUMA_SECRETS_MAX_REPLICA_LAG", default_value = "5s", value_parser = crate::duration::parse)]
     max_replica_lag: std::time::Duration,
     /// Largest number of database connections.
-    #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::default().max_connections)]
+    #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::DEFAULT_MAX_CONNECTIONS)]
     max_connections: u32,
 }
 
@@ -95,9 +96,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_secret_size: args.max_secret_size,
         tolerate_newer_schema: args.tolerate_newer_schema,
         unsafe_delete: args.unsafe_delete,
-        keyring: resolve(&args.store.url, &args.encryption, Access::Write).await?,
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
-        ..StoreOptions::default()
+        ..store_options(&args.store.url, &args.encryption, Access::Write).await?
     };
     // The standby holds the same rows: the same keyring opens them.
     let replica_options = StoreOptions {
@@ -151,17 +151,18 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store = %args.store.url,
         "kuma-secrets API listening"
     );
-    let pruner = tokio::spawn(prune(
+    let upkeep = Upkeep::start(
         store.clone(),
-        args.events_retention,
-        args.deleted_retention,
-    ));
+        UpkeepOptions::default()
+            .events_retention(args.events_retention)
+            .deleted_retention(args.deleted_retention),
+    );
     let cache = CacheSize {
         entries: args.cache_entries,
         bytes: args.cache_mib.saturating_mul(1 << 20),
     };
     let served = match &args.read_replica {
-        None => serve_store(store.clone(), cache, config, endpoint).await,
+        None => serve_store(store.clone(), cache, config, endpoint, upkeep).await,
         Some(url) => {
             let AnyStore::Postgres(primary) = &store else {
                 anyhow::bail!("--read-replica needs a Postgres --store");
@@ -170,14 +171,12 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot open the read replica {url}"))?;
             let routed = ReadReplica::new(primary.clone(), replica.clone(), args.max_replica_lag);
-            let monitor = tokio::spawn(routed.clone().monitor());
-            let served = serve_store(routed, cache, config, endpoint).await;
-            monitor.abort();
+            let upkeep = upkeep.with_replica_monitor(routed.clone());
+            let served = serve_store(routed, cache, config, endpoint, upkeep).await;
             replica.close().await;
             served
         }
     };
-    pruner.abort();
     served?;
     store.close().await;
     tracing::info!("stopped");
@@ -239,24 +238,27 @@ struct CacheSize {
 }
 
 /// Serves the API on `store`, through a read cache of `cache` (none for 0 entries) kept
-/// coherent by the change feed, until SIGINT or SIGTERM.
+/// coherent by the change feed, until SIGINT or SIGTERM; then stops the upkeep.
 async fn serve_store<S>(
     store: S,
     cache: CacheSize,
     config: ApiConfig,
     endpoint: Endpoint,
+    upkeep: Upkeep,
 ) -> anyhow::Result<()>
 where
     S: SecretStore + SealedReads + Clone + 'static,
 {
-    if cache.entries == 0 || cache.bytes == 0 {
-        return serve_app(endpoint, api::app(AppState::new(store, config))).await;
-    }
-    let cached = CachedStore::with_memory(store, cache.entries, cache.bytes);
-    let state = AppState::new(cached.clone(), config);
-    let follower = tokio::spawn(cached.clone().follow());
-    let served = serve_app(endpoint, api::app(state)).await;
-    follower.abort();
+    let (served, upkeep) = if cache.entries == 0 || cache.bytes == 0 {
+        let served = serve_app(endpoint, api::app(AppState::new(store, config))).await;
+        (served, upkeep)
+    } else {
+        let cached = CachedStore::with_memory(store, cache.entries, cache.bytes);
+        let upkeep = upkeep.with_cache_follower(cached.clone());
+        let served = serve_app(endpoint, api::app(AppState::new(cached, config))).await;
+        (served, upkeep)
+    };
+    upkeep.stop().await;
     served
 }
 
@@ -272,51 +274,6 @@ async fn serve_app(endpoint: Endpoint, app: axum::Router) -> anyhow::Result<()> 
         None => api::serve(listener, app, limits, shutdown_signal()).await?,
     }
     Ok(())
-}
-
-/// Every minute, prunes what retention lets go: change-feed events older than `events`,
-/// and the versions of secrets deleted longer than `deleted` ago. A thousand rows per
-/// statement, so no lock is held for long. Several replicas may all do it: repeating a
-/// prune is harmless.
-async fn prune(store: AnyStore, events: std::time::Duration, deleted: std::time::Duration) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        prune_in_batches("change-feed events", || {
-            store.prune_events(cutoff(events), 1000)
-        })
-        .await;
-        prune_in_batches("versions of deleted secrets", || {
-            store.prune_deleted_history(cutoff(deleted), 1000)
-        })
-        .await;
-    }
-}
-
-/// Runs `batch` until it prunes nothing (or fails: the next tick tries again).
-async fn prune_in_batches<F, Fut>(what: &str, mut batch: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = crate::store::Result<u64>>,
-{
-    loop {
-        match batch().await {
-            Ok(0) => break,
-            Ok(pruned) => tracing::debug!(pruned, what, "pruned"),
-            Err(err) => {
-                tracing::warn!(error = %err, what, "could not prune");
-                break;
-            }
-        }
-    }
-}
-
-/// The time `retention` ago.
-fn cutoff(retention: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
-    chrono::Duration::from_std(retention)
-        .ok()
-        .and_then(|keep| chrono::Utc::now().checked_sub_signed(keep))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

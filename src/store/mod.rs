@@ -29,17 +29,25 @@
 //! - [`wrap`]: stores that wrap a store (read cache, read replica, watch), sharing
 //!   [`forward_store_methods!`]; built on the contract only.
 //!
-//! This module only names what the three hold; `.ci/module-cycles` checks that the arrows
+//! - [`upkeep`], on top: the background tasks a running store needs (retention, the cache
+//!   follower, a replica's monitor), started and stopped by the embedder.
+//!
+//! This module only names what they hold; `.ci/module-cycles` checks that the arrows
 //! between them run this way.
 
 pub mod backend;
 pub mod contract;
+pub mod upkeep;
 pub mod wrap;
 
+#[cfg(feature = "postgres")]
+pub use backend::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use backend::SqliteStore;
 pub use backend::{
     AnyStore, Backend, Dialect, KeptTimes, KeyUsage, MigrationReport, MigrationState,
-    MigrationStatus, PlaintextValue, PoolMode, PostgresStore, ResealBatch, SealRefusal, SealedRows,
-    SqlStore, SqliteStore, StoreUrl, TimesOf, Unreadable,
+    MigrationStatus, PlaintextValue, PoolMode, ResealBatch, SealRefusal, SealedRows, SqlStore,
+    StoreUrl, TimesOf, Unreadable,
 };
 pub use contract::{
     CacheReport, CacheStats, Cursor, DEFAULT_PAGE_SIZE, DatabaseError, Expect, ImportCounts,
@@ -48,5 +56,6 @@ pub use contract::{
     SecretStore, SecretWalk, StorageFault, StoreError, StoreOptions, Walk, WalkQuery, error, feed,
     history, page, walk,
 };
+#[cfg(feature = "server")]
 pub(crate) use wrap::forward_store_methods;
 pub use wrap::{cache, replica, watch};

@@ -157,7 +157,7 @@ pub async fn attacker_signing_key(serial: u32) -> (Vec<u8>, String) {
     let dir = tempfile::tempdir().unwrap();
     let theirs = SqliteStore::open(
         &super::sqlite_url(dir.path(), "evil.db"),
-        StoreOptions::default(),
+        StoreOptions::allow_plaintext_secrets(),
     )
     .await
     .unwrap();

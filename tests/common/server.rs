@@ -39,12 +39,22 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with default settings.
     pub async fn start(backend: Backend) -> Self {
-        Self::start_with(backend, ApiConfig::default(), StoreOptions::default()).await
+        Self::start_with(
+            backend,
+            ApiConfig::default(),
+            StoreOptions::allow_plaintext_secrets(),
+        )
+        .await
     }
 
     /// Starts a server where every caller needs a token ([`tokens_only`]).
     pub async fn start_tokens_only(backend: Backend) -> Self {
-        Self::start_with(backend, tokens_only(), StoreOptions::default()).await
+        Self::start_with(
+            backend,
+            tokens_only(),
+            StoreOptions::allow_plaintext_secrets(),
+        )
+        .await
     }
 
     /// Starts a server on a fresh store of `backend`.

@@ -16,8 +16,10 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Acquire, Connection, Database, Executor, FromRow};
 
 /// Migrations for Postgres, embedded at build time.
+#[cfg(feature = "postgres")]
 pub(crate) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 /// Migrations for SQLite, embedded at build time.
+#[cfg(feature = "sqlite")]
 pub(crate) static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// A migration as recorded in `_sqlx_migrations`.

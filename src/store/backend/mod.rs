@@ -5,17 +5,21 @@
 pub(crate) mod db_error;
 mod migrations;
 mod pool;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod url;
 
 pub use migrations::{MigrationReport, MigrationState, MigrationStatus};
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use sql::{
     Dialect, KeptTimes, KeyUsage, PlaintextValue, ResealBatch, SealRefusal, SealedRows, SqlStore,
     TimesOf, Unreadable,
 };
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use url::{Backend, PoolMode, StoreUrl};
 
@@ -23,7 +27,7 @@ use super::contract::feed;
 use super::contract::history;
 use super::contract::{
     Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SealedReads, SealedSecret,
-    SecretQuery, SecretStore, StoreOptions,
+    SecretQuery, SecretStore, StoreError, StoreOptions,
 };
 use crate::domain::{
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
@@ -33,8 +37,10 @@ use crate::domain::{
 #[derive(Debug, Clone)]
 pub enum AnyStore {
     /// A Postgres store.
+    #[cfg(feature = "postgres")]
     Postgres(PostgresStore),
     /// An embedded SQLite store.
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
 }
 
@@ -42,7 +48,9 @@ pub enum AnyStore {
 macro_rules! delegate {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
+            #[cfg(feature = "postgres")]
             AnyStore::Postgres($store) => $call.await,
+            #[cfg(feature = "sqlite")]
             AnyStore::Sqlite($store) => $call.await,
         }
     };
@@ -50,15 +58,74 @@ macro_rules! delegate {
 
 impl AnyStore {
     /// Opens the store `url` names. SQLite files are created and migrated on open; a
-    /// Postgres schema must already be at this binary's version (`kuma-secrets migrate up`).
+    /// Postgres schema must already be at this build's version ([`AnyStore::migrate_up`],
+    /// or [`AnyStore::migrate_and_open`] to do both).
     ///
     /// # Errors
     /// An unsupported URL, an unreachable database, or a schema gate failure.
     pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
         Ok(match StoreUrl::parse(url)?.backend() {
+            #[cfg(feature = "postgres")]
             Backend::Postgres => AnyStore::Postgres(PostgresStore::open(url, options).await?),
+            #[cfg(feature = "sqlite")]
             Backend::Sqlite => AnyStore::Sqlite(SqliteStore::open(url, options).await?),
+            #[allow(unreachable_patterns)]
+            backend => {
+                return Err(StoreError::BackendNotBuilt {
+                    backend: backend.feature(),
+                });
+            }
         })
+    }
+
+    /// Applies the migrations this build has and the database at `url` lacks, and says
+    /// which: what a control plane runs at start-up (or `kuma-secrets migrate up`). Safe
+    /// when several replicas start at once: on Postgres they take turns on a session
+    /// advisory lock, and the later ones find nothing left to apply. A database migrated by
+    /// a newer build is refused unless `tolerate_newer_schema`.
+    ///
+    /// # Errors
+    /// [`StoreError::Schema`] (newer, dirty, modified, a failed migration),
+    /// [`StoreError::Unavailable`], or [`StoreError::BadUrlParameter`] for a Postgres URL
+    /// through a transaction-mode pooler (migrations need one session throughout).
+    pub async fn migrate_up(url: &str, tolerate_newer_schema: bool) -> Result<MigrationReport> {
+        match StoreUrl::parse(url)?.backend() {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => PostgresStore::migrate_up(url, tolerate_newer_schema).await,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite => SqliteStore::migrate_up(url, tolerate_newer_schema).await,
+            #[allow(unreachable_patterns)]
+            backend => Err(StoreError::BackendNotBuilt {
+                backend: backend.feature(),
+            }),
+        }
+    }
+
+    /// Each migration this build has and the database at `url` holds, and its state.
+    ///
+    /// # Errors
+    /// As [`AnyStore::migrate_up`].
+    pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
+        match StoreUrl::parse(url)?.backend() {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => PostgresStore::migration_status(url).await,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite => SqliteStore::migration_status(url).await,
+            #[allow(unreachable_patterns)]
+            backend => Err(StoreError::BackendNotBuilt {
+                backend: backend.feature(),
+            }),
+        }
+    }
+
+    /// [`AnyStore::migrate_up`] (honouring `options.tolerate_newer_schema`), then
+    /// [`AnyStore::open`]: a control plane's start-up in one call.
+    ///
+    /// # Errors
+    /// As both.
+    pub async fn migrate_and_open(url: &str, options: StoreOptions) -> Result<Self> {
+        Self::migrate_up(url, options.tolerate_newer_schema).await?;
+        Self::open(url, options).await
     }
 
     /// Rows per sealing key id (`None`: plaintext). See [`SqlStore::rows_per_key`].
@@ -110,7 +177,9 @@ impl AnyStore {
     #[must_use]
     pub fn snapshot(&self) -> AnyStore {
         match self {
+            #[cfg(feature = "postgres")]
             AnyStore::Postgres(store) => AnyStore::Postgres(store.snapshot()),
+            #[cfg(feature = "sqlite")]
             AnyStore::Sqlite(store) => AnyStore::Sqlite(store.snapshot()),
         }
     }
@@ -222,7 +291,9 @@ impl SealedReads for AnyStore {
     }
     fn open_sealed(&self, sealed: &SealedSecret) -> Result<Secret> {
         match self {
+            #[cfg(feature = "postgres")]
             AnyStore::Postgres(s) => s.open_sealed(sealed),
+            #[cfg(feature = "sqlite")]
             AnyStore::Sqlite(s) => s.open_sealed(sealed),
         }
     }
@@ -288,13 +359,17 @@ impl SecretStore for AnyStore {
     }
     fn change_signal(&self) -> Option<feed::ChangeSignal> {
         match self {
+            #[cfg(feature = "postgres")]
             AnyStore::Postgres(store) => store.change_signal(),
+            #[cfg(feature = "sqlite")]
             AnyStore::Sqlite(store) => store.change_signal(),
         }
     }
     fn pool_report(&self) -> Option<PoolReport> {
         match self {
+            #[cfg(feature = "postgres")]
             AnyStore::Postgres(store) => store.pool_report(),
+            #[cfg(feature = "sqlite")]
             AnyStore::Sqlite(store) => store.pool_report(),
         }
     }

@@ -17,6 +17,16 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// The cargo feature that builds this backend, which is also its URL scheme.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
 /// How the connection pooler between the store and Postgres (if any) hands out server
 /// connections: the `pool_mode` parameter of a Postgres store URL, named and valued as
 /// PgBouncer's own setting, so the URL says what the pooler's configuration says.

@@ -129,6 +129,13 @@ pub enum StoreError {
         /// The URL, password redacted.
         url: String,
     },
+    /// The URL names a backend this build of the library leaves out (its cargo feature,
+    /// `postgres` or `sqlite`, is off).
+    #[error("this build has no {backend} backend (its cargo feature `{backend}` is off)")]
+    BackendNotBuilt {
+        /// The backend the URL names: `postgres` or `sqlite`.
+        backend: &'static str,
+    },
     /// A store URL parameter has a value the store does not understand.
     #[error("store URL {url:?}: {reason}")]
     BadUrlParameter {

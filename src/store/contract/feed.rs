@@ -164,6 +164,8 @@ pub struct ChangeSignal {
 
 struct SignalInner {
     generation: tokio::sync::watch::Sender<u64>,
+    /// Waiters parked in [`ChangeWaiter::changed`] now.
+    parked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Starts what notifies this signal on other processes' writes (a Postgres listener),
     /// while anyone waits.
     listen: Option<Listen>,
@@ -198,7 +200,7 @@ impl ChangeSignal {
     /// A signal that, while anyone waits on it, also runs `listen`: a task that notifies it
     /// on other processes' writes and ends when [`WeakChangeSignal::upgrade`] fails or
     /// [`ChangeSignal::has_waiters`] turns false.
-    pub(crate) fn listening(
+    pub fn listening(
         listen: impl Fn(WeakChangeSignal) -> tokio::task::JoinHandle<()> + Send + Sync + 'static,
     ) -> Self {
         Self::build(Some(Box::new(listen)))
@@ -208,6 +210,7 @@ impl ChangeSignal {
         Self {
             inner: std::sync::Arc::new(SignalInner {
                 generation: tokio::sync::watch::Sender::new(0),
+                parked: std::sync::Arc::default(),
                 listen,
                 listening: std::sync::Mutex::new(None),
             }),
@@ -228,6 +231,12 @@ impl ChangeSignal {
         NotifyOnDrop(self)
     }
 
+    /// How many waiters are parked in [`ChangeWaiter::changed`] now: readers that have read
+    /// the feed to its end and wait for the next change.
+    pub fn parked(&self) -> usize {
+        self.inner.parked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether anyone waits on the signal.
     pub fn has_waiters(&self) -> bool {
         self.inner.generation.receiver_count() > 0
@@ -238,6 +247,7 @@ impl ChangeSignal {
     pub fn subscribe(&self) -> ChangeWaiter {
         let waiter = ChangeWaiter {
             generation: self.inner.generation.subscribe(),
+            parked: std::sync::Arc::clone(&self.inner.parked),
         };
         if let Some(listen) = &self.inner.listen {
             let mut running = self
@@ -285,6 +295,7 @@ impl WeakChangeSignal {
 #[derive(Debug)]
 pub struct ChangeWaiter {
     generation: tokio::sync::watch::Receiver<u64>,
+    parked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ChangeWaiter {
@@ -297,6 +308,16 @@ impl ChangeWaiter {
     /// Completes at the first notification since the last [`ChangeWaiter::mark_seen`] (at
     /// once if there was one). Never completes once the signal is gone.
     pub async fn changed(&mut self) {
+        /// Counts the waiter as parked while it waits, however the wait ends.
+        struct Parked<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Parked<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        self.parked
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _parked = Parked(&self.parked);
         if self.generation.changed().await.is_err() {
             std::future::pending::<()>().await;
         }

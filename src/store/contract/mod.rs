@@ -365,8 +365,8 @@ pub struct StoreOptions {
     /// `store.unsafeDelete`). Off: such a delete is [`StoreError::InUse`].
     pub unsafe_delete: bool,
     /// Keys to seal secret data with (AES-256-GCM) before it reaches the database. `None`
-    /// stores plaintext: the binary does that only with `--allow-plaintext-secrets`; an
-    /// embedding control plane should pass a keyring.
+    /// stores plaintext: only [`StoreOptions::allow_plaintext_secrets`] starts from it (the
+    /// binary's `--allow-plaintext-secrets`); [`StoreOptions::sealed_with`] sets it.
     pub keyring: Option<std::sync::Arc<crate::sealing::Keyring>>,
     /// With a keyring, still read rows stored in plaintext (and Mesh inline CA keys stored
     /// unsealed). Only for the upgrade window between `migrate up` and `rotate-keys` on a
@@ -381,10 +381,27 @@ pub struct StoreOptions {
     pub reads_only: bool,
 }
 
-impl Default for StoreOptions {
-    fn default() -> Self {
+impl StoreOptions {
+    /// The default pool size: see [`StoreOptions::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 32;
+
+    /// Options for a store that seals every secret value with `keyring` (AES-256-GCM)
+    /// before it reaches the database, the defaults otherwise. What an embedding control
+    /// plane should open.
+    pub fn sealed_with(keyring: std::sync::Arc<crate::sealing::Keyring>) -> Self {
         Self {
-            max_connections: 32,
+            keyring: Some(keyring),
+            ..Self::allow_plaintext_secrets()
+        }
+    }
+
+    /// Options for a store that keeps secret values **in clear**: anyone who can read the
+    /// database, a backup of it or its disk reads every secret. The explicit choice the
+    /// command line's `--allow-plaintext-secrets` makes; for tests, or a store that is only
+    /// read. (There is no `Default`: a store without a keyring is never chosen by omission.)
+    pub fn allow_plaintext_secrets() -> Self {
+        Self {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             acquire_timeout: Duration::from_secs(5),
             max_secret_size: DEFAULT_MAX_SECRET_SIZE,
             tolerate_newer_schema: false,

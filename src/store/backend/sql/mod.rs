@@ -96,6 +96,7 @@ mod import;
 mod list;
 mod mtls;
 mod put;
+#[cfg(feature = "postgres")]
 mod replication;
 mod reseal;
 mod rows;

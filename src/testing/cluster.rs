@@ -36,6 +36,7 @@ pub fn local_binaries() -> Option<PathBuf> {
     dirs.pop()
 }
 
+/// Whether this process runs as root (then clusters run as the `postgres` user).
 pub fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -58,6 +59,7 @@ pub fn owned_temp_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
