@@ -33,7 +33,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--writes" => writes = args.next().and_then(|n| n.parse().ok()).expect("--writes N"),
+            "--writes" => {
+                writes = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--writes N")
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}: use --writes N"),
         }

@@ -4,7 +4,7 @@ use super::migrations::{self, POSTGRES_MIGRATOR};
 use super::pool::{ConnectCheck, ConnectionPool};
 use super::sql::{Dialect, Preparing, SqlStore};
 use super::url::{PoolMode, split_pool_mode};
-use crate::store::contract::feed::{ChangeSignal, WeakChangeSignal};
+use crate::store::contract::feed::{ChangeSignal, LocalWrites, SignalHooks, WeakChangeSignal};
 use crate::store::contract::{DatabaseError, Result, StoreError, StoreOptions};
 use futures_util::future::BoxFuture;
 use sqlx::postgres::PgConnectOptions;
@@ -118,22 +118,27 @@ impl SqlStore<Postgres> {
         } else {
             Some(refuse_read_only)
         };
-        let changes = match pool_mode {
-            // LISTEN needs a session of its own; a transaction-mode pooler gives none.
-            PoolMode::Transaction => ChangeSignal::new(),
-            PoolMode::Session => {
-                let listen_with = connect.clone();
-                ChangeSignal::listening(move |signal| {
-                    tokio::spawn(listen_for_changes(listen_with.clone(), signal))
-                })
-            }
-        };
+        let listen_with = connect.clone();
         let pool = ConnectionPool::new(
             connect,
             check,
             options.max_connections,
             options.acquire_timeout,
         );
+        let announce_with = pool.clone();
+        let changes = ChangeSignal::with_hooks(SignalHooks {
+            // LISTEN needs a session of its own; a transaction-mode pooler gives none (its
+            // watchers poll; its writes are still announced).
+            listen: match pool_mode {
+                PoolMode::Session => Some(Box::new(move |signal| {
+                    tokio::spawn(listen_for_changes(listen_with.clone(), signal))
+                })),
+                PoolMode::Transaction => None,
+            },
+            announce: Some(Box::new(move |writes| {
+                tokio::spawn(announce_writes(announce_with.clone(), writes))
+            })),
+        });
         let mut store = Self {
             pool,
             options,
@@ -195,9 +200,45 @@ async fn connect_once(connect: &PgConnectOptions) -> Result<PgConnection> {
         .map_err(|e| StoreError::Unavailable(DatabaseError::new(e)))
 }
 
-/// The channel the events table's trigger notifies at the commit of every transaction that
-/// wrote events (migration `change_notify`).
+/// The channel this library's Postgres stores `NOTIFY` after their writes and `LISTEN` on.
 pub(crate) const CHANGES_CHANNEL: &str = "kuma_secrets_changes";
+
+/// What an announcement runs: a `NOTIFY` in a transaction of its own that does not wait for
+/// its commit record to reach the disk (nothing is lost if it never does: watchers poll).
+/// One simple-protocol statement, so it works through any pooler.
+const ANNOUNCE: &str =
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify('kuma_secrets_changes', '')";
+
+/// The shortest time between two announcements of one process: writes within it fold into
+/// one `NOTIFY`. A lone write is announced at once; under load, other processes hear of
+/// this one's writes at most this much later, and the announcements cost the database at
+/// most a hundred small transactions a second per process.
+const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Tells other processes about this process's writes: a `NOTIFY` on [`CHANGES_CHANNEL`]
+/// after a write, at most one per [`ANNOUNCE_EVERY`] (later writes fold into the next),
+/// on a pooled connection, until the store is gone.
+///
+/// Why not from the writes' own transactions (a trigger): Postgres serializes the commits
+/// of transactions that notify (to keep the queue in commit order), and the writes would
+/// lose group commit; measured with pgbench, 16 clients updating secrets went from ~6,300
+/// to ~2,400 tps. Announced apart, writes commit as before.
+async fn announce_writes(pool: ConnectionPool<PgConnection>, mut writes: LocalWrites) {
+    while writes.next().await {
+        let announced = async {
+            let mut conn = pool.acquire().await?;
+            let sent = conn.conn().execute(ANNOUNCE).await.map(drop);
+            conn.finish(sent)
+        }
+        .await;
+        if let Err(e) = announced {
+            // Other processes' watchers find the write at their next poll.
+            tracing::debug!(error = %e, "could not announce a write to other processes");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+    }
+}
 
 /// How often an idle listener checks whether anyone still waits on its signal.
 const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);

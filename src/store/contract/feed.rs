@@ -152,11 +152,17 @@ pub struct EventPage {
     pub revision: i64,
 }
 
-/// A wake-up for change-feed readers: a store [notifies](ChangeSignal::notify) it when it
-/// may hold new events (after its own writes, and on a Postgres `NOTIFY` from another
-/// process's), and readers [wait](ChangeWaiter::changed) on it between reads. Only a hint:
-/// the events table stays the truth, so a reader that misses a wake-up still finds every
-/// event at its next read.
+/// A wake-up for change-feed readers: readers [wait](ChangeWaiter::changed) on it between
+/// reads, and it is notified when the store may hold new events, from two sides:
+///
+/// - **this process's writes** ([`ChangeSignal::notify_local_write`]): they wake this
+///   process's readers at once, and, when the store can tell other processes (a Postgres
+///   store sends `NOTIFY`), they are announced by a task started at the first write;
+/// - **other processes' writes** ([`ChangeSignal::notify`]): a listener (Postgres `LISTEN`)
+///   started while anyone waits.
+///
+/// Only a hint: the events table stays the truth, so a reader that misses a wake-up still
+/// finds every event at its next read.
 #[derive(Clone)]
 pub struct ChangeSignal {
     inner: std::sync::Arc<SignalInner>,
@@ -164,23 +170,36 @@ pub struct ChangeSignal {
 
 struct SignalInner {
     generation: tokio::sync::watch::Sender<u64>,
+    /// Goes up on every write of this process: what the announcer follows.
+    local_writes: tokio::sync::watch::Sender<u64>,
     /// Waiters parked in [`ChangeWaiter::changed`] now.
     parked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Starts what notifies this signal on other processes' writes (a Postgres listener),
-    /// while anyone waits.
-    listen: Option<Listen>,
+    hooks: SignalHooks,
     listening: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    announcing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Starts a task that notifies the signal it is given on other processes' writes, until
-/// nobody waits on it any more.
-type Listen = Box<dyn Fn(WeakChangeSignal) -> tokio::task::JoinHandle<()> + Send + Sync>;
+/// What a store runs beside its [`ChangeSignal`] to reach other processes. Both are
+/// optional; a store without them (SQLite) wakes only its own process's readers.
+#[derive(Default)]
+pub struct SignalHooks {
+    /// Starts a task that [notifies](ChangeSignal::notify) the signal it is given on other
+    /// processes' writes, until [`WeakChangeSignal::upgrade`] fails or nobody
+    /// [waits](ChangeSignal::has_waiters) any more. Started when a reader subscribes and
+    /// none is running.
+    pub listen: Option<Box<dyn Fn(WeakChangeSignal) -> tokio::task::JoinHandle<()> + Send + Sync>>,
+    /// Starts a task that tells other processes about this process's writes, one
+    /// announcement for each [`LocalWrites::next`] (many writes fold into one), until the
+    /// store is gone. Started at the first write.
+    pub announce: Option<Box<dyn Fn(LocalWrites) -> tokio::task::JoinHandle<()> + Send + Sync>>,
+}
 
 impl std::fmt::Debug for ChangeSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChangeSignal")
             .field("generation", &*self.inner.generation.borrow())
-            .field("listens", &self.inner.listen.is_some())
+            .field("listens", &self.inner.hooks.listen.is_some())
+            .field("announces", &self.inner.hooks.announce.is_some())
             .finish()
     }
 }
@@ -192,39 +211,55 @@ impl Default for ChangeSignal {
 }
 
 impl ChangeSignal {
-    /// A signal only this process's writes notify.
+    /// A signal that only reaches this process's readers.
     pub fn new() -> Self {
-        Self::build(None)
+        Self::with_hooks(SignalHooks::default())
     }
 
-    /// A signal that, while anyone waits on it, also runs `listen`: a task that notifies it
-    /// on other processes' writes and ends when [`WeakChangeSignal::upgrade`] fails or
-    /// [`ChangeSignal::has_waiters`] turns false.
-    pub fn listening(
-        listen: impl Fn(WeakChangeSignal) -> tokio::task::JoinHandle<()> + Send + Sync + 'static,
-    ) -> Self {
-        Self::build(Some(Box::new(listen)))
-    }
-
-    fn build(listen: Option<Listen>) -> Self {
+    /// A signal that also reaches other processes, through `hooks`.
+    pub fn with_hooks(hooks: SignalHooks) -> Self {
         Self {
             inner: std::sync::Arc::new(SignalInner {
                 generation: tokio::sync::watch::Sender::new(0),
+                local_writes: tokio::sync::watch::Sender::new(0),
                 parked: std::sync::Arc::default(),
-                listen,
+                hooks,
                 listening: std::sync::Mutex::new(None),
+                announcing: std::sync::Mutex::new(None),
             }),
         }
     }
 
-    /// Wakes every waiter: the store may hold new events.
+    /// Wakes every waiter: the store may hold new events (another process wrote).
     pub fn notify(&self) {
         self.inner
             .generation
             .send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    /// A guard that [notifies](ChangeSignal::notify) the signal when it is dropped: taken
+    /// Wakes every waiter and has the write announced to other processes: this process
+    /// wrote (or tried to).
+    pub fn notify_local_write(&self) {
+        self.notify();
+        self.inner
+            .local_writes
+            .send_modify(|g| *g = g.wrapping_add(1));
+        if let Some(announce) = &self.inner.hooks.announce {
+            let mut running = lock(&self.inner.announcing);
+            if running
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
+            {
+                // Subscribed before this write's bump was seen: the first `next` returns
+                // at once, and announces it.
+                let mut writes = self.inner.local_writes.subscribe();
+                writes.mark_changed();
+                *running = Some(announce(LocalWrites(writes)));
+            }
+        }
+    }
+
+    /// A guard that calls [`ChangeSignal::notify_local_write`] when it is dropped: taken
     /// at the start of a write, it wakes watchers once the write has ended, however it
     /// ended (a failed write wakes them for nothing, which costs one read).
     pub fn notify_on_drop(&self) -> NotifyOnDrop<'_> {
@@ -242,19 +277,15 @@ impl ChangeSignal {
         self.inner.generation.receiver_count() > 0
     }
 
-    /// A waiter, woken by every [`ChangeSignal::notify`] from now on (starting the listener
-    /// for other processes' writes if the store has one and it is not running).
+    /// A waiter, woken by every notification from now on (starting the listener for other
+    /// processes' writes if the store has one and it is not running).
     pub fn subscribe(&self) -> ChangeWaiter {
         let waiter = ChangeWaiter {
             generation: self.inner.generation.subscribe(),
             parked: std::sync::Arc::clone(&self.inner.parked),
         };
-        if let Some(listen) = &self.inner.listen {
-            let mut running = self
-                .inner
-                .listening
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(listen) = &self.inner.hooks.listen {
+            let mut running = lock(&self.inner.listening);
             if running
                 .as_ref()
                 .is_none_or(tokio::task::JoinHandle::is_finished)
@@ -268,13 +299,31 @@ impl ChangeSignal {
     }
 }
 
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// This process's writes, as an announcer follows them (see [`SignalHooks::announce`]).
+#[derive(Debug)]
+pub struct LocalWrites(tokio::sync::watch::Receiver<u64>);
+
+impl LocalWrites {
+    /// Waits for writes since the last call (returns at once if there were any); `false`
+    /// once the store is gone.
+    pub async fn next(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
 /// Notifies its [`ChangeSignal`] when dropped (see [`ChangeSignal::notify_on_drop`]).
 #[must_use = "it notifies when dropped: keep it for the length of the write"]
 pub struct NotifyOnDrop<'a>(&'a ChangeSignal);
 
 impl Drop for NotifyOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.notify();
+        self.0.notify_local_write();
     }
 }
 

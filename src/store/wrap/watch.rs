@@ -3,12 +3,13 @@
 //!
 //! The events table is the truth; the store's [`ChangeSignal`] only says when to look.
 //! A store notifies it after each of its own writes, so a watcher in the same process
-//! wakes at once; a Postgres store also `LISTEN`s for the `NOTIFY` its events trigger
-//! sends at every commit (migration `change_notify`), so a watcher wakes within a few
-//! milliseconds of another process's write. Between wake-ups a watcher still reads every
-//! [`WATCH_POLL`], which covers a notification lost while the listener reconnects, and a
-//! store that cannot listen (SQLite, where no other process writes; Postgres behind a
-//! transaction-mode pooler, where `LISTEN` does not work).
+//! wakes at once. A Postgres store also tells other processes: after its writes it sends a
+//! `NOTIFY` (in a transaction of its own, so the writes' commits are not serialized by it),
+//! and while anything watches it `LISTEN`s for theirs, so a watcher wakes a few
+//! milliseconds after another replica's write (`benches/watch_latency.rs`). Between
+//! wake-ups a watcher still reads every [`WATCH_POLL`], which covers what no notification
+//! announces: one lost while the listener reconnects, a write made behind the library's
+//! back, a store that cannot listen (Postgres behind a transaction-mode pooler).
 //!
 //! [`ChangeSignal`]: crate::store::contract::feed::ChangeSignal
 
