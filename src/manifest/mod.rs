@@ -153,7 +153,7 @@ fn parse_chunk(chunk: &str) -> Option<Result<Value, String>> {
 
 /// How deeply a document may nest (Kuma's resources nest about ten levels). The YAML
 /// parser refuses past 128, but only after reading the whole document's events: seconds of
-/// CPU for a file of 100,000 `[`. [`too_deep`] refuses it first, in one pass.
+/// CPU for a file of 100,000 `[`. `too_deep` refuses it first, in one pass.
 pub const MAX_DEPTH: usize = 100;
 
 /// Why `chunk` nests deeper than [`MAX_DEPTH`], found in one pass before parsing: flow

@@ -27,7 +27,7 @@
 //! - [`backend`]: the SQL backends, their pool, URLs, migrations and [`AnyStore`]; built on
 //!   the contract only.
 //! - [`wrap`]: stores that wrap a store (read cache, read replica, watch), sharing
-//!   [`forward_store_methods!`]; built on the contract only.
+//!   `forward_store_methods!`; built on the contract only.
 //!
 //! - [`upkeep`], on top: the background tasks a running store needs (retention, the cache
 //!   follower, a replica's monitor), started and stopped by the embedder.

@@ -1,6 +1,6 @@
 //! The wrappers: stores that wrap another [`SecretStore`](super::contract::SecretStore) and
 //! change some of what it does (the read cache, the read replica, the watch), each passing
-//! the rest on with [`forward_store_methods!`]. They depend on the contract only, never on
+//! the rest on with `forward_store_methods!`. They depend on the contract only, never on
 //! a backend.
 
 pub mod cache;

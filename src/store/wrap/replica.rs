@@ -80,7 +80,7 @@ impl<S: Replication> ReadReplica<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Measures the standby until the future is dropped: every [`MONITOR_EVERY`], the
+    /// Measures the standby until the future is dropped: every `MONITOR_EVERY` (100 ms), the
     /// primary's WAL position, then how long the standby takes to replay it (given up past
     /// the maximum lag).
     pub async fn monitor(self) {
