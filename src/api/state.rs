@@ -1,0 +1,82 @@
+//! What every handler can reach: [`AppState`] (the store, timed by the metrics, and the
+//! metrics themselves) and [`ApiConfig`], the API's behaviour switches.
+
+use super::metrics::{MeteredStore, Metrics};
+use crate::domain::DEFAULT_MAX_SECRET_SIZE;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the API behaves.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Treat direct loopback requests as the admin (Kuma's `localhostIsAdmin`).
+    pub localhost_is_admin: bool,
+    /// Zone name for Kuma's computed labels (`kuma.io/zone`).
+    pub zone: String,
+    /// Largest decoded secret, in bytes.
+    pub max_secret_size: usize,
+    /// A request that takes longer is answered 503.
+    pub request_timeout: Duration,
+    /// The API is served over TLS (for `next` links).
+    pub tls: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            localhost_is_admin: true,
+            zone: "default".into(),
+            max_secret_size: DEFAULT_MAX_SECRET_SIZE,
+            request_timeout: Duration::from_secs(30),
+            tls: false,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// Largest request body: the base64 of the largest secret, a quarter more for line
+    /// breaks inside it (a JSON-escaped `\r\n` is 4 bytes: PEM-style wrapping at 64
+    /// characters adds 1/16, wrapping at 16 still fits), and room for the JSON around it.
+    /// The decoded size is checked against the limit exactly, after parsing.
+    pub fn body_limit(&self) -> usize {
+        let base64 = self.max_secret_size.div_ceil(3) * 4;
+        base64 + base64 / 4 + 64 * 1024
+    }
+}
+
+/// What every handler can reach.
+pub struct AppState<S> {
+    /// The store, timed by the metrics.
+    pub store: MeteredStore<S>,
+    /// Behaviour switches.
+    pub config: Arc<ApiConfig>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S: Clone> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S> AppState<S> {
+    /// State for `store` with `config` and fresh metrics.
+    pub fn new(store: S, config: ApiConfig) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        Self {
+            store: MeteredStore::new(store, metrics.clone()),
+            config: Arc::new(config),
+            metrics,
+        }
+    }
+}
