@@ -9,10 +9,12 @@
 //! Events retention pruned answer 410 Gone with the oldest revision still kept: list again
 //! (every list carries its revision in `Kuma-Secrets-Revision`) and follow from there.
 
+pub(super) mod doc;
+
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::Caller;
-use super::openapi::{self as doc, Routes};
+use super::openapi::Routes;
 use crate::store::feed::{Changes, EventFilter};
 use crate::store::{SecretStore, StoreError};
 use axum::Json;

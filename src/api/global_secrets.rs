@@ -2,8 +2,10 @@
 //! `/globalsecrets[/{name}]`. Their handlers are the Secret handlers of `secrets.rs`: the
 //! route's lack of a `{mesh}` makes them GlobalSecret handlers.
 
+pub(super) mod doc;
+
 use super::AppState;
-use super::openapi::{self as doc, Routes};
+use super::openapi::Routes;
 use super::secrets::{delete_secret, get_secret, list_secrets, put_secret};
 use crate::store::SecretStore;
 

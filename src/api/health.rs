@@ -1,8 +1,10 @@
 //! Operational routes: `/healthz` (the process answers), `/readyz` (the store answers),
 //! `/metrics` (Prometheus), `/openapi.json`, and `/` (Kuma's index with the version).
 
+pub(super) mod doc;
+
 use super::AppState;
-use super::openapi::{self as doc, Routes};
+use super::openapi::Routes;
 use crate::store::{SecretStore, StoreError};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -67,7 +69,7 @@ async fn metrics<S: SecretStore + Clone + 'static>(State(state): State<AppState<
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        doc::document(),
+        super::document::document(),
     )
         .into_response()
 }

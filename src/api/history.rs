@@ -4,10 +4,12 @@
 //! (`DELETE …?purge=true`) are options of the item routes in `secrets.rs`. Admin only, like
 //! secrets themselves; the rules are `store::history`'s.
 
+pub(super) mod doc;
+
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, JsonBody, OptionalJsonBody, Preconditions, etag};
-use super::openapi::{self as doc, Routes};
+use super::openapi::Routes;
 use super::secrets::{SecretAt, expected_version, precondition_or_store_error};
 use crate::domain::{Secret, ValidationError};
 use crate::store::{SecretStore, StoreError};

@@ -5,12 +5,14 @@
 //! deletes its secrets. Reads stay open, as in Kuma, except inline CA private keys, which
 //! only an admin sees.
 
+pub(super) mod doc;
+
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, JsonBody, Preconditions, etag, not_modified};
 use super::list::{self, ListParams};
-use super::openapi::{self as doc, Routes};
+use super::openapi::Routes;
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::redact_private_keys;
 use crate::domain::{MESH_NAME_TOO_LONG, Mesh, MeshName, ValidationError, computed_labels};

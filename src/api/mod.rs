@@ -16,7 +16,8 @@
 //! | `user_token` | `POST /tokens/user` |
 //! | `changes` | `/_changes` (long poll), `/_watch` (server-sent events) |
 //! | `health` | `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
-//! | `openapi` | the OpenAPI document, generated, and `Routes`, through which every route is registered |
+//! | `openapi` | what the parts of the OpenAPI document share, and `Routes`, through which every route is registered |
+//! | `document` | the OpenAPI document: every resource's part (its `doc` module, e.g. `secrets/doc.rs`) joined |
 //!
 //! What every handler reaches ([`AppState`]: the store, [`ApiConfig`], the metrics) is in
 //! `state.rs`.
@@ -24,6 +25,7 @@
 pub mod auth;
 mod changes;
 mod connections;
+mod document;
 mod error;
 mod extract;
 mod global_secrets;
@@ -40,9 +42,9 @@ mod user_token;
 
 pub use auth::User;
 pub use connections::ConnectionLimits;
+pub use document::document as openapi_document;
 pub use error::{ApiError, ApiResult};
 pub use metrics::{MeteredStore, Metrics};
-pub use openapi::document as openapi_document;
 pub use state::{ApiConfig, AppState};
 
 use crate::domain::{Labels, MeshName, NewMesh};

@@ -5,12 +5,14 @@
 //! (404), the request parses (400), the caller is an admin (403), the resource validates
 //! (400), then the store call.
 
+pub(super) mod doc;
+
 use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, JsonBody, Preconditions, etag, not_modified};
 use super::list::{self, ListParams};
-use super::openapi::{self as doc, Routes};
+use super::openapi::Routes;
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::Mtls;
 use crate::domain::{

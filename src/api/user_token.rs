@@ -1,11 +1,13 @@
 //! `POST /tokens/user`: mint a user token (admin only), as Kuma's
 //! `kumactl generate user-token` does.
 
+pub(super) mod doc;
+
 use super::AppState;
 use super::auth::{AUTHENTICATED, User, tokens};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, JsonBody};
-use super::openapi::{self as doc, Routes};
+use super::openapi::Routes;
 use crate::domain::ValidationError;
 use crate::store::SecretStore;
 use axum::http::header;

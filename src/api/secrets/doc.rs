@@ -1,0 +1,91 @@
+//! The Secrets' part of the OpenAPI document (`/meshes/{mesh}/secrets[/{name}]`, `/secrets`).
+
+#![allow(dead_code)] // The operation fns exist for their #[utoipa::path] attributes.
+
+use crate::api::openapi::{
+    FormatQuery, ItemErrors, KubernetesSecretSchema, ListErrors, ListQuery, MeshPath, PurgeQuery,
+    SecretPath, item_schema, list_schema, operation, resource_operations,
+};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+item_schema! {
+    /// A Secret: bound to one Mesh.
+    pub(crate) struct SecretItemSchema as SecretItem {
+        /// `Secret`.
+        #[schema(rename = "type", pattern = "^Secret$")]
+        kind: String,
+        /// The Mesh.
+        mesh: String,
+        /// The name.
+        name: String,
+        /// The bytes, standard padded base64.
+        #[schema(format = Byte)]
+        data: Option<String>,
+    }
+}
+
+list_schema! {
+    /// A page of Secrets.
+    struct SecretListSchema as SecretList of SecretItemSchema
+}
+
+/// One mTLS backend using a secret.
+#[derive(ToSchema)]
+#[schema(as = SecretUsage)]
+struct SecretUsageSchema {
+    mesh: String,
+    /// The backend's name.
+    backend: String,
+    /// `builtin` or `provided`.
+    #[schema(rename = "backendType")]
+    backend_type: String,
+    /// It is the Mesh's `enabledBackend`.
+    enabled: bool,
+}
+
+/// What uses a secret.
+#[derive(ToSchema)]
+#[schema(as = SecretUsageList)]
+struct SecretUsageListSchema {
+    total: u64,
+    items: Vec<SecretUsageSchema>,
+}
+
+/// A Secret GET answers the item, or with `?format=k8s` a Kubernetes manifest.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+enum SecretResponse {
+    Item(SecretItemSchema),
+    Kubernetes(KubernetesSecretSchema),
+}
+
+resource_operations!(
+    type: "Secret", alias: "",
+    list: "/meshes/{mesh}/secrets" (MeshPath, ListQuery) -> SecretListSchema,
+    item: "/meshes/{mesh}/secrets/{name}" (SecretPath), get (FormatQuery) -> SecretResponse,
+        put SecretItemSchema, delete (PurgeQuery),
+    fns: get_secret_list, get_secret, put_secret, delete_secret
+);
+
+operation!(
+    #[utoipa::path(get, path = "/secrets", tag = "Secret",
+        operation_id = "getSecretListInAllMeshes", summary = "List the Secrets of every Mesh",
+        params(ListQuery),
+        responses(
+            (status = 200, description = "A page of Secrets", body = SecretListSchema),
+            ListErrors,
+        ))]
+    get_secret_list_in_all_meshes
+);
+
+operation!(
+    #[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}/_usage", tag = "Secret",
+        operation_id = "getSecretUsage", summary = "What mTLS backends use a Secret",
+        params(SecretPath),
+        responses(
+            (status = 200, description = "Its uses", body = SecretUsageListSchema),
+            ItemErrors,
+        ))]
+    get_secret_usage
+);
