@@ -26,6 +26,8 @@
 //! - [`wire`]: Kuma's JSON and YAML shapes, typed: API bodies, Universal YAML, Kubernetes
 //!   manifests, error bodies; used by the API, the client, the manifest module and the CLI.
 //! - [`manifest`]: Universal and Kubernetes YAML in and out.
+//! - `kuma_db` (feature `postgres`): Kuma's own database (its `resources` table), read as
+//!   a snapshot and written back as Kuma writes it.
 //! - [`duration`]: durations as users write them (`24h`, `7d`).
 //! - [`printable`]: outside text (token identities, names from the database) escaped for
 //!   terminals and log lines.
@@ -105,6 +107,8 @@ pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod duration;
+#[cfg(feature = "postgres")]
+pub mod kuma_db;
 pub mod manifest;
 pub mod printable;
 pub mod sealing;
@@ -112,6 +116,11 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wire;
+
+/// The README's Rust examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// An error and its causes on one line (`a: b: c`), for logs and the command line. A cause
 /// whose text its error already ends with is not said twice.

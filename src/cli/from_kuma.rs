@@ -1,6 +1,6 @@
 //! `kuma-secrets import --from-kuma postgres://…`: the Secrets, GlobalSecrets and Meshes of
 //! a running Kuma control plane's database (its `resources` table, reference §4.1), into
-//! this store.
+//! this store. The SQL is `crate::kuma_db`'s; this file drives it and reports.
 //!
 //! - It never writes to Kuma's database: everything is read in one `REPEATABLE READ READ
 //!   ONLY` transaction, one consistent snapshot, while Kuma keeps serving.
@@ -24,95 +24,12 @@
 //!   version). Versions start at 1, as for any new resource here.
 
 use crate::domain::Resource;
-use crate::manifest::{self, Entry};
-use crate::store::{AnyStore, ImportCounts, KeptTimes, SecretStore, TimesOf};
+use crate::kuma_db::KumaSnapshot;
+use crate::store::{AnyStore, ImportCounts, SecretStore};
 use anyhow::Context;
 use futures_util::TryStreamExt;
-use serde_json::{Map, Value, json};
-use sqlx::{Connection, PgConnection};
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
-
-/// A `resources` row of one of the three types.
-#[derive(sqlx::FromRow)]
-struct KumaRow {
-    name: String,
-    mesh: String,
-    #[sqlx(rename = "type")]
-    kind: String,
-    spec: Option<String>,
-    labels: Option<String>,
-    creation_time: chrono::NaiveDateTime,
-    modification_time: chrono::NaiveDateTime,
-}
-
-impl KumaRow {
-    /// Kuma's times for `resource` (Kuma stores UTC without a zone).
-    fn times(&self, resource: &Resource) -> KeptTimes {
-        KeptTimes {
-            of: match resource {
-                Resource::Secret(secret) => TimesOf::Secret(secret.key.clone()),
-                Resource::Mesh(mesh) => TimesOf::Mesh(mesh.name.clone()),
-            },
-            created: self.creation_time.and_utc(),
-            modified: self.modification_time.and_utc(),
-        }
-    }
-
-    /// How the row is named in reports.
-    fn describe(&self) -> String {
-        match self.kind.as_str() {
-            "Mesh" => format!("Mesh {:?}", self.name),
-            "GlobalSecret" => format!("GlobalSecret {:?}", self.name),
-            _ => format!("Secret {:?} in Mesh {:?}", self.name, self.mesh),
-        }
-    }
-
-    /// The row as the Universal document Kuma's API shows, validated as `import` does.
-    fn resource(&self) -> Result<Resource, String> {
-        let spec: Map<String, Value> = match self.spec.as_deref() {
-            None | Some("") => Map::new(),
-            Some(text) => {
-                serde_json::from_str(text).map_err(|e| format!("spec is not JSON: {e}"))?
-            }
-        };
-        // `labels` is JSON, or the JSON literal `null` for a nil map, or NULL.
-        let labels: Value = match self.labels.as_deref() {
-            None => Value::Null,
-            Some(text) => {
-                serde_json::from_str(text).map_err(|e| format!("labels are not JSON: {e}"))?
-            }
-        };
-        let mut document = match self.kind.as_str() {
-            "Mesh" => {
-                let mut document = spec;
-                document.insert("type".into(), json!("Mesh"));
-                document.insert("name".into(), json!(self.name));
-                document
-            }
-            kind => {
-                let mut document = Map::new();
-                document.insert("type".into(), json!(kind));
-                document.insert("name".into(), json!(self.name));
-                if kind == "Secret" {
-                    document.insert("mesh".into(), json!(self.mesh));
-                }
-                if let Some(data) = spec.get("data") {
-                    document.insert("data".into(), data.clone());
-                }
-                document
-            }
-        };
-        if !labels.is_null() {
-            document.insert("labels".into(), labels);
-        }
-        let entries = manifest::parse_document(Value::Object(document))?;
-        match entries.into_iter().next() {
-            Some(Entry::Resource(resource)) => Ok(resource),
-            _ => Err("not a Kuma resource".to_owned()),
-        }
-    }
-}
 
 /// What the import found and did.
 #[derive(Default)]
@@ -129,20 +46,6 @@ pub(super) struct KumaImport {
     pub meshes: u64,
 }
 
-/// Kuma's Meshes.
-const MESH_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, creation_time, \
-     modification_time FROM resources WHERE type = 'Mesh' ORDER BY name";
-/// Kuma's Secrets and GlobalSecrets (`mesh = ''`).
-const SECRET_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, creation_time, \
-     modification_time FROM resources WHERE type IN ('Secret', 'GlobalSecret') ORDER BY type, mesh, name";
-
-/// A connection to the Kuma database at `url`, given as the option `flag`.
-pub(super) async fn connect_to_kuma(url: &str, flag: &str) -> anyhow::Result<PgConnection> {
-    PgConnection::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to the Kuma database ({flag})"))
-}
-
 /// Reads Kuma's database at `url` and writes into `store` in batches of `batch` (nothing
 /// when `dry_run`), then verifies what it wrote.
 pub(super) async fn import(
@@ -152,19 +55,14 @@ pub(super) async fn import(
     dry_run: bool,
     report_orphans: bool,
 ) -> anyhow::Result<KumaImport> {
-    let mut conn = connect_to_kuma(url, "--from-kuma").await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let mut found = KumaImport {
-        other_types: sqlx::query_as(
-            "SELECT type, count(*) FROM resources \
-             WHERE type NOT IN ('Mesh', 'Secret', 'GlobalSecret') GROUP BY type ORDER BY type",
-        )
-        .fetch_all(&mut *tx)
+    let mut snapshot = KumaSnapshot::open(url)
         .await
-        .context("cannot read Kuma's resources table (is this a Kuma database?)")?,
+        .context("cannot connect to the Kuma database (--from-kuma)")?;
+    let mut found = KumaImport {
+        other_types: snapshot
+            .other_types()
+            .await
+            .context("cannot read Kuma's resources table (is this a Kuma database?)")?,
         ..KumaImport::default()
     };
 
@@ -172,11 +70,10 @@ pub(super) async fn import(
     let mut meshes = Vec::new();
     let mut mesh_times = Vec::new();
     let mut mesh_names = BTreeSet::new();
-    let rows: Vec<KumaRow> = sqlx::query_as(MESH_ROWS).fetch_all(&mut *tx).await?;
-    for row in rows {
+    for row in snapshot.meshes().await? {
         match row.resource() {
             Ok(resource) => {
-                mesh_names.insert(row.name.clone());
+                mesh_names.insert(row.name().to_owned());
                 mesh_times.push(row.times(&resource));
                 meshes.push(resource);
             }
@@ -191,17 +88,13 @@ pub(super) async fn import(
         }
     }
 
-    let (total,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM resources WHERE type IN ('Secret', 'GlobalSecret')")
-            .fetch_one(&mut *tx)
-            .await?;
-    let progress = progress_bar(total);
-    let mut rows = sqlx::query_as::<_, KumaRow>(SECRET_ROWS).fetch(&mut *tx);
+    let progress = progress_bar(snapshot.secret_count().await?);
+    let mut rows = Box::pin(snapshot.secrets());
     let mut pending = Vec::with_capacity(batch);
     let mut pending_times = Vec::with_capacity(batch);
     while let Some(row) = rows.try_next().await? {
         progress.inc(1);
-        if row.kind == "Secret" && !mesh_names.contains(&row.mesh) {
+        if row.kind() == "Secret" && !mesh_names.contains(row.mesh()) {
             if report_orphans {
                 found.skipped.push(format!(
                     "{}: its Mesh does not exist (left behind when it was deleted)",
@@ -237,11 +130,10 @@ pub(super) async fn import(
     progress.finish_and_clear();
 
     if !dry_run {
-        verify(&mut tx, &mesh_names, store).await?;
+        verify(&mut snapshot, &mesh_names, store).await?;
         found.problems = missing_mtls_secrets(&meshes, store).await?;
     }
-    tx.rollback().await?;
-    conn.close().await?;
+    snapshot.close().await;
     Ok(found)
 }
 
@@ -278,13 +170,13 @@ async fn missing_mtls_secrets(
 
 /// Reads every imported secret back from `store` and compares it with the snapshot.
 async fn verify(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    snapshot: &mut KumaSnapshot,
     mesh_names: &BTreeSet<String>,
     store: &AnyStore,
 ) -> anyhow::Result<()> {
-    let mut rows = sqlx::query_as::<_, KumaRow>(SECRET_ROWS).fetch(&mut **tx);
+    let mut rows = Box::pin(snapshot.secrets());
     while let Some(row) = rows.try_next().await? {
-        if row.kind == "Secret" && !mesh_names.contains(&row.mesh) {
+        if row.kind() == "Secret" && !mesh_names.contains(row.mesh()) {
             continue;
         }
         let Ok(Resource::Secret(expected)) = row.resource() else {

@@ -1,6 +1,6 @@
 //! [`SqlStore`]: the one implementation of [`SecretStore`](crate::store::contract::SecretStore),
 //! generic over the database. The two backends differ only in how they connect and migrate
-//! (`store/postgres.rs`, `store/sqlite.rs`) and in the fragments of [`Dialect`].
+//! (`backend/postgres.rs`, `backend/sqlite.rs`) and in the fragments of [`Dialect`].
 //!
 //! SQL is runtime `query_as` over shared text, not the compile-checked `query!` macros,
 //! because one statement serves two databases; the guard is the conformance suite
@@ -19,6 +19,8 @@
 //! | `import.rs` | `import_batch`: moving resources in, one transaction per batch |
 //! | `reseal.rs` | key rotation, key usage, unreadable rows |
 //! | `feed.rs` | the change feed: numbering, pages of events, retention |
+//! | `history.rs` | kept versions: reads, rollback, restore, purge, the history limit |
+//! | `replication.rs` | Postgres only: WAL positions, for the read replica |
 //!
 //! Every impl block over the database is written inside [`impl_for_sql_databases!`]: the
 //! bounds a generic sqlx database needs (the types it binds, the rows it decodes) cannot be
