@@ -247,3 +247,41 @@ async fn migrate_rejects_unknown_store_schemes() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("unsupported store URL"), "{err}");
 }
+
+/// Replicas of a control plane starting at once on an empty database, each migrating then
+/// opening through the library: every one starts, and each migration is applied once (they
+/// take turns on the migrator's advisory lock; the later ones find nothing to apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_migrate_once_and_all_open() {
+    let db = TestDb::empty().await;
+    let starts = (0..4).map(|_| {
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let report = kuma_secrets::store::AnyStore::migrate_up(&url, false).await?;
+            let store = kuma_secrets::store::AnyStore::open(
+                &url,
+                common::sealed(StoreOptions::allow_plaintext_secrets()),
+            )
+            .await?;
+            store.ping().await?;
+            store.close().await;
+            Ok::<_, StoreError>(report)
+        })
+    });
+    let mut applied = Vec::new();
+    for start in starts.collect::<Vec<_>>() {
+        let report = start.await.unwrap().unwrap();
+        applied.extend(report.applied.iter().map(|m| m.version));
+    }
+    applied.sort_unstable();
+    let all: Vec<i64> = kuma_secrets::store::AnyStore::migration_status(&db.url)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(
+        applied, all,
+        "each migration applied by exactly one replica"
+    );
+}

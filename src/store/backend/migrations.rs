@@ -13,7 +13,7 @@ use super::sql::{SqlStore, query_as};
 use crate::store::contract::{DatabaseError, SchemaError};
 use crate::store::contract::{Result, StoreError};
 use sqlx::migrate::{Migrate, Migrator};
-use sqlx::{Acquire, Connection, Database, Executor, FromRow};
+use sqlx::{Connection, Database, Executor, FromRow};
 
 /// Migrations for Postgres, embedded at build time.
 #[cfg(feature = "postgres")]
@@ -240,8 +240,7 @@ impl<DB> SqlStore<DB>
 where
     DB: MigrationTarget,
     DB::Connection: Migrate,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>
-        + Acquire<'c, Database = DB, Connection = &'c mut DB::Connection>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'r> (bool,): FromRow<'r, DB::Row>,
     for<'r> AppliedRow: FromRow<'r, DB::Row>,
     <DB as Database>::Arguments: sqlx::IntoArguments<DB>,
@@ -254,15 +253,36 @@ where
     /// migration, or a database that cannot be reached.
     pub async fn migrate_up(url: &str, tolerate_newer: bool) -> Result<MigrationReport> {
         let mut conn = DB::connect_for_migrations(url).await?;
-        let before = applied::<DB>(&mut conn).await?;
-        let conn_ref = &mut conn;
-        let report = up(DB::MIGRATOR, before, tolerate_newer, |m| async move {
-            m.run(&mut *conn_ref).await.map_err(map_migrate_error)?;
-            applied::<DB>(conn_ref).await
-        })
-        .await;
+        // Held from the first read to the last (Postgres: a session advisory lock, the one
+        // sqlx's migrator takes too, which it may take again), so replicas starting at once
+        // take turns, and each reports only what it applied itself.
+        if let Err(e) = conn.lock().await {
+            let _ = conn.close().await;
+            return Err(map_migrate_error(e));
+        }
+        let report = Self::migrate_locked(&mut conn, tolerate_newer).await;
+        let _ = conn.unlock().await;
         let _ = conn.close().await;
         report
+    }
+
+    /// [`SqlStore::migrate_up`] on `conn`, which holds the migration lock.
+    async fn migrate_locked(
+        conn: &mut DB::Connection,
+        tolerate_newer: bool,
+    ) -> Result<MigrationReport> {
+        let before = applied::<DB>(&mut *conn).await?;
+        let conn_ref = conn;
+        up(DB::MIGRATOR, before, tolerate_newer, |m| async move {
+            // `run_direct`, not `run`: `run` takes an `Acquire` implementation, and the
+            // higher-ranked bound it needs makes the future fail to be `Send` for an embedder
+            // who spawns it ("implementation of `Acquire` is not general enough").
+            m.run_direct(None, &mut *conn_ref, false)
+                .await
+                .map_err(map_migrate_error)?;
+            applied::<DB>(conn_ref).await
+        })
+        .await
     }
 
     /// Lists embedded and applied migrations of the database at `url`.
