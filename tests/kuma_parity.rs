@@ -7,6 +7,12 @@
 mod common;
 
 use common::http::{b64, fetch_json, get_json, put_json, put_plain_mesh, violations};
+
+/// A request's status and JSON body.
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let (status, _, body) = common::http::send(request).await;
+    (status, body)
+}
 use common::process::{CliRun, kuma};
 use common::server::{Backend, TestServer};
 use reqwest::{Client, StatusCode};
@@ -115,6 +121,8 @@ async fn preconditions_still_hold_with_one_statement_writes(backend: Backend) {
     let (status, answer) = put_json(&server, "/meshes/default/secrets/cas", relabel).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(answer.to_string().contains("is immutable"), "{answer}");
+    // Kuma checks them as it updates, after the request's own validation.
+    assert_eq!(answer["title"], "Could not update a resource", "{answer}");
     assert_eq!(version_of(&server, "/meshes/default/secrets/cas").await, 3);
 }
 
@@ -212,8 +220,13 @@ async fn meshes_carry_kri_warnings_and_kumas_titles(backend: Backend) {
 
     let (status, body) = put_plain_mesh(&server, "aa.a").await;
     assert_eq!(status, StatusCode::CREATED);
-    let warning = body["warnings"][0].as_str().unwrap();
-    assert!(warning.contains("DNS-1035"), "{warning}");
+    // Kuma's `Deprecations()` text, with Kubernetes' `IsDNS1035Label` message, word for word.
+    assert_eq!(
+        body["warnings"],
+        json!([
+            "Invalid name: 'aa.a'. It does not conform to the DNS format (RFC 1035). This is deprecated. Errors: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+        ])
+    );
     let (status, body) = put_plain_mesh(&server, "fine").await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(body, json!({}));
@@ -226,6 +239,105 @@ async fn meshes_carry_kri_warnings_and_kumas_titles(backend: Backend) {
         get_json(&server, "/meshes/fine").await["kri"],
         "kri_m____fine_"
     );
+}
+
+/// Kuma's REST layer titles an error by the stage that found it (reference §3.4): the
+/// request's own validation is "Could not process a resource"; what the Mesh's CA managers
+/// check as they write it is "Failed to create a resource" or "Failed to update a
+/// resource"; a changed immutable label, checked on update, is "Could not update a
+/// resource".
+async fn errors_are_titled_by_the_stage_that_found_them(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mesh_with = |name: &str, backends: Value| json!({"type": "Mesh", "name": name, "mtls": {"backends": backends}});
+    let title_of = |body: &Value| body["title"].as_str().unwrap_or_default().to_owned();
+    let (cert, key) = common::pki::ca_pair("stage CA");
+    let (_, other_key) = common::pki::ca_pair("other");
+    let manager_stage = [
+        ("unknown type", json!([{"name": "ca-1", "type": "vault"}])),
+        (
+            "provided, no conf",
+            json!([{"name": "ca-1", "type": "provided"}]),
+        ),
+        (
+            "provided, missing secrets",
+            json!([{"name": "ca-1", "type": "provided",
+                "conf": {"cert": {"secret": "nope"}, "key": {"secret": "nope-key"}}}]),
+        ),
+        (
+            "provided, key of another CA",
+            json!([{"name": "ca-1", "type": "provided",
+                "conf": {"cert": {"inlineString": cert}, "key": {"inlineString": other_key}}}]),
+        ),
+    ];
+    for (case, backends) in &manager_stage {
+        let (status, body) = put_json(
+            &server,
+            "/meshes/staged",
+            mesh_with("staged", backends.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {body}");
+        assert_eq!(
+            title_of(&body),
+            "Failed to create a resource",
+            "{case}: {body}"
+        );
+    }
+    let (status, _) = put_plain_mesh(&server, "staged").await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (case, backends) in &manager_stage {
+        let (status, body) = put_json(
+            &server,
+            "/meshes/staged",
+            mesh_with("staged", backends.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {body}");
+        assert_eq!(
+            title_of(&body),
+            "Failed to update a resource",
+            "{case}: {body}"
+        );
+    }
+    // The same with a precondition, which tells create from update without a read.
+    let (status, body) = send(
+        Client::new()
+            .put(server.at("/meshes/staged-2"))
+            .header("If-None-Match", "*")
+            .json(&mesh_with("staged-2", manager_stage[0].1.clone())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(title_of(&body), "Failed to create a resource", "{body}");
+    // Kuma's Mesh validator: a backend name used twice, an enabledBackend naming none.
+    let twice = json!([{"name": "ca-1", "type": "builtin"}, {"name": "ca-1", "type": "builtin"}]);
+    let (status, body) = put_json(&server, "/meshes/staged", mesh_with("staged", twice)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(title_of(&body), "Could not process a resource", "{body}");
+    let (status, body) = put_json(
+        &server,
+        "/meshes/staged",
+        json!({"type": "Mesh", "name": "staged", "mtls": {"enabledBackend": "none",
+            "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(title_of(&body), "Could not process a resource", "{body}");
+    // A valid provided CA still goes in, and the Mesh is at the version it was.
+    let good = json!([{"name": "ca-1", "type": "provided",
+        "conf": {"cert": {"inlineString": cert}, "key": {"inlineString": key}}}]);
+    let (status, body) = put_json(&server, "/meshes/staged", mesh_with("staged", good)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(version_of(&server, "/meshes/staged").await, 2);
+    // A Mesh's immutable label.
+    let (status, body) = put_json(
+        &server,
+        "/meshes/staged",
+        json!({"type": "Mesh", "name": "staged", "labels": {"kuma.io/origin": "global"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(title_of(&body), "Could not update a resource", "{body}");
 }
 
 async fn kumactl_apply_parity(backend: Backend) {
@@ -445,6 +557,7 @@ on_both_backends! {
     preconditions_still_hold_with_one_statement_writes,
     validation_reports_everything_in_kumas_order,
     meshes_carry_kri_warnings_and_kumas_titles,
+    errors_are_titled_by_the_stage_that_found_them,
     kumactl_apply_parity,
     kumactl_get_parity,
     the_secrets_page_examples_work_as_pasted,

@@ -122,4 +122,37 @@ mod tests {
             assert!(text.contains(&escaped), "{pattern} is in the document");
         }
     }
+
+    /// The Secret item's `data` and `labels`, and the list's `size`, as Kuma v2.14.3's
+    /// `api/system/v1alpha1/secret/rest.yaml` has them, property by property.
+    #[test]
+    fn secret_properties_and_page_size_are_kumas() {
+        let doc: serde_json::Value = serde_json::from_str(document()).unwrap();
+        for item in ["SecretItem", "GlobalSecretItem"] {
+            let properties = &doc["components"]["schemas"][item]["properties"];
+            assert_eq!(
+                properties["data"],
+                serde_json::json!({"type": "string", "format": "byte", "description": "Value of the secret"}),
+                "{item}.data"
+            );
+            assert_eq!(
+                properties["labels"],
+                serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}}),
+                "{item}.labels"
+            );
+        }
+        for path in ["/meshes/{mesh}/secrets", "/secrets", "/global-secrets"] {
+            let size = doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "size")
+                .unwrap();
+            let schema = &size["schema"];
+            assert_eq!(schema["type"], "integer", "{path}");
+            assert_eq!(schema["default"], 100, "{path}");
+            assert_eq!(schema["minimum"], 1, "{path}");
+            assert_eq!(schema["maximum"], 1000, "{path}");
+        }
+    }
 }

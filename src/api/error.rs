@@ -91,6 +91,10 @@ impl ApiError {
                 Self::new(StatusCode::CONFLICT, "Conflict", err.to_string())
             }
             StoreError::Invalid(violations) => Self::invalid(title, violations),
+            // Kuma checks them as it updates, after the request's own validation.
+            StoreError::ImmutableLabels(violations) => {
+                Self::invalid("Could not update a resource", violations)
+            }
             StoreError::Sealed { .. } => {
                 // The store's fault, not the caller's: name the secret (never its data).
                 tracing::error!(error = %err, "a sealed secret did not open");

@@ -64,21 +64,33 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
 /// A Mesh name that is not a DNS-1035 label (`aa.a`, `1mesh`, `a_b`) is accepted, as Kuma
 /// does, with a warning that such names are deprecated.
 fn dns_1035_warning(name: &str) -> Option<String> {
+    // Kubernetes' `IsDNS1035Label`, whose messages Kuma joins with "; ".
     let bytes = name.as_bytes();
-    let label = bytes.len() <= 63
-        && bytes.first().is_some_and(u8::is_ascii_lowercase)
+    let mut errors = Vec::new();
+    if bytes.len() > 63 {
+        errors.push("must be no more than 63 characters");
+    }
+    let label = bytes.first().is_some_and(u8::is_ascii_lowercase)
         && bytes
             .last()
             .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    (!label).then(|| {
+    if !label {
+        errors.push(DNS_1035_LABEL_ERROR);
+    }
+    (!errors.is_empty()).then(|| {
         format!(
-            "Mesh name {name:?} is not a valid DNS-1035 label (lower case alphanumeric characters or '-', starting with a letter and ending with an alphanumeric character): such Mesh names are deprecated and may be refused by future versions"
+            "Invalid name: '{name}'. It does not conform to the DNS format (RFC 1035). This is deprecated. Errors: {}",
+            errors.join("; ")
         )
     })
 }
+
+/// Kubernetes' message for a name that is not a DNS-1035 label, word for word (its two
+/// spaces after `'my-name',` included: `RegexError` writes them).
+const DNS_1035_LABEL_ERROR: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
 /// Meshes are readable by anyone, as in Kuma; inline CA private keys only by admins.
 fn shown_to(user: &User, mesh: &mut Mesh) {

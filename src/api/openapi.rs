@@ -125,12 +125,26 @@ macro_rules! item_schema {
             /// Set by the server.
             #[schema(rename = "modificationTime", read_only, format = DateTime)]
             modification_time: Option<String>,
-            /// Labels.
-            labels: Option<::std::collections::BTreeMap<String, String>>,
+            // As Kuma's `rest.yaml` has it: an object of strings, no description.
+            #[serde(default)]
+            #[schema(required = false, schema_with = $crate::api::openapi::labels_schema)]
+            labels: ::std::collections::BTreeMap<String, String>,
         }
     };
 }
 pub(crate) use item_schema;
+
+/// Kuma's schema of `labels`: an object whose values are strings (no `propertyNames`, which
+/// utoipa would add for a map).
+pub(crate) fn labels_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::Type;
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(
+            utoipa::openapi::ObjectBuilder::new().schema_type(Type::String),
+        ))
+        .build()
+}
 
 /// A page of items: `{"total","items","next"}`.
 macro_rules! list_schema {
@@ -308,7 +322,7 @@ parameters! {
     /// Kuma's list parameters, plus `cursor`.
     pub(crate) struct ListQuery in Query {
         /// Page size (default 100).
-        #[param(minimum = 1, maximum = 1000)]
+        #[param(minimum = 1, maximum = 1000, default = 100)]
         size: Option<u32>,
         /// Items to skip.
         #[param(minimum = 0)]

@@ -44,6 +44,9 @@ impl Write {
     }
 
     /// Writes it as `expect` allows: `(created, version)`.
+    ///
+    /// # Errors
+    /// The store's.
     async fn put<S: SecretStore>(
         self,
         store: &S,
@@ -100,18 +103,43 @@ pub(super) async fn upsert<S: SecretStore>(
         }
     };
     let key = write.key();
-    let (created, version) = write.put(store, expect).await.map_err(|e| match e {
-        StoreError::AlreadyExists(_) => ApiError::precondition_failed(format!(
+    let mesh = match &write {
+        Write::Mesh(mesh) => Some(mesh.name.clone()),
+        Write::Secret(_) => None,
+    };
+    let refused = match write.put(store, expect).await {
+        Ok(put) => Ok(put),
+        Err(StoreError::AlreadyExists(_)) => Err(ApiError::precondition_failed(format!(
             "If-None-Match failed: the resource exists ({key})"
-        )),
-        StoreError::Conflict { actual, .. } => ApiError::precondition_failed(format!(
+        ))),
+        Err(StoreError::Conflict { actual, .. }) => Err(ApiError::precondition_failed(format!(
             "If-Match failed: the resource is at version \"{actual}\""
+        ))),
+        Err(StoreError::NotFound(_)) => Err(ApiError::precondition_failed(
+            "If-Match failed: the resource does not exist",
         )),
-        StoreError::NotFound(_) => {
-            ApiError::precondition_failed("If-Match failed: the resource does not exist")
+        Err(StoreError::Invalid(violations))
+            if mesh.is_some()
+                && !violations
+                    .violations
+                    .iter()
+                    .any(crate::domain::mtls::is_spec_violation) =>
+        {
+            // What Kuma's CA managers check as they write the Mesh: titled by that stage.
+            let title = match (expect, &mesh) {
+                (Expect::Absent, _) => "Failed to create a resource",
+                (Expect::Exists | Expect::Version(_), _) => "Failed to update a resource",
+                (Expect::Any, Some(name)) => match store.get_mesh(name).await {
+                    Ok(_) => "Failed to update a resource",
+                    Err(_) => "Failed to create a resource",
+                },
+                (Expect::Any, None) => "Could not process a resource",
+            };
+            Err(ApiError::invalid(title, violations))
         }
-        other => ApiError::store("Could not process a resource", other),
-    })?;
+        Err(other) => Err(ApiError::store("Could not process a resource", other)),
+    };
+    let (created, version) = refused?;
     let status = if created {
         StatusCode::CREATED
     } else {

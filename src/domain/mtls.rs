@@ -235,6 +235,20 @@ fn parse_backend(
     Some(parsed)
 }
 
+/// Whether Kuma's Mesh validator reports `violation` (the spec's own consistency: a
+/// backend name used twice, an `enabledBackend` naming no backend, a field of the wrong
+/// type), before anything is written. Every other mTLS violation comes from Kuma's CA
+/// managers as the Mesh is created or updated (an unknown backend type, a provided
+/// backend's config, its secrets and certificates, a CA change while mTLS is on), and
+/// Kuma's API titles those by that stage.
+pub fn is_spec_violation(violation: &crate::domain::Violation) -> bool {
+    violation
+        .reason
+        .ends_with("is already used for another backend")
+        || violation.reason == "has to be set to one of the backends in the mesh"
+        || violation.reason.starts_with("must be ")
+}
+
 /// The fields of Kuma's `DataSource` oneof, in its field order.
 const DATA_SOURCE_FIELDS: [&str; 4] = ["secret", "file", "inline", "inlineString"];
 

@@ -18,9 +18,10 @@ item_schema! {
         kind: String,
         /// The name.
         name: String,
-        /// The bytes, standard padded base64.
-        #[schema(format = Byte)]
-        data: Option<String>,
+        /// Value of the secret
+        #[serde(default)]
+        #[schema(format = Byte, required = false)]
+        data: String,
     }
 }
 

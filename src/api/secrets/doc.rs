@@ -19,9 +19,10 @@ item_schema! {
         mesh: String,
         /// The name.
         name: String,
-        /// The bytes, standard padded base64.
-        #[schema(format = Byte)]
-        data: Option<String>,
+        /// Value of the secret
+        #[serde(default)]
+        #[schema(format = Byte, required = false)]
+        data: String,
     }
 }
 

@@ -57,6 +57,10 @@ pub enum StoreError {
     /// The input breaks a rule (size limit, page size, cursor, ...).
     #[error("invalid: {0}")]
     Invalid(#[from] ValidationError),
+    /// A write would change or remove one of Kuma's immutable labels (`kuma.io/origin`,
+    /// `kuma.io/zone`, `kuma.io/display-name`) of a resource that exists.
+    #[error("{0}")]
+    ImmutableLabels(ValidationError),
     /// The Secret is used by an mTLS backend of its Mesh (Kuma's delete guard).
     #[error("{}", crate::domain::mtls::in_use_message(secret, mesh, backend))]
     InUse {

@@ -116,7 +116,7 @@ impl [SqlStore<DB>] {
         }
         Ok(check_immutable_labels(&Labels::from_stored(stored), labels)
             .err()
-            .map(StoreError::Invalid))
+            .map(StoreError::ImmutableLabels))
     }
 
     /// The body of [`SecretStore::put_mesh`].
@@ -156,7 +156,7 @@ impl [SqlStore<DB>] {
                             }
                             (Some((version, Json(current_spec), Json(labels))), _) => {
                                 if let Err(e) = check_immutable_labels(&Labels::from_stored(labels), &mesh.labels) {
-                                    return refuse(StoreError::Invalid(e));
+                                    return refuse(StoreError::ImmutableLabels(e));
                                 }
                                 // A stored spec that no longer parses (or opens) cannot block fixing it.
                                 let current_mtls = open_spec_with(keyring.as_deref(), &mesh.name, current_spec)
