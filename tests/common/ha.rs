@@ -195,14 +195,31 @@ impl PgBouncer {
     }
 }
 
+/// Gives `path` and what the test wrote directly in it (configuration files, logs) to user
+/// `postgres`, which the daemons run as. Not recursive: the daemons' own directories are
+/// theirs already, and walking them raced with etcd, which creates and removes files there
+/// (`chown -R` then failed on a file gone meanwhile). An entry gone meanwhile is skipped.
 fn chown_to_postgres(path: &Path) {
-    if running_as_root() {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path)
-            .status()
+    if !running_as_root() {
+        return;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
             .unwrap();
-        assert!(status.success());
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    let entries = std::fs::read_dir(path)
+        .unwrap()
+        .map(|entry| entry.unwrap().path());
+    for entry in std::iter::once(path.to_path_buf()).chain(entries) {
+        match std::os::unix::fs::lchown(&entry, Some(uid), Some(gid)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("chown {}: {e}", entry.display()),
+        }
     }
 }
 
