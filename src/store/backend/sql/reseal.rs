@@ -115,6 +115,28 @@ impl PlaintextValue {
 
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
+    /// Seals `plaintext`, the value of `row` (a row of `table`), with the keyring's active
+    /// key and writes it over the row if the row is still at the version read: whether it
+    /// was. Its version and times do not change.
+    async fn overwrite_sealed(
+        tx: &mut DB::Connection,
+        table: SealedRows,
+        keyring: &crate::sealing::Keyring,
+        row: &SealedRow,
+        plaintext: &[u8],
+    ) -> sqlx::Result<bool> {
+        let stored = seal(Some(keyring), &row.value.key(), plaintext);
+        let written = query_as::<DB, (i64,)>(AssertSqlSafe(table.reseal()))
+            .bind(stored.bytes)
+            .bind(stored.key_id)
+            .bind(stored.write_id)
+            .bind(row.id)
+            .bind(row.version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(written.is_some())
+    }
+
     /// Rows per key id that sealed them (`None`: plaintext), for `rotate-keys --status`
     /// and the start-up check.
     ///
@@ -320,16 +342,7 @@ impl [SqlStore<DB>] {
                             }));
                         }
                     };
-                    let stored = seal(Some(&keyring), &key, &plaintext);
-                    let written = query_as::<DB, (i64,)>(AssertSqlSafe(table.reseal()))
-                        .bind(stored.bytes)
-                        .bind(stored.key_id)
-                        .bind(stored.write_id)
-                        .bind(row.id)
-                        .bind(row.version)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if written.is_some() {
+                    if Self::overwrite_sealed(&mut *tx, table, &keyring, &row, &plaintext).await? {
                         batch.resealed += 1;
                     } else {
                         batch.skipped += 1;
@@ -512,16 +525,8 @@ impl [SqlStore<DB>] {
                                         }))
                                     })?,
                                 );
-                                let stored = seal(Some(&keyring), &key, &plaintext);
-                                let written = query_as::<DB, (i64,)>(AssertSqlSafe(table.reseal()))
-                                    .bind(stored.bytes)
-                                    .bind(stored.key_id)
-                                    .bind(stored.write_id)
-                                    .bind(row.id)
-                                    .bind(row.version)
-                                    .fetch_optional(&mut *tx)
-                                    .await?;
-                                sealed += u64::from(written.is_some());
+                                let written = Self::overwrite_sealed(&mut *tx, table, &keyring, &row, &plaintext).await?;
+                                sealed += u64::from(written);
                             }
                             Ok(sealed)
                         })
