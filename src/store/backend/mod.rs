@@ -56,6 +56,43 @@ macro_rules! delegate {
     };
 }
 
+/// Runs `$call` with `$store` naming the backend type of the store URL `$url`; a backend
+/// this build leaves out is [`StoreError::BackendNotBuilt`].
+macro_rules! on_backend_of {
+    ($url:expr, $store:ident => $call:expr) => {
+        match StoreUrl::parse($url)?.backend() {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                type $store = PostgresStore;
+                $call
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite => {
+                type $store = SqliteStore;
+                $call
+            }
+            #[allow(unreachable_patterns)]
+            backend => Err(StoreError::BackendNotBuilt {
+                backend: backend.feature(),
+            }),
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+impl From<PostgresStore> for AnyStore {
+    fn from(store: PostgresStore) -> Self {
+        AnyStore::Postgres(store)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<SqliteStore> for AnyStore {
+    fn from(store: SqliteStore) -> Self {
+        AnyStore::Sqlite(store)
+    }
+}
+
 impl AnyStore {
     /// Opens the store `url` names. SQLite files are created and migrated on open; a
     /// Postgres schema must already be at this build's version ([`AnyStore::migrate_up`],
@@ -64,18 +101,7 @@ impl AnyStore {
     /// # Errors
     /// An unsupported URL, an unreachable database, or a schema gate failure.
     pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
-        Ok(match StoreUrl::parse(url)?.backend() {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres => AnyStore::Postgres(PostgresStore::open(url, options).await?),
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite => AnyStore::Sqlite(SqliteStore::open(url, options).await?),
-            #[allow(unreachable_patterns)]
-            backend => {
-                return Err(StoreError::BackendNotBuilt {
-                    backend: backend.feature(),
-                });
-            }
-        })
+        on_backend_of!(url, Store => Store::open(url, options).await.map(AnyStore::from))
     }
 
     /// Applies the migrations this build has and the database at `url` lacks, and says
@@ -89,16 +115,7 @@ impl AnyStore {
     /// [`StoreError::Unavailable`], or [`StoreError::BadUrlParameter`] for a Postgres URL
     /// through a transaction-mode pooler (migrations need one session throughout).
     pub async fn migrate_up(url: &str, tolerate_newer_schema: bool) -> Result<MigrationReport> {
-        match StoreUrl::parse(url)?.backend() {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres => PostgresStore::migrate_up(url, tolerate_newer_schema).await,
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite => SqliteStore::migrate_up(url, tolerate_newer_schema).await,
-            #[allow(unreachable_patterns)]
-            backend => Err(StoreError::BackendNotBuilt {
-                backend: backend.feature(),
-            }),
-        }
+        on_backend_of!(url, Store => Store::migrate_up(url, tolerate_newer_schema).await)
     }
 
     /// Each migration this build has and the database at `url` holds, and its state.
@@ -106,16 +123,7 @@ impl AnyStore {
     /// # Errors
     /// As [`AnyStore::migrate_up`].
     pub async fn migration_status(url: &str) -> Result<Vec<MigrationStatus>> {
-        match StoreUrl::parse(url)?.backend() {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres => PostgresStore::migration_status(url).await,
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite => SqliteStore::migration_status(url).await,
-            #[allow(unreachable_patterns)]
-            backend => Err(StoreError::BackendNotBuilt {
-                backend: backend.feature(),
-            }),
-        }
+        on_backend_of!(url, Store => Store::migration_status(url).await)
     }
 
     /// [`AnyStore::migrate_up`] (honouring `options.tolerate_newer_schema`), then
