@@ -107,37 +107,37 @@ pub(super) async fn upsert<S: SecretStore>(
         Write::Mesh(mesh) => Some(mesh.name.clone()),
         Write::Secret(_) => None,
     };
-    let refused = match write.put(store, expect).await {
-        Ok(put) => Ok(put),
-        Err(StoreError::AlreadyExists(_)) => Err(ApiError::precondition_failed(format!(
+    let refused = match (write.put(store, expect).await, &mesh) {
+        (Ok(put), _) => Ok(put),
+        (Err(StoreError::AlreadyExists(_)), _) => Err(ApiError::precondition_failed(format!(
             "If-None-Match failed: the resource exists ({key})"
         ))),
-        Err(StoreError::Conflict { actual, .. }) => Err(ApiError::precondition_failed(format!(
-            "If-Match failed: the resource is at version \"{actual}\""
-        ))),
-        Err(StoreError::NotFound(_)) => Err(ApiError::precondition_failed(
+        (Err(StoreError::Conflict { actual, .. }), _) => Err(ApiError::precondition_failed(
+            format!("If-Match failed: the resource is at version \"{actual}\""),
+        )),
+        (Err(StoreError::NotFound(_)), _) => Err(ApiError::precondition_failed(
             "If-Match failed: the resource does not exist",
         )),
-        Err(StoreError::Invalid(violations))
-            if mesh.is_some()
-                && !violations
-                    .violations
-                    .iter()
-                    .any(crate::domain::mtls::is_spec_violation) =>
+        (Err(StoreError::Invalid(violations)), Some(name))
+            if !violations
+                .violations
+                .iter()
+                .any(crate::domain::mtls::is_spec_violation) =>
         {
             // What Kuma's CA managers check as they write the Mesh: titled by that stage.
-            let title = match (expect, &mesh) {
-                (Expect::Absent, _) => "Failed to create a resource",
-                (Expect::Exists | Expect::Version(_), _) => "Failed to update a resource",
-                (Expect::Any, Some(name)) => match store.get_mesh(name).await {
-                    Ok(_) => "Failed to update a resource",
-                    Err(_) => "Failed to create a resource",
-                },
-                (Expect::Any, None) => "Could not process a resource",
+            let updating = match expect {
+                Expect::Absent => false,
+                Expect::Exists | Expect::Version(_) => true,
+                Expect::Any => store.get_mesh(name).await.is_ok(),
+            };
+            let title = if updating {
+                "Failed to update a resource"
+            } else {
+                "Failed to create a resource"
             };
             Err(ApiError::invalid(title, violations))
         }
-        Err(other) => Err(ApiError::store("Could not process a resource", other)),
+        (Err(other), _) => Err(ApiError::store("Could not process a resource", other)),
     };
     let (created, version) = refused?;
     let status = if created {

@@ -289,12 +289,9 @@ async fn listen_for_changes(connect: PgConnectOptions, signal: WeakChangeSignal)
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
-                    Ok(Some(_)) => match signal.upgrade() {
-                        Some(signal) => signal.notify(),
-                        None => break 'session,
-                    },
-                    // The connection was lost (and opened again): look once.
-                    Ok(None) => match signal.upgrade() {
+                    // A notification, or (`None`) the connection was lost and opened
+                    // again, so notifications may have been missed: look once either way.
+                    Ok(_) => match signal.upgrade() {
                         Some(signal) => signal.notify(),
                         None => break 'session,
                     },
