@@ -87,55 +87,63 @@ async fn main() -> Result<(), Error> {
 
 /// Walks both stores side by side and fails at the first difference; the number compared.
 async fn verify(source: &AnyStore, destination: &AnyStore) -> Result<usize, Error> {
+    let mut compared = compare(
+        (MeshWalk::new(BATCH)?, MeshWalk::new(BATCH)?),
+        (source, destination),
+        "Meshes",
+        |x, y| {
+            let same = (&x.name, &x.spec, &x.labels) == (&y.name, &y.spec, &y.labels);
+            (!same).then(|| format!("Mesh {} differs", x.name))
+        },
+    )
+    .await?;
+    for scope in [SecretScope::AllMeshes, SecretScope::Global] {
+        compared += compare(
+            (
+                SecretWalk::new(scope.clone(), BATCH)?,
+                SecretWalk::new(scope, BATCH)?,
+            ),
+            (source, destination),
+            "secrets",
+            |x, y| {
+                let same =
+                    x.key == y.key && x.data.expose() == y.data.expose() && x.labels == y.labels;
+                (!same).then(|| format!("secret {} differs", x.key))
+            },
+        )
+        .await?;
+    }
+    Ok(compared)
+}
+
+/// Walks `source` with the first walk and `destination` with the second, page by page in
+/// key order; fails at the first pair `differs` describes, or when one store holds more
+/// `what` than the other. The number compared.
+async fn compare<W: Walk>(
+    (mut a, mut b): (W, W),
+    (source, destination): (&AnyStore, &AnyStore),
+    what: &str,
+    differs: impl Fn(&W::Item, &W::Item) -> Option<String>,
+) -> Result<usize, Error> {
     let mut compared = 0;
-    let (mut a, mut b) = (MeshWalk::new(BATCH)?, MeshWalk::new(BATCH)?);
     loop {
         let (left, right) = (
             a.next_items(source).await?,
             b.next_items(destination).await?,
         );
-        let (Some(left), Some(right)) = (&left, &right) else {
-            if left.is_some() != right.is_some() {
-                return Err("the stores hold different numbers of Meshes".into());
-            }
-            break;
+        let (left, right) = match (left, right) {
+            (None, None) => return Ok(compared),
+            (Some(left), Some(right)) => (left, right),
+            _ => return Err(format!("the stores hold different numbers of {what}").into()),
         };
-        for (x, y) in left.iter().zip(right) {
-            if (&x.name, &x.spec, &x.labels) != (&y.name, &y.spec, &y.labels) {
-                return Err(format!("Mesh {} differs", x.name).into());
+        for (x, y) in left.iter().zip(&right) {
+            if let Some(difference) = differs(x, y) {
+                return Err(difference.into());
             }
         }
         if left.len() != right.len() {
-            return Err("the stores hold different numbers of Meshes".into());
+            return Err(format!("the stores hold different numbers of {what}").into());
         }
         compared += left.len();
     }
-    for scope in [SecretScope::AllMeshes, SecretScope::Global] {
-        let mut a = SecretWalk::new(scope.clone(), BATCH)?;
-        let mut b = SecretWalk::new(scope, BATCH)?;
-        loop {
-            let (left, right) = (
-                a.next_items(source).await?,
-                b.next_items(destination).await?,
-            );
-            let (Some(left), Some(right)) = (&left, &right) else {
-                if left.is_some() != right.is_some() {
-                    return Err("the stores hold different numbers of secrets".into());
-                }
-                break;
-            };
-            for (x, y) in left.iter().zip(right) {
-                let same =
-                    x.key == y.key && x.data.expose() == y.data.expose() && x.labels == y.labels;
-                if !same {
-                    return Err(format!("secret {} differs", x.key).into());
-                }
-            }
-            if left.len() != right.len() {
-                return Err("the stores hold different numbers of secrets".into());
-            }
-            compared += left.len();
-        }
-    }
-    Ok(compared)
 }
