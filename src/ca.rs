@@ -146,6 +146,88 @@ pub fn validate_provided_ca(
     }
 }
 
+/// Checks an ExternalService's TLS material, each fault on its field: `caCert` must hold
+/// PEM certificates that parse, `clientCert` a PEM certificate that parses, `clientKey` a
+/// PEM private key that matches `clientCert`'s first certificate. What is absent is not
+/// checked.
+///
+/// # Errors
+/// Every violation.
+pub fn validate_external_service_tls(
+    ca_cert: Option<&[u8]>,
+    client_cert: Option<&[u8]>,
+    client_key: Option<&[u8]>,
+) -> Result<(), ValidationError> {
+    let mut errors = ValidationError::default();
+    if let Some(ca) = ca_cert
+        && let Err(why) = parse_certificates(ca)
+    {
+        errors.push(
+            "networking.tls.caCert",
+            format!("not a valid PEM certificate bundle: {why}"),
+        );
+    }
+    let leaf = match client_cert.map(parse_certificates) {
+        Some(Err(why)) => {
+            errors.push(
+                "networking.tls.clientCert",
+                format!("not a valid PEM certificate: {why}"),
+            );
+            None
+        }
+        Some(Ok(chain)) => chain.into_iter().next(),
+        None => None,
+    };
+    if let Some(key) = client_key {
+        const FIELD: &str = "networking.tls.clientKey";
+        match PrivateKeyDer::from_pem_slice(key) {
+            Err(_) => errors.push(
+                FIELD,
+                "not a valid PEM private key: failed to find any PEM data in key input",
+            ),
+            Ok(private_key) => match rustls::crypto::ring::sign::any_supported_type(&private_key) {
+                Err(_) => errors.push(FIELD, "not a valid TLS key pair: unsupported or invalid private key"),
+                Ok(signing_key) => {
+                    if let Some(leaf) = leaf {
+                        let spki = X509Certificate::from_der(leaf.as_ref())
+                            .map(|(_, c)| c.tbs_certificate.subject_pki.raw.to_vec())
+                            .unwrap_or_default();
+                        let matches = signing_key
+                            .public_key()
+                            .is_some_and(|key| key.as_ref() == spki.as_slice());
+                        if !matches {
+                            errors.push(
+                                FIELD,
+                                "not a valid TLS key pair: private key does not match the public key of clientCert",
+                            );
+                        }
+                    }
+                }
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// The PEM certificates of `pem`, each parsed as X.509.
+fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err("failed to find any PEM data in certificate input".into());
+    }
+    for der in &chain {
+        X509Certificate::from_der(der.as_ref())
+            .map_err(|e| format!("failed to parse certificate: {e}"))?;
+    }
+    Ok(chain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

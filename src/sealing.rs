@@ -160,6 +160,18 @@ pub enum Binding<'a> {
         /// The rest of the backend (its certificate above all), as canonical JSON.
         rest: &'a [u8],
     },
+    /// The inline client key of an ExternalService, as one write of it made it (see
+    /// `seal_external_service_spec`).
+    ExternalServiceKey {
+        /// Its Mesh.
+        mesh: &'a str,
+        /// Its name.
+        name: &'a str,
+        /// The write that sealed it.
+        write: WriteId,
+        /// The rest of the spec (its client certificate above all), as canonical JSON.
+        rest: &'a [u8],
+    },
     /// A Mesh CA key sealed before write ids (format 1): opened, never sealed.
     LegacyMeshCaKey {
         /// The Mesh.
@@ -190,6 +202,20 @@ impl Binding<'_> {
                 aad.extend_from_slice(mesh.as_bytes());
                 aad.push(0);
                 aad.extend_from_slice(backend.as_bytes());
+                aad.push(0);
+                aad.extend_from_slice(&write.0);
+                aad.extend_from_slice(rest);
+            }
+            Binding::ExternalServiceKey {
+                mesh,
+                name,
+                write,
+                rest,
+            } => {
+                aad.extend_from_slice(b"kuma-secrets/external-service-key/1\0");
+                aad.extend_from_slice(mesh.as_bytes());
+                aad.push(0);
+                aad.extend_from_slice(name.as_bytes());
                 aad.push(0);
                 aad.extend_from_slice(&write.0);
                 aad.extend_from_slice(rest);
@@ -622,28 +648,91 @@ const INLINE_SOURCES: [&str; 2] = ["inline", "inlineString"];
 pub fn seal_mesh_spec(keyring: &Keyring, mesh: &str, spec: &mut MeshSpec) {
     let write = WriteId::random();
     for (backend, rest, key) in inline_keys_mut(spec) {
-        let Some(source) = INLINE_SOURCES.into_iter().find(|s| key.contains_key(*s)) else {
-            continue;
-        };
-        let Some(Value::String(text)) = key.remove(source) else {
-            continue;
-        };
-        for other in INLINE_SOURCES {
-            key.remove(other);
-        }
-        let text = zeroize::Zeroizing::new(text);
         let binding = Binding::MeshCaKey {
             mesh,
             backend: &backend,
             write,
             rest: &rest,
         };
-        let (key_id, sealed) = keyring.seal(&binding, text.as_bytes());
-        key.insert("sealed".into(), Value::String(STANDARD.encode(sealed)));
-        key.insert("keyId".into(), Value::String(key_id));
-        key.insert("source".into(), Value::String(source.into()));
-        key.insert("writeId".into(), Value::String(STANDARD.encode(write.0)));
+        seal_key_object(keyring, key, write, &binding);
     }
+}
+
+/// Seals an inline key object (`{inline|inlineString: ...}`) in place, bound to `binding`
+/// (made with `write`): `{"sealed", "keyId", "source", "writeId"}`. A key object that is a
+/// secret reference is left as it is.
+fn seal_key_object(keyring: &Keyring, key: &mut Map<String, Value>, write: WriteId, binding: &Binding<'_>) {
+    let Some(source) = INLINE_SOURCES.into_iter().find(|s| key.contains_key(*s)) else {
+        return;
+    };
+    let Some(Value::String(text)) = key.remove(source) else {
+        return;
+    };
+    for other in INLINE_SOURCES {
+        key.remove(other);
+    }
+    let text = zeroize::Zeroizing::new(text);
+    let (key_id, sealed) = keyring.seal(binding, text.as_bytes());
+    key.insert("sealed".into(), Value::String(STANDARD.encode(sealed)));
+    key.insert("keyId".into(), Value::String(key_id));
+    key.insert("source".into(), Value::String(source.into()));
+    key.insert("writeId".into(), Value::String(STANDARD.encode(write.0)));
+}
+
+/// Opens a sealed key object in place, giving back `{inline|inlineString: ...}`;
+/// `binding` makes the binding from the stored write id (`None`: sealed before write ids).
+/// A key object in clear is left as it is, unless a keyring is given (a private key is
+/// never read in clear then).
+fn open_key_object<'b>(
+    keyring: Option<&Keyring>,
+    key: &mut Map<String, Value>,
+    binding: impl FnOnce(Option<WriteId>) -> Option<Binding<'b>>,
+) -> Result<(), OpenError> {
+    let unsealed = INLINE_SOURCES.into_iter().any(|s| key.contains_key(s));
+    if !key.contains_key("sealed") {
+        if keyring.is_some() && unsealed {
+            return Err(OpenError::PlaintextAuthority);
+        }
+        return Ok(());
+    }
+    if unsealed {
+        // Nothing this service writes: key material in clear beside a sealed key.
+        return Err(OpenError::PlaintextAuthority);
+    }
+    let text = |field: &str| key.get(field).and_then(Value::as_str).unwrap_or("");
+    let key_id = text("keyId").to_owned();
+    let Some(keyring) = keyring else {
+        return Err(OpenError::MissingKey { key_id });
+    };
+    let source = match text("source") {
+        "inlineString" => "inlineString",
+        _ => "inline",
+    };
+    let sealed = STANDARD
+        .decode(text("sealed"))
+        .map_err(|_| OpenError::Truncated)?;
+    let write = match key.get("writeId") {
+        None => None,
+        Some(write) => Some(
+            write
+                .as_str()
+                .and_then(|w| STANDARD.decode(w).ok())
+                .and_then(|w| WriteId::from_stored(&w))
+                .ok_or_else(|| OpenError::Corrupt {
+                    key_id: key_id.clone(),
+                })?,
+        ),
+    };
+    let binding = binding(write).ok_or_else(|| OpenError::Corrupt {
+        key_id: key_id.clone(),
+    })?;
+    let plaintext = zeroize::Zeroizing::new(keyring.open(&binding, &key_id, &sealed)?);
+    let value = String::from_utf8(plaintext.to_vec()).map_err(|_| OpenError::Corrupt {
+        key_id: key_id.clone(),
+    })?;
+    key.clear();
+    key.insert(source.into(), Value::String(value));
+    Ok(())
 }
 
 /// Opens every sealed inline CA private key of a stored spec, giving back the spec as the
@@ -659,62 +748,77 @@ pub fn open_mesh_spec(
     spec: &mut MeshSpec,
 ) -> Result<(), OpenError> {
     for (backend, rest, key) in inline_keys_mut(spec) {
-        let unsealed = INLINE_SOURCES.into_iter().any(|s| key.contains_key(s));
-        if !key.contains_key("sealed") {
-            // A CA key grants authority: with a keyring, never read in clear.
-            if keyring.is_some() && unsealed {
-                return Err(OpenError::PlaintextAuthority);
-            }
-            continue;
-        }
-        if unsealed {
-            // Nothing this service writes: key material in clear beside a sealed key.
-            return Err(OpenError::PlaintextAuthority);
-        }
-        let text = |field: &str| key.get(field).and_then(Value::as_str).unwrap_or("");
-        let key_id = text("keyId").to_owned();
-        let Some(keyring) = keyring else {
-            return Err(OpenError::MissingKey { key_id });
-        };
-        let source = match text("source") {
-            "inlineString" => "inlineString",
-            _ => "inline",
-        };
-        let sealed = STANDARD
-            .decode(text("sealed"))
-            .map_err(|_| OpenError::Truncated)?;
-        let plaintext = match key.get("writeId") {
-            None => keyring.open(
-                &Binding::LegacyMeshCaKey {
+        open_key_object(keyring, key, |write| {
+            Some(match write {
+                None => Binding::LegacyMeshCaKey {
                     mesh,
                     backend: &backend,
                 },
-                &key_id,
-                &sealed,
-            )?,
-            Some(write) => {
-                let write = write
-                    .as_str()
-                    .and_then(|w| STANDARD.decode(w).ok())
-                    .and_then(|w| WriteId::from_stored(&w))
-                    .ok_or_else(|| OpenError::Corrupt {
-                        key_id: key_id.clone(),
-                    })?;
-                let binding = Binding::MeshCaKey {
+                Some(write) => Binding::MeshCaKey {
                     mesh,
                     backend: &backend,
                     write,
                     rest: &rest,
-                };
-                keyring.open(&binding, &key_id, &sealed)?
-            }
-        };
-        let plaintext = zeroize::Zeroizing::new(plaintext);
-        let value = String::from_utf8(plaintext.to_vec()).map_err(|_| OpenError::Corrupt {
-            key_id: key_id.clone(),
+                },
+            })
         })?;
-        key.clear();
-        key.insert(source.into(), Value::String(value));
+    }
+    Ok(())
+}
+
+/// An ExternalService's inline client key (`networking.tls.clientKey` given as `inline` or
+/// `inlineString`): the canonical JSON of the spec without it, and the key object.
+fn external_service_key_mut(spec: &mut Map<String, Value>) -> Option<(Vec<u8>, &mut Map<String, Value>)> {
+    let mut rest = Value::Object(spec.clone());
+    rest.get_mut("networking")?
+        .get_mut("tls")?
+        .as_object_mut()?
+        .remove("clientKey");
+    let mut canonical = Vec::new();
+    write_canonical(&rest, &mut canonical);
+    let key = spec
+        .get_mut("networking")?
+        .get_mut("tls")?
+        .get_mut("clientKey")?
+        .as_object_mut()?;
+    Some((canonical, key))
+}
+
+/// Seals the inline client key of an ExternalService's spec (`networking.tls.clientKey`),
+/// as a Mesh's inline CA keys are: bound to the Mesh, the ExternalService's name, this
+/// write, and the rest of the spec (its client certificate above all).
+pub fn seal_external_service_spec(keyring: &Keyring, mesh: &str, name: &str, spec: &mut Map<String, Value>) {
+    let write = WriteId::random();
+    if let Some((rest, key)) = external_service_key_mut(spec) {
+        let binding = Binding::ExternalServiceKey {
+            mesh,
+            name,
+            write,
+            rest: &rest,
+        };
+        seal_key_object(keyring, key, write, &binding);
+    }
+}
+
+/// Opens the sealed inline client key of a stored ExternalService spec.
+///
+/// # Errors
+/// As [`open_mesh_spec`].
+pub fn open_external_service_spec(
+    keyring: Option<&Keyring>,
+    mesh: &str,
+    name: &str,
+    spec: &mut Map<String, Value>,
+) -> Result<(), OpenError> {
+    if let Some((rest, key)) = external_service_key_mut(spec) {
+        open_key_object(keyring, key, |write| {
+            write.map(|write| Binding::ExternalServiceKey {
+                mesh,
+                name,
+                write,
+                rest: &rest,
+            })
+        })?;
     }
     Ok(())
 }

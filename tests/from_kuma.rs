@@ -208,7 +208,7 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
         .await
         .fails_with("2 Kuma resources were skipped, 0 problems found");
     assert!(
-        dry.stdout.contains("would import 3 meshes and 5 secrets"),
+        dry.stdout.contains("would import 3 meshes, 5 secrets and"),
         "{dry:?}"
     );
     let store = AnyStore::open(

@@ -110,7 +110,7 @@ mtls:
     let usage = get_json(&server, "/meshes/default/secrets/my-cert/_usage").await;
     assert_eq!(
         usage,
-        json!({"total": 1, "items": [{"mesh": "default", "backend": "ca-1", "backendType": "provided", "enabled": true}]})
+        json!({"total": 1, "items": [{"referrerType": "Mesh", "mesh": "default", "backend": "ca-1", "backendType": "provided", "enabled": true}]})
     );
     let run = kuma(
         &[

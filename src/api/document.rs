@@ -44,7 +44,7 @@ impl Modify for BearerTokens {
 #[openapi(
     info(
         title = "kuma-secrets",
-        description = "Kuma-compatible API for Secret, GlobalSecret and Mesh resources, with ETag preconditions and cursor pagination."
+        description = "Kuma-compatible API for Secret, GlobalSecret, Mesh and ExternalService resources, with ETag preconditions and cursor pagination."
     ),
     paths(
         super::secrets::doc::get_secret_list,
@@ -74,6 +74,11 @@ impl Modify for BearerTokens {
         super::meshes::doc::get_mesh,
         super::meshes::doc::put_mesh,
         super::meshes::doc::delete_mesh,
+        super::external_services::doc::get_external_service_list,
+        super::external_services::doc::get_external_service_list_in_all_meshes,
+        super::external_services::doc::get_external_service,
+        super::external_services::doc::put_external_service,
+        super::external_services::doc::delete_external_service,
         super::user_token::doc::generate_user_token,
         super::changes::doc::get_changes,
         super::changes::doc::watch_changes,

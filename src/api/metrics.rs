@@ -5,13 +5,14 @@
 //! servers (tests, or an embedding control plane) never mix their numbers.
 
 use crate::domain::{
+    ExternalService, NewExternalService, ResourceName, SecretReferrer,
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
 use crate::store::CacheReport;
 use crate::store::feed::{EventFilter, EventPage};
 use crate::store::history::VersionInfo;
 use crate::store::{
-    Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SecretQuery, SecretStore,
+    ExternalServiceQuery, Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SecretQuery, SecretStore,
     forward_store_methods,
 };
 use axum::extract::{MatchedPath, Request, State};
@@ -299,6 +300,11 @@ impl<S: SecretStore> SecretStore for MeteredStore<S> {
         fn current_revision() -> i64;
         fn events_after(after: i64, limit: u32, filter: &EventFilter) -> EventPage;
         fn ping() -> ();
+        fn put_external_service(service: NewExternalService, expect: Expect) -> Put<ExternalService>;
+        fn delete_external_service(mesh: &MeshName, name: &ResourceName, v: Option<i64>) -> ();
+        fn get_external_service(mesh: &MeshName, name: &ResourceName) -> ExternalService;
+        fn list_external_services(query: &ExternalServiceQuery) -> Page<ExternalService>;
+        fn secret_referrers(key: &SecretKey) -> Vec<SecretReferrer>;
         fn import_batch(items: Vec<Resource>) -> ImportCounts;
     }
     fn readiness_note(&self) -> Option<String> {

@@ -13,6 +13,7 @@
 //! | `secrets` | `/meshes/{mesh}/secrets[/{name}]`, `/secrets` |
 //! | `global_secrets` | `/global-secrets[/{name}]`, `/globalsecrets[/{name}]` |
 //! | `meshes` | `/meshes[/{name}]` |
+//! | `external_services` | `/meshes/{mesh}/external-services[/{name}]`, `/external-services` |
 //! | `user_token` | `POST /tokens/user` |
 //! | `changes` | `/_changes` (long poll), `/_watch` (server-sent events) |
 //! | `health` | `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
@@ -27,6 +28,7 @@ mod changes;
 mod connections;
 mod document;
 mod error;
+mod external_services;
 mod extract;
 mod global_secrets;
 mod health;
@@ -97,6 +99,7 @@ fn resource_routes<S: SecretStore + Clone + 'static>() -> openapi::Routes<AppSta
         .merge(global_secrets::router())
         .merge(history::router())
         .merge(meshes::router())
+        .merge(external_services::router())
         .merge(user_token::router())
 }
 

@@ -260,6 +260,16 @@ macro_rules! patterned_parameters {
             }
         }
         $crate::api::openapi::parameters! {
+            pub(crate) struct ExternalServicePath in Path {
+                /// The Mesh.
+                #[param(min_length = 1, max_length = 63, pattern = $mesh)]
+                mesh: String,
+                /// The ExternalService.
+                #[param(min_length = 1, max_length = 253, pattern = $name)]
+                name: String,
+            }
+        }
+        $crate::api::openapi::parameters! {
             pub(crate) struct NamePath in Path {
                 /// The resource's name.
                 #[param(min_length = 1, max_length = 253, pattern = $name)]

@@ -183,8 +183,8 @@ impl<S: SecretStore + Clone + 'static> FromRequestParts<AppState<S>> for ListSco
 }
 
 /// `GET /meshes/{mesh}/secrets/{name}/_usage` (admin only, a kuma-secrets extension): the
-/// mTLS backends of the Mesh that use the secret, enabled or not, the same list the delete
-/// guard checks. 404 when the secret neither exists nor is referenced.
+/// mTLS backends of the Mesh that use the secret, enabled or not, and the ExternalServices
+/// whose TLS names it: the same lists the delete guard checks. 404 when the secret neither exists nor is referenced.
 async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
     Caller { state, user }: Caller<S>,
     at: SecretAt,
@@ -205,19 +205,41 @@ async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
             .into_iter()
             .filter(|u| u.secret == name)
             .map(|u| SecretUsage {
+                referrer_type: "Mesh".to_owned(),
                 mesh: mesh_name.as_str().to_owned(),
-                backend_type: mtls
-                    .backends
-                    .iter()
-                    .find(|b| b.name == u.backend)
-                    .map_or("", |b| b.kind.as_str())
-                    .to_owned(),
-                enabled: mtls.enabled_backend == u.backend,
-                backend: u.backend,
+                backend_type: Some(
+                    mtls.backends
+                        .iter()
+                        .find(|b| b.name == u.backend)
+                        .map_or("", |b| b.kind.as_str())
+                        .to_owned(),
+                ),
+                enabled: Some(mtls.enabled_backend == u.backend),
+                backend: Some(u.backend),
+                name: None,
+                field: None,
             })
             .collect(),
         _ => Vec::new(),
     };
+    let mut items = items;
+    if let Ok(parsed) = ResourceName::parse(&name) {
+        let key = SecretKey::secret(mesh_name.clone(), parsed);
+        let referrers = state
+            .store
+            .secret_referrers(&key)
+            .await
+            .map_err(|e| ApiError::store(TITLE, e))?;
+        items.extend(referrers.into_iter().map(|r| SecretUsage {
+            referrer_type: r.referrer_type,
+            mesh: mesh_name.as_str().to_owned(),
+            backend: None,
+            backend_type: None,
+            enabled: None,
+            name: Some(r.referrer),
+            field: Some(r.field),
+        }));
+    }
     if items.is_empty() {
         let exists = match ResourceName::parse(&name) {
             Ok(parsed) => match state

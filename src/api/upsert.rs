@@ -1,4 +1,4 @@
-//! The one PUT flow Secrets, GlobalSecrets and Meshes share: Kuma's upsert (201 `{}` when
+//! The one PUT flow Secrets, GlobalSecrets, Meshes and ExternalServices share: Kuma's upsert (201 `{}` when
 //! created, 200 `{}` when updated, with the `ETag` of the new version), under the caller's
 //! `If-Match` / `If-None-Match`.
 //!
@@ -9,7 +9,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Condition, Preconditions, etag};
-use crate::domain::{NewMesh, NewSecret, ResourceKey};
+use crate::domain::{NewExternalService, NewMesh, NewSecret, ResourceKey};
 use crate::store::{Expect, SecretStore, StoreError};
 use axum::Json;
 use axum::http::{StatusCode, header};
@@ -21,6 +21,8 @@ pub(super) enum Write {
     Secret(NewSecret),
     /// A Mesh.
     Mesh(NewMesh),
+    /// An ExternalService.
+    ExternalService(NewExternalService),
 }
 
 impl Write {
@@ -28,6 +30,7 @@ impl Write {
         match self {
             Write::Secret(secret) => secret.key.resource_key(),
             Write::Mesh(mesh) => ResourceKey::mesh(&mesh.name),
+            Write::ExternalService(service) => service.key(),
         }
     }
 
@@ -40,6 +43,13 @@ impl Write {
                 Err(StoreError::NotFound(_)) => Ok(None),
                 Err(other) => Err(other),
             },
+            Write::ExternalService(service) => {
+                match store.get_external_service(&service.mesh, &service.name).await {
+                    Ok(service) => Ok(Some(service.meta.version)),
+                    Err(StoreError::NotFound(_)) => Ok(None),
+                    Err(other) => Err(other),
+                }
+            }
         }
     }
 
@@ -59,6 +69,10 @@ impl Write {
                 .map(|put| (put.created, put.value.meta.version)),
             Write::Mesh(mesh) => store
                 .put_mesh(mesh, expect)
+                .await
+                .map(|put| (put.created, put.value.meta.version)),
+            Write::ExternalService(service) => store
+                .put_external_service(service, expect)
                 .await
                 .map(|put| (put.created, put.value.meta.version)),
         }
@@ -105,7 +119,7 @@ pub(super) async fn upsert<S: SecretStore>(
     let key = write.key();
     let mesh = match &write {
         Write::Mesh(mesh) => Some(mesh.name.clone()),
-        Write::Secret(_) => None,
+        Write::Secret(_) | Write::ExternalService(_) => None,
     };
     let refused = match (write.put(store, expect).await, &mesh) {
         (Ok(put), _) => Ok(put),

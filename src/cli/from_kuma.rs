@@ -1,4 +1,5 @@
-//! `kuma-secrets import --from-kuma postgres://…`: the Secrets, GlobalSecrets and Meshes of
+//! `kuma-secrets import --from-kuma postgres://…`: the Secrets, GlobalSecrets, Meshes and
+//! ExternalServices of
 //! a running Kuma control plane's database (its `resources` table, reference §4.1), into
 //! this store. The SQL is `crate::kuma_db`'s; this file drives it and reports.
 //!
@@ -20,6 +21,8 @@
 //!   a re-run changes nothing (unchanged rows are counted as such); afterwards every
 //!   imported secret is read back from this store and compared with the snapshot.
 //!
+//! - ExternalServices come last, once the Secrets their TLS names are in; then every
+//!   Secret they name must be there (reported like a Mesh's missing CA secret).
 //! - Kuma's creation and modification times are kept (set after each batch, without a new
 //!   version). Versions start at 1, as for any new resource here.
 
@@ -44,6 +47,7 @@ pub(super) struct KumaImport {
     /// Secrets that would be (dry run) or were written.
     pub secrets: u64,
     pub meshes: u64,
+    pub external_services: u64,
 }
 
 /// Reads Kuma's database at `url` and writes into `store` in batches of `batch` (nothing
@@ -129,9 +133,41 @@ pub(super) async fn import(
     }
     progress.finish_and_clear();
 
+    // ExternalServices last: the Secrets their TLS names are in by now.
+    let mut services = Vec::new();
+    let mut service_times = Vec::new();
+    for row in snapshot.external_services().await? {
+        if !mesh_names.contains(row.mesh()) {
+            if report_orphans {
+                found.skipped.push(format!(
+                    "{}: its Mesh does not exist (left behind when it was deleted)",
+                    row.describe()
+                ));
+            }
+            continue;
+        }
+        match row.resource() {
+            Ok(resource) => {
+                service_times.push(row.times(&resource));
+                services.push(resource);
+            }
+            Err(why) => found.skipped.push(format!("{}: {why}", row.describe())),
+        }
+    }
+    found.external_services = services.len() as u64;
+    if !dry_run {
+        for (chunk, times) in services.chunks(batch).zip(service_times.chunks(batch)) {
+            found.counts += store.import_batch(chunk.to_vec()).await?;
+            store.keep_times(times.to_vec()).await?;
+        }
+    }
+
     if !dry_run {
         verify(&mut snapshot, &mesh_names, store).await?;
         found.problems = missing_mtls_secrets(&meshes, store).await?;
+        found
+            .problems
+            .extend(missing_tls_secrets(&services, store).await?);
     }
     snapshot.close().await;
     Ok(found)
@@ -162,6 +198,41 @@ async fn missing_mtls_secrets(
                     used.secret
                 )),
                 Err(other) => return Err(other.into()),
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// The API's check for ExternalServices, once everything is in: every Secret their TLS
+/// names is there (Kuma itself never checked).
+async fn missing_tls_secrets(
+    services: &[Resource],
+    store: &AnyStore,
+) -> anyhow::Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for service in services {
+        let Resource::ExternalService(service) = service else {
+            continue;
+        };
+        let Ok(tls) = crate::domain::external_service::check_spec(&service.spec) else {
+            continue;
+        };
+        for (field, secret) in tls.secret_references() {
+            let found = match crate::domain::SecretKey::parse(Some(service.mesh.as_str()), &secret) {
+                Err(_) => false,
+                Ok(key) => match store.get_secret(&key).await {
+                    Ok(_) => true,
+                    Err(crate::store::StoreError::NotFound(_)) => false,
+                    Err(other) => return Err(other.into()),
+                },
+            };
+            if !found {
+                missing.push(format!(
+                    "ExternalService {:?} in Mesh {:?}: {field} names Secret {secret:?}, which is not there",
+                    service.name.as_str(),
+                    service.mesh.as_str(),
+                ));
             }
         }
     }

@@ -317,17 +317,30 @@ async fn usage_of(client: &ApiClient, path: &str) -> String {
         return String::new();
     };
     if usage.items.is_empty() {
-        return "\nNot used by any mTLS backend of its mesh.\n".into();
+        return "\nNot used by any mTLS backend or ExternalService of its mesh.\n".into();
     }
     let mut out = String::from("\nUsed by:\n");
     for item in usage.items {
-        out.push_str(&format!(
-            "  Mesh {:?} mTLS backend {:?} ({}{})\n",
-            item.mesh,
-            item.backend,
-            item.backend_type,
-            if item.enabled { ", enabled" } else { "" }
-        ));
+        match (&item.backend, &item.name) {
+            (Some(backend), _) => out.push_str(&format!(
+                "  Mesh {:?} mTLS backend {:?} ({}{})\n",
+                item.mesh,
+                backend,
+                item.backend_type.as_deref().unwrap_or(""),
+                if item.enabled == Some(true) {
+                    ", enabled"
+                } else {
+                    ""
+                }
+            )),
+            (None, name) => out.push_str(&format!(
+                "  {} {:?} in Mesh {:?}, field {}\n",
+                item.referrer_type,
+                name.as_deref().unwrap_or(""),
+                item.mesh,
+                item.field.as_deref().unwrap_or("")
+            )),
+        }
     }
     out
 }

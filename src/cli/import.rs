@@ -123,9 +123,10 @@ async fn run_from_kuma(kuma: &StoreUrl, args: &ImportArgs) -> anyhow::Result<()>
     let counts = found.counts;
     if args.dry_run {
         println!(
-            "dry run, nothing written: would import {} meshes and {} secrets from {kuma} into {}; {} skipped; other resource types left alone: {}",
+            "dry run, nothing written: would import {} meshes, {} secrets and {} external services from {kuma} into {}; {} skipped; other resource types left alone: {}",
             found.meshes,
             found.secrets,
+            found.external_services,
             args.store.url,
             found.skipped.len(),
             if others.is_empty() {
@@ -242,7 +243,7 @@ impl Sources {
                     for entry in entries {
                         match entry {
                             Entry::Resource(mesh @ Resource::Mesh(_)) => checked.meshes.push(mesh),
-                            Entry::Resource(Resource::Secret(_)) => {}
+                            Entry::Resource(Resource::Secret(_) | Resource::ExternalService(_)) => {}
                             Entry::Skipped(_) => checked.skipped += 1,
                         }
                     }

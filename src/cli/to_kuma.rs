@@ -1,5 +1,5 @@
-//! `kuma-secrets export --to-kuma postgres://…`: this store's Meshes, Secrets and
-//! GlobalSecrets written back into a Kuma control plane's `resources` table (reference
+//! `kuma-secrets export --to-kuma postgres://…`: this store's Meshes, Secrets,
+//! GlobalSecrets and ExternalServices written back into a Kuma control plane's `resources` table (reference
 //! §4.1), in the form Kuma itself writes, to go back after `import --from-kuma`. The SQL
 //! is `crate::kuma_db`'s; this file walks the store and reports.
 //!
@@ -16,7 +16,7 @@
 
 use crate::domain::mtls::{Mtls, builtin_ca_names};
 use crate::kuma_db::{KumaResource, KumaWriter, Written};
-use crate::store::{AnyStore, MeshWalk, SecretScope, SecretWalk};
+use crate::store::{AnyStore, ExternalServiceWalk, MeshWalk, SecretScope, SecretWalk};
 use anyhow::Context;
 use std::collections::BTreeMap;
 
@@ -73,6 +73,13 @@ pub(super) async fn export(
                 let row = KumaResource::of_secret(secret, &owners);
                 write(&mut writer, row, overwrite, &mut done).await?;
             }
+        }
+    }
+    let mut services = ExternalServiceWalk::new(500)?;
+    while let Some(page) = services.next_page(store).await? {
+        for service in &page.items {
+            let row = KumaResource::of_external_service(service);
+            write(&mut writer, row, overwrite, &mut done).await?;
         }
     }
     if done.differing.is_empty() {

@@ -1,6 +1,7 @@
-//! The domain model: names, labels, secrets and meshes, validated with Kuma's rules and
+//! The domain model: names, labels, secrets, meshes and ExternalServices, validated with Kuma's rules and
 //! messages. Nothing here touches a database or the network.
 
+pub mod external_service;
 mod labels;
 mod mesh;
 pub mod mtls;
@@ -8,6 +9,10 @@ mod name;
 mod secret;
 mod validation;
 
+pub use external_service::{
+    EXTERNAL_SERVICE, ExternalService, ExternalServiceSpec, NewExternalService,
+    external_service_key,
+};
 pub use labels::{
     DISPLAY_NAME_LABEL, ENV_LABEL, Labels, MESH_LABEL, ORIGIN_LABEL, ZONE_LABEL,
     check_immutable_labels, computed_labels,
@@ -31,6 +36,8 @@ pub enum Resource {
     Mesh(NewMesh),
     /// A Secret or a GlobalSecret.
     Secret(NewSecret),
+    /// An ExternalService.
+    ExternalService(NewExternalService),
 }
 
 impl Resource {
@@ -39,8 +46,21 @@ impl Resource {
         match self {
             Resource::Mesh(mesh) => ResourceKey::mesh(&mesh.name),
             Resource::Secret(secret) => secret.key.resource_key(),
+            Resource::ExternalService(service) => service.key(),
         }
     }
+}
+
+/// A field of a resource that names a Secret of its Mesh: one row of the store's table of
+/// references, which the Secret delete guard and `_usage` read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretReferrer {
+    /// The referrer's type (`ExternalService`).
+    pub referrer_type: String,
+    /// The referrer's name, in the Secret's Mesh.
+    pub referrer: String,
+    /// The field, as Kuma's validation paths spell it (`networking.tls.clientKey`).
+    pub field: String,
 }
 
 /// Version and timestamps of a stored resource.

@@ -1,4 +1,5 @@
-//! Reading Kuma's Meshes, Secrets and GlobalSecrets from one snapshot of its database.
+//! Reading Kuma's Meshes, Secrets, GlobalSecrets and ExternalServices from one snapshot of
+//! its database.
 
 use super::{connect, db};
 use crate::domain::Resource;
@@ -14,14 +15,19 @@ const MESH_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, 
 /// Kuma's Secrets and GlobalSecrets (`mesh = ''`).
 const SECRET_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, creation_time, \
      modification_time FROM resources WHERE type IN ('Secret', 'GlobalSecret') ORDER BY type, mesh, name";
+/// Kuma's ExternalServices.
+const EXTERNAL_SERVICE_ROWS: &str = "SELECT name, mesh, type, spec, labels::text AS labels, \
+     creation_time, modification_time FROM resources WHERE type = 'ExternalService' \
+     ORDER BY mesh, name";
 /// How many secret rows there are.
 const SECRET_COUNT: &str =
     "SELECT count(*) FROM resources WHERE type IN ('Secret', 'GlobalSecret')";
 /// Rows of every other type, by type.
 const OTHER_TYPES: &str = "SELECT type, count(*) FROM resources \
-     WHERE type NOT IN ('Mesh', 'Secret', 'GlobalSecret') GROUP BY type ORDER BY type";
+     WHERE type NOT IN ('Mesh', 'Secret', 'GlobalSecret', 'ExternalService') \
+     GROUP BY type ORDER BY type";
 
-/// A `resources` row of one of the three types.
+/// A `resources` row of one of the four types.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KumaRow {
     name: String,
@@ -56,6 +62,9 @@ impl KumaRow {
             of: match resource {
                 Resource::Secret(secret) => TimesOf::Secret(secret.key.clone()),
                 Resource::Mesh(mesh) => TimesOf::Mesh(mesh.name.clone()),
+                Resource::ExternalService(service) => {
+                    TimesOf::ExternalService(service.mesh.clone(), service.name.clone())
+                }
             },
             created: self.creation_time.and_utc(),
             modified: self.modification_time.and_utc(),
@@ -67,6 +76,7 @@ impl KumaRow {
         match self.kind.as_str() {
             "Mesh" => format!("Mesh {:?}", self.name),
             "GlobalSecret" => format!("GlobalSecret {:?}", self.name),
+            "ExternalService" => format!("ExternalService {:?} in Mesh {:?}", self.name, self.mesh),
             _ => format!("Secret {:?} in Mesh {:?}", self.name, self.mesh),
         }
     }
@@ -94,6 +104,13 @@ impl KumaRow {
             "Mesh" => {
                 let mut document = spec;
                 document.insert("type".into(), json!("Mesh"));
+                document.insert("name".into(), json!(self.name));
+                document
+            }
+            "ExternalService" => {
+                let mut document = spec;
+                document.insert("type".into(), json!("ExternalService"));
+                document.insert("mesh".into(), json!(self.mesh));
                 document.insert("name".into(), json!(self.name));
                 document
             }
@@ -158,6 +175,17 @@ impl KumaSnapshot {
     /// The database failed.
     pub async fn meshes(&mut self) -> Result<Vec<KumaRow>, StoreError> {
         sqlx::query_as(MESH_ROWS)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(db)
+    }
+
+    /// Every ExternalService row, by Mesh and name.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn external_services(&mut self) -> Result<Vec<KumaRow>, StoreError> {
+        sqlx::query_as(EXTERNAL_SERVICE_ROWS)
             .fetch_all(&mut self.conn)
             .await
             .map_err(db)

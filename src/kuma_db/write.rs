@@ -1,7 +1,7 @@
 //! Writing resources into Kuma's `resources` table, as Kuma writes them, in one transaction.
 
 use super::{connect, db};
-use crate::domain::{Labels, Mesh, Secret};
+use crate::domain::{ExternalService, Labels, Mesh, Secret};
 use crate::store::StoreError;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
@@ -26,7 +26,9 @@ impl KumaResource {
     /// How the row is named in reports.
     pub fn describe(&self) -> String {
         match self.kind {
-            "Secret" => format!("Secret {:?} in Mesh {:?}", self.name, self.mesh),
+            "Secret" | "ExternalService" => {
+                format!("{} {:?} in Mesh {:?}", self.kind, self.name, self.mesh)
+            }
             kind => format!("{kind} {:?}", self.name),
         }
     }
@@ -43,6 +45,22 @@ impl KumaResource {
             times: (
                 mesh.meta.creation_time.naive_utc(),
                 mesh.meta.modification_time.naive_utc(),
+            ),
+        }
+    }
+
+    /// An ExternalService's row: its spec (`networking`, `tags`) as the row's `spec`.
+    pub fn of_external_service(service: &ExternalService) -> Self {
+        Self {
+            name: service.name.as_str().to_owned(),
+            mesh: service.mesh.as_str().to_owned(),
+            kind: "ExternalService",
+            spec: Value::Object(service.spec.clone()),
+            labels: labels_json(&service.labels),
+            owner: None,
+            times: (
+                service.meta.creation_time.naive_utc(),
+                service.meta.modification_time.naive_utc(),
             ),
         }
     }

@@ -1,7 +1,7 @@
 //! Resources as users keep them in files: Kuma's Universal YAML or JSON (`type: Secret`,
-//! `type: GlobalSecret`, `type: Mesh`) and Kubernetes manifests (a `v1` `Secret` of type
+//! `type: GlobalSecret`, `type: Mesh`, `type: ExternalService`) and Kubernetes manifests (a `v1` `Secret` of type
 //! `system.kuma.io/secret` or `system.kuma.io/global-secret`, a `v1` `List` of objects as
-//! `kubectl get secrets -o yaml` prints it, a `kuma.io/v1alpha1` `Mesh`).
+//! `kubectl get secrets -o yaml` prints it, a `kuma.io/v1alpha1` `Mesh` or `ExternalService`).
 //!
 //! `apply`, `import` and `export` read and write these. Reading validates on the client
 //! with the same rules and messages as the server, so a bad file is reported in full
@@ -12,7 +12,7 @@
 pub mod template;
 
 use crate::domain::{
-    Labels, MESH_LABEL, Mesh, MeshName, NewMesh, NewSecret, Resource, ResourceName, Secret,
+    ExternalService, NewExternalService, Labels, MESH_LABEL, Mesh, MeshName, NewMesh, NewSecret, Resource, ResourceName, Secret,
     SecretData, SecretKey, SecretType, ValidationError,
 };
 use crate::wire::{self, GLOBAL_SECRET_K8S_TYPE, ResourceBody, SECRET_K8S_TYPE};
@@ -237,12 +237,16 @@ fn parse_universal(object: Map<String, Value>) -> Result<Resource, String> {
         Some(other) => return Err(format!("type: must be a string, not {}", kind_of(other))),
     };
     match kind.as_str() {
-        "Secret" | "GlobalSecret" | "Mesh" => {}
+        "Secret" | "GlobalSecret" | "Mesh" | "ExternalService" => {}
         other => return Err(format!("invalid resource type {other:?}")),
     }
     let body = wire::parse_value(&kind, Value::Object(object))?;
     if kind == "Mesh" {
         mesh_resource(body).map_err(|e| e.to_string())
+    } else if kind == "ExternalService" {
+        body.into_new_external_service(|labels, _| Labels::parse(labels))
+            .map(Resource::ExternalService)
+            .map_err(|e| e.to_string())
     } else {
         secret_resource(&kind, body).map_err(|e| e.to_string())
     }
@@ -291,6 +295,7 @@ fn parse_kubernetes(object: Map<String, Value>) -> Result<Vec<Entry>, String> {
         }
         ("v1", "Secret") => kubernetes_secret(&object),
         ("kuma.io/v1alpha1", "Mesh") => kubernetes_mesh(&object),
+        ("kuma.io/v1alpha1", "ExternalService") => kubernetes_external_service(&object),
         (api_version, kind) => Ok(vec![Entry::Skipped(format!(
             "{kind} {:?} ({api_version})",
             metadata_name(&object)
@@ -436,6 +441,56 @@ fn kubernetes_mesh(object: &Map<String, Value>) -> Result<Vec<Entry>, String> {
         }
         _ => Err(errors.to_string()),
     }
+}
+
+/// A `kuma.io/v1alpha1` `ExternalService`: cluster-scoped, `mesh` at the top level
+/// (`default` when absent, as Kuma's webhook defaults it), the spec under `spec`.
+fn kubernetes_external_service(object: &Map<String, Value>) -> Result<Vec<Entry>, String> {
+    let mut errors = ValidationError::default();
+    let name = errors.collect(ResourceName::parse_field(
+        &metadata_name(object),
+        "metadata.name",
+    ));
+    let mesh = match object.get("mesh") {
+        None | Some(Value::Null) => Some("default"),
+        Some(Value::String(mesh)) => Some(mesh.as_str()),
+        Some(other) => {
+            errors.push("mesh", format!("must be a string, not {}", kind_of(other)));
+            None
+        }
+    };
+    let mesh = mesh.and_then(|m| errors.collect(MeshName::parse_field(m, "mesh")));
+    let labels = errors.collect(Labels::parse(metadata_labels(object)?));
+    let mut spec = match object.get("spec") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(spec)) => spec.clone(),
+        Some(other) => {
+            errors.push("spec", format!("must be a mapping, not {}", kind_of(other)));
+            Map::new()
+        }
+    };
+    crate::domain::external_service::prune_unknown_fields(&mut spec);
+    match (name, mesh, labels) {
+        (Some(name), Some(mesh), Some(labels)) if errors.is_empty() => Ok(vec![Entry::Resource(
+            Resource::ExternalService(NewExternalService {
+                mesh,
+                name,
+                spec,
+                labels,
+            }),
+        )]),
+        _ => Err(errors.to_string()),
+    }
+}
+
+/// A stored ExternalService as a resource to write elsewhere.
+pub fn external_service_resource_of(service: &ExternalService) -> Resource {
+    Resource::ExternalService(NewExternalService {
+        mesh: service.mesh.clone(),
+        name: service.name.clone(),
+        spec: service.spec.clone(),
+        labels: service.labels.clone(),
+    })
 }
 
 /// A stored Secret as a resource to write elsewhere.

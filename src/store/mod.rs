@@ -50,8 +50,9 @@ pub use backend::{
     StoreUrl, TimesOf, Unreadable,
 };
 pub use contract::{
-    CacheReport, CacheStats, Cursor, DEFAULT_PAGE_SIZE, DatabaseError, Expect, ImportCounts,
-    MAX_PAGE_SIZE, MeshQuery, MeshWalk, Page, PageRequest, PageStart, PageWalk, PoolReport, Put,
+    CacheReport, CacheStats, Cursor, DEFAULT_PAGE_SIZE, DatabaseError, Expect, ExternalServiceQuery,
+    ImportCounts,
+    ExternalServiceWalk, MAX_PAGE_SIZE, MeshQuery, MeshWalk, Page, PageRequest, PageStart, PageWalk, PoolReport, Put,
     Replication, Result, SchemaError, SealedReads, SealedSecret, SecretQuery, SecretScope,
     SecretStore, SecretWalk, StorageFault, StoreError, StoreOptions, Walk, WalkQuery, error, feed,
     history, page, walk,

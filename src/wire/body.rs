@@ -5,7 +5,7 @@
 //! `import` alike.
 
 use crate::domain::{
-    Labels, MeshName, NewMesh, NewSecret, ResourceName, SecretData, SecretKey, SecretType,
+    Labels, MeshName, NewExternalService, NewMesh, NewSecret, ResourceName, SecretData, SecretKey, SecretType,
     ValidationError,
 };
 use base64::Engine;
@@ -199,6 +199,38 @@ impl ResourceBody {
         errors.collect(crate::domain::mtls::normalize_spec(&mut spec));
         match (name, labels) {
             (Some(name), Some(labels)) if errors.is_empty() => Ok(NewMesh { name, spec, labels }),
+            _ => Err(errors),
+        }
+    }
+}
+
+impl ResourceBody {
+    /// The one validation of an ExternalService body: its name, its mesh, labels by
+    /// `labels`, and its spec (`networking`, `tags`; other fields dropped, as Kuma's decoder
+    /// drops them), checked by the store.
+    ///
+    /// # Errors
+    /// Every violation.
+    pub fn into_new_external_service(
+        self,
+        labels: impl FnOnce(
+            BTreeMap<String, String>,
+            Option<&MeshName>,
+        ) -> Result<Labels, ValidationError>,
+    ) -> Result<NewExternalService, ValidationError> {
+        let mut errors = ValidationError::default();
+        let name = errors.collect(ResourceName::parse(&self.name));
+        let mesh = errors.collect(MeshName::parse_field(&self.mesh, "mesh"));
+        let labels = errors.collect(labels(self.labels, mesh.as_ref()));
+        let mut spec = self.rest;
+        crate::domain::external_service::prune_unknown_fields(&mut spec);
+        match (name, mesh, labels) {
+            (Some(name), Some(mesh), Some(labels)) if errors.is_empty() => Ok(NewExternalService {
+                mesh,
+                name,
+                spec,
+                labels,
+            }),
             _ => Err(errors),
         }
     }

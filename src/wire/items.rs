@@ -2,7 +2,10 @@
 //! Universal YAML `apply` reads and `export` writes (without timestamps: the store sets
 //! those).
 
-use crate::domain::{Labels, Mesh, MeshSpec, Meta, NewMesh, NewSecret, Resource, Secret};
+use crate::domain::{
+    ExternalService, ExternalServiceSpec, Labels, Mesh, MeshSpec, Meta, NewExternalService, NewMesh,
+    NewSecret, Resource, Secret,
+};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -146,6 +149,50 @@ impl From<&NewMesh> for MeshItem {
     }
 }
 
+/// An ExternalService: `type`, `mesh`, `name`, times, `labels`, then its spec fields
+/// (`networking`, `tags`), flat beside them as Kuma's REST API has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalServiceItem {
+    /// Always `ExternalService`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its Mesh.
+    pub mesh: String,
+    /// Its name.
+    pub name: String,
+    /// Times and labels.
+    #[serde(flatten)]
+    pub meta: ItemMeta,
+    /// Its spec fields.
+    #[serde(flatten)]
+    pub spec: ExternalServiceSpec,
+}
+
+impl From<&ExternalService> for ExternalServiceItem {
+    fn from(service: &ExternalService) -> Self {
+        ExternalServiceItem {
+            kind: crate::domain::EXTERNAL_SERVICE.to_owned(),
+            mesh: service.mesh.as_str().to_owned(),
+            name: service.name.as_str().to_owned(),
+            meta: ItemMeta::stored(&service.labels, &service.meta),
+            spec: service.spec.clone(),
+        }
+    }
+}
+
+impl From<&NewExternalService> for ExternalServiceItem {
+    /// The Universal form, without timestamps.
+    fn from(service: &NewExternalService) -> Self {
+        ExternalServiceItem {
+            kind: crate::domain::EXTERNAL_SERVICE.to_owned(),
+            mesh: service.mesh.as_str().to_owned(),
+            name: service.name.as_str().to_owned(),
+            meta: ItemMeta::universal(&service.labels),
+            spec: service.spec.clone(),
+        }
+    }
+}
+
 /// Kuma's KRI of a Mesh: `kri_<type>_<mesh>_<zone>_<namespace>_<name>_<section>` with type
 /// `m` and only the name set.
 pub fn mesh_kri(name: &str) -> String {
@@ -157,6 +204,9 @@ pub fn universal(resource: &Resource) -> serde_json::Value {
     let value = match resource {
         Resource::Secret(secret) => serde_json::to_value(SecretItem::from(secret)),
         Resource::Mesh(mesh) => serde_json::to_value(MeshItem::from(mesh)),
+        Resource::ExternalService(service) => {
+            serde_json::to_value(ExternalServiceItem::from(service))
+        }
     };
     value.expect("wire items serialize")
 }
@@ -172,18 +222,31 @@ pub struct ListBody<T> {
     pub next: Option<String>,
 }
 
-/// One use of a secret by an mTLS backend of its Mesh (`GET …/secrets/{name}/_usage`).
+/// One use of a secret (`GET …/secrets/{name}/_usage`): by an mTLS backend of its Mesh
+/// (`referrerType: Mesh`, with `backend`, `backendType`, `enabled`), or by a field of
+/// another resource of the Mesh (`referrerType: ExternalService`, with `name`, `field`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SecretUsage {
+    /// `Mesh` or `ExternalService`.
+    pub referrer_type: String,
     /// The Mesh.
     pub mesh: String,
-    /// The backend using the secret.
-    pub backend: String,
-    /// `builtin` or `provided`.
-    #[serde(rename = "backendType")]
-    pub backend_type: String,
-    /// Whether that backend is the enabled one.
-    pub enabled: bool,
+    /// The backend using the secret (a Mesh's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// `builtin` or `provided` (a Mesh's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_type: Option<String>,
+    /// Whether that backend is the enabled one (a Mesh's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The referrer's name (another resource's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The field naming the secret (another resource's), e.g. `networking.tls.clientKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// The uses of a secret: `{"total","items"}` (a complete list, never paged).

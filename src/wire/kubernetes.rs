@@ -1,7 +1,7 @@
 //! Kubernetes manifests, as Kuma's Kubernetes mode stores its resources (reference §8): a
 //! `v1` `Secret` of type `system.kuma.io/secret` (the mesh in its `kuma.io/mesh` label) or
 //! `system.kuma.io/global-secret` with the bytes in `data.value`, and a `kuma.io/v1alpha1`
-//! `Mesh` with its spec.
+//! `Mesh` with its spec, and a cluster-scoped `kuma.io/v1alpha1` `ExternalService`.
 
 use crate::domain::{MESH_LABEL, MeshSpec, Resource};
 use base64::Engine;
@@ -65,6 +65,23 @@ pub struct KubernetesMesh {
     pub spec: MeshSpec,
 }
 
+/// A `kuma.io/v1alpha1` `ExternalService`: cluster-scoped, its Mesh at the top level beside
+/// `metadata`, its spec under `spec` (Kuma's CRD).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubernetesExternalService {
+    /// `kuma.io/v1alpha1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `ExternalService`.
+    pub kind: String,
+    /// Its Mesh.
+    pub mesh: String,
+    /// Name and labels.
+    pub metadata: ObjectMeta,
+    /// Its spec (`networking`, `tags`).
+    pub spec: MeshSpec,
+}
+
 /// The Kubernetes form of a resource, in `namespace` (usually [`KUMA_NAMESPACE`]): all
 /// labels kept, `kuma.io/mesh` set for a mesh-scoped Secret.
 pub fn to_kubernetes(
@@ -106,6 +123,18 @@ pub fn to_kubernetes(
                 labels: mesh.labels.as_map().clone(),
             },
             spec: mesh.spec.clone(),
+        }),
+        Resource::ExternalService(service) => serde_json::to_value(KubernetesExternalService {
+            api_version: "kuma.io/v1alpha1".into(),
+            kind: crate::domain::EXTERNAL_SERVICE.into(),
+            mesh: service.mesh.as_str().into(),
+            metadata: ObjectMeta {
+                name: service.name.as_str().into(),
+                namespace: None,
+                creation_timestamp: created,
+                labels: service.labels.as_map().clone(),
+            },
+            spec: service.spec.clone(),
         }),
     };
     value.expect("wire manifests serialize")

@@ -3,9 +3,9 @@
 //!
 //! | file | what |
 //! | --- | --- |
-//! | `items.rs` | a Secret, GlobalSecret or Mesh as Kuma shows it (API bodies, Universal YAML); list bodies; a secret's versions |
+//! | `items.rs` | a Secret, GlobalSecret, Mesh or ExternalService as Kuma shows it (API bodies, Universal YAML); list bodies; a secret's versions |
 //! | `body.rs` | a resource body as read from a PUT or a file, and its one validation into a `NewSecret` or `NewMesh` |
-//! | `kubernetes.rs` | Kubernetes manifests: `v1` `Secret` and `kuma.io/v1alpha1` `Mesh` |
+//! | `kubernetes.rs` | Kubernetes manifests: `v1` `Secret`, `kuma.io/v1alpha1` `Mesh` and `ExternalService` |
 //! | `error.rs` | Kuma's error body |
 //!
 //! Secret and Mesh are Kuma "legacy" types: meta and spec fields sit flat in one object, in
@@ -19,10 +19,10 @@ mod kubernetes;
 pub use body::{ResourceBody, decode_base64, parse_body, parse_value};
 pub use error::{Cause, ErrorBody, InvalidParameter};
 pub use items::{
-    ItemMeta, ListBody, MeshItem, SecretItem, SecretUsage, SecretUsageList, VersionItem,
+    ExternalServiceItem, ItemMeta, ListBody, MeshItem, SecretItem, SecretUsage, SecretUsageList, VersionItem,
     VersionRequest, timestamp, universal,
 };
 pub use kubernetes::{
-    GLOBAL_SECRET_K8S_TYPE, KUMA_NAMESPACE, KubernetesMesh, KubernetesSecret, ObjectMeta,
+    GLOBAL_SECRET_K8S_TYPE, KUMA_NAMESPACE, KubernetesExternalService, KubernetesMesh, KubernetesSecret, ObjectMeta,
     SECRET_K8S_TYPE, to_kubernetes,
 };

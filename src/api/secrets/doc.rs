@@ -31,18 +31,25 @@ list_schema! {
     struct SecretListSchema as SecretList of SecretItemSchema
 }
 
-/// One mTLS backend using a secret.
+/// One use of a secret: an mTLS backend of its Mesh, or a field of an ExternalService.
 #[derive(ToSchema)]
 #[schema(as = SecretUsage)]
 struct SecretUsageSchema {
+    /// `Mesh` or `ExternalService`.
+    #[schema(rename = "referrerType")]
+    referrer_type: String,
     mesh: String,
-    /// The backend's name.
-    backend: String,
-    /// `builtin` or `provided`.
+    /// The backend's name (a Mesh's).
+    backend: Option<String>,
+    /// `builtin` or `provided` (a Mesh's).
     #[schema(rename = "backendType")]
-    backend_type: String,
-    /// It is the Mesh's `enabledBackend`.
-    enabled: bool,
+    backend_type: Option<String>,
+    /// It is the Mesh's `enabledBackend` (a Mesh's).
+    enabled: Option<bool>,
+    /// The ExternalService's name.
+    name: Option<String>,
+    /// The field naming the secret, e.g. `networking.tls.clientKey`.
+    field: Option<String>,
 }
 
 /// What uses a secret.
@@ -82,7 +89,7 @@ operation!(
 
 operation!(
     #[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}/_usage", tag = "Secret",
-        operation_id = "getSecretUsage", summary = "What mTLS backends use a Secret",
+        operation_id = "getSecretUsage", summary = "What uses a Secret: mTLS backends and ExternalServices",
         params(SecretPath),
         responses(
             (status = 200, description = "Its uses", body = SecretUsageListSchema),

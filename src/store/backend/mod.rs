@@ -26,10 +26,11 @@ pub use url::{Backend, PoolMode, StoreUrl};
 use super::contract::feed;
 use super::contract::history;
 use super::contract::{
-    Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SealedReads, SealedSecret,
+    ExternalServiceQuery, Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SealedReads, SealedSecret,
     SecretQuery, SecretStore, StoreError, StoreOptions,
 };
 use crate::domain::{
+    ExternalService, NewExternalService, ResourceName, SecretReferrer,
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
 
@@ -361,6 +362,25 @@ impl SecretStore for AnyStore {
     }
     async fn list_meshes(&self, query: &MeshQuery) -> Result<Page<Mesh>> {
         delegate!(self, s => s.list_meshes(query))
+    }
+    async fn put_external_service(
+        &self,
+        service: NewExternalService,
+        expect: Expect,
+    ) -> Result<Put<ExternalService>> {
+        delegate!(self, s => s.put_external_service(service, expect))
+    }
+    async fn get_external_service(&self, mesh: &MeshName, name: &ResourceName) -> Result<ExternalService> {
+        delegate!(self, s => s.get_external_service(mesh, name))
+    }
+    async fn list_external_services(&self, query: &ExternalServiceQuery) -> Result<Page<ExternalService>> {
+        delegate!(self, s => s.list_external_services(query))
+    }
+    async fn delete_external_service(&self, mesh: &MeshName, name: &ResourceName, v: Option<i64>) -> Result<()> {
+        delegate!(self, s => s.delete_external_service(mesh, name, v))
+    }
+    async fn secret_referrers(&self, key: &SecretKey) -> Result<Vec<SecretReferrer>> {
+        delegate!(self, s => s.secret_referrers(key))
     }
     async fn ping(&self) -> Result<()> {
         delegate!(self, s => s.ping())

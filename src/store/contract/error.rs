@@ -71,6 +71,17 @@ pub enum StoreError {
         /// The backend using it.
         backend: String,
     },
+    /// The Secret is named by other resources of its Mesh (an ExternalService's TLS): the
+    /// delete guard of the table of references.
+    #[error("{}", referenced_message(secret, mesh, referrers))]
+    ReferencedBy {
+        /// The secret's name.
+        secret: String,
+        /// Its mesh.
+        mesh: String,
+        /// Who names it, and in which field.
+        referrers: Vec<crate::domain::SecretReferrer>,
+    },
     /// A Secret delete was refused because its Mesh's stored spec cannot be read (it does
     /// not parse, or its sealed keys do not open), so the guard cannot tell whether an mTLS
     /// backend uses the secret: it fails closed.
@@ -283,4 +294,21 @@ impl std::error::Error for DatabaseError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source()
     }
+}
+
+/// The delete guard's message for a secret other resources name, in the words of Kuma's
+/// message for one an mTLS backend uses.
+fn referenced_message(
+    secret: &str,
+    mesh: &str,
+    referrers: &[crate::domain::SecretReferrer],
+) -> String {
+    let by: Vec<String> = referrers
+        .iter()
+        .map(|r| format!("{} {:?} ({})", r.referrer_type, r.referrer, r.field))
+        .collect();
+    format!(
+        "The secret {secret:?} that you are trying to remove is currently in use in Mesh {mesh:?} by {}. Please remove the references before removing the secret.",
+        by.join(", ")
+    )
 }

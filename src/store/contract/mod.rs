@@ -13,16 +13,16 @@ pub mod walk;
 
 pub use error::{DatabaseError, Result, SchemaError, StorageFault, StoreError};
 pub use page::{
-    Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MeshQuery, Page, PageRequest, PageStart, SecretQuery,
+    Cursor, DEFAULT_PAGE_SIZE, ExternalServiceQuery, MAX_PAGE_SIZE, MeshQuery, Page, PageRequest, PageStart, SecretQuery,
     SecretScope,
 };
 pub use reports::{CacheReport, CacheStats, PoolReport};
 pub use sealed::{SealedReads, SealedSecret};
-pub use walk::{MeshWalk, PageWalk, SecretWalk, Walk, WalkQuery};
+pub use walk::{ExternalServiceWalk, MeshWalk, PageWalk, SecretWalk, Walk, WalkQuery};
 
 use crate::domain::{
-    DEFAULT_MAX_SECRET_SIZE, Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret,
-    SecretKey, SecretUpdate,
+    DEFAULT_MAX_SECRET_SIZE, ExternalService, Mesh, MeshName, MeshUpdate, NewExternalService,
+    NewMesh, NewSecret, Resource, ResourceName, Secret, SecretKey, SecretReferrer, SecretUpdate,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -218,6 +218,63 @@ pub trait SecretStore: Send + Sync {
     /// # Errors
     /// [`StoreError::Unavailable`] if the database cannot be reached.
     fn list_meshes(&self, query: &MeshQuery) -> impl Future<Output = Result<Page<Mesh>>> + Send;
+
+    /// Creates or replaces an ExternalService as `expect` allows, in one write transaction
+    /// with its checks: every `secret:` it names must be a Secret of its Mesh (locked until
+    /// commit, so a concurrent delete of it either fails or makes this write fail), its PEM
+    /// must parse and its client key match its certificate; its references replace the
+    /// ones it had.
+    ///
+    /// # Errors
+    /// [`StoreError::MeshNotFound`], [`StoreError::Invalid`] with every violation, and as
+    /// [`SecretStore::put_secret`] for the precondition and immutable labels.
+    fn put_external_service(
+        &self,
+        service: NewExternalService,
+        expect: Expect,
+    ) -> impl Future<Output = Result<Put<ExternalService>>> + Send;
+
+    /// Reads one ExternalService.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if it does not exist.
+    fn get_external_service(
+        &self,
+        mesh: &MeshName,
+        name: &ResourceName,
+    ) -> impl Future<Output = Result<ExternalService>> + Send;
+
+    /// Lists ExternalServices, of one Mesh sorted by name or of all sorted by (mesh, name).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the database cannot be reached.
+    fn list_external_services(
+        &self,
+        query: &ExternalServiceQuery,
+    ) -> impl Future<Output = Result<Page<ExternalService>>> + Send;
+
+    /// Deletes an ExternalService and its references, only if it is at `expected_version`
+    /// when one is given.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] or [`StoreError::Conflict`], as for secrets.
+    fn delete_external_service(
+        &self,
+        mesh: &MeshName,
+        name: &ResourceName,
+        expected_version: Option<i64>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The resources (other than Mesh mTLS backends, which the Mesh's spec names) whose
+    /// fields name the Secret `key`: the references the delete guard refuses on. Empty
+    /// for a GlobalSecret.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the database cannot be reached.
+    fn secret_referrers(
+        &self,
+        key: &SecretKey,
+    ) -> impl Future<Output = Result<Vec<SecretReferrer>>> + Send;
 
     /// The highest revision of the change feed so far (0 before any change): a list read
     /// after this call reflects every change up to it, so following the feed from it after

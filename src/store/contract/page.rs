@@ -222,6 +222,19 @@ pub struct MeshQuery {
     pub page: PageRequest,
 }
 
+/// An ExternalService list query.
+#[derive(Debug, Clone, Default)]
+pub struct ExternalServiceQuery {
+    /// Only this Mesh's; `None`: every Mesh's, sorted by (mesh, name).
+    pub mesh: Option<crate::domain::MeshName>,
+    /// Only names containing this substring.
+    pub name_contains: Option<String>,
+    /// Only ExternalServices carrying all of these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Which page.
+    pub page: PageRequest,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

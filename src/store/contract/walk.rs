@@ -3,9 +3,9 @@
 //! stays at one page and the last page costs what the first does.
 
 use super::{
-    Cursor, MeshQuery, Page, PageRequest, PageStart, Result, SecretQuery, SecretScope, SecretStore,
+    Cursor, ExternalServiceQuery, MeshQuery, Page, PageRequest, PageStart, Result, SecretQuery, SecretScope, SecretStore,
 };
-use crate::domain::{Mesh, Secret};
+use crate::domain::{ExternalService, Mesh, Secret};
 
 /// A page-by-page walk over a store, in key order: what [`SecretWalk`] and [`MeshWalk`]
 /// share, so code comparing two stores is written once.
@@ -52,6 +52,7 @@ macro_rules! walk_query {
 
 walk_query!(SecretQuery => Secret, list_secrets);
 walk_query!(MeshQuery => Mesh, list_meshes);
+walk_query!(ExternalServiceQuery => ExternalService, list_external_services);
 
 /// The pages of one list query, each starting after the previous page's last key.
 #[derive(Debug)]
@@ -89,6 +90,25 @@ impl MeshWalk {
             query: MeshQuery {
                 page: PageRequest::first(page_size)?,
                 ..MeshQuery::default()
+            },
+            finished: false,
+        })
+    }
+}
+
+/// Every ExternalService of every Mesh, in (mesh, name) order.
+pub type ExternalServiceWalk = PageWalk<ExternalServiceQuery>;
+
+impl ExternalServiceWalk {
+    /// A walk in pages of `page_size` (1 to 1000).
+    ///
+    /// # Errors
+    /// [`super::StoreError::Invalid`] for a page size out of range.
+    pub fn new(page_size: u32) -> Result<Self> {
+        Ok(Self {
+            query: ExternalServiceQuery {
+                page: PageRequest::first(page_size)?,
+                ..ExternalServiceQuery::default()
             },
             finished: false,
         })

@@ -39,12 +39,13 @@
 //! [`WATCH_POLL`]: crate::store::watch::WATCH_POLL
 
 use crate::domain::{
+    ExternalService, NewExternalService, SecretReferrer,
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, ResourceName, Secret, SecretKey,
     SecretUpdate,
 };
 use crate::store::contract::feed::{ChangeSignal, Event, EventFilter, EventPage};
 use crate::store::contract::history::VersionInfo;
-use crate::store::contract::page::{MeshQuery, Page, SecretQuery};
+use crate::store::contract::page::{ExternalServiceQuery, MeshQuery, Page, SecretQuery};
 use crate::store::contract::{
     CacheReport, CacheStats, Expect, ImportCounts, Put, Result, SealedReads, SealedSecret,
     SecretStore, StoreError,
@@ -495,6 +496,11 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
         fn list_meshes(query: &MeshQuery) -> Page<Mesh>;
         fn events_after(after: i64, limit: u32, filter: &EventFilter) -> EventPage;
         fn ping() -> ();
+        fn put_external_service(service: NewExternalService, expect: Expect) -> Put<ExternalService>;
+        fn delete_external_service(mesh: &MeshName, name: &ResourceName, v: Option<i64>) -> ();
+        fn get_external_service(mesh: &MeshName, name: &ResourceName) -> ExternalService;
+        fn list_external_services(query: &ExternalServiceQuery) -> Page<ExternalService>;
+        fn secret_referrers(key: &SecretKey) -> Vec<SecretReferrer>;
     }
     async fn create_secret(&self, secret: NewSecret) -> Result<Secret> {
         let key = secret.key.clone();
@@ -607,6 +613,7 @@ impl<S: SecretStore + SealedReads> SecretStore for CachedStore<S> {
             match item {
                 Resource::Secret(secret) => keys.push(secret.key.clone()),
                 Resource::Mesh(mesh) => meshes.push(mesh.name.clone()),
+                Resource::ExternalService(_) => {}
             }
         }
         let result = self.inner.import_batch(items).await;

@@ -20,11 +20,12 @@
 //! until a secret changes, so a stale count from the standby could stay.
 
 use crate::domain::{
+    ExternalService, NewExternalService, ResourceName, SecretReferrer,
     Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
 };
 use crate::store::contract::feed::{EventFilter, EventPage};
 use crate::store::contract::history::VersionInfo;
-use crate::store::contract::page::{MeshQuery, Page, SecretQuery};
+use crate::store::contract::page::{ExternalServiceQuery, MeshQuery, Page, SecretQuery};
 use crate::store::contract::{
     Expect, ImportCounts, Put, Replication, Result, SecretStore, feed::ChangeSignal,
 };
@@ -191,6 +192,8 @@ impl<S: Replication + SecretStore> SecretStore for ReadReplica<S> {
         fn create_mesh(mesh: NewMesh) -> Mesh;
         fn update_mesh(name: &MeshName, v: i64, u: MeshUpdate) -> Mesh;
         fn delete_mesh(name: &MeshName, v: Option<i64>) -> ();
+        fn put_external_service(service: NewExternalService, expect: Expect) -> Put<ExternalService>;
+        fn delete_external_service(mesh: &MeshName, name: &ResourceName, v: Option<i64>) -> ();
         fn import_batch(items: Vec<Resource>) -> ImportCounts;
     }
     forward_store_methods! { [reader()]
@@ -199,9 +202,12 @@ impl<S: Replication + SecretStore> SecretStore for ReadReplica<S> {
         fn secret_versions(key: &SecretKey) -> Vec<VersionInfo>;
         fn get_mesh(name: &MeshName) -> Mesh;
         fn list_meshes(query: &MeshQuery) -> Page<Mesh>;
+        fn get_external_service(mesh: &MeshName, name: &ResourceName) -> ExternalService;
+        fn list_external_services(query: &ExternalServiceQuery) -> Page<ExternalService>;
     }
     forward_store_methods! { [primary]
         fn secret_version(key: &SecretKey) -> Option<i64>;
+        fn secret_referrers(key: &SecretKey) -> Vec<SecretReferrer>;
         fn current_revision() -> i64;
         fn events_after(after: i64, limit: u32, filter: &EventFilter) -> EventPage;
         fn ping() -> ();

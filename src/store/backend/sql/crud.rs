@@ -15,12 +15,13 @@ use super::tx::{RunOnStore, TxError};
 use super::{SqlStore, StoredData, labels_json, missed, now, open_spec_with, seal, writer};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
+    ExternalService, NewExternalService, ResourceName, SecretReferrer,
     Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
     Secret, SecretKey, SecretUpdate,
 };
 use crate::store::backend::db_error::Op;
 use crate::store::contract::history::VersionInfo;
-use crate::store::contract::page::{MeshQuery, Page, PageStart, SecretQuery};
+use crate::store::contract::page::{ExternalServiceQuery, MeshQuery, Page, PageStart, SecretQuery};
 use crate::store::contract::{DatabaseError, SealedReads, SealedSecret};
 use crate::store::contract::{Expect, ImportCounts, Put, Result, SecretStore, StoreError};
 use chrono::{DateTime, Utc};
@@ -166,6 +167,15 @@ impl [SqlStore<DB>] {
                                 }
                                 Ok(None) => {}
                             }
+                        }
+                        // The table of references: ExternalServices (and any later referrer).
+                        let referrers = Self::lock_and_read_referrers(tx, &key).await?;
+                        if !referrers.is_empty() {
+                            return Err(TxError::Refused(StoreError::ReferencedBy {
+                                secret: key.name().as_str().to_owned(),
+                                mesh: mesh.as_str().to_owned(),
+                                referrers,
+                            }));
                         }
                         Self::stamp_and_delete(tx, &key, expected_version, purge).await
                     })
@@ -319,6 +329,30 @@ impl [SecretStore for SqlStore<DB>] {
         self.put_mesh_with(mesh, expect).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %service.mesh, name = %service.name))]
+    async fn put_external_service(&self, service: NewExternalService, expect: Expect) -> Result<Put<ExternalService>> {
+        let _wake_watchers = self.changes.notify_on_drop();
+        self.put_external_service_with(service, expect).await
+    }
+
+    async fn get_external_service(&self, mesh: &MeshName, name: &ResourceName) -> Result<ExternalService> {
+        self.get_external_service_with(mesh, name).await
+    }
+
+    async fn list_external_services(&self, query: &ExternalServiceQuery) -> Result<Page<ExternalService>> {
+        self.list_external_services_with(query).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, mesh = %mesh, name = %name))]
+    async fn delete_external_service(&self, mesh: &MeshName, name: &ResourceName, expected_version: Option<i64>) -> Result<()> {
+        let _wake_watchers = self.changes.notify_on_drop();
+        self.delete_external_service_with(mesh, name, expected_version).await
+    }
+
+    async fn secret_referrers(&self, key: &SecretKey) -> Result<Vec<SecretReferrer>> {
+        self.secret_referrers_with(key).await
+    }
+
     async fn secret_version(&self, key: &SecretKey) -> Result<Option<i64>> {
         self.stored_secret_version(key).await
     }
@@ -392,7 +426,7 @@ impl [SecretStore for SqlStore<DB>] {
                 Box::pin(async move {
                     // Who deletes, on the Mesh and on the secrets its delete cascades to.
                     let (actor, request_id) = writer();
-                    for stamp in [STAMP_MESH_SECRETS, STAMP_MESH] {
+                    for stamp in [STAMP_MESH_SECRETS, super::external_services::STAMP_MESH_EXTERNAL_SERVICES, STAMP_MESH] {
                         query_as::<DB, (i64,)>(stamp)
                             .bind(actor.clone())
                             .bind(request_id.clone())

@@ -37,6 +37,15 @@ impl [SqlStore<DB>] {
                     }
                     (what, &mesh.labels)
                 }
+                Resource::ExternalService(service) => {
+                    let what = format!("{}: ", service.key());
+                    let checked = crate::domain::reject_nul_in_json("", &serde_json::Value::Object(service.spec.clone()))
+                        .and_then(|()| crate::domain::external_service::check_spec(&service.spec));
+                    if let Err(e) = checked {
+                        errors.extend_prefixed(&what, e);
+                    }
+                    (what, &service.labels)
+                }
             };
             // Labels read from another store were validated there, maybe by an older rule.
             for (key, value) in labels.iter() {
@@ -119,6 +128,40 @@ impl [SqlStore<DB>] {
                         }
                     }
                 }
+                Resource::ExternalService(service) => {
+                    let existing = Self::lock_external_service(&mut tx, &service.mesh, &service.name)
+                        .await?
+                        .map(|row| {
+                            let version = row.version();
+                            row.open(keyring).map_err(|_| version)
+                        });
+                    let version = match existing {
+                        None => None,
+                        Some(Ok(current)) if current.spec == service.spec && current.labels == service.labels => {
+                            counts.unchanged += 1;
+                            continue;
+                        }
+                        Some(current) => Some(current.map_or_else(|version| version, |c| c.meta.version)),
+                    };
+                    // Checked above: the spec parses. Its Secrets may come later in the
+                    // batch, so their existence is the importer's check, not this one's.
+                    let references = crate::domain::external_service::check_spec(&service.spec)
+                        .map(|tls| tls.secret_references())
+                        .unwrap_or_default();
+                    *failed = Some(service.key());
+                    Self::write_external_service_row(&mut tx, keyring, &service, version, time).await?;
+                    *failed = None;
+                    if let Err(super::tx::TxError::Db(e)) =
+                        Self::replace_references(&mut tx, &service.mesh, &service.name, &references, false).await
+                    {
+                        return Err(e);
+                    }
+                    if version.is_none() {
+                        counts.created += 1;
+                    } else {
+                        counts.updated += 1;
+                    }
+                }
                 Resource::Secret(secret) => {
                     let key = &secret.key;
                     let get = format!("{}{}", GET_SECRET.for_key(key), DB::FOR_UPDATE);
@@ -184,6 +227,8 @@ pub enum TimesOf {
     Secret(crate::domain::SecretKey),
     /// A Mesh.
     Mesh(crate::domain::MeshName),
+    /// An ExternalService: its Mesh and name.
+    ExternalService(crate::domain::MeshName, crate::domain::ResourceName),
 }
 
 /// `$1` created, `$2` modified, `$3` name [, `$4` mesh]: sets a secret's times without a
@@ -198,6 +243,11 @@ const KEEP_SECRET_TIMES: super::statements::Keyed = super::statements::Keyed {
 /// As [`KEEP_SECRET_TIMES`] for a Mesh (`$3` its name).
 const KEEP_MESH_TIMES: &str = "UPDATE meshes SET creation_time = $1, modification_time = $2 \
      WHERE name = $3 AND (creation_time <> $1 OR modification_time <> $2)";
+
+/// As [`KEEP_MESH_TIMES`] for an ExternalService (`$3` its Mesh, `$4` its name).
+const KEEP_EXTERNAL_SERVICE_TIMES: &str = "UPDATE external_services SET creation_time = $1, \
+     modification_time = $2 WHERE mesh = $3 AND name = $4 \
+     AND (creation_time <> $1 OR modification_time <> $2)";
 
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
@@ -222,6 +272,15 @@ impl [SqlStore<DB>] {
                                 None => query,
                             };
                             query.execute(&mut *tx).await?;
+                        }
+                        TimesOf::ExternalService(mesh, name) => {
+                            query(KEEP_EXTERNAL_SERVICE_TIMES)
+                                .bind(kept.created)
+                                .bind(kept.modified)
+                                .bind(mesh.as_str().to_owned())
+                                .bind(name.as_str().to_owned())
+                                .execute(&mut *tx)
+                                .await?;
                         }
                         TimesOf::Mesh(mesh) => {
                             query(KEEP_MESH_TIMES)

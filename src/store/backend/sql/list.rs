@@ -28,7 +28,7 @@ pub(crate) struct Statement {
 }
 
 impl Statement {
-    fn param(&mut self, bind: Bind) -> String {
+    pub(crate) fn param(&mut self, bind: Bind) -> String {
         self.binds.push(bind);
         format!("${}", self.binds.len())
     }
@@ -41,23 +41,23 @@ pub(crate) struct ListStatements {
     pub count: Statement,
 }
 
-struct ListSpec<'a> {
-    table: &'static str,
-    columns: &'static str,
+pub(crate) struct ListSpec<'a> {
+    pub(crate) table: &'static str,
+    pub(crate) columns: &'static str,
     /// Sort key, also the keyset for cursor pages.
-    order_by: &'static str,
-    scope_filter: Option<(&'static str, Option<String>)>,
-    name_contains: Option<&'a str>,
-    labels: &'a BTreeMap<String, String>,
-    start: &'a PageStart,
+    pub(crate) order_by: &'static str,
+    pub(crate) scope_filter: Option<(&'static str, Option<String>)>,
+    pub(crate) name_contains: Option<&'a str>,
+    pub(crate) labels: &'a BTreeMap<String, String>,
+    pub(crate) start: &'a PageStart,
     /// Keyset comparison for a cursor page, in terms of the cursor's (mesh, name).
-    keyset: fn(&mut Statement, &Cursor) -> String,
-    size: u32,
+    pub(crate) keyset: fn(&mut Statement, &Cursor) -> String,
+    pub(crate) size: u32,
     /// The count of matches if the caller knows it: bound as `total` instead of counted.
-    known_total: Option<u64>,
+    pub(crate) known_total: Option<u64>,
 }
 
-fn build<D: Dialect>(spec: ListSpec<'_>) -> ListStatements {
+pub(crate) fn build<D: Dialect>(spec: ListSpec<'_>) -> ListStatements {
     // Filters first: the same `$n` serve the count subquery and the page query.
     let mut page = Statement::default();
     let mut filters = Vec::new();

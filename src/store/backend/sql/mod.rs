@@ -15,6 +15,7 @@
 //! | `crud.rs` | the `SecretStore` trait: create, update, delete, get, list |
 //! | `put.rs` | create-or-replace under a precondition, the API's PUT, in one statement |
 //! | `list.rs` | list statements built at runtime, pages and totals |
+//! | `external_services.rs` | ExternalServices, and the table of references to Secrets |
 //! | `mtls.rs` | a Mesh write's mTLS: builtin CAs, provided CAs, the references it locks |
 //! | `import.rs` | `import_batch`: moving resources in, one transaction per batch |
 //! | `reseal.rs` | key rotation, key usage, unreadable rows |
@@ -62,6 +63,9 @@ macro_rules! impl_for_sql_databases {
             for<'r> $crate::store::backend::sql::SecretRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::ListedSecretRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::MeshRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::ExternalServiceRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::ListedExternalServiceRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> (String, String, String): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::ListedMeshRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::SealedRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::EventRow: ::sqlx::FromRow<'r, DB::Row>,
@@ -92,6 +96,7 @@ macro_rules! impl_for_sql_databases {
 
 mod crud;
 mod dialect;
+mod external_services;
 mod feed;
 mod history;
 mod import;
@@ -111,7 +116,7 @@ pub use history::VersionRow;
 pub use import::{KeptTimes, TimesOf};
 pub use reseal::{KeyUsage, PlaintextValue, ResealBatch, SealRefusal, Unreadable};
 pub use rows::{
-    ListedMeshRow, ListedSecretRow, MeshRow, PlaintextRow, SealedRow, SecretRow, StoredMeshSpec,
+    ExternalServiceRow, ListedExternalServiceRow, ListedMeshRow, ListedSecretRow, MeshRow, PlaintextRow, SealedRow, SecretRow, StoredMeshSpec,
 };
 pub use statements::SealedRows;
 pub(crate) use statements::{Preparing, query_as};

@@ -3,7 +3,7 @@
 //! inline CA keys opened.
 
 use crate::domain::{
-    Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData, SecretKey,
+    ExternalService, Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData, SecretKey,
 };
 use crate::sealing::{Binding, Keyring, OpenError, WriteId};
 use crate::store::contract::StoreError;
@@ -243,6 +243,71 @@ impl MeshRow {
             },
         }
     }
+}
+
+/// An `external_services` row.
+#[derive(sqlx::FromRow)]
+pub struct ExternalServiceRow {
+    mesh: String,
+    name: String,
+    version: i64,
+    creation_time: DateTime<Utc>,
+    modification_time: DateTime<Utc>,
+    labels: Json<BTreeMap<String, String>>,
+    spec: Json<MeshSpec>,
+}
+
+impl ExternalServiceRow {
+    /// The row's version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// The row's labels.
+    pub fn labels(&self) -> Labels {
+        Labels::from_stored(self.labels.0.clone())
+    }
+
+    /// The stored ExternalService, its inline client key opened with `keyring`.
+    ///
+    /// # Errors
+    /// [`StoreError::Sealed`] naming it when the key does not open (or is stored unsealed
+    /// while the store has a keyring).
+    pub fn open(self, keyring: Option<&Keyring>) -> Result<ExternalService, StoreError> {
+        let mut spec = self.spec.0.clone();
+        crate::sealing::open_external_service_spec(keyring, &self.mesh, &self.name, &mut spec)
+            .map_err(|reason| StoreError::Sealed {
+                key: crate::domain::external_service_key(
+                    &MeshName::from_stored(self.mesh.clone()),
+                    &ResourceName::from_stored(self.name.clone()),
+                ),
+                reason,
+            })?;
+        Ok(self.with_spec(spec))
+    }
+
+    /// The row as an ExternalService with `spec`: after a write, which knows what it sealed.
+    pub fn with_spec(self, spec: MeshSpec) -> ExternalService {
+        ExternalService {
+            mesh: MeshName::from_stored(self.mesh),
+            name: ResourceName::from_stored(self.name),
+            spec,
+            labels: Labels::from_stored(self.labels.0),
+            meta: Meta {
+                version: self.version,
+                creation_time: self.creation_time,
+                modification_time: self.modification_time,
+            },
+        }
+    }
+}
+
+/// An `external_services` row of a list page, with the count of all matches.
+#[derive(sqlx::FromRow)]
+pub struct ListedExternalServiceRow {
+    #[sqlx(flatten)]
+    pub row: ExternalServiceRow,
+    pub total: i64,
 }
 
 /// A `meshes` row of a list page, with the count of all matches.
