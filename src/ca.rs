@@ -186,7 +186,10 @@ pub fn validate_external_service_tls(
                 "not a valid PEM private key: failed to find any PEM data in key input",
             ),
             Ok(private_key) => match rustls::crypto::ring::sign::any_supported_type(&private_key) {
-                Err(_) => errors.push(FIELD, "not a valid TLS key pair: unsupported or invalid private key"),
+                Err(_) => errors.push(
+                    FIELD,
+                    "not a valid TLS key pair: unsupported or invalid private key",
+                ),
                 Ok(signing_key) => {
                     if let Some(leaf) = leaf {
                         let spki = X509Certificate::from_der(leaf.as_ref())

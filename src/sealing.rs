@@ -661,7 +661,12 @@ pub fn seal_mesh_spec(keyring: &Keyring, mesh: &str, spec: &mut MeshSpec) {
 /// Seals an inline key object (`{inline|inlineString: ...}`) in place, bound to `binding`
 /// (made with `write`): `{"sealed", "keyId", "source", "writeId"}`. A key object that is a
 /// secret reference is left as it is.
-fn seal_key_object(keyring: &Keyring, key: &mut Map<String, Value>, write: WriteId, binding: &Binding<'_>) {
+fn seal_key_object(
+    keyring: &Keyring,
+    key: &mut Map<String, Value>,
+    write: WriteId,
+    binding: &Binding<'_>,
+) {
     let Some(source) = INLINE_SOURCES.into_iter().find(|s| key.contains_key(*s)) else {
         return;
     };
@@ -768,7 +773,9 @@ pub fn open_mesh_spec(
 
 /// An ExternalService's inline client key (`networking.tls.clientKey` given as `inline` or
 /// `inlineString`): the canonical JSON of the spec without it, and the key object.
-fn external_service_key_mut(spec: &mut Map<String, Value>) -> Option<(Vec<u8>, &mut Map<String, Value>)> {
+fn external_service_key_mut(
+    spec: &mut Map<String, Value>,
+) -> Option<(Vec<u8>, &mut Map<String, Value>)> {
     let mut rest = Value::Object(spec.clone());
     rest.get_mut("networking")?
         .get_mut("tls")?
@@ -787,7 +794,12 @@ fn external_service_key_mut(spec: &mut Map<String, Value>) -> Option<(Vec<u8>, &
 /// Seals the inline client key of an ExternalService's spec (`networking.tls.clientKey`),
 /// as a Mesh's inline CA keys are: bound to the Mesh, the ExternalService's name, this
 /// write, and the rest of the spec (its client certificate above all).
-pub fn seal_external_service_spec(keyring: &Keyring, mesh: &str, name: &str, spec: &mut Map<String, Value>) {
+pub fn seal_external_service_spec(
+    keyring: &Keyring,
+    mesh: &str,
+    name: &str,
+    spec: &mut Map<String, Value>,
+) {
     let write = WriteId::random();
     if let Some((rest, key)) = external_service_key_mut(spec) {
         let binding = Binding::ExternalServiceKey {

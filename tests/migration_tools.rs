@@ -141,8 +141,9 @@ async fn export_then_import_into_an_empty_store_reproduces_it() {
         .await
         .ok();
         assert!(
-            run.stderr
-                .contains("exported 2 meshes, 100 secrets and 3 global secrets"),
+            run.stderr.contains(
+                "exported 2 meshes, 100 secrets, 3 global secrets and 0 external services"
+            ),
             "{run:?}"
         );
         let mode = std::os::unix::fs::PermissionsExt::mode(

@@ -5,15 +5,15 @@
 //! servers (tests, or an embedding control plane) never mix their numbers.
 
 use crate::domain::{
-    ExternalService, NewExternalService, ResourceName, SecretReferrer,
-    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
+    ExternalService, Mesh, MeshName, MeshUpdate, NewExternalService, NewMesh, NewSecret, Resource,
+    ResourceName, Secret, SecretKey, SecretReferrer, SecretUpdate,
 };
 use crate::store::CacheReport;
 use crate::store::feed::{EventFilter, EventPage};
 use crate::store::history::VersionInfo;
 use crate::store::{
-    ExternalServiceQuery, Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SecretQuery, SecretStore,
-    forward_store_methods,
+    Expect, ExternalServiceQuery, ImportCounts, MeshQuery, Page, PoolReport, Put, Result,
+    SecretQuery, SecretStore, forward_store_methods,
 };
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;

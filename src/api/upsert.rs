@@ -44,7 +44,10 @@ impl Write {
                 Err(other) => Err(other),
             },
             Write::ExternalService(service) => {
-                match store.get_external_service(&service.mesh, &service.name).await {
+                match store
+                    .get_external_service(&service.mesh, &service.name)
+                    .await
+                {
                     Ok(service) => Ok(Some(service.meta.version)),
                     Err(StoreError::NotFound(_)) => Ok(None),
                     Err(other) => Err(other),

@@ -74,6 +74,11 @@ async fn apply_one(client: &ApiClient, resource: &Resource) -> anyhow::Result<()
     let key = resource.key();
     let path = match (key.resource_type, &key.mesh) {
         ("Mesh", _) => format!("/meshes/{}", segment(&key.name)),
+        ("ExternalService", Some(mesh)) => format!(
+            "/meshes/{}/external-services/{}",
+            segment(mesh),
+            segment(&key.name)
+        ),
         (_, mesh) => secret_path(mesh.as_deref(), &key.name),
     };
     let mesh = key.mesh.clone().unwrap_or_default();

@@ -8,11 +8,11 @@
 
 use super::import::open_destination;
 use super::keyring::{Access, EncryptionArgs, store_options};
-use crate::domain::{Mesh, Resource, Secret};
-use crate::manifest::{mesh_resource_of, secret_resource_of};
+use crate::domain::{ExternalService, Mesh, Resource, Secret};
+use crate::manifest::{external_service_resource_of, mesh_resource_of, secret_resource_of};
 use crate::store::{
-    AnyStore, ImportCounts, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions, StoreUrl,
-    Walk,
+    AnyStore, ExternalServiceWalk, ImportCounts, MeshWalk, SecretScope, SecretStore, SecretWalk,
+    StoreOptions, StoreUrl, Walk,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::cmp::Ordering;
@@ -226,7 +226,8 @@ async fn verify_history(
     Ok(())
 }
 
-/// Copies meshes, then secrets, then global secrets, one transaction per page.
+/// Copies meshes, then secrets, global secrets and external services, one transaction per
+/// page.
 async fn copy_all(
     source: &AnyStore,
     destination: &AnyStore,
@@ -253,6 +254,17 @@ async fn copy_all(
             progress.advance(n);
         }
     }
+    let mut services = ExternalServiceWalk::new(batch_size)?;
+    while let Some(page) = services.next_page(source).await? {
+        let batch: Vec<Resource> = page
+            .items
+            .iter()
+            .map(external_service_resource_of)
+            .collect();
+        let n = batch.len() as u64;
+        counts += destination.import_batch(batch).await?;
+        progress.advance(n);
+    }
     progress.finish();
     println!(
         "copied {total} resources from {from} to {to}: {} created, {} updated, {} unchanged",
@@ -270,6 +282,10 @@ async fn count_all(store: &AnyStore) -> anyhow::Result<u64> {
     for mut secrets in secret_walks(1)? {
         total += secrets.next_page(store).await?.map_or(0, |p| p.total);
     }
+    total += ExternalServiceWalk::new(1)?
+        .next_page(store)
+        .await?
+        .map_or(0, |p| p.total);
     Ok(total)
 }
 
@@ -363,6 +379,16 @@ async fn verify(
         )
         .await?;
     }
+    compare(
+        source,
+        destination,
+        || ExternalServiceWalk::new(page_size),
+        |e: &ExternalService| (e.mesh.as_str().to_owned(), e.name.as_str().to_owned()),
+        |a, b| a.spec == b.spec && a.labels == b.labels,
+        |e| e.key().to_string(),
+        &mut report,
+    )
+    .await?;
     Ok(report)
 }
 

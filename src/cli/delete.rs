@@ -28,10 +28,20 @@ pub enum DeleteCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// A mesh, with its secrets.
+    /// A mesh, with its secrets and external services.
     Mesh {
         /// Its name.
         name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// An external service.
+    ExternalService {
+        /// Its name.
+        name: String,
+        /// Its mesh.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -63,6 +73,14 @@ pub(super) async fn run(cmd: DeleteCommand) -> anyhow::Result<()> {
         DeleteCommand::Mesh { name, api } => {
             let path = format!("/meshes/{}", segment(&name));
             ("Mesh", name, path, false, api)
+        }
+        DeleteCommand::ExternalService { name, mesh, api } => {
+            let path = format!(
+                "/meshes/{}/external-services/{}",
+                segment(&mesh),
+                segment(&name)
+            );
+            ("ExternalService", name, path, false, api)
         }
     };
     let path = if purge {

@@ -1,12 +1,16 @@
-//! `kuma-secrets export`: a whole store (or one mesh) as a YAML stream that `apply` and
+//! `kuma-secrets export`: a whole store (or one mesh, with its secrets and external
+//! services) as a YAML stream that `apply` and
 //! `import` read back, in Kuma's Universal form or as Kubernetes manifests. Read straight
 //! from the store, no server needed; streamed page by page, so memory stays flat.
 
 use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, store_options};
 use crate::domain::MeshName;
-use crate::manifest::{self, mesh_resource_of, secret_resource_of};
-use crate::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
+use crate::manifest::{self, external_service_resource_of, mesh_resource_of, secret_resource_of};
+use crate::store::{
+    AnyStore, ExternalServiceQuery, ExternalServiceWalk, MeshWalk, PageRequest, PageWalk,
+    SecretScope, SecretStore, SecretWalk, StoreOptions,
+};
 use anyhow::Context;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -128,7 +132,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
         format: args.format,
         count: 0,
     };
-    let mut counts = [0u64; 3];
+    let mut counts = [0u64; 4];
 
     match &mesh {
         Some(name) => {
@@ -149,7 +153,7 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let scopes = match mesh {
+    let scopes = match mesh.clone() {
         Some(name) => vec![SecretScope::Mesh(name)],
         None => vec![SecretScope::AllMeshes, SecretScope::Global],
     };
@@ -161,6 +165,24 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
                 writer.write(&secret_resource_of(secret), &secret.meta.creation_time)?;
                 counts[slot] += 1;
             }
+        }
+    }
+    // ExternalServices last: `apply` and `import` then find the Secrets they name.
+    let mut walk = match mesh {
+        Some(name) => PageWalk::of(ExternalServiceQuery {
+            mesh: Some(name),
+            page: PageRequest::first(PAGE)?,
+            ..ExternalServiceQuery::default()
+        }),
+        None => ExternalServiceWalk::new(PAGE)?,
+    };
+    while let Some(page) = walk.next_page(&store).await? {
+        for service in &page.items {
+            writer.write(
+                &external_service_resource_of(service),
+                &service.meta.creation_time,
+            )?;
+            counts[3] += 1;
         }
     }
     out.flush().context("could not write the export")?;
@@ -175,10 +197,11 @@ pub(super) async fn run(args: ExportArgs) -> anyhow::Result<()> {
     store.close().await;
     opened.close().await;
     eprintln!(
-        "exported {} meshes, {} secrets and {} global secrets{}",
+        "exported {} meshes, {} secrets, {} global secrets and {} external services{}",
         counts[0],
         counts[1],
         counts[2],
+        counts[3],
         output
             .map(|p| format!(" to {}", p.display()))
             .unwrap_or_default()

@@ -219,7 +219,8 @@ async fn missing_tls_secrets(
             continue;
         };
         for (field, secret) in tls.secret_references() {
-            let found = match crate::domain::SecretKey::parse(Some(service.mesh.as_str()), &secret) {
+            let found = match crate::domain::SecretKey::parse(Some(service.mesh.as_str()), &secret)
+            {
                 Err(_) => false,
                 Ok(key) => match store.get_secret(&key).await {
                     Ok(_) => true,

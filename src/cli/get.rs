@@ -1,10 +1,11 @@
-//! `kuma-secrets get …`: kumactl's `get` for secrets, global secrets and meshes, with its
+//! `kuma-secrets get …`: kumactl's `get` for secrets, global secrets, meshes and external
+//! services, with its
 //! table columns, footer and "No resources found" messages, plus `-o kubernetes`.
 
 use super::{ApiArgs, table};
 use crate::client::{ApiClient, ClientError, secret_path, segment};
 use crate::manifest::{self, Entry};
-use crate::wire::{ListBody, MeshItem, SecretItem, SecretUsageList};
+use crate::wire::{ExternalServiceItem, ListBody, MeshItem, SecretItem, SecretUsageList};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 enum Item {
     Secret(SecretItem),
     Mesh(MeshItem),
+    ExternalService(ExternalServiceItem),
 }
 
 impl Item {
@@ -22,6 +24,7 @@ impl Item {
         match self {
             Item::Secret(s) => &s.name,
             Item::Mesh(m) => &m.name,
+            Item::ExternalService(e) => &e.name,
         }
     }
 
@@ -29,6 +32,7 @@ impl Item {
         match self {
             Item::Secret(s) => s.meta.modification_time.as_deref(),
             Item::Mesh(m) => m.meta.modification_time.as_deref(),
+            Item::ExternalService(e) => e.meta.modification_time.as_deref(),
         }
     }
 
@@ -41,6 +45,7 @@ impl Item {
 async fn fetch_item(client: &ApiClient, path: &str, kind: Kind) -> Result<Item, ClientError> {
     Ok(match kind {
         Kind::Mesh => Item::Mesh(client.get(path).await?),
+        Kind::ExternalService => Item::ExternalService(client.get(path).await?),
         Kind::Secret | Kind::GlobalSecret => Item::Secret(client.get(path).await?),
     })
 }
@@ -60,6 +65,10 @@ async fn fetch_list(
     }
     Ok(match kind {
         Kind::Mesh => wrap(client.get::<ListBody<MeshItem>>(path).await?, Item::Mesh),
+        Kind::ExternalService => wrap(
+            client.get::<ListBody<ExternalServiceItem>>(path).await?,
+            Item::ExternalService,
+        ),
         Kind::Secret | Kind::GlobalSecret => wrap(
             client.get::<ListBody<SecretItem>>(path).await?,
             Item::Secret,
@@ -165,6 +174,26 @@ pub enum GetCommand {
         #[command(flatten)]
         flags: GetFlags,
     },
+    /// External services of a mesh.
+    ExternalServices {
+        /// The mesh.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[command(flatten)]
+        page: PageFlags,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
+    /// One external service.
+    ExternalService {
+        /// Its name.
+        name: String,
+        /// Its mesh.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[command(flatten)]
+        flags: GetFlags,
+    },
 }
 
 /// Which table a list gets.
@@ -173,6 +202,7 @@ enum Kind {
     Secret,
     GlobalSecret,
     Mesh,
+    ExternalService,
 }
 
 pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
@@ -222,6 +252,19 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
         GetCommand::Mesh { name, flags } => {
             let path = format!("/meshes/{}", segment(&name));
             item(&flags, &path, Kind::Mesh, "No resources found", now).await?
+        }
+        GetCommand::ExternalServices { mesh, page, flags } => {
+            let path = format!("/meshes/{}/external-services", segment(&mesh));
+            list(&flags, &path, &page, Kind::ExternalService, now).await?
+        }
+        GetCommand::ExternalService { name, mesh, flags } => {
+            let path = format!(
+                "/meshes/{}/external-services/{}",
+                segment(&mesh),
+                segment(&name)
+            );
+            let missing = format!("No resources found in {mesh} mesh");
+            item(&flags, &path, Kind::ExternalService, &missing, now).await?
         }
     };
     print!("{out}");
@@ -436,6 +479,16 @@ fn table_of(kind: Kind, items: &[Item], now: DateTime<Utc>) -> String {
                 age(item),
             ],
             (Kind::Mesh, Item::Mesh(m)) => vec![m.name.clone(), mtls_of(m), age(item)],
+            (Kind::ExternalService, Item::ExternalService(e)) => vec![
+                e.mesh.clone(),
+                e.name.clone(),
+                tags_of(e),
+                e.spec["networking"]["address"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                age(item),
+            ],
             _ => vec![item.name().to_owned(), age(item)],
         })
         .collect();
@@ -443,8 +496,25 @@ fn table_of(kind: Kind, items: &[Item], now: DateTime<Utc>) -> String {
         Kind::Secret => &["MESH", "NAME", "AGE"],
         Kind::GlobalSecret => &["NAME", "AGE"],
         Kind::Mesh => &["NAME", "mTLS", "AGE"],
+        Kind::ExternalService => &["MESH", "NAME", "TAGS", "ADDRESS", "AGE"],
     };
     table::render(header, &rows)
+}
+
+/// kumactl's TAGS column: `key=value`, sorted, one space apart.
+fn tags_of(service: &ExternalServiceItem) -> String {
+    let mut tags: Vec<String> = service
+        .spec
+        .get("tags")
+        .and_then(Value::as_object)
+        .map(|tags| {
+            tags.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    tags.join(" ")
 }
 
 /// kumactl's mTLS column: `TYPE/BACKEND` of the enabled backend, or `off`.
@@ -466,6 +536,7 @@ fn kubernetes_of(item: &Item) -> anyhow::Result<Value> {
     let created = match item {
         Item::Secret(s) => s.meta.creation_time.as_deref(),
         Item::Mesh(m) => m.meta.creation_time.as_deref(),
+        Item::ExternalService(e) => e.meta.creation_time.as_deref(),
     }
     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
     .map(|t| t.to_utc());

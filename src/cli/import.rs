@@ -243,7 +243,8 @@ impl Sources {
                     for entry in entries {
                         match entry {
                             Entry::Resource(mesh @ Resource::Mesh(_)) => checked.meshes.push(mesh),
-                            Entry::Resource(Resource::Secret(_) | Resource::ExternalService(_)) => {}
+                            Entry::Resource(Resource::Secret(_) | Resource::ExternalService(_)) => {
+                            }
                             Entry::Skipped(_) => checked.skipped += 1,
                         }
                     }

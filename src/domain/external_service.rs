@@ -260,7 +260,10 @@ fn check_address(address: &str, errors: &mut ValidationError) {
         }
     };
     if host.parse::<IpAddr>().is_err() && !is_dns_name(host) {
-        errors.push(FIELD, "address has to be a valid IP address or a domain name");
+        errors.push(
+            FIELD,
+            "address has to be a valid IP address or a domain name",
+        );
     }
     // Go's ParseUint(port, 10, 32): digits only, at most u32::MAX; an error gives 0 (or
     // the maximum on overflow), which the range check then refuses too.
@@ -317,7 +320,10 @@ fn is_dns_name(host: &str) -> bool {
         })
 }
 
-fn check_tls(tls: &serde_json::Map<String, Value>, errors: &mut ValidationError) -> ExternalServiceTls {
+fn check_tls(
+    tls: &serde_json::Map<String, Value>,
+    errors: &mut ValidationError,
+) -> ExternalServiceTls {
     for (key, value) in tls {
         match key.as_str() {
             "enabled" | "allowRenegotiation" | "skipHostnameVerification" => {
@@ -536,7 +542,11 @@ mod tests {
 
     #[test]
     fn kumas_valid_cases_pass() {
-        for address in ["192.168.0.1:8080", "example.com:8080", "[fd00:a123::1]:8080"] {
+        for address in [
+            "192.168.0.1:8080",
+            "example.com:8080",
+            "[fd00:a123::1]:8080",
+        ] {
             let spec = json!({"networking": {"address": address},
                 "tags": {"kuma.io/service": "backend", "version": "1",
                          "kuma.io/valid": "abc.0123-789.under_score:90"}});

@@ -12,8 +12,8 @@
 pub mod template;
 
 use crate::domain::{
-    ExternalService, NewExternalService, Labels, MESH_LABEL, Mesh, MeshName, NewMesh, NewSecret, Resource, ResourceName, Secret,
-    SecretData, SecretKey, SecretType, ValidationError,
+    ExternalService, Labels, MESH_LABEL, Mesh, MeshName, NewExternalService, NewMesh, NewSecret,
+    Resource, ResourceName, Secret, SecretData, SecretKey, SecretType, ValidationError,
 };
 use crate::wire::{self, GLOBAL_SECRET_K8S_TYPE, ResourceBody, SECRET_K8S_TYPE};
 use serde_json::{Map, Value};

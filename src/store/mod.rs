@@ -50,12 +50,11 @@ pub use backend::{
     StoreUrl, TimesOf, Unreadable,
 };
 pub use contract::{
-    CacheReport, CacheStats, Cursor, DEFAULT_PAGE_SIZE, DatabaseError, Expect, ExternalServiceQuery,
-    ImportCounts,
-    ExternalServiceWalk, MAX_PAGE_SIZE, MeshQuery, MeshWalk, Page, PageRequest, PageStart, PageWalk, PoolReport, Put,
-    Replication, Result, SchemaError, SealedReads, SealedSecret, SecretQuery, SecretScope,
-    SecretStore, SecretWalk, StorageFault, StoreError, StoreOptions, Walk, WalkQuery, error, feed,
-    history, page, walk,
+    CacheReport, CacheStats, Cursor, DEFAULT_PAGE_SIZE, DatabaseError, Expect,
+    ExternalServiceQuery, ExternalServiceWalk, ImportCounts, MAX_PAGE_SIZE, MeshQuery, MeshWalk,
+    Page, PageRequest, PageStart, PageWalk, PoolReport, Put, Replication, Result, SchemaError,
+    SealedReads, SealedSecret, SecretQuery, SecretScope, SecretStore, SecretWalk, StorageFault,
+    StoreError, StoreOptions, Walk, WalkQuery, error, feed, history, page, walk,
 };
 #[cfg(feature = "server")]
 pub(crate) use wrap::forward_store_methods;

@@ -5,8 +5,8 @@
 //! `import` alike.
 
 use crate::domain::{
-    Labels, MeshName, NewExternalService, NewMesh, NewSecret, ResourceName, SecretData, SecretKey, SecretType,
-    ValidationError,
+    Labels, MeshName, NewExternalService, NewMesh, NewSecret, ResourceName, SecretData, SecretKey,
+    SecretType, ValidationError,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

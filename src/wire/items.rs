@@ -3,8 +3,8 @@
 //! those).
 
 use crate::domain::{
-    ExternalService, ExternalServiceSpec, Labels, Mesh, MeshSpec, Meta, NewExternalService, NewMesh,
-    NewSecret, Resource, Secret,
+    ExternalService, ExternalServiceSpec, Labels, Mesh, MeshSpec, Meta, NewExternalService,
+    NewMesh, NewSecret, Resource, Secret,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

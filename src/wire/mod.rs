@@ -19,10 +19,10 @@ mod kubernetes;
 pub use body::{ResourceBody, decode_base64, parse_body, parse_value};
 pub use error::{Cause, ErrorBody, InvalidParameter};
 pub use items::{
-    ExternalServiceItem, ItemMeta, ListBody, MeshItem, SecretItem, SecretUsage, SecretUsageList, VersionItem,
-    VersionRequest, timestamp, universal,
+    ExternalServiceItem, ItemMeta, ListBody, MeshItem, SecretItem, SecretUsage, SecretUsageList,
+    VersionItem, VersionRequest, timestamp, universal,
 };
 pub use kubernetes::{
-    GLOBAL_SECRET_K8S_TYPE, KUMA_NAMESPACE, KubernetesExternalService, KubernetesMesh, KubernetesSecret, ObjectMeta,
-    SECRET_K8S_TYPE, to_kubernetes,
+    GLOBAL_SECRET_K8S_TYPE, KUMA_NAMESPACE, KubernetesExternalService, KubernetesMesh,
+    KubernetesSecret, ObjectMeta, SECRET_K8S_TYPE, to_kubernetes,
 };

@@ -26,12 +26,12 @@ pub use url::{Backend, PoolMode, StoreUrl};
 use super::contract::feed;
 use super::contract::history;
 use super::contract::{
-    ExternalServiceQuery, Expect, ImportCounts, MeshQuery, Page, PoolReport, Put, Result, SealedReads, SealedSecret,
-    SecretQuery, SecretStore, StoreError, StoreOptions,
+    Expect, ExternalServiceQuery, ImportCounts, MeshQuery, Page, PoolReport, Put, Result,
+    SealedReads, SealedSecret, SecretQuery, SecretStore, StoreError, StoreOptions,
 };
 use crate::domain::{
-    ExternalService, NewExternalService, ResourceName, SecretReferrer,
-    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
+    ExternalService, Mesh, MeshName, MeshUpdate, NewExternalService, NewMesh, NewSecret, Resource,
+    ResourceName, Secret, SecretKey, SecretReferrer, SecretUpdate,
 };
 
 /// A store of either backend, chosen at runtime from a URL.
@@ -370,13 +370,25 @@ impl SecretStore for AnyStore {
     ) -> Result<Put<ExternalService>> {
         delegate!(self, s => s.put_external_service(service, expect))
     }
-    async fn get_external_service(&self, mesh: &MeshName, name: &ResourceName) -> Result<ExternalService> {
+    async fn get_external_service(
+        &self,
+        mesh: &MeshName,
+        name: &ResourceName,
+    ) -> Result<ExternalService> {
         delegate!(self, s => s.get_external_service(mesh, name))
     }
-    async fn list_external_services(&self, query: &ExternalServiceQuery) -> Result<Page<ExternalService>> {
+    async fn list_external_services(
+        &self,
+        query: &ExternalServiceQuery,
+    ) -> Result<Page<ExternalService>> {
         delegate!(self, s => s.list_external_services(query))
     }
-    async fn delete_external_service(&self, mesh: &MeshName, name: &ResourceName, v: Option<i64>) -> Result<()> {
+    async fn delete_external_service(
+        &self,
+        mesh: &MeshName,
+        name: &ResourceName,
+        v: Option<i64>,
+    ) -> Result<()> {
         delegate!(self, s => s.delete_external_service(mesh, name, v))
     }
     async fn secret_referrers(&self, key: &SecretKey) -> Result<Vec<SecretReferrer>> {

@@ -13,8 +13,8 @@ pub mod walk;
 
 pub use error::{DatabaseError, Result, SchemaError, StorageFault, StoreError};
 pub use page::{
-    Cursor, DEFAULT_PAGE_SIZE, ExternalServiceQuery, MAX_PAGE_SIZE, MeshQuery, Page, PageRequest, PageStart, SecretQuery,
-    SecretScope,
+    Cursor, DEFAULT_PAGE_SIZE, ExternalServiceQuery, MAX_PAGE_SIZE, MeshQuery, Page, PageRequest,
+    PageStart, SecretQuery, SecretScope,
 };
 pub use reports::{CacheReport, CacheStats, PoolReport};
 pub use sealed::{SealedReads, SealedSecret};

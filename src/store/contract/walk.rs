@@ -3,7 +3,8 @@
 //! stays at one page and the last page costs what the first does.
 
 use super::{
-    Cursor, ExternalServiceQuery, MeshQuery, Page, PageRequest, PageStart, Result, SecretQuery, SecretScope, SecretStore,
+    Cursor, ExternalServiceQuery, MeshQuery, Page, PageRequest, PageStart, Result, SecretQuery,
+    SecretScope, SecretStore,
 };
 use crate::domain::{ExternalService, Mesh, Secret};
 
@@ -116,6 +117,14 @@ impl ExternalServiceWalk {
 }
 
 impl<Q: WalkQuery> PageWalk<Q> {
+    /// A walk over `query`'s pages, from the page it asks for.
+    pub fn of(query: Q) -> Self {
+        Self {
+            query,
+            finished: false,
+        }
+    }
+
     /// The next page, `None` after the last; the first page's `total` tells the size.
     ///
     /// # Errors

@@ -39,9 +39,8 @@
 //! [`WATCH_POLL`]: crate::store::watch::WATCH_POLL
 
 use crate::domain::{
-    ExternalService, NewExternalService, SecretReferrer,
-    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, ResourceName, Secret, SecretKey,
-    SecretUpdate,
+    ExternalService, Mesh, MeshName, MeshUpdate, NewExternalService, NewMesh, NewSecret, Resource,
+    ResourceName, Secret, SecretKey, SecretReferrer, SecretUpdate,
 };
 use crate::store::contract::feed::{ChangeSignal, Event, EventFilter, EventPage};
 use crate::store::contract::history::VersionInfo;

@@ -20,8 +20,8 @@
 //! until a secret changes, so a stale count from the standby could stay.
 
 use crate::domain::{
-    ExternalService, NewExternalService, ResourceName, SecretReferrer,
-    Mesh, MeshName, MeshUpdate, NewMesh, NewSecret, Resource, Secret, SecretKey, SecretUpdate,
+    ExternalService, Mesh, MeshName, MeshUpdate, NewExternalService, NewMesh, NewSecret, Resource,
+    ResourceName, Secret, SecretKey, SecretReferrer, SecretUpdate,
 };
 use crate::store::contract::feed::{EventFilter, EventPage};
 use crate::store::contract::history::VersionInfo;

@@ -15,9 +15,9 @@ use super::tx::{RunOnStore, TxError};
 use super::{SqlStore, StoredData, labels_json, missed, now, open_spec_with, seal, writer};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
-    ExternalService, NewExternalService, ResourceName, SecretReferrer,
-    Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewMesh, NewSecret, Resource, ResourceKey,
-    Secret, SecretKey, SecretUpdate,
+    ExternalService, Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewExternalService, NewMesh,
+    NewSecret, Resource, ResourceKey, ResourceName, Secret, SecretKey, SecretReferrer,
+    SecretUpdate,
 };
 use crate::store::backend::db_error::Op;
 use crate::store::contract::history::VersionInfo;

@@ -20,9 +20,9 @@ use crate::domain::{
 };
 use crate::sealing::Keyring;
 use crate::store::backend::db_error::Op;
+use crate::store::backend::sql::Dialect;
 use crate::store::contract::page::{Cursor, ExternalServiceQuery, Page};
 use crate::store::contract::{Expect, Put, Result, SecretStore, StoreError};
-use crate::store::backend::sql::Dialect;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
@@ -103,10 +103,20 @@ fn list_statements<D: Dialect>(query: &ExternalServiceQuery) -> super::list::Lis
 }
 
 /// A spec as stored: its inline client key sealed when there is a keyring.
-fn seal_external_spec(keyring: Option<&Keyring>, mesh: &MeshName, name: &ResourceName, spec: &ExternalServiceSpec) -> ExternalServiceSpec {
+fn seal_external_spec(
+    keyring: Option<&Keyring>,
+    mesh: &MeshName,
+    name: &ResourceName,
+    spec: &ExternalServiceSpec,
+) -> ExternalServiceSpec {
     let mut stored = spec.clone();
     if let Some(keyring) = keyring {
-        crate::sealing::seal_external_service_spec(keyring, mesh.as_str(), name.as_str(), &mut stored);
+        crate::sealing::seal_external_service_spec(
+            keyring,
+            mesh.as_str(),
+            name.as_str(),
+            &mut stored,
+        );
     }
     stored
 }

@@ -116,7 +116,8 @@ pub use history::VersionRow;
 pub use import::{KeptTimes, TimesOf};
 pub use reseal::{KeyUsage, PlaintextValue, ResealBatch, SealRefusal, Unreadable};
 pub use rows::{
-    ExternalServiceRow, ListedExternalServiceRow, ListedMeshRow, ListedSecretRow, MeshRow, PlaintextRow, SealedRow, SecretRow, StoredMeshSpec,
+    ExternalServiceRow, ListedExternalServiceRow, ListedMeshRow, ListedSecretRow, MeshRow,
+    PlaintextRow, SealedRow, SecretRow, StoredMeshSpec,
 };
 pub use statements::SealedRows;
 pub(crate) use statements::{Preparing, query_as};

@@ -3,7 +3,8 @@
 //! inline CA keys opened.
 
 use crate::domain::{
-    ExternalService, Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData, SecretKey,
+    ExternalService, Labels, Mesh, MeshName, MeshSpec, Meta, ResourceName, Secret, SecretData,
+    SecretKey,
 };
 use crate::sealing::{Binding, Keyring, OpenError, WriteId};
 use crate::store::contract::StoreError;
