@@ -37,8 +37,9 @@ CREATE TABLE secret_references (
 CREATE INDEX secret_references_secret_idx ON secret_references (mesh, secret);
 
 -- SQLite cannot change a CHECK constraint: the events table is rebuilt with the new type
--- allowed, its rows and index kept. (The triggers that write to it name it, not its
--- definition, and write to the new table once it is renamed.)
+-- allowed, its rows and index kept (SQLite's documented procedure). The triggers that
+-- write to it name it, and write to the new table once it is renamed: `legacy_alter_table`
+-- keeps the rename from checking them while no table of that name exists.
 CREATE TABLE events_rebuilt (
     revision      INTEGER NOT NULL,
     time          TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
@@ -57,8 +58,10 @@ CREATE TABLE events_rebuilt (
 );
 INSERT INTO events_rebuilt SELECT revision, time, operation, resource_type, mesh, name, version,
     actor, request_id FROM events;
+PRAGMA legacy_alter_table = ON;
 DROP TABLE events;
 ALTER TABLE events_rebuilt RENAME TO events;
+PRAGMA legacy_alter_table = OFF;
 CREATE INDEX events_time_idx ON events (time);
 
 CREATE TRIGGER external_services_insert_event AFTER INSERT ON external_services BEGIN

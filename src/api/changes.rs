@@ -98,8 +98,14 @@ fn parse_params(query: Option<&str>, longest_wait: Duration) -> ApiResult<FeedPa
             "mesh" => params.filter.mesh = Some(value.into_owned()).filter(|m| !m.is_empty()),
             "type" => {
                 let kind = value.into_owned();
-                if !matches!(kind.as_str(), "Secret" | "GlobalSecret" | "Mesh") {
-                    return Err(bad("must be Secret, GlobalSecret or Mesh", "type"));
+                if !matches!(
+                    kind.as_str(),
+                    "Secret" | "GlobalSecret" | "Mesh" | "ExternalService"
+                ) {
+                    return Err(bad(
+                        "must be Secret, GlobalSecret, Mesh or ExternalService",
+                        "type",
+                    ));
                 }
                 params.filter.resource_type = Some(kind);
             }

@@ -186,3 +186,34 @@ pub async fn attacker_signing_key(serial: u32) -> (Vec<u8>, String) {
     .unwrap();
     (key.data.expose().to_vec(), token)
 }
+
+/// The stored spec of an ExternalService as JSON text, read behind the service's back.
+pub async fn external_service_spec(server: &TestServer, mesh: &str, name: &str) -> String {
+    use sqlx::Row;
+    let sql = "SELECT CAST(spec AS TEXT) FROM external_services WHERE mesh = $1 AND name = $2";
+    with_raw_connection!(server, |conn| {
+        let row = sqlx::query(sql)
+            .bind(mesh)
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        row.get::<String, _>(0)
+    })
+}
+
+/// Copies the stored spec of ExternalService `from` onto `to`, behind the service's back.
+pub async fn copy_external_service_spec(server: &TestServer, mesh: &str, from: &str, to: &str) {
+    let sql = "UPDATE external_services SET spec = (SELECT spec FROM external_services \
+               WHERE mesh = $1 AND name = $2) WHERE mesh = $1 AND name = $3";
+    raw_sql(
+        server,
+        sql,
+        vec![
+            P::Text(mesh.to_owned()),
+            P::Text(from.to_owned()),
+            P::Text(to.to_owned()),
+        ],
+    )
+    .await;
+}

@@ -136,6 +136,20 @@ impl TestServer {
     }
 }
 
+/// A token for user `jane`, in no admin group, valid for an hour, issued by the admin.
+pub async fn member_token(server: &TestServer) -> String {
+    let admin = server.admin_token().await;
+    let response = reqwest::Client::new()
+        .post(server.at("/tokens/user"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": "jane", "groups": ["team-a"], "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    response.text().await.unwrap()
+}
+
 /// Polls `{base}/readyz` until 200, panicking after 30 s (a bound on failure: a server
 /// starting on a loaded machine is ready as soon as it answers).
 pub async fn wait_ready(base: &str) {

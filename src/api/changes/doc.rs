@@ -69,7 +69,7 @@ parameters! {
         /// Only this Mesh's events (its secrets and itself).
         mesh: Option<String>,
         /// Only events of this type.
-        #[param(pattern = "^(Secret|GlobalSecret|Mesh)$")]
+        #[param(pattern = "^(Secret|GlobalSecret|Mesh|ExternalService)$")]
         r#type: Option<String>,
     }
 }

@@ -1,5 +1,5 @@
 //! The change feed and audit trail, as the library sees it: every committed change to a
-//! Secret, GlobalSecret or Mesh is an [`Event`] with a store-wide revision, in commit order
+//! Secret, GlobalSecret, Mesh or ExternalService is an [`Event`] with a store-wide revision, in commit order
 //! without gaps (see the `change_feed` migrations for how each backend guarantees it), and
 //! the [`Actor`] and request id of the write that made it. An event never holds data.
 //!
