@@ -852,15 +852,33 @@ pub fn mesh_spec_seals(spec: &MeshSpec) -> MeshKeySeals {
     let mut spec = spec.clone();
     let mut seals = MeshKeySeals::default();
     for (_, _, key) in inline_keys_mut(&mut spec) {
-        seals.plaintext |= INLINE_SOURCES.into_iter().any(|s| key.contains_key(s));
+        seals.add(key);
+    }
+    seals
+}
+
+/// How the inline client key of a stored ExternalService spec is sealed (the same report
+/// as a Mesh's).
+pub fn external_service_spec_seals(spec: &Map<String, Value>) -> MeshKeySeals {
+    let mut spec = spec.clone();
+    let mut seals = MeshKeySeals::default();
+    if let Some((_, key)) = external_service_key_mut(&mut spec) {
+        seals.add(key);
+    }
+    seals
+}
+
+impl MeshKeySeals {
+    /// Adds what one stored key object shows.
+    fn add(&mut self, key: &Map<String, Value>) {
+        self.plaintext |= INLINE_SOURCES.into_iter().any(|s| key.contains_key(s));
         if let Some(id) = key.get("keyId").and_then(Value::as_str)
             && key.contains_key("sealed")
         {
-            seals.key_ids.push(id.to_owned());
-            seals.format_1 |= !key.contains_key("writeId");
+            self.key_ids.push(id.to_owned());
+            self.format_1 |= !key.contains_key("writeId");
         }
     }
-    seals
 }
 
 /// Why a keyring file cannot be trusted, as ssh judges a private key: anyone but its owner

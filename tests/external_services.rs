@@ -494,7 +494,8 @@ async fn a_delete_racing_a_new_reference_never_leaves_it_dangling(backend: Backe
 /// to another ExternalService does not open), and shown only to admins.
 async fn an_inline_client_key_is_sealed_at_rest_and_shown_to_admins_only(backend: Backend) {
     use kuma_secrets::sealing::Keyring;
-    let keyring = Keyring::single("k1", Keyring::random_key());
+    let first_key = Keyring::random_key();
+    let keyring = Keyring::single("k1", first_key);
     let options = kuma_secrets::store::StoreOptions::sealed_with(std::sync::Arc::new(keyring));
     let server = TestServer::start_with(backend, common::server::tokens_only(), options).await;
     let admin = server.admin_token().await;
@@ -569,6 +570,58 @@ async fn an_inline_client_key_is_sealed_at_rest_and_shown_to_admins_only(backend
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body = response.text().await.unwrap();
     assert!(!body.contains("PRIVATE KEY"), "{body}");
+    let response = client
+        .delete(server.at("/meshes/default/external-services/other"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Key rotation re-seals it: after `rotate-keys`, a keyring without the old key reads it.
+    let url = common::raw::store_url(&server);
+    let second_key = Keyring::random_key();
+    let both = Keyring::single("k1", first_key)
+        .with_key("k2", second_key)
+        .with_active("k2");
+    let rotating = kuma_secrets::store::AnyStore::open(
+        &url,
+        kuma_secrets::store::StoreOptions::sealed_with(std::sync::Arc::new(both)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotating.reseal_external_services().await.unwrap(), 1);
+    assert_eq!(rotating.reseal_external_services().await.unwrap(), 0);
+    // The rest of `rotate-keys`: the secrets the server generated (its admin token, ...).
+    for rows in kuma_secrets::store::SealedRows::ALL {
+        let mut after = 0;
+        loop {
+            let batch = rotating.reseal_batch(rows, after, 500).await.unwrap();
+            after = batch.last_id;
+            if batch.finished {
+                break;
+            }
+        }
+    }
+    rotating.close().await;
+    let only_new = kuma_secrets::store::AnyStore::open(
+        &url,
+        kuma_secrets::store::StoreOptions::sealed_with(std::sync::Arc::new(Keyring::single(
+            "k2", second_key,
+        ))),
+    )
+    .await
+    .unwrap();
+    let read = only_new
+        .get_external_service(
+            &MeshName::parse("default").unwrap(),
+            &ResourceName::parse("inline").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(Value::Object(read.spec)["networking"]["tls"], tls);
+    assert!(only_new.unreadable().await.unwrap().is_empty());
+    only_new.close().await;
 }
 
 on_both_backends! {

@@ -122,6 +122,32 @@ async fn kuma_database() -> (common::TestDb, String, String) {
             "{}",
             None,
         ),
+        // ExternalServices: one whose TLS CA is a Secret of its Mesh, one with an inline
+        // client key (sealed here) and a client certificate in a Secret Kuma never had
+        // (the check after the import reports it).
+        (
+            "httpbin",
+            "default",
+            "ExternalService",
+            r#"{"networking":{"address":"httpbin.org:443","tls":{"enabled":true,"caCert":{"secret":"tls"},"serverName":"httpbin.org"}},"tags":{"kuma.io/service":"httpbin","kuma.io/protocol":"http"}}"#
+                .into(),
+            r#"{"kuma.io/mesh":"default"}"#,
+            None,
+        ),
+        (
+            "payments",
+            "demo",
+            "ExternalService",
+            serde_json::json!({
+                "networking": {"address": "10.0.0.1:8443", "tls": {"enabled": true,
+                    "clientCert": {"secret": "client-cert"},
+                    "clientKey": {"inlineString": key.clone()}}},
+                "tags": {"kuma.io/service": "payments"}
+            })
+            .to_string(),
+            "{}",
+            None,
+        ),
         // A Mesh whose builtin CA Kuma never got to store: the check after the import
         // reports it.
         (
@@ -208,7 +234,8 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
         .await
         .fails_with("2 Kuma resources were skipped, 0 problems found");
     assert!(
-        dry.stdout.contains("would import 3 meshes, 5 secrets and"),
+        dry.stdout
+            .contains("would import 3 meshes, 5 secrets and 2 external services"),
         "{dry:?}"
     );
     let store = AnyStore::open(
@@ -226,7 +253,7 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
 
     let run = import_from(&kuma_url, &target, keys, &[])
         .await
-        .fails_with("2 Kuma resources were skipped, 2 problems found");
+        .fails_with("2 Kuma resources were skipped, 3 problems found");
     assert!(
         run.stderr
             .contains(r#"skipped Secret "empty" in Mesh "default""#),
@@ -237,7 +264,13 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
             .contains(r#"skipped Secret "orphan" in Mesh "gone": its Mesh does not exist"#),
         "{run:?}"
     );
-    assert!(run.stdout.contains("8 created"), "{run:?}");
+    assert!(run.stdout.contains("10 created"), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            r#"after the import: ExternalService "payments" in Mesh "demo": networking.tls.clientCert names Secret "client-cert", which is not there"#
+        ),
+        "{run:?}"
+    );
     assert!(
         run.stderr.contains(
             r#"after the import: Mesh "broken": mTLS backend "ca-2" uses Secret "broken.ca-builtin-cert-ca-2", which is not there"#
@@ -299,16 +332,31 @@ async fn a_kuma_database_imports_with_its_cas_and_reports_what_it_skips() {
         .await
         .unwrap();
     assert_eq!(demo.total, 2, "a CA was generated for an imported Mesh");
+    // The ExternalServices came, and guard the Secrets they name.
+    let httpbin = store
+        .get_external_service(
+            &MeshName::parse("default").unwrap(),
+            &kuma_secrets::domain::ResourceName::parse("httpbin").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(httpbin.spec["networking"]["tls"]["caCert"]["secret"], "tls");
+    assert!(matches!(
+        store
+            .delete_secret(&key(Some("default"), "tls"), None)
+            .await,
+        Err(kuma_secrets::store::StoreError::ReferencedBy { .. })
+    ));
     store.close().await;
 
     // Again: nothing new.
     let again = import_from(&kuma_url, &target, keys, &["--quiet-orphans"])
         .await
-        .fails_with("1 Kuma resources were skipped, 2 problems found");
+        .fails_with("1 Kuma resources were skipped, 3 problems found");
     assert!(
         again
             .stdout
-            .contains("0 created, 0 updated, 8 unchanged (nothing new)"),
+            .contains("0 created, 0 updated, 10 unchanged (nothing new)"),
         "{again:?}"
     );
     assert!(!again.stderr.contains("orphan"), "{again:?}");
@@ -336,12 +384,12 @@ struct RowValue {
     owner: Option<(String, String, String)>,
 }
 
-/// The rows of Kuma's table of the three types, by (type, mesh, name).
+/// The rows of Kuma's table of the four types, by (type, mesh, name).
 async fn kuma_rows(url: &str) -> std::collections::BTreeMap<(String, String, String), RowValue> {
     let mut conn = PgConnection::connect(url).await.unwrap();
     let rows: Vec<StoredRow> = sqlx::query_as(
         "SELECT type, mesh, name, spec, labels::text AS labels, owner_name, owner_mesh, owner_type \
-         FROM resources WHERE type IN ('Mesh', 'Secret', 'GlobalSecret')",
+         FROM resources WHERE type IN ('Mesh', 'Secret', 'GlobalSecret', 'ExternalService')",
     )
     .fetch_all(&mut conn)
     .await
@@ -388,6 +436,18 @@ async fn kuma_to_this_store_and_back_round_trips() {
     let keys = common::test_keyring_file(dir.path());
     let keys = keys.to_str().unwrap();
     import_from(&kuma_url, &target, keys, &["--quiet-orphans"]).await;
+    // The inline client key Kuma kept in clear is sealed here.
+    let mut conn = PgConnection::connect(&target).await.unwrap();
+    let (spec,): (String,) =
+        sqlx::query_as("SELECT spec::text FROM external_services WHERE name = 'payments'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    conn.close().await.unwrap();
+    assert!(
+        !spec.contains("PRIVATE KEY") && spec.contains("sealed"),
+        "{spec}"
+    );
 
     let back = common::TestDb::empty().await;
     let mut conn = PgConnection::connect(&back.url).await.unwrap();
@@ -408,7 +468,7 @@ async fn kuma_to_this_store_and_back_round_trips() {
     };
     let run = export_to(&back.url, &[]).await.ok();
     assert!(
-        run.stdout.contains("8 created, 0 replaced, 0 unchanged"),
+        run.stdout.contains("10 created, 0 replaced, 0 unchanged"),
         "{run:?}"
     );
     let mut original = kuma_rows(&kuma_url).await;
@@ -435,7 +495,7 @@ async fn kuma_to_this_store_and_back_round_trips() {
     let before = fingerprint(&kuma_url).await;
     let run = export_to(&kuma_url, &[]).await.ok();
     assert!(
-        run.stdout.contains("0 created, 0 replaced, 8 unchanged"),
+        run.stdout.contains("0 created, 0 replaced, 10 unchanged"),
         "{run:?}"
     );
     assert_eq!(fingerprint(&kuma_url).await, before);
@@ -458,7 +518,7 @@ async fn kuma_to_this_store_and_back_round_trips() {
     assert_eq!(fingerprint(&kuma_url).await, before);
     let run = export_to(&kuma_url, &["--overwrite"]).await.ok();
     assert!(
-        run.stdout.contains("0 created, 1 replaced, 7 unchanged"),
+        run.stdout.contains("0 created, 1 replaced, 9 unchanged"),
         "{run:?}"
     );
     let rows = kuma_rows(&kuma_url).await;

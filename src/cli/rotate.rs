@@ -68,10 +68,11 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
         }
     }
     let meshes = store.reseal_meshes().await?;
+    let services = store.reseal_external_services().await?;
     let remaining = remaining(&store, &active).await?;
     let plaintext = store.plaintext_values().await?.len();
     println!(
-        "re-sealed {resealed} secret values (current and kept versions) and the inline CA keys of {meshes} Meshes of {} with key {active:?}; {skipped} secrets changed meanwhile and were sealed by that write",
+        "re-sealed {resealed} secret values (current and kept versions), the inline CA keys of {meshes} Meshes and the inline client keys of {services} ExternalServices of {} with key {active:?}; {skipped} secrets changed meanwhile and were sealed by that write",
         args.store.url
     );
     store.close().await;

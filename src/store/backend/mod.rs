@@ -169,6 +169,15 @@ impl AnyStore {
         delegate!(self, s => s.reseal_meshes())
     }
 
+    /// Re-seals ExternalServices' inline client keys. See
+    /// [`SqlStore::reseal_external_services`].
+    ///
+    /// # Errors
+    /// As [`SqlStore::reseal_external_services`].
+    pub async fn reseal_external_services(&self) -> Result<u64> {
+        delegate!(self, s => s.reseal_external_services())
+    }
+
     /// One batch of key rotation. See [`SqlStore::reseal_batch`].
     ///
     /// # Errors

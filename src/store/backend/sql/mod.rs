@@ -88,6 +88,7 @@ macro_rules! impl_for_sql_databases {
             for<'r> (Option<::chrono::DateTime<::chrono::Utc>>,): ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::PlaintextRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::StoredMeshSpec: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::StoredExternalServiceSpec: ::sqlx::FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -114,7 +115,9 @@ pub use dialect::Dialect;
 pub use feed::EventRow;
 pub use history::VersionRow;
 pub use import::{KeptTimes, TimesOf};
-pub use reseal::{KeyUsage, PlaintextValue, ResealBatch, SealRefusal, Unreadable};
+pub use reseal::{
+    KeyUsage, PlaintextValue, ResealBatch, SealRefusal, StoredExternalServiceSpec, Unreadable,
+};
 pub use rows::{
     ExternalServiceRow, ListedExternalServiceRow, ListedMeshRow, ListedSecretRow, MeshRow,
     PlaintextRow, SealedRow, SecretRow, StoredMeshSpec,

@@ -113,6 +113,29 @@ impl PlaintextValue {
     }
 }
 
+/// `$1` spec, `$2` mesh, `$3` name, `$4` version read: a re-sealed spec, the version
+/// unchanged.
+const RESEAL_EXTERNAL_SERVICE: &str = "UPDATE external_services SET spec = $1 \
+     WHERE mesh = $2 AND name = $3 AND version = $4 RETURNING version";
+
+/// An ExternalService's stored spec, for key rotation.
+#[derive(sqlx::FromRow)]
+pub struct StoredExternalServiceSpec {
+    mesh: String,
+    name: String,
+    version: i64,
+    spec: Json<crate::domain::MeshSpec>,
+}
+
+impl StoredExternalServiceSpec {
+    fn key(&self) -> ResourceKey {
+        crate::domain::external_service_key(
+            &MeshName::from_stored(self.mesh.clone()),
+            &crate::domain::ResourceName::from_stored(self.name.clone()),
+        )
+    }
+}
+
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
     /// Seals `plaintext`, the value of `row` (a row of `table`), with the keyring's active
@@ -209,6 +232,11 @@ impl [SqlStore<DB>] {
             ids.extend(seals.key_ids);
             plaintext |= seals.plaintext;
         }
+        for service in self.stored_external_service_specs().await? {
+            let seals = crate::sealing::external_service_spec_seals(&service.spec.0);
+            ids.extend(seals.key_ids);
+            plaintext |= seals.plaintext;
+        }
         ids.sort();
         ids.dedup();
         Ok((ids, plaintext))
@@ -253,6 +281,12 @@ impl [SqlStore<DB>] {
                     version: None,
                     reason,
                 });
+            }
+        }
+        for stored in self.stored_external_service_specs().await? {
+            let mut spec = stored.spec.0.clone();
+            if let Err(reason) = crate::sealing::open_external_service_spec(keyring, &stored.mesh, &stored.name, &mut spec) {
+                found.push(Unreadable { key: stored.key(), version: None, reason });
             }
         }
         Ok(found)
@@ -393,6 +427,62 @@ impl [SqlStore<DB>] {
             resealed += u64::from(written.is_some());
         }
         Ok(resealed)
+    }
+
+    /// Re-seals with the active key every ExternalService whose inline client key is sealed
+    /// with another key (one in clear is left alone), each only if its version is still the
+    /// one read (its version and times do not change). Returns how many were rewritten.
+    ///
+    /// # Errors
+    /// No keyring, an ExternalService whose key does not open (named), or the database
+    /// failed.
+    pub async fn reseal_external_services(&self) -> Result<u64> {
+        let Some(keyring) = self.options.keyring.clone() else {
+            return Err(StoreError::Invalid(ValidationError::single(
+                "encryption-keys",
+                "rotating keys needs a keyring",
+            )));
+        };
+        let mut resealed = 0;
+        for stored in self.stored_external_service_specs().await? {
+            let seals = crate::sealing::external_service_spec_seals(&stored.spec.0);
+            if seals.plaintext || seals.key_ids.iter().all(|id| id == keyring.active_id()) {
+                continue;
+            }
+            let mut spec = stored.spec.0.clone();
+            crate::sealing::open_external_service_spec(Some(&keyring), &stored.mesh, &stored.name, &mut spec)
+                .map_err(|reason| StoreError::Sealed { key: stored.key(), reason })?;
+            crate::sealing::seal_external_service_spec(&keyring, &stored.mesh, &stored.name, &mut spec);
+            let written = query_as::<DB, (i64,)>(RESEAL_EXTERNAL_SERVICE)
+                .bind(Json(spec))
+                .bind(stored.mesh.clone())
+                .bind(stored.name.clone())
+                .bind(stored.version)
+                .fetch_optional_via(self, Op::Other)
+                .await?;
+            resealed += u64::from(written.is_some());
+        }
+        Ok(resealed)
+    }
+
+    /// Every ExternalService with an inline client key: its stored spec (key still sealed).
+    async fn stored_external_service_specs(&self) -> Result<Vec<StoredExternalServiceSpec>> {
+        query_as::<DB, StoredExternalServiceSpec>(
+            "SELECT mesh, name, version, spec FROM external_services ORDER BY mesh, name",
+        )
+        .fetch_all_via(self, Op::Other)
+        .await
+        .map(|specs| {
+            specs
+                .into_iter()
+                .filter(|s| {
+                    s.spec.0.get("networking")
+                        .and_then(|n| n.get("tls"))
+                        .and_then(|t| t.get("clientKey"))
+                        .is_some()
+                })
+                .collect()
+        })
     }
 
     /// When the store was first found fully sealed, if it was.
