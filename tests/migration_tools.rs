@@ -7,8 +7,13 @@ mod common;
 use common::TestDb;
 use common::http::set_secret_data;
 use common::process::{CliRun, kill_when, kuma_with_env};
-use kuma_secrets::domain::{Labels, MeshName, NewMesh, NewSecret, Resource, SecretData, SecretKey};
-use kuma_secrets::store::{AnyStore, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions};
+use kuma_secrets::domain::{
+    Labels, MeshName, NewExternalService, NewMesh, NewSecret, Resource, ResourceName, SecretData,
+    SecretKey,
+};
+use kuma_secrets::store::{
+    AnyStore, ExternalServiceWalk, MeshWalk, SecretScope, SecretStore, SecretWalk, StoreOptions,
+};
 use std::collections::BTreeMap;
 
 fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
@@ -85,7 +90,36 @@ async fn seed(store: &AnyStore, per_mesh: usize) {
             labels: Labels::default(),
         }));
     }
+    // An ExternalService of `payments` whose CA is one of its Secrets and whose client
+    // key is inline (sealed where the store has a keyring).
+    let service = serde_json::json!({
+        "networking": {"address": "billing.example.com:443", "tls": {
+            "enabled": true,
+            "caCert": {"secret": "secret-00000"},
+            "clientCert": {"inlineString": "client certificate"},
+            "clientKey": {"inlineString": "client key"}}},
+        "tags": {"kuma.io/service": "billing"}
+    });
+    batch.push(Resource::ExternalService(NewExternalService {
+        mesh: MeshName::parse("payments").unwrap(),
+        name: ResourceName::parse("billing").unwrap(),
+        spec: service.as_object().unwrap().clone(),
+        labels: Labels::from_pairs([("team", "payments")]).unwrap(),
+    }));
     store.import_batch(batch).await.unwrap();
+}
+
+/// `value` as JSON text with every object's keys sorted.
+fn sorted_json(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Object(map) => {
+            let sorted: BTreeMap<&String, String> =
+                map.iter().map(|(k, v)| (k, sorted_json(v))).collect();
+            let fields: Vec<String> = sorted.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Everything a store holds but versions and timestamps: (kind, mesh, name) to
@@ -120,6 +154,23 @@ async fn contents(store: &AnyStore) -> BTreeMap<(String, String, String), (Label
             }
         }
     }
+    let mut services = ExternalServiceWalk::new(1000).unwrap();
+    while let Some(page) = services.next_page(store).await.unwrap() {
+        for service in page.items {
+            all.insert(
+                (
+                    "ExternalService".into(),
+                    service.mesh.as_str().to_owned(),
+                    service.name.as_str().to_owned(),
+                ),
+                // Key order is the backend's (Postgres `jsonb` sorts keys): compare sorted.
+                (
+                    service.labels,
+                    sorted_json(&serde_json::Value::Object(service.spec)),
+                ),
+            );
+        }
+    }
     all
 }
 
@@ -142,7 +193,7 @@ async fn export_then_import_into_an_empty_store_reproduces_it() {
         .ok();
         assert!(
             run.stderr.contains(
-                "exported 2 meshes, 100 secrets, 3 global secrets and 0 external services"
+                "exported 2 meshes, 100 secrets, 3 global secrets and 1 external services"
             ),
             "{run:?}"
         );
@@ -160,7 +211,7 @@ async fn export_then_import_into_an_empty_store_reproduces_it() {
             .await
             .ok();
         assert!(
-            run.stdout.contains(": 105 created, 0 updated, 0 unchanged"),
+            run.stdout.contains(": 106 created, 0 updated, 0 unchanged"),
             "{run:?}"
         );
         let imported = open(&target).await;
@@ -184,7 +235,7 @@ async fn export_then_import_into_an_empty_store_reproduces_it() {
             .await
             .ok();
         assert!(
-            run.stdout.contains(": 0 created, 0 updated, 105 unchanged"),
+            run.stdout.contains(": 0 created, 0 updated, 106 unchanged"),
             "{run:?}"
         );
         imported.close().await;
@@ -195,7 +246,7 @@ async fn export_then_import_into_an_empty_store_reproduces_it() {
         .await
         .ok();
     let documents = kuma_secrets::manifest::read_stream(&run.stdout).unwrap();
-    assert_eq!(documents.resources.len(), 51);
+    assert_eq!(documents.resources.len(), 52);
     kuma(&["export", "--store", &db.url, "-m", "nowhere"], None)
         .await
         .fails_with("no Mesh \"nowhere\"");
@@ -381,7 +432,7 @@ async fn copy_moves_10000_secrets_sqlite_to_postgres_and_back_verified() {
     let source = open(&sqlite).await;
     seed(&source, 5_000).await;
     let expected = contents(&source).await;
-    assert_eq!(expected.len(), 2 + 10_000 + 3);
+    assert_eq!(expected.len(), 2 + 10_000 + 3 + 1);
     source.close().await;
 
     // Into a database with no schema yet: copy migrates it.
@@ -390,10 +441,10 @@ async fn copy_moves_10000_secrets_sqlite_to_postgres_and_back_verified() {
         .await
         .ok();
     assert!(
-        run.stdout.contains("copied 10005 resources") && run.stdout.contains("10005 created"),
+        run.stdout.contains("copied 10006 resources") && run.stdout.contains("10006 created"),
         "{run:?}"
     );
-    assert!(run.stdout.contains("verified 10005 resources"), "{run:?}");
+    assert!(run.stdout.contains("verified 10006 resources"), "{run:?}");
     let postgres = open(&db.url).await;
     assert_eq!(contents(&postgres).await, expected);
 
@@ -402,7 +453,7 @@ async fn copy_moves_10000_secrets_sqlite_to_postgres_and_back_verified() {
     let run = kuma(&["copy", "--from", &db.url, "--to", &back], None)
         .await
         .ok();
-    assert!(run.stdout.contains("verified 10005 resources"), "{run:?}");
+    assert!(run.stdout.contains("verified 10006 resources"), "{run:?}");
     assert_eq!(contents(&open(&back).await).await, expected);
 
     // Verification catches a row that differs.
@@ -421,7 +472,7 @@ async fn copy_moves_10000_secrets_sqlite_to_postgres_and_back_verified() {
         "{run:?}"
     );
     assert!(
-        run.stderr.contains("1 of 10005 resources differ"),
+        run.stderr.contains("1 of 10006 resources differ"),
         "{run:?}"
     );
 }
@@ -472,7 +523,7 @@ async fn copy_killed_midway_finishes_on_the_next_run() {
     let run = kuma(&["copy", "--from", &sqlite, "--to", &db.url], None)
         .await
         .ok();
-    assert!(run.stdout.contains("verified 10005 resources"), "{run:?}");
+    assert!(run.stdout.contains("verified 10006 resources"), "{run:?}");
     let unchanged: usize = run
         .stdout
         .split(" unchanged")
