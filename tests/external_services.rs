@@ -624,11 +624,138 @@ async fn an_inline_client_key_is_sealed_at_rest_and_shown_to_admins_only(backend
     only_new.close().await;
 }
 
+/// The README's ExternalService example applies as pasted, once its Secrets exist.
+async fn the_readmes_example_applies_as_pasted(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    put_tls_secrets(&server).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Secrets in use: ExternalService TLS"))
+        .expect("the README's ExternalService section");
+    let example = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("its YAML example");
+    let run = kuma(
+        &["apply", "-f", "-", "--api-url", &server.url],
+        Some(example),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        run.stdout,
+        "resource type=\"ExternalService\" mesh=\"default\" name=\"httpbin\" Created\n"
+    );
+    let item = get_json(&server, "/meshes/default/external-services/httpbin").await;
+    assert_eq!(item["networking"]["tls"], from_secrets());
+}
+
+/// Blind PUTs of one new ExternalService, all at once: each succeeds (a PUT without
+/// preconditions is last writer wins, never a 412 or 409), exactly one creates it.
+async fn concurrent_blind_puts_all_succeed_and_one_creates(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let body = json!({"type": "ExternalService", "mesh": "default", "name": "busy",
+        "networking": {"address": "busy.example.com:443"}, "tags": {"kuma.io/service": "busy"}});
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let mut puts = Vec::new();
+    for _ in 0..8 {
+        let (url, body, barrier) = (
+            server.at("/meshes/default/external-services/busy"),
+            body.clone(),
+            barrier.clone(),
+        );
+        puts.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let response = reqwest::Client::new()
+                .put(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap())
+        }));
+    }
+    let mut created = 0;
+    for put in puts {
+        match put.await.unwrap() {
+            (StatusCode::CREATED, _) => created += 1,
+            (StatusCode::OK, _) => {}
+            (other, body) => panic!("a blind PUT answered {other}: {body}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let events = get_json(&server, "/_changes?after=0&type=ExternalService").await;
+    assert_eq!(events["events"].as_array().unwrap().len(), 8, "{events}");
+}
+
 on_both_backends! {
+    concurrent_blind_puts_all_succeed_and_one_creates,
+    the_readmes_example_applies_as_pasted,
     an_external_service_with_tls_from_secrets_is_served_as_kuma_serves_it,
     its_secrets_cannot_be_deleted_while_it_uses_them,
     references_and_pem_are_checked_on_write_naming_the_field,
     deleting_the_mesh_deletes_its_external_services_and_the_feed_names_who,
     a_delete_racing_a_new_reference_never_leaves_it_dangling,
     an_inline_client_key_is_sealed_at_rest_and_shown_to_admins_only,
+}
+
+/// A blind create that loses the insert to a concurrent create of the same ExternalService
+/// (held open here, behind the service's back, until the put waits on it) becomes an
+/// update: never a 500, never a 412. Postgres only: SQLite runs one writer at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_create_that_loses_the_insert_becomes_an_update() {
+    use sqlx::{Connection, Executor};
+    let server = TestServer::start(Backend::Postgres).await;
+    let common::server::Guard::Postgres(db) = &server.guard else {
+        unreachable!("a Postgres server")
+    };
+    let spec = json!({"networking": {"address": "raced.example.com:443"},
+        "tags": {"kuma.io/service": "raced"}});
+    let mut rival = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    rival.execute("BEGIN").await.unwrap();
+    sqlx::query(
+        "INSERT INTO external_services (mesh, name, version, creation_time, \
+         modification_time, labels, spec) VALUES ('default', 'raced', 1, now(), now(), '{}', \
+         CAST($1 AS jsonb))",
+    )
+    .bind(spec.to_string())
+    .execute(&mut rival)
+    .await
+    .unwrap();
+    let put = {
+        let store = server.store.clone();
+        let service = NewExternalService {
+            mesh: MeshName::parse("default").unwrap(),
+            name: ResourceName::parse("raced").unwrap(),
+            spec: spec.as_object().unwrap().clone(),
+            labels: Labels::default(),
+        };
+        tokio::spawn(async move { store.put_external_service(service, Expect::Any).await })
+    };
+    // The put's insert waits on the rival's uncommitted row.
+    let mut watcher = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO external_services%'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(waiting)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the put never waited on the insert"
+        );
+        tokio::task::yield_now().await;
+    }
+    rival.execute("COMMIT").await.unwrap();
+    let put = put.await.unwrap().expect("the put becomes an update");
+    assert!(!put.created);
+    assert_eq!(put.value.meta.version, 2);
 }

@@ -23,7 +23,7 @@ impl From<ServerReadOnly> for sqlx::Error {
 /// What a failed statement was doing, so a constraint violation can be named.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op<'a> {
-    /// Inserting the resource `key` (a Secret, GlobalSecret or Mesh).
+    /// Inserting the resource `key` (a Secret, GlobalSecret, Mesh or ExternalService).
     Create(&'a ResourceKey),
     /// Any other statement.
     Other,
@@ -59,10 +59,15 @@ pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
     if let (sqlx::Error::Database(db), Op::Create(key)) = (&err, op) {
         let constraint = db.constraint();
         match constraint {
-            Some("secrets_mesh_name_key" | "secrets_global_name_key" | "meshes_pkey") => {
+            Some(
+                "secrets_mesh_name_key"
+                | "secrets_global_name_key"
+                | "meshes_pkey"
+                | "external_services_pkey",
+            ) => {
                 return StoreError::AlreadyExists(key.clone());
             }
-            Some("secrets_mesh_fk") => {
+            Some("secrets_mesh_fk" | "external_services_mesh_fk") => {
                 return StoreError::MeshNotFound {
                     mesh: key.mesh.clone().unwrap_or_default(),
                 };

@@ -8,7 +8,7 @@
 
 use super::list::{Bind, ListSpec, Statement, build};
 use super::rows::{ExternalServiceRow, ListedExternalServiceRow};
-use super::statements::query_as;
+use super::statements::{query, query_as};
 use super::tx::{RunOnStore, TxError, TxResult};
 use super::{SqlStore, labels_json, missed, now, writer};
 use crate::domain::external_service::{ExternalServiceTls, check_spec, missing_secret_message};
@@ -121,8 +121,13 @@ fn seal_external_spec(
     stored
 }
 
+/// How often a blind put runs again after a concurrent create of the same ExternalService
+/// won the insert.
+const PUT_ATTEMPTS: usize = 3;
+
 /// What an ExternalService write checked before its transaction: the Secrets it must
 /// still find, by field.
+#[derive(Clone)]
 struct Checked {
     references: Vec<(&'static str, String)>,
 }
@@ -227,14 +232,14 @@ impl [SqlStore<DB>] {
                 return Err(TxError::Refused(errors));
             }
         }
-        sqlx::query::<DB>(DELETE_REFERENCES)
+        query::<DB>(DELETE_REFERENCES)
             .bind(mesh.as_str().to_owned())
             .bind(EXTERNAL_SERVICE.to_owned())
             .bind(name.as_str().to_owned())
             .execute(&mut *tx)
             .await?;
         for (field, secret) in references {
-            sqlx::query::<DB>(INSERT_REFERENCE)
+            query::<DB>(INSERT_REFERENCE)
                 .bind(mesh.as_str().to_owned())
                 .bind(EXTERNAL_SERVICE.to_owned())
                 .bind(name.as_str().to_owned())
@@ -306,6 +311,8 @@ impl [SqlStore<DB>] {
     ) -> Result<Put<ExternalService>> {
         let checked = self.check_external_service(&service).await?;
         let key = service.key();
+        for attempt in 1..=PUT_ATTEMPTS {
+        let (service, checked) = (service.clone(), checked.clone());
         let keyring = self.options.keyring.clone();
         let time = now();
         let outcome = self
@@ -345,7 +352,14 @@ impl [SqlStore<DB>] {
                 })
             })
             .await;
-        outcome.map_err(StoreError::from)
+        match outcome {
+            // Two blind creates raced: the loser finds the row the next time round.
+            Err(Refusal::Store(StoreError::AlreadyExists(_)))
+                if expect == Expect::Any && attempt < PUT_ATTEMPTS => {}
+            other => return other.map_err(StoreError::from),
+        }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// The body of [`SecretStore::delete_external_service`].
@@ -360,7 +374,7 @@ impl [SqlStore<DB>] {
             .in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
                 Box::pin(async move {
                     let (actor, request_id) = writer();
-                    sqlx::query::<DB>(STAMP_EXTERNAL_SERVICE)
+                    query::<DB>(STAMP_EXTERNAL_SERVICE)
                         .bind(actor)
                         .bind(request_id)
                         .bind(m.as_str().to_owned())
