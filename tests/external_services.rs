@@ -692,6 +692,7 @@ async fn concurrent_blind_puts_all_succeed_and_one_creates(backend: Backend) {
 }
 
 on_both_backends! {
+    the_migration_records_the_references_of_meshes_already_stored,
     concurrent_blind_puts_all_succeed_and_one_creates,
     the_readmes_example_applies_as_pasted,
     an_external_service_with_tls_from_secrets_is_served_as_kuma_serves_it,
@@ -758,4 +759,84 @@ async fn postgres_a_create_that_loses_the_insert_becomes_an_update() {
     let put = put.await.unwrap().expect("the put becomes an update");
     assert!(!put.created);
     assert_eq!(put.value.meta.version, 2);
+}
+
+/// A store migrated before the table of references existed: its Meshes' references are
+/// recorded by the migration, so the delete guard (which reads only the table) still
+/// refuses to delete what an mTLS backend uses, with Kuma's message.
+async fn the_migration_records_the_references_of_meshes_already_stored(backend: Backend) {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().unwrap();
+    let postgres = match backend {
+        Backend::Postgres => Some(common::TestDb::empty().await),
+        Backend::Sqlite => None,
+    };
+    let (url, folder) = match &postgres {
+        Some(db) => (db.url.clone(), "postgres"),
+        None => (common::sqlite_url(dir.path(), "old.db"), "sqlite"),
+    };
+    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(&format!(
+        "{}/migrations/{folder}",
+        env!("CARGO_MANIFEST_DIR")
+    )))
+    .await
+    .unwrap();
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < 20261207000001)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let spec = json!({"mtls": {"enabledBackend": "ca-1", "backends": [
+        {"name": "ca-1", "type": "provided",
+         "conf": {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}},
+        {"name": "ca-2", "type": "builtin"}]}})
+    .to_string();
+    let now = "2026-12-07T00:00:00Z";
+    let seed = format!(
+        "INSERT INTO meshes (name, version, creation_time, modification_time, spec) \
+         VALUES ('default', 1, '{now}', '{now}', '{spec}'); \
+         INSERT INTO secrets (mesh, name, version, creation_time, modification_time, data) VALUES \
+         ('default', 'my-cert', 1, '{now}', '{now}', 'x'), \
+         ('default', 'default.ca-builtin-key-ca-2', 1, '{now}', '{now}', 'x'), \
+         ('default', 'free', 1, '{now}', '{now}', 'x');"
+    );
+    match &postgres {
+        Some(db) => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            pool.execute(sqlx::AssertSqlSafe(seed.replace("'x')", "'\\x78')")))
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        None => {
+            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+                .unwrap()
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            pool.execute(sqlx::AssertSqlSafe(seed.replace("'x')", "X'78')")))
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+    }
+    let store = kuma_secrets::store::AnyStore::migrate_and_open(
+        &url,
+        kuma_secrets::store::StoreOptions::allow_plaintext_secrets(),
+    )
+    .await
+    .unwrap();
+    for (secret, backend) in [("my-cert", "ca-1"), ("default.ca-builtin-key-ca-2", "ca-2")] {
+        let key = SecretKey::parse(Some("default"), secret).unwrap();
+        match store.delete_secret(&key, None).await {
+            Err(StoreError::InUse { backend: b, .. }) => assert_eq!(b, backend, "{secret}"),
+            other => panic!("{secret}: {other:?}"),
+        }
+    }
+    let free = SecretKey::parse(Some("default"), "free").unwrap();
+    store.delete_secret(&free, None).await.unwrap();
+    store.close().await;
 }

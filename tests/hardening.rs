@@ -172,11 +172,28 @@ async fn re_adding_a_builtin_backend_racing_a_delete_of_its_ca_never_dangles(bac
     }
 }
 
-/// A Mesh whose stored spec does not parse (written behind the service's back, since
-/// import no longer lets one in) makes the delete guard refuse, naming the Mesh.
-async fn the_delete_guard_fails_closed_on_a_spec_it_cannot_read(backend: Backend) {
+/// The delete guard reads the table of references, which only the writes that make a
+/// reference fill (in their transaction): a Mesh spec rewritten behind the service's back,
+/// into something no validation would pass, neither frees a Secret a backend uses nor
+/// makes the guard fail open or error; and a Mesh whose spec cannot be read no longer
+/// blocks every delete in it.
+async fn the_delete_guard_reads_the_references_not_a_spec_written_behind_its_back(
+    backend: Backend,
+) {
     let server = TestServer::start(backend).await;
-    put_secret(&server, "default", "my-cert", b"pem").await;
+    let (cert, key) = common::pki::ca_pair("guarded");
+    put_secret(&server, "default", "my-cert", cert.as_bytes()).await;
+    put_secret(&server, "default", "my-key", key.as_bytes()).await;
+    put_secret(&server, "default", "other", b"pem").await;
+    let (status, body) = put_json(
+        &server,
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default", "mtls": {"backends": [
+            {"name": "ca-1", "type": "provided",
+             "conf": {"cert": {"secret": "my-cert"}, "key": {"secret": "my-key"}}}]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let cast = match backend {
         Backend::Postgres => "CAST($1 AS jsonb)",
         Backend::Sqlite => "$1",
@@ -186,7 +203,7 @@ async fn the_delete_guard_fails_closed_on_a_spec_it_cannot_read(backend: Backend
         &format!("UPDATE meshes SET spec = {cast} WHERE name = 'default'"),
         vec![P::Text(
             json!({"mtls": {"enabledBackend": "ca-1", "backends": [
-                {"name": "ca-1", "type": "vault", "conf": {"cert": {"secret": "my-cert"}}}
+                {"name": "ca-1", "type": "vault", "conf": {"cert": {"secret": "other"}}}
             ]}})
             .to_string(),
         )],
@@ -194,9 +211,10 @@ async fn the_delete_guard_fails_closed_on_a_spec_it_cannot_read(backend: Backend
     .await;
     let (status, body) = delete_path(&server, "/meshes/default/secrets/my-cert").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let text = body.to_string();
-    assert!(text.contains("Mesh \\\"default\\\""), "{text}");
-    assert!(text.contains("cannot be read"), "{text}");
+    assert!(
+        body.to_string().contains("in mTLS backend \\\"ca-1\\\""),
+        "{body}"
+    );
     assert!(
         server
             .store
@@ -204,6 +222,8 @@ async fn the_delete_guard_fails_closed_on_a_spec_it_cannot_read(backend: Backend
             .await
             .is_ok()
     );
+    let (status, body) = delete_path(&server, "/meshes/default/secrets/other").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // import refuses such a Mesh as the API does, and writes nothing.
     let dir = tempfile::tempdir().unwrap();
@@ -476,7 +496,7 @@ on_both_backends! {
     an_older_sealed_value_put_back_does_not_open,
     an_unreadable_row_is_named_by_status_and_can_be_deleted,
     re_adding_a_builtin_backend_racing_a_delete_of_its_ca_never_dangles,
-    the_delete_guard_fails_closed_on_a_spec_it_cannot_read,
+    the_delete_guard_reads_the_references_not_a_spec_written_behind_its_back,
     made_up_methods_do_not_grow_the_metrics,
     inline_ca_keys_are_sealed_at_rest_and_hidden_from_non_admins,
     nul_characters_are_refused_everywhere_with_a_400,

@@ -26,12 +26,14 @@ CREATE TABLE external_services (
     CONSTRAINT external_services_spec_object CHECK (jsonb_typeof(spec) = 'object')
 );
 
--- Who uses which Secret: one row per (referrer, field). A referrer's write replaces its
--- rows in the same transaction, after locking every Secret it names (`FOR KEY SHARE`); a
--- Secret's delete locks the Secret (`FOR UPDATE`) before it reads this table. So either
--- the referrer commits first and the delete sees its rows, or the delete commits first
--- and the referrer finds the Secret gone: never a reference to a deleted Secret.
--- A new kind of referrer is new rows, not a new guard.
+-- Who uses which Secret: one row per (referrer, field), for a Mesh's mTLS backends
+-- (`mtls.backends["ca-1"].conf.cert`: a builtin backend's generated CA too) and an
+-- ExternalService's TLS (`networking.tls.clientKey`). A referrer's write replaces its rows
+-- in the same transaction, after locking every Secret it names (`FOR SHARE`); a Secret's
+-- delete locks the Secret (`FOR UPDATE`) before it reads this table. So either the
+-- referrer commits first and the delete sees its rows, or the delete commits first and
+-- the referrer finds the Secret gone: never a reference to a deleted Secret. The delete
+-- guard reads only this table; a new kind of referrer is new rows, not a new guard.
 CREATE TABLE secret_references (
     mesh          text COLLATE "C" NOT NULL,
     referrer_type text             NOT NULL,
@@ -44,9 +46,30 @@ CREATE TABLE secret_references (
     CONSTRAINT secret_references_pkey PRIMARY KEY (mesh, referrer_type, referrer, field),
     CONSTRAINT secret_references_mesh_fk FOREIGN KEY (mesh) REFERENCES meshes (name)
         ON DELETE CASCADE,
-    CONSTRAINT secret_references_type_known CHECK (referrer_type IN ('ExternalService'))
+    CONSTRAINT secret_references_type_known
+        CHECK (referrer_type IN ('Mesh', 'ExternalService'))
 );
 CREATE INDEX secret_references_secret_idx ON secret_references (mesh, secret);
+
+-- The references of the Meshes already stored, as a Mesh write records them
+-- (`Mtls::used_secrets`): both CA parts of a builtin backend (its generated Secrets), the
+-- `secret` sources of a provided one.
+INSERT INTO secret_references (mesh, referrer_type, referrer, field, secret)
+SELECT m.name, 'Mesh', m.name,
+       'mtls.backends[' || to_json(b->>'name')::text || '].conf.' || part.p,
+       CASE WHEN b->>'type' = 'builtin'
+            THEN m.name || '.ca-builtin-' || part.p || '-' || (b->>'name')
+            ELSE b->'conf'->part.p->>'secret' END
+FROM meshes m
+CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN jsonb_typeof(m.spec->'mtls'->'backends') = 'array'
+         THEN m.spec->'mtls'->'backends' ELSE '[]'::jsonb END) AS b
+CROSS JOIN (VALUES ('cert'), ('key')) AS part (p)
+WHERE jsonb_typeof(b) = 'object'
+  AND jsonb_typeof(b->'name') = 'string'
+  AND (b->>'type' = 'builtin'
+       OR (b->>'type' = 'provided' AND jsonb_typeof(b->'conf'->part.p->'secret') = 'string'))
+ON CONFLICT DO NOTHING;
 
 ALTER TABLE events DROP CONSTRAINT events_type_known;
 ALTER TABLE events ADD CONSTRAINT events_type_known

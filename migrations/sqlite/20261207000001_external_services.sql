@@ -32,9 +32,27 @@ CREATE TABLE secret_references (
     CONSTRAINT secret_references_pkey PRIMARY KEY (mesh, referrer_type, referrer, field),
     CONSTRAINT secret_references_mesh_fk FOREIGN KEY (mesh) REFERENCES meshes (name)
         ON DELETE CASCADE,
-    CONSTRAINT secret_references_type_known CHECK (referrer_type IN ('ExternalService'))
+    CONSTRAINT secret_references_type_known
+        CHECK (referrer_type IN ('Mesh', 'ExternalService'))
 ) STRICT;
 CREATE INDEX secret_references_secret_idx ON secret_references (mesh, secret);
+
+-- The references of the Meshes already stored, as a Mesh write records them.
+INSERT OR IGNORE INTO secret_references (mesh, referrer_type, referrer, field, secret)
+SELECT m.name, 'Mesh', m.name,
+       'mtls.backends[' || json_quote(json_extract(b.value, '$.name')) || '].conf.' || part.p,
+       CASE WHEN json_extract(b.value, '$.type') = 'builtin'
+            THEN m.name || '.ca-builtin-' || part.p || '-' || json_extract(b.value, '$.name')
+            ELSE json_extract(b.value, '$.conf.' || part.p || '.secret') END
+FROM meshes m,
+     json_each(CASE WHEN json_type(m.spec, '$.mtls.backends') = 'array'
+                    THEN json_extract(m.spec, '$.mtls.backends') ELSE '[]' END) AS b,
+     (SELECT 'cert' AS p UNION ALL SELECT 'key') AS part
+WHERE json_type(b.value) = 'object'
+  AND json_type(b.value, '$.name') = 'text'
+  AND (json_extract(b.value, '$.type') = 'builtin'
+       OR (json_extract(b.value, '$.type') = 'provided'
+           AND json_type(b.value, '$.conf.' || part.p || '.secret') = 'text'));
 
 -- SQLite cannot change a CHECK constraint: the events table is rebuilt with the new type
 -- allowed, its rows and index kept (SQLite's documented procedure). The triggers that

@@ -100,9 +100,7 @@ impl ApiError {
                 tracing::error!(error = %err, "a sealed secret did not open");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, title, err.to_string())
             }
-            StoreError::InUse { .. }
-            | StoreError::ReferencedBy { .. }
-            | StoreError::MeshUnreadable { .. } => Self::invalid(
+            StoreError::InUse { .. } | StoreError::ReferencedBy { .. } => Self::invalid(
                 "Could not delete a resource",
                 ValidationError::single("name", err.to_string()),
             ),

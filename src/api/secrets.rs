@@ -199,46 +199,53 @@ async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
         .get_mesh(&mesh_name)
         .await
         .map_err(|e| ApiError::store("Failed to retrieve Mesh", e))?;
-    let items: Vec<SecretUsage> = match Mtls::of(&mesh.spec, &mesh_name) {
-        Ok(Some(mtls)) => mtls
-            .used_secrets(&mesh_name)
-            .into_iter()
-            .filter(|u| u.secret == name)
-            .map(|u| SecretUsage {
-                referrer_type: "Mesh".to_owned(),
-                mesh: mesh_name.as_str().to_owned(),
-                backend_type: Some(
-                    mtls.backends
-                        .iter()
-                        .find(|b| b.name == u.backend)
-                        .map_or("", |b| b.kind.as_str())
-                        .to_owned(),
-                ),
-                enabled: Some(mtls.enabled_backend == u.backend),
-                backend: Some(u.backend),
-                name: None,
-                field: None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut items = items;
-    if let Ok(parsed) = ResourceName::parse(&name) {
-        let key = SecretKey::secret(mesh_name.clone(), parsed);
-        let referrers = state
+    // The table of references, which the delete guard reads; a Mesh's rows are shown by
+    // backend, with its type and whether it is the enabled one.
+    let referrers = match ResourceName::parse(&name) {
+        Ok(parsed) => state
             .store
-            .secret_referrers(&key)
+            .secret_referrers(&SecretKey::secret(mesh_name.clone(), parsed))
             .await
-            .map_err(|e| ApiError::store(TITLE, e))?;
-        items.extend(referrers.into_iter().map(|r| SecretUsage {
-            referrer_type: r.referrer_type,
-            mesh: mesh_name.as_str().to_owned(),
-            backend: None,
-            backend_type: None,
-            enabled: None,
-            name: Some(r.referrer),
-            field: Some(r.field),
-        }));
+            .map_err(|e| ApiError::store(TITLE, e))?,
+        Err(_) => Vec::new(),
+    };
+    let mtls = Mtls::of(&mesh.spec, &mesh_name).ok().flatten();
+    let mut items: Vec<SecretUsage> = Vec::new();
+    for referrer in referrers {
+        let backend = crate::domain::mtls::backend_of_field(&referrer.field)
+            .filter(|_| referrer.referrer_type == "Mesh");
+        let item = match backend {
+            Some(backend) => {
+                if items.iter().any(|i| i.backend.as_deref() == Some(&backend)) {
+                    continue;
+                }
+                let known = mtls.as_ref();
+                SecretUsage {
+                    referrer_type: referrer.referrer_type,
+                    mesh: mesh_name.as_str().to_owned(),
+                    backend_type: Some(
+                        known
+                            .and_then(|m| m.backends.iter().find(|b| b.name == backend))
+                            .map_or("", |b| b.kind.as_str())
+                            .to_owned(),
+                    ),
+                    enabled: Some(known.is_some_and(|m| m.enabled_backend == backend)),
+                    backend: Some(backend),
+                    name: None,
+                    field: None,
+                }
+            }
+            None => SecretUsage {
+                referrer_type: referrer.referrer_type,
+                mesh: mesh_name.as_str().to_owned(),
+                backend: None,
+                backend_type: None,
+                enabled: None,
+                name: Some(referrer.referrer),
+                field: Some(referrer.field),
+            },
+        };
+        items.push(item);
     }
     if items.is_empty() {
         let exists = match ResourceName::parse(&name) {

@@ -56,6 +56,23 @@ pub struct SecretUse {
     pub backend: String,
     /// The secret's name, in the Mesh's own mesh.
     pub secret: String,
+    /// Where: [`backend_field`] of the backend and the CA part (`cert` or `key`).
+    pub field: String,
+}
+
+/// The field of a backend's CA part (`cert` or `key`) in the store's table of references:
+/// `mtls.backends["ca-1"].conf.cert`. By name, not index, so the delete guard can name the
+/// backend in Kuma's message without reading the Mesh.
+pub fn backend_field(backend: &str, part: &str) -> String {
+    let quoted = serde_json::to_string(backend).unwrap_or_default();
+    format!("mtls.backends[{quoted}].conf.{part}")
+}
+
+/// The backend a [`backend_field`] names.
+pub fn backend_of_field(field: &str) -> Option<String> {
+    let rest = field.strip_prefix("mtls.backends[")?;
+    let end = rest.rfind("].conf.")?;
+    serde_json::from_str(&rest[..end]).ok()
 }
 
 /// The names of the Secrets a builtin backend keeps its CA in:
@@ -141,19 +158,21 @@ impl Mtls {
             match backend.kind.as_str() {
                 BUILTIN => {
                     let (cert, key) = builtin_ca_names(mesh, &backend.name);
-                    for secret in [cert, key] {
+                    for (part, secret) in [("cert", cert), ("key", key)] {
                         uses.push(SecretUse {
                             backend: backend.name.clone(),
                             secret,
+                            field: backend_field(&backend.name, part),
                         });
                     }
                 }
                 _ => {
-                    for source in [&backend.cert, &backend.key].into_iter().flatten() {
-                        if let DataSource::Secret(secret) = source {
+                    for (part, source) in [("cert", &backend.cert), ("key", &backend.key)] {
+                        if let Some(DataSource::Secret(secret)) = source {
                             uses.push(SecretUse {
                                 backend: backend.name.clone(),
                                 secret: secret.clone(),
+                                field: backend_field(&backend.name, part),
                             });
                         }
                     }
@@ -481,5 +500,15 @@ mod tests {
         assert!(Mtls::check_change(Some(&on("a")), Some(&on("b"))).is_err());
         assert!(Mtls::check_change(Some(&on("a")), Some(&on(""))).is_ok());
         assert!(Mtls::check_change(Some(&on("")), Some(&on("b"))).is_ok());
+    }
+
+    #[test]
+    fn a_backend_field_names_its_backend_whatever_the_name() {
+        for name in ["ca-1", "a\"].conf.b", "ü", ""] {
+            let field = backend_field(name, "key");
+            assert!(field.ends_with(".conf.key"), "{field}");
+            assert_eq!(backend_of_field(&field).as_deref(), Some(name), "{field}");
+        }
+        assert_eq!(backend_of_field("networking.tls.caCert"), None);
     }
 }

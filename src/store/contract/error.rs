@@ -61,7 +61,8 @@ pub enum StoreError {
     /// `kuma.io/zone`, `kuma.io/display-name`) of a resource that exists.
     #[error("{0}")]
     ImmutableLabels(ValidationError),
-    /// The Secret is used by an mTLS backend of its Mesh (Kuma's delete guard).
+    /// The Secret is used by an mTLS backend of its Mesh (Kuma's delete guard, and its
+    /// message).
     #[error("{}", crate::domain::mtls::in_use_message(secret, mesh, backend))]
     InUse {
         /// The secret's name.
@@ -81,18 +82,6 @@ pub enum StoreError {
         mesh: String,
         /// Who names it, and in which field.
         referrers: Vec<crate::domain::SecretReferrer>,
-    },
-    /// A Secret delete was refused because its Mesh's stored spec cannot be read (it does
-    /// not parse, or its sealed keys do not open), so the guard cannot tell whether an mTLS
-    /// backend uses the secret: it fails closed.
-    #[error(
-        "cannot tell whether Mesh {mesh:?} uses this secret: its stored spec cannot be read ({reason}); fix the Mesh first (or open the store with unsafe deletes allowed)"
-    )]
-    MeshUnreadable {
-        /// The Mesh.
-        mesh: String,
-        /// Why its spec cannot be read.
-        reason: String,
     },
     /// The change feed no longer holds the events after the asked revision (retention
     /// pruned them): list again, then follow the feed from the list's revision.

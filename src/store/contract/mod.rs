@@ -265,9 +265,9 @@ pub trait SecretStore: Send + Sync {
         expected_version: Option<i64>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// The resources (other than Mesh mTLS backends, which the Mesh's spec names) whose
-    /// fields name the Secret `key`: the references the delete guard refuses on. Empty
-    /// for a GlobalSecret.
+    /// The resources whose fields name the Secret `key` (its Mesh's mTLS backends,
+    /// ExternalServices): the table of references the delete guard refuses on. Empty for
+    /// a GlobalSecret.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] if the database cannot be reached.

@@ -12,8 +12,7 @@ use super::statements::{
     UPDATE_SECRET,
 };
 use super::tx::{RunOnStore, TxError};
-use super::{SqlStore, StoredData, labels_json, missed, now, open_spec_with, seal, writer};
-use crate::domain::mtls::Mtls;
+use super::{SqlStore, StoredData, labels_json, missed, now, seal, writer};
 use crate::domain::{
     ExternalService, Labels, Mesh, MeshName, MeshSpec, MeshUpdate, NewExternalService, NewMesh,
     NewSecret, Resource, ResourceKey, ResourceName, Secret, SecretKey, SecretReferrer,
@@ -129,53 +128,22 @@ impl [SqlStore<DB>] {
     async fn delete_secret_with(&self, key: &SecretKey, expected_version: Option<i64>, purge: bool) -> Result<()> {
         let deleted = match (key.mesh(), self.options.unsafe_delete) {
             (Some(mesh), false) => {
-                // The guard and the delete in one transaction, with the Mesh row locked:
-                // a Mesh update adding a reference either commits first (and we see it)
-                // or waits for us (and then finds the secret gone).
+                // The guard and the delete in one transaction, reading the table of
+                // references (Mesh mTLS backends, ExternalServices) with the Secret row
+                // locked: a write adding a reference locks the Secret first, so it either
+                // commits first (and we see its row) or waits for us (and then finds the
+                // Secret gone). The Mesh row is locked too, so a Mesh update that skips
+                // validation (and so locks no Secret) is ordered with the delete as well.
                 let (key, mesh) = (key.clone(), mesh.clone());
-                let keyring = self.options.keyring.clone();
                 self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
                     Box::pin(async move {
-                        let spec = query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
+                        query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
                             .bind(mesh.as_str().to_owned())
                             .fetch_optional(&mut *tx)
                             .await?;
-                        if let Some((_, Json(spec))) = spec {
-                            // Fail closed: a spec the guard cannot read might use the secret.
-                            let mtls = open_spec_with(keyring.as_deref(), &mesh, spec)
-                                .map_err(|e| e.to_string())
-                                .and_then(|spec| Mtls::of(&spec, &mesh).map_err(|e| e.to_string()));
-                            match mtls {
-                                Err(reason) => {
-                                    return Err(TxError::Refused(StoreError::MeshUnreadable {
-                                        mesh: mesh.as_str().to_owned(),
-                                        reason,
-                                    }));
-                                }
-                                Ok(Some(mtls)) => {
-                                    if let Some(usage) = mtls
-                                        .used_secrets(&mesh)
-                                        .into_iter()
-                                        .find(|u| u.secret == key.name().as_str())
-                                    {
-                                        return Err(TxError::Refused(StoreError::InUse {
-                                            secret: usage.secret,
-                                            mesh: mesh.as_str().to_owned(),
-                                            backend: usage.backend,
-                                        }));
-                                    }
-                                }
-                                Ok(None) => {}
-                            }
-                        }
-                        // The table of references: ExternalServices (and any later referrer).
                         let referrers = Self::lock_and_read_referrers(tx, &key).await?;
-                        if !referrers.is_empty() {
-                            return Err(TxError::Refused(StoreError::ReferencedBy {
-                                secret: key.name().as_str().to_owned(),
-                                mesh: mesh.as_str().to_owned(),
-                                referrers,
-                            }));
+                        if let Some(refusal) = in_use(&key, &mesh, referrers) {
+                            return Err(TxError::Refused(refusal));
                         }
                         Self::stamp_and_delete(tx, &key, expected_version, purge).await
                     })
@@ -234,6 +202,28 @@ impl [SqlStore<DB>] {
             .bind(writer().1)
     }
 }
+}
+
+/// The delete guard's refusal for Secret `key` of `mesh`, named by `referrers`: Kuma's
+/// message when an mTLS backend of the Mesh uses it, ours naming every referrer otherwise.
+fn in_use(key: &SecretKey, mesh: &MeshName, referrers: Vec<SecretReferrer>) -> Option<StoreError> {
+    let backend = referrers
+        .iter()
+        .filter(|r| r.referrer_type == super::mtls::MESH_REFERRER)
+        .find_map(|r| crate::domain::mtls::backend_of_field(&r.field));
+    match backend {
+        Some(backend) => Some(StoreError::InUse {
+            secret: key.name().as_str().to_owned(),
+            mesh: mesh.as_str().to_owned(),
+            backend,
+        }),
+        None if referrers.is_empty() => None,
+        None => Some(StoreError::ReferencedBy {
+            secret: key.name().as_str().to_owned(),
+            mesh: mesh.as_str().to_owned(),
+            referrers,
+        }),
+    }
 }
 
 impl_for_sql_databases! {

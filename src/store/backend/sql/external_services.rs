@@ -232,18 +232,35 @@ impl [SqlStore<DB>] {
                 return Err(TxError::Refused(errors));
             }
         }
+        let references: Vec<(String, String)> = references
+            .iter()
+            .map(|(field, secret)| ((*field).to_owned(), secret.clone()))
+            .collect();
+        Self::record_references(tx, mesh, EXTERNAL_SERVICE, name.as_str(), &references).await?;
+        Ok(())
+    }
+
+    /// Inside a write transaction: the rows of the table of references for referrer
+    /// (`referrer_type`, `referrer`) of `mesh` become `references`, (field, secret) each.
+    pub(super) async fn record_references(
+        tx: &mut DB::Connection,
+        mesh: &MeshName,
+        referrer_type: &str,
+        referrer: &str,
+        references: &[(String, String)],
+    ) -> std::result::Result<(), sqlx::Error> {
         query::<DB>(DELETE_REFERENCES)
             .bind(mesh.as_str().to_owned())
-            .bind(EXTERNAL_SERVICE.to_owned())
-            .bind(name.as_str().to_owned())
+            .bind(referrer_type.to_owned())
+            .bind(referrer.to_owned())
             .execute(&mut *tx)
             .await?;
         for (field, secret) in references {
             query::<DB>(INSERT_REFERENCE)
                 .bind(mesh.as_str().to_owned())
-                .bind(EXTERNAL_SERVICE.to_owned())
-                .bind(name.as_str().to_owned())
-                .bind((*field).to_owned())
+                .bind(referrer_type.to_owned())
+                .bind(referrer.to_owned())
+                .bind(field.clone())
                 .bind(secret.clone())
                 .execute(&mut *tx)
                 .await?;

@@ -107,6 +107,14 @@ impl [SqlStore<DB>] {
                         let version = row.version();
                         row.open(keyring).map_err(|_| version)
                     });
+                    // Checked above: the spec parses. Its Secrets may come later in the
+                    // batch: the references are recorded, their existence is the importer's
+                    // check (as for ExternalServices).
+                    let references: Vec<(String, String)> = crate::domain::mtls::Mtls::of(&mesh.spec, &mesh.name)
+                        .ok()
+                        .flatten()
+                        .map(|mtls| mtls.used_secrets(&mesh.name).into_iter().map(|u| (u.field, u.secret)).collect::<std::collections::BTreeMap<_, _>>().into_iter().collect())
+                        .unwrap_or_default();
                     match existing {
                         None => {
                             *failed = Some(ResourceKey::mesh(&mesh.name));
@@ -127,6 +135,7 @@ impl [SqlStore<DB>] {
                             counts.updated += 1;
                         }
                     }
+                    Self::record_references(&mut tx, &mesh.name, super::mtls::MESH_REFERRER, mesh.name.as_str(), &references).await?;
                 }
                 Resource::ExternalService(service) => {
                     let existing = Self::lock_external_service(&mut tx, &service.mesh, &service.name)

@@ -21,6 +21,9 @@ pub(super) struct MtlsPlan {
     /// Builtin CA pairs found in place: they must still be there when the Mesh commits.
     builtin_present: Vec<(String, String)>,
     required: Vec<String>,
+    /// Every secret the backends use, (field, secret): the Mesh's rows in the table of
+    /// references, which the Secret delete guard reads.
+    references: Vec<(String, String)>,
 }
 
 /// Why a Mesh write's transaction refused to commit.
@@ -54,6 +57,9 @@ impl From<MeshRefusal> for StoreError {
         }
     }
 }
+
+/// The referrer type of a Mesh's rows in the table of references.
+pub(super) const MESH_REFERRER: &str = "Mesh";
 
 /// How often a Mesh write re-plans when a concurrent delete removed a builtin CA pair it
 /// was about to rely on.
@@ -93,6 +99,12 @@ impl [SqlStore<DB>] {
         let Some(mtls) = mtls else {
             return Ok(plan);
         };
+        let by_field: std::collections::BTreeMap<String, String> = mtls
+            .used_secrets(mesh)
+            .into_iter()
+            .map(|u| (u.field, u.secret))
+            .collect();
+        plan.references = by_field.into_iter().collect();
         for backend in mtls.builtin_backends() {
             let (cert, key) = builtin_ca_names(mesh, &backend.name);
             let mut present = 0;
@@ -235,11 +247,11 @@ impl [SqlStore<DB>] {
                 errors.push("mtls", load_error(&name, mesh));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(TxError::Refused(MeshRefusal::Invalid(errors)))
+        if !errors.is_empty() {
+            return Err(TxError::Refused(MeshRefusal::Invalid(errors)));
         }
+        Self::record_references(tx, mesh, MESH_REFERRER, mesh.as_str(), &plan.references).await?;
+        Ok(())
     }
 }
 }
