@@ -549,6 +549,22 @@ async fn an_inline_client_key_is_sealed_at_rest_and_shown_to_admins_only(backend
         "{read}"
     );
     assert_eq!(read["networking"]["tls"]["clientCert"], tls["clientCert"]);
+    // ... and may not write: writes need an admin, as Mesh writes do.
+    let response = client
+        .put(server.at("/meshes/default/external-services/by-member"))
+        .bearer_auth(&member)
+        .json(&service("by-member", json!({"enabled": true})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = client
+        .delete(server.at(path))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
     // A sealed key copied behind the service's back onto another ExternalService does not
     // open there: the read fails closed instead of serving it.

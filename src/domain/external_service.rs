@@ -669,6 +669,15 @@ mod tests {
             got.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
             ["networking.tls.caCert", "networking.tls.clientKey"]
         );
+        // A path on a control plane this store is not: refused, naming the field.
+        let got = violations(json!({"networking": {"address": "a.b:443", "tls": {
+            "caCert": {"file": "/etc/ca.pem"}}}, "tags": {"kuma.io/service": "s"}}));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "networking.tls.caCert.file");
+        assert!(
+            got[0].1.starts_with("file data sources are not read"),
+            "{got:?}"
+        );
         let tls = check_spec(
             json!({"networking": {"address": "a.b:443", "tls": {
                 "caCert": {"secret": "ca"}, "clientCert": {"secret": "c"},
