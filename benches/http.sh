@@ -6,7 +6,9 @@
 #   PUT        blind create-or-replace of a 1 KiB secret over 1,000 names
 #   IF-MATCH   compare-and-swap PUT over 1,000 names (etcd: a txn comparing the version)
 #
-# on kuma-secrets with Postgres and with SQLite (both sealed, read cache on), and pgbench
+# on kuma-secrets with Postgres and with SQLite (both sealed, read cache on), GET on the
+# ceiling of our own HTTP stack (benches/http_ceiling.rs: bare axum, a constant body of a
+# Secret's size), and pgbench
 # running our upsert statement over the same 1,000 names at the same concurrency (the
 # bound for blind PUT: what Postgres itself does with the same statement).
 #
@@ -33,6 +35,14 @@ install pgbench postgresql-client
 
 cargo build --release --quiet
 BIN=$PWD/target/release/kuma-secrets
+# The ceiling of our HTTP stack for a cached GET: the same axum/hyper/tokio answering a
+# constant Secret-sized body (benches/http_ceiling.rs).
+CEILING_BIN=$(cargo bench --bench http_ceiling --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "http_ceiling" and m.get("executable"):
+        print(m["executable"])')
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -78,8 +88,13 @@ KUMA_SECRETS_LOG=warn "$BIN" serve --store "sqlite://$WORK/bench.db" \
 PIDS+=($!)
 OURS_PG=http://127.0.0.1:$PG_PORT
 OURS_SQLITE=http://127.0.0.1:$SQLITE_PORT
+CEILING_PORT=$(free_port)
+"$CEILING_BIN" "127.0.0.1:$CEILING_PORT" >"$WORK/ceiling.log" 2>&1 &
+PIDS+=($!)
+CEILING=http://127.0.0.1:$CEILING_PORT
 wait_http "$OURS_PG/readyz"
 wait_http "$OURS_SQLITE/readyz"
+wait_http "$CEILING/meshes/default/secrets/s-0"
 
 # ---- wrk scripts: 1,000 names, 1 KiB values ------------------------------------------------
 cat >"$WORK/common.lua" <<'LUA'
@@ -231,7 +246,7 @@ seed "$OURS_PG" ours
 seed "$OURS_SQLITE" ours
 seed "$ETCD" etcd
 
-base_of() { case $1 in pg) echo "$OURS_PG" ;; sqlite) echo "$OURS_SQLITE" ;; etcd) echo "$ETCD" ;; esac; }
+base_of() { case $1 in pg) echo "$OURS_PG" ;; sqlite) echo "$OURS_SQLITE" ;; etcd) echo "$ETCD" ;; ceiling) echo "$CEILING" ;; esac; }
 script_of() { case $1 in etcd) echo etcd ;; *) echo ours ;; esac; }
 
 # Writes the version each name is at now, one line per name (s-0 first), for the
@@ -284,6 +299,9 @@ for round in $(seq "$ROUNDS"); do
             echo "round $round: $op on $target: $value/s" >&2
         done
     done
+    value=$(run ceiling get)
+    SUM[ceiling.get]=$(( ${SUM[ceiling.get]:-0} + value ))
+    echo "round $round: get on the bare-axum ceiling: $value/s" >&2
     value=$(pgbench_upsert)
     SUM[pgbench.put]=$(( ${SUM[pgbench.put]:-0} + value ))
     echo "round $round: pgbench upsert: $value tps" >&2
@@ -302,3 +320,7 @@ for op in get put ifmatch; do
     if [[ $op == get ]]; then pgb="" ; pgr=""; else pgb=$(avg pgbench.put); pgr=$(ratio "$pg" "$pgb"); fi
     echo "| $label | $pg | $sq | $et | $(ratio "$pg" "$et") | $(ratio "$sq" "$et") | $pgb | $pgr |"
 done
+ceiling=$(avg ceiling.get)
+echo
+echo "GET against the ceiling of our HTTP stack (bare axum, constant body of the same size): $ceiling/s;"
+echo "Postgres $(ratio "$(avg pg.get)" "$ceiling")x, SQLite $(ratio "$(avg sqlite.get)" "$ceiling")x of it"

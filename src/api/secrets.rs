@@ -473,7 +473,7 @@ async fn put_secret_at<S: SecretStore>(
         ));
     }
     upsert(
-        &state.store,
+        &*state.store,
         Write::Secret(secret),
         &preconditions,
         Vec::new(),

@@ -51,8 +51,9 @@ impl ApiConfig {
 
 /// What every handler can reach.
 pub struct AppState<S> {
-    /// The store, timed by the metrics.
-    pub store: MeteredStore<S>,
+    /// The store, timed by the metrics. Behind an `Arc`: axum clones the state for every
+    /// request, and a store is several handles (cache, pool, options) to clone and drop.
+    pub store: Arc<MeteredStore<S>>,
     /// Behaviour switches.
     pub config: Arc<ApiConfig>,
     /// The server's metrics.
@@ -74,7 +75,7 @@ impl<S> AppState<S> {
     pub fn new(store: S, config: ApiConfig) -> Self {
         let metrics = Arc::new(Metrics::new());
         Self {
-            store: MeteredStore::new(store, metrics.clone()),
+            store: Arc::new(MeteredStore::new(store, metrics.clone())),
             config: Arc::new(config),
             metrics,
         }

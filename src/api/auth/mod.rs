@@ -106,7 +106,7 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
     let user = if local {
         User::admin()
     } else if let Some(token) = bearer_token(request.headers()) {
-        match tokens::verify(&state.store, token).await {
+        match tokens::verify(&*state.store, token).await {
             Ok(user) => user,
             Err(err) => return err.into_response(),
         }
@@ -153,7 +153,25 @@ fn request_id(headers: &HeaderMap) -> String {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// A new request id: a UUID (the version 4 layout), unique in this process, from a random
+/// per-process key mixed with a counter (multiplying by an odd constant and XOR-ing a key
+/// are both one-to-one). A `Uuid::new_v4` per request asked the kernel for randomness each
+/// time: 1.6 % of a cached GET's CPU under `perf`. An id names a request in logs and the
+/// audit trail; it is no secret.
+fn new_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEY: OnceLock<u128> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let key = *KEY.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    let n = u128::from(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mixed = key ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    uuid::Builder::from_random_bytes(mixed.to_be_bytes())
+        .into_uuid()
+        .to_string()
 }
 
 /// The host the client asked for: the `Host` header (HTTP/1.1), or the URI's authority
@@ -299,6 +317,17 @@ fn is_loopback_host(host: &str) -> bool {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(20) {
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+        }
+    }
 
     fn direct(remote: Option<IpAddr>, headers: &HeaderMap) -> bool {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
