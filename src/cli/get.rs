@@ -4,6 +4,7 @@
 
 use super::{ApiArgs, table};
 use crate::client::{ApiClient, ClientError, secret_path, segment};
+use crate::domain::external_service;
 use crate::manifest::{self, Entry};
 use crate::wire::{ExternalServiceItem, ListBody, MeshItem, SecretItem, SecretUsageList};
 use chrono::{DateTime, Utc};
@@ -482,11 +483,8 @@ fn table_of(kind: Kind, items: &[Item], now: DateTime<Utc>) -> String {
             (Kind::ExternalService, Item::ExternalService(e)) => vec![
                 e.mesh.clone(),
                 e.name.clone(),
-                tags_of(e),
-                e.spec["networking"]["address"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
+                external_service::tags_line(&e.spec),
+                external_service::address(&e.spec).to_owned(),
                 age(item),
             ],
             _ => vec![item.name().to_owned(), age(item)],
@@ -499,22 +497,6 @@ fn table_of(kind: Kind, items: &[Item], now: DateTime<Utc>) -> String {
         Kind::ExternalService => &["MESH", "NAME", "TAGS", "ADDRESS", "AGE"],
     };
     table::render(header, &rows)
-}
-
-/// kumactl's TAGS column: `key=value`, sorted, one space apart.
-fn tags_of(service: &ExternalServiceItem) -> String {
-    let mut tags: Vec<String> = service
-        .spec
-        .get("tags")
-        .and_then(Value::as_object)
-        .map(|tags| {
-            tags.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect()
-        })
-        .unwrap_or_default();
-    tags.sort();
-    tags.join(" ")
 }
 
 /// kumactl's mTLS column: `TYPE/BACKEND` of the enabled backend, or `off`.

@@ -67,31 +67,29 @@ impl ExternalService {
     pub fn key(&self) -> ResourceKey {
         external_service_key(&self.mesh, &self.name)
     }
+}
 
-    /// `networking.address`, as given.
-    pub fn address(&self) -> &str {
-        self.spec
-            .get("networking")
-            .and_then(|n| n.get("address"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    }
+/// `networking.address` of a spec, as given (kumactl's ADDRESS column).
+pub fn address(spec: &ExternalServiceSpec) -> &str {
+    spec.get("networking")
+        .and_then(|n| n.get("address"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
 
-    /// The tags, `key=value` sorted and joined by a space (kumactl's TAGS column).
-    pub fn tags_line(&self) -> String {
-        let mut tags: Vec<String> = self
-            .spec
-            .get("tags")
-            .and_then(Value::as_object)
-            .map(|tags| {
-                tags.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                    .collect()
-            })
-            .unwrap_or_default();
-        tags.sort();
-        tags.join(" ")
-    }
+/// The tags of a spec, `key=value` sorted and joined by a space (kumactl's TAGS column).
+pub fn tags_line(spec: &ExternalServiceSpec) -> String {
+    let mut tags: Vec<String> = spec
+        .get("tags")
+        .and_then(Value::as_object)
+        .map(|tags| {
+            tags.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    tags.join(" ")
 }
 
 /// The key of ExternalService `name` in `mesh`.
@@ -505,15 +503,6 @@ pub fn redact_private_key(spec: &mut ExternalServiceSpec) {
             Value::String(super::mtls::REDACTED_KEY.into()),
         );
     }
-}
-
-/// The violation for a `secret:` that names no Secret of the Mesh (Kuma's data-source load
-/// error, as for a Mesh's provided CA).
-pub fn missing_secret_message(name: &str, mesh: &MeshName) -> String {
-    format!(
-        "could not load data: resource not found: type=\"Secret\" name={name:?} mesh={:?}",
-        mesh.as_str()
-    )
 }
 
 #[cfg(test)]

@@ -25,6 +25,15 @@ pub enum DataSource {
     File(String),
 }
 
+/// Kuma's data-source load error for a `secret:` that names no Secret of the Mesh, what a
+/// Mesh's provided CA and an ExternalService's TLS both report.
+pub fn missing_secret_message(name: &str, mesh: &MeshName) -> String {
+    format!(
+        "could not load data: resource not found: type=\"Secret\" name={name:?} mesh={:?}",
+        mesh.as_str()
+    )
+}
+
 /// One CA backend.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaBackend {

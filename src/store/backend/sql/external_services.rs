@@ -11,8 +11,9 @@ use super::rows::{ExternalServiceRow, ListedExternalServiceRow};
 use super::statements::{query, query_as};
 use super::tx::{RunOnStore, TxError, TxResult};
 use super::{SqlStore, labels_json, missed, now, writer};
-use crate::domain::external_service::{ExternalServiceTls, check_spec, missing_secret_message};
+use crate::domain::external_service::{ExternalServiceTls, check_spec};
 use crate::domain::mtls::DataSource;
+use crate::domain::mtls::missing_secret_message;
 use crate::domain::{
     EXTERNAL_SERVICE, ExternalService, ExternalServiceSpec, MeshName, NewExternalService,
     ResourceName, SecretKey, SecretReferrer, ValidationError, check_immutable_labels,

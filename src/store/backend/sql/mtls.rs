@@ -8,7 +8,7 @@ use super::seal;
 use super::statements::query_as;
 use super::statements::{DELETE_SECRET, bind_key};
 use super::tx::{TxError, TxResult};
-use crate::domain::mtls::{DataSource, Mtls, builtin_ca_names};
+use crate::domain::mtls::{DataSource, Mtls, builtin_ca_names, missing_secret_message};
 use crate::domain::{Labels, MeshName, ResourceName, SecretKey, ValidationError};
 use crate::sealing::Keyring;
 use crate::store::contract::{Result, SecretStore, StoreError};
@@ -69,14 +69,6 @@ pub(super) const MTLS_ATTEMPTS: usize = 3;
 struct BuiltinCa {
     cert: (String, Vec<u8>),
     key: (String, Vec<u8>),
-}
-
-/// Kuma's data-source load error for a missing secret.
-fn load_error(name: &str, mesh: &MeshName) -> String {
-    format!(
-        "could not load data: resource not found: type=\"Secret\" name={name:?} mesh={:?}",
-        mesh.as_str()
-    )
 }
 
 /// Labels of a generated CA secret: Kuma's computed ones for the mesh.
@@ -163,7 +155,7 @@ impl [SqlStore<DB>] {
                             Err(_) => None,
                         };
                         if found.is_none() {
-                            let why = load_error(name, mesh);
+                            let why = missing_secret_message(name, mesh);
                             errors.push(format!("{conf}.cert"), why.clone());
                             errors.push(format!("{conf}.key"), why);
                         } else {
@@ -244,7 +236,7 @@ impl [SqlStore<DB>] {
         let mut errors = ValidationError::default();
         for name in plan.required {
             if !Self::lock_mesh_secret(tx, mesh, &name).await? {
-                errors.push("mtls", load_error(&name, mesh));
+                errors.push("mtls", missing_secret_message(&name, mesh));
             }
         }
         if !errors.is_empty() {
