@@ -35,6 +35,8 @@ pub struct Metrics {
     cache_drops: prometheus::IntCounter,
     connections_discarded: prometheus::IntCounter,
     connections_refused: prometheus::IntCounter,
+    write_batches: prometheus::IntCounter,
+    batched_writes: prometheus::IntCounter,
     cache_totals_reused: prometheus::IntCounter,
     cache_entries: prometheus::IntGauge,
     cache_bytes: prometheus::IntGauge,
@@ -119,6 +121,14 @@ impl Metrics {
                 "store_connections_refused_total",
                 "New database connections refused because the server only reads (a standby), as target_session_attrs=read-write",
             ),
+            write_batches: counter(
+                "store_write_batches_total",
+                "Batches of two secret writes or more committed in one transaction (group commit)",
+            ),
+            batched_writes: counter(
+                "store_batched_writes_total",
+                "Secret writes committed in a batch of two or more",
+            ),
             cache_totals_reused: counter(
                 "read_cache_list_totals_reused_total",
                 "List pages whose total came from the read cache instead of a count",
@@ -154,6 +164,8 @@ impl Metrics {
     pub fn observe_pool(&self, report: &crate::store::PoolReport) {
         raise(&self.connections_discarded, report.discarded);
         raise(&self.connections_refused, report.refused);
+        raise(&self.write_batches, report.write_batches);
+        raise(&self.batched_writes, report.batched_writes);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -89,6 +89,12 @@ pub(crate) fn map_db_error(err: sqlx::Error, op: Op<'_>) -> StoreError {
     StoreError::Internal(DatabaseError::new(err))
 }
 
+/// Whether `err` is a deadlock (`40P01`) or a serialization failure (`40001`): the
+/// statement lost a race to another transaction, and running it again may succeed.
+pub(crate) fn is_transient_conflict(err: &sqlx::Error) -> bool {
+    matches!(sqlstate(err).as_deref(), Some("40P01" | "40001"))
+}
+
 /// SQLSTATE `read_only_sql_transaction`: a write reached a server that only reads.
 const READ_ONLY_SERVER: &str = "25006";
 /// SQLSTATE `duplicate_prepared_statement`: a statement name is taken on this server

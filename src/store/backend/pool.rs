@@ -133,6 +133,7 @@ impl<C: Connection> ConnectionPool<C> {
         PoolReport {
             discarded: self.inner.discarded.load(Ordering::Relaxed),
             refused: self.inner.refused.load(Ordering::Relaxed),
+            ..PoolReport::default()
         }
     }
 

@@ -36,6 +36,7 @@ impl Dialect for Postgres {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2 FOR SHARE";
 
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const BULK_PUTS: bool = true;
     const SEQUENCE_EVENTS: Option<&'static str> = Some(
         "WITH numbered AS ( \
            SELECT e.id, s.last + row_number() OVER (ORDER BY e.id) AS revision \
@@ -144,6 +145,7 @@ impl SqlStore<Postgres> {
             options,
             preparing,
             changes,
+            writes: Default::default(),
         };
         store.check_sealing().await?;
         Ok(store)

@@ -41,6 +41,7 @@ impl Dialect for Sqlite {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2";
 
     const FOR_UPDATE: &'static str = "";
+    const BULK_PUTS: bool = false;
     const SEQUENCE_EVENTS: Option<&'static str> = None;
     const LAST_REVISION: &'static str = "SELECT last FROM events_sequence WHERE id = 1";
     const PRUNE_DELETED_HISTORY: &'static str = "DELETE FROM secret_versions WHERE id IN ( \
@@ -90,6 +91,7 @@ impl SqlStore<Sqlite> {
             options,
             preparing: Preparing::Named,
             changes: ChangeSignal::new(),
+            writes: Default::default(),
         };
         store.check_sealing().await?;
         Ok(store)

@@ -10,6 +10,10 @@ pub struct PoolReport {
     pub discarded: u64,
     /// New connections refused by the pool's check: the server only reads (a standby).
     pub refused: u64,
+    /// Batches of two secret writes or more committed in one transaction (group commit).
+    pub write_batches: u64,
+    /// The secret writes in those batches.
+    pub batched_writes: u64,
 }
 
 /// The cache's state for `/metrics`: how it has been used, and what it holds.

@@ -1,6 +1,7 @@
 //! The [`SecretStore`] contract on SQL: secret and Mesh CRUD, each write one statement or
 //! one write transaction, secret data sealed before it is bound and opened after it is read.
 
+use super::group_commit::{SecretWrite, Written};
 use super::history::PURGE_HISTORY;
 use super::list::{list_meshes, list_secrets};
 use super::rows::{ListedMeshRow, ListedSecretRow, MeshRow, SecretRow};
@@ -123,47 +124,54 @@ impl [SqlStore<DB>] {
         Ok(())
     }
 
-    /// A delete (with the mTLS guard) of the secret `key`, and with `purge` of its kept
-    /// versions.
-    async fn delete_secret_with(&self, key: &SecretKey, expected_version: Option<i64>, purge: bool) -> Result<()> {
-        let deleted = match (key.mesh(), self.options.unsafe_delete) {
-            (Some(mesh), false) => {
-                // The guard and the delete in one transaction, reading the table of
-                // references (Mesh mTLS backends, ExternalServices) with the Secret row
-                // locked: a write adding a reference locks the Secret first, so it either
-                // commits first (and we see its row) or waits for us (and then finds the
-                // Secret gone). The Mesh row is locked too, so a Mesh update that skips
-                // validation (and so locks no Secret) is ordered with the delete as well.
-                let (key, mesh) = (key.clone(), mesh.clone());
-                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
-                    Box::pin(async move {
-                        query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
-                            .bind(mesh.as_str().to_owned())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        let referrers = Self::lock_and_read_referrers(tx, &key).await?;
-                        if let Some(refusal) = in_use(&key, &mesh, referrers) {
-                            return Err(TxError::Refused(refusal));
-                        }
-                        Self::stamp_and_delete(tx, &key, expected_version, purge).await
-                    })
-                })
-                .await
+    /// The body of [`SecretStore::delete_secret`] and [`SecretStore::purge_secret`] for a
+    /// write committed alone: [`SqlStore::delete_secret_in`] in a transaction of its own.
+    pub(super) async fn delete_secret_with(&self, key: &SecretKey, expected_version: Option<i64>, purge: bool) -> Result<()> {
+        let guarded = !self.options.unsafe_delete;
+        let key = key.clone();
+        self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+            Box::pin(async move { Self::delete_secret_in(tx, &key, expected_version, purge, guarded).await })
+        })
+        .await
+    }
+
+    /// A delete of the secret `key` (and with `purge` of its kept versions) in the
+    /// transaction `tx`, alone or in a batch (`group_commit.rs`); `guarded`: refused while
+    /// a Mesh or an ExternalService uses it.
+    ///
+    /// The guard reads the table of references (Mesh mTLS backends, ExternalServices) with
+    /// the Secret row locked: a write adding a reference locks the Secret first, so it either
+    /// commits first (and we see its row) or waits for us (and then finds the Secret gone).
+    /// The Mesh row is locked too, so a Mesh update that skips validation (and so locks no
+    /// Secret) is ordered with the delete as well.
+    pub(super) async fn delete_secret_in(
+        tx: &mut DB::Connection,
+        key: &SecretKey,
+        expected_version: Option<i64>,
+        purge: bool,
+        guarded: bool,
+    ) -> super::tx::TxResult<(), StoreError> {
+        if let (Some(mesh), true) = (key.mesh(), guarded) {
+            query_as::<DB, (i64, Json<MeshSpec>)>(DB::LOCK_MESH_SHARED)
+                .bind(mesh.as_str().to_owned())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let referrers = Self::lock_and_read_referrers(tx, key).await?;
+            if let Some(refusal) = in_use(key, mesh, referrers) {
+                return Err(TxError::Refused(refusal));
             }
-            _ => {
-                let key = key.clone();
-                self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
-                    Box::pin(async move { Self::stamp_and_delete(tx, &key, expected_version, purge).await })
-                })
-                .await
+        }
+        match Self::stamp_and_delete(tx, key, expected_version, purge).await {
+            Err(TxError::Refused(StoreError::NotFound(_))) => {
+                let stored = bind_key(query_as::<DB, (i64,)>(GET_SECRET_VERSION.for_key(key)), key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                Err(TxError::Refused(missed(
+                    key.resource_key(),
+                    expected_version,
+                    stored.map(|(version,)| version),
+                )))
             }
-        };
-        match deleted {
-            Err(StoreError::NotFound(_)) => Err(missed(
-                key.resource_key(),
-                expected_version,
-                self.stored_secret_version(key).await?,
-            )),
             other => other,
         }
     }
@@ -283,12 +291,14 @@ impl [SecretStore for SqlStore<DB>] {
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, key = %key, expected_version))]
     async fn delete_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
         let _wake_watchers = self.changes.notify_on_drop();
-        self.delete_secret_with(key, expected_version, false).await
+        let write = SecretWrite::Delete { key: key.clone(), expected_version, purge: false };
+        self.write_secret(write).await.map(drop)
     }
 
     async fn purge_secret(&self, key: &SecretKey, expected_version: Option<i64>) -> Result<()> {
         let _wake_watchers = self.changes.notify_on_drop();
-        self.delete_secret_with(key, expected_version, true).await
+        let write = SecretWrite::Delete { key: key.clone(), expected_version, purge: true };
+        self.write_secret(write).await.map(drop)
     }
 
     async fn get_secret_version(&self, key: &SecretKey, version: i64) -> Result<Secret> {
@@ -311,7 +321,10 @@ impl [SecretStore for SqlStore<DB>] {
 
     async fn put_secret(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
         let _wake_watchers = self.changes.notify_on_drop();
-        self.put_secret_with(secret, expect).await
+        match self.write_secret(SecretWrite::Put { secret, expect }).await? {
+            Written::Put(put) => Ok(put),
+            Written::Deleted => unreachable!("a put's answer is a put"),
+        }
     }
 
     async fn put_mesh(&self, mesh: NewMesh, expect: Expect) -> Result<Put<Mesh>> {
@@ -494,7 +507,12 @@ impl [SecretStore for SqlStore<DB>] {
     }
 
     fn pool_report(&self) -> Option<crate::store::contract::PoolReport> {
-        Some(self.pool.report())
+        let (write_batches, batched_writes) = self.writes.batch_counts();
+        Some(crate::store::contract::PoolReport {
+            write_batches,
+            batched_writes,
+            ..self.pool.report()
+        })
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, items = items.len()))]

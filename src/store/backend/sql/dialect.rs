@@ -48,4 +48,8 @@ pub trait Dialect: Database + HasStatementCache {
     /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
     /// other writers, so nothing).
     const FOR_UPDATE: &'static str;
+    /// Whether a batch of puts goes to the database as one statement (group commit's step
+    /// 1, `group_commit.rs`): Postgres, where each statement is a round trip; not SQLite,
+    /// where a statement is a function call.
+    const BULK_PUTS: bool;
 }

@@ -14,6 +14,7 @@
 //! | `tx.rs` | running a statement on the pool; write transactions and their refusals |
 //! | `crud.rs` | the `SecretStore` trait: create, update, delete, get, list |
 //! | `put.rs` | create-or-replace under a precondition, the API's PUT, in one statement |
+//! | `group_commit.rs` | concurrent secret puts and deletes committed together, one batch a transaction |
 //! | `list.rs` | list statements built at runtime, pages and totals |
 //! | `external_services.rs` | ExternalServices, and the table of references to Secrets |
 //! | `mtls.rs` | a Mesh write's mTLS: builtin CAs, provided CAs, the references it locks |
@@ -99,6 +100,7 @@ mod crud;
 mod dialect;
 mod external_services;
 mod feed;
+mod group_commit;
 mod history;
 mod import;
 mod list;
@@ -113,6 +115,7 @@ mod tx;
 
 pub use dialect::Dialect;
 pub use feed::EventRow;
+pub(crate) use group_commit::WriteQueue;
 pub use history::VersionRow;
 pub use import::{KeptTimes, TimesOf};
 pub use reseal::{
@@ -146,6 +149,8 @@ pub struct SqlStore<DB: Database> {
     /// Notified after every write through this store (and, on Postgres, by the listener
     /// for other processes' commits): what wakes its change-feed watchers.
     pub(crate) changes: ChangeSignal,
+    /// The queue of secret writes to this store's committer (`group_commit.rs`).
+    pub(crate) writes: WriteQueue,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -155,6 +160,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
             options: self.options.clone(),
             preparing: self.preparing,
             changes: self.changes.clone(),
+            writes: self.writes.clone(),
         }
     }
 }

@@ -9,7 +9,7 @@ use super::statements::query_as;
 use super::statements::{
     GET_SECRET_VERSION_LABELS, bind_key, immutable_label_values, replace_secret, upsert_secret,
 };
-use super::tx::{RunOnStore, TxError};
+use super::tx::{TxError, TxResult, to_the_end};
 use super::{
     SqlStore, check_mesh_spec, labels_json, missed, now, open_spec_with, seal, seal_spec, writer,
 };
@@ -18,43 +18,61 @@ use crate::domain::{
     Labels, Mesh, MeshSpec, NewMesh, NewSecret, ResourceKey, Secret, SecretKey,
     check_immutable_labels,
 };
+use crate::sealing::Keyring;
 use crate::store::backend::db_error::Op;
-use crate::store::contract::{DatabaseError, Expect, Put, Result, SecretStore, StoreError};
+use crate::store::contract::{DatabaseError, Expect, Put, Result, StoreError};
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 use std::collections::BTreeMap;
 
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
-    /// The body of [`SecretStore::put_secret`].
+    /// The body of [`SecretStore::put_secret`] for a write committed alone: the put's
+    /// statement commits on its own ([`SqlStore::put_secret_on`]).
     pub(super) async fn put_secret_with(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
         secret.data.check_size(self.options.max_secret_size)?;
-        if expect == Expect::Absent {
-            let created = self.create_secret(secret).await?;
-            return Ok(Put { created: true, value: created });
-        }
+        let resource = secret.key.resource_key();
+        let keyring = self.options.keyring.clone();
+        self.on_one_connection(put_op(expect, &resource), move |conn| {
+            Box::pin(async move { Self::put_secret_on(conn, keyring.as_deref(), secret, expect).await })
+        })
+        .await
+    }
+
+    /// A put's statements on `conn`, alone or in a batch's transaction (`group_commit.rs`):
+    /// one statement whatever the precondition (an upsert, a conditional replace, or an
+    /// insert), and a read of why when it wrote nothing. Database errors come back
+    /// unmapped, for the caller to map with [`put_op`].
+    pub(super) async fn put_secret_on(
+        conn: &mut DB::Connection,
+        keyring: Option<&Keyring>,
+        secret: NewSecret,
+        expect: Expect,
+    ) -> TxResult<Put<Secret>, StoreError> {
         let key = secret.key.clone();
-        let resource = key.resource_key();
+        if expect == Expect::Absent {
+            let stored = seal(keyring, &key, secret.data.expose());
+            let row = to_the_end(Self::insert_secret_query(&key, now(), &secret.labels, stored).fetch(&mut *conn))
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            return Ok(Put { created: true, value: row.with_data(secret.data) });
+        }
         // A statement that wrote nothing because of a concurrent change that has since
         // gone away (see `why_not_put`) is simply run again.
         for _attempt in 0..3 {
-            let stored = seal(self.options.keyring.as_deref(), &key, secret.data.expose());
+            let stored = seal(keyring, &key, secret.data.expose());
             let time = now();
-            let row = match expect {
-                Expect::Any => {
-                    query_as::<DB, SecretRow>(AssertSqlSafe(upsert_secret::<DB>(&key)))
-                        .bind(key.name().as_str().to_owned())
-                        .bind(key.mesh().map(|m| m.as_str().to_owned()))
-                        .bind(time)
-                        .bind(labels_json(&secret.labels))
-                        .bind(stored.bytes)
-                        .bind(stored.key_id)
-                        .bind(stored.write_id)
-                        .bind(writer().0)
-                        .bind(writer().1)
-                        .fetch_optional_via(self, Op::Create(&resource))
-                        .await?
-                }
+            let query = match expect {
+                Expect::Any => query_as::<DB, SecretRow>(AssertSqlSafe(upsert_secret::<DB>(&key)))
+                    .bind(key.name().as_str().to_owned())
+                    .bind(key.mesh().map(|m| m.as_str().to_owned()))
+                    .bind(time)
+                    .bind(labels_json(&secret.labels))
+                    .bind(stored.bytes)
+                    .bind(stored.key_id)
+                    .bind(stored.write_id)
+                    .bind(writer().0)
+                    .bind(writer().1),
                 Expect::Exists | Expect::Version(_) | Expect::Absent => {
                     let version = match expect {
                         Expect::Version(version) => Some(version),
@@ -73,10 +91,10 @@ impl [SqlStore<DB>] {
                         .bind(display_name)
                         .bind(writer().0)
                         .bind(writer().1);
-                    bind_key(query, &key).fetch_optional_via(self, Op::Other).await?
+                    bind_key(query, &key)
                 }
             };
-            match row {
+            match to_the_end(query.fetch(&mut *conn)).await? {
                 Some(row) => {
                     return Ok(Put {
                         // Only an upsert inserts, and an inserted row starts at version 1.
@@ -85,26 +103,33 @@ impl [SqlStore<DB>] {
                     });
                 }
                 None => {
-                    if let Some(refusal) = self.why_not_put(&key, &secret.labels, expect).await? {
-                        return Err(refusal);
+                    if let Some(refusal) = Self::why_not_put(conn, &key, &secret.labels, expect).await? {
+                        return Err(TxError::Refused(refusal));
                     }
                 }
             }
         }
-        Err(StoreError::Unavailable(DatabaseError::new(
+        Err(TxError::Refused(StoreError::Unavailable(DatabaseError::new(
             "the secret kept changing under a put; retry",
-        )))
+        ))))
     }
 
     /// Why a put statement wrote nothing: the secret is gone, at another version, or the
     /// put would change an immutable label. `None`: none of these holds any more (it
     /// changed between the statement and this read), so the put may run again.
-    async fn why_not_put(&self, key: &SecretKey, labels: &Labels, expect: Expect) -> Result<Option<StoreError>> {
-        let current = bind_key(
-            query_as::<DB, (i64, Json<BTreeMap<String, String>>)>(GET_SECRET_VERSION_LABELS.for_key(key)),
-            key,
+    async fn why_not_put(
+        conn: &mut DB::Connection,
+        key: &SecretKey,
+        labels: &Labels,
+        expect: Expect,
+    ) -> std::result::Result<Option<StoreError>, sqlx::Error> {
+        let current = to_the_end(
+            bind_key(
+                query_as::<DB, (i64, Json<BTreeMap<String, String>>)>(GET_SECRET_VERSION_LABELS.for_key(key)),
+                key,
+            )
+            .fetch(&mut *conn),
         )
-        .fetch_optional_via(self, Op::Other)
         .await?;
         let Some((version, Json(stored))) = current else {
             return Ok(Some(StoreError::NotFound(key.resource_key())));
@@ -190,4 +215,13 @@ impl [SqlStore<DB>] {
         unreachable!("the loop returns")
     }
 }
+}
+
+/// What a put's statement does, for naming a constraint it violates: a create or an upsert
+/// inserts `resource`.
+pub(super) fn put_op(expect: Expect, resource: &ResourceKey) -> Op<'_> {
+    match expect {
+        Expect::Any | Expect::Absent => Op::Create(resource),
+        Expect::Exists | Expect::Version(_) => Op::Other,
+    }
 }

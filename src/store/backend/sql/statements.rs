@@ -298,6 +298,16 @@ const IMMUTABLE_LABELS: [&str; 3] = [
     crate::domain::DISPLAY_NAME_LABEL,
 ];
 
+/// SQL that holds when no immutable label of the stored labels `column` changes or goes in
+/// `new` (a function from each immutable label's index in [`immutable_label_values`] and
+/// key to its new value expression).
+pub(crate) fn immutable_labels_kept_sql<D: Dialect>(
+    column: &str,
+    new: impl Fn(usize, &'static str) -> String,
+) -> String {
+    immutable_labels_kept(|key| D::label_value(column, key), new)
+}
+
 /// SQL that holds when no immutable label of the stored `old` labels changes or goes in
 /// `new` (each a function from a label key to that label's value expression).
 fn immutable_labels_kept(

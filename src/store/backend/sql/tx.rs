@@ -109,7 +109,7 @@ where
 
 /// The first row of `rows`, after stepping through every other one: see
 /// [`RunOnStore::fetch_optional_via`] for why a statement is never left half-run.
-async fn to_the_end<O>(
+pub(super) async fn to_the_end<O>(
     rows: impl futures_util::Stream<Item = std::result::Result<O, sqlx::Error>>,
 ) -> std::result::Result<Option<O>, sqlx::Error> {
     use futures_util::TryStreamExt;
@@ -156,7 +156,43 @@ impl [SqlStore<DB>] {
             // wrap each in another one (and its commit would end the snapshot).
             preparing: Preparing::Named,
             changes: self.changes.clone(),
+            writes: super::WriteQueue::default(),
         }
+    }
+
+    /// Runs `body` on one pooled connection, each statement committing on its own (as
+    /// [`RunOnStore`] runs one): a refusal comes back as it is, a database error is mapped
+    /// for `op`. With unnamed statements ([`Preparing::Unnamed`]) the body runs in a
+    /// transaction of its own, as [`RunOnStore`]'s statements do.
+    pub(super) async fn on_one_connection<T, F>(&self, op: Op<'_>, body: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut DB::Connection) -> TxBody<'c, T, StoreError>,
+    {
+        let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, op))?;
+        let result = self.preparing.around(async {
+            match self.preparing {
+                Preparing::Named => Ok(body(conn.conn()).await),
+                Preparing::Unnamed => {
+                    let mut tx = sqlx::Connection::begin(conn.conn()).await?;
+                    let outcome = body(&mut tx).await;
+                    match outcome {
+                        Ok(_) => tx.commit().await?,
+                        Err(_) => tx.rollback().await?,
+                    }
+                    Ok(outcome)
+                }
+            }
+        })
+        .await;
+        // The connection goes back to the pool only in a known state: a database error of
+        // the body counts as the body's end.
+        let result = match result {
+            Ok(Err(TxError::Db(err))) => Err(err),
+            Ok(Ok(value)) => Ok(Ok(value)),
+            Ok(Err(TxError::Refused(refusal))) => Ok(Err(refusal)),
+            Err(err) => Err(err),
+        };
+        conn.finish(result).map_err(|e| map_db_error(e, op))?
     }
 
     /// Runs `body` in a write transaction on a pooled connection: commits if it returns

@@ -1,0 +1,530 @@
+//! Group commit: secret writes (puts and deletes) that arrive while a commit is in flight
+//! commit together, in one transaction and one WAL flush (or SQLite sync), as etcd batches
+//! proposals into one raft entry and one fsync.
+//!
+//! - **Gathering.** Each store has one committer task, started by its first secret write
+//!   and fed by a queue. It takes the first write waiting and every write queued behind it,
+//!   up to [`MAX_BATCH`], and never waits for more: alone, a write commits at once; under
+//!   load, a batch is what arrived while the previous one committed.
+//! - **A batch of one** runs exactly as a write did before batching: a put is its one
+//!   statement committing on its own, a delete its own transaction.
+//! - **A larger batch** runs in one write transaction, in two steps.
+//!   1. On Postgres, the puts of Secrets whose key no other write of the batch names (the
+//!      bulk of a busy store) go first, in at most two statements whatever their number: one
+//!      upsert for the blind puts, one conditional update for the If-Match ones, each taking
+//!      its rows from one JSON parameter (`json_to_recordset`). These are statements that
+//!      cannot fail on one write's account: a missing Mesh, a changed immutable label or
+//!      another version leaves that row out, and no row comes back for it. (One round trip
+//!      per write instead would cap a batch at the round-trip rate of one connection.)
+//!   2. Every put without a row from step 1, and every other write (deletes, creates,
+//!      GlobalSecrets, a key named twice, everything on SQLite, whose statements cost no
+//!      round trip), runs alone behind a savepoint (`SAVEPOINT write`), with the very
+//!      statements of a write committed alone (`put.rs`, `crud.rs`). A refusal (a version
+//!      that does not match: 412; an immutable label; the delete guard) or a failed
+//!      statement (its Mesh is missing, a create of a name that exists) rolls back to its
+//!      savepoint, and the others go on.
+//!
+//!   A fault of the database itself (it went away, its disk is full, it only reads) fails
+//!   the batch, and every write in it gets that error.
+//! - **Order.** Within a batch, writes run in key order (in arrival order for one key):
+//!   they are all in flight together, so any order is one a client could have seen, and
+//!   one order of row locks keeps concurrent transactions from deadlocking on them. A write
+//!   that still meets a deadlock or a serialization failure is rolled back to its savepoint
+//!   and run again.
+//! - **Acknowledgement.** No write is answered before its batch commits (with
+//!   `synchronous_commit` as configured); a failed commit fails every write of the batch,
+//!   and none of them is stored.
+//! - **The feed.** Each statement's triggers write its event and kept version, as in any
+//!   transaction; the sequencer numbers events only after they commit (`feed.rs`), so the
+//!   feed stays in commit order and gap-free, a batch's events one run of revisions.
+//!
+//! The batch size stays under 64, Postgres' cache of subtransaction ids per backend: past
+//! it, every other session's snapshots get slower.
+
+use super::SqlStore;
+use super::put::put_op;
+use super::rows::SecretRow;
+use super::statements::{immutable_label_values, immutable_labels_kept_sql, query_as};
+use super::tx::TxError;
+use super::{Dialect, now, seal};
+use crate::domain::{NewSecret, Secret, SecretKey};
+use crate::store::backend::db_error::{Op, is_transient_conflict, map_db_error};
+use crate::store::contract::feed::Actor;
+use crate::store::contract::feed::{WriteContext, current_write_context, with_write_context};
+use crate::store::contract::{DatabaseError, Expect, Put, Result, StoreError};
+use sqlx::{AssertSqlSafe, Executor};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
+
+/// The most writes one batch commits.
+pub(crate) const MAX_BATCH: usize = 48;
+
+/// How often a write of a batch that meets a deadlock or a serialization failure is run.
+const ATTEMPTS: u32 = 3;
+
+/// A secret write, as the committer takes it.
+#[derive(Debug, Clone)]
+pub(super) enum SecretWrite {
+    /// [`SecretStore::put_secret`](crate::store::contract::SecretStore::put_secret).
+    Put { secret: NewSecret, expect: Expect },
+    /// [`SecretStore::delete_secret`](crate::store::contract::SecretStore::delete_secret),
+    /// and with `purge` its kept versions too.
+    Delete {
+        key: SecretKey,
+        expected_version: Option<i64>,
+        purge: bool,
+    },
+}
+
+impl SecretWrite {
+    fn key(&self) -> &SecretKey {
+        match self {
+            SecretWrite::Put { secret, .. } => &secret.key,
+            SecretWrite::Delete { key, .. } => key,
+        }
+    }
+
+    /// Where the write sorts in a batch: Secrets by Mesh, then name; GlobalSecrets after.
+    fn order(&self) -> (bool, &str, &str) {
+        let key = self.key();
+        match key.mesh() {
+            Some(mesh) => (false, mesh.as_str(), key.name().as_str()),
+            None => (true, "", key.name().as_str()),
+        }
+    }
+}
+
+/// What a secret write did.
+#[derive(Debug)]
+pub(super) enum Written {
+    /// A put: created or replaced, and the secret as stored.
+    Put(Put<Secret>),
+    /// A delete.
+    Deleted,
+}
+
+/// A write waiting for its batch, and where its answer goes.
+struct Job {
+    write: SecretWrite,
+    /// Who writes, for the event and the kept version (a task-local of the caller's task,
+    /// carried to the committer's).
+    context: Option<WriteContext>,
+    reply: oneshot::Sender<Result<Written>>,
+}
+
+/// A store's queue of secret writes to its committer, and what the committer has done.
+/// Clones share both; the committer ends when the last clone is dropped.
+#[derive(Clone, Default)]
+pub(crate) struct WriteQueue {
+    sender: Arc<OnceLock<mpsc::UnboundedSender<Job>>>,
+    counts: Arc<BatchCounts>,
+}
+
+/// What the committer has committed since start.
+#[derive(Default)]
+struct BatchCounts {
+    /// Batches of two writes or more.
+    batches: AtomicU64,
+    /// The writes in them.
+    writes: AtomicU64,
+}
+
+impl WriteQueue {
+    /// A queue of its own, with no committer yet, sharing the counts: the committer's own
+    /// store, which commits its batches directly.
+    fn for_committer(&self) -> Self {
+        Self {
+            sender: Arc::default(),
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// Batches of two writes or more committed since start, and the writes in them.
+    pub(crate) fn batch_counts(&self) -> (u64, u64) {
+        (
+            self.counts.batches.load(Ordering::Relaxed),
+            self.counts.writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl std::fmt::Debug for WriteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (batches, writes) = self.batch_counts();
+        f.debug_struct("WriteQueue")
+            .field("committer_started", &self.sender.get().is_some())
+            .field("batches", &batches)
+            .field("batched_writes", &writes)
+            .finish()
+    }
+}
+
+/// A copy of a batch's failure for each of its other writes: the same variant and text
+/// (the driver's error itself goes to the first write only).
+fn copy_of(err: &StoreError) -> StoreError {
+    let text = |source: &DatabaseError| DatabaseError::new(source.to_string());
+    match err {
+        StoreError::ReadOnly => StoreError::ReadOnly,
+        StoreError::Unavailable(source) => StoreError::Unavailable(text(source)),
+        StoreError::TransactionPooler(source) => StoreError::TransactionPooler(text(source)),
+        StoreError::Storage { fault, source } => StoreError::Storage {
+            fault: *fault,
+            source: text(source),
+        },
+        StoreError::Internal(source) => StoreError::Internal(text(source)),
+        other => StoreError::Internal(DatabaseError::new(other.to_string())),
+    }
+}
+
+/// Whether a write's failure is the database's rather than the write's: the batch's
+/// transaction cannot be trusted to go on, so the batch fails.
+fn fails_the_batch(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::Unavailable(_)
+            | StoreError::Storage { .. }
+            | StoreError::ReadOnly
+            | StoreError::TransactionPooler(_)
+    )
+}
+
+impl_for_sql_databases! {
+impl [SqlStore<DB>] {
+    /// Commits `write` with whatever other secret writes are in flight (see the module
+    /// docs), and answers when its batch has committed.
+    pub(super) async fn write_secret(&self, write: SecretWrite) -> Result<Written> {
+        if let SecretWrite::Put { secret, .. } = &write {
+            secret.data.check_size(self.options.max_secret_size)?;
+        }
+        let sender = self.writes.sender.get_or_init(|| {
+            let (sender, queue) = mpsc::unbounded_channel();
+            let committer = Self {
+                writes: self.writes.for_committer(),
+                ..self.clone()
+            };
+            tokio::spawn(committer.commit_batches(queue));
+            sender
+        });
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            write,
+            context: current_write_context(),
+            reply,
+        };
+        if let Err(mpsc::error::SendError(job)) = sender.send(job) {
+            // The committer is gone with the runtime that ran it: commit here, alone.
+            return self.write_alone(job.write).await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(DatabaseError::new(
+                "the store's committer stopped before the write's batch ended; it may not have been stored",
+            )))
+        })
+    }
+
+    /// The committer: takes what is queued, up to [`MAX_BATCH`], and commits it, until
+    /// every handle on the queue is gone.
+    async fn commit_batches(self, mut queue: mpsc::UnboundedReceiver<Job>) {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+            let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
+            if let [_] = batch[..] {
+                let job = batch.into_iter().next().expect("one job");
+                let result = in_context(job.context, self.write_alone(job.write)).await;
+                // A caller that gave up (its request went away) takes no answer.
+                let _ = job.reply.send(result);
+            } else {
+                self.commit_batch(batch).await;
+            }
+        }
+    }
+
+    /// One write, committed on its own: as a write was before batching.
+    async fn write_alone(&self, write: SecretWrite) -> Result<Written> {
+        match write {
+            SecretWrite::Put { secret, expect } => self.put_secret_with(secret, expect).await.map(Written::Put),
+            SecretWrite::Delete { key, expected_version, purge } => {
+                self.delete_secret_with(&key, expected_version, purge).await.map(|()| Written::Deleted)
+            }
+        }
+    }
+
+    /// Commits `jobs` in one transaction, each behind a savepoint, and answers each.
+    async fn commit_batch(&self, mut jobs: Vec<Job>) {
+        jobs.sort_by(|a, b| a.write.order().cmp(&b.write.order()));
+        let writes: Vec<(SecretWrite, Option<WriteContext>)> =
+            jobs.iter().map(|job| (job.write.clone(), job.context.clone())).collect();
+        let count = writes.len();
+        let keyring = self.options.keyring.clone();
+        let guarded = !self.options.unsafe_delete;
+        let outcome = self
+            .in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
+                Box::pin(async move {
+                    let mut results: Vec<Option<Result<Written>>> = writes.iter().map(|_| None).collect();
+                    if DB::BULK_PUTS {
+                        Self::put_in_bulk(tx, keyring.as_deref(), &writes, &mut results).await?;
+                    }
+                    for ((write, context), result) in writes.iter().zip(results.iter_mut()) {
+                        if result.is_none() {
+                            let written = in_context(context.clone(), async {
+                                Self::write_behind_savepoint(tx, keyring.as_deref(), write, guarded).await
+                            })
+                            .await?;
+                            *result = Some(written);
+                        }
+                    }
+                    Ok(results.into_iter().map(|result| result.expect("every write ran")).collect::<Vec<_>>())
+                })
+            })
+            .await;
+        match outcome {
+            Ok(results) => {
+                self.writes.counts.batches.fetch_add(1, Ordering::Relaxed);
+                self.writes.counts.writes.fetch_add(count as u64, Ordering::Relaxed);
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(err) => {
+                let mut jobs = jobs.into_iter();
+                for job in jobs.by_ref().skip(1) {
+                    let _ = job.reply.send(Err(copy_of(&err)));
+                }
+                if let Some(first) = jobs.next() {
+                    let _ = first.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    /// Step 1 of a batch (see the module docs): the puts of Secrets whose key no other
+    /// write of the batch names, in one upsert and one conditional update. Fills `results`
+    /// for each put that wrote its row; leaves the rest to run alone.
+    async fn put_in_bulk(
+        tx: &mut DB::Connection,
+        keyring: Option<&crate::sealing::Keyring>,
+        writes: &[(SecretWrite, Option<WriteContext>)],
+        results: &mut [Option<Result<Written>>],
+    ) -> std::result::Result<(), TxError<StoreError>> {
+        let mut named = std::collections::HashMap::<&SecretKey, usize>::new();
+        for (write, _) in writes {
+            *named.entry(write.key()).or_default() += 1;
+        }
+        let mut blind = Vec::new();
+        let mut conditional = Vec::new();
+        for (index, (write, context)) in writes.iter().enumerate() {
+            let SecretWrite::Put { secret, expect } = write else { continue };
+            if secret.key.mesh().is_none() || named[&secret.key] > 1 {
+                continue;
+            }
+            let row = BulkRow::new(keyring, secret, *expect, context.as_ref());
+            match expect {
+                Expect::Any => blind.push((index, row)),
+                Expect::Version(_) | Expect::Exists => conditional.push((index, row)),
+                Expect::Absent => {}
+            }
+        }
+        for (statement, rows) in [(bulk_upsert::<DB>(), blind), (bulk_replace::<DB>(), conditional)] {
+            if rows.is_empty() {
+                continue;
+            }
+            let json = serde_json::to_string(&rows.iter().map(|(_, row)| row).collect::<Vec<_>>())
+                .expect("bulk rows serialize");
+            tx.execute("SAVEPOINT bulk").await?;
+            let written = match query_as::<DB, SecretRow>(AssertSqlSafe(statement))
+                .bind(json)
+                .fetch_all(&mut *tx)
+                .await
+            {
+                Ok(written) => written,
+                Err(err) => {
+                    let failure = map_db_error(err, Op::Other);
+                    if fails_the_batch(&failure) {
+                        return Err(TxError::Refused(failure));
+                    }
+                    // A race the statement could not rule out (a Mesh deleted under it, a
+                    // deadlock): its writes run alone instead.
+                    tracing::debug!(error = %failure, "a bulk put failed; its writes run alone");
+                    tx.execute("ROLLBACK TO SAVEPOINT bulk").await?;
+                    continue;
+                }
+            };
+            let mut written: std::collections::HashMap<SecretKey, SecretRow> =
+                written.into_iter().map(|row| (row.key(), row)).collect();
+            for (index, _) in rows {
+                let SecretWrite::Put { secret, expect } = &writes[index].0 else { continue };
+                if let Some(row) = written.remove(&secret.key) {
+                    results[index] = Some(Ok(Written::Put(Put {
+                        // Only an upsert inserts, and an inserted row starts at version 1.
+                        created: *expect == Expect::Any && row.version() == 1,
+                        value: row.with_data(secret.data.clone()),
+                    })));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One write of a batch, behind a savepoint: `Ok` with the write's own result (its
+    /// refusal or failed statement rolled back to the savepoint), or `Err` when the batch
+    /// must fail (the database failed, or the savepoint could not be rolled back to).
+    async fn write_behind_savepoint(
+        tx: &mut DB::Connection,
+        keyring: Option<&crate::sealing::Keyring>,
+        write: &SecretWrite,
+        guarded: bool,
+    ) -> std::result::Result<Result<Written>, TxError<StoreError>> {
+        for attempt in 1..=ATTEMPTS {
+            tx.execute("SAVEPOINT write").await?;
+            let (outcome, resource) = match write.clone() {
+                SecretWrite::Put { secret, expect } => {
+                    let resource = secret.key.resource_key();
+                    let outcome = Self::put_secret_on(tx, keyring, secret, expect).await.map(Written::Put);
+                    (outcome, Some((resource, expect)))
+                }
+                SecretWrite::Delete { key, expected_version, purge } => {
+                    let outcome = Self::delete_secret_in(tx, &key, expected_version, purge, guarded)
+                        .await
+                        .map(|()| Written::Deleted);
+                    (outcome, None)
+                }
+            };
+            let failure = match outcome {
+                Ok(written) => return Ok(Ok(written)),
+                Err(TxError::Db(err)) if is_transient_conflict(&err) && attempt < ATTEMPTS => {
+                    tx.execute("ROLLBACK TO SAVEPOINT write").await?;
+                    continue;
+                }
+                Err(TxError::Db(err)) => match &resource {
+                    Some((resource, expect)) => map_db_error(err, put_op(*expect, resource)),
+                    None => map_db_error(err, Op::Other),
+                },
+                Err(TxError::Refused(refusal)) => refusal,
+            };
+            if fails_the_batch(&failure) {
+                return Err(TxError::Refused(failure));
+            }
+            tx.execute("ROLLBACK TO SAVEPOINT write").await?;
+            return Ok(Err(failure));
+        }
+        unreachable!("the last attempt returns")
+    }
+}
+}
+
+/// Runs `future` as the writer `context` (when there is one).
+async fn in_context<F: Future>(context: Option<WriteContext>, future: F) -> F::Output {
+    match context {
+        Some(context) => with_write_context(context, future).await,
+        None => future.await,
+    }
+}
+
+/// One put of step 1 of a batch, as a row of its statement's JSON parameter.
+#[derive(serde::Serialize)]
+struct BulkRow<'a> {
+    mesh: &'a str,
+    name: &'a str,
+    /// RFC 3339 with microseconds, as both databases keep it.
+    time: String,
+    labels: &'a BTreeMap<String, String>,
+    /// The stored bytes (sealed, or as given), in base64.
+    data: String,
+    key_id: Option<String>,
+    /// The write id, in base64.
+    write_id: Option<String>,
+    actor: Option<&'a Actor>,
+    request_id: Option<&'a str>,
+    /// For a conditional put: the version it expects, if any.
+    expected: Option<i64>,
+    /// The new values of Kuma's immutable labels (`kuma.io/origin`, `kuma.io/zone`,
+    /// `kuma.io/display-name`), which the conditional put may not change.
+    origin: Option<String>,
+    zone: Option<String>,
+    display: Option<String>,
+}
+
+impl<'a> BulkRow<'a> {
+    fn new(
+        keyring: Option<&crate::sealing::Keyring>,
+        secret: &'a NewSecret,
+        expect: Expect,
+        context: Option<&'a WriteContext>,
+    ) -> Self {
+        use base64::Engine as _;
+        let stored = seal(keyring, &secret.key, secret.data.expose());
+        let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let [origin, zone, display] = immutable_label_values(&secret.labels);
+        Self {
+            mesh: secret.key.mesh().map_or("", |mesh| mesh.as_str()),
+            name: secret.key.name().as_str(),
+            time: now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            labels: secret.labels.as_map(),
+            data: base64(&stored.bytes),
+            key_id: stored.key_id,
+            write_id: stored.write_id.as_deref().map(base64),
+            actor: context.map(|context| &context.actor),
+            request_id: context.and_then(|context| context.request_id.as_deref()),
+            expected: match expect {
+                Expect::Version(version) => Some(version),
+                _ => None,
+            },
+            origin,
+            zone,
+            display,
+        }
+    }
+}
+
+/// The columns of a [`BulkRow`] in `json_to_recordset`.
+const BULK_ROW: &str = "w(mesh text, name text, time timestamptz, labels jsonb, data text, \
+     key_id text, write_id text, actor jsonb, request_id text, expected bigint, origin text, \
+     zone text, display text)";
+
+/// Postgres: the blind puts of step 1, one upsert. A row whose Mesh does not exist is left
+/// out (it would fail the statement on the foreign key), as is one that would change an
+/// immutable label. Rows are written in key order.
+fn bulk_upsert<D: Dialect>() -> String {
+    let kept = immutable_labels_kept_sql::<D>("secrets.labels", |_, key| {
+        D::label_value("excluded.labels", key)
+    });
+    format!(
+        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, \
+           data, key_id, write_id, actor, request_id) \
+         SELECT w.name, w.mesh, 1, w.time, w.time, w.labels, decode(w.data, 'base64'), \
+           w.key_id, decode(w.write_id, 'base64'), w.actor, w.request_id \
+         FROM json_to_recordset($1::json) AS {BULK_ROW} \
+         WHERE EXISTS (SELECT 1 FROM meshes m WHERE m.name = w.mesh) \
+         ORDER BY w.mesh, w.name \
+         ON CONFLICT (mesh, name) DO UPDATE SET data = excluded.data, key_id = excluded.key_id, \
+           write_id = excluded.write_id, labels = excluded.labels, \
+           modification_time = excluded.modification_time, version = secrets.version + 1, \
+           actor = excluded.actor, request_id = excluded.request_id \
+         WHERE {kept} RETURNING {}",
+        secret_columns!()
+    )
+}
+
+/// Postgres: the If-Match puts of step 1, one update. A row at another version, gone, or
+/// whose immutable labels would change is left out.
+fn bulk_replace<D: Dialect>() -> String {
+    let new = ["w.origin", "w.zone", "w.display"];
+    let kept = immutable_labels_kept_sql::<D>("secrets.labels", |index, _| new[index].to_owned());
+    let returning = secret_columns!()
+        .split(", ")
+        .map(|column| format!("secrets.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE secrets SET data = decode(w.data, 'base64'), key_id = w.key_id, \
+           write_id = decode(w.write_id, 'base64'), labels = w.labels, \
+           modification_time = w.time, version = secrets.version + 1, actor = w.actor, \
+           request_id = w.request_id \
+         FROM json_to_recordset($1::json) AS {BULK_ROW} \
+         WHERE secrets.mesh = w.mesh AND secrets.name = w.name \
+           AND secrets.version = coalesce(w.expected, secrets.version) AND {kept} \
+         RETURNING {returning}"
+    )
+}
