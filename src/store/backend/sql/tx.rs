@@ -204,6 +204,10 @@ impl [SqlStore<DB>] {
         F: for<'c> FnOnce(&'c mut DB::Connection) -> TxBody<'c, T, E>,
     {
         let mut conn = self.pool.acquire().await.map_err(|e| E::from(map_db_error(e, op)))?;
+        // A rollback after a refusal that fails (SQLite already rolled the transaction back
+        // on a full disk; the connection broke) leaves the refusal as the answer, and the
+        // connection out of the pool.
+        let mut rollback_failed = None;
         let result = self.preparing.around(async {
             let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
             let outcome = body(&mut tx).await;
@@ -220,13 +224,21 @@ impl [SqlStore<DB>] {
                     Ok(Ok(value))
                 }
                 Err(TxError::Refused(refusal)) => {
-                    tx.rollback().await?;
+                    if let Err(err) = tx.rollback().await {
+                        rollback_failed = Some(err);
+                    }
                     Ok(Err(refusal))
                 }
                 Err(TxError::Db(err)) => Err(err),
             }
         })
         .await;
+        if let Some(err) = rollback_failed {
+            tracing::debug!(error = %err, "a refused write transaction did not roll back");
+            // Not finished: dropped, and closed (sqlx would still count it in a transaction).
+            drop(conn);
+            return result.unwrap_or_else(|e| Err(E::from(map_db_error(e, op))));
+        }
         conn.finish(result).map_err(|e| E::from(map_db_error(e, op)))?
     }
 }
