@@ -457,10 +457,7 @@ async fn serve_killed_under_writers_loses_no_acknowledged_write(backend: Backend
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if matches!(backend, Backend::Postgres) {
-            // (SQLite commits each write alone for now.)
-            until_writes_are_batched(&base).await;
-        }
+        until_writes_are_batched(&base).await;
         serve.kill().unwrap(); // SIGKILL
         serve.wait().unwrap();
         stop.store(true, Ordering::Relaxed);

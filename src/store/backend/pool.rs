@@ -270,6 +270,10 @@ impl<C: Connection> PooledConnection<C> {
             Err(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => true,
             Err(_) => false,
         };
+        // A transaction the driver still counts as open (its commit or rollback failed: SQLite
+        // rolls back on its own on a full disk, and its ROLLBACK then fails) would refuse the
+        // next caller's `BEGIN`: such a connection is not handed out again.
+        let reusable = reusable && !self.conn.as_ref().is_some_and(C::is_in_transaction);
         if !reusable && self.conn.is_some() {
             self.pool.discarded.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,7 +1,6 @@
 //! Group commit: secret writes (puts and deletes) that arrive while a commit is in flight
 //! commit together, in one transaction and one WAL flush, as etcd batches proposals into
-//! one raft entry and one fsync. Postgres only for now: on SQLite each write still commits
-//! alone (see [`SqlStore::write_secret`]), though the batch path below runs on both.
+//! one raft entry and one fsync. Postgres and SQLite.
 //!
 //! - **Gathering.** Each store has one committer task, started by its first secret write
 //!   and fed by a queue. It takes the first write waiting and every write queued behind it,
@@ -198,12 +197,6 @@ impl [SqlStore<DB>] {
     pub(super) async fn write_secret(&self, write: SecretWrite) -> Result<Written> {
         if let SecretWrite::Put { secret, .. } = &write {
             secret.data.check_size(self.options.max_secret_size)?;
-        }
-        if !DB::BULK_PUTS {
-            // SQLite commits each write alone for now: under a full disk its batches still
-            // answered some writes with a 500 (tests/full_disk.rs), and an answer must say
-            // why a write was refused.
-            return self.write_alone(write).await;
         }
         let sender = self.writes.sender.get_or_init(|| {
             let (sender, queue) = mpsc::unbounded_channel();

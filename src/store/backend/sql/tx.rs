@@ -205,8 +205,7 @@ impl [SqlStore<DB>] {
     {
         let mut conn = self.pool.acquire().await.map_err(|e| E::from(map_db_error(e, op)))?;
         // A rollback after a refusal that fails (SQLite already rolled the transaction back
-        // on a full disk; the connection broke) leaves the refusal as the answer, and the
-        // connection out of the pool.
+        // on a full disk; the connection broke) leaves the refusal as the answer.
         let mut rollback_failed = None;
         let result = self.preparing.around(async {
             let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
@@ -234,10 +233,8 @@ impl [SqlStore<DB>] {
         })
         .await;
         if let Some(err) = rollback_failed {
+            // The connection still counts the transaction as open, so `finish` closes it.
             tracing::debug!(error = %err, "a refused write transaction did not roll back");
-            // Not finished: dropped, and closed (sqlx would still count it in a transaction).
-            drop(conn);
-            return result.unwrap_or_else(|e| Err(E::from(map_db_error(e, op))));
         }
         conn.finish(result).map_err(|e| E::from(map_db_error(e, op)))?
     }
