@@ -67,6 +67,11 @@ fn secret(mesh: &str, name: &str, data: &str, display_name: &str) -> NewSecret {
     }
 }
 
+/// The secret each successful put of an own key returned, by (Mesh, name): what a read
+/// must give back, to the microsecond and the label.
+static RETURNED: std::sync::Mutex<BTreeMap<(String, String), kuma_secrets::domain::Secret>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
 /// What one writer was answered: the version written, or the error's kind.
 #[derive(Debug, Clone, PartialEq)]
 enum Answer {
@@ -155,9 +160,16 @@ async fn write<S: SecretStore>(store: &S, mesh: &str, i: usize) -> Answer {
         });
     }
     let k = format!("k-{i}");
-    let written = |put: kuma_secrets::store::Put<kuma_secrets::domain::Secret>| Answer::Written {
-        created: put.created,
-        version: put.value.meta.version,
+    let written = |put: kuma_secrets::store::Put<kuma_secrets::domain::Secret>| {
+        let answer = Answer::Written {
+            created: put.created,
+            version: put.value.meta.version,
+        };
+        RETURNED
+            .lock()
+            .unwrap()
+            .insert((mesh.to_owned(), k.clone()), put.value);
+        answer
     };
     match KINDS[i % 7] {
         Kind::Blind => answer(
@@ -241,7 +253,8 @@ where
             round < 5,
             "five rounds of 64 concurrent writers, and no batch of two or more"
         );
-        let batched_before = store.pool_report().unwrap().batched_writes;
+        let before = store.pool_report().unwrap();
+        let (batched_before, bulk_before) = (before.batched_writes, before.bulk_writes);
         let mesh = format!("round-{round}");
         set_up(&cached, &mesh).await;
         let start = store.current_revision().await.unwrap();
@@ -290,6 +303,13 @@ where
             match KINDS[i % 7] {
                 Kind::Blind | Kind::IfMatch => {
                     let stored = stored.unwrap();
+                    let returned =
+                        RETURNED.lock().unwrap()[&(mesh.clone(), format!("k-{i}"))].clone();
+                    assert_eq!(
+                        (&stored.meta, &stored.labels),
+                        (&returned.meta, &returned.labels),
+                        "k-{i}: read back as the put returned it"
+                    );
                     assert_eq!(
                         (stored.meta.version, stored.data.expose()),
                         (2, &b"v2"[..]),
@@ -419,10 +439,15 @@ where
         assert_eq!(kept, (1..=SHARED as i64).rev().collect::<Vec<_>>());
 
         let report = store.pool_report().unwrap();
+        assert!(
+            report.batched_writes == batched_before || report.bulk_writes > bulk_before,
+            "batches, but no put written by a batch's bulk statements"
+        );
         eprintln!(
-            "round {round}: {} of {} writes committed in batches (batches so far: {})",
+            "round {round}: {} of {} writes committed in batches, {} of them by bulk statements (batches so far: {})",
             report.batched_writes - batched_before,
             OWN + SHARED,
+            report.bulk_writes - bulk_before,
             report.write_batches
         );
         if report.batched_writes > batched_before {

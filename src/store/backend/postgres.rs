@@ -36,7 +36,15 @@ impl Dialect for Postgres {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2 FOR SHARE";
 
     const FOR_UPDATE: &'static str = " FOR UPDATE";
-    const BULK_PUTS: bool = true;
+    const BULK_ROWS: &'static str = "SELECT mesh AS w_mesh, name AS w_name, \
+           CAST(time AS timestamptz) AS w_time, CAST(labels AS jsonb) AS w_labels, \
+           decode(data, 'hex') AS w_data, key_id AS w_key_id, \
+           decode(write_id, 'hex') AS w_write_id, CAST(actor AS jsonb) AS w_actor, \
+           request_id AS w_request_id, expected AS w_expected, origin AS w_origin, \
+           zone AS w_zone, display AS w_display \
+         FROM json_to_recordset(CAST($1 AS json)) AS r(mesh text, name text, time text, \
+           labels text, data text, key_id text, write_id text, actor text, request_id text, \
+           expected bigint, origin text, zone text, display text)";
     const SEQUENCE_EVENTS: Option<&'static str> = Some(
         "WITH numbered AS ( \
            SELECT e.id, s.last + row_number() OVER (ORDER BY e.id) AS revision \

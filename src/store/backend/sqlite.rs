@@ -41,7 +41,18 @@ impl Dialect for Sqlite {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2";
 
     const FOR_UPDATE: &'static str = "";
-    const BULK_PUTS: bool = false;
+    const BULK_ROWS: &'static str = "SELECT json_extract(value, '$.mesh') AS w_mesh, \
+           json_extract(value, '$.name') AS w_name, json_extract(value, '$.time') AS w_time, \
+           json_extract(value, '$.labels') AS w_labels, \
+           unhex(json_extract(value, '$.data')) AS w_data, \
+           json_extract(value, '$.key_id') AS w_key_id, \
+           unhex(json_extract(value, '$.write_id')) AS w_write_id, \
+           json_extract(value, '$.actor') AS w_actor, \
+           json_extract(value, '$.request_id') AS w_request_id, \
+           json_extract(value, '$.expected') AS w_expected, \
+           json_extract(value, '$.origin') AS w_origin, json_extract(value, '$.zone') AS w_zone, \
+           json_extract(value, '$.display') AS w_display \
+         FROM json_each($1)";
     const SEQUENCE_EVENTS: Option<&'static str> = None;
     const LAST_REVISION: &'static str = "SELECT last FROM events_sequence WHERE id = 1";
     const PRUNE_DELETED_HISTORY: &'static str = "DELETE FROM secret_versions WHERE id IN ( \

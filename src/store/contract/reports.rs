@@ -14,6 +14,9 @@ pub struct PoolReport {
     pub write_batches: u64,
     /// The secret writes in those batches.
     pub batched_writes: u64,
+    /// Of those, the puts written by a batch's bulk statements (one upsert, one conditional
+    /// update), the rest having run one by one.
+    pub bulk_writes: u64,
 }
 
 /// The cache's state for `/metrics`: how it has been used, and what it holds.

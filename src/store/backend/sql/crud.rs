@@ -507,10 +507,11 @@ impl [SecretStore for SqlStore<DB>] {
     }
 
     fn pool_report(&self) -> Option<crate::store::contract::PoolReport> {
-        let (write_batches, batched_writes) = self.writes.batch_counts();
+        let (write_batches, batched_writes, bulk_writes) = self.writes.batch_counts();
         Some(crate::store::contract::PoolReport {
             write_batches,
             batched_writes,
+            bulk_writes,
             ..self.pool.report()
         })
     }

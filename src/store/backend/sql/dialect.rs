@@ -48,8 +48,10 @@ pub trait Dialect: Database + HasStatementCache {
     /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
     /// other writers, so nothing).
     const FOR_UPDATE: &'static str;
-    /// Whether a batch of puts goes to the database as one statement (group commit's step
-    /// 1, `group_commit.rs`): Postgres, where each statement is a round trip; not SQLite,
-    /// where a statement is a function call.
-    const BULK_PUTS: bool;
+    /// The puts of a batch (group commit's step 1, `group_commit.rs`) as rows, from the
+    /// JSON array `$1` of their values as text: a `SELECT` of the columns `w_mesh`,
+    /// `w_name`, `w_time`, `w_labels`, `w_data`, `w_key_id`, `w_write_id`, `w_actor`,
+    /// `w_request_id`, `w_expected`, `w_origin`, `w_zone`, `w_display`, each of the type
+    /// its `secrets` column has (data and write ids arrive in hex).
+    const BULK_ROWS: &'static str;
 }

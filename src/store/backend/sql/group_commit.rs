@@ -49,11 +49,9 @@ use super::tx::TxError;
 use super::{Dialect, now, seal};
 use crate::domain::{NewSecret, Secret, SecretKey};
 use crate::store::backend::db_error::{Op, is_transient_conflict, map_db_error};
-use crate::store::contract::feed::Actor;
 use crate::store::contract::feed::{WriteContext, current_write_context, with_write_context};
 use crate::store::contract::{DatabaseError, Expect, Put, Result, StoreError};
 use sqlx::{AssertSqlSafe, Executor};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
@@ -129,6 +127,8 @@ struct BatchCounts {
     batches: AtomicU64,
     /// The writes in them.
     writes: AtomicU64,
+    /// Of those, the puts that step 1's statements wrote.
+    bulk: AtomicU64,
 }
 
 impl WriteQueue {
@@ -141,22 +141,25 @@ impl WriteQueue {
         }
     }
 
-    /// Batches of two writes or more committed since start, and the writes in them.
-    pub(crate) fn batch_counts(&self) -> (u64, u64) {
+    /// Batches of two writes or more committed since start, the writes in them, and how
+    /// many of those step 1's statements wrote.
+    pub(crate) fn batch_counts(&self) -> (u64, u64, u64) {
         (
             self.counts.batches.load(Ordering::Relaxed),
             self.counts.writes.load(Ordering::Relaxed),
+            self.counts.bulk.load(Ordering::Relaxed),
         )
     }
 }
 
 impl std::fmt::Debug for WriteQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (batches, writes) = self.batch_counts();
+        let (batches, writes, bulk) = self.batch_counts();
         f.debug_struct("WriteQueue")
             .field("committer_started", &self.sender.get().is_some())
             .field("batches", &batches)
             .field("batched_writes", &writes)
+            .field("bulk_writes", &bulk)
             .finish()
     }
 }
@@ -263,9 +266,7 @@ impl [SqlStore<DB>] {
             .in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
                 Box::pin(async move {
                     let mut results: Vec<Option<Result<Written>>> = writes.iter().map(|_| None).collect();
-                    if DB::BULK_PUTS {
-                        Self::put_in_bulk(tx, keyring.as_deref(), &writes, &mut results).await?;
-                    }
+                    let bulk = Self::put_in_bulk(tx, keyring.as_deref(), &writes, &mut results).await?;
                     for ((write, context), result) in writes.iter().zip(results.iter_mut()) {
                         if result.is_none() {
                             let written = in_context(context.clone(), async {
@@ -275,12 +276,14 @@ impl [SqlStore<DB>] {
                             *result = Some(written);
                         }
                     }
-                    Ok(results.into_iter().map(|result| result.expect("every write ran")).collect::<Vec<_>>())
+                    let results: Vec<_> = results.into_iter().map(|result| result.expect("every write ran")).collect();
+                    Ok((results, bulk))
                 })
             })
             .await;
         match outcome {
-            Ok(results) => {
+            Ok((results, bulk)) => {
+                self.writes.counts.bulk.fetch_add(bulk, Ordering::Relaxed);
                 self.writes.counts.batches.fetch_add(1, Ordering::Relaxed);
                 self.writes.counts.writes.fetch_add(count as u64, Ordering::Relaxed);
                 for (job, result) in jobs.into_iter().zip(results) {
@@ -302,13 +305,14 @@ impl [SqlStore<DB>] {
 
     /// Step 1 of a batch (see the module docs): the puts of Secrets whose key no other
     /// write of the batch names, in one upsert and one conditional update. Fills `results`
-    /// for each put that wrote its row; leaves the rest to run alone.
+    /// for each put that wrote its row (and counts them); leaves the rest to run alone.
     async fn put_in_bulk(
         tx: &mut DB::Connection,
         keyring: Option<&crate::sealing::Keyring>,
         writes: &[(SecretWrite, Option<WriteContext>)],
         results: &mut [Option<Result<Written>>],
-    ) -> std::result::Result<(), TxError<StoreError>> {
+    ) -> std::result::Result<u64, TxError<StoreError>> {
+        let mut bulk = 0;
         let mut named = std::collections::HashMap::<&SecretKey, usize>::new();
         for (write, _) in writes {
             *named.entry(write.key()).or_default() += 1;
@@ -357,6 +361,7 @@ impl [SqlStore<DB>] {
             for (index, _) in rows {
                 let SecretWrite::Put { secret, expect } = &writes[index].0 else { continue };
                 if let Some(row) = written.remove(&secret.key) {
+                    bulk += 1;
                     results[index] = Some(Ok(Written::Put(Put {
                         // Only an upsert inserts, and an inserted row starts at version 1.
                         created: *expect == Expect::Any && row.version() == 1,
@@ -365,7 +370,7 @@ impl [SqlStore<DB>] {
                 }
             }
         }
-        Ok(())
+        Ok(bulk)
     }
 
     /// One write of a batch, behind a savepoint: `Ok` with the write's own result (its
@@ -423,20 +428,23 @@ async fn in_context<F: Future>(context: Option<WriteContext>, future: F) -> F::O
     }
 }
 
-/// One put of step 1 of a batch, as a row of its statement's JSON parameter.
+/// One put of step 1 of a batch, as a row of its statement's JSON parameter: each value
+/// as text, as the database's driver would bind it (read back by [`Dialect::BULK_ROWS`]).
 #[derive(serde::Serialize)]
 struct BulkRow<'a> {
     mesh: &'a str,
     name: &'a str,
-    /// RFC 3339 with microseconds, as both databases keep it.
+    /// RFC 3339, as sqlx encodes a time for SQLite (Postgres parses it alike).
     time: String,
-    labels: &'a BTreeMap<String, String>,
-    /// The stored bytes (sealed, or as given), in base64.
+    /// The labels as JSON text.
+    labels: String,
+    /// The stored bytes (sealed, or as given), in hex.
     data: String,
     key_id: Option<String>,
-    /// The write id, in base64.
+    /// The write id, in hex.
     write_id: Option<String>,
-    actor: Option<&'a Actor>,
+    /// Who writes, as JSON text.
+    actor: Option<String>,
     request_id: Option<&'a str>,
     /// For a conditional put: the version it expects, if any.
     expected: Option<i64>,
@@ -454,19 +462,18 @@ impl<'a> BulkRow<'a> {
         expect: Expect,
         context: Option<&'a WriteContext>,
     ) -> Self {
-        use base64::Engine as _;
         let stored = seal(keyring, &secret.key, secret.data.expose());
-        let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let [origin, zone, display] = immutable_label_values(&secret.labels);
         Self {
             mesh: secret.key.mesh().map_or("", |mesh| mesh.as_str()),
             name: secret.key.name().as_str(),
-            time: now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            labels: secret.labels.as_map(),
-            data: base64(&stored.bytes),
+            time: now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+            labels: serde_json::to_string(secret.labels.as_map()).expect("labels serialize"),
+            data: hex(&stored.bytes),
             key_id: stored.key_id,
-            write_id: stored.write_id.as_deref().map(base64),
-            actor: context.map(|context| &context.actor),
+            write_id: stored.write_id.as_deref().map(hex),
+            actor: context
+                .map(|context| serde_json::to_string(&context.actor).expect("an actor serializes")),
             request_id: context.and_then(|context| context.request_id.as_deref()),
             expected: match expect {
                 Expect::Version(version) => Some(version),
@@ -479,53 +486,57 @@ impl<'a> BulkRow<'a> {
     }
 }
 
-/// The columns of a [`BulkRow`] in `json_to_recordset`.
-const BULK_ROW: &str = "w(mesh text, name text, time timestamptz, labels jsonb, data text, \
-     key_id text, write_id text, actor jsonb, request_id text, expected bigint, origin text, \
-     zone text, display text)";
+/// `bytes` in lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    out
+}
 
-/// Postgres: the blind puts of step 1, one upsert. A row whose Mesh does not exist is left
-/// out (it would fail the statement on the foreign key), as is one that would change an
-/// immutable label. Rows are written in key order.
+/// The blind puts of step 1, one upsert. A row whose Mesh does not exist is left out (it
+/// would fail the statement on the foreign key), as is one that would change an immutable
+/// label. Rows are written in key order.
 fn bulk_upsert<D: Dialect>() -> String {
     let kept = immutable_labels_kept_sql::<D>("secrets.labels", |_, key| {
         D::label_value("excluded.labels", key)
     });
     format!(
-        "INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, \
+        "WITH w AS ({}) \
+         INSERT INTO secrets (name, mesh, version, creation_time, modification_time, labels, \
            data, key_id, write_id, actor, request_id) \
-         SELECT w.name, w.mesh, 1, w.time, w.time, w.labels, decode(w.data, 'base64'), \
-           w.key_id, decode(w.write_id, 'base64'), w.actor, w.request_id \
-         FROM json_to_recordset($1::json) AS {BULK_ROW} \
-         WHERE EXISTS (SELECT 1 FROM meshes m WHERE m.name = w.mesh) \
-         ORDER BY w.mesh, w.name \
+         SELECT w_name, w_mesh, 1, w_time, w_time, w_labels, w_data, w_key_id, w_write_id, \
+           w_actor, w_request_id \
+         FROM w WHERE EXISTS (SELECT 1 FROM meshes m WHERE m.name = w_mesh) \
+         ORDER BY w_mesh, w_name \
          ON CONFLICT (mesh, name) DO UPDATE SET data = excluded.data, key_id = excluded.key_id, \
            write_id = excluded.write_id, labels = excluded.labels, \
            modification_time = excluded.modification_time, version = secrets.version + 1, \
            actor = excluded.actor, request_id = excluded.request_id \
          WHERE {kept} RETURNING {}",
+        D::BULK_ROWS,
         secret_columns!()
     )
 }
 
-/// Postgres: the If-Match puts of step 1, one update. A row at another version, gone, or
-/// whose immutable labels would change is left out.
+/// The If-Match puts of step 1, one update. A row at another version, gone, or whose
+/// immutable labels would change is left out.
 fn bulk_replace<D: Dialect>() -> String {
-    let new = ["w.origin", "w.zone", "w.display"];
+    let new = ["w_origin", "w_zone", "w_display"];
     let kept = immutable_labels_kept_sql::<D>("secrets.labels", |index, _| new[index].to_owned());
-    let returning = secret_columns!()
-        .split(", ")
-        .map(|column| format!("secrets.{column}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     format!(
-        "UPDATE secrets SET data = decode(w.data, 'base64'), key_id = w.key_id, \
-           write_id = decode(w.write_id, 'base64'), labels = w.labels, \
-           modification_time = w.time, version = secrets.version + 1, actor = w.actor, \
-           request_id = w.request_id \
-         FROM json_to_recordset($1::json) AS {BULK_ROW} \
-         WHERE secrets.mesh = w.mesh AND secrets.name = w.name \
-           AND secrets.version = coalesce(w.expected, secrets.version) AND {kept} \
-         RETURNING {returning}"
+        "WITH w AS ({}) \
+         UPDATE secrets SET data = w_data, key_id = w_key_id, write_id = w_write_id, \
+           labels = w_labels, modification_time = w_time, version = secrets.version + 1, \
+           actor = w_actor, request_id = w_request_id \
+         FROM w \
+         WHERE secrets.mesh = w_mesh AND secrets.name = w_name \
+           AND secrets.version = coalesce(w_expected, secrets.version) AND {kept} \
+         RETURNING {}",
+        D::BULK_ROWS,
+        secret_columns!()
     )
 }
