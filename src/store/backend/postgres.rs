@@ -36,6 +36,7 @@ impl Dialect for Postgres {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2 FOR SHARE";
 
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const COMMITTERS: usize = 2;
     const BULK_ROWS: &'static str = "SELECT mesh AS w_mesh, name AS w_name, \
            CAST(time AS timestamptz) AS w_time, CAST(labels AS jsonb) AS w_labels, \
            decode(data, 'hex') AS w_data, key_id AS w_key_id, \

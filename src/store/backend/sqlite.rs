@@ -41,6 +41,7 @@ impl Dialect for Sqlite {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2";
 
     const FOR_UPDATE: &'static str = "";
+    const COMMITTERS: usize = 1;
     const BULK_ROWS: &'static str = "SELECT json_extract(value, '$.mesh') AS w_mesh, \
            json_extract(value, '$.name') AS w_name, json_extract(value, '$.time') AS w_time, \
            json_extract(value, '$.labels') AS w_labels, \

@@ -54,4 +54,8 @@ pub trait Dialect: Database + HasStatementCache {
     /// `w_request_id`, `w_expected`, `w_origin`, `w_zone`, `w_display`, each of the type
     /// its `secrets` column has (data and write ids arrive in hex).
     const BULK_ROWS: &'static str;
+    /// How many committers group commit runs, each batching the writes of its share of the
+    /// keys: Postgres runs each batch on a server process of its own, so one batch executes
+    /// while another's commit waits on the WAL flush; SQLite has one writer.
+    const COMMITTERS: usize;
 }

@@ -70,6 +70,12 @@ impl [SqlStore<DB>] {
                 .bind(SEQUENCER_LOCK)
                 .fetch_one(&mut *tx)
                 .await?;
+            // The events still to number are found through the partial index
+            // `events_unnumbered_idx`, which keeps an entry for every numbered event until
+            // vacuum. A bitmap scan visits each of them on every run (27 ms per run after
+            // 340,000 writes without vacuum, measured); an index scan marks the dead ones
+            // once and then passes over them (1.8 ms), so the planner is kept to it.
+            sqlx::Executor::execute(&mut *tx, "SET LOCAL enable_bitmapscan = off").await?;
             let (last,) = query_as::<DB, (i64,)>(AssertSqlSafe(sequence))
                 .fetch_one(&mut *tx)
                 .await?;
