@@ -187,6 +187,18 @@ fn copy_of(err: &StoreError) -> StoreError {
     }
 }
 
+/// Answers every write of a batch that failed as a whole with `err`.
+fn fail_all(jobs: Vec<Job>, err: StoreError) {
+    let mut jobs = jobs.into_iter();
+    let first = jobs.next();
+    for job in jobs {
+        let _ = job.reply.send(Err(copy_of(&err)));
+    }
+    if let Some(first) = first {
+        let _ = first.reply.send(Err(err));
+    }
+}
+
 /// Whether a write's failure is the database's rather than the write's: the batch's
 /// transaction cannot be trusted to go on, so the batch fails.
 fn fails_the_batch(err: &StoreError) -> bool {
@@ -274,12 +286,16 @@ impl [SqlStore<DB>] {
             jobs.iter().map(|job| (job.write.clone(), job.context.clone())).collect();
         let count = writes.len();
         let keyring = self.options.keyring.clone();
+        if all_in_bulk(&writes) {
+            self.commit_in_bulk(jobs, writes).await;
+            return;
+        }
         let guarded = !self.options.unsafe_delete;
         let outcome = self
             .in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
                 Box::pin(async move {
                     let mut results: Vec<Option<Result<Written>>> = writes.iter().map(|_| None).collect();
-                    let bulk = Self::put_in_bulk(tx, keyring.as_deref(), &writes, &mut results).await?;
+                    let bulk = Self::put_in_bulk(tx, keyring.as_deref(), &writes, &mut results, true).await?;
                     for ((write, context), result) in writes.iter().zip(results.iter_mut()) {
                         if result.is_none() {
                             let written = in_context(context.clone(), async {
@@ -303,69 +319,89 @@ impl [SqlStore<DB>] {
                     let _ = job.reply.send(result);
                 }
             }
-            Err(err) => {
-                let mut jobs = jobs.into_iter();
-                let first = jobs.next();
-                for job in jobs {
-                    let _ = job.reply.send(Err(copy_of(&err)));
-                }
-                if let Some(first) = first {
-                    let _ = first.reply.send(Err(err));
+            Err(err) => fail_all(jobs, err),
+        }
+    }
+
+    /// A batch that is all step 1 (the usual one under load: puts of distinct Secrets):
+    /// its statements commit on their own, without a transaction around them (a round trip
+    /// each fewer), and the puts they did not write then run alone, in arrival order.
+    async fn commit_in_bulk(&self, jobs: Vec<Job>, writes: Vec<(SecretWrite, Option<WriteContext>)>) {
+        let count = writes.len() as u64;
+        let keyring = self.options.keyring.clone();
+        let outcome = self
+            .on_one_connection(Op::Other, move |conn| {
+                Box::pin(async move {
+                    let mut results: Vec<Option<Result<Written>>> = writes.iter().map(|_| None).collect();
+                    let bulk = Self::put_in_bulk(conn, keyring.as_deref(), &writes, &mut results, false).await?;
+                    Ok((results, bulk))
+                })
+            })
+            .await;
+        match outcome {
+            Ok((results, bulk)) => {
+                self.writes.counts.bulk.fetch_add(bulk, Ordering::Relaxed);
+                self.writes.counts.batches.fetch_add(1, Ordering::Relaxed);
+                self.writes.counts.writes.fetch_add(count, Ordering::Relaxed);
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let result = match result {
+                        Some(result) => result,
+                        None => in_context(job.context, self.write_alone(job.write)).await,
+                    };
+                    let _ = job.reply.send(result);
                 }
             }
+            Err(err) => fail_all(jobs, err),
         }
     }
 
     /// Step 1 of a batch (see the module docs): the puts of Secrets whose key no other
-    /// write of the batch names, in one upsert and one conditional update. Fills `results`
-    /// for each put that wrote its row (and counts them); leaves the rest to run alone.
+    /// write of the batch names, in one upsert and one conditional update, on `conn`: in
+    /// the batch's transaction (`in_transaction`: each statement behind a savepoint), or
+    /// each statement committing on its own. Fills `results` for each put that wrote its
+    /// row (and counts them); leaves the rest to run alone.
     async fn put_in_bulk(
-        tx: &mut DB::Connection,
+        conn: &mut DB::Connection,
         keyring: Option<&crate::sealing::Keyring>,
         writes: &[(SecretWrite, Option<WriteContext>)],
         results: &mut [Option<Result<Written>>],
+        in_transaction: bool,
     ) -> std::result::Result<u64, TxError<StoreError>> {
         let mut bulk = 0;
-        let mut named = std::collections::HashMap::<&SecretKey, usize>::new();
-        for (write, _) in writes {
-            *named.entry(write.key()).or_default() += 1;
-        }
-        let mut blind = Vec::new();
-        let mut conditional = Vec::new();
-        for (index, (write, context)) in writes.iter().enumerate() {
-            let SecretWrite::Put { secret, expect } = write else { continue };
-            if secret.key.mesh().is_none() || named[&secret.key] > 1 {
-                continue;
-            }
-            let row = BulkRow::new(keyring, secret, *expect, context.as_ref());
-            match expect {
-                Expect::Any => blind.push((index, row)),
-                Expect::Version(_) | Expect::Exists => conditional.push((index, row)),
-                Expect::Absent => {}
-            }
-        }
+        let (blind, conditional) = bulk_rows(keyring, writes);
         for (statement, rows) in [(bulk_upsert::<DB>(), blind), (bulk_replace::<DB>(), conditional)] {
             if rows.is_empty() {
                 continue;
             }
             let json = serde_json::to_string(&rows.iter().map(|(_, row)| row).collect::<Vec<_>>())
                 .expect("bulk rows serialize");
-            tx.execute("SAVEPOINT bulk").await?;
+            if in_transaction {
+                conn.execute("SAVEPOINT bulk").await?;
+            }
             let written = match query_as::<DB, SecretRow>(AssertSqlSafe(statement))
                 .bind(json)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *conn)
                 .await
             {
                 Ok(written) => written,
                 Err(err) => {
                     let failure = map_db_error(err, Op::Other);
                     if fails_the_batch(&failure) {
-                        return Err(TxError::Refused(failure));
+                        if in_transaction {
+                            return Err(TxError::Refused(failure));
+                        }
+                        // What an earlier statement wrote is committed: only these fail.
+                        for (index, _) in rows {
+                            results[index] = Some(Err(copy_of(&failure)));
+                        }
+                        continue;
                     }
                     // A race the statement could not rule out (a Mesh deleted under it, a
                     // deadlock): its writes run alone instead.
                     tracing::debug!(error = %failure, "a bulk put failed; its writes run alone");
-                    tx.execute("ROLLBACK TO SAVEPOINT bulk").await?;
+                    if in_transaction {
+                        conn.execute("ROLLBACK TO SAVEPOINT bulk").await?;
+                    }
                     continue;
                 }
             };
@@ -504,6 +540,49 @@ impl<'a> BulkRow<'a> {
             display,
         }
     }
+}
+
+/// The writes of a batch that step 1 takes, as rows of its two statements: (index, row) of
+/// the blind puts and of the conditional ones. A put is taken when it is of a Secret (not a
+/// GlobalSecret, whose key is another index), not a create, and of a key no other write of
+/// the batch names (one statement may not write a row twice).
+#[allow(clippy::type_complexity)]
+fn bulk_rows<'a>(
+    keyring: Option<&crate::sealing::Keyring>,
+    writes: &'a [(SecretWrite, Option<WriteContext>)],
+) -> (Vec<(usize, BulkRow<'a>)>, Vec<(usize, BulkRow<'a>)>) {
+    let mut named = std::collections::HashMap::<&SecretKey, usize>::new();
+    for (write, _) in writes {
+        *named.entry(write.key()).or_default() += 1;
+    }
+    let mut blind = Vec::new();
+    let mut conditional = Vec::new();
+    for (index, (write, context)) in writes.iter().enumerate() {
+        let SecretWrite::Put { secret, expect } = write else {
+            continue;
+        };
+        if secret.key.mesh().is_none() || named[&secret.key] > 1 {
+            continue;
+        }
+        let row = BulkRow::new(keyring, secret, *expect, context.as_ref());
+        match expect {
+            Expect::Any => blind.push((index, row)),
+            Expect::Version(_) | Expect::Exists => conditional.push((index, row)),
+            Expect::Absent => {}
+        }
+    }
+    (blind, conditional)
+}
+
+/// Whether step 1 takes every write of `writes` (see [`bulk_rows`]).
+fn all_in_bulk(writes: &[(SecretWrite, Option<WriteContext>)]) -> bool {
+    let mut keys = std::collections::HashSet::new();
+    writes.iter().all(|(write, _)| match write {
+        SecretWrite::Put { secret, expect } => {
+            secret.key.mesh().is_some() && *expect != Expect::Absent && keys.insert(&secret.key)
+        }
+        SecretWrite::Delete { .. } => false,
+    })
 }
 
 /// `bytes` in lowercase hex.
