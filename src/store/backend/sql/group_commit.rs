@@ -6,39 +6,44 @@
 //!   Postgres, one on SQLite), started by its first secret write, each fed by a queue and
 //!   owning a share of the keys (by hash), so two batches in flight never write the same
 //!   secret. A committer takes the first write waiting and every write queued behind it,
-//!   up to [`MAX_BATCH`], and never waits for more: alone, a write commits at once; under
-//!   load, a batch is what arrived while the previous one committed. (Measured with
-//!   `wrk -c32` on this repository's 2-core machine, blind PUTs over 1,000 names:
-//!   1 committer 4,591 and 3,122 req/s, 2 committers 5,116 and 4,972, 4 committers
-//!   4,850 and 4,854; SQLite has one writer.)
+//!   up to [`MAX_BATCH`], waiting for no more than one turn of the scheduler: under load, a
+//!   batch is what arrived while the previous one committed. A write that begins while no
+//!   other is in flight skips the committers and commits at once, as before batching.
+//!   (Committers on Postgres, `wrk -c32` blind PUTs over 1,000 names on this repository's
+//!   2-core machine, two runs each: one 4,591 and 3,122 req/s, two 5,116 and 4,972, four
+//!   4,850 and 4,854.)
 //! - **A batch of one** runs exactly as a write did before batching: a put is its one
 //!   statement committing on its own, a delete its own transaction.
-//! - **A larger batch** runs in one write transaction, in two steps.
-//!   1. On Postgres, the puts of Secrets whose key no other write of the batch names (the
-//!      bulk of a busy store) go first, in at most two statements whatever their number: one
-//!      upsert for the blind puts, one conditional update for the If-Match ones, each taking
-//!      its rows from one JSON parameter (`json_to_recordset`). These are statements that
-//!      cannot fail on one write's account: a missing Mesh, a changed immutable label or
-//!      another version leaves that row out, and no row comes back for it. (One round trip
-//!      per write instead would cap a batch at the round-trip rate of one connection.)
+//! - **A larger batch** runs in two steps.
+//!   1. The puts of Secrets whose key no other write of the batch names (the bulk of a
+//!      busy store) go first, in at most two statements whatever their number: one upsert
+//!      for the blind puts, one conditional update for the If-Match ones, each taking its
+//!      rows from one JSON parameter ([`Dialect::BULK_ROWS`]: `json_to_recordset`,
+//!      `json_each`). These are statements that cannot fail on one write's account: a
+//!      missing Mesh, a changed immutable label or another version leaves that row out, and
+//!      no row comes back for it. (One statement per write would cap a batch at the
+//!      round-trip rate of one connection on Postgres, and of sqlx's worker thread on
+//!      SQLite.)
 //!   2. Every put without a row from step 1, and every other write (deletes, creates,
-//!      GlobalSecrets, a key named twice, everything on SQLite, whose statements cost no
-//!      round trip), runs alone behind a savepoint (`SAVEPOINT write`), with the very
-//!      statements of a write committed alone (`put.rs`, `crud.rs`). A refusal (a version
-//!      that does not match: 412; an immutable label; the delete guard) or a failed
-//!      statement (its Mesh is missing, a create of a name that exists) rolls back to its
-//!      savepoint, and the others go on.
+//!      GlobalSecrets, a key named twice), runs alone behind a savepoint (`SAVEPOINT
+//!      write`), with the very statements of a write committed alone (`put.rs`,
+//!      `crud.rs`). A refusal (a version that does not match: 412; an immutable label; the
+//!      delete guard) or a failed statement (its Mesh is missing, a create of a name that
+//!      exists) rolls back to its savepoint, and the others go on.
 //!
-//!   A fault of the database itself (it went away, its disk is full, it only reads) fails
-//!   the batch, and every write in it gets that error.
+//!   Both steps run in one write transaction, unless step 1 takes every write of the
+//!   batch (puts of distinct Secrets, the usual batch under load): then its statements
+//!   commit on their own, a round trip each fewer, and what they did not write runs alone
+//!   afterwards. A fault of the database itself (it went away, its disk is full, it only
+//!   reads) fails what it touched, and every write there gets that error.
 //! - **Order.** Within a batch, writes run in key order (in arrival order for one key):
 //!   they are all in flight together, so any order is one a client could have seen, and
 //!   one order of row locks keeps concurrent transactions from deadlocking on them. A write
 //!   that still meets a deadlock or a serialization failure is rolled back to its savepoint
 //!   and run again.
-//! - **Acknowledgement.** No write is answered before its batch commits (with
-//!   `synchronous_commit` as configured); a failed commit fails every write of the batch,
-//!   and none of them is stored.
+//! - **Acknowledgement.** No write is answered before the statement or transaction that
+//!   wrote it commits (with `synchronous_commit` as configured); a failed commit fails
+//!   every write in it, and none of them is stored.
 //! - **The feed.** Each statement's triggers write its event and kept version, as in any
 //!   transaction; the sequencer numbers events only after they commit (`feed.rs`), so the
 //!   feed stays in commit order and gap-free, a batch's events one run of revisions.
@@ -57,7 +62,7 @@ use crate::store::backend::db_error::{Op, is_transient_conflict, map_db_error};
 use crate::store::contract::feed::{WriteContext, current_write_context, with_write_context};
 use crate::store::contract::{DatabaseError, Expect, Put, Result, StoreError};
 use sqlx::{AssertSqlSafe, Executor};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
@@ -124,6 +129,28 @@ pub(crate) struct WriteQueue {
     /// One queue per committer, started with the first write.
     senders: Arc<OnceLock<Vec<mpsc::UnboundedSender<Job>>>>,
     counts: Arc<BatchCounts>,
+    /// Secret writes begun and not yet answered, through this store's handles.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One write counted in flight while it lives.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    /// No other write was in flight when this one began.
+    alone: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let alone = count.fetch_add(1, Ordering::AcqRel) == 0;
+        Self { count, alone }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the committer has committed since start.
@@ -144,6 +171,7 @@ impl WriteQueue {
         Self {
             senders: Arc::default(),
             counts: self.counts.clone(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -219,6 +247,12 @@ impl [SqlStore<DB>] {
         if let SecretWrite::Put { secret, .. } = &write {
             secret.data.check_size(self.options.max_secret_size)?;
         }
+        let _in_flight = InFlight::enter(&self.writes.in_flight);
+        if _in_flight.alone {
+            // No other write in flight: nothing to batch with, so no trip through a
+            // committer either (a lone writer waits no longer than before batching).
+            return self.write_alone(write).await;
+        }
         let committers = self.writes.senders.get_or_init(|| {
             (0..DB::COMMITTERS)
                 .map(|_| {
@@ -257,6 +291,17 @@ impl [SqlStore<DB>] {
     async fn commit_batches(self, mut queue: mpsc::UnboundedReceiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+            if jobs.len() > 1 && jobs.len() < MAX_BATCH {
+                // Writes are arriving together: let the requests already running on this
+                // runtime reach the queue too (one turn of the scheduler, no timer).
+                tokio::task::yield_now().await;
+                while jobs.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
             let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
             if let [_] = batch[..] {
                 let job = batch.into_iter().next().expect("one job");
