@@ -247,8 +247,8 @@ impl [SqlStore<DB>] {
         if let SecretWrite::Put { secret, .. } = &write {
             secret.data.check_size(self.options.max_secret_size)?;
         }
-        let _in_flight = InFlight::enter(&self.writes.in_flight);
-        if _in_flight.alone {
+        let in_flight = InFlight::enter(&self.writes.in_flight);
+        if in_flight.alone {
             // No other write in flight: nothing to batch with, so no trip through a
             // committer either (a lone writer waits no longer than before batching).
             return self.write_alone(write).await;
