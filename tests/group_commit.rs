@@ -12,13 +12,11 @@ use kuma_secrets::domain::{
     ExternalServiceSpec, Labels, MeshName, MeshSpec, NewExternalService, NewMesh, NewSecret,
     ResourceName, SecretData, SecretKey,
 };
-use kuma_secrets::store::cache::CachedStore;
 use kuma_secrets::store::feed::{EventFilter, Operation};
 use kuma_secrets::store::{Expect, SealedReads, SecretStore, StoreError};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Writers with a key of their own (seven kinds of write, eight writers each), then eight
 /// writers on one shared key: 64 in all.
@@ -245,16 +243,7 @@ async fn writers_each_get_their_own_answer_and_everything_agrees<S>(
     S: SecretStore + SealedReads + Clone + Send + Sync + 'static,
 {
     let own = WRITERS - shared_writers;
-    let cached = CachedStore::new(store.clone(), 10_000);
-    let follower = tokio::spawn(cached.clone().follow());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cached.answering() {
-        assert!(
-            Instant::now() < deadline,
-            "the cache's follower never read the feed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (cached, follower) = common::following_cache(store.clone(), 10_000).await;
     // Rounds until one of them committed writes in batches (each round is checked in
     // full whether or not it did); 64 writers on a barrier batch in the first, in practice.
     for round in 0.. {

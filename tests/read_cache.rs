@@ -45,17 +45,7 @@ async fn cached_on(url: &str) -> (CachedStore<AnyStore>, tokio::task::JoinHandle
     let store = AnyStore::open(url, common::sealed(StoreOptions::allow_plaintext_secrets()))
         .await
         .unwrap();
-    let cached = CachedStore::new(store, 1000);
-    let follower = tokio::spawn(cached.clone().follow());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cached.answering() {
-        assert!(
-            Instant::now() < deadline,
-            "the follower never read the feed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    (cached, follower)
+    common::following_cache(store, 1000).await
 }
 
 /// Waits until the follower of `store` has applied every event up to `revision`. While the

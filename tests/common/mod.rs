@@ -139,3 +139,33 @@ pub async fn sqlite_store_with(options: StoreOptions) -> (tempfile::TempDir, Sql
         .expect("open sqlite store");
     (dir, store)
 }
+
+/// A read cache of `store`, with its follower running, once it answers from memory (for at
+/// most 30 s). Abort the handle when done.
+pub async fn following_cache<S>(
+    store: S,
+    capacity: usize,
+) -> (
+    kuma_secrets::store::cache::CachedStore<S>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    S: kuma_secrets::store::SecretStore
+        + kuma_secrets::store::SealedReads
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let cached = kuma_secrets::store::cache::CachedStore::new(store, capacity);
+    let follower = tokio::spawn(cached.clone().follow());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cached.answering() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache's follower never read the feed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    (cached, follower)
+}

@@ -164,6 +164,15 @@ struct BatchCounts {
     bulk: AtomicU64,
 }
 
+impl BatchCounts {
+    /// Counts a committed batch of `writes` writes, `bulk` of them by step 1.
+    fn committed(&self, writes: u64, bulk: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes, Ordering::Relaxed);
+        self.bulk.fetch_add(bulk, Ordering::Relaxed);
+    }
+}
+
 impl WriteQueue {
     /// A queue of its own, with no committer yet, sharing the counts: the committer's own
     /// store, which commits its batches directly.
@@ -357,9 +366,7 @@ impl [SqlStore<DB>] {
             .await;
         match outcome {
             Ok((results, bulk)) => {
-                self.writes.counts.bulk.fetch_add(bulk, Ordering::Relaxed);
-                self.writes.counts.batches.fetch_add(1, Ordering::Relaxed);
-                self.writes.counts.writes.fetch_add(count as u64, Ordering::Relaxed);
+                self.writes.counts.committed(count as u64, bulk);
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }
@@ -385,9 +392,7 @@ impl [SqlStore<DB>] {
             .await;
         match outcome {
             Ok((results, bulk)) => {
-                self.writes.counts.bulk.fetch_add(bulk, Ordering::Relaxed);
-                self.writes.counts.batches.fetch_add(1, Ordering::Relaxed);
-                self.writes.counts.writes.fetch_add(count, Ordering::Relaxed);
+                self.writes.counts.committed(count, bulk);
                 for (job, result) in jobs.into_iter().zip(results) {
                     let result = match result {
                         Some(result) => result,
@@ -587,47 +592,54 @@ impl<'a> BulkRow<'a> {
     }
 }
 
-/// The writes of a batch that step 1 takes, as rows of its two statements: (index, row) of
-/// the blind puts and of the conditional ones. A put is taken when it is of a Secret (not a
-/// GlobalSecret, whose key is another index), not a create, and of a key no other write of
-/// the batch names (one statement may not write a row twice).
+/// Which writes of a batch step 1 takes: the puts of a Secret (not a GlobalSecret, whose
+/// key is another index), not creates, of a key no other write of the batch names (one
+/// statement may not write a row twice).
+fn taken_by_step_1(writes: &[(SecretWrite, Option<WriteContext>)]) -> Vec<bool> {
+    let mut named = std::collections::HashMap::<&SecretKey, usize>::new();
+    for (write, _) in writes {
+        *named.entry(write.key()).or_default() += 1;
+    }
+    writes
+        .iter()
+        .map(|(write, _)| match write {
+            SecretWrite::Put { secret, expect } => {
+                secret.key.mesh().is_some() && *expect != Expect::Absent && named[&secret.key] == 1
+            }
+            SecretWrite::Delete { .. } => false,
+        })
+        .collect()
+}
+
+/// The writes of a batch that step 1 takes ([`taken_by_step_1`]), as rows of its two
+/// statements: (index, row) of the blind puts and of the conditional ones.
 #[allow(clippy::type_complexity)]
 fn bulk_rows<'a>(
     keyring: Option<&crate::sealing::Keyring>,
     writes: &'a [(SecretWrite, Option<WriteContext>)],
 ) -> (Vec<(usize, BulkRow<'a>)>, Vec<(usize, BulkRow<'a>)>) {
-    let mut named = std::collections::HashMap::<&SecretKey, usize>::new();
-    for (write, _) in writes {
-        *named.entry(write.key()).or_default() += 1;
-    }
     let mut blind = Vec::new();
     let mut conditional = Vec::new();
-    for (index, (write, context)) in writes.iter().enumerate() {
-        let SecretWrite::Put { secret, expect } = write else {
+    for (index, ((write, context), taken)) in writes.iter().zip(taken_by_step_1(writes)).enumerate()
+    {
+        let (SecretWrite::Put { secret, expect }, true) = (write, taken) else {
             continue;
         };
-        if secret.key.mesh().is_none() || named[&secret.key] > 1 {
-            continue;
-        }
-        let row = BulkRow::new(keyring, secret, *expect, context.as_ref());
+        let row = (
+            index,
+            BulkRow::new(keyring, secret, *expect, context.as_ref()),
+        );
         match expect {
-            Expect::Any => blind.push((index, row)),
-            Expect::Version(_) | Expect::Exists => conditional.push((index, row)),
-            Expect::Absent => {}
+            Expect::Any => blind.push(row),
+            _ => conditional.push(row),
         }
     }
     (blind, conditional)
 }
 
-/// Whether step 1 takes every write of `writes` (see [`bulk_rows`]).
+/// Whether step 1 takes every write of `writes`.
 fn all_in_bulk(writes: &[(SecretWrite, Option<WriteContext>)]) -> bool {
-    let mut keys = std::collections::HashSet::new();
-    writes.iter().all(|(write, _)| match write {
-        SecretWrite::Put { secret, expect } => {
-            secret.key.mesh().is_some() && *expect != Expect::Absent && keys.insert(&secret.key)
-        }
-        SecretWrite::Delete { .. } => false,
-    })
+    taken_by_step_1(writes).into_iter().all(|taken| taken)
 }
 
 /// `bytes` in lowercase hex.

@@ -204,9 +204,6 @@ impl [SqlStore<DB>] {
         F: for<'c> FnOnce(&'c mut DB::Connection) -> TxBody<'c, T, E>,
     {
         let mut conn = self.pool.acquire().await.map_err(|e| E::from(map_db_error(e, op)))?;
-        // A rollback after a refusal that fails (SQLite already rolled the transaction back
-        // on a full disk; the connection broke) leaves the refusal as the answer.
-        let mut rollback_failed = None;
         let result = self.preparing.around(async {
             let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
             let outcome = body(&mut tx).await;
@@ -223,8 +220,11 @@ impl [SqlStore<DB>] {
                     Ok(Ok(value))
                 }
                 Err(TxError::Refused(refusal)) => {
+                    // A rollback that fails (SQLite already rolled back on a full disk; the
+                    // connection broke) leaves the refusal as the answer; the connection
+                    // still counts the transaction as open, so `finish` closes it.
                     if let Err(err) = tx.rollback().await {
-                        rollback_failed = Some(err);
+                        tracing::debug!(error = %err, "a refused write transaction did not roll back");
                     }
                     Ok(Err(refusal))
                 }
@@ -232,10 +232,6 @@ impl [SqlStore<DB>] {
             }
         })
         .await;
-        if let Some(err) = rollback_failed {
-            // The connection still counts the transaction as open, so `finish` closes it.
-            tracing::debug!(error = %err, "a refused write transaction did not roll back");
-        }
         conn.finish(result).map_err(|e| E::from(map_db_error(e, op)))?
     }
 }
