@@ -184,7 +184,7 @@ async fn watch_changes<S: SecretStore + Clone + 'static>(
         .events_after(params.after, 1, &params.filter)
         .await
         .map_err(gone_or)?;
-    let events = crate::store::watch::watch((*state.store).clone(), params.after, params.filter);
+    let events = crate::store::watch::watch(state.store.clone(), params.after, params.filter);
     let stream = futures_util::StreamExt::map(events, |item| {
         Ok::<_, Infallible>(match item {
             Ok(event) => SseEvent::default()

@@ -182,7 +182,7 @@ async fn put_external_service<S: SecretStore + Clone + 'static>(
         return Err(ApiError::invalid(TITLE, errors));
     };
     upsert(
-        &*state.store,
+        &state.store,
         Write::ExternalService(service),
         &preconditions,
         Vec::new(),

@@ -157,7 +157,7 @@ async fn put_mesh<S: SecretStore + Clone + 'static>(
         return Err(ApiError::invalid(title, errors));
     };
     let warnings = dns_1035_warning(mesh.name.as_str()).into_iter().collect();
-    upsert(&*state.store, Write::Mesh(mesh), &preconditions, warnings).await
+    upsert(&state.store, Write::Mesh(mesh), &preconditions, warnings).await
 }
 
 async fn delete_mesh<S: SecretStore + Clone + 'static>(

@@ -331,7 +331,10 @@ async fn get_secret_at<S: SecretStore>(
     }
     let tag = etag(secret.meta.version);
     let body = match format {
-        Format::Universal => Json(SecretItem::from(&secret)).into_response(),
+        Format::Universal => super::json_sized(
+            &SecretItem::from(&secret),
+            super::secret_body_size(secret.data.expose().len()),
+        ),
         Format::Kubernetes { namespace } => {
             Json(kubernetes_manifest(&secret, &namespace)).into_response()
         }
@@ -473,7 +476,7 @@ async fn put_secret_at<S: SecretStore>(
         ));
     }
     upsert(
-        &*state.store,
+        &state.store,
         Write::Secret(secret),
         &preconditions,
         Vec::new(),

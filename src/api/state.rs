@@ -49,24 +49,36 @@ impl ApiConfig {
     }
 }
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, because axum clones the state for every
+/// request (twice: the authentication middleware and the handler), and each clone and drop
+/// of a shared count is an atomic operation on a cache line both cores want.
 pub struct AppState<S> {
-    /// The store, timed by the metrics. Behind an `Arc`: axum clones the state for every
-    /// request, and a store is several handles (cache, pool, options) to clone and drop.
-    pub store: Arc<MeteredStore<S>>,
+    shared: Arc<Shared<S>>,
+}
+
+/// What an [`AppState`] holds (reached through it by `Deref`: `state.store`).
+pub struct Shared<S> {
+    /// The store, timed by the metrics.
+    pub store: MeteredStore<S>,
     /// Behaviour switches.
-    pub config: Arc<ApiConfig>,
+    pub config: ApiConfig,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
 }
 
-impl<S: Clone> Clone for AppState<S> {
+impl<S> Clone for AppState<S> {
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
-            config: self.config.clone(),
-            metrics: self.metrics.clone(),
+            shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+impl<S> std::ops::Deref for AppState<S> {
+    type Target = Shared<S>;
+
+    fn deref(&self) -> &Shared<S> {
+        &self.shared
     }
 }
 
@@ -75,9 +87,11 @@ impl<S> AppState<S> {
     pub fn new(store: S, config: ApiConfig) -> Self {
         let metrics = Arc::new(Metrics::new());
         Self {
-            store: Arc::new(MeteredStore::new(store, metrics.clone())),
-            config: Arc::new(config),
-            metrics,
+            shared: Arc::new(Shared {
+                store: MeteredStore::new(store, metrics.clone()),
+                config,
+                metrics,
+            }),
         }
     }
 }

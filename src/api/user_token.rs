@@ -69,7 +69,7 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
         name: request.name,
         groups,
     };
-    let token = tokens::issue(&*state.store, &subject, valid_for).await?;
+    let token = tokens::issue(&state.store, &subject, valid_for).await?;
     tracing::info!(
         user = %crate::printable::escaped(&subject.name),
         by = %crate::printable::escaped(&user.name),

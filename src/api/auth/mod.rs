@@ -14,7 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::store::SecretStore;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, SocketAddr};
@@ -106,7 +106,7 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
     let user = if local {
         User::admin()
     } else if let Some(token) = bearer_token(request.headers()) {
-        match tokens::verify(&*state.store, token).await {
+        match tokens::verify(&state.store, token).await {
             Ok(user) => user,
             Err(err) => return err.into_response(),
         }
@@ -139,7 +139,7 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
 pub const LOCALHOST_ACTOR: &str = "localhost";
 
 /// The header a request id comes in and goes back in.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The caller's `X-Request-Id` if it is a sane one (1 to 128 of `[A-Za-z0-9._:-]`, so it
 /// cannot forge log or audit lines), else a fresh one.
@@ -206,7 +206,7 @@ pub fn is_direct_loopback(
     if !remote.is_some_and(|ip| ip.to_canonical().is_loopback()) {
         return false;
     }
-    if PROXY_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+    if headers.keys().any(|name| PROXY_HEADERS.contains(name)) {
         return false;
     }
     let Some(host) = host else {
@@ -216,7 +216,7 @@ pub fn is_direct_loopback(
         return false;
     }
     match headers
-        .get("sec-fetch-site")
+        .get(SEC_FETCH_SITE)
         .map(|v| v.to_str().unwrap_or("invalid"))
     {
         None | Some("same-origin" | "none") => {}
@@ -258,36 +258,41 @@ fn origin_of(authority: &str, default_port: u16) -> Option<(String, u16)> {
 }
 
 /// Headers that a proxy or a CDN adds: a request carrying any of them came through one, so
-/// its loopback peer is the proxy, not the client.
-const PROXY_HEADERS: [&str; 27] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-real-ip",
-    "via",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded-prefix",
-    "x-forwarded-ssl",
-    "x-forwarded-scheme",
-    "x-forwarded",
-    "forwarded-for",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "cf-connecting-ipv6",
-    "x-original-forwarded-for",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "client-ip",
-    "fastly-client-ip",
-    "akamai-origin-hop",
-    "x-envoy-external-address",
-    "x-envoy-original-ip",
-    "x-proxyuser-ip",
-    "x-appengine-user-ip",
-    "x-azure-clientip",
+/// its loopback peer is the proxy, not the client. Names, not strings: looking 27 strings
+/// up in every request's headers parsed each name each time (3 % of a cached GET).
+static PROXY_HEADERS: [HeaderName; 27] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("via"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("cf-connecting-ipv6"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("akamai-origin-hop"),
+    HeaderName::from_static("x-envoy-external-address"),
+    HeaderName::from_static("x-envoy-original-ip"),
+    HeaderName::from_static("x-proxyuser-ip"),
+    HeaderName::from_static("x-appengine-user-ip"),
+    HeaderName::from_static("x-azure-clientip"),
 ];
+
+/// Where a browser says a request comes from (Fetch Metadata): `same-origin`, `same-site`,
+/// `cross-site` or `none` (typed in by the user).
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with an optional port (a `:` must be followed by
 /// one: `localhost:` is not a loopback host).
@@ -362,10 +367,10 @@ mod tests {
             &headers(&[("host", "127.0.0.1:5681")])
         ));
         assert!(!direct(None, &headers(&[("host", "127.0.0.1")])));
-        for proxy in PROXY_HEADERS {
+        for proxy in &PROXY_HEADERS {
             assert!(!direct(
                 LOCAL,
-                &headers(&[("host", "127.0.0.1"), (proxy, "1.2.3.4")])
+                &headers(&[("host", "127.0.0.1"), (proxy.as_str(), "1.2.3.4")])
             ));
         }
         assert!(!direct(LOCAL, &headers(&[("host", "kuma.example.com")])));
@@ -440,9 +445,12 @@ mod tests {
 
     #[test]
     fn any_proxy_header_makes_a_request_proxied() {
-        for proxy in PROXY_HEADERS {
+        for proxy in &PROXY_HEADERS {
             assert!(
-                !direct(LOCAL, &headers(&[("host", "127.0.0.1"), (proxy, "x")])),
+                !direct(
+                    LOCAL,
+                    &headers(&[("host", "127.0.0.1"), (proxy.as_str(), "x")])
+                ),
                 "{proxy}"
             );
         }

@@ -245,8 +245,7 @@ impl [SealedReads for SqlStore<DB>] {
         let row: &SecretRow = sealed.row().ok_or_else(|| {
             StoreError::Internal(DatabaseError::new("a sealed row read by another kind of store"))
         })?;
-        row.clone()
-            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+        row.open_shared(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
     }
 }
 }

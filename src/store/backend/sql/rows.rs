@@ -107,6 +107,35 @@ impl SecretRow {
         Ok(self.with_data(SecretData::from_stored(data)))
     }
 
+    /// As [`open`](Self::open), for a row that stays where it is (the read cache's): only
+    /// the opened value and the names are new; the sealed value is not copied.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_shared(
+        &self,
+        keyring: Option<&Keyring>,
+        accept_plaintext: bool,
+    ) -> Result<Secret, StoreError> {
+        let data = self
+            .value
+            .open(keyring, accept_plaintext)
+            .map_err(|reason| StoreError::Sealed {
+                key: self.key().resource_key(),
+                reason,
+            })?;
+        Ok(Secret {
+            key: self.key(),
+            data: SecretData::from_stored(data),
+            labels: Labels::from_stored(self.labels.0.clone()),
+            meta: Meta {
+                version: self.version,
+                creation_time: self.creation_time,
+                modification_time: self.modification_time,
+            },
+        })
+    }
+
     /// The row's version.
     pub fn version(&self) -> i64 {
         self.version
