@@ -89,7 +89,7 @@ PIDS+=($!)
 OURS_PG=http://127.0.0.1:$PG_PORT
 OURS_SQLITE=http://127.0.0.1:$SQLITE_PORT
 CEILING_PORT=$(free_port)
-"$CEILING_BIN" "127.0.0.1:$CEILING_PORT" >"$WORK/ceiling.log" 2>&1 &
+"$CEILING_BIN" "127.0.0.1:$CEILING_PORT" --value-bytes 1024 >"$WORK/ceiling.log" 2>&1 &
 PIDS+=($!)
 CEILING=http://127.0.0.1:$CEILING_PORT
 wait_http "$OURS_PG/readyz"
@@ -125,6 +125,7 @@ end
 function init(args)
   step = 0
   failed = 0
+  codes = {}
   first = true
   versions = {}
   local file = io.open(os.getenv('WRK_DIR') .. '/versions.txt')
@@ -153,10 +154,22 @@ function next_swap()
   versions[n] = expected + 1
   return n, expected
 end
+-- A request that did not do what it asked, counted by its status (0: not an HTTP error,
+-- e.g. etcd's 200 with "succeeded":false).
+function fail(status)
+  failed = failed + 1
+  codes[status] = (codes[status] or 0) + 1
+end
 function done(summary, latency, requests)
-  local total = 0
-  for _, t in ipairs(threads) do total = total + t:get('failed') end
-  io.write(string.format('FAILED %d\n', total))
+  local total, by_status = 0, {}
+  for _, t in ipairs(threads) do
+    total = total + t:get('failed')
+    for status, n in pairs(t:get('codes')) do by_status[status] = (by_status[status] or 0) + n end
+  end
+  local parts = {}
+  for status, n in pairs(by_status) do table.insert(parts, string.format('%s: %d', status, n)) end
+  table.sort(parts)
+  io.write(string.format('FAILED %d %s\n', total, table.concat(parts, ', ')))
 end
 LUA
 
@@ -166,7 +179,7 @@ dofile(os.getenv('WRK_DIR') .. '/common.lua')
 function request()
   return wrk.format('GET', '/meshes/default/secrets/s-' .. next_name())
 end
-function response(status) if status ~= 200 then failed = failed + 1 end end
+function response(status) if status ~= 200 then fail(status) end end
 LUA
 cat >"$WORK/ours-put.lua" <<'LUA'
 dofile(os.getenv('WRK_DIR') .. '/common.lua')
@@ -175,7 +188,7 @@ function request()
   return wrk.format('PUT', '/meshes/default/secrets/' .. name, { ['Content-Type'] = 'application/json' },
     '{"type":"Secret","mesh":"default","name":"' .. name .. '","data":"' .. value .. '"}')
 end
-function response(status) if status ~= 200 and status ~= 201 then failed = failed + 1 end end
+function response(status) if status ~= 200 and status ~= 201 then fail(status) end end
 LUA
 cat >"$WORK/ours-ifmatch.lua" <<'LUA'
 dofile(os.getenv('WRK_DIR') .. '/common.lua')
@@ -187,7 +200,7 @@ function request()
     { ['Content-Type'] = 'application/json', ['If-Match'] = '"' .. expected .. '"' },
     '{"type":"Secret","mesh":"default","name":"' .. name .. '","data":"' .. value .. '"}')
 end
-function response(status) if status ~= 200 then failed = failed + 1 end end
+function response(status) if status ~= 200 then fail(status) end end
 LUA
 
 # etcd: keys /registry/secrets/default/s-N, as Kubernetes lays them out
@@ -198,7 +211,7 @@ function request()
     '{"key":"' .. b64('/registry/secrets/default/s-' .. next_name()) .. '"}')
 end
 function response(status, headers, body)
-  if status ~= 200 or not body:find('"kvs"') then failed = failed + 1 end
+  if status ~= 200 then fail(status) elseif not body:find('"kvs"') then fail(0) end
 end
 LUA
 cat >"$WORK/etcd-put.lua" <<'LUA'
@@ -207,7 +220,7 @@ function request()
   return wrk.format('POST', '/v3/kv/put', nil,
     '{"key":"' .. b64('/registry/secrets/default/s-' .. next_name()) .. '","value":"' .. value .. '"}')
 end
-function response(status) if status ~= 200 then failed = failed + 1 end end
+function response(status) if status ~= 200 then fail(status) end end
 LUA
 cat >"$WORK/etcd-ifmatch.lua" <<'LUA'
 dofile(os.getenv('WRK_DIR') .. '/common.lua')
@@ -220,7 +233,7 @@ function request()
     '"}],"success":[{"requestPut":{"key":"' .. key .. '","value":"' .. value .. '"}}]}')
 end
 function response(status, headers, body)
-  if status ~= 200 or not body:find('"succeeded":true') then failed = failed + 1 end
+  if status ~= 200 then fail(status) elseif not body:find('"succeeded":true') then fail(0) end
 end
 LUA
 
@@ -274,12 +287,13 @@ run() { # TARGET OP -> successful requests per second
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"${RUN_SECONDS}s" --timeout 10s --latency -s "$WORK/$(script_of "$target")-$op.lua" "$(base_of "$target")")
     # wrk's 99th percentile of latency, in ms, kept beside the round's rate.
     awk '$1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v /= 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v *= 1000}; print v}' <<<"$out" >>"$WORK/p99.$target.$op"
-    local rps failed duration requests
+    local rps failed statuses duration requests
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
     duration=$(awk '/requests in/ {gsub(/s,/, "", $4); print $4}' <<<"$out")
     failed=$(awk '/^FAILED/ {print $2}' <<<"$out")
+    statuses=$(awk '/^FAILED/ {$1 = ""; $2 = ""; sub(/^ +/, ""); print}' <<<"$out")
     python3 -c "print(round(($requests - $failed) / $duration))"
-    if [[ $failed -gt 0 ]]; then echo "  ($target $op: $failed of $requests failed)" >&2; fi
+    if [[ $failed -gt 0 ]]; then echo "  ($target $op: $failed of $requests failed; by status: $statuses)" >&2; fi
 }
 
 pgbench_upsert() { # -> tps of our blind-upsert statement over 1,000 names of its own

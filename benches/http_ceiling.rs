@@ -3,34 +3,58 @@
 //! constant body the size of a cached Secret's (and its `ETag`), and nothing else: no
 //! store, no middleware. What a cached GET is compared with.
 //!
-//!   cargo bench --bench http_ceiling -- 127.0.0.1:PORT
+//!   cargo bench --bench http_ceiling -- 127.0.0.1:PORT [--value-bytes 1024]
 
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-/// A Secret as `GET` answers it: about 300 bytes.
-const BODY: &str = r#"{"type":"Secret","mesh":"default","name":"s-1","creationTime":"2026-12-07T06:00:00.123456Z","modificationTime":"2026-12-07T06:00:00.123456Z","labels":{"kuma.io/mesh":"default","kuma.io/origin":"zone","kuma.io/zone":"default","kuma.io/env":"universal"},"data":"eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4"}"#;
+/// The same allocator as the binary (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-async fn secret() -> impl IntoResponse {
+/// A Secret as `GET` answers it, with a value of `value_bytes` (its `data` the base64 of
+/// that many bytes): the same size as what `serve` answers for the benchmark's secrets.
+fn secret_body(value_bytes: usize) -> &'static str {
+    let data = "eHh4".repeat(value_bytes / 3) + ["", "eA==", "eHg="][value_bytes % 3];
+    let body = format!(
+        r#"{{"type":"Secret","mesh":"default","name":"s-1","creationTime":"2026-12-07T06:00:00.123456Z","modificationTime":"2026-12-07T06:00:00.123456Z","labels":{{"kuma.io/env":"universal","kuma.io/mesh":"default","kuma.io/origin":"zone","kuma.io/zone":"default"}},"data":"{data}"}}"#
+    );
+    Box::leak(body.into_boxed_str())
+}
+
+async fn secret(body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::ETAG, "\"1\""),
         ],
-        BODY,
+        body,
     )
 }
 
 fn main() {
-    let address = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .unwrap_or_else(|| "127.0.0.1:5690".to_owned());
+    let mut address = "127.0.0.1:5690".to_owned();
+    let mut value_bytes = 1024;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--value-bytes" => {
+                value_bytes = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--value-bytes takes a number");
+            }
+            // `cargo bench` passes `--bench`.
+            flag if flag.starts_with('-') => {}
+            _ => address = arg,
+        }
+    }
+    let body = secret_body(value_bytes);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(async {
-        let app = Router::new().route("/meshes/{mesh}/secrets/{name}", get(secret));
+        let app = Router::new().route("/meshes/{mesh}/secrets/{name}", get(move || secret(body)));
         let listener = tokio::net::TcpListener::bind(&address)
             .await
             .expect("the address is free");
