@@ -249,15 +249,36 @@ pub struct Keyring {
     active: String,
 }
 
-/// `LessSafeKey` is not `Clone`; keep the raw bytes to rebuild it (zeroed on drop).
-#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+/// One key of the ring: its bytes (zeroed on drop; a clone is built from them, as
+/// `LessSafeKey` is not `Clone`) and the AES-256-GCM key made from them once. Making it on
+/// every call (the AES key schedule and the GHASH table) cost more than opening a cached
+/// 1 KiB secret. (ring does not zero the schedule it holds when dropped; the bytes it is made
+/// from are in the same process for as long.)
 struct LessSafeKeyBox {
     raw: [u8; 32],
+    key: LessSafeKey,
 }
 
 impl LessSafeKeyBox {
-    fn key(&self) -> LessSafeKey {
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.raw).expect("32-byte AES key"))
+    fn new(raw: [u8; 32]) -> Self {
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &raw).expect("32-byte AES key"));
+        Self { raw, key }
+    }
+
+    fn key(&self) -> &LessSafeKey {
+        &self.key
+    }
+}
+
+impl Clone for LessSafeKeyBox {
+    fn clone(&self) -> Self {
+        Self::new(self.raw)
+    }
+}
+
+impl Drop for LessSafeKeyBox {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.raw);
     }
 }
 
@@ -316,7 +337,7 @@ impl Keyring {
     pub fn single(id: &str, raw: [u8; 32]) -> Self {
         assert!(valid_id(id), "invalid key id {id:?}");
         Self {
-            keys: BTreeMap::from([(id.to_owned(), LessSafeKeyBox { raw })]),
+            keys: BTreeMap::from([(id.to_owned(), LessSafeKeyBox::new(raw))]),
             active: id.to_owned(),
         }
     }
@@ -334,7 +355,7 @@ impl Keyring {
     /// Adds (or replaces) key `id`.
     #[must_use]
     pub fn with_key(mut self, id: &str, raw: [u8; 32]) -> Self {
-        self.keys.insert(id.to_owned(), LessSafeKeyBox { raw });
+        self.keys.insert(id.to_owned(), LessSafeKeyBox::new(raw));
         self
     }
 
@@ -416,7 +437,7 @@ impl Keyring {
                 .as_slice()
                 .try_into()
                 .map_err(|_| invalid(format!("key {id:?} must be 32 bytes, base64-encoded")))?;
-            keys.insert(id, LessSafeKeyBox { raw });
+            keys.insert(id, LessSafeKeyBox::new(raw));
         }
         if !keys.contains_key(&file.active) {
             return Err(invalid(format!(

@@ -4,7 +4,7 @@
 
 use crate::domain::{
     ExternalService, ExternalServiceSpec, Labels, Mesh, MeshSpec, Meta, NewExternalService,
-    NewMesh, NewSecret, Resource, Secret,
+    NewMesh, NewSecret, Resource, Secret, SecretData, SecretKey,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -73,27 +73,25 @@ pub struct SecretItem {
 }
 
 impl SecretItem {
-    fn new(secret: &NewSecret, meta: ItemMeta) -> Self {
+    fn new(key: &SecretKey, data: &SecretData, meta: ItemMeta) -> Self {
         SecretItem {
-            kind: secret.key.secret_type().as_str().to_owned(),
-            mesh: secret.key.mesh().map(|m| m.as_str().to_owned()),
-            name: secret.key.name().as_str().to_owned(),
+            kind: key.secret_type().as_str().to_owned(),
+            mesh: key.mesh().map(|m| m.as_str().to_owned()),
+            name: key.name().as_str().to_owned(),
             meta,
-            data: STANDARD.encode(secret.data.expose()),
+            data: STANDARD.encode(data.expose()),
         }
     }
 }
 
 impl From<&Secret> for SecretItem {
     fn from(secret: &Secret) -> Self {
-        let meta = ItemMeta::stored(&secret.labels, &secret.meta);
+        // From the parts: a `NewSecret` to hand over would copy the value (and zeroize
+        // the copy) on every GET.
         SecretItem::new(
-            &NewSecret {
-                key: secret.key.clone(),
-                data: secret.data.clone(),
-                labels: Labels::default(),
-            },
-            meta,
+            &secret.key,
+            &secret.data,
+            ItemMeta::stored(&secret.labels, &secret.meta),
         )
     }
 }
@@ -101,7 +99,11 @@ impl From<&Secret> for SecretItem {
 impl From<&NewSecret> for SecretItem {
     /// The Universal form, without timestamps.
     fn from(secret: &NewSecret) -> Self {
-        SecretItem::new(secret, ItemMeta::universal(&secret.labels))
+        SecretItem::new(
+            &secret.key,
+            &secret.data,
+            ItemMeta::universal(&secret.labels),
+        )
     }
 }
 
