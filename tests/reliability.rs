@@ -527,6 +527,40 @@ fn without_a_running_postgres_the_suite_starts_its_own() {
     }
 }
 
+/// A stopped cluster whose port another process took meanwhile: the restart waits for
+/// the port (its clients know it) and then starts, where it used to fail at once; the log
+/// of the refused start is what tells it apart from any other failure.
+#[test]
+fn a_restart_waits_for_its_port_when_another_process_holds_it() {
+    let cluster = Cluster::start();
+    cluster.stop_fast();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", cluster.port))
+        .expect("the stopped cluster's port is free");
+    std::thread::scope(|scope| {
+        let restart = scope.spawn(|| cluster.start_again());
+        // Release the port only once a start has been refused for it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cluster.log().contains("could not bind") {
+            assert!(
+                !restart.is_finished(),
+                "start_again returned while the port was taken:\n{}",
+                cluster.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no start was refused for the port:\n{}",
+                cluster.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(squatter);
+        restart
+            .join()
+            .expect("the restart succeeds once the port is free");
+    });
+    assert_eq!(cluster.psql("SELECT 1"), "1");
+}
+
 /// Three `serve` processes on one Postgres: If-Match increments spread over all three lose
 /// no increment; blind PUTs end at version = accepted writes + 1; a Mesh deleted through one
 /// while the others create secrets in it leaves no orphan; every replica's change feed is

@@ -80,13 +80,7 @@ impl Cluster {
              for the other tests (docker compose up -d)",
         );
         let dir = owned_temp_dir("ks-cluster-");
-        let port = free_port();
-        let cluster = Self {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            dir,
-            bin,
-            port,
-        };
+        let mut cluster = Self::on_port(dir, bin, free_port());
         let data = cluster.data_dir();
         cluster.run_checked(
             "initdb",
@@ -101,20 +95,14 @@ impl Cluster {
                 "--no-sync",
             ],
         );
-        cluster.start_again();
+        cluster.start_first_time();
         cluster
     }
 
     /// A hot standby of `primary`, streaming from it (`pg_basebackup -R`), started.
     pub fn standby_of(primary: &Cluster) -> Self {
         let dir = owned_temp_dir("ks-standby-");
-        let port = free_port();
-        let standby = Self {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            dir,
-            bin: primary.bin.clone(),
-            port,
-        };
+        let mut standby = Self::on_port(dir, primary.bin.clone(), free_port());
         let data = standby.data_dir();
         standby.run_checked(
             "pg_basebackup",
@@ -134,8 +122,34 @@ impl Cluster {
                 "--no-sync",
             ],
         );
-        standby.start_again();
+        standby.start_first_time();
         standby
+    }
+
+    fn on_port(dir: tempfile::TempDir, bin: PathBuf, port: u16) -> Self {
+        Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+            port,
+        }
+    }
+
+    /// Starts a new cluster. [`free_port`] only finds a port that was free a moment ago:
+    /// another test's server (or any process) may take it before this one binds it. Then
+    /// the cluster moves to another port, as nothing refers to this one yet.
+    fn start_first_time(&mut self) {
+        for _ in 0..5 {
+            match self.try_start() {
+                Ok(()) => return self.wait_accepting(Duration::from_secs(60)),
+                Err(failure) if failure.port_taken => {
+                    self.port = free_port();
+                    self.url = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+                }
+                Err(failure) => panic!("{}", failure.message),
+            }
+        }
+        panic!("five free ports in a row were taken before the cluster could bind them");
     }
 
     /// Runs one SQL statement on the cluster with `psql` (as its owner), returning its output.
@@ -193,15 +207,37 @@ impl Cluster {
         );
     }
 
-    /// Starts the (stopped) cluster and waits until it accepts connections.
+    /// Starts the (stopped) cluster and waits until it accepts connections. Its clients
+    /// know its port, so it keeps it: when another process took the port while the cluster
+    /// was down, this waits (up to a minute) for the port to be free again.
     pub fn start_again(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.try_start() {
+                Ok(()) => return self.wait_accepting(Duration::from_secs(60)),
+                Err(failure) if failure.port_taken && Instant::now() < deadline => {
+                    while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err()
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                Err(failure) => panic!("{}", failure.message),
+            }
+        }
+    }
+
+    /// `pg_ctl start`, waiting for the server; on failure, what went wrong, with the end
+    /// of the server's log (where Postgres says why), and whether its port was taken.
+    fn try_start(&self) -> Result<(), StartFailure> {
         let data = self.data_dir();
         let socket_dir = self.dir.path().to_str().unwrap().to_owned();
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {socket_dir} -c max_connections=200",
             self.port
         );
-        self.run_checked(
+        let log_before = self.log().len();
+        let out = self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -216,7 +252,23 @@ impl Cluster {
                 "start",
             ],
         );
-        self.wait_accepting(Duration::from_secs(60));
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = self.log();
+        let this_start = log.get(log_before..).unwrap_or(&log);
+        Err(StartFailure {
+            port_taken: this_start.contains("could not bind")
+                || this_start.contains("Address already in use"),
+            message: format!(
+                "pg_ctl start on port {} failed: {}\n{}{}\nthe server's log of this start:\n{}",
+                self.port,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                this_start
+            ),
+        })
     }
 
     /// Waits until the server accepts connections (after a start, or crash recovery).
@@ -325,6 +377,14 @@ impl Cluster {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
+}
+
+/// Why `pg_ctl start` failed.
+struct StartFailure {
+    /// Another process holds the port.
+    port_taken: bool,
+    /// The whole story, for the panic.
+    message: String,
 }
 
 impl Drop for Cluster {
