@@ -15,8 +15,7 @@ use crate::store::{
     Expect, ExternalServiceQuery, ImportCounts, MeshQuery, Page, PoolReport, Put, Result,
     SecretQuery, SecretStore, forward_store_methods,
 };
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -183,13 +182,17 @@ fn raise(counter: &prometheus::IntCounter, to: u64) {
     counter.inc_by(to.saturating_sub(counter.get()));
 }
 
-/// Middleware: counts and times every request under its matched route (not the raw path,
-/// which would make one series per secret name).
-pub async fn track_requests(
-    State(metrics): State<Arc<Metrics>>,
+/// Counts and times `request` under its matched route (not the raw path, which would make
+/// one series per secret name) while `run` answers it (part of the API's middleware,
+/// `api::every_request`).
+pub async fn track_requests<F>(
+    metrics: &Metrics,
     request: Request,
-    next: Next,
-) -> Response {
+    run: impl FnOnce(Request) -> F,
+) -> Response
+where
+    F: std::future::Future<Output = Response>,
+{
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -197,7 +200,7 @@ pub async fn track_requests(
     let method = method_label(request.method());
     let started = Instant::now();
     let in_flight = InFlight::enter(metrics.in_flight.with_label_values(&[route.as_str()]));
-    let response = next.run(request).await;
+    let response = run(request).await;
     drop(in_flight);
     metrics
         .request_seconds

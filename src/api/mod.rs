@@ -73,12 +73,11 @@ pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
         .merge(operational)
         .layer(DefaultBodyLimit::max(state.config.body_limit()))
         .layer(axum::middleware::from_fn_with_state(
-            state.config.request_timeout,
-            within_request_timeout,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::track_requests,
+            EveryRequest {
+                metrics: state.metrics.clone(),
+                timeout: state.config.request_timeout,
+            },
+            every_request,
         ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -142,15 +141,35 @@ fn secret_body_size(value_bytes: usize) -> usize {
     value_bytes.div_ceil(3) * 4 + 512
 }
 
+/// What every request goes through, in one layer: it is counted and timed under its route
+/// ([`metrics::track_requests`]), and answered 503 once it takes longer than
+/// `--request-timeout` ([`within_request_timeout`]). One layer rather than two: each
+/// `from_fn` layer clones the service stack beneath it and boxes a future, on every request.
+#[derive(Clone)]
+struct EveryRequest {
+    metrics: std::sync::Arc<Metrics>,
+    timeout: std::time::Duration,
+}
+
+async fn every_request(
+    axum::extract::State(every): axum::extract::State<EveryRequest>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    metrics::track_requests(&every.metrics, request, |request| {
+        within_request_timeout(every.timeout, next.run(request))
+    })
+    .await
+}
+
 /// Answers a request that takes longer than `limit` (`--request-timeout`) with a 503 that
 /// carries `Retry-After`, as every 503 does, and Kuma's error body, instead of letting the
 /// client hang (a store that stopped answering, say).
 async fn within_request_timeout(
-    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
+    limit: std::time::Duration,
+    answer: impl Future<Output = axum::response::Response>,
 ) -> axum::response::Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => axum::response::IntoResponse::into_response(error::ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
