@@ -110,37 +110,6 @@ pub fn served_operations() -> Vec<(String, String)> {
     served
 }
 
-/// `value` as a JSON response, written into a buffer of `size_hint` bytes from the start.
-/// `Json` starts at 128 bytes and doubles, copying the body each time: four copies of a 1
-/// KiB secret's body on every GET (`benches/http.sh`).
-fn json_sized<T: serde::Serialize>(value: &T, size_hint: usize) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let mut body = Vec::with_capacity(size_hint);
-    match serde_json::to_writer(&mut body, value) {
-        Ok(()) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
-        // What `Json` does too: our wire types always serialize, but a map with a
-        // non-string key would not.
-        Err(err) => error::ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            format!("the response could not be written: {err}"),
-        )
-        .into_response(),
-    }
-}
-
-/// The size a Secret's JSON takes, about: its value in base64 and room for the rest.
-fn secret_body_size(value_bytes: usize) -> usize {
-    value_bytes.div_ceil(3) * 4 + 512
-}
-
 /// What every request goes through, in one layer: it is counted and timed under its route
 /// ([`metrics::track_requests`]), and answered 503 once it takes longer than
 /// `--request-timeout` ([`within_request_timeout`]). One layer rather than two: each

@@ -331,10 +331,14 @@ async fn get_secret_at<S: SecretStore>(
     }
     let tag = etag(secret.meta.version);
     let body = match format {
-        Format::Universal => super::json_sized(
-            &SecretItem::from(&secret),
-            super::secret_body_size(secret.data.expose().len()),
-        ),
+        Format::Universal => (
+            [(
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            wire::secret_json(&secret),
+        )
+            .into_response(),
         Format::Kubernetes { namespace } => {
             Json(kubernetes_manifest(&secret, &namespace)).into_response()
         }

@@ -84,6 +84,52 @@ impl SecretItem {
     }
 }
 
+/// The JSON of `SecretItem::from(secret)`, byte for byte, written straight from the secret
+/// (what a GET answers). The value's base64 goes into the buffer as it is encoded: through
+/// `SecretItem` it was a `String` first, then scanned again for characters to escape, of
+/// which base64 has none (the two were 3 % of a cached GET under `perf`).
+pub fn secret_json(secret: &Secret) -> Vec<u8> {
+    let data = secret.data.expose();
+    let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4 + 512);
+    let field = |out: &mut Vec<u8>, name: &str, value: &str| {
+        out.extend_from_slice(name.as_bytes());
+        // Writing a `&str` into a `Vec` cannot fail.
+        serde_json::to_writer(&mut *out, value).expect("a string serializes");
+    };
+    field(&mut out, r#"{"type":"#, secret.key.secret_type().as_str());
+    if let Some(mesh) = secret.key.mesh() {
+        field(&mut out, r#","mesh":"#, mesh.as_str());
+    }
+    field(&mut out, r#","name":"#, secret.key.name().as_str());
+    field(
+        &mut out,
+        r#","creationTime":"#,
+        &timestamp(&secret.meta.creation_time),
+    );
+    field(
+        &mut out,
+        r#","modificationTime":"#,
+        &timestamp(&secret.meta.modification_time),
+    );
+    let labels = secret.labels.as_map();
+    if !labels.is_empty() {
+        out.extend_from_slice(br#","labels":"#);
+        serde_json::to_writer(&mut out, labels).expect("a map of strings serializes");
+    }
+    out.extend_from_slice(br#","data":""#);
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(data.len(), true).unwrap_or(0),
+        0,
+    );
+    let written = STANDARD
+        .encode_slice(data, &mut out[start..])
+        .expect("the buffer has the encoded length");
+    out.truncate(start + written);
+    out.extend_from_slice(br#""}"#);
+    out
+}
+
 impl From<&Secret> for SecretItem {
     fn from(secret: &Secret) -> Self {
         // From the parts: a `NewSecret` to hand over would copy the value (and zeroize
@@ -302,4 +348,77 @@ pub struct VersionRequest {
     /// The version to return to.
     #[serde(default)]
     pub version: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MeshName, ResourceName};
+    use chrono::TimeZone;
+
+    fn secret(key: SecretKey, data: Vec<u8>, labels: &[(&str, &str)], nanos: u32) -> Secret {
+        let created = Utc
+            .with_ymd_and_hms(2026, 12, 7, 10, 0, 0)
+            .unwrap()
+            .with_nanosecond(nanos)
+            .unwrap();
+        Secret {
+            key,
+            data: SecretData::from_stored(data),
+            // Stored labels skip validation: what a row behind the service's back may hold.
+            labels: Labels::from_stored(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            meta: Meta {
+                version: 3,
+                creation_time: created,
+                modification_time: created + chrono::Duration::milliseconds(1500),
+            },
+        }
+    }
+
+    use chrono::Timelike;
+
+    /// `secret_json` is what serde makes of `SecretItem`, for every shape a secret takes:
+    /// with and without a Mesh and labels, values of every length modulo 3 and every byte,
+    /// labels that need escaping, times with and without fractions.
+    #[test]
+    fn secret_json_is_the_items_serialization() {
+        let mesh = MeshName::parse("default").unwrap();
+        let name = ResourceName::parse("tls-key.v1").unwrap();
+        let keys = [
+            SecretKey::secret(mesh, name.clone()),
+            SecretKey::global(name),
+        ];
+        let values: Vec<Vec<u8>> = vec![
+            vec![],
+            b"x".to_vec(),
+            b"xy".to_vec(),
+            b"xyz".to_vec(),
+            (0..=255).collect(),
+            vec![b'x'; 1024],
+        ];
+        let labels: [&[(&str, &str)]; 3] = [
+            &[],
+            &[("kuma.io/mesh", "default"), ("team", "payments")],
+            &[("quote\"back\\slash", "tab\tnew\nline\u{1}é😀</script>")],
+        ];
+        for key in &keys {
+            for value in &values {
+                for labels in labels {
+                    for nanos in [0, 123_456_000, 1] {
+                        let secret = secret(key.clone(), value.clone(), labels, nanos);
+                        let want = serde_json::to_vec(&SecretItem::from(&secret)).unwrap();
+                        assert_eq!(
+                            String::from_utf8(secret_json(&secret)).unwrap(),
+                            String::from_utf8(want).unwrap()
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
