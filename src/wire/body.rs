@@ -103,11 +103,19 @@ fn must_be(what: &str, expected: &str, got: &Value) -> String {
 
 /// Standard, padded base64, ignoring CR and LF (Go's `encoding/json` for `[]byte`).
 pub fn decode_base64(encoded: &str) -> Result<Vec<u8>, String> {
-    let compact: String = encoded
-        .chars()
-        .filter(|c| *c != '\r' && *c != '\n')
-        .collect();
-    STANDARD.decode(compact.as_bytes()).map_err(|e| match e {
+    // A copy without the line breaks only when there are some (PEM-style wrapping): most
+    // values have none, and copying a value a character at a time was 2 % of a PUT.
+    let is_break = |b: &u8| *b == b'\r' || *b == b'\n';
+    let compact: std::borrow::Cow<'_, [u8]> = if encoded.as_bytes().iter().any(is_break) {
+        encoded
+            .bytes()
+            .filter(|b| !is_break(b))
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        encoded.as_bytes().into()
+    };
+    STANDARD.decode(&compact).map_err(|e| match e {
         base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
             format!("illegal base64 data at input byte {at}")
         }
@@ -253,6 +261,13 @@ mod tests {
             decode_base64("dGV_dAo=").unwrap_err(),
             "illegal base64 data at input byte 3"
         );
+        // Offsets count what is left once line breaks are taken out, as Go's do.
+        assert_eq!(
+            decode_base64("dGVz\r\ndA_=").unwrap_err(),
+            "illegal base64 data at input byte 6"
+        );
+        assert_eq!(decode_base64("\ndGVz\ndAo=\r\n").unwrap(), b"test\n");
+        assert!(decode_base64("dGVzé\ndAo=").is_err());
     }
 
     #[test]

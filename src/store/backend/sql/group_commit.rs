@@ -645,12 +645,13 @@ fn all_in_bulk(writes: &[(SecretWrite, Option<WriteContext>)]) -> bool {
 /// `bytes` in lowercase hex.
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 15)]));
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 15)]);
     }
-    out
+    // Bytes rather than `char`s pushed on a `String`: half the time of a batch's rows.
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// The blind puts of step 1, one upsert. A row whose Mesh does not exist is left out (it
