@@ -47,7 +47,10 @@ fn main() {
                     .expect("--value-bytes takes a number");
             }
             // `cargo bench` passes `--bench`.
-            flag if flag.starts_with('-') => {}
+            "--bench" => {}
+            flag if flag.starts_with('-') => {
+                panic!("unknown argument {flag}: use [ADDRESS] [--value-bytes N]")
+            }
             _ => address = arg,
         }
     }

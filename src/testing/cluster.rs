@@ -128,11 +128,16 @@ impl Cluster {
 
     fn on_port(dir: tempfile::TempDir, bin: PathBuf, port: u16) -> Self {
         Self {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            url: Self::url_on(port),
             dir,
             bin,
             port,
         }
+    }
+
+    /// The URL of a cluster on `port`, as user `postgres`.
+    fn url_on(port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
     }
 
     /// Starts a new cluster. [`free_port`] only finds a port that was free a moment ago:
@@ -144,7 +149,7 @@ impl Cluster {
                 Ok(()) => return self.wait_accepting(Duration::from_secs(60)),
                 Err(failure) if failure.port_taken => {
                     self.port = free_port();
-                    self.url = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+                    self.url = Self::url_on(self.port);
                 }
                 Err(failure) => panic!("{}", failure.message),
             }
@@ -227,8 +232,9 @@ impl Cluster {
         }
     }
 
-    /// `pg_ctl start`, waiting for the server; on failure, what went wrong, with the end
-    /// of the server's log (where Postgres says why), and whether its port was taken.
+    /// `pg_ctl start`, waiting for the server; on failure, what went wrong, with what the
+    /// server logged during this start (where Postgres says why), and whether its port was
+    /// taken.
     fn try_start(&self) -> Result<(), StartFailure> {
         let data = self.data_dir();
         let socket_dir = self.dir.path().to_str().unwrap().to_owned();

@@ -354,7 +354,7 @@ pub struct VersionRequest {
 mod tests {
     use super::*;
     use crate::domain::{MeshName, ResourceName};
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Timelike};
 
     fn secret(key: SecretKey, data: Vec<u8>, labels: &[(&str, &str)], nanos: u32) -> Secret {
         let created = Utc
@@ -379,8 +379,6 @@ mod tests {
             },
         }
     }
-
-    use chrono::Timelike;
 
     /// `secret_json` is what serde makes of `SecretItem`, for every shape a secret takes:
     /// with and without a Mesh and labels, values of every length modulo 3 and every byte,

@@ -96,15 +96,9 @@ impl SecretRow {
         keyring: Option<&Keyring>,
         accept_plaintext: bool,
     ) -> Result<Secret, StoreError> {
-        let data = self
-            .value
-            .open(keyring, accept_plaintext)
-            .map_err(|reason| StoreError::Sealed {
-                key: self.key().resource_key(),
-                reason,
-            })?;
+        let data = self.opened_data(keyring, accept_plaintext)?;
         zeroize::Zeroize::zeroize(&mut self.value.data);
-        Ok(self.with_data(SecretData::from_stored(data)))
+        Ok(self.with_data(data))
     }
 
     /// As [`open`](Self::open), for a row that stays where it is (the read cache's): only
@@ -117,23 +111,36 @@ impl SecretRow {
         keyring: Option<&Keyring>,
         accept_plaintext: bool,
     ) -> Result<Secret, StoreError> {
-        let data = self
-            .value
+        Ok(Secret {
+            key: self.key(),
+            data: self.opened_data(keyring, accept_plaintext)?,
+            labels: Labels::from_stored(self.labels.0.clone()),
+            meta: self.meta(),
+        })
+    }
+
+    /// The value opened with `keyring` (what [`open`](Self::open) and
+    /// [`open_shared`](Self::open_shared) share), or why it does not open.
+    fn opened_data(
+        &self,
+        keyring: Option<&Keyring>,
+        accept_plaintext: bool,
+    ) -> Result<SecretData, StoreError> {
+        self.value
             .open(keyring, accept_plaintext)
+            .map(SecretData::from_stored)
             .map_err(|reason| StoreError::Sealed {
                 key: self.key().resource_key(),
                 reason,
-            })?;
-        Ok(Secret {
-            key: self.key(),
-            data: SecretData::from_stored(data),
-            labels: Labels::from_stored(self.labels.0.clone()),
-            meta: Meta {
-                version: self.version,
-                creation_time: self.creation_time,
-                modification_time: self.modification_time,
-            },
-        })
+            })
+    }
+
+    fn meta(&self) -> Meta {
+        Meta {
+            version: self.version,
+            creation_time: self.creation_time,
+            modification_time: self.modification_time,
+        }
     }
 
     /// The row's version.
@@ -164,16 +171,11 @@ impl SecretRow {
 
     /// The row as a Secret with `data`: after a write, which knows the plaintext it sealed.
     pub fn with_data(self, data: SecretData) -> Secret {
-        let key = self.key();
         Secret {
-            key,
+            key: self.key(),
             data,
+            meta: self.meta(),
             labels: Labels::from_stored(self.labels.0),
-            meta: Meta {
-                version: self.version,
-                creation_time: self.creation_time,
-                modification_time: self.modification_time,
-            },
         }
     }
 }
