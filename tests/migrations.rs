@@ -285,3 +285,68 @@ async fn replicas_starting_at_once_migrate_once_and_all_open() {
         "each migration applied by exactly one replica"
     );
 }
+
+/// `secrets` keeps room on its pages (fillfactor 50, migration
+/// `20261208000001_secrets_room_for_updates`), so rewriting a secret is a heap-only update:
+/// no new index entries and no growth of the table. With the default fill about half the
+/// updates of 1 KiB secrets found no room and went to another page (measured).
+#[tokio::test]
+async fn rewriting_secrets_updates_them_in_place() {
+    use kuma_secrets::domain::{
+        Labels, MeshName, MeshSpec, NewMesh, NewSecret, SecretData, SecretKey,
+    };
+    use kuma_secrets::store::Expect;
+    let (db, store) = common::postgres_store().await;
+    store
+        .put_mesh(
+            NewMesh {
+                name: MeshName::parse("room").unwrap(),
+                spec: MeshSpec::default(),
+                labels: Labels::default(),
+            },
+            Expect::Absent,
+        )
+        .await
+        .unwrap();
+    let value = vec![b'x'; 1024];
+    for round in 0..30 {
+        for n in 0..24 {
+            let secret = NewSecret {
+                key: SecretKey::parse(Some("room"), &format!("s-{n}")).unwrap(),
+                data: SecretData::new([value.as_slice(), format!("{round}").as_bytes()].concat())
+                    .unwrap(),
+                labels: Labels::default(),
+            };
+            store.put_secret(secret, Expect::Any).await.unwrap();
+        }
+    }
+    // A backend's table statistics reach `pg_stat_user_tables` when it ends: close them all.
+    store.close().await;
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (updates, in_place): (i64, i64) = loop {
+        let counts: (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'secrets'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if counts.0 >= 29 * 24 {
+            break counts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the updates never reached the statistics: {counts:?}"
+        );
+        // The statistics of the store's closed connections are still being written.
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        in_place * 100 >= updates * 95,
+        "{in_place} of {updates} updates of `secrets` were heap-only; without room on its pages about half are"
+    );
+}

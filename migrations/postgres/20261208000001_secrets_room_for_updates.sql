@@ -1,0 +1,15 @@
+-- Room on each page of `secrets` for the heap-only (HOT) updates of its rows, as
+-- `secret_versions` already has.
+--
+-- Why: a secret's row is about 1.3 KB sealed, so a full page holds six and has no room for
+-- a seventh. An update that finds no room on its row's page writes the new version on
+-- another page and adds an entry to each of the table's four indexes; one that finds room
+-- writes no index entry at all, and the old version's space is taken back the next time
+-- the page is read (no vacuum needed). Measured with `wrk -c32` blind PUTs over 1,000
+-- names (README, "Group commit"): with the default fill, half the updates were heap-only
+-- and the table grew from 0.3 to 65 MB in 75,000 updates (autovacuum off); at 50 %, all of
+-- them were, the table stayed at 4 MB, and the PUT rate rose by about a tenth.
+--
+-- The cost: a freshly loaded table takes about twice the pages. It applies to pages filled
+-- from now on; `VACUUM FULL secrets` repacks a table already stored.
+ALTER TABLE secrets SET (fillfactor = 50);
