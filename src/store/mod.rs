@@ -46,8 +46,8 @@ pub use backend::PostgresStore;
 pub use backend::SqliteStore;
 pub use backend::{
     AnyStore, Backend, Dialect, KeptTimes, KeyUsage, MigrationReport, MigrationState,
-    MigrationStatus, PlaintextValue, PoolMode, ResealBatch, SealRefusal, SealedRows, SqlStore,
-    StoreUrl, TimesOf, Unreadable,
+    MigrationStatus, PlaintextValue, PoolMode, ResealBatch, Rewrapped, SealRefusal, SealedRows,
+    SqlStore, StoreUrl, StoredDataKey, TimesOf, Unreadable,
 };
 pub use contract::{
     CacheReport, CacheStats, Cursor, DEFAULT_PAGE_SIZE, DatabaseError, Expect,

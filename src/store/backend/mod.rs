@@ -16,8 +16,8 @@ pub use migrations::{MigrationReport, MigrationState, MigrationStatus};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use sql::{
-    Dialect, KeptTimes, KeyUsage, PlaintextValue, ResealBatch, SealRefusal, SealedRows, SqlStore,
-    TimesOf, Unreadable,
+    Dialect, KeptTimes, KeyUsage, PlaintextValue, ResealBatch, Rewrapped, SealRefusal, SealedRows,
+    SqlStore, StoredDataKey, TimesOf, Unreadable,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -295,6 +295,31 @@ impl AnyStore {
     /// The database failed.
     pub async fn keep_times(&self, times: Vec<KeptTimes>) -> Result<()> {
         delegate!(self, s => s.keep_times(times))
+    }
+
+    /// Every data key of envelope encryption, wrapped, oldest first. See
+    /// [`SqlStore::data_keys`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn data_keys(&self) -> Result<Vec<StoredDataKey>> {
+        delegate!(self, s => s.data_keys())
+    }
+
+    /// Stores a new wrapped data key. See [`SqlStore::add_data_key`].
+    ///
+    /// # Errors
+    /// A key with its id exists, or the database failed.
+    pub async fn add_data_key(&self, key: &StoredDataKey) -> Result<()> {
+        delegate!(self, s => s.add_data_key(key))
+    }
+
+    /// Replaces the wrapping of data keys, all or none. See [`SqlStore::rewrap_data_keys`].
+    ///
+    /// # Errors
+    /// A key changed meanwhile (nothing is changed), or the database failed.
+    pub async fn rewrap_data_keys(&self, keys: Vec<Rewrapped>) -> Result<u64> {
+        delegate!(self, s => s.rewrap_data_keys(keys))
     }
 
     /// Closes the pool, waiting for connections to be returned.

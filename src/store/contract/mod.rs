@@ -436,6 +436,9 @@ pub struct StoreOptions {
     /// writable, as libpq's `target_session_attrs=read-write`, and one that is not is
     /// refused with [`StoreError::ReadOnly`].
     pub reads_only: bool,
+    /// Check at open that the keyring has every key a stored value is sealed with (on:
+    /// the default). Off only in [`StoreOptions::for_data_keys`].
+    pub check_keys: bool,
 }
 
 impl StoreOptions {
@@ -466,6 +469,19 @@ impl StoreOptions {
             keyring: None,
             accept_plaintext_rows: false,
             reads_only: false,
+            check_keys: true,
+        }
+    }
+
+    /// Options for opening a store only to read and write its data keys
+    /// (`crate::envelope`), before the keyring they make exists: no keyring, and no check
+    /// of sealed rows against one. Not for reading or writing secrets: such a store has no
+    /// key to open or seal them with.
+    pub fn for_data_keys() -> Self {
+        Self {
+            check_keys: false,
+            max_connections: 2,
+            ..Self::allow_plaintext_secrets()
         }
     }
 }

@@ -90,6 +90,7 @@ macro_rules! impl_for_sql_databases {
             for<'r> $crate::store::backend::sql::PlaintextRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::StoredMeshSpec: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::backend::sql::StoredExternalServiceSpec: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::backend::sql::StoredDataKey: ::sqlx::FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -97,6 +98,7 @@ macro_rules! impl_for_sql_databases {
 }
 
 mod crud;
+mod data_keys;
 mod dialect;
 mod external_services;
 mod feed;
@@ -113,6 +115,7 @@ mod rows;
 mod statements;
 mod tx;
 
+pub use data_keys::{Rewrapped, StoredDataKey};
 pub use dialect::Dialect;
 pub use feed::EventRow;
 pub(crate) use group_commit::WriteQueue;
