@@ -107,6 +107,7 @@ pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod duration;
+pub mod envelope;
 #[cfg(feature = "postgres")]
 pub mod kuma_db;
 pub mod manifest;

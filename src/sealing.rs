@@ -456,6 +456,11 @@ impl Keyring {
         self.keys.keys().map(String::as_str)
     }
 
+    /// The bytes of key `id`, to wrap it as a data key (`crate::envelope::import_keyring`).
+    pub(crate) fn key_bytes(&self, id: &str) -> Option<[u8; 32]> {
+        self.keys.get(id).map(|key| key.raw)
+    }
+
     /// Replaces the file at `path` with this keyring, owner-only, atomically (a new file
     /// renamed over the old one), so a crash never leaves half a keyring.
     ///
@@ -926,7 +931,7 @@ fn check_private(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id

@@ -28,9 +28,10 @@ pub struct CopyArgs {
     /// The store to write; a Postgres database gets its schema migrated first.
     #[arg(long)]
     to: StoreUrl,
-    /// Keyring of --from (default for SQLite: the file next to its database).
-    #[arg(long = "from-encryption-keys")]
-    from_keys: Option<std::path::PathBuf>,
+    /// Keys of --from: a keyring file or a `pkcs11:` key (default for SQLite: the file next
+    /// to its database).
+    #[arg(long = "from-encryption-keys", value_parser = super::keyring::KeySource::parse)]
+    from_keys: Option<super::keyring::KeySource>,
     /// Keyring of --to, which seals what is written there.
     #[command(flatten)]
     encryption: EncryptionArgs,

@@ -1,5 +1,6 @@
 //! `kuma-secrets generate user-token`: mint a user token through the API (admin only), as
-//! `kumactl generate user-token`; `generate encryption-key`: add a key to a keyring file.
+//! `kumactl generate user-token`; `generate encryption-key`: add a key to a keyring file;
+//! `generate kek`: make a key-encryption key in an HSM.
 
 use super::ApiArgs;
 use crate::sealing::Keyring;
@@ -31,6 +32,14 @@ pub enum GenerateCommand {
         /// Make the new key the active one (new writes are sealed with it).
         #[arg(long)]
         activate: bool,
+    },
+    /// A key-encryption key in an HSM, for `--encryption-keys pkcs11:…`: an AES-256 key
+    /// made inside the token, sensitive and never extractable, labelled as the URI's
+    /// `object`.
+    Kek {
+        /// `pkcs11:token=…;object=…?module-path=…&pin-source=file:…`
+        #[arg(value_parser = |s: &str| s.parse::<crate::envelope::pkcs11::Pkcs11Uri>().map_err(|e| e.to_string()))]
+        uri: crate::envelope::pkcs11::Pkcs11Uri,
     },
 }
 
@@ -74,6 +83,14 @@ pub(super) async fn run(cmd: GenerateCommand) -> anyhow::Result<()> {
                 } else {
                     ""
                 }
+            );
+        }
+        GenerateCommand::Kek { uri } => {
+            let name = uri.name();
+            tokio::task::spawn_blocking(move || crate::envelope::pkcs11::Pkcs11Kek::generate(&uri))
+                .await??;
+            println!(
+                "made the key-encryption key {name}; start with --encryption-keys and this URI"
             );
         }
     }

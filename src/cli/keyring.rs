@@ -1,14 +1,19 @@
-//! Which keyring a command seals and opens secrets with (`--encryption-keys FILE`, env
+//! Which keyring a command seals and opens secrets with (`--encryption-keys SOURCE`, env
 //! `KUMA_SECRETS_ENCRYPTION_KEYS`), and the one way to store plaintext on purpose
 //! (`--allow-plaintext-secrets`).
+//!
+//! A source is a keyring file (`file:PATH`, or a bare path), or a key-encryption key in an
+//! HSM (`pkcs11:…`, see `crate::envelope::pkcs11`): then the keyring is the store's data
+//! keys, unwrapped by that key (`crate::envelope`).
 //!
 //! Without a keyring, the embedded SQLite default uses the file next to its database
 //! (`kuma-secrets.db` → `kuma-secrets.db.keys`), generating it owner-only on first start.
 //! A Postgres store has no such place: commands that write to one need a keyring or the
 //! explicit plaintext flag.
 
+use crate::envelope::{self, KeyEncryptionKey};
 use crate::sealing::Keyring;
-use crate::store::StoreOptions;
+use crate::store::{AnyStore, StoreOptions};
 use crate::store::{Backend, StoreUrl};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -17,10 +22,12 @@ use std::sync::Arc;
 /// Encryption flags of a command that opens a store.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncryptionArgs {
-    /// Keyring file: `active: ID` and `keys: {ID: BASE64 of 32 bytes}`. Default for SQLite:
+    /// Where the keys are: a keyring file (`file:PATH` or PATH: `active: ID` and `keys:
+    /// {ID: BASE64 of 32 bytes}`), or a key in an HSM that wraps the store's data keys
+    /// (`pkcs11:token=…;object=…?module-path=…&pin-source=file:…`). Default for SQLite:
     /// the file next to the database (`<db>.keys`), created on first start.
-    #[arg(long = "encryption-keys", env = "KUMA_SECRETS_ENCRYPTION_KEYS")]
-    pub keys: Option<PathBuf>,
+    #[arg(long = "encryption-keys", env = "KUMA_SECRETS_ENCRYPTION_KEYS", value_parser = KeySource::parse)]
+    pub keys: Option<KeySource>,
     /// Store secret data unencrypted when no keyring is given (needed for Postgres without
     /// --encryption-keys). Anyone with a dump or a replica can then read every secret.
     #[arg(long, env = "KUMA_SECRETS_ALLOW_PLAINTEXT_SECRETS")]
@@ -42,6 +49,77 @@ impl EncryptionArgs {
         }
         self.accept_plaintext_rows
     }
+}
+
+/// Where a command's keys are (`--encryption-keys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A keyring file: `file:PATH`, or a path.
+    File(PathBuf),
+    /// A key-encryption key in an HSM, through PKCS#11.
+    Pkcs11(envelope::pkcs11::Pkcs11Uri),
+}
+
+impl KeySource {
+    /// `file:PATH`, `pkcs11:…`, or a path.
+    ///
+    /// # Errors
+    /// An invalid `pkcs11:` URI, or a scheme this build has no source for.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("pkcs11:") {
+            return text
+                .parse()
+                .map(KeySource::Pkcs11)
+                .map_err(|e| e.to_string());
+        }
+        if let Some(path) = text.strip_prefix("file:") {
+            return Ok(KeySource::File(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once(':')
+            && scheme.len() > 1
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return Err(format!(
+                "no key source {scheme:?} in this build: use file:PATH or pkcs11:…"
+            ));
+        }
+        Ok(KeySource::File(PathBuf::from(text)))
+    }
+}
+
+/// The key-encryption key `uri` names, opened (the module loaded, the token found).
+///
+/// # Errors
+/// The module does not load or no token matches.
+pub async fn open_pkcs11(
+    uri: &envelope::pkcs11::Pkcs11Uri,
+) -> anyhow::Result<Arc<dyn KeyEncryptionKey>> {
+    let uri = uri.clone();
+    let kek =
+        tokio::task::spawn_blocking(move || envelope::pkcs11::Pkcs11Kek::open(&uri)).await??;
+    Ok(Arc::new(kek))
+}
+
+/// The keyring of `store_url`'s data keys, unwrapped by `kek`; a store that has none gets
+/// its first where the command writes (`None` where it only reads).
+async fn data_keys_keyring(
+    store_url: &StoreUrl,
+    kek: Arc<dyn KeyEncryptionKey>,
+    access: Access,
+) -> anyhow::Result<Option<Arc<Keyring>>> {
+    let name = kek.name().to_owned();
+    let store = AnyStore::open(store_url.expose(), StoreOptions::for_data_keys())
+        .await
+        .with_context(|| format!("cannot open the store {store_url} to read its data keys"))?;
+    let keyring = envelope::open_keyring(&store, kek, access == Access::Write).await;
+    store.close().await;
+    let Some(keyring) = keyring? else {
+        return Ok(None);
+    };
+    tracing::info!(kek = %name, active = keyring.active_id(), "secret data is sealed with AES-256-GCM data keys wrapped by the key-encryption key");
+    Ok(Some(Arc::new(keyring)))
 }
 
 /// What the command does with the store.
@@ -81,10 +159,16 @@ pub async fn resolve(
     args: &EncryptionArgs,
     access: Access,
 ) -> anyhow::Result<Option<Arc<Keyring>>> {
-    if let Some(path) = &args.keys {
-        let keyring = Keyring::load(path)?;
-        tracing::info!(keyring = %path.display(), active = keyring.active_id(), "secret data is sealed with AES-256-GCM");
-        return Ok(Some(Arc::new(keyring)));
+    match &args.keys {
+        Some(KeySource::File(path)) => {
+            let keyring = Keyring::load(path)?;
+            tracing::info!(keyring = %path.display(), active = keyring.active_id(), "secret data is sealed with AES-256-GCM");
+            return Ok(Some(Arc::new(keyring)));
+        }
+        Some(KeySource::Pkcs11(uri)) => {
+            return data_keys_keyring(store_url, open_pkcs11(uri).await?, access).await;
+        }
+        None => {}
     }
     match store_url.backend() {
         Backend::Sqlite => {

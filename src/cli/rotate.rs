@@ -4,10 +4,19 @@
 //! leave the keyring. Values stored in clear are never sealed here (whoever can write to
 //! the database could have planted them): `kuma-secrets seal-plaintext` lists them and
 //! seals them when the operator says so.
+//!
+//! With an HSM (`--encryption-keys pkcs11:…`, see `crate::envelope`) the keys are data keys
+//! wrapped by the HSM's key: `--new-data-key` makes a new one and re-seals onto it as above;
+//! `--new-kek SOURCE` changes what wraps them and touches no secret row: another HSM key
+//! (the data keys are re-wrapped), or, from a keyring file, an HSM key (the file's keys
+//! become data keys under the same ids), or, from an HSM, a new keyring file (the data keys
+//! written to it, for the way back).
 
 use super::StoreArgs;
-use super::keyring::{Access, EncryptionArgs, store_options};
-use crate::store::{AnyStore, KeyUsage, SealedRows, Unreadable};
+use super::keyring::{Access, EncryptionArgs, KeySource, open_pkcs11, store_options};
+use crate::envelope;
+use crate::sealing::Keyring;
+use crate::store::{AnyStore, KeyUsage, SealedRows, StoreOptions, StoredDataKey, Unreadable};
 
 /// `kuma-secrets rotate-keys …`
 #[derive(Debug, clap::Args)]
@@ -22,17 +31,42 @@ pub struct RotateArgs {
     /// Secrets per transaction.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
+    /// Move the keys under another key source, re-sealing no secret: a `pkcs11:` key (from
+    /// a keyring file or another HSM key), or a new keyring file (from an HSM key).
+    #[arg(long, value_parser = KeySource::parse, conflicts_with_all = ["status", "new_data_key"])]
+    new_kek: Option<KeySource>,
+    /// With an HSM key source: make a new data key, active for new writes, then re-seal
+    /// every secret onto it.
+    #[arg(long, conflicts_with = "status")]
+    new_data_key: bool,
 }
 
 pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
+    if let Some(target) = &args.new_kek {
+        return move_keys(&args, target).await;
+    }
+    if args.new_data_key {
+        let Some(KeySource::Pkcs11(uri)) = &args.encryption.keys else {
+            anyhow::bail!(
+                "--new-data-key is for a pkcs11: key source; with a keyring file, add a key with kuma-secrets generate encryption-key --activate"
+            );
+        };
+        let kek = open_pkcs11(uri).await?;
+        let store = AnyStore::open(args.store.url.expose(), StoreOptions::for_data_keys()).await?;
+        let made = envelope::new_data_key(&store, kek).await;
+        store.close().await;
+        eprintln!(
+            "made data key {:?}, active for new writes; re-sealing onto it",
+            made?
+        );
+    }
     let options = store_options(&args.store.url, &args.encryption, Access::Read).await?;
     let active = options.keyring.as_ref().map(|k| k.active_id().to_owned());
     let store = AnyStore::open(args.store.url.expose(), options).await?;
     if args.status {
-        print!(
-            "{}",
-            render_status(&store.rows_per_key().await?, active.as_deref())
-        );
+        let usage = store.rows_per_key().await?;
+        print!("{}", render_status(&usage, active.as_deref()));
+        print!("{}", render_data_keys(&store.data_keys().await?, &usage));
         if active.is_some() {
             print!("{}", render_unreadable(&store.unreadable().await?));
         }
@@ -87,6 +121,95 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `rotate-keys --new-kek`: puts the store's keys under `target`, touching no secret row.
+async fn move_keys(args: &RotateArgs, target: &KeySource) -> anyhow::Result<()> {
+    let url = &args.store.url;
+    let store = AnyStore::open(url.expose(), StoreOptions::for_data_keys()).await?;
+    let outcome = async {
+        match (&args.encryption.keys, target) {
+            (Some(KeySource::Pkcs11(from)), KeySource::Pkcs11(to)) => {
+                let (from, to) = (open_pkcs11(from).await?, open_pkcs11(to).await?);
+                let (from_name, to_name) = (from.name().to_owned(), to.name().to_owned());
+                let count = envelope::rewrap(&store, from, to).await?;
+                println!(
+                    "re-wrapped {count} data keys of {url} from {from_name} to {to_name}; no secret was re-sealed. Start every server with --encryption-keys set to the new key"
+                );
+            }
+            (Some(KeySource::File(path)), KeySource::Pkcs11(to)) => {
+                let keyring = Keyring::load(path)?;
+                let to = open_pkcs11(to).await?;
+                let to_name = to.name().to_owned();
+                let count = envelope::import_keyring(&store, &keyring, to).await?;
+                println!(
+                    "stored the {count} keys of {} in {url} as data keys wrapped by {to_name}, active {:?}; no secret was re-sealed. Start every server with --encryption-keys set to that key, then destroy the file and its backups",
+                    path.display(),
+                    keyring.active_id()
+                );
+            }
+            (Some(KeySource::Pkcs11(from)), KeySource::File(path)) => {
+                let from = open_pkcs11(from).await?;
+                let Some(keyring) = envelope::export_keyring(&store, from).await? else {
+                    anyhow::bail!("{url} has no data keys to write to a keyring file");
+                };
+                keyring.save_new(path)?;
+                println!(
+                    "wrote the {} data keys of {url} to the keyring file {} (owner-only), active {:?}; no secret was re-sealed. Start every server with --encryption-keys {}",
+                    keyring.key_ids().count(),
+                    path.display(),
+                    keyring.active_id(),
+                    path.display()
+                );
+            }
+            (Some(KeySource::File(_)), KeySource::File(_)) => anyhow::bail!(
+                "--new-kek moves keys between a keyring file and an HSM; to change a keyring file's key, use kuma-secrets generate encryption-key --activate and rotate-keys"
+            ),
+            (None, _) => anyhow::bail!(
+                "rotate-keys --new-kek needs the current keys: pass --encryption-keys"
+            ),
+        }
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    outcome
+}
+
+/// The data keys of an HSM key source, with what wraps each and how many values it seals.
+fn render_data_keys(keys: &[StoredDataKey], usage: &[KeyUsage]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    let newest = keys.last().map(|key| key.id.as_str());
+    let table: Vec<Vec<String>> = keys
+        .iter()
+        .map(|key| {
+            let values = usage
+                .iter()
+                .find(|u| u.key_id.as_deref() == Some(key.id.as_str()))
+                .map_or(0, |u| u.rows);
+            vec![
+                key.id.clone(),
+                key.kek.clone(),
+                key.created.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                values.to_string(),
+                if Some(key.id.as_str()) == newest {
+                    "active"
+                } else {
+                    ""
+                }
+                .to_owned(),
+            ]
+        })
+        .collect();
+    format!(
+        "\ndata keys (wrapped by a key-encryption key):\n{}",
+        super::table::render(
+            &["DATA KEY", "WRAPPED BY", "CREATED", "VALUES", "STATE"],
+            &table
+        )
+    )
 }
 
 /// Sealed rows not yet sealed with the active key in the current format (plaintext rows

@@ -1,0 +1,333 @@
+//! Envelope encryption: secrets sealed with data keys (DEKs) that the database stores only
+//! wrapped by a key-encryption key (KEK) kept in an HSM or a KMS, as Kubernetes' KMS v2
+//! plugins and Vault's auto-unseal do.
+//!
+//! # Design
+//! - **Data keys.** 256-bit AES-GCM keys, made from the system's randomness, each with an
+//!   id (`dek-…`). They seal exactly as a keyring file's keys do ([`Keyring`]): a sealed
+//!   value names its DEK in `key_id`, and its associated data binds it to the secret and
+//!   the write (`crate::sealing`). Nothing about a sealed row changes with envelope
+//!   encryption.
+//! - **Stored wrapped.** Each DEK is stored in the `data_keys` table wrapped by the KEK
+//!   ([`KeyEncryptionKey::wrap`]: AES-GCM inside the HSM, the DEK's id as associated data,
+//!   so a wrapped key moved to another id does not unwrap), beside the KEK's name.
+//! - **Unwrapped once.** A process unwraps every DEK when it opens its keyring
+//!   ([`open_keyring`]) and keeps them in memory (zeroed on drop), so the KEK is called a
+//!   few times at start, never per request: a slow or briefly unreachable HSM does not
+//!   slow reads or writes.
+//! - **The newest DEK seals new writes.** [`new_data_key`] makes one (`rotate-keys
+//!   --new-data-key`); `rotate-keys` then re-seals the rows of older DEKs in batches, as it
+//!   does for a keyring file's keys.
+//! - **KEK rotation re-wraps DEKs only** ([`rewrap`]): one row per DEK changes, in one
+//!   transaction, whatever the number of secrets.
+//! - **Moving from a keyring file** ([`import_keyring`]): the file's keys become DEKs
+//!   wrapped by the KEK, under the same ids, so no secret is re-sealed; the file can then
+//!   be destroyed. The way back is [`export_keyring`].
+//!
+//! # Threat model
+//! - **A dump, a backup, a replica or a stolen disk of the database** holds sealed values
+//!   and wrapped DEKs: nothing opens without the KEK, which never leaves the HSM (the
+//!   `pkcs11:` source makes and uses it as a sensitive, non-extractable token object).
+//! - **Someone who can write to the database** can delete a DEK (its secrets then fail to
+//!   open, loudly, naming the key), or plant one wrapped by a KEK they do not hold (it does
+//!   not unwrap: the store refuses to open, naming it). They cannot read a DEK, and a DEK
+//!   they wrap themselves would need the KEK.
+//! - **Someone who can read the process's memory** (root on the host, a core dump) has the
+//!   unwrapped DEKs, as with any key source: what the HSM adds is that the key survives
+//!   no copy of the disk, and that its use can be revoked at the HSM.
+//! - **Whoever holds the HSM PIN and can reach the HSM** can unwrap the DEKs: keep the PIN
+//!   in a file only the service reads, or in its environment, never in the database.
+
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
+
+use crate::sealing::Keyring;
+use crate::store::{AnyStore, Rewrapped, StoreError, StoredDataKey};
+use std::fmt;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// A key-encryption key: wraps and unwraps data keys without ever handing itself out.
+/// Calls may block (an HSM round trip); [`open_keyring`] and the others run them on
+/// tokio's blocking threads.
+pub trait KeyEncryptionKey: Send + Sync + fmt::Debug {
+    /// The KEK's name as stored beside each DEK it wraps: where it lives and which key it
+    /// is, never a secret (for PKCS#11: `pkcs11:token=…;object=…`).
+    fn name(&self) -> &str;
+
+    /// `dek` wrapped, bound to its id `id`.
+    ///
+    /// # Errors
+    /// The key source failed or is unreachable.
+    fn wrap(&self, id: &str, dek: &[u8; 32]) -> Result<Vec<u8>, KekError>;
+
+    /// The DEK `id` from `wrapped`.
+    ///
+    /// # Errors
+    /// The key source failed or is unreachable, or `wrapped` does not unwrap with this KEK
+    /// under this id.
+    fn unwrap(&self, id: &str, wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>, KekError>;
+}
+
+/// Why a key source did not do what was asked.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum KekError {
+    /// The source cannot be used as configured (a module that does not load, no such
+    /// token or key, a wrong PIN): retrying will not help.
+    #[error("key source {source_name}: {reason}")]
+    Config {
+        /// The source, by name (no secret in it).
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The source did not answer or failed (a device error, a network error): retrying
+    /// may help.
+    #[error("key source {source_name} is unavailable: {reason}")]
+    Unavailable {
+        /// The source, by name.
+        source_name: String,
+        /// What happened.
+        reason: String,
+    },
+    /// A wrapped DEK does not unwrap with this KEK under its id: altered, moved from
+    /// another id, or wrapped by another key.
+    #[error(
+        "data key {id:?} does not unwrap with {source_name}: it was altered, moved from another data key, or wrapped by another key"
+    )]
+    Refused {
+        /// The source, by name.
+        source_name: String,
+        /// The DEK's id.
+        id: String,
+    },
+}
+
+/// Why a keyring could not be made from a store's data keys.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The key source failed.
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A DEK is wrapped by another KEK than the one given.
+    #[error(
+        "data key {id:?} is wrapped by {wrapped_by}, not by {given}: open the store with that key source, or re-wrap its data keys first (kuma-secrets rotate-keys --new-kek)"
+    )]
+    OtherKek {
+        /// The DEK.
+        id: String,
+        /// The KEK that wraps it.
+        wrapped_by: String,
+        /// The KEK given.
+        given: String,
+    },
+    /// A stored data key's id is not one a keyring takes (written behind the store's back).
+    #[error(
+        "the data key id {0:?} is not valid (1 to 64 of a-z, 0-9, '-', '_', '.'): it was written behind the store's back; delete that row"
+    )]
+    InvalidId(String),
+    /// A blocking call was cancelled (the runtime is shutting down).
+    #[error("the key source call was cancelled: {0}")]
+    Cancelled(String),
+}
+
+/// Runs a blocking key source call on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, KekError> + Send + 'static,
+) -> Result<T, EnvelopeError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|err| EnvelopeError::Cancelled(err.to_string()))?
+        .map_err(EnvelopeError::from)
+}
+
+/// A fresh DEK id: `dek-` and the time it was made, then random hex, sorting by age.
+fn new_dek_id() -> String {
+    let mut random = [0u8; 4];
+    getrandom::fill(&mut random).expect("system randomness");
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("dek-{}-{hex}", chrono::Utc::now().format("%Y%m%d-%H%M%S"))
+}
+
+/// The keyring of `store`'s data keys, each unwrapped with `kek`; the newest is active.
+/// A store without data keys gets its first one, made and stored here, when `make_first`;
+/// otherwise it has no keyring (`None`).
+///
+/// # Errors
+/// A DEK wrapped by another KEK, one that does not unwrap, the key source failing, or the
+/// store failing.
+pub async fn open_keyring(
+    store: &AnyStore,
+    kek: Arc<dyn KeyEncryptionKey>,
+    make_first: bool,
+) -> Result<Option<Keyring>, EnvelopeError> {
+    let mut stored = store.data_keys().await?;
+    if stored.is_empty() {
+        if !make_first {
+            return Ok(None);
+        }
+        new_data_key(store, kek.clone()).await?;
+        stored = store.data_keys().await?;
+    }
+    if let Some(bad) = stored.iter().find(|key| !crate::sealing::valid_id(&key.id)) {
+        return Err(EnvelopeError::InvalidId(bad.id.clone()));
+    }
+    if let Some(other) = stored.iter().find(|key| key.kek != kek.name()) {
+        return Err(EnvelopeError::OtherKek {
+            id: other.id.clone(),
+            wrapped_by: other.kek.clone(),
+            given: kek.name().to_owned(),
+        });
+    }
+    let unwrapped = blocking(move || {
+        stored
+            .into_iter()
+            .map(|key| Ok((key.id.clone(), kek.unwrap(&key.id, &key.wrapped)?)))
+            .collect::<Result<Vec<_>, KekError>>()
+    })
+    .await?;
+    let mut keyring: Option<Keyring> = None;
+    for (id, raw) in &unwrapped {
+        keyring = Some(match keyring {
+            None => Keyring::single(id, **raw),
+            Some(keyring) => keyring.with_key(id, **raw).with_active(id),
+        });
+    }
+    Ok(keyring)
+}
+
+/// Makes a new DEK, wraps it with `kek` and stores it: the keyring opened next seals new
+/// writes with it. Returns its id.
+///
+/// # Errors
+/// The key source or the store failed.
+pub async fn new_data_key(
+    store: &AnyStore,
+    kek: Arc<dyn KeyEncryptionKey>,
+) -> Result<String, EnvelopeError> {
+    let id = new_dek_id();
+    let dek = Zeroizing::new(Keyring::random_key());
+    let wrapped = {
+        let id = id.clone();
+        let kek = kek.clone();
+        blocking(move || kek.wrap(&id, &dek)).await?
+    };
+    store
+        .add_data_key(&StoredDataKey {
+            id: id.clone(),
+            kek: kek.name().to_owned(),
+            wrapped,
+            created: chrono::Utc::now(),
+        })
+        .await?;
+    Ok(id)
+}
+
+/// Re-wraps every DEK of `store` wrapped by `from` with `to`, in one transaction: no secret
+/// row is read or written. Returns how many DEKs were re-wrapped.
+///
+/// # Errors
+/// A DEK wrapped by neither, one that does not unwrap, a key source or the store failing,
+/// or another rotation meanwhile (nothing is changed).
+pub async fn rewrap(
+    store: &AnyStore,
+    from: Arc<dyn KeyEncryptionKey>,
+    to: Arc<dyn KeyEncryptionKey>,
+) -> Result<u64, EnvelopeError> {
+    let stored = store.data_keys().await?;
+    if let Some(other) = stored
+        .iter()
+        .find(|key| key.kek != from.name() && key.kek != to.name())
+    {
+        return Err(EnvelopeError::OtherKek {
+            id: other.id.clone(),
+            wrapped_by: other.kek.clone(),
+            given: from.name().to_owned(),
+        });
+    }
+    let (from_name, to_name) = (from.name().to_owned(), to.name().to_owned());
+    let rewrapped = blocking(move || {
+        stored
+            .into_iter()
+            .filter(|key| key.kek == from.name())
+            .map(|key| {
+                let dek = from.unwrap(&key.id, &key.wrapped)?;
+                Ok(Rewrapped {
+                    wrapped: to.wrap(&key.id, &dek)?,
+                    id: key.id,
+                    was: from_name.clone(),
+                    kek: to_name.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, KekError>>()
+    })
+    .await?;
+    if rewrapped.is_empty() {
+        return Ok(0);
+    }
+    Ok(store.rewrap_data_keys(rewrapped).await?)
+}
+
+/// Stores every key of `keyring` (a keyring file's) as a DEK wrapped by `kek`, under the
+/// same id, so the rows it sealed open with the store's data keys without being re-sealed.
+/// The keyring's active key is made the newest DEK. Keys already stored are left as they
+/// are. Returns how many were added.
+///
+/// # Errors
+/// The key source or the store failed.
+pub async fn import_keyring(
+    store: &AnyStore,
+    keyring: &Keyring,
+    kek: Arc<dyn KeyEncryptionKey>,
+) -> Result<u64, EnvelopeError> {
+    let existing: Vec<String> = store
+        .data_keys()
+        .await?
+        .into_iter()
+        .map(|key| key.id)
+        .collect();
+    // The active key last, so it is the newest.
+    let mut ids: Vec<String> = keyring
+        .key_ids()
+        .filter(|id| *id != keyring.active_id())
+        .map(str::to_owned)
+        .collect();
+    ids.push(keyring.active_id().to_owned());
+    let mut added = 0;
+    let start = chrono::Utc::now();
+    for (order, id) in ids.into_iter().enumerate() {
+        if existing.contains(&id) {
+            continue;
+        }
+        let raw = Zeroizing::new(keyring.key_bytes(&id).expect("a key of the keyring"));
+        let wrapped = {
+            let (id, kek) = (id.clone(), kek.clone());
+            blocking(move || kek.wrap(&id, &raw)).await?
+        };
+        store
+            .add_data_key(&StoredDataKey {
+                id,
+                kek: kek.name().to_owned(),
+                wrapped,
+                created: start + chrono::Duration::milliseconds(i64::try_from(order).unwrap_or(0)),
+            })
+            .await?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// The store's DEKs unwrapped with `kek`, as a keyring (to write to a file): the way back
+/// from a key source to a keyring file.
+///
+/// # Errors
+/// As [`open_keyring`].
+pub async fn export_keyring(
+    store: &AnyStore,
+    kek: Arc<dyn KeyEncryptionKey>,
+) -> Result<Option<Keyring>, EnvelopeError> {
+    open_keyring(store, kek, false).await
+}

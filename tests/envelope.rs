@@ -1,0 +1,681 @@
+//! Envelope encryption with the root key in an HSM (`--encryption-keys pkcs11:…`), against a
+//! real SoftHSM2 token, on both backends: values seal and open through the HSM's key, a KEK
+//! rotation re-wraps data keys and touches no secret row, a store moves from a keyring file
+//! to the HSM and back with every value read again, a tampered or foreign data key is
+//! refused, and no key material or PIN is on disk in clear.
+//!
+//! SoftHSM2 reads its configuration from `SOFTHSM2_CONF` once per process, so this test
+//! binary has its own `main` (`harness = false`): it makes a token directory of its own,
+//! initializes one token, then runs itself again with `SOFTHSM2_CONF` pointing there, and
+//! that run takes each case in turn, on Postgres and on SQLite. `cargo test --test envelope
+//! NAME` runs the cases whose name contains NAME.
+
+#[macro_use]
+mod common;
+
+use base64::Engine;
+use kuma_secrets::domain::{Labels, MeshName, MeshSpec, NewMesh, NewSecret, SecretData, SecretKey};
+use kuma_secrets::envelope::pkcs11::{Pkcs11Kek, Pkcs11Uri};
+use kuma_secrets::envelope::{self, EnvelopeError, KekError, KeyEncryptionKey};
+use kuma_secrets::sealing::Keyring;
+use kuma_secrets::store::{AnyStore, Expect, SecretStore, StoreOptions};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+/// The token every case uses, and its PIN.
+const TOKEN: &str = "kuma-secrets-test";
+const PIN: &str = "4711-test-pin";
+
+/// The SoftHSM2 module, where Debian's `libsofthsm2` puts it.
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// The directory holding the token and the PIN file (kept for the run).
+static HSM_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A fresh store of `backend` and what keeps it alive.
+struct Fresh {
+    url: String,
+    _db: Option<common::TestDb>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fresh {
+    /// A fresh store with the Mesh `default`.
+    async fn new(backend: Backend) -> Self {
+        let fresh = Self::empty(backend).await;
+        let store = fresh.bare().await;
+        store
+            .put_mesh(
+                NewMesh {
+                    name: MeshName::parse("default").unwrap(),
+                    spec: MeshSpec::default(),
+                    labels: Labels::default(),
+                },
+                Expect::Absent,
+            )
+            .await
+            .unwrap();
+        store.close().await;
+        fresh
+    }
+
+    async fn empty(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Postgres => {
+                let db = common::TestDb::migrated().await;
+                Self {
+                    url: db.url.clone(),
+                    _db: Some(db),
+                    _dir: dir,
+                }
+            }
+            Backend::Sqlite => Self {
+                url: common::sqlite_url(dir.path(), "store.db"),
+                _db: None,
+                _dir: dir,
+            },
+        }
+    }
+
+    /// The store, opened without a keyring (to read and write its data keys).
+    async fn bare(&self) -> AnyStore {
+        AnyStore::open(&self.url, StoreOptions::for_data_keys())
+            .await
+            .unwrap()
+    }
+
+    /// The store, sealing with `keyring`.
+    async fn sealed(&self, keyring: Keyring) -> AnyStore {
+        AnyStore::open(&self.url, StoreOptions::sealed_with(Arc::new(keyring)))
+            .await
+            .unwrap()
+    }
+}
+
+/// A URI naming the KEK `label` in the test token, the PIN in a file.
+fn uri(label: &str) -> Pkcs11Uri {
+    let dir = HSM_DIR.get().expect("the token is set up");
+    format!(
+        "pkcs11:token={TOKEN};object={label}?module-path={MODULE}&pin-source=file:{}",
+        dir.join("pin").display()
+    )
+    .parse()
+    .unwrap()
+}
+
+/// A new KEK, made in the token, with a label of its own.
+async fn new_kek() -> Arc<dyn KeyEncryptionKey> {
+    let label = format!("kek-{}", uuid::Uuid::new_v4().simple());
+    let uri = uri(&label);
+    let kek = tokio::task::spawn_blocking(move || Pkcs11Kek::generate(&uri))
+        .await
+        .unwrap()
+        .unwrap();
+    Arc::new(kek)
+}
+
+fn key(name: &str) -> SecretKey {
+    SecretKey::parse(Some("default"), name).unwrap()
+}
+
+fn value(n: usize) -> Vec<u8> {
+    format!("value of secret {n}: {}", "x".repeat(200)).into_bytes()
+}
+
+async fn write(store: &AnyStore, n: usize) {
+    store
+        .put_secret(
+            NewSecret {
+                key: key(&format!("s-{n}")),
+                data: SecretData::new(value(n)).unwrap(),
+                labels: Labels::default(),
+            },
+            Expect::Any,
+        )
+        .await
+        .unwrap();
+}
+
+/// Every one of `count` secrets reads back its own value through `store`.
+async fn every_value_reads_back(store: &AnyStore, count: usize) {
+    for n in 0..count {
+        let secret = store.get_secret(&key(&format!("s-{n}"))).await.unwrap();
+        assert_eq!(secret.data.expose(), value(n).as_slice(), "secret s-{n}");
+    }
+}
+
+/// A store sealed through a KEK in the HSM: its values open again after a restart (a new
+/// keyring unwrapped from the database), and the data key is stored only wrapped.
+async fn values_seal_and_open_through_the_hsm(backend: Backend) {
+    let fresh = Fresh::new(backend).await;
+    let kek = new_kek().await;
+    let bare = fresh.bare().await;
+    assert!(
+        envelope::open_keyring(&bare, kek.clone(), false)
+            .await
+            .unwrap()
+            .is_none(),
+        "a read-only open makes no data key"
+    );
+    let keyring = envelope::open_keyring(&bare, kek.clone(), true)
+        .await
+        .unwrap()
+        .unwrap();
+    let dek = keyring.active_id().to_owned();
+    let stored = bare.data_keys().await.unwrap();
+    bare.close().await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, dek);
+    assert_eq!(stored[0].kek, kek.name());
+    assert!(dek.starts_with("dek-"), "{dek}");
+
+    let store = fresh.sealed(keyring).await;
+    for n in 0..20 {
+        write(&store, n).await;
+    }
+    store.close().await;
+
+    // A restart: the keyring comes from the database and the HSM again.
+    let bare = fresh.bare().await;
+    let again = envelope::open_keyring(&bare, kek.clone(), true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        bare.data_keys().await.unwrap().len(),
+        1,
+        "no second data key"
+    );
+    bare.close().await;
+    let store = fresh.sealed(again).await;
+    every_value_reads_back(&store, 20).await;
+    let usage = store.rows_per_key().await.unwrap();
+    assert!(
+        usage
+            .iter()
+            .all(|u| u.key_id.as_deref() == Some(dek.as_str())),
+        "every value names the data key: {usage:?}"
+    );
+    store.close().await;
+}
+
+/// Re-wrapping the data keys with another KEK changes the `data_keys` rows only: every
+/// secret row (current and kept versions) is byte for byte what it was, the store opens
+/// with the new KEK, and the old one is refused by name.
+async fn a_kek_rotation_rewrites_no_secret_row(backend: Backend) {
+    const SECRETS: usize = 2_000;
+    let fresh = Fresh::new(backend).await;
+    let (old, new) = (new_kek().await, new_kek().await);
+    let bare = fresh.bare().await;
+    let keyring = envelope::open_keyring(&bare, old.clone(), true)
+        .await
+        .unwrap()
+        .unwrap();
+    envelope::new_data_key(&bare, old.clone()).await.unwrap();
+    bare.close().await;
+    let store = fresh.sealed(keyring).await;
+    for n in 0..SECRETS {
+        write(&store, n).await;
+    }
+    write(&store, 0).await; // a kept version too
+    store.close().await;
+
+    let before = every_row(&fresh.url).await;
+    let bare = fresh.bare().await;
+    let started = std::time::Instant::now();
+    let rewrapped = envelope::rewrap(&bare, old.clone(), new.clone())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(rewrapped, 2, "both data keys re-wrapped");
+    assert!(
+        bare.data_keys()
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| k.kek == new.name()),
+        "every data key is wrapped by the new KEK"
+    );
+    let refused = envelope::open_keyring(&bare, old.clone(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, EnvelopeError::OtherKek { wrapped_by, .. } if wrapped_by == new.name()),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("rotate-keys --new-kek"),
+        "{refused}"
+    );
+    let keyring = envelope::open_keyring(&bare, new.clone(), false)
+        .await
+        .unwrap()
+        .unwrap();
+    bare.close().await;
+    assert_eq!(every_row(&fresh.url).await, before, "no secret row changed");
+    eprintln!("    ({backend:?}: re-wrapped 2 data keys over {SECRETS} secrets in {took:?})");
+
+    let store = fresh.sealed(keyring).await;
+    every_value_reads_back(&store, SECRETS).await;
+    store.close().await;
+}
+
+/// Every secret row and kept version as stored, with the row's identity of a write where
+/// the backend has one (Postgres' `xmin` and `ctid`: a row rewritten with the same bytes
+/// still gets new ones).
+async fn every_row(url: &str) -> Vec<String> {
+    use sqlx::Row;
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT format('%s %s %s %s %s %s', xmin, ctid, mesh, name, version, encode(data, 'hex')) \
+             FROM secrets UNION ALL \
+             SELECT format('%s %s %s %s %s %s', xmin, ctid, mesh, name, version, encode(data, 'hex')) \
+             FROM secret_versions ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows.iter().map(|r| r.get::<String, _>(0)).collect()
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT rowid || ' ' || mesh || ' ' || name || ' ' || version || ' ' || hex(data) \
+               || ' ' || modification_time FROM secrets UNION ALL \
+             SELECT rowid || ' ' || mesh || ' ' || name || ' ' || version || ' ' || hex(data) \
+               || ' ' || modification_time FROM secret_versions ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows.iter().map(|r| r.get::<String, _>(0)).collect()
+    }
+}
+
+/// A store sealed with a keyring file moves to the HSM (the file's keys become data keys
+/// under the same ids, nothing re-sealed), and back to a new keyring file, each value read
+/// again at every step.
+async fn a_keyring_file_moves_to_the_hsm_and_back(backend: Backend) {
+    const SECRETS: usize = 50;
+    let fresh = Fresh::new(backend).await;
+    let file_keyring = Keyring::single("key-1", Keyring::random_key())
+        .with_key("key-2", Keyring::random_key())
+        .with_active("key-2");
+    let store = fresh.sealed(file_keyring.clone()).await;
+    for n in 0..SECRETS {
+        write(&store, n).await;
+    }
+    store.close().await;
+    let before = every_row(&fresh.url).await;
+
+    let kek = new_kek().await;
+    let bare = fresh.bare().await;
+    assert_eq!(
+        envelope::import_keyring(&bare, &file_keyring, kek.clone())
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        envelope::import_keyring(&bare, &file_keyring, kek.clone())
+            .await
+            .unwrap(),
+        0,
+        "a second import adds nothing"
+    );
+    let from_hsm = envelope::open_keyring(&bare, kek.clone(), false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        from_hsm.active_id(),
+        "key-2",
+        "the file's active key stays active"
+    );
+    bare.close().await;
+    assert_eq!(every_row(&fresh.url).await, before, "nothing re-sealed");
+    let store = fresh.sealed(from_hsm).await;
+    every_value_reads_back(&store, SECRETS).await;
+    write(&store, SECRETS).await;
+    store.close().await;
+
+    // And back to a file.
+    let bare = fresh.bare().await;
+    let exported = envelope::export_keyring(&bare, kek).await.unwrap().unwrap();
+    bare.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.yaml");
+    exported.save_new(&path).unwrap();
+    let store = fresh.sealed(Keyring::load(&path).unwrap()).await;
+    every_value_reads_back(&store, SECRETS + 1).await;
+    store.close().await;
+}
+
+/// A wrapped data key moved to another id, or one wrapped by a KEK the store was not given,
+/// is refused by name; nothing opens with a key it cannot unwrap.
+async fn a_tampered_or_foreign_data_key_is_refused(backend: Backend) {
+    let fresh = Fresh::new(backend).await;
+    let kek = new_kek().await;
+    let bare = fresh.bare().await;
+    envelope::new_data_key(&bare, kek.clone()).await.unwrap();
+    envelope::new_data_key(&bare, kek.clone()).await.unwrap();
+    let keys = bare.data_keys().await.unwrap();
+    bare.close().await;
+    // Someone with write access swaps the two wrapped keys.
+    swap_wrapped(&fresh.url, &keys[0].id, &keys[1].id).await;
+    let bare = fresh.bare().await;
+    let err = envelope::open_keyring(&bare, kek.clone(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EnvelopeError::Kek(KekError::Refused { id, .. }) if *id == keys[0].id),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not unwrap"), "{err}");
+    bare.close().await;
+
+    // A key wrapped by another KEK, added behind the store's back.
+    let fresh = Fresh::new(backend).await;
+    let (ours, theirs) = (new_kek().await, new_kek().await);
+    let bare = fresh.bare().await;
+    envelope::new_data_key(&bare, ours.clone()).await.unwrap();
+    envelope::new_data_key(&bare, theirs.clone()).await.unwrap();
+    let err = envelope::open_keyring(&bare, ours, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EnvelopeError::OtherKek { wrapped_by, .. } if wrapped_by == theirs.name()),
+        "{err}"
+    );
+    bare.close().await;
+}
+
+async fn swap_wrapped(url: &str, a: &str, b: &str) {
+    let sql = format!(
+        "UPDATE data_keys SET wrapped = (SELECT wrapped FROM data_keys WHERE id = '{b}') WHERE id = '{a}'"
+    );
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+}
+
+/// Neither the data key (raw or base64) nor the PIN is in the database's files or dump;
+/// the KEK's stored name has no PIN in it.
+async fn no_key_material_or_pin_in_the_database(backend: Backend) {
+    let fresh = Fresh::new(backend).await;
+    let kek = new_kek().await;
+    assert!(
+        !kek.name().contains(PIN) && !kek.name().contains("pin"),
+        "{}",
+        kek.name()
+    );
+    let bare = fresh.bare().await;
+    let keyring = envelope::open_keyring(&bare, kek.clone(), true)
+        .await
+        .unwrap()
+        .unwrap();
+    bare.close().await;
+    let store = fresh.sealed(keyring).await;
+    for n in 0..5 {
+        write(&store, n).await;
+    }
+    store.close().await;
+    // The data key's bytes, as a keyring file would hold them.
+    let bare = fresh.bare().await;
+    let exported = envelope::export_keyring(&bare, kek).await.unwrap().unwrap();
+    bare.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    exported.save_new(&dir.path().join("k.yaml")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("k.yaml")).unwrap();
+    let encoded = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(": ")
+                .filter(|(k, _)| k.starts_with("dek-"))
+        })
+        .map(|(_, v)| v.to_owned())
+        .expect("the data key in the file");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&encoded)
+        .unwrap();
+
+    let stored: Vec<u8> = match backend {
+        Backend::Postgres => {
+            let dump = std::process::Command::new("pg_dump")
+                .arg(&fresh.url)
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                dump.status.success(),
+                "{}",
+                String::from_utf8_lossy(&dump.stderr)
+            );
+            dump.stdout
+        }
+        Backend::Sqlite => {
+            let path = fresh.url.trim_start_matches("sqlite://");
+            let mut bytes = Vec::new();
+            for file in [path.to_owned(), format!("{path}-wal")] {
+                bytes.extend(std::fs::read(&file).unwrap_or_default());
+            }
+            bytes
+        }
+    };
+    let holds = |needle: &[u8]| stored.windows(needle.len()).any(|w| w == needle);
+    assert!(!holds(&raw), "the raw data key is in the database");
+    assert!(
+        !holds(encoded.as_bytes()),
+        "the data key's base64 is in the database"
+    );
+    assert!(
+        !holds(hex(&raw).as_bytes()),
+        "the data key's hex is in the database"
+    );
+    assert!(!holds(PIN.as_bytes()), "the PIN is in the database");
+    assert!(
+        holds(b"dek-"),
+        "the search finds what is there: the data key's id"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The command line end to end on SQLite: `generate kek`, `serve` sealing through the HSM
+/// (a secret written, the server restarted, the secret read), and `rotate-keys --status`
+/// listing the data key and what wraps it.
+async fn the_command_line_serves_through_the_hsm(_backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = common::sqlite_url(dir.path(), "cli.db");
+    let label = format!("kek-{}", uuid::Uuid::new_v4().simple());
+    let uri = format!(
+        "pkcs11:token={TOKEN};object={label}?module-path={MODULE}&pin-source=file:{}",
+        HSM_DIR.get().unwrap().join("pin").display()
+    );
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .ok();
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .fails_with("exists in the token already");
+    let serve_args = ["--store", &store_url, "--encryption-keys", &uri];
+    let body = serde_json::json!({"type": "Secret", "mesh": "default", "name": "hsm", "data": "aHNtLXNlYWxlZA=="});
+    {
+        let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
+        let client = reqwest::Client::new();
+        let put = client
+            .put(format!("{addr}/meshes/default/secrets/hsm"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success(), "{put:?}");
+    }
+    let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
+    let got: serde_json::Value = reqwest::get(format!("{addr}/meshes/default/secrets/hsm"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["data"], "aHNtLXNlYWxlZA==", "{got}");
+    assert!(
+        !dir.path().join("cli.db.keys").exists(),
+        "no keyring file is made beside the database"
+    );
+    let status = common::process::kuma(
+        &[
+            "rotate-keys",
+            "--status",
+            "--store",
+            &store_url,
+            "--encryption-keys",
+            &uri,
+        ],
+        None,
+    )
+    .await
+    .ok();
+    assert!(status.stdout.contains("DATA KEY"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("pkcs11:token={TOKEN};object={label}")),
+        "{}",
+        status.stdout
+    );
+    assert!(!status.stdout.contains("pin"), "{}", status.stdout);
+}
+
+type Case = fn(Backend) -> Pin<Box<dyn Future<Output = ()>>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        [$((stringify!($name), (|backend| Box::pin($name(backend))) as Case)),*]
+    };
+}
+
+fn main() {
+    // SoftHSM2 reads SOFTHSM2_CONF when the module initializes, and this crate forbids the
+    // `unsafe` of setting the environment: so the run sets up the token, then runs itself
+    // again as a child with SOFTHSM2_CONF pointing at it.
+    let Ok(hsm_dir) = std::env::var(HSM_DIR_ENV) else {
+        let dir = set_up_the_token();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+            .env(HSM_DIR_ENV, &dir)
+            .status()
+            .expect("the test binary runs itself");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::exit(status.code().unwrap_or(1));
+    };
+    HSM_DIR.set(PathBuf::from(hsm_dir)).unwrap();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let cases = cases![
+        values_seal_and_open_through_the_hsm,
+        a_kek_rotation_rewrites_no_secret_row,
+        a_keyring_file_moves_to_the_hsm_and_back,
+        a_tampered_or_foreign_data_key_is_refused,
+        no_key_material_or_pin_in_the_database,
+    ];
+    let cli_cases = cases![the_command_line_serves_through_the_hsm];
+    let mut chosen = Vec::new();
+    for (name, case) in cases {
+        for backend in [Backend::Postgres, Backend::Sqlite] {
+            chosen.push((format!("{name} on {backend:?}"), case, backend));
+        }
+    }
+    for (name, case) in cli_cases {
+        chosen.push((name.to_owned(), case, Backend::Sqlite));
+    }
+    chosen.retain(|(name, _, _)| {
+        filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let count = chosen.len();
+    for (name, case, backend) in chosen {
+        println!("test {name} ...");
+        runtime.block_on(case(backend));
+        println!("test {name} ... ok");
+    }
+    println!("\ntest result: ok. {count} passed");
+}
+
+/// Where the parent run tells its child the token directory is.
+const HSM_DIR_ENV: &str = "KUMA_SECRETS_TEST_SOFTHSM_DIR";
+
+/// A directory of this run with a SoftHSM2 configuration, an initialized token and the PIN
+/// in a file.
+fn set_up_the_token() -> PathBuf {
+    let util = Path::new("/usr/bin/softhsm2-util");
+    assert!(
+        util.exists() && Path::new(MODULE).exists(),
+        "SoftHSM2 is not installed: apt-get install softhsm2 (.ci/run installs it)"
+    );
+    let dir = std::env::temp_dir().join(format!("kuma-secrets-softhsm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tokens")).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("pin"), format!("{PIN}\n")).unwrap();
+    let init = std::process::Command::new(util)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "so-4711",
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util runs");
+    assert!(
+        init.status.success(),
+        "softhsm2-util --init-token failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    dir
+}
