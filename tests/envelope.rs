@@ -607,7 +607,10 @@ fn main() {
         a_tampered_or_foreign_data_key_is_refused,
         no_key_material_or_pin_in_the_database,
     ];
-    let cli_cases = cases![the_command_line_serves_through_the_hsm];
+    let cli_cases = cases![
+        the_command_line_serves_through_the_hsm,
+        a_starting_server_waits_for_the_hsm,
+    ];
     let mut chosen = Vec::new();
     for (name, case) in cases {
         for backend in [Backend::Postgres, Backend::Sqlite] {
@@ -678,4 +681,146 @@ fn set_up_the_token() -> PathBuf {
         String::from_utf8_lossy(&init.stderr)
     );
     dir
+}
+
+/// A server started while its HSM shows no token waits: the port answers `/healthz` and a
+/// 503 on `/readyz` naming the key source and since when; once the token and its key are
+/// there, it serves, and `/metrics` counts the key source's calls by outcome.
+async fn a_starting_server_waits_for_the_hsm(_backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = common::sqlite_url(dir.path(), "late.db");
+    let token = format!("late-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let uri = format!(
+        "pkcs11:token={token};object=kek?module-path={MODULE}&pin-source=file:{}",
+        HSM_DIR.get().unwrap().join("pin").display()
+    );
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let _serve = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
+            .args(["serve", "--store", &store_url, "--encryption-keys", &uri])
+            .args(["--api-addr", &format!("127.0.0.1:{port}")])
+            .env("KUMA_SECRETS_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::new();
+    let readyz = || async {
+        match client.get(format!("{base}/readyz")).send().await {
+            Ok(response) => Some((response.status().as_u16(), response.text().await.unwrap())),
+            Err(_) => None,
+        }
+    };
+    let waiting = until(|| async {
+        readyz()
+            .await
+            .filter(|(status, body)| *status == 503 && body.contains("waiting since"))
+    })
+    .await;
+    assert!(
+        waiting
+            .1
+            .contains(&format!("pkcs11:token={token};object=kek")),
+        "{}",
+        waiting.1
+    );
+    assert!(!waiting.1.contains("pin"), "{}", waiting.1);
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let early = client
+        .get(format!("{base}/meshes/default/secrets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        early.status(),
+        503,
+        "nothing is served before the keys are there"
+    );
+
+    // The HSM comes up: the token is initialized and its key made.
+    let conf = HSM_DIR.get().unwrap().join("softhsm2.conf");
+    let init = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            &token,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "so-4711",
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .ok();
+
+    until(|| async { readyz().await.filter(|(status, _)| *status == 200) }).await;
+    let body = serde_json::json!({"type": "Secret", "mesh": "default", "name": "late", "data": "bGF0ZQ=="});
+    let put = client
+        .put(format!("{base}/meshes/default/secrets/late"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{put:?}");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "kuma_secrets_key_source_calls_total{{outcome=\"{outcome}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("unavailable") >= 1, "{metrics}");
+    assert!(count("ok") >= 2, "a wrap and an unwrap: {metrics}");
+}
+
+/// A child process killed when dropped, so a failing case leaves no server behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` until it gives `Some`, for at most 90 s.
+async fn until<T, F, Fut>(check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the condition never held within 90 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

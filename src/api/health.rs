@@ -59,6 +59,9 @@ async fn metrics<S: SecretStore + Clone + 'static>(State(state): State<AppState<
     if let Some(report) = state.store.pool_report() {
         state.metrics.observe_pool(&report);
     }
+    state
+        .metrics
+        .observe_key_source(crate::envelope::key_source_calls());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

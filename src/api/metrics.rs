@@ -39,6 +39,7 @@ pub struct Metrics {
     cache_totals_reused: prometheus::IntCounter,
     cache_entries: prometheus::IntGauge,
     cache_bytes: prometheus::IntGauge,
+    key_source_calls: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -137,6 +138,16 @@ impl Metrics {
                 "read_cache_bytes",
                 "About how much memory the read cache's rows take",
             ),
+            key_source_calls: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "key_source_calls_total",
+                        "Calls to the key source holding the key-encryption key (an HSM): opening it, wrapping and unwrapping data keys; by outcome: ok, unavailable (it did not answer or failed), refused (a wrapped data key did not unwrap), config (its configuration is wrong)",
+                    ),
+                    &["outcome"],
+                ),
+            ),
             registry,
         }
     }
@@ -165,6 +176,19 @@ impl Metrics {
         raise(&self.connections_refused, report.refused);
         raise(&self.write_batches, report.write_batches);
         raise(&self.batched_writes, report.batched_writes);
+    }
+
+    /// Brings the key source metrics up to `calls` (the process's counts, read at each
+    /// scrape).
+    pub fn observe_key_source(&self, calls: crate::envelope::KeySourceCalls) {
+        for (outcome, count) in [
+            ("ok", calls.ok),
+            ("unavailable", calls.unavailable),
+            ("refused", calls.refused),
+            ("config", calls.config),
+        ] {
+            raise(&self.key_source_calls.with_label_values(&[outcome]), count);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -97,8 +97,10 @@ pub async fn open_pkcs11(
     uri: &envelope::pkcs11::Pkcs11Uri,
 ) -> anyhow::Result<Arc<dyn KeyEncryptionKey>> {
     let uri = uri.clone();
-    let kek =
-        tokio::task::spawn_blocking(move || envelope::pkcs11::Pkcs11Kek::open(&uri)).await??;
+    let kek = tokio::task::spawn_blocking(move || {
+        envelope::counted(envelope::pkcs11::Pkcs11Kek::open(&uri))
+    })
+    .await??;
     Ok(Arc::new(kek))
 }
 
@@ -120,6 +122,35 @@ async fn data_keys_keyring(
     };
     tracing::info!(kek = %name, active = keyring.active_id(), "secret data is sealed with AES-256-GCM data keys wrapped by the key-encryption key");
     Ok(Some(Arc::new(keyring)))
+}
+
+/// The keyring of `store_url`'s data keys unwrapped by the HSM key `uri`, its first data
+/// key made if it has none (what `serve` opens).
+///
+/// # Errors
+/// As [`open_pkcs11`] and `envelope::open_keyring`; [`is_retryable`] tells which may pass.
+pub async fn hsm_keyring(
+    store_url: &StoreUrl,
+    uri: &envelope::pkcs11::Pkcs11Uri,
+) -> anyhow::Result<Arc<Keyring>> {
+    let keyring = data_keys_keyring(store_url, open_pkcs11(uri).await?, Access::Write).await?;
+    Ok(keyring.expect("a first data key is made for writing"))
+}
+
+/// Whether a failure to get the keys may pass by itself: the key source or the database
+/// did not answer.
+pub fn is_retryable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<envelope::EnvelopeError>()
+            .is_some_and(envelope::is_retryable)
+            || cause
+                .downcast_ref::<envelope::KekError>()
+                .is_some_and(|e| matches!(e, envelope::KekError::Unavailable { .. }))
+            || cause
+                .downcast_ref::<crate::store::StoreError>()
+                .is_some_and(crate::store::StoreError::is_retryable)
+    })
 }
 
 /// What the command does with the store.

@@ -2,7 +2,7 @@
 //! SIGTERM (requests in flight finish first).
 
 use super::StoreArgs;
-use super::keyring::{Access, EncryptionArgs, store_options};
+use super::keyring::{Access, EncryptionArgs, KeySource, hsm_keyring, store_options};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
 use crate::store::cache::CachedStore;
@@ -12,6 +12,8 @@ use crate::store::{AnyStore, PostgresStore, SealedReads, SecretStore, StoreOptio
 use anyhow::Context;
 use clap::ArgAction;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// `kuma-secrets serve …`
 #[derive(Debug, clap::Args)]
@@ -91,13 +93,38 @@ pub struct ServeArgs {
 }
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // With keys in an HSM, the port opens first: while the key source does not answer,
+    // the server waits and retries, and says so on /readyz (503) instead of exiting.
+    let (early_listener, keys) = match &args.encryption.keys {
+        Some(KeySource::Pkcs11(uri)) => {
+            let listener = tokio::net::TcpListener::bind(args.api_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.api_addr))?;
+            let status = Arc::new(Mutex::new(format!(
+                "starting: opening the key source {}",
+                uri.name()
+            )));
+            let waiting = wait_for_keyring(&args.store.url, uri, status.clone());
+            let keyring = if args.tls_cert.is_some() {
+                // (A plain-HTTP answer on a TLS port would only confuse clients.)
+                waiting.await?
+            } else {
+                while_starting(&listener, status, waiting).await??
+            };
+            (Some(listener), StoreOptions::sealed_with(keyring))
+        }
+        _ => (
+            None,
+            store_options(&args.store.url, &args.encryption, Access::Write).await?,
+        ),
+    };
     let options = StoreOptions {
         max_connections: args.max_connections,
         max_secret_size: args.max_secret_size,
         tolerate_newer_schema: args.tolerate_newer_schema,
         unsafe_delete: args.unsafe_delete,
         accept_plaintext_rows: args.encryption.accept_plaintext_rows(),
-        ..store_options(&args.store.url, &args.encryption, Access::Write).await?
+        ..keys
     };
     // The standby holds the same rows: the same keyring opens them.
     let replica_options = StoreOptions {
@@ -123,9 +150,12 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .set_max_versions(args.max_versions)
         .await
         .context("cannot record --max-versions in the store")?;
-    let listener = tokio::net::TcpListener::bind(args.api_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.api_addr))?;
+    let listener = match early_listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(args.api_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.api_addr))?,
+    };
     let config = ApiConfig {
         localhost_is_admin: args.localhost_is_admin,
         zone: args.zone,
@@ -181,6 +211,69 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The longest wait between two tries of a key source that does not answer at start.
+const KEY_SOURCE_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// The keyring of the store's data keys, unwrapped by the HSM key `uri`: tried again with
+/// backoff (0.5 s doubling to 30 s) while the HSM or the database does not answer, each
+/// failure logged and written to `status`; a wrong configuration fails at once.
+async fn wait_for_keyring(
+    store_url: &StoreUrl,
+    uri: &crate::envelope::pkcs11::Pkcs11Uri,
+    status: Arc<Mutex<String>>,
+) -> anyhow::Result<Arc<crate::sealing::Keyring>> {
+    let mut backoff = Duration::from_millis(500);
+    let since = chrono::Utc::now();
+    loop {
+        let err = match hsm_keyring(store_url, uri).await {
+            Ok(keyring) => return Ok(keyring),
+            Err(err) if super::keyring::is_retryable(&err) => err,
+            Err(err) => return Err(err),
+        };
+        let reason = format!("{err:#}");
+        tracing::warn!(error = %reason, retry_in = ?backoff, "the key source does not answer; waiting for it before serving");
+        *status.lock().unwrap_or_else(|e| e.into_inner()) = format!(
+            "starting: waiting since {} for the key source {}: {reason}",
+            since.format("%Y-%m-%dT%H:%M:%SZ"),
+            uri.name()
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(KEY_SOURCE_BACKOFF_CAP);
+    }
+}
+
+/// Runs `work` while answering on a duplicate of `listener` that the server is starting:
+/// `/healthz` 200, everything else (`/readyz` included) 503 with `status`. The duplicate
+/// stops accepting when `work` ends; the API then accepts on `listener` itself.
+async fn while_starting<T>(
+    listener: &tokio::net::TcpListener,
+    status: Arc<Mutex<String>>,
+    work: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    use std::os::fd::AsFd;
+    let duplicate = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+    duplicate.set_nonblocking(true)?;
+    let duplicate = tokio::net::TcpListener::from_std(duplicate)?;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .fallback(move || {
+            let body = format!("{}\n", status.lock().unwrap_or_else(|e| e.into_inner()));
+            async move { (axum::http::StatusCode::SERVICE_UNAVAILABLE, body) }
+        });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(async move {
+        axum::serve(duplicate, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let out = work.await;
+    let _ = stop.send(());
+    let _ = starting.await;
+    Ok(out)
 }
 
 /// Descriptors kept aside from client connections: the store's files, the log, the

@@ -134,6 +134,56 @@ pub enum EnvelopeError {
     Cancelled(String),
 }
 
+/// Calls of this process to key sources (opening one, wrapping and unwrapping data keys),
+/// by outcome, since start (`/metrics`: `kuma_secrets_key_source_calls_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeySourceCalls {
+    /// Wraps and unwraps that succeeded.
+    pub ok: u64,
+    /// Calls the source did not answer or failed ([`KekError::Unavailable`]).
+    pub unavailable: u64,
+    /// Wrapped keys that did not unwrap ([`KekError::Refused`]).
+    pub refused: u64,
+    /// Calls refused for the source's configuration ([`KekError::Config`]).
+    pub config: u64,
+}
+
+static CALLS: [std::sync::atomic::AtomicU64; 4] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+
+/// This process's key source calls so far.
+pub fn key_source_calls() -> KeySourceCalls {
+    let count = |i: usize| CALLS[i].load(std::sync::atomic::Ordering::Relaxed);
+    KeySourceCalls {
+        ok: count(0),
+        unavailable: count(1),
+        refused: count(2),
+        config: count(3),
+    }
+}
+
+/// Counts the outcome of one key source call, and passes it on.
+pub(crate) fn counted<T>(result: Result<T, KekError>) -> Result<T, KekError> {
+    let slot = match &result {
+        Ok(_) => 0,
+        Err(KekError::Unavailable { .. }) => 1,
+        Err(KekError::Refused { .. }) => 2,
+        Err(KekError::Config { .. }) => 3,
+    };
+    CALLS[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+/// Whether `err` may pass by itself (the key source or the database did not answer), so a
+/// starting server waits and tries again rather than exit.
+pub fn is_retryable(err: &EnvelopeError) -> bool {
+    match err {
+        EnvelopeError::Kek(KekError::Unavailable { .. }) => true,
+        EnvelopeError::Store(store) => store.is_retryable(),
+        _ => false,
+    }
+}
+
 /// Runs a blocking key source call on tokio's blocking threads.
 async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, KekError> + Send + 'static,
@@ -185,7 +235,7 @@ pub async fn open_keyring(
     let unwrapped = blocking(move || {
         stored
             .into_iter()
-            .map(|key| Ok((key.id.clone(), kek.unwrap(&key.id, &key.wrapped)?)))
+            .map(|key| Ok((key.id.clone(), counted(kek.unwrap(&key.id, &key.wrapped))?)))
             .collect::<Result<Vec<_>, KekError>>()
     })
     .await?;
@@ -213,7 +263,7 @@ pub async fn new_data_key(
     let wrapped = {
         let id = id.clone();
         let kek = kek.clone();
-        blocking(move || kek.wrap(&id, &dek)).await?
+        blocking(move || counted(kek.wrap(&id, &dek))).await?
     };
     store
         .add_data_key(&StoredDataKey {
@@ -254,9 +304,9 @@ pub async fn rewrap(
             .into_iter()
             .filter(|key| key.kek == from.name())
             .map(|key| {
-                let dek = from.unwrap(&key.id, &key.wrapped)?;
+                let dek = counted(from.unwrap(&key.id, &key.wrapped))?;
                 Ok(Rewrapped {
-                    wrapped: to.wrap(&key.id, &dek)?,
+                    wrapped: counted(to.wrap(&key.id, &dek))?,
                     id: key.id,
                     was: from_name.clone(),
                     kek: to_name.clone(),
@@ -305,7 +355,7 @@ pub async fn import_keyring(
         let raw = Zeroizing::new(keyring.key_bytes(&id).expect("a key of the keyring"));
         let wrapped = {
             let (id, kek) = (id.clone(), kek.clone());
-            blocking(move || kek.wrap(&id, &raw)).await?
+            blocking(move || counted(kek.wrap(&id, &raw))).await?
         };
         store
             .add_data_key(&StoredDataKey {

@@ -230,14 +230,25 @@ fn encode(value: &str) -> String {
     out
 }
 
-/// The process's context of the module at `module`, loaded and initialized once: a module
-/// is one library with global state, which a second context's finalization would end
-/// under the first.
+/// A module loaded in this process, and how many [`Pkcs11Kek`]s use it.
+struct Loaded {
+    module: PathBuf,
+    context: Pkcs11,
+    users: usize,
+}
+
+/// The modules this process has loaded and initialized: each once, since a module is one
+/// library with global state, which a second context's finalization would end under the
+/// first.
+static LOADED: Mutex<Vec<Loaded>> = Mutex::new(Vec::new());
+
+/// The process's context of the module at `module`, loaded and initialized on first use,
+/// counted as used until [`release`].
 fn context_of(module: &std::path::Path, name: &str) -> Result<Pkcs11, KekError> {
-    static CONTEXTS: Mutex<Vec<(PathBuf, Pkcs11)>> = Mutex::new(Vec::new());
-    let mut contexts = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, context)) = contexts.iter().find(|(path, _)| path == module) {
-        return Ok(context.clone());
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(entry) = loaded.iter_mut().find(|entry| entry.module == module) {
+        entry.users += 1;
+        return Ok(entry.context.clone());
     }
     let context = Pkcs11::new(module).map_err(|err| KekError::Config {
         source_name: name.to_owned(),
@@ -247,8 +258,29 @@ fn context_of(module: &std::path::Path, name: &str) -> Result<Pkcs11, KekError> 
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(err) => return Err(unavailable(name, &err)),
     }
-    contexts.push((module.to_owned(), context.clone()));
+    loaded.push(Loaded {
+        module: module.to_owned(),
+        context: context.clone(),
+        users: 1,
+    });
     Ok(context)
+}
+
+/// One user of `module` less; with `reload` and none left, the module is finalized and
+/// unloaded, so the next use initializes it afresh (a module may list its tokens only when
+/// initialized: SoftHSM2 does).
+fn release(module: &std::path::Path, reload: bool) {
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(index) = loaded.iter().position(|entry| entry.module == module) else {
+        return;
+    };
+    loaded[index].users = loaded[index].users.saturating_sub(1);
+    if reload && loaded[index].users == 0 {
+        let entry = loaded.remove(index);
+        if let Err(err) = entry.context.finalize() {
+            tracing::debug!(error = %err, "finalizing a PKCS#11 module failed");
+        }
+    }
 }
 
 /// A KEK held in a PKCS#11 token.
@@ -260,6 +292,19 @@ pub struct Pkcs11Kek {
     /// One session, logged in, reused (PKCS#11 sessions are not to be used from two
     /// threads at once).
     session: Mutex<Option<Session>>,
+}
+
+impl Drop for Pkcs11Kek {
+    fn drop(&mut self) {
+        // The session closes first, while the module is still initialized.
+        drop(
+            self.session
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        release(&self.uri.module, false);
+    }
 }
 
 impl fmt::Debug for Pkcs11Kek {
@@ -274,17 +319,18 @@ impl Pkcs11Kek {
     /// Loads the module and finds the token `uri` names. Blocking.
     ///
     /// # Errors
-    /// The module does not load, or no token matches.
+    /// The module does not load ([`KekError::Config`]), or no token matches
+    /// ([`KekError::Unavailable`]: an HSM that is down shows none).
     pub fn open(uri: &Pkcs11Uri) -> Result<Self, KekError> {
         let name = uri.name();
-        let config = |reason: String| KekError::Config {
-            source_name: name.clone(),
-            reason,
-        };
         let context = context_of(&uri.module, &name)?;
-        let slots = context
-            .get_slots_with_initialized_token()
-            .map_err(|err| unavailable(&name, &err))?;
+        let slots = match context.get_slots_with_initialized_token() {
+            Ok(slots) => slots,
+            Err(err) => {
+                release(&uri.module, true);
+                return Err(unavailable(&name, &err));
+            }
+        };
         let mut found = None;
         for slot in slots {
             let matches = match &uri.token {
@@ -299,7 +345,17 @@ impl Pkcs11Kek {
                 break;
             }
         }
-        let slot = found.ok_or_else(|| config("no initialized token matches".into()))?;
+        // An HSM that is down or unreachable typically shows no token: try again later,
+        // with the module initialized afresh.
+        let Some(slot) = found else {
+            release(&uri.module, true);
+            return Err(KekError::Unavailable {
+                source_name: name,
+                reason:
+                    "no initialized token matches (is the HSM reachable, the token initialized?)"
+                        .into(),
+            });
+        };
         Ok(Self {
             uri: uri.clone(),
             name,
