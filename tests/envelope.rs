@@ -93,6 +93,29 @@ impl Fresh {
             .unwrap()
     }
 
+    /// The keyring of the store's data keys unwrapped by `kek` (its first made when
+    /// `make_first`), read through a store opened for its data keys only.
+    async fn hsm_keyring(&self, kek: &Arc<dyn KeyEncryptionKey>, make_first: bool) -> Keyring {
+        let bare = self.bare().await;
+        let keyring = envelope::open_keyring(&bare, kek.clone(), make_first).await;
+        bare.close().await;
+        keyring.unwrap().expect("the store has data keys")
+    }
+
+    /// The store's data keys unwrapped by `kek`, written to a new keyring file in `dir`.
+    async fn export_to(&self, kek: Arc<dyn KeyEncryptionKey>, dir: &Path) -> PathBuf {
+        let bare = self.bare().await;
+        let exported = envelope::export_keyring(&bare, kek).await;
+        bare.close().await;
+        let path = dir.join("keys.yaml");
+        exported
+            .unwrap()
+            .expect("the store has data keys")
+            .save_new(&path)
+            .unwrap();
+        path
+    }
+
     /// The store, sealing with `keyring`.
     async fn sealed(&self, keyring: Keyring) -> AnyStore {
         AnyStore::open(&self.url, StoreOptions::sealed_with(Arc::new(keyring)))
@@ -351,12 +374,8 @@ async fn a_keyring_file_moves_to_the_hsm_and_back(backend: Backend) {
     store.close().await;
 
     // And back to a file.
-    let bare = fresh.bare().await;
-    let exported = envelope::export_keyring(&bare, kek).await.unwrap().unwrap();
-    bare.close().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.yaml");
-    exported.save_new(&path).unwrap();
+    let path = fresh.export_to(kek, dir.path()).await;
     let store = fresh.sealed(Keyring::load(&path).unwrap()).await;
     every_value_reads_back(&store, SECRETS + 1).await;
     store.close().await;
@@ -432,24 +451,15 @@ async fn no_key_material_or_pin_in_the_database(backend: Backend) {
         "{}",
         kek.name()
     );
-    let bare = fresh.bare().await;
-    let keyring = envelope::open_keyring(&bare, kek.clone(), true)
-        .await
-        .unwrap()
-        .unwrap();
-    bare.close().await;
+    let keyring = fresh.hsm_keyring(&kek, true).await;
     let store = fresh.sealed(keyring).await;
     for n in 0..5 {
         write(&store, n).await;
     }
     store.close().await;
     // The data key's bytes, as a keyring file would hold them.
-    let bare = fresh.bare().await;
-    let exported = envelope::export_keyring(&bare, kek).await.unwrap().unwrap();
-    bare.close().await;
     let dir = tempfile::tempdir().unwrap();
-    exported.save_new(&dir.path().join("k.yaml")).unwrap();
-    let text = std::fs::read_to_string(dir.path().join("k.yaml")).unwrap();
+    let text = std::fs::read_to_string(fresh.export_to(kek, dir.path()).await).unwrap();
     let encoded = text
         .lines()
         .find_map(|l| {
