@@ -620,6 +620,7 @@ fn main() {
     let cli_cases = cases![
         the_command_line_serves_through_the_hsm,
         a_starting_server_waits_for_the_hsm,
+        import_and_export_go_through_the_hsm,
     ];
     let mut chosen = Vec::new();
     for (name, case) in cases {
@@ -833,4 +834,69 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// `import` into a Postgres database that has no schema yet, sealing through the HSM (the
+/// schema is migrated first, then the first data key made), and `export` reading every
+/// value back through it.
+async fn import_and_export_go_through_the_hsm(_backend: Backend) {
+    let db = common::TestDb::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    let label = format!("kek-{}", uuid::Uuid::new_v4().simple());
+    let uri = format!(
+        "pkcs11:token={TOKEN};object={label}?module-path={MODULE}&pin-source=file:{}",
+        HSM_DIR.get().unwrap().join("pin").display()
+    );
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .ok();
+    let mut yaml = String::from("type: Mesh\nname: default\n");
+    for n in 0..30 {
+        yaml.push_str(&format!(
+            "---\ntype: Secret\nmesh: default\nname: s-{n}\ndata: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(value(n))
+        ));
+    }
+    let file = common::write_file(dir.path(), "in.yaml", &yaml);
+    common::process::kuma(
+        &[
+            "import",
+            "-f",
+            &file,
+            "--store",
+            &db.url,
+            "--encryption-keys",
+            &uri,
+        ],
+        None,
+    )
+    .await
+    .ok();
+    let out = dir.path().join("out.yaml");
+    common::process::kuma(
+        &[
+            "export",
+            "--store",
+            &db.url,
+            "--encryption-keys",
+            &uri,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await
+    .ok();
+    let exported = std::fs::read_to_string(&out).unwrap();
+    for n in 0..30 {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value(n));
+        assert!(
+            exported.contains(&encoded),
+            "secret s-{n} not exported as written"
+        );
+    }
+    // Without the HSM, nothing opens.
+    common::process::kuma(&["export", "--store", &db.url, "-o", "/dev/null"], None)
+        .await
+        .failed();
 }

@@ -325,7 +325,14 @@ pub(super) async fn open_destination(
     url: &StoreUrl,
     encryption: &EncryptionArgs,
 ) -> anyhow::Result<AnyStore> {
-    let options = store_options(url, encryption, Access::Write).await?;
+    // Keys in an HSM are the store's data keys: its schema must be there to read them. A
+    // keyring file is checked first, so a wrong one fails before anything is migrated.
+    let hsm = matches!(encryption.keys, Some(super::keyring::KeySource::Pkcs11(_)));
+    let file_options = if hsm {
+        None
+    } else {
+        Some(store_options(url, encryption, Access::Write).await?)
+    };
     if url.backend() == Backend::Postgres && url.pool_mode() == PoolMode::Session {
         let report = PostgresStore::migrate_up(url.expose(), false).await?;
         for applied in &report.applied {
@@ -335,6 +342,10 @@ pub(super) async fn open_destination(
             );
         }
     }
+    let options = match file_options {
+        Some(options) => options,
+        None => store_options(url, encryption, Access::Write).await?,
+    };
     let options = StoreOptions {
         accept_plaintext_rows: encryption.accept_plaintext_rows(),
         ..options
