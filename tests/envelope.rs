@@ -621,6 +621,7 @@ fn main() {
         the_command_line_serves_through_the_hsm,
         a_starting_server_waits_for_the_hsm,
         import_and_export_go_through_the_hsm,
+        an_hsm_gone_while_serving_stops_nothing,
     ];
     let mut chosen = Vec::new();
     for (name, case) in cases {
@@ -899,4 +900,94 @@ async fn import_and_export_go_through_the_hsm(_backend: Backend) {
     common::process::kuma(&["export", "--store", &db.url, "-o", "/dev/null"], None)
         .await
         .failed();
+}
+
+/// An HSM that goes away while the server runs stops nothing: reads and writes go on with
+/// the data keys held, and `/readyz` (still 200) says since when the key source is down.
+async fn an_hsm_gone_while_serving_stops_nothing(_backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = common::sqlite_url(dir.path(), "gone.db");
+    let token = format!("gone-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let conf = HSM_DIR.get().unwrap().join("softhsm2.conf");
+    let softhsm = |args: &[&str]| {
+        let run = std::process::Command::new("softhsm2-util")
+            .args(args)
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "softhsm2-util {args:?}: {run:?}");
+    };
+    softhsm(&[
+        "--init-token",
+        "--free",
+        "--label",
+        &token,
+        "--pin",
+        PIN,
+        "--so-pin",
+        "so-4711",
+    ]);
+    let uri = format!(
+        "pkcs11:token={token};object=kek?module-path={MODULE}&pin-source=file:{}",
+        HSM_DIR.get().unwrap().join("pin").display()
+    );
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .ok();
+    let (_serve, base, _log) = common::process::spawn_serve(
+        &[
+            "--store",
+            &store_url,
+            "--encryption-keys",
+            &uri,
+            "--key-source-probe-interval",
+            "1s",
+        ],
+        dir.path(),
+    );
+    let client = reqwest::Client::new();
+    let put = |name: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/meshes/default/secrets/{name}");
+        async move {
+            let body = serde_json::json!({"type": "Secret", "mesh": "default", "name": name, "data": "c2VhbGVk"});
+            let answer = client.put(url).json(&body).send().await.unwrap();
+            assert!(answer.status().is_success(), "{answer:?}");
+        }
+    };
+    let get = |name: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/meshes/default/secrets/{name}");
+        async move {
+            let got: serde_json::Value = client
+                .get(url)
+                .header("Cache-Control", "no-cache")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(got["data"], "c2VhbGVk", "{got}");
+        }
+    };
+    put("before").await;
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.text().await.unwrap(), "ok\n");
+
+    softhsm(&["--delete-token", "--token", &token]);
+    let note = until(|| async {
+        let ready = client.get(format!("{base}/readyz")).send().await.ok()?;
+        let status = ready.status();
+        let body = ready.text().await.ok()?;
+        (status == 200 && body.contains("unavailable since")).then_some(body)
+    })
+    .await;
+    assert!(
+        note.contains(&format!("pkcs11:token={token};object=kek")),
+        "{note}"
+    );
+    get("before").await;
+    put("during").await;
+    get("during").await;
 }

@@ -35,10 +35,18 @@ async fn healthz() -> &'static str {
 
 async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S>>) -> Response {
     match state.store.ping().await {
-        Ok(()) => match state.store.readiness_note() {
-            Some(note) => format!("ok\n{note}\n").into_response(),
-            None => "ok\n".into_response(),
-        },
+        Ok(()) => {
+            let mut body = String::from("ok\n");
+            let key_source = state.config.key_source.as_ref().and_then(|k| k.note());
+            for note in [state.store.readiness_note(), key_source]
+                .into_iter()
+                .flatten()
+            {
+                body.push_str(&note);
+                body.push('\n');
+            }
+            body.into_response()
+        }
         Err(err) => {
             tracing::warn!(error = %crate::error_chain(&err), "readiness check failed");
             let body = match err {

@@ -19,6 +19,9 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// The API is served over TLS (for `next` links).
     pub tls: bool,
+    /// The health of the key source holding the key-encryption key, when there is one
+    /// (`/readyz` says when it is down).
+    pub key_source: Option<Arc<crate::envelope::KeySourceHealth>>,
 }
 
 impl Default for ApiConfig {
@@ -29,6 +32,7 @@ impl Default for ApiConfig {
             max_secret_size: DEFAULT_MAX_SECRET_SIZE,
             request_timeout: Duration::from_secs(30),
             tls: false,
+            key_source: None,
         }
     }
 }

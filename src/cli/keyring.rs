@@ -125,16 +125,17 @@ async fn data_keys_keyring(
 }
 
 /// The keyring of `store_url`'s data keys unwrapped by the HSM key `uri`, its first data
-/// key made if it has none (what `serve` opens).
+/// key made if it has none, and the key-encryption key (what `serve` opens).
 ///
 /// # Errors
 /// As [`open_pkcs11`] and `envelope::open_keyring`; [`is_retryable`] tells which may pass.
 pub async fn hsm_keyring(
     store_url: &StoreUrl,
     uri: &envelope::pkcs11::Pkcs11Uri,
-) -> anyhow::Result<Arc<Keyring>> {
-    let keyring = data_keys_keyring(store_url, open_pkcs11(uri).await?, Access::Write).await?;
-    Ok(keyring.expect("a first data key is made for writing"))
+) -> anyhow::Result<(Arc<Keyring>, Arc<dyn KeyEncryptionKey>)> {
+    let kek = open_pkcs11(uri).await?;
+    let keyring = data_keys_keyring(store_url, kek.clone(), Access::Write).await?;
+    Ok((keyring.expect("a first data key is made for writing"), kek))
 }
 
 /// Whether a failure to get the keys may pass by itself: the key source or the database

@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// How far behind the primary the read replica may be and still serve reads (e.g. 5s).
     #[arg(long, env = "KUMA_SECRETS_MAX_REPLICA_LAG", default_value = "5s", value_parser = crate::duration::parse)]
     max_replica_lag: std::time::Duration,
+    /// How often a server with keys in an HSM checks that the HSM answers (`/readyz` says
+    /// when it does not; serving goes on with the data keys held).
+    #[arg(long, env = "KUMA_SECRETS_KEY_SOURCE_PROBE_INTERVAL", default_value = "10s", value_parser = crate::duration::parse)]
+    key_source_probe_interval: std::time::Duration,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::DEFAULT_MAX_CONNECTIONS)]
     max_connections: u32,
@@ -105,18 +109,31 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 uri.name()
             )));
             let waiting = wait_for_keyring(&args.store.url, uri, status.clone());
-            let keyring = if args.tls_cert.is_some() {
+            let (keyring, kek) = if args.tls_cert.is_some() {
                 // (A plain-HTTP answer on a TLS port would only confuse clients.)
                 waiting.await?
             } else {
                 while_starting(&listener, status, waiting).await??
             };
-            (Some(listener), StoreOptions::sealed_with(keyring))
+            let health = Arc::new(crate::envelope::KeySourceHealth::new(&uri.name()));
+            let probing = tokio::spawn(crate::envelope::watch_key_source(
+                kek,
+                health.clone(),
+                args.key_source_probe_interval,
+            ));
+            (
+                Some((listener, health, probing)),
+                StoreOptions::sealed_with(keyring),
+            )
         }
         _ => (
             None,
             store_options(&args.store.url, &args.encryption, Access::Write).await?,
         ),
+    };
+    let (early_listener, key_source, probing) = match early_listener {
+        Some((listener, health, probing)) => (Some(listener), Some(health), Some(probing)),
+        None => (None, None, None),
     };
     let options = StoreOptions {
         max_connections: args.max_connections,
@@ -162,6 +179,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_secret_size: args.max_secret_size,
         request_timeout: args.request_timeout,
         tls: tls.is_some(),
+        key_source,
     };
     let addr = listener.local_addr()?;
     let endpoint = Endpoint {
@@ -207,6 +225,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             served
         }
     };
+    if let Some(probing) = probing {
+        probing.abort();
+    }
     served?;
     store.close().await;
     tracing::info!("stopped");
@@ -223,12 +244,15 @@ async fn wait_for_keyring(
     store_url: &StoreUrl,
     uri: &crate::envelope::pkcs11::Pkcs11Uri,
     status: Arc<Mutex<String>>,
-) -> anyhow::Result<Arc<crate::sealing::Keyring>> {
+) -> anyhow::Result<(
+    Arc<crate::sealing::Keyring>,
+    Arc<dyn crate::envelope::KeyEncryptionKey>,
+)> {
     let mut backoff = Duration::from_millis(500);
     let since = chrono::Utc::now();
     loop {
         let err = match hsm_keyring(store_url, uri).await {
-            Ok(keyring) => return Ok(keyring),
+            Ok(keys) => return Ok(keys),
             Err(err) if super::keyring::is_retryable(&err) => err,
             Err(err) => return Err(err),
         };

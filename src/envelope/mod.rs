@@ -67,6 +67,86 @@ pub trait KeyEncryptionKey: Send + Sync + fmt::Debug {
     /// The key source failed or is unreachable, or `wrapped` does not unwrap with this KEK
     /// under this id.
     fn unwrap(&self, id: &str, wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>, KekError>;
+
+    /// Whether the key answers now: a wrap of a throwaway key, discarded (what a running
+    /// server checks every `--key-source-probe-interval`).
+    ///
+    /// # Errors
+    /// As [`KeyEncryptionKey::wrap`].
+    fn probe(&self) -> Result<(), KekError> {
+        self.wrap("probe", &[0u8; 32]).map(drop)
+    }
+}
+
+/// A running server's view of its key source: whether its last probe failed, since when
+/// and why. The server keeps serving with the data keys it holds either way; only a new
+/// data key has to wait for the source.
+#[derive(Debug)]
+pub struct KeySourceHealth {
+    name: String,
+    down: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, String)>>,
+}
+
+impl KeySourceHealth {
+    /// The health of the key source named `name`, answering until told otherwise.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            down: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Records a probe's outcome: a failure starts (or continues) an outage, a success
+    /// ends it.
+    pub fn record(&self, outcome: &Result<(), KekError>) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => {
+                if down.take().is_some() {
+                    tracing::info!(key_source = %self.name, "the key source answers again");
+                }
+            }
+            Err(err) => {
+                if down.is_none() {
+                    tracing::warn!(key_source = %self.name, error = %err, "the key source does not answer; serving with the data keys held");
+                }
+                let since = down
+                    .as_ref()
+                    .map_or_else(chrono::Utc::now, |(since, _)| *since);
+                *down = Some((since, err.to_string()));
+            }
+        }
+    }
+
+    /// A line for `/readyz` while the source is down; `None` while it answers.
+    pub fn note(&self) -> Option<String> {
+        let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        down.as_ref().map(|(since, reason)| {
+            format!(
+                "key source {} unavailable since {}: {reason} (serving with the data keys held; a new data key waits for it)",
+                self.name,
+                since.format("%Y-%m-%dT%H:%M:%SZ")
+            )
+        })
+    }
+}
+
+/// Probes `kek` every `interval`, recording each outcome in `health`, until dropped.
+pub async fn watch_key_source(
+    kek: Arc<dyn KeyEncryptionKey>,
+    health: Arc<KeySourceHealth>,
+    interval: std::time::Duration,
+) {
+    loop {
+        // (Not more often than ten times a second, whatever was asked.)
+        tokio::time::sleep(interval.max(std::time::Duration::from_millis(100))).await;
+        let kek = kek.clone();
+        let outcome = match tokio::task::spawn_blocking(move || counted(kek.probe())).await {
+            Ok(outcome) => outcome,
+            Err(_) => return, // the runtime is shutting down
+        };
+        health.record(&outcome);
+    }
 }
 
 /// Why a key source did not do what was asked.
