@@ -616,6 +616,7 @@ fn main() {
         a_keyring_file_moves_to_the_hsm_and_back,
         a_tampered_or_foreign_data_key_is_refused,
         no_key_material_or_pin_in_the_database,
+        a_wrapping_that_does_not_unwrap_is_never_stored,
     ];
     let cli_cases = cases![
         the_command_line_serves_through_the_hsm,
@@ -990,4 +991,56 @@ async fn an_hsm_gone_while_serving_stops_nothing(_backend: Backend) {
     get("before").await;
     put("during").await;
     get("during").await;
+}
+
+/// A key source that answers with a wrapping it cannot undo (a faulty HSM): a stand-in,
+/// since SoftHSM2 does not fail that way.
+#[derive(Debug)]
+struct FaultyKek;
+
+impl KeyEncryptionKey for FaultyKek {
+    fn name(&self) -> &str {
+        "faulty:kek"
+    }
+    fn wrap(&self, _id: &str, dek: &[u8; 32]) -> Result<Vec<u8>, KekError> {
+        // Garbage of the right length, not the key.
+        Ok(dek.iter().map(|b| b ^ 0x5a).rev().collect())
+    }
+    fn unwrap(&self, id: &str, _wrapped: &[u8]) -> Result<zeroize::Zeroizing<[u8; 32]>, KekError> {
+        Err(KekError::Refused {
+            source_name: self.name().into(),
+            id: id.into(),
+        })
+    }
+}
+
+/// A wrapping the source cannot undo is never stored: no data key is made, the first
+/// start fails naming the source, and a rotation onto that source changes nothing.
+async fn a_wrapping_that_does_not_unwrap_is_never_stored(backend: Backend) {
+    let fresh = Fresh::new(backend).await;
+    let faulty: Arc<dyn KeyEncryptionKey> = Arc::new(FaultyKek);
+    let bare = fresh.bare().await;
+    let err = envelope::open_keyring(&bare, faulty.clone(), true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EnvelopeError::Kek(KekError::NotReversible { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was stored"), "{err}");
+    assert!(bare.data_keys().await.unwrap().is_empty());
+
+    // A rotation from a good key onto the faulty one leaves the data keys as they were.
+    let good = new_kek().await;
+    envelope::new_data_key(&bare, good.clone()).await.unwrap();
+    let before = bare.data_keys().await.unwrap();
+    let err = envelope::rewrap(&bare, good.clone(), faulty)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EnvelopeError::Kek(KekError::NotReversible { .. })),
+        "{err}"
+    );
+    assert_eq!(bare.data_keys().await.unwrap(), before);
+    bare.close().await;
 }

@@ -10,7 +10,9 @@
 //!   encryption.
 //! - **Stored wrapped.** Each DEK is stored in the `data_keys` table wrapped by the KEK
 //!   ([`KeyEncryptionKey::wrap`]: AES-GCM inside the HSM, the DEK's id as associated data,
-//!   so a wrapped key moved to another id does not unwrap), beside the KEK's name.
+//!   so a wrapped key moved to another id does not unwrap), beside the KEK's name. Every
+//!   wrapping is unwrapped again and compared before it is stored: a faulty source never
+//!   leaves a key behind that could not be unwrapped again.
 //! - **Unwrapped once.** A process unwraps every DEK when it opens its keyring
 //!   ([`open_keyring`]) and keeps them in memory (zeroed on drop), so the KEK is called a
 //!   few times at start, never per request: a slow or briefly unreachable HSM does not
@@ -170,6 +172,17 @@ pub enum KekError {
         /// What happened.
         reason: String,
     },
+    /// A DEK just wrapped did not unwrap to the same key: the source is faulty, and
+    /// nothing was stored (a key that cannot be unwrapped again would lose what it seals).
+    #[error(
+        "key source {source_name}: data key {id:?} did not unwrap to the key it wrapped; nothing was stored"
+    )]
+    NotReversible {
+        /// The source, by name.
+        source_name: String,
+        /// The DEK's id.
+        id: String,
+    },
     /// A wrapped DEK does not unwrap with this KEK under its id: altered, moved from
     /// another id, or wrapped by another key.
     #[error(
@@ -224,7 +237,8 @@ pub struct KeySourceCalls {
     pub unavailable: u64,
     /// Wrapped keys that did not unwrap ([`KekError::Refused`]).
     pub refused: u64,
-    /// Calls refused for the source's configuration ([`KekError::Config`]).
+    /// Calls refused for the source's configuration ([`KekError::Config`]), and wrappings
+    /// that did not unwrap again ([`KekError::NotReversible`]).
     pub config: u64,
 }
 
@@ -248,10 +262,27 @@ pub(crate) fn counted<T>(result: Result<T, KekError>) -> Result<T, KekError> {
         Ok(_) => 0,
         Err(KekError::Unavailable { .. }) => 1,
         Err(KekError::Refused { .. }) => 2,
-        Err(KekError::Config { .. }) => 3,
+        Err(KekError::Config { .. } | KekError::NotReversible { .. }) => 3,
     };
     CALLS[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     result
+}
+
+/// `dek` wrapped by `kek` under `id`, unwrapped again and compared before it is handed
+/// back: nothing is ever stored wrapped in a way the source cannot undo.
+fn wrap_checked(kek: &dyn KeyEncryptionKey, id: &str, dek: &[u8; 32]) -> Result<Vec<u8>, KekError> {
+    let wrapped = counted(kek.wrap(id, dek))?;
+    let back = counted(kek.unwrap(id, &wrapped)).map_err(|err| match err {
+        KekError::Refused { source_name, id } => KekError::NotReversible { source_name, id },
+        other => other,
+    })?;
+    if *back != *dek {
+        return Err(KekError::NotReversible {
+            source_name: kek.name().to_owned(),
+            id: id.to_owned(),
+        });
+    }
+    Ok(wrapped)
 }
 
 /// Whether `err` may pass by itself (the key source or the database did not answer), so a
@@ -343,7 +374,7 @@ pub async fn new_data_key(
     let wrapped = {
         let id = id.clone();
         let kek = kek.clone();
-        blocking(move || counted(kek.wrap(&id, &dek))).await?
+        blocking(move || wrap_checked(kek.as_ref(), &id, &dek)).await?
     };
     store
         .add_data_key(&StoredDataKey {
@@ -386,7 +417,7 @@ pub async fn rewrap(
             .map(|key| {
                 let dek = counted(from.unwrap(&key.id, &key.wrapped))?;
                 Ok(Rewrapped {
-                    wrapped: counted(to.wrap(&key.id, &dek))?,
+                    wrapped: wrap_checked(to.as_ref(), &key.id, &dek)?,
                     id: key.id,
                     was: from_name.clone(),
                     kek: to_name.clone(),
@@ -435,7 +466,7 @@ pub async fn import_keyring(
         let raw = Zeroizing::new(keyring.key_bytes(&id).expect("a key of the keyring"));
         let wrapped = {
             let (id, kek) = (id.clone(), kek.clone());
-            blocking(move || counted(kek.wrap(&id, &raw))).await?
+            blocking(move || wrap_checked(kek.as_ref(), &id, &raw)).await?
         };
         store
             .add_data_key(&StoredDataKey {
