@@ -124,21 +124,80 @@ impl Fresh {
     }
 }
 
-/// A URI naming the KEK `label` in the test token, the PIN in a file.
-fn uri(label: &str) -> Pkcs11Uri {
+/// The URI of the KEK `object` in `token`, the PIN in the run's file, as typed on a command
+/// line.
+fn uri_text(token: &str, object: &str) -> String {
     let dir = HSM_DIR.get().expect("the token is set up");
     format!(
-        "pkcs11:token={TOKEN};object={label}?module-path={MODULE}&pin-source=file:{}",
+        "pkcs11:token={token};object={object}?module-path={MODULE}&pin-source=file:{}",
         dir.join("pin").display()
     )
-    .parse()
-    .unwrap()
+}
+
+/// The KEK `label` in the test token.
+fn uri(label: &str) -> Pkcs11Uri {
+    uri_text(TOKEN, label).parse().unwrap()
+}
+
+/// A label no other case uses, `prefix-…`.
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Makes the KEK `object` in `token` with `kuma-secrets generate kek`; its URI.
+async fn generate_kek(token: &str, object: &str) -> String {
+    let uri = uri_text(token, object);
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .ok();
+    uri
+}
+
+/// Runs `softhsm2-util ARGS` on the run's token directory; panics unless it succeeds.
+fn softhsm(conf: &Path, args: &[&str]) {
+    let run = std::process::Command::new("softhsm2-util")
+        .args(args)
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .expect("softhsm2-util runs");
+    assert!(
+        run.status.success(),
+        "softhsm2-util {args:?} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// Initializes a token labelled `label` (user PIN [`PIN`]) in the token directory of `conf`.
+fn init_token(conf: &Path, label: &str) {
+    softhsm(
+        conf,
+        &[
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "so-4711",
+        ],
+    );
+}
+
+/// The run's SoftHSM2 configuration.
+fn softhsm_conf() -> PathBuf {
+    HSM_DIR
+        .get()
+        .expect("the token is set up")
+        .join("softhsm2.conf")
 }
 
 /// A new KEK, made in the token, with a label of its own.
 async fn new_kek() -> Arc<dyn KeyEncryptionKey> {
-    let label = format!("kek-{}", uuid::Uuid::new_v4().simple());
-    let uri = uri(&label);
+    let uri = uri(&unique("kek"));
     let kek = tokio::task::spawn_blocking(move || Pkcs11Kek::generate(&uri))
         .await
         .unwrap()
@@ -522,38 +581,19 @@ fn hex(bytes: &[u8]) -> String {
 async fn the_command_line_serves_through_the_hsm(_backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::sqlite_url(dir.path(), "cli.db");
-    let label = format!("kek-{}", uuid::Uuid::new_v4().simple());
-    let uri = format!(
-        "pkcs11:token={TOKEN};object={label}?module-path={MODULE}&pin-source=file:{}",
-        HSM_DIR.get().unwrap().join("pin").display()
-    );
-    common::process::kuma(&["generate", "kek", &uri], None)
-        .await
-        .ok();
+    let label = unique("kek");
+    let uri = generate_kek(TOKEN, &label).await;
     common::process::kuma(&["generate", "kek", &uri], None)
         .await
         .fails_with("exists in the token already");
     let serve_args = ["--store", &store_url, "--encryption-keys", &uri];
-    let body = serde_json::json!({"type": "Secret", "mesh": "default", "name": "hsm", "data": "aHNtLXNlYWxlZA=="});
     {
         let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
-        let client = reqwest::Client::new();
-        let put = client
-            .put(format!("{addr}/meshes/default/secrets/hsm"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(put.status().is_success(), "{put:?}");
+        common::http::put_secret_at(&addr, "default", "hsm", b"hsm-sealed").await;
     }
     let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
-    let got: serde_json::Value = reqwest::get(format!("{addr}/meshes/default/secrets/hsm"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(got["data"], "aHNtLXNlYWxlZA==", "{got}");
+    let got = common::http::fetch_json(format!("{addr}/meshes/default/secrets/hsm")).await;
+    assert_eq!(got["data"], common::http::b64(b"hsm-sealed"), "{got}");
     assert!(
         !dir.path().join("cli.db.keys").exists(),
         "no keyring file is made beside the database"
@@ -674,25 +714,7 @@ fn set_up_the_token() -> PathBuf {
     )
     .unwrap();
     std::fs::write(dir.join("pin"), format!("{PIN}\n")).unwrap();
-    let init = std::process::Command::new(util)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            TOKEN,
-            "--pin",
-            PIN,
-            "--so-pin",
-            "so-4711",
-        ])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util runs");
-    assert!(
-        init.status.success(),
-        "softhsm2-util --init-token failed: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    init_token(&conf, TOKEN);
     dir
 }
 
@@ -702,15 +724,9 @@ fn set_up_the_token() -> PathBuf {
 async fn a_starting_server_waits_for_the_hsm(_backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::sqlite_url(dir.path(), "late.db");
-    let token = format!("late-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let uri = format!(
-        "pkcs11:token={token};object=kek?module-path={MODULE}&pin-source=file:{}",
-        HSM_DIR.get().unwrap().join("pin").display()
-    );
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let token = unique("late");
+    let uri = uri_text(&token, "kek");
+    let port = kuma_secrets::testing::cluster::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let _serve = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
@@ -728,12 +744,16 @@ async fn a_starting_server_waits_for_the_hsm(_backend: Backend) {
             Err(_) => None,
         }
     };
-    let waiting = until(|| async {
-        readyz()
-            .await
-            .filter(|(status, body)| *status == 503 && body.contains("waiting since"))
-    })
+    let waits = |answer: Option<(u16, String)>| {
+        answer.is_some_and(|(status, body)| status == 503 && body.contains("waiting since"))
+    };
+    common::ha::wait_for(
+        WAIT,
+        "/readyz to say the server waits for its key source",
+        || async { waits(readyz().await) },
+    )
     .await;
+    let waiting = readyz().await.unwrap();
     assert!(
         waiting
             .1
@@ -756,43 +776,15 @@ async fn a_starting_server_waits_for_the_hsm(_backend: Backend) {
     );
 
     // The HSM comes up: the token is initialized and its key made.
-    let conf = HSM_DIR.get().unwrap().join("softhsm2.conf");
-    let init = std::process::Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            &token,
-            "--pin",
-            PIN,
-            "--so-pin",
-            "so-4711",
-        ])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{init:?}");
-    common::process::kuma(&["generate", "kek", &uri], None)
-        .await
-        .ok();
+    init_token(&softhsm_conf(), &token);
+    generate_kek(&token, "kek").await;
 
-    until(|| async { readyz().await.filter(|(status, _)| *status == 200) }).await;
-    let body = serde_json::json!({"type": "Secret", "mesh": "default", "name": "late", "data": "bGF0ZQ=="});
-    let put = client
-        .put(format!("{base}/meshes/default/secrets/late"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "{put:?}");
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    common::ha::wait_for(WAIT, "the server to be ready once its HSM is", || async {
+        readyz().await.is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    common::http::put_secret_at(&base, "default", "late", b"late").await;
+    let metrics = common::http::fetch_text(format!("{base}/metrics")).await;
     let count = |outcome: &str| {
         metrics
             .lines()
@@ -819,24 +811,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Polls `check` until it gives `Some`, for at most 90 s.
-async fn until<T, F, Fut>(check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the condition never held within 90 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
+/// How long a case waits for a server to reach the state it means.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// `import` into a Postgres database that has no schema yet, sealing through the HSM (the
 /// schema is migrated first, then the first data key made), and `export` reading every
@@ -844,19 +820,12 @@ where
 async fn import_and_export_go_through_the_hsm(_backend: Backend) {
     let db = common::TestDb::empty().await;
     let dir = tempfile::tempdir().unwrap();
-    let label = format!("kek-{}", uuid::Uuid::new_v4().simple());
-    let uri = format!(
-        "pkcs11:token={TOKEN};object={label}?module-path={MODULE}&pin-source=file:{}",
-        HSM_DIR.get().unwrap().join("pin").display()
-    );
-    common::process::kuma(&["generate", "kek", &uri], None)
-        .await
-        .ok();
+    let uri = generate_kek(TOKEN, &unique("kek")).await;
     let mut yaml = String::from("type: Mesh\nname: default\n");
     for n in 0..30 {
         yaml.push_str(&format!(
             "---\ntype: Secret\nmesh: default\nname: s-{n}\ndata: {}\n",
-            base64::engine::general_purpose::STANDARD.encode(value(n))
+            common::http::b64(value(n))
         ));
     }
     let file = common::write_file(dir.path(), "in.yaml", &yaml);
@@ -891,7 +860,7 @@ async fn import_and_export_go_through_the_hsm(_backend: Backend) {
     .ok();
     let exported = std::fs::read_to_string(&out).unwrap();
     for n in 0..30 {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(value(n));
+        let encoded = common::http::b64(value(n));
         assert!(
             exported.contains(&encoded),
             "secret s-{n} not exported as written"
@@ -908,33 +877,9 @@ async fn import_and_export_go_through_the_hsm(_backend: Backend) {
 async fn an_hsm_gone_while_serving_stops_nothing(_backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::sqlite_url(dir.path(), "gone.db");
-    let token = format!("gone-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let conf = HSM_DIR.get().unwrap().join("softhsm2.conf");
-    let softhsm = |args: &[&str]| {
-        let run = std::process::Command::new("softhsm2-util")
-            .args(args)
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .unwrap();
-        assert!(run.status.success(), "softhsm2-util {args:?}: {run:?}");
-    };
-    softhsm(&[
-        "--init-token",
-        "--free",
-        "--label",
-        &token,
-        "--pin",
-        PIN,
-        "--so-pin",
-        "so-4711",
-    ]);
-    let uri = format!(
-        "pkcs11:token={token};object=kek?module-path={MODULE}&pin-source=file:{}",
-        HSM_DIR.get().unwrap().join("pin").display()
-    );
-    common::process::kuma(&["generate", "kek", &uri], None)
-        .await
-        .ok();
+    let token = unique("gone");
+    init_token(&softhsm_conf(), &token);
+    let uri = generate_kek(&token, "kek").await;
     let (_serve, base, _log) = common::process::spawn_serve(
         &[
             "--store",
@@ -946,44 +891,29 @@ async fn an_hsm_gone_while_serving_stops_nothing(_backend: Backend) {
         ],
         dir.path(),
     );
-    let client = reqwest::Client::new();
-    let put = |name: &'static str| {
-        let client = client.clone();
+    let put = |name: &'static str| common::http::put_secret_at(&base, "default", name, b"sealed");
+    let get = |name: &'static str| {
         let url = format!("{base}/meshes/default/secrets/{name}");
         async move {
-            let body = serde_json::json!({"type": "Secret", "mesh": "default", "name": name, "data": "c2VhbGVk"});
-            let answer = client.put(url).json(&body).send().await.unwrap();
-            assert!(answer.status().is_success(), "{answer:?}");
+            let got: serde_json::Value = common::http::get_fresh(url).await.json().await.unwrap();
+            assert_eq!(got["data"], common::http::b64(b"sealed"), "{got}");
         }
     };
-    let get = |name: &'static str| {
-        let client = client.clone();
-        let url = format!("{base}/meshes/default/secrets/{name}");
-        async move {
-            let got: serde_json::Value = client
-                .get(url)
-                .header("Cache-Control", "no-cache")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(got["data"], "c2VhbGVk", "{got}");
-        }
+    let readyz = || async {
+        let ready = common::http::send_get(format!("{base}/readyz")).await;
+        (ready.status().as_u16(), ready.text().await.unwrap())
     };
     put("before").await;
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.text().await.unwrap(), "ok\n");
+    assert_eq!(readyz().await, (200, "ok\n".to_owned()));
 
-    softhsm(&["--delete-token", "--token", &token]);
-    let note = until(|| async {
-        let ready = client.get(format!("{base}/readyz")).send().await.ok()?;
-        let status = ready.status();
-        let body = ready.text().await.ok()?;
-        (status == 200 && body.contains("unavailable since")).then_some(body)
+    softhsm(&softhsm_conf(), &["--delete-token", "--token", &token]);
+    common::ha::wait_for(WAIT, "/readyz to say the key source is down", || async {
+        let (status, body) = readyz().await;
+        status == 200 && body.contains("unavailable since")
     })
     .await;
+    let (status, note) = readyz().await;
+    assert_eq!(status, 200, "{note}");
     assert!(
         note.contains(&format!("pkcs11:token={token};object=kek")),
         "{note}"
