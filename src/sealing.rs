@@ -127,11 +127,7 @@ impl WriteId {
 
 impl fmt::Debug for WriteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WriteId(")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, ")")
+        write!(f, "WriteId({})", crate::hex(&self.0))
     }
 }
 

@@ -89,21 +89,6 @@ impl KeySource {
     }
 }
 
-/// The key-encryption key `uri` names, opened (the module loaded, the token found).
-///
-/// # Errors
-/// The module does not load or no token matches.
-pub async fn open_pkcs11(
-    uri: &envelope::pkcs11::Pkcs11Uri,
-) -> anyhow::Result<Arc<dyn KeyEncryptionKey>> {
-    let uri = uri.clone();
-    let kek = tokio::task::spawn_blocking(move || {
-        envelope::counted(envelope::pkcs11::Pkcs11Kek::open(&uri))
-    })
-    .await??;
-    Ok(Arc::new(kek))
-}
-
 /// The keyring of `store_url`'s data keys, unwrapped by `kek`; a store that has none gets
 /// its first where the command writes (`None` where it only reads).
 async fn data_keys_keyring(
@@ -128,12 +113,12 @@ async fn data_keys_keyring(
 /// key made if it has none, and the key-encryption key (what `serve` opens).
 ///
 /// # Errors
-/// As [`open_pkcs11`] and `envelope::open_keyring`; [`is_retryable`] tells which may pass.
+/// As `envelope::pkcs11::open` and `envelope::open_keyring`; [`is_retryable`] tells which may pass.
 pub async fn hsm_keyring(
     store_url: &StoreUrl,
     uri: &envelope::pkcs11::Pkcs11Uri,
 ) -> anyhow::Result<(Arc<Keyring>, Arc<dyn KeyEncryptionKey>)> {
-    let kek = open_pkcs11(uri).await?;
+    let kek = envelope::pkcs11::open(uri).await?;
     let keyring = data_keys_keyring(store_url, kek.clone(), Access::Write).await?;
     Ok((keyring.expect("a first data key is made for writing"), kek))
 }
@@ -145,9 +130,6 @@ pub fn is_retryable(err: &anyhow::Error) -> bool {
         cause
             .downcast_ref::<envelope::EnvelopeError>()
             .is_some_and(envelope::is_retryable)
-            || cause
-                .downcast_ref::<envelope::KekError>()
-                .is_some_and(|e| matches!(e, envelope::KekError::Unavailable { .. }))
             || cause
                 .downcast_ref::<crate::store::StoreError>()
                 .is_some_and(crate::store::StoreError::is_retryable)
@@ -198,7 +180,7 @@ pub async fn resolve(
             return Ok(Some(Arc::new(keyring)));
         }
         Some(KeySource::Pkcs11(uri)) => {
-            return data_keys_keyring(store_url, open_pkcs11(uri).await?, access).await;
+            return data_keys_keyring(store_url, envelope::pkcs11::open(uri).await?, access).await;
         }
         None => {}
     }

@@ -13,7 +13,7 @@
 //! written to it, for the way back).
 
 use super::StoreArgs;
-use super::keyring::{Access, EncryptionArgs, KeySource, open_pkcs11, store_options};
+use super::keyring::{Access, EncryptionArgs, KeySource, store_options};
 use crate::envelope;
 use crate::sealing::Keyring;
 use crate::store::{AnyStore, KeyUsage, SealedRows, StoreOptions, StoredDataKey, Unreadable};
@@ -51,7 +51,7 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
                 "--new-data-key is for a pkcs11: key source; with a keyring file, add a key with kuma-secrets generate encryption-key --activate"
             );
         };
-        let kek = open_pkcs11(uri).await?;
+        let kek = envelope::pkcs11::open(uri).await?;
         let store = AnyStore::open(args.store.url.expose(), StoreOptions::for_data_keys()).await?;
         let made = envelope::new_data_key(&store, kek).await;
         store.close().await;
@@ -130,7 +130,7 @@ async fn move_keys(args: &RotateArgs, target: &KeySource) -> anyhow::Result<()> 
     let outcome = async {
         match (&args.encryption.keys, target) {
             (Some(KeySource::Pkcs11(from)), KeySource::Pkcs11(to)) => {
-                let (from, to) = (open_pkcs11(from).await?, open_pkcs11(to).await?);
+                let (from, to) = (envelope::pkcs11::open(from).await?, envelope::pkcs11::open(to).await?);
                 let (from_name, to_name) = (from.name().to_owned(), to.name().to_owned());
                 let count = envelope::rewrap(&store, from, to).await?;
                 println!(
@@ -139,7 +139,7 @@ async fn move_keys(args: &RotateArgs, target: &KeySource) -> anyhow::Result<()> 
             }
             (Some(KeySource::File(path)), KeySource::Pkcs11(to)) => {
                 let keyring = Keyring::load(path)?;
-                let to = open_pkcs11(to).await?;
+                let to = envelope::pkcs11::open(to).await?;
                 let to_name = to.name().to_owned();
                 let count = envelope::import_keyring(&store, &keyring, to).await?;
                 println!(
@@ -149,7 +149,7 @@ async fn move_keys(args: &RotateArgs, target: &KeySource) -> anyhow::Result<()> 
                 );
             }
             (Some(KeySource::Pkcs11(from)), KeySource::File(path)) => {
-                let from = open_pkcs11(from).await?;
+                let from = envelope::pkcs11::open(from).await?;
                 let Some(keyring) = envelope::export_keyring(&store, from).await? else {
                     anyhow::bail!("{url} has no data keys to write to a keyring file");
                 };

@@ -99,41 +99,13 @@ pub struct ServeArgs {
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // With keys in an HSM, the port opens first: while the key source does not answer,
     // the server waits and retries, and says so on /readyz (503) instead of exiting.
-    let (early_listener, keys) = match &args.encryption.keys {
-        Some(KeySource::Pkcs11(uri)) => {
-            let listener = tokio::net::TcpListener::bind(args.api_addr)
-                .await
-                .with_context(|| format!("cannot listen on {}", args.api_addr))?;
-            let status = Arc::new(Mutex::new(format!(
-                "starting: opening the key source {}",
-                uri.name()
-            )));
-            let waiting = wait_for_keyring(&args.store.url, uri, status.clone());
-            let (keyring, kek) = if args.tls_cert.is_some() {
-                // (A plain-HTTP answer on a TLS port would only confuse clients.)
-                waiting.await?
-            } else {
-                while_starting(&listener, status, waiting).await??
-            };
-            let health = Arc::new(crate::envelope::KeySourceHealth::new(&uri.name()));
-            let probing = tokio::spawn(crate::envelope::watch_key_source(
-                kek,
-                health.clone(),
-                args.key_source_probe_interval,
-            ));
-            (
-                Some((listener, health, probing)),
-                StoreOptions::sealed_with(keyring),
-            )
-        }
-        _ => (
-            None,
-            store_options(&args.store.url, &args.encryption, Access::Write).await?,
-        ),
+    let hsm = match &args.encryption.keys {
+        Some(KeySource::Pkcs11(uri)) => Some(start_with_hsm(&args, uri).await?),
+        _ => None,
     };
-    let (early_listener, key_source, probing) = match early_listener {
-        Some((listener, health, probing)) => (Some(listener), Some(health), Some(probing)),
-        None => (None, None, None),
+    let keys = match &hsm {
+        Some(hsm) => StoreOptions::sealed_with(hsm.keyring.clone()),
+        None => store_options(&args.store.url, &args.encryption, Access::Write).await?,
     };
     let options = StoreOptions {
         max_connections: args.max_connections,
@@ -167,11 +139,14 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .set_max_versions(args.max_versions)
         .await
         .context("cannot record --max-versions in the store")?;
-    let listener = match early_listener {
-        Some(listener) => listener,
-        None => tokio::net::TcpListener::bind(args.api_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.api_addr))?,
+    let (listener, key_source, probing) = match hsm {
+        Some(HsmStart {
+            listener,
+            health,
+            probing,
+            ..
+        }) => (listener, Some(health), Some(probing)),
+        None => (bind(args.api_addr).await?, None, None),
     };
     let config = ApiConfig {
         localhost_is_admin: args.localhost_is_admin,
@@ -232,6 +207,55 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What a start with keys in an HSM has before the store opens: the port, bound first (it
+/// answered while the HSM was awaited), the keyring of the store's data keys, and the
+/// HSM's health with the task that probes it.
+struct HsmStart {
+    listener: tokio::net::TcpListener,
+    keyring: Arc<crate::sealing::Keyring>,
+    health: Arc<crate::envelope::KeySourceHealth>,
+    probing: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the API's port, waits there for the HSM key `uri` to unwrap the store's data keys
+/// (answering that it is starting, unless over TLS), then starts probing the HSM.
+async fn start_with_hsm(
+    args: &ServeArgs,
+    uri: &crate::envelope::pkcs11::Pkcs11Uri,
+) -> anyhow::Result<HsmStart> {
+    let listener = bind(args.api_addr).await?;
+    let status = Arc::new(Mutex::new(format!(
+        "starting: opening the key source {}",
+        uri.name()
+    )));
+    let waiting = wait_for_keyring(&args.store.url, uri, status.clone());
+    let (keyring, kek) = if args.tls_cert.is_some() {
+        // (A plain-HTTP answer on a TLS port would only confuse clients.)
+        waiting.await?
+    } else {
+        while_starting(&listener, status, waiting).await??
+    };
+    let health = Arc::new(crate::envelope::KeySourceHealth::new(&uri.name()));
+    let probing = tokio::spawn(crate::envelope::watch_key_source(
+        kek,
+        health.clone(),
+        args.key_source_probe_interval,
+    ));
+    Ok(HsmStart {
+        listener,
+        keyring,
+        health,
+        probing,
+    })
+}
+
+/// The API's listener on `addr`.
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// The longest wait between two tries of a key source that does not answer at start.

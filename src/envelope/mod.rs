@@ -257,7 +257,7 @@ pub fn key_source_calls() -> KeySourceCalls {
 }
 
 /// Counts the outcome of one key source call, and passes it on.
-pub(crate) fn counted<T>(result: Result<T, KekError>) -> Result<T, KekError> {
+fn counted<T>(result: Result<T, KekError>) -> Result<T, KekError> {
     let slot = match &result {
         Ok(_) => 0,
         Err(KekError::Unavailable { .. }) => 1,
@@ -309,8 +309,11 @@ async fn blocking<T: Send + 'static>(
 fn new_dek_id() -> String {
     let mut random = [0u8; 4];
     getrandom::fill(&mut random).expect("system randomness");
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    format!("dek-{}-{hex}", chrono::Utc::now().format("%Y%m%d-%H%M%S"))
+    format!(
+        "dek-{}-{}",
+        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+        crate::hex(&random)
+    )
 }
 
 /// The keyring of `store`'s data keys, each unwrapped with `kek`; the newest is active.
@@ -371,20 +374,33 @@ pub async fn new_data_key(
 ) -> Result<String, EnvelopeError> {
     let id = new_dek_id();
     let dek = Zeroizing::new(Keyring::random_key());
+    store_wrapped(store, kek, &id, dek, chrono::Utc::now()).await?;
+    Ok(id)
+}
+
+/// Stores `dek` as data key `id`, made at `created`, wrapped by `kek` (checked to unwrap
+/// again first).
+async fn store_wrapped(
+    store: &AnyStore,
+    kek: Arc<dyn KeyEncryptionKey>,
+    id: &str,
+    dek: Zeroizing<[u8; 32]>,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<(), EnvelopeError> {
+    let name = kek.name().to_owned();
     let wrapped = {
-        let id = id.clone();
-        let kek = kek.clone();
+        let id = id.to_owned();
         blocking(move || wrap_checked(kek.as_ref(), &id, &dek)).await?
     };
     store
         .add_data_key(&StoredDataKey {
-            id: id.clone(),
-            kek: kek.name().to_owned(),
+            id: id.to_owned(),
+            kek: name,
             wrapped,
-            created: chrono::Utc::now(),
+            created,
         })
         .await?;
-    Ok(id)
+    Ok(())
 }
 
 /// Re-wraps every DEK of `store` wrapped by `from` with `to`, in one transaction: no secret
@@ -464,18 +480,9 @@ pub async fn import_keyring(
             continue;
         }
         let raw = Zeroizing::new(keyring.key_bytes(&id).expect("a key of the keyring"));
-        let wrapped = {
-            let (id, kek) = (id.clone(), kek.clone());
-            blocking(move || wrap_checked(kek.as_ref(), &id, &raw)).await?
-        };
-        store
-            .add_data_key(&StoredDataKey {
-                id,
-                kek: kek.name().to_owned(),
-                wrapped,
-                created: start + chrono::Duration::milliseconds(i64::try_from(order).unwrap_or(0)),
-            })
-            .await?;
+        // A millisecond apart, in order, so the active key (last) is the newest.
+        let created = start + chrono::Duration::milliseconds(i64::try_from(order).unwrap_or(0));
+        store_wrapped(store, kek.clone(), &id, raw, created).await?;
         added += 1;
     }
     Ok(added)

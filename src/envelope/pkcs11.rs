@@ -283,6 +283,19 @@ fn release(module: &std::path::Path, reload: bool) {
     }
 }
 
+/// The KEK `uri` names, opened ([`Pkcs11Kek::open`]) on tokio's blocking threads and
+/// counted in the key source's calls.
+///
+/// # Errors
+/// As [`Pkcs11Kek::open`].
+pub async fn open(
+    uri: &Pkcs11Uri,
+) -> Result<std::sync::Arc<dyn KeyEncryptionKey>, super::EnvelopeError> {
+    let uri = uri.clone();
+    let kek = super::blocking(move || super::counted(Pkcs11Kek::open(&uri))).await?;
+    Ok(std::sync::Arc::new(kek))
+}
+
 /// A KEK held in a PKCS#11 token.
 pub struct Pkcs11Kek {
     uri: Pkcs11Uri,

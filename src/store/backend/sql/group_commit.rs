@@ -575,9 +575,9 @@ impl<'a> BulkRow<'a> {
             name: secret.key.name().as_str(),
             time: now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
             labels: serde_json::to_string(secret.labels.as_map()).expect("labels serialize"),
-            data: hex(&stored.bytes),
+            data: crate::hex(&stored.bytes),
             key_id: stored.key_id,
-            write_id: stored.write_id.as_deref().map(hex),
+            write_id: stored.write_id.as_deref().map(crate::hex),
             actor: context
                 .map(|context| serde_json::to_string(&context.actor).expect("an actor serializes")),
             request_id: context.and_then(|context| context.request_id.as_deref()),
@@ -640,18 +640,6 @@ fn bulk_rows<'a>(
 /// Whether step 1 takes every write of `writes`.
 fn all_in_bulk(writes: &[(SecretWrite, Option<WriteContext>)]) -> bool {
     taken_by_step_1(writes).into_iter().all(|taken| taken)
-}
-
-/// `bytes` in lowercase hex.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 15)]);
-    }
-    // Bytes rather than `char`s pushed on a `String`: half the time of a batch's rows.
-    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// The blind puts of step 1, one upsert. A row whose Mesh does not exist is left out (it
