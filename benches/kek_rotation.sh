@@ -43,14 +43,7 @@ kek() { echo "pkcs11:token=bench;object=$1?module-path=$MODULE&pin-source=file:$
 "$BIN" generate kek "$(kek a)" >/dev/null
 "$BIN" generate kek "$(kek b)" >/dev/null
 
-python3 - "$SECRETS" >"$WORK/secrets.yaml" <<'PY'
-import base64, os, sys
-out = sys.stdout
-out.write("type: Mesh\nname: default\n")
-for i in range(int(sys.argv[1])):
-    data = base64.b64encode(os.urandom(1024)).decode()
-    out.write(f"---\ntype: Secret\nmesh: default\nname: s-{i}\ndata: {data}\n")
-PY
+python3 benches/secrets_yaml.py "$SECRETS" >"$WORK/secrets.yaml"
 
 timed() { # LABEL COMMAND... -> prints "| LABEL | seconds |"
     local label=$1

@@ -33,14 +33,7 @@ printf 'active: bench-1\nkeys:\n  bench-1: %s\n' "$(head -c32 /dev/urandom | bas
 chmod 600 "$WORK/keys.yaml"
 psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ks_memory_bench WITH (FORCE)" -c "CREATE DATABASE ks_memory_bench" >/dev/null
 
-python3 - "$SECRETS" >"$WORK/secrets.yaml" <<'PY'
-import base64, os, sys
-out = sys.stdout
-out.write("type: Mesh\nname: default\n")
-for i in range(int(sys.argv[1])):
-    data = base64.b64encode(os.urandom(1024)).decode()
-    out.write(f"---\ntype: Secret\nmesh: default\nname: s-{i}\nlabels:\n  team: bench\ndata: {data}\n")
-PY
+python3 benches/secrets_yaml.py "$SECRETS" team=bench >"$WORK/secrets.yaml"
 FILE_MB=$(( $(stat -c %s "$WORK/secrets.yaml") / 1048576 ))
 
 peak() { # LABEL COMMAND... -> prints "| LABEL | peak MiB | seconds |"
