@@ -344,20 +344,12 @@ impl Pkcs11Kek {
                 return Err(unavailable(&name, &err));
             }
         };
-        let mut found = None;
-        for slot in slots {
-            let matches = match &uri.token {
-                TokenSelector::Slot(id) => slot.id() == *id,
-                TokenSelector::Label(label) => context
-                    .get_token_info(slot)
-                    .map(|info| info.label().trim_end() == label)
-                    .unwrap_or(false),
-            };
-            if matches {
-                found = Some(slot);
-                break;
-            }
-        }
+        let found = slots.into_iter().find(|slot| match &uri.token {
+            TokenSelector::Slot(id) => slot.id() == *id,
+            TokenSelector::Label(label) => context
+                .get_token_info(*slot)
+                .is_ok_and(|info| info.label().trim_end() == label),
+        });
         // An HSM that is down or unreachable typically shows no token: try again later,
         // with the module initialized afresh.
         let Some(slot) = found else {
