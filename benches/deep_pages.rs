@@ -24,7 +24,7 @@ use std::sync::Arc;
 /// A store on `url` sealing with a fresh key, its seeded plaintext rows sealed.
 async fn sealed_store(url: &str) -> AnyStore {
     let options = StoreOptions {
-        keyring: Some(Arc::new(Keyring::single("bench-1", Keyring::random_key()))),
+        keyring: Some(Arc::new(Keyring::single("bench-1", Keyring::random_key())).into()),
         ..StoreOptions::allow_plaintext_secrets()
     };
     let store = AnyStore::open(url, options).await.unwrap();

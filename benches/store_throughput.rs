@@ -287,7 +287,7 @@ async fn prepare(
 ) -> String {
     let url = common::create_migrated_database(admin, admin_url, db).await;
     let options = StoreOptions {
-        keyring,
+        keyring: keyring.map(Into::into),
         ..StoreOptions::allow_plaintext_secrets()
     };
     let store = PostgresStore::open(&url, options).await.unwrap();
@@ -350,7 +350,7 @@ fn main() {
                 let run = |url: String, keyring: Option<Arc<Keyring>>| async move {
                     let options = StoreOptions {
                         max_connections: callers as u32,
-                        keyring,
+                        keyring: keyring.map(Into::into),
                         ..StoreOptions::allow_plaintext_secrets()
                     };
                     let store = Arc::new(PostgresStore::open(&url, options).await.unwrap());

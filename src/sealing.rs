@@ -245,6 +245,35 @@ pub struct Keyring {
     active: String,
 }
 
+/// The keyring a running store seals and opens with, shared by its clones, which a refresh
+/// of the data keys replaces while the store serves (`crate::envelope::keep_data_keys`):
+/// each seal or open takes the keyring current when it starts.
+#[derive(Clone, Debug)]
+pub struct SharedKeyring(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Keyring>>>);
+
+impl SharedKeyring {
+    /// A shared keyring holding `keyring`.
+    pub fn new(keyring: std::sync::Arc<Keyring>) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(keyring)))
+    }
+
+    /// The keyring now.
+    pub fn current(&self) -> std::sync::Arc<Keyring> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes `keyring` the one every clone seals and opens with from now on.
+    pub fn replace(&self, keyring: std::sync::Arc<Keyring>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = keyring;
+    }
+}
+
+impl From<std::sync::Arc<Keyring>> for SharedKeyring {
+    fn from(keyring: std::sync::Arc<Keyring>) -> Self {
+        Self::new(keyring)
+    }
+}
+
 /// One key of the ring: its bytes (zeroed on drop; a clone is built from them, as
 /// `LessSafeKey` is not `Clone`) and the AES-256-GCM key made from them once. Making it on
 /// every call (the AES key schedule and the GHASH table) cost more than opening a cached

@@ -25,7 +25,7 @@ async fn open_with(url: &str, keyring: Option<Arc<Keyring>>) -> Result<AnyStore,
     AnyStore::open(
         url,
         StoreOptions {
-            keyring,
+            keyring: keyring.map(Into::into),
             ..StoreOptions::allow_plaintext_secrets()
         },
     )
@@ -330,7 +330,7 @@ async fn plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_int
     let upgrading = AnyStore::open(
         &url,
         StoreOptions {
-            keyring: Some(common::test_keyring()),
+            keyring: Some(common::test_keyring().into()),
             accept_plaintext_rows: true,
             ..StoreOptions::allow_plaintext_secrets()
         },

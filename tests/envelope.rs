@@ -1,8 +1,11 @@
-//! Envelope encryption with the root key in an HSM (`--encryption-keys pkcs11:…`), against a
-//! real SoftHSM2 token, on both backends: values seal and open through the HSM's key, a KEK
-//! rotation re-wraps data keys and touches no secret row, a store moves from a keyring file
-//! to the HSM and back with every value read again, a tampered or foreign data key is
-//! refused, and no key material or PIN is on disk in clear.
+//! Envelope encryption with the root key in an HSM (`--encryption-keys pkcs11:…`, against a
+//! real SoftHSM2 token) and, built with `--features awskms`, in AWS KMS (`awskms:…`, against
+//! moto's KMS in server mode), on both backends: values seal and open through each
+//! source's key, a KEK rotation re-wraps data keys and touches no secret row, a store moves
+//! from a keyring file to the HSM, to KMS and back with every value read again, a tampered
+//! or foreign data key is refused, no key material, PIN or AWS secret is on disk (or in the
+//! server's debug log) in clear, and a key source that stops answering stops no running
+//! server while a starting one waits for it.
 //!
 //! SoftHSM2 reads its configuration from `SOFTHSM2_CONF` once per process, so this test
 //! binary has its own `main` (`harness = false`): it makes a token directory of its own,
@@ -39,6 +42,23 @@ enum Backend {
     Postgres,
     Sqlite,
 }
+
+/// Where a case's key-encryption keys are.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// A key in the run's SoftHSM2 token.
+    Hsm,
+    /// A key in the run's AWS KMS (moto).
+    #[cfg(feature = "awskms")]
+    Kms,
+}
+
+/// The key sources this build has.
+const SOURCES: &[Source] = &[
+    Source::Hsm,
+    #[cfg(feature = "awskms")]
+    Source::Kms,
+];
 
 /// A fresh store of `backend` and what keeps it alive.
 struct Fresh {
@@ -195,14 +215,20 @@ fn softhsm_conf() -> PathBuf {
         .join("softhsm2.conf")
 }
 
-/// A new KEK, made in the token, with a label of its own.
-async fn new_kek() -> Arc<dyn KeyEncryptionKey> {
-    let uri = uri(&unique("kek"));
-    let kek = tokio::task::spawn_blocking(move || Pkcs11Kek::generate(&uri))
-        .await
-        .unwrap()
-        .unwrap();
-    Arc::new(kek)
+/// A new KEK in `source`, with a name of its own.
+async fn new_kek(source: Source) -> Arc<dyn KeyEncryptionKey> {
+    match source {
+        Source::Hsm => {
+            let uri = uri(&unique("kek"));
+            let kek = tokio::task::spawn_blocking(move || Pkcs11Kek::generate(&uri))
+                .await
+                .unwrap()
+                .unwrap();
+            Arc::new(kek)
+        }
+        #[cfg(feature = "awskms")]
+        Source::Kms => kms::new_kek().await,
+    }
 }
 
 fn key(name: &str) -> SecretKey {
@@ -235,11 +261,11 @@ async fn every_value_reads_back(store: &AnyStore, count: usize) {
     }
 }
 
-/// A store sealed through a KEK in the HSM: its values open again after a restart (a new
-/// keyring unwrapped from the database), and the data key is stored only wrapped.
-async fn values_seal_and_open_through_the_hsm(backend: Backend) {
+/// A store sealed through a KEK in the HSM or KMS: its values open again after a restart
+/// (a new keyring unwrapped from the database), and the data key is stored only wrapped.
+async fn values_seal_and_open_through_the_key_source(backend: Backend, source: Source) {
     let fresh = Fresh::new(backend).await;
-    let kek = new_kek().await;
+    let kek = new_kek(source).await;
     let bare = fresh.bare().await;
     assert!(
         envelope::open_keyring(&bare, kek.clone(), false)
@@ -266,7 +292,7 @@ async fn values_seal_and_open_through_the_hsm(backend: Backend) {
     }
     store.close().await;
 
-    // A restart: the keyring comes from the database and the HSM again.
+    // A restart: the keyring comes from the database and the key source again.
     let bare = fresh.bare().await;
     let again = envelope::open_keyring(&bare, kek.clone(), true)
         .await
@@ -293,16 +319,18 @@ async fn values_seal_and_open_through_the_hsm(backend: Backend) {
 /// Re-wrapping the data keys with another KEK changes the `data_keys` rows only: every
 /// secret row (current and kept versions) is byte for byte what it was, the store opens
 /// with the new KEK, and the old one is refused by name.
-async fn a_kek_rotation_rewrites_no_secret_row(backend: Backend) {
+async fn a_kek_rotation_rewrites_no_secret_row(backend: Backend, source: Source) {
     const SECRETS: usize = 2_000;
     let fresh = Fresh::new(backend).await;
-    let (old, new) = (new_kek().await, new_kek().await);
+    let (old, new) = (new_kek(source).await, new_kek(source).await);
     let bare = fresh.bare().await;
     let keyring = envelope::open_keyring(&bare, old.clone(), true)
         .await
         .unwrap()
         .unwrap();
-    envelope::new_data_key(&bare, old.clone()).await.unwrap();
+    envelope::new_data_key(&bare, old.clone(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
     bare.close().await;
     let store = fresh.sealed(keyring).await;
     for n in 0..SECRETS {
@@ -385,10 +413,10 @@ async fn every_row(url: &str) -> Vec<String> {
     }
 }
 
-/// A store sealed with a keyring file moves to the HSM (the file's keys become data keys
-/// under the same ids, nothing re-sealed), and back to a new keyring file, each value read
-/// again at every step.
-async fn a_keyring_file_moves_to_the_hsm_and_back(backend: Backend) {
+/// A store sealed with a keyring file moves to the HSM or KMS (the file's keys become data
+/// keys under the same ids, nothing re-sealed), and back to a new keyring file, each value
+/// read again at every step.
+async fn a_keyring_file_moves_to_the_key_source_and_back(backend: Backend, source: Source) {
     const SECRETS: usize = 50;
     let fresh = Fresh::new(backend).await;
     let file_keyring = Keyring::single("key-1", Keyring::random_key())
@@ -401,7 +429,7 @@ async fn a_keyring_file_moves_to_the_hsm_and_back(backend: Backend) {
     store.close().await;
     let before = every_row(&fresh.url).await;
 
-    let kek = new_kek().await;
+    let kek = new_kek(source).await;
     let bare = fresh.bare().await;
     assert_eq!(
         envelope::import_keyring(&bare, &file_keyring, kek.clone())
@@ -442,12 +470,16 @@ async fn a_keyring_file_moves_to_the_hsm_and_back(backend: Backend) {
 
 /// A wrapped data key moved to another id, or one wrapped by a KEK the store was not given,
 /// is refused by name; nothing opens with a key it cannot unwrap.
-async fn a_tampered_or_foreign_data_key_is_refused(backend: Backend) {
+async fn a_tampered_or_foreign_data_key_is_refused(backend: Backend, source: Source) {
     let fresh = Fresh::new(backend).await;
-    let kek = new_kek().await;
+    let kek = new_kek(source).await;
     let bare = fresh.bare().await;
-    envelope::new_data_key(&bare, kek.clone()).await.unwrap();
-    envelope::new_data_key(&bare, kek.clone()).await.unwrap();
+    envelope::new_data_key(&bare, kek.clone(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    envelope::new_data_key(&bare, kek.clone(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
     let keys = bare.data_keys().await.unwrap();
     bare.close().await;
     // Someone with write access swaps the two wrapped keys.
@@ -465,10 +497,14 @@ async fn a_tampered_or_foreign_data_key_is_refused(backend: Backend) {
 
     // A key wrapped by another KEK, added behind the store's back.
     let fresh = Fresh::new(backend).await;
-    let (ours, theirs) = (new_kek().await, new_kek().await);
+    let (ours, theirs) = (new_kek(source).await, new_kek(source).await);
     let bare = fresh.bare().await;
-    envelope::new_data_key(&bare, ours.clone()).await.unwrap();
-    envelope::new_data_key(&bare, theirs.clone()).await.unwrap();
+    envelope::new_data_key(&bare, ours.clone(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    envelope::new_data_key(&bare, theirs.clone(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
     let err = envelope::open_keyring(&bare, ours, false)
         .await
         .unwrap_err();
@@ -500,11 +536,11 @@ async fn swap_wrapped(url: &str, a: &str, b: &str) {
     }
 }
 
-/// Neither the data key (raw or base64) nor the PIN is in the database's files or dump;
-/// the KEK's stored name has no PIN in it.
-async fn no_key_material_or_pin_in_the_database(backend: Backend) {
+/// Neither the data key (raw, base64 or hex), the PIN nor the AWS secret key is in the
+/// database's files or dump; the KEK's stored name has no PIN in it.
+async fn no_key_material_or_pin_in_the_database(backend: Backend, source: Source) {
     let fresh = Fresh::new(backend).await;
-    let kek = new_kek().await;
+    let kek = new_kek(source).await;
     assert!(
         !kek.name().contains(PIN) && !kek.name().contains("pin"),
         "{}",
@@ -565,6 +601,11 @@ async fn no_key_material_or_pin_in_the_database(backend: Backend) {
         "the data key's hex is in the database"
     );
     assert!(!holds(PIN.as_bytes()), "the PIN is in the database");
+    #[cfg(feature = "awskms")]
+    assert!(
+        !holds(kms::SECRET_KEY.as_bytes()),
+        "the AWS secret key is in the database"
+    );
     assert!(
         holds(b"dek-"),
         "the search finds what is there: the data key's id"
@@ -578,7 +619,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The command line end to end on SQLite: `generate kek`, `serve` sealing through the HSM
 /// (a secret written, the server restarted, the secret read), and `rotate-keys --status`
 /// listing the data key and what wraps it.
-async fn the_command_line_serves_through_the_hsm(_backend: Backend) {
+async fn the_command_line_serves_through_the_hsm(_backend: Backend, _source: Source) {
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::sqlite_url(dir.path(), "cli.db");
     let label = unique("kek");
@@ -622,26 +663,28 @@ async fn the_command_line_serves_through_the_hsm(_backend: Backend) {
     assert!(!status.stdout.contains("pin"), "{}", status.stdout);
 }
 
-type Case = fn(Backend) -> Pin<Box<dyn Future<Output = ()>>>;
+type Case = fn(Backend, Source) -> Pin<Box<dyn Future<Output = ()>>>;
 
 macro_rules! cases {
     ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|backend| Box::pin($name(backend))) as Case)),*]
+        vec![$((stringify!($name), (|backend, source| Box::pin($name(backend, source))) as Case)),*]
     };
 }
 
 fn main() {
     // SoftHSM2 reads SOFTHSM2_CONF when the module initializes, and this crate forbids the
     // `unsafe` of setting the environment: so the run sets up the token, then runs itself
-    // again as a child with SOFTHSM2_CONF pointing at it.
+    // again as a child with SOFTHSM2_CONF pointing at it (and, with AWS KMS, the test's AWS
+    // credentials in its environment).
     let Ok(hsm_dir) = std::env::var(HSM_DIR_ENV) else {
         let dir = set_up_the_token();
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(std::env::args_os().skip(1))
+        let mut run = std::process::Command::new(std::env::current_exe().unwrap());
+        run.args(std::env::args_os().skip(1))
             .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-            .env(HSM_DIR_ENV, &dir)
-            .status()
-            .expect("the test binary runs itself");
+            .env(HSM_DIR_ENV, &dir);
+        #[cfg(feature = "awskms")]
+        run.envs(kms::ENVIRONMENT.iter().copied());
+        let status = run.status().expect("the test binary runs itself");
         let _ = std::fs::remove_dir_all(&dir);
         std::process::exit(status.code().unwrap_or(1));
     };
@@ -650,30 +693,57 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    // On every backend, with every key source.
     let cases = cases![
-        values_seal_and_open_through_the_hsm,
+        values_seal_and_open_through_the_key_source,
         a_kek_rotation_rewrites_no_secret_row,
-        a_keyring_file_moves_to_the_hsm_and_back,
+        a_keyring_file_moves_to_the_key_source_and_back,
         a_tampered_or_foreign_data_key_is_refused,
         no_key_material_or_pin_in_the_database,
         a_wrapping_that_does_not_unwrap_is_never_stored,
+        a_running_keyring_loads_new_data_keys_and_seals_from_their_time,
     ];
-    let cli_cases = cases![
+    // The command line, on SQLite.
+    #[allow(unused_mut)]
+    let mut cli_cases = cases![
         the_command_line_serves_through_the_hsm,
         a_starting_server_waits_for_the_hsm,
         import_and_export_go_through_the_hsm,
         an_hsm_gone_while_serving_stops_nothing,
+        a_scheduled_data_key_reaches_every_server_before_it_seals,
     ];
+    #[cfg(feature = "awskms")]
+    cli_cases.extend(cases![
+        the_command_line_serves_through_aws_kms,
+        a_frozen_kms_stops_nothing_and_a_start_waits,
+    ]);
+    // The command line, on every backend.
+    #[allow(unused_mut)]
+    let mut cli_backend_cases: Vec<(&str, Case)> = Vec::new();
+    #[cfg(feature = "awskms")]
+    cli_backend_cases.extend(cases![a_store_moves_from_a_file_to_an_hsm_to_kms_and_back]);
     let mut chosen = Vec::new();
     for (name, case) in cases {
         for backend in [Backend::Postgres, Backend::Sqlite] {
-            chosen.push((format!("{name} on {backend:?}"), case, backend));
+            for &source in SOURCES {
+                chosen.push((
+                    format!("{name} on {backend:?} with {source:?}"),
+                    case,
+                    backend,
+                    source,
+                ));
+            }
+        }
+    }
+    for (name, case) in cli_backend_cases {
+        for backend in [Backend::Postgres, Backend::Sqlite] {
+            chosen.push((format!("{name} on {backend:?}"), case, backend, Source::Hsm));
         }
     }
     for (name, case) in cli_cases {
-        chosen.push((name.to_owned(), case, Backend::Sqlite));
+        chosen.push((name.to_owned(), case, Backend::Sqlite, Source::Hsm));
     }
-    chosen.retain(|(name, _, _)| {
+    chosen.retain(|(name, _, _, _)| {
         filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -681,10 +751,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // One KMS for the run (killed when the run ends, or unwinds from a failed case).
+    #[cfg(feature = "awskms")]
+    let _kms = kms::Moto::start_for_the_run();
     let count = chosen.len();
-    for (name, case, backend) in chosen {
+    for (name, case, backend, source) in chosen {
         println!("test {name} ...");
-        runtime.block_on(case(backend));
+        runtime.block_on(case(backend, source));
         println!("test {name} ... ok");
     }
     println!("\ntest result: ok. {count} passed");
@@ -699,7 +772,7 @@ fn set_up_the_token() -> PathBuf {
     let util = Path::new("/usr/bin/softhsm2-util");
     assert!(
         util.exists() && Path::new(MODULE).exists(),
-        "SoftHSM2 is not installed: apt-get install softhsm2 (.ci/run installs it)"
+        "SoftHSM2 is not installed: apt-get install softhsm2 (.ci/install-key-sources installs it)"
     );
     let dir = std::env::temp_dir().join(format!("kuma-secrets-softhsm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -721,7 +794,7 @@ fn set_up_the_token() -> PathBuf {
 /// A server started while its HSM shows no token waits: the port answers `/healthz` and a
 /// 503 on `/readyz` naming the key source and since when; once the token and its key are
 /// there, it serves, and `/metrics` counts the key source's calls by outcome.
-async fn a_starting_server_waits_for_the_hsm(_backend: Backend) {
+async fn a_starting_server_waits_for_the_hsm(_backend: Backend, _source: Source) {
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::sqlite_url(dir.path(), "late.db");
     let token = unique("late");
@@ -738,12 +811,7 @@ async fn a_starting_server_waits_for_the_hsm(_backend: Backend) {
             .unwrap(),
     );
     let client = reqwest::Client::new();
-    let readyz = || async {
-        match client.get(format!("{base}/readyz")).send().await {
-            Ok(response) => Some((response.status().as_u16(), response.text().await.unwrap())),
-            Err(_) => None,
-        }
-    };
+    let readyz = || readyz_of(&base);
     let waits = |answer: Option<(u16, String)>| {
         answer.is_some_and(|(status, body)| status == 503 && body.contains("waiting since"))
     };
@@ -779,10 +847,7 @@ async fn a_starting_server_waits_for_the_hsm(_backend: Backend) {
     init_token(&softhsm_conf(), &token);
     generate_kek(&token, "kek").await;
 
-    common::ha::wait_for(WAIT, "the server to be ready once its HSM is", || async {
-        readyz().await.is_some_and(|(status, _)| status == 200)
-    })
-    .await;
+    wait_ready(&base).await;
     common::http::put_secret_at(&base, "default", "late", b"late").await;
     let metrics = common::http::fetch_text(format!("{base}/metrics")).await;
     let count = |outcome: &str| {
@@ -817,7 +882,7 @@ const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 /// `import` into a Postgres database that has no schema yet, sealing through the HSM (the
 /// schema is migrated first, then the first data key made), and `export` reading every
 /// value back through it.
-async fn import_and_export_go_through_the_hsm(_backend: Backend) {
+async fn import_and_export_go_through_the_hsm(_backend: Backend, _source: Source) {
     let db = common::TestDb::empty().await;
     let dir = tempfile::tempdir().unwrap();
     let uri = generate_kek(TOKEN, &unique("kek")).await;
@@ -874,7 +939,7 @@ async fn import_and_export_go_through_the_hsm(_backend: Backend) {
 
 /// An HSM that goes away while the server runs stops nothing: reads and writes go on with
 /// the data keys held, and `/readyz` (still 200) says since when the key source is down.
-async fn an_hsm_gone_while_serving_stops_nothing(_backend: Backend) {
+async fn an_hsm_gone_while_serving_stops_nothing(_backend: Backend, _source: Source) {
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::sqlite_url(dir.path(), "gone.db");
     let token = unique("gone");
@@ -946,7 +1011,7 @@ impl KeyEncryptionKey for FaultyKek {
 
 /// A wrapping the source cannot undo is never stored: no data key is made, the first
 /// start fails naming the source, and a rotation onto that source changes nothing.
-async fn a_wrapping_that_does_not_unwrap_is_never_stored(backend: Backend) {
+async fn a_wrapping_that_does_not_unwrap_is_never_stored(backend: Backend, source: Source) {
     let fresh = Fresh::new(backend).await;
     let faulty: Arc<dyn KeyEncryptionKey> = Arc::new(FaultyKek);
     let bare = fresh.bare().await;
@@ -961,8 +1026,10 @@ async fn a_wrapping_that_does_not_unwrap_is_never_stored(backend: Backend) {
     assert!(bare.data_keys().await.unwrap().is_empty());
 
     // A rotation from a good key onto the faulty one leaves the data keys as they were.
-    let good = new_kek().await;
-    envelope::new_data_key(&bare, good.clone()).await.unwrap();
+    let good = new_kek(source).await;
+    envelope::new_data_key(&bare, good.clone(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
     let before = bare.data_keys().await.unwrap();
     let err = envelope::rewrap(&bare, good.clone(), faulty)
         .await
@@ -973,4 +1040,695 @@ async fn a_wrapping_that_does_not_unwrap_is_never_stored(backend: Backend) {
     );
     assert_eq!(bare.data_keys().await.unwrap(), before);
     bare.close().await;
+}
+
+/// AWS KMS for the run: moto's KMS in server mode, and the credentials the run gives itself
+/// and every process it starts.
+#[cfg(feature = "awskms")]
+mod kms {
+    use super::*;
+
+    /// The region every key is made in.
+    pub const REGION: &str = "us-east-1";
+    /// The run's AWS secret key (moto takes any): searched for on disk and in logs.
+    pub const SECRET_KEY: &str = "kuma-secrets-test-aws-secret-4711-do-not-log";
+    /// The environment the run's child gets: credentials, and no instance metadata or
+    /// profile files to look at.
+    pub const ENVIRONMENT: &[(&str, &str)] = &[
+        ("AWS_ACCESS_KEY_ID", "AKIAKUMASECRETSTEST1"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/aws-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        ),
+    ];
+
+    /// The run's KMS endpoint.
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+
+    /// A moto server, killed when dropped.
+    pub struct Moto {
+        process: KillOnDrop,
+        pub endpoint: String,
+    }
+
+    impl Moto {
+        /// A moto server of its own, answering.
+        pub fn start() -> Self {
+            let port = kuma_secrets::testing::cluster::free_port();
+            let process = std::process::Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "moto_server does not start ({err}): pip install 'moto[server]' (.ci/install-key-sources installs it)"
+                    )
+                });
+            let mut process = KillOnDrop(process);
+            let deadline = std::time::Instant::now() + WAIT;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = process.0.try_wait() {
+                    panic!("moto_server exited before it answered: {status}");
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "moto_server did not answer on port {port}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Self {
+                process,
+                endpoint: format!("http://127.0.0.1:{port}"),
+            }
+        }
+
+        /// The run's moto server, whose endpoint [`uri_text`] uses.
+        pub fn start_for_the_run() -> Self {
+            let moto = Self::start();
+            ENDPOINT.set(moto.endpoint.clone()).unwrap();
+            moto
+        }
+
+        /// Stops the server's process: connections still open, nothing answers (as a
+        /// partitioned network).
+        pub fn freeze(&self) {
+            self.signal("-STOP");
+        }
+
+        /// Lets it answer again.
+        pub fn thaw(&self) {
+            self.signal("-CONT");
+        }
+
+        fn signal(&self, signal: &str) {
+            let sent = std::process::Command::new("kill")
+                .args([signal, &self.process.0.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success(), "kill {signal} moto_server");
+        }
+    }
+
+    /// The URI of the key aliased `alias` in the KMS at `endpoint`.
+    pub fn uri_at(endpoint: &str, alias: &str) -> String {
+        format!("awskms:alias/{alias}?region={REGION}&endpoint={endpoint}")
+    }
+
+    /// The URI of the key aliased `alias` in the run's KMS.
+    pub fn uri_text(alias: &str) -> String {
+        uri_at(ENDPOINT.get().expect("the run's KMS is up"), alias)
+    }
+
+    /// A new key in the run's KMS, with an alias of its own.
+    pub async fn new_kek() -> Arc<dyn KeyEncryptionKey> {
+        let uri = uri_text(&unique("kek")).parse().unwrap();
+        Arc::new(
+            kuma_secrets::envelope::awskms::AwsKmsKek::generate(&uri)
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// The key `uri` names, opened.
+    pub async fn open(uri: &str) -> Arc<dyn KeyEncryptionKey> {
+        envelope::awskms::open(&uri.parse().unwrap()).await.unwrap()
+    }
+}
+
+/// A `serve` on `store_url` sealing through `uri`, its port of its own, its debug log in
+/// `log`: the base URL, once ready.
+#[cfg(feature = "awskms")]
+async fn serve_logging_to(
+    store_url: &str,
+    uri: &str,
+    log: &Path,
+    extra: &[&str],
+) -> (KillOnDrop, String) {
+    let port = kuma_secrets::testing::cluster::free_port();
+    let process = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
+            .args(["serve", "--store", store_url, "--encryption-keys", uri])
+            .args(["--api-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("KUMA_SECRETS_LOG", "debug")
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base).await;
+    (process, base)
+}
+
+/// `/readyz` at `base`: its status and body, or `None` while nothing answers.
+async fn readyz_of(base: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("{base}/readyz")).await.ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
+}
+
+/// Waits for the server at `base` to say it is ready.
+async fn wait_ready(base: &str) {
+    common::ha::wait_for(WAIT, "the server to be ready", || async {
+        readyz_of(base)
+            .await
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+}
+
+/// The command line end to end with the key in AWS KMS, on SQLite: `generate kek` makes
+/// the key and its alias (a second time is refused), `serve` seals through it across a
+/// restart, `rotate-keys --status` names the key by its ARN, and neither the data key nor
+/// the AWS secret key is in the database's files or in the server's debug log.
+#[cfg(feature = "awskms")]
+async fn the_command_line_serves_through_aws_kms(_backend: Backend, _source: Source) {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = common::sqlite_url(dir.path(), "kms.db");
+    let alias = unique("kek");
+    let uri = kms::uri_text(&alias);
+    let made = common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .ok();
+    assert!(
+        made.stdout
+            .contains(&format!("awskms:arn:aws:kms:{}:", kms::REGION)),
+        "{}",
+        made.stdout
+    );
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .fails_with(&format!("the alias alias/{alias} exists in KMS already"));
+    let refused = common::process::kuma(
+        &["generate", "kek", "awskms:alias/x?region=us-east-1&token=1"],
+        None,
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("unknown query attribute \"token\""),
+        "{refused:?}"
+    );
+
+    let log = dir.path().join("serve.log");
+    {
+        let (_serve, base) = serve_logging_to(&store_url, &uri, &log, &[]).await;
+        common::http::put_secret_at(&base, "default", "kms", b"kms-sealed").await;
+    }
+    let log_again = dir.path().join("serve-again.log");
+    let (_serve, base) = serve_logging_to(&store_url, &uri, &log_again, &[]).await;
+    let got = common::http::fetch_json(format!("{base}/meshes/default/secrets/kms")).await;
+    assert_eq!(got["data"], common::http::b64(b"kms-sealed"), "{got}");
+
+    let status = common::process::kuma(
+        &[
+            "rotate-keys",
+            "--status",
+            "--store",
+            &store_url,
+            "--encryption-keys",
+            &uri,
+        ],
+        None,
+    )
+    .await
+    .ok();
+    assert!(status.stdout.contains("DATA KEY"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("awskms:arn:aws:kms:{}:", kms::REGION)),
+        "{}",
+        status.stdout
+    );
+
+    // The data key, written to a file for the search (the store stays on KMS).
+    let exported = dir.path().join("exported.yaml");
+    let path = format!("file:{}", exported.display());
+    common::process::kuma(
+        &[
+            "rotate-keys",
+            "--store",
+            &store_url,
+            "--encryption-keys",
+            &uri,
+            "--new-kek",
+            &path,
+        ],
+        None,
+    )
+    .await
+    .ok();
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let encoded = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(": ")
+                .filter(|(k, _)| k.starts_with("dek-"))
+        })
+        .map(|(_, v)| v.to_owned())
+        .expect("the data key in the file");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&encoded)
+        .unwrap();
+    let db = dir.path().join("kms.db");
+    let mut on_disk = Vec::new();
+    for file in [
+        db.clone(),
+        db.with_extension("db-wal"),
+        log.clone(),
+        log_again.clone(),
+    ] {
+        on_disk.extend(std::fs::read(&file).unwrap_or_default());
+    }
+    let holds = |needle: &[u8]| on_disk.windows(needle.len()).any(|w| w == needle);
+    for (what, needle) in [
+        ("the raw data key", raw.clone()),
+        ("the data key's base64", encoded.clone().into_bytes()),
+        ("the data key's hex", hex(&raw).into_bytes()),
+        ("the AWS secret key", kms::SECRET_KEY.as_bytes().to_vec()),
+    ] {
+        assert!(
+            !holds(&needle),
+            "{what} is in the database or the debug log"
+        );
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("DEBUG") && holds(b"dek-"),
+        "the search finds what is there: debug lines, the data key's id"
+    );
+}
+
+/// AWS KMS frozen (its process stopped: connections open, nothing answers, as a partitioned
+/// network) stops no running server: reads and writes go on with the data keys held and
+/// `/readyz` (still 200) says since when the key source is down. A server started
+/// meanwhile waits, `/readyz` 503 naming the key; once KMS answers again it serves, and the
+/// first server's note clears.
+#[cfg(feature = "awskms")]
+async fn a_frozen_kms_stops_nothing_and_a_start_waits(_backend: Backend, _source: Source) {
+    let moto = kms::Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let alias = unique("frozen");
+    let uri = kms::uri_at(&moto.endpoint, &alias);
+    common::process::kuma(&["generate", "kek", &uri], None)
+        .await
+        .ok();
+    let running_url = common::sqlite_url(dir.path(), "running.db");
+    let (_running, running) = serve_logging_to(
+        &running_url,
+        &uri,
+        &dir.path().join("running.log"),
+        &["--key-source-probe-interval", "1s"],
+    )
+    .await;
+    let put = |base: &str, name: &str| {
+        let base = base.to_owned();
+        let name = name.to_owned();
+        async move { common::http::put_secret_at(&base, "default", &name, b"sealed").await }
+    };
+    let get = |base: &str, name: &str| {
+        let url = format!("{base}/meshes/default/secrets/{name}");
+        async move {
+            let got: serde_json::Value = common::http::get_fresh(url).await.json().await.unwrap();
+            assert_eq!(got["data"], common::http::b64(b"sealed"), "{got}");
+        }
+    };
+    put(&running, "before").await;
+    assert_eq!(readyz_of(&running).await, Some((200, "ok\n".to_owned())));
+
+    moto.freeze();
+    common::ha::wait_for(WAIT, "/readyz to say the key source is down", || async {
+        readyz_of(&running)
+            .await
+            .is_some_and(|(status, body)| status == 200 && body.contains("unavailable since"))
+    })
+    .await;
+    let (_, note) = readyz_of(&running).await.unwrap();
+    assert!(note.contains(&format!("awskms:alias/{alias}")), "{note}");
+    get(&running, "before").await;
+    put(&running, "during").await;
+    get(&running, "during").await;
+
+    // A server starting now waits for KMS.
+    let port = kuma_secrets::testing::cluster::free_port();
+    let starting = format!("http://127.0.0.1:{port}");
+    let _starting = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
+            .args([
+                "serve",
+                "--store",
+                &common::sqlite_url(dir.path(), "starting.db"),
+            ])
+            .args([
+                "--encryption-keys",
+                &uri,
+                "--api-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("KUMA_SECRETS_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::ha::wait_for(WAIT, "the starting server to say it waits", || async {
+        readyz_of(&starting)
+            .await
+            .is_some_and(|(status, body)| status == 503 && body.contains("waiting since"))
+    })
+    .await;
+    let (_, waiting) = readyz_of(&starting).await.unwrap();
+    assert!(
+        waiting.contains(&format!("awskms:alias/{alias}")),
+        "{waiting}"
+    );
+    assert!(!waiting.contains(kms::SECRET_KEY), "{waiting}");
+
+    moto.thaw();
+    wait_ready(&starting).await;
+    put(&starting, "after").await;
+    get(&starting, "after").await;
+    common::ha::wait_for(WAIT, "the running server's note to clear", || async {
+        readyz_of(&running).await == Some((200, "ok\n".to_owned()))
+    })
+    .await;
+}
+
+/// A store sealed with a keyring file moves online to a key in the HSM, from there to a key
+/// in AWS KMS, and back to a keyring file, each with `rotate-keys --new-kek`: no secret
+/// row is rewritten, every value reads back at every step, and the key moved from is
+/// refused by name.
+#[cfg(feature = "awskms")]
+async fn a_store_moves_from_a_file_to_an_hsm_to_kms_and_back(backend: Backend, _source: Source) {
+    const SECRETS: usize = 40;
+    let fresh = Fresh::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.yaml");
+    let keyring = Keyring::single("key-1", Keyring::random_key())
+        .with_key("key-2", Keyring::random_key())
+        .with_active("key-2");
+    keyring.save_new(&file).unwrap();
+    let store = fresh.sealed(keyring).await;
+    for n in 0..SECRETS {
+        write(&store, n).await;
+    }
+    store.close().await;
+    let before = every_row(&fresh.url).await;
+
+    let hsm = generate_kek(TOKEN, &unique("kek")).await;
+    let kms_uri = kms::uri_text(&unique("kek"));
+    common::process::kuma(&["generate", "kek", &kms_uri], None)
+        .await
+        .ok();
+    let file_uri = format!("file:{}", file.display());
+    let back = dir.path().join("back.yaml");
+    let back_uri = format!("file:{}", back.display());
+    let moves = [(&file_uri, &hsm), (&hsm, &kms_uri), (&kms_uri, &back_uri)];
+    for (from, to) in moves {
+        common::process::kuma(
+            &[
+                "rotate-keys",
+                "--store",
+                &fresh.url,
+                "--encryption-keys",
+                from,
+                "--new-kek",
+                to,
+            ],
+            None,
+        )
+        .await
+        .ok();
+        assert_eq!(
+            every_row(&fresh.url).await,
+            before,
+            "{from} → {to} re-sealed a row"
+        );
+        let keyring = if to.starts_with("file:") {
+            Keyring::load(&back).unwrap()
+        } else {
+            let kek = if to.starts_with("pkcs11:") {
+                envelope::pkcs11::open(&to.parse().unwrap()).await.unwrap()
+            } else {
+                kms::open(to).await
+            };
+            fresh.hsm_keyring(&kek, false).await
+        };
+        assert_eq!(keyring.active_id(), "key-2", "{from} → {to}");
+        let store = fresh.sealed(keyring).await;
+        every_value_reads_back(&store, SECRETS).await;
+        store.close().await;
+    }
+    // The HSM key no longer opens the store: the data keys are wrapped by the KMS key.
+    let bare = fresh.bare().await;
+    let refused = envelope::open_keyring(
+        &bare,
+        envelope::pkcs11::open(&hsm.parse().unwrap()).await.unwrap(),
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, EnvelopeError::OtherKek { wrapped_by, .. } if wrapped_by.starts_with("awskms:arn:")),
+        "{refused}"
+    );
+    bare.close().await;
+}
+
+/// What a running server does with its keyring every probe interval
+/// (`envelope::refresh_data_keys`): a data key made elsewhere is loaded at once but seals
+/// only from its `seals_from`; the scheduled key is made when the newest is older than the
+/// rotation period, and two servers due at once store one key between them.
+async fn a_running_keyring_loads_new_data_keys_and_seals_from_their_time(
+    backend: Backend,
+    source: Source,
+) {
+    use kuma_secrets::sealing::SharedKeyring;
+    use std::time::Duration;
+    let fresh = Fresh::new(backend).await;
+    let kek = new_kek(source).await;
+    let bare = fresh.bare().await;
+    let first = envelope::open_keyring(&bare, kek.clone(), true)
+        .await
+        .unwrap()
+        .unwrap();
+    let first_id = first.active_id().to_owned();
+    let running = SharedKeyring::new(Arc::new(first));
+    let on_demand = envelope::DataKeyUpkeep {
+        refresh: Duration::from_secs(1),
+        rotation: None,
+    };
+
+    // Made by rotate-keys --new-data-key, sealing in a day: loaded, not yet sealing.
+    let later = envelope::new_data_key(&bare, kek.clone(), Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    envelope::refresh_data_keys(&bare, &kek, &running, on_demand)
+        .await
+        .unwrap();
+    assert!(running.current().contains(&later.id), "loaded at once");
+    assert_eq!(running.current().active_id(), first_id, "not sealing yet");
+    let store = fresh.sealed(Keyring::clone(&running.current())).await;
+    write(&store, 0).await;
+    store.close().await;
+
+    // One that seals now takes over.
+    let now = envelope::new_data_key(&bare, kek.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    envelope::refresh_data_keys(&bare, &kek, &running, on_demand)
+        .await
+        .unwrap();
+    assert_eq!(running.current().active_id(), now.id);
+    let store = fresh.sealed(Keyring::clone(&running.current())).await;
+    write(&store, 1).await;
+    every_value_reads_back(&store, 2).await;
+    store.close().await;
+    // A restart chooses the same.
+    let restarted = fresh.hsm_keyring(&kek, false).await;
+    assert_eq!(restarted.active_id(), now.id);
+
+    // Nothing is due while the newest is younger than the period.
+    let monthly = envelope::DataKeyUpkeep {
+        refresh: Duration::from_secs(1),
+        rotation: Some(Duration::from_secs(30 * 86_400)),
+    };
+    envelope::refresh_data_keys(&bare, &kek, &running, monthly)
+        .await
+        .unwrap();
+    assert_eq!(bare.data_keys().await.unwrap().len(), 3, "none due");
+
+    // Two servers due at once (every key older than the period) make one scheduled key.
+    let second = SharedKeyring::new(Arc::new(fresh.hsm_keyring(&kek, false).await));
+    let hourly = envelope::DataKeyUpkeep {
+        refresh: Duration::from_secs(1),
+        rotation: Some(Duration::from_secs(3600)),
+    };
+    backdate_data_keys(&fresh.url, 2).await;
+    let (a, b) = tokio::join!(
+        envelope::refresh_data_keys(&bare, &kek, &running, hourly),
+        envelope::refresh_data_keys(&bare, &kek, &second, hourly),
+    );
+    a.unwrap();
+    b.unwrap();
+    let keys = bare.data_keys().await.unwrap();
+    let scheduled: Vec<_> = keys
+        .iter()
+        .filter(|key| key.id.ends_with("-scheduled"))
+        .collect();
+    assert_eq!(scheduled.len(), 1, "{keys:?}");
+    let scheduled = scheduled[0];
+    assert!(
+        scheduled.seals_from >= scheduled.created + chrono::Duration::seconds(3),
+        "it seals three refreshes after it is made: {scheduled:?}"
+    );
+    for keyring in [&running, &second] {
+        envelope::refresh_data_keys(&bare, &kek, keyring, on_demand)
+            .await
+            .unwrap();
+        assert!(keyring.current().contains(&scheduled.id));
+        assert_eq!(keyring.current().active_id(), now.id, "not sealing yet");
+    }
+    bare.close().await;
+}
+
+/// Moves every data key `hours` hours into the past (made and sealing), behind the store's
+/// back: as if they had been made that long ago.
+async fn backdate_data_keys(url: &str, hours: i64) {
+    let keys = {
+        let store = AnyStore::open(url, StoreOptions::for_data_keys())
+            .await
+            .unwrap();
+        let keys = store.data_keys().await.unwrap();
+        store.close().await;
+        keys
+    };
+    for key in keys {
+        let (created, seals_from) = (
+            key.created - chrono::Duration::hours(hours),
+            key.seals_from - chrono::Duration::hours(hours),
+        );
+        if url.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query("UPDATE data_keys SET created = $1, seals_from = $2 WHERE id = $3")
+                .bind(created)
+                .bind(seals_from)
+                .bind(&key.id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query("UPDATE data_keys SET created = $1, seals_from = $2 WHERE id = $3")
+                .bind(created)
+                .bind(seals_from)
+                .bind(&key.id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// Two servers on one Postgres database, sealing through the HSM: the one with a rotation
+/// period makes a data key on schedule, the other (no schedule) loads it before it seals,
+/// so every value either writes opens through both; `rotate-keys --status` lists the key
+/// and what it seals.
+async fn a_scheduled_data_key_reaches_every_server_before_it_seals(
+    _backend: Backend,
+    _source: Source,
+) {
+    let db = common::TestDb::migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let uri = generate_kek(TOKEN, &unique("kek")).await;
+    let server = |probe: &'static str, period: &'static str| {
+        let args = [
+            "--store",
+            db.url.as_str(),
+            "--encryption-keys",
+            uri.as_str(),
+            "--key-source-probe-interval",
+            probe,
+            "--data-key-rotation-period",
+            period,
+        ];
+        common::process::spawn_serve(&args, dir.path())
+    };
+    // The scheduling server first: it makes the store's first data key.
+    let (_scheduler, scheduler, _log) = server("2s", "5s");
+    wait_ready(&scheduler).await;
+    let (_other, other, _log) = server("1s", "never");
+    wait_ready(&other).await;
+
+    let sealed_with = |name: String| {
+        let url = db.url.clone();
+        async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let key: Option<String> = sqlx::query_scalar(
+                "SELECT key_id FROM secrets WHERE mesh = 'default' AND name = $1",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            key.unwrap_or_default()
+        }
+    };
+    let reads_through_both = |name: String| {
+        let (scheduler, other) = (scheduler.clone(), other.clone());
+        async move {
+            for base in [&scheduler, &other] {
+                let url = format!("{base}/meshes/default/secrets/{name}");
+                let got: serde_json::Value =
+                    common::http::get_fresh(url).await.json().await.unwrap();
+                assert_eq!(
+                    got["data"],
+                    common::http::b64(name.as_bytes()),
+                    "{base}: {got}"
+                );
+            }
+        }
+    };
+    // Writes through either server until one is sealed with a scheduled key; each reads
+    // back through both.
+    for (label, base) in [("scheduler", &scheduler), ("other", &other)] {
+        let mut n = 0;
+        common::ha::wait_for(
+            WAIT,
+            &format!("a write through the {label} sealed with a scheduled key"),
+            || {
+                n += 1;
+                let name = format!("{label}-{n}");
+                let base = base.clone();
+                async move {
+                    common::http::put_secret_at(&base, "default", &name, name.as_bytes()).await;
+                    reads_through_both(name.clone()).await;
+                    sealed_with(name).await.ends_with("-scheduled")
+                }
+            },
+        )
+        .await;
+    }
+    let status = common::process::kuma(
+        &[
+            "rotate-keys",
+            "--status",
+            "--store",
+            &db.url,
+            "--encryption-keys",
+            &uri,
+        ],
+        None,
+    )
+    .await
+    .ok();
+    assert!(status.stdout.contains("-scheduled"), "{}", status.stdout);
+    assert!(status.stdout.contains("SEALS FROM"), "{}", status.stdout);
 }

@@ -560,7 +560,7 @@ async fn plaintext_rows_are_served_only_with_accept_plaintext_rows() {
         AnyStore::open(
             &url,
             StoreOptions {
-                keyring: Some(common::test_keyring()),
+                keyring: Some(common::test_keyring().into()),
                 accept_plaintext_rows: accept,
                 ..StoreOptions::allow_plaintext_secrets()
             },

@@ -376,7 +376,7 @@ async fn rotation_reseals_history(backend: Backend) {
     let store = AnyStore::open(
         &common::raw::store_url(&server),
         StoreOptions {
-            keyring: Some(std::sync::Arc::new(new_only)),
+            keyring: Some(std::sync::Arc::new(new_only).into()),
             ..StoreOptions::allow_plaintext_secrets()
         },
     )

@@ -22,7 +22,7 @@ fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
 
 async fn open(url: &str) -> AnyStore {
     let options = StoreOptions {
-        keyring: Some(common::test_keyring()),
+        keyring: Some(common::test_keyring().into()),
         ..StoreOptions::allow_plaintext_secrets()
     };
     AnyStore::open(url, options).await.unwrap()

@@ -3,6 +3,7 @@
 //! `generate kek`: make a key-encryption key in an HSM.
 
 use super::ApiArgs;
+use super::keyring::KekUri;
 use crate::sealing::Keyring;
 use serde_json::json;
 
@@ -33,13 +34,15 @@ pub enum GenerateCommand {
         #[arg(long)]
         activate: bool,
     },
-    /// A key-encryption key in an HSM, for `--encryption-keys pkcs11:…`: an AES-256 key
-    /// made inside the token, sensitive and never extractable, labelled as the URI's
-    /// `object`.
+    /// A key-encryption key for `--encryption-keys`: in an HSM (`pkcs11:…`), an AES-256
+    /// key made inside the token, sensitive and never extractable, labelled as the URI's
+    /// `object`; in AWS KMS (`awskms:alias/NAME…`), a symmetric encryption key and that
+    /// alias for it.
     Kek {
-        /// `pkcs11:token=…;object=…?module-path=…&pin-source=file:…`
-        #[arg(value_parser = |s: &str| s.parse::<crate::envelope::pkcs11::Pkcs11Uri>().map_err(|e| e.to_string()))]
-        uri: crate::envelope::pkcs11::Pkcs11Uri,
+        /// `pkcs11:token=…;object=…?module-path=…&pin-source=file:…` or
+        /// `awskms:alias/NAME?region=…`
+        #[arg(value_parser = parse_kek_uri)]
+        uri: KekUri,
     },
 }
 
@@ -86,15 +89,20 @@ pub(super) async fn run(cmd: GenerateCommand) -> anyhow::Result<()> {
             );
         }
         GenerateCommand::Kek { uri } => {
-            let name = uri.name();
-            tokio::task::spawn_blocking(move || crate::envelope::pkcs11::Pkcs11Kek::generate(&uri))
-                .await??;
+            let name = uri.generate().await?;
             println!(
                 "made the key-encryption key {name}; start with --encryption-keys and this URI"
             );
         }
     }
     Ok(())
+}
+
+/// A `pkcs11:` or `awskms:` URI.
+fn parse_kek_uri(text: &str) -> Result<KekUri, String> {
+    KekUri::parse(text)?.ok_or_else(|| {
+        "a key-encryption key is made in an HSM (pkcs11:…) or in AWS KMS (awskms:…); a keyring file's key with kuma-secrets generate encryption-key".to_owned()
+    })
 }
 
 /// The id after the highest `key-N` in the keyring: never a lower free number, which may be

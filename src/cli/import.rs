@@ -325,9 +325,10 @@ pub(super) async fn open_destination(
     url: &StoreUrl,
     encryption: &EncryptionArgs,
 ) -> anyhow::Result<AnyStore> {
-    // Keys in an HSM are the store's data keys: its schema must be there to read them. A
-    // keyring file is checked first, so a wrong one fails before anything is migrated.
-    let hsm = matches!(encryption.keys, Some(super::keyring::KeySource::Pkcs11(_)));
+    // Keys in an HSM or a KMS are the store's data keys: its schema must be there to read
+    // them. A keyring file is checked first, so a wrong one fails before anything is
+    // migrated.
+    let hsm = matches!(encryption.keys, Some(super::keyring::KeySource::Kek(_)));
     let file_options = if hsm {
         None
     } else {

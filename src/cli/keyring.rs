@@ -3,8 +3,9 @@
 //! (`--allow-plaintext-secrets`).
 //!
 //! A source is a keyring file (`file:PATH`, or a bare path), or a key-encryption key in an
-//! HSM (`pkcs11:…`, see `crate::envelope::pkcs11`): then the keyring is the store's data
-//! keys, unwrapped by that key (`crate::envelope`).
+//! HSM (`pkcs11:…`, see `crate::envelope::pkcs11`) or in AWS KMS (`awskms:…`, feature
+//! `awskms`): then the keyring is the store's data keys, unwrapped by that key
+//! (`crate::envelope`).
 //!
 //! Without a keyring, the embedded SQLite default uses the file next to its database
 //! (`kuma-secrets.db` → `kuma-secrets.db.keys`), generating it owner-only on first start.
@@ -23,9 +24,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncryptionArgs {
     /// Where the keys are: a keyring file (`file:PATH` or PATH: `active: ID` and `keys:
-    /// {ID: BASE64 of 32 bytes}`), or a key in an HSM that wraps the store's data keys
-    /// (`pkcs11:token=…;object=…?module-path=…&pin-source=file:…`). Default for SQLite:
-    /// the file next to the database (`<db>.keys`), created on first start.
+    /// {ID: BASE64 of 32 bytes}`), or a key that wraps the store's data keys, in an HSM
+    /// (`pkcs11:token=…;object=…?module-path=…&pin-source=file:…`) or in AWS KMS
+    /// (`awskms:alias/NAME?region=…`, when built with the awskms feature). Default for
+    /// SQLite: the file next to the database (`<db>.keys`), created on first start.
     #[arg(long = "encryption-keys", env = "KUMA_SECRETS_ENCRYPTION_KEYS", value_parser = KeySource::parse)]
     pub keys: Option<KeySource>,
     /// Store secret data unencrypted when no keyring is given (needed for Postgres without
@@ -56,21 +58,18 @@ impl EncryptionArgs {
 pub enum KeySource {
     /// A keyring file: `file:PATH`, or a path.
     File(PathBuf),
-    /// A key-encryption key in an HSM, through PKCS#11.
-    Pkcs11(envelope::pkcs11::Pkcs11Uri),
+    /// A key-encryption key in an HSM or a KMS, wrapping the store's data keys.
+    Kek(KekUri),
 }
 
 impl KeySource {
-    /// `file:PATH`, `pkcs11:…`, or a path.
+    /// `file:PATH`, `pkcs11:…`, `awskms:…`, or a path.
     ///
     /// # Errors
-    /// An invalid `pkcs11:` URI, or a scheme this build has no source for.
+    /// An invalid key source URI, or a scheme this build has no source for.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if text.starts_with("pkcs11:") {
-            return text
-                .parse()
-                .map(KeySource::Pkcs11)
-                .map_err(|e| e.to_string());
+        if let Some(kek) = KekUri::parse(text)? {
+            return Ok(KeySource::Kek(kek));
         }
         if let Some(path) = text.strip_prefix("file:") {
             return Ok(KeySource::File(PathBuf::from(path)));
@@ -81,11 +80,91 @@ impl KeySource {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         {
-            return Err(format!(
-                "no key source {scheme:?} in this build: use file:PATH or pkcs11:…"
-            ));
+            return Err(if scheme == "awskms" {
+                "this build has no AWS KMS key source: build with --features awskms".to_owned()
+            } else {
+                format!(
+                    "no key source {scheme:?}: use file:PATH, pkcs11:… or (built with --features awskms) awskms:…"
+                )
+            });
         }
         Ok(KeySource::File(PathBuf::from(text)))
+    }
+}
+
+/// A key-encryption key's URI: which HSM or KMS key wraps the store's data keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KekUri {
+    /// A key in an HSM, through PKCS#11 (`pkcs11:…`, RFC 7512).
+    Pkcs11(envelope::pkcs11::Pkcs11Uri),
+    /// A key in AWS KMS (`awskms:…`).
+    #[cfg(feature = "awskms")]
+    AwsKms(envelope::awskms::AwsKmsUri),
+}
+
+impl KekUri {
+    /// The URI in `text`, or `None` when it names no key-encryption key.
+    ///
+    /// # Errors
+    /// A `pkcs11:` or `awskms:` URI that is not valid.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        if text.starts_with("pkcs11:") {
+            return text
+                .parse()
+                .map(|uri| Some(KekUri::Pkcs11(uri)))
+                .map_err(|e: envelope::pkcs11::UriError| e.to_string());
+        }
+        #[cfg(feature = "awskms")]
+        if text.starts_with("awskms:") {
+            return text
+                .parse()
+                .map(|uri| Some(KekUri::AwsKms(uri)))
+                .map_err(|e: envelope::awskms::UriError| e.to_string());
+        }
+        Ok(None)
+    }
+
+    /// The key's name before it is opened: no module path, no PIN, no endpoint.
+    pub fn name(&self) -> String {
+        match self {
+            KekUri::Pkcs11(uri) => uri.name(),
+            #[cfg(feature = "awskms")]
+            KekUri::AwsKms(uri) => uri.name(),
+        }
+    }
+
+    /// The key, opened.
+    ///
+    /// # Errors
+    /// As `envelope::pkcs11::open` and `envelope::awskms::open`; [`is_retryable`] tells
+    /// which may pass.
+    pub async fn open(&self) -> Result<Arc<dyn KeyEncryptionKey>, envelope::EnvelopeError> {
+        match self {
+            KekUri::Pkcs11(uri) => envelope::pkcs11::open(uri).await,
+            #[cfg(feature = "awskms")]
+            KekUri::AwsKms(uri) => envelope::awskms::open(uri).await,
+        }
+    }
+
+    /// Makes the key (`kuma-secrets generate kek`); returns its name as stored.
+    ///
+    /// # Errors
+    /// The key exists, or the source refused.
+    pub async fn generate(&self) -> anyhow::Result<String> {
+        Ok(match self {
+            KekUri::Pkcs11(uri) => {
+                let uri = uri.clone();
+                tokio::task::spawn_blocking(move || {
+                    envelope::pkcs11::Pkcs11Kek::generate(&uri).map(|kek| kek.name().to_owned())
+                })
+                .await??
+            }
+            #[cfg(feature = "awskms")]
+            KekUri::AwsKms(uri) => envelope::awskms::AwsKmsKek::generate(uri)
+                .await?
+                .name()
+                .to_owned(),
+        })
     }
 }
 
@@ -109,16 +188,16 @@ async fn data_keys_keyring(
     Ok(Some(Arc::new(keyring)))
 }
 
-/// The keyring of `store_url`'s data keys unwrapped by the HSM key `uri`, its first data
-/// key made if it has none, and the key-encryption key (what `serve` opens).
+/// The keyring of `store_url`'s data keys unwrapped by the key `uri` (in an HSM or a KMS),
+/// its first data key made if it has none, and the key-encryption key (what `serve` opens).
 ///
 /// # Errors
-/// As `envelope::pkcs11::open` and `envelope::open_keyring`; [`is_retryable`] tells which may pass.
-pub async fn hsm_keyring(
+/// As [`KekUri::open`] and `envelope::open_keyring`; [`is_retryable`] tells which may pass.
+pub async fn kek_keyring(
     store_url: &StoreUrl,
-    uri: &envelope::pkcs11::Pkcs11Uri,
+    uri: &KekUri,
 ) -> anyhow::Result<(Arc<Keyring>, Arc<dyn KeyEncryptionKey>)> {
-    let kek = envelope::pkcs11::open(uri).await?;
+    let kek = uri.open().await?;
     let keyring = data_keys_keyring(store_url, kek.clone(), Access::Write).await?;
     Ok((keyring.expect("a first data key is made for writing"), kek))
 }
@@ -179,8 +258,8 @@ pub async fn resolve(
             tracing::info!(keyring = %path.display(), active = keyring.active_id(), "secret data is sealed with AES-256-GCM");
             return Ok(Some(Arc::new(keyring)));
         }
-        Some(KeySource::Pkcs11(uri)) => {
-            return data_keys_keyring(store_url, envelope::pkcs11::open(uri).await?, access).await;
+        Some(KeySource::Kek(uri)) => {
+            return data_keys_keyring(store_url, uri.open().await?, access).await;
         }
         None => {}
     }

@@ -5,12 +5,13 @@
 //! the database could have planted them): `kuma-secrets seal-plaintext` lists them and
 //! seals them when the operator says so.
 //!
-//! With an HSM (`--encryption-keys pkcs11:…`, see `crate::envelope`) the keys are data keys
-//! wrapped by the HSM's key: `--new-data-key` makes a new one and re-seals onto it as above;
-//! `--new-kek SOURCE` changes what wraps them and touches no secret row: another HSM key
-//! (the data keys are re-wrapped), or, from a keyring file, an HSM key (the file's keys
-//! become data keys under the same ids), or, from an HSM, a new keyring file (the data keys
-//! written to it, for the way back).
+//! With a key in an HSM or a KMS (`--encryption-keys pkcs11:…` or `awskms:…`, see
+//! `crate::envelope`) the keys are data keys wrapped by that key: `--new-data-key` makes a
+//! new one and re-seals onto it as above; `--new-kek SOURCE` changes what wraps them and
+//! touches no secret row: another HSM or KMS key (the data keys are re-wrapped), or, from a
+//! keyring file, an HSM or KMS key (the file's keys become data keys under the same ids),
+//! or, from an HSM or KMS key, a new keyring file (the data keys written to it, for the way
+//! back).
 
 use super::StoreArgs;
 use super::keyring::{Access, EncryptionArgs, KeySource, store_options};
@@ -31,14 +32,20 @@ pub struct RotateArgs {
     /// Secrets per transaction.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
-    /// Move the keys under another key source, re-sealing no secret: a `pkcs11:` key (from
-    /// a keyring file or another HSM key), or a new keyring file (from an HSM key).
+    /// Move the keys under another key source, re-sealing no secret: a `pkcs11:` or
+    /// `awskms:` key (from a keyring file or another such key), or a new keyring file (from
+    /// such a key).
     #[arg(long, value_parser = KeySource::parse, conflicts_with_all = ["status", "new_data_key"])]
     new_kek: Option<KeySource>,
-    /// With an HSM key source: make a new data key, active for new writes, then re-seal
-    /// every secret onto it.
+    /// With an HSM or KMS key source: make a new data key, active for new writes once
+    /// running servers have loaded it (--seals-after), then re-seal every secret onto it.
     #[arg(long, conflicts_with = "status")]
     new_data_key: bool,
+    /// With --new-data-key: how long after it is stored the new key starts sealing. Every
+    /// running server must have loaded it by then: three of their
+    /// --key-source-probe-interval. `now` where no server runs.
+    #[arg(long, default_value = "30s", value_parser = parse_seals_after, requires = "new_data_key")]
+    seals_after: std::time::Duration,
 }
 
 pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
@@ -46,22 +53,37 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
         return move_keys(&args, target).await;
     }
     if args.new_data_key {
-        let Some(KeySource::Pkcs11(uri)) = &args.encryption.keys else {
+        let Some(KeySource::Kek(uri)) = &args.encryption.keys else {
             anyhow::bail!(
-                "--new-data-key is for a pkcs11: key source; with a keyring file, add a key with kuma-secrets generate encryption-key --activate"
+                "--new-data-key is for a pkcs11: or awskms: key source; with a keyring file, add a key with kuma-secrets generate encryption-key --activate"
             );
         };
-        let kek = envelope::pkcs11::open(uri).await?;
+        let kek = uri.open().await?;
         let store = AnyStore::open(args.store.url.expose(), StoreOptions::for_data_keys()).await?;
-        let made = envelope::new_data_key(&store, kek).await;
+        let made = envelope::new_data_key(&store, kek, args.seals_after).await;
         store.close().await;
+        let made = made?;
+        // Running servers load it within a probe interval; until it seals, they go on with
+        // the key before, and so would the re-seal below.
+        let wait = (made.seals_from - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            eprintln!(
+                "made data key {:?}; it seals new writes from {} (once every running server has loaded it): waiting {}s to re-seal onto it",
+                made.id,
+                made.seals_from.format("%Y-%m-%dT%H:%M:%SZ"),
+                wait.as_secs() + 1
+            );
+            tokio::time::sleep(wait).await;
+        }
         eprintln!(
-            "made data key {:?}, active for new writes; re-sealing onto it",
-            made?
+            "data key {:?} seals new writes; re-sealing onto it",
+            made.id
         );
     }
     let options = store_options(&args.store.url, &args.encryption, Access::Read).await?;
-    let active = options.keyring.as_ref().map(|k| k.active_id().to_owned());
+    let active = options.keyring().map(|k| k.active_id().to_owned());
     let store = AnyStore::open(args.store.url.expose(), options).await?;
     if args.status {
         let usage = store.rows_per_key().await?;
@@ -123,23 +145,37 @@ pub(super) async fn run(args: RotateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--seals-after`: a duration, or `now`.
+fn parse_seals_after(text: &str) -> Result<std::time::Duration, String> {
+    if text == "now" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    crate::duration::parse(text).map_err(|err| format!("{err}, or now"))
+}
+
 /// `rotate-keys --new-kek`: puts the store's keys under `target`, touching no secret row.
 async fn move_keys(args: &RotateArgs, target: &KeySource) -> anyhow::Result<()> {
     let url = &args.store.url;
     let store = AnyStore::open(url.expose(), StoreOptions::for_data_keys()).await?;
     let outcome = async {
         match (&args.encryption.keys, target) {
-            (Some(KeySource::Pkcs11(from)), KeySource::Pkcs11(to)) => {
-                let (from, to) = (envelope::pkcs11::open(from).await?, envelope::pkcs11::open(to).await?);
+            (Some(KeySource::Kek(from)), KeySource::Kek(to)) => {
+                let (from, to) = (from.open().await?, to.open().await?);
+                if from.name() == to.name() {
+                    anyhow::bail!(
+                        "--new-kek names the key that wraps the data keys already ({})",
+                        from.name()
+                    );
+                }
                 let (from_name, to_name) = (from.name().to_owned(), to.name().to_owned());
                 let count = envelope::rewrap(&store, from, to).await?;
                 println!(
                     "re-wrapped {count} data keys of {url} from {from_name} to {to_name}; no secret was re-sealed. Start every server with --encryption-keys set to the new key"
                 );
             }
-            (Some(KeySource::File(path)), KeySource::Pkcs11(to)) => {
+            (Some(KeySource::File(path)), KeySource::Kek(to)) => {
                 let keyring = Keyring::load(path)?;
-                let to = envelope::pkcs11::open(to).await?;
+                let to = to.open().await?;
                 let to_name = to.name().to_owned();
                 let count = envelope::import_keyring(&store, &keyring, to).await?;
                 println!(
@@ -148,8 +184,8 @@ async fn move_keys(args: &RotateArgs, target: &KeySource) -> anyhow::Result<()> 
                     keyring.active_id()
                 );
             }
-            (Some(KeySource::Pkcs11(from)), KeySource::File(path)) => {
-                let from = envelope::pkcs11::open(from).await?;
+            (Some(KeySource::Kek(from)), KeySource::File(path)) => {
+                let from = from.open().await?;
                 let Some(keyring) = envelope::export_keyring(&store, from).await? else {
                     anyhow::bail!("{url} has no data keys to write to a keyring file");
                 };
@@ -163,7 +199,7 @@ async fn move_keys(args: &RotateArgs, target: &KeySource) -> anyhow::Result<()> 
                 );
             }
             (Some(KeySource::File(_)), KeySource::File(_)) => anyhow::bail!(
-                "--new-kek moves keys between a keyring file and an HSM; to change a keyring file's key, use kuma-secrets generate encryption-key --activate and rotate-keys"
+                "--new-kek moves keys between a keyring file and an HSM or KMS key; to change a keyring file's key, use kuma-secrets generate encryption-key --activate and rotate-keys"
             ),
             (None, _) => anyhow::bail!(
                 "rotate-keys --new-kek needs the current keys: pass --encryption-keys"
@@ -181,7 +217,9 @@ fn render_data_keys(keys: &[StoredDataKey], usage: &[KeyUsage]) -> String {
     if keys.is_empty() {
         return String::new();
     }
-    let newest = keys.last().map(|key| key.id.as_str());
+    let now = chrono::Utc::now();
+    let sealing = envelope::sealing_key(keys, now).map(|key| key.id.as_str());
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let table: Vec<Vec<String>> = keys
         .iter()
         .map(|key| {
@@ -189,24 +227,34 @@ fn render_data_keys(keys: &[StoredDataKey], usage: &[KeyUsage]) -> String {
                 .iter()
                 .find(|u| u.key_id.as_deref() == Some(key.id.as_str()))
                 .map_or(0, |u| u.rows);
+            let state = if Some(key.id.as_str()) == sealing {
+                "active"
+            } else if key.seals_from > now {
+                "pending"
+            } else {
+                ""
+            };
             vec![
                 key.id.clone(),
                 key.kek.clone(),
-                key.created.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                time(key.created),
+                time(key.seals_from),
                 values.to_string(),
-                if Some(key.id.as_str()) == newest {
-                    "active"
-                } else {
-                    ""
-                }
-                .to_owned(),
+                state.to_owned(),
             ]
         })
         .collect();
     format!(
-        "\ndata keys (wrapped by a key-encryption key):\n{}",
+        "\ndata keys (wrapped by a key-encryption key; a new one seals from SEALS FROM, once every server holds it):\n{}",
         super::table::render(
-            &["DATA KEY", "WRAPPED BY", "CREATED", "VALUES", "STATE"],
+            &[
+                "DATA KEY",
+                "WRAPPED BY",
+                "CREATED",
+                "SEALS FROM",
+                "VALUES",
+                "STATE"
+            ],
             &table
         )
     )

@@ -2,7 +2,7 @@
 //! SIGTERM (requests in flight finish first).
 
 use super::StoreArgs;
-use super::keyring::{Access, EncryptionArgs, KeySource, hsm_keyring, store_options};
+use super::keyring::{Access, EncryptionArgs, KekUri, KeySource, kek_keyring, store_options};
 use crate::api::{self, ApiConfig, AppState};
 use crate::domain::DEFAULT_MAX_SECRET_SIZE;
 use crate::store::cache::CachedStore;
@@ -87,24 +87,30 @@ pub struct ServeArgs {
     /// How far behind the primary the read replica may be and still serve reads (e.g. 5s).
     #[arg(long, env = "KUMA_SECRETS_MAX_REPLICA_LAG", default_value = "5s", value_parser = crate::duration::parse)]
     max_replica_lag: std::time::Duration,
-    /// How often a server with keys in an HSM checks that the HSM answers (`/readyz` says
-    /// when it does not; serving goes on with the data keys held).
+    /// How often a server with keys in an HSM or a KMS checks that it answers (`/readyz` says
+    /// when it does not; serving goes on with the data keys held), and reads the store's
+    /// data keys again (to load those another server or rotate-keys made).
     #[arg(long, env = "KUMA_SECRETS_KEY_SOURCE_PROBE_INTERVAL", default_value = "10s", value_parser = crate::duration::parse)]
     key_source_probe_interval: std::time::Duration,
+    /// With keys in an HSM or a KMS: make a new data key when the newest is this old (it
+    /// seals new writes three probe intervals later, once every server holds it); `never`
+    /// for none but those made with rotate-keys --new-data-key.
+    #[arg(long, env = "KUMA_SECRETS_DATA_KEY_ROTATION_PERIOD", default_value = "30d", value_parser = parse_rotation_period)]
+    data_key_rotation_period: RotationPeriod,
     /// Largest number of database connections.
     #[arg(long, env = "KUMA_SECRETS_MAX_CONNECTIONS", default_value_t = StoreOptions::DEFAULT_MAX_CONNECTIONS)]
     max_connections: u32,
 }
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    // With keys in an HSM, the port opens first: while the key source does not answer,
+    // With keys in an HSM or a KMS, the port opens first: while the key source does not answer,
     // the server waits and retries, and says so on /readyz (503) instead of exiting.
-    let hsm = match &args.encryption.keys {
-        Some(KeySource::Pkcs11(uri)) => Some(start_with_hsm(&args, uri).await?),
+    let kek_start = match &args.encryption.keys {
+        Some(KeySource::Kek(uri)) => Some(start_with_kek(&args, uri).await?),
         _ => None,
     };
-    let keys = match &hsm {
-        Some(hsm) => StoreOptions::sealed_with(hsm.keyring.clone()),
+    let keys = match &kek_start {
+        Some(start) => StoreOptions::sealed_with(start.keyring.clone()),
         None => store_options(&args.store.url, &args.encryption, Access::Write).await?,
     };
     let options = StoreOptions {
@@ -139,14 +145,26 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .set_max_versions(args.max_versions)
         .await
         .context("cannot record --max-versions in the store")?;
-    let (listener, key_source, probing) = match hsm {
-        Some(HsmStart {
+    let (listener, key_source, key_tasks) = match kek_start {
+        Some(KekStart {
             listener,
             health,
             probing,
-            ..
-        }) => (listener, Some(health), Some(probing)),
-        None => (bind(args.api_addr).await?, None, None),
+            keyring,
+            kek,
+        }) => {
+            let keeping = tokio::spawn(crate::envelope::keep_data_keys(
+                store.clone(),
+                kek,
+                keyring,
+                crate::envelope::DataKeyUpkeep {
+                    refresh: args.key_source_probe_interval,
+                    rotation: args.data_key_rotation_period.0,
+                },
+            ));
+            (listener, Some(health), vec![probing, keeping])
+        }
+        None => (bind(args.api_addr).await?, None, Vec::new()),
     };
     let config = ApiConfig {
         localhost_is_admin: args.localhost_is_admin,
@@ -200,8 +218,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             served
         }
     };
-    if let Some(probing) = probing {
-        probing.abort();
+    for task in key_tasks {
+        task.abort();
     }
     served?;
     store.close().await;
@@ -209,22 +227,21 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a start with keys in an HSM has before the store opens: the port, bound first (it
-/// answered while the HSM was awaited), the keyring of the store's data keys, and the
-/// HSM's health with the task that probes it.
-struct HsmStart {
+/// What a start with keys in an HSM or a KMS has before the store opens: the port, bound
+/// first (it answered while the key source was awaited), the keyring of the store's data
+/// keys (replaced while serving as data keys come), the key, and the key source's health
+/// with the task that probes it.
+struct KekStart {
     listener: tokio::net::TcpListener,
-    keyring: Arc<crate::sealing::Keyring>,
+    keyring: crate::sealing::SharedKeyring,
+    kek: Arc<dyn crate::envelope::KeyEncryptionKey>,
     health: Arc<crate::envelope::KeySourceHealth>,
     probing: tokio::task::JoinHandle<()>,
 }
 
-/// Binds the API's port, waits there for the HSM key `uri` to unwrap the store's data keys
-/// (answering that it is starting, unless over TLS), then starts probing the HSM.
-async fn start_with_hsm(
-    args: &ServeArgs,
-    uri: &crate::envelope::pkcs11::Pkcs11Uri,
-) -> anyhow::Result<HsmStart> {
+/// Binds the API's port, waits there for the key `uri` to unwrap the store's data keys
+/// (answering that it is starting, unless over TLS), then starts probing the key source.
+async fn start_with_kek(args: &ServeArgs, uri: &KekUri) -> anyhow::Result<KekStart> {
     let listener = bind(args.api_addr).await?;
     let status = Arc::new(Mutex::new(format!(
         "starting: opening the key source {}",
@@ -239,16 +256,31 @@ async fn start_with_hsm(
     };
     let health = Arc::new(crate::envelope::KeySourceHealth::new(&uri.name()));
     let probing = tokio::spawn(crate::envelope::watch_key_source(
-        kek,
+        kek.clone(),
         health.clone(),
         args.key_source_probe_interval,
     ));
-    Ok(HsmStart {
+    Ok(KekStart {
         listener,
-        keyring,
+        keyring: crate::sealing::SharedKeyring::new(keyring),
+        kek,
         health,
         probing,
     })
+}
+
+/// `--data-key-rotation-period`: a period, or none (`never`).
+#[derive(Debug, Clone, Copy)]
+struct RotationPeriod(Option<Duration>);
+
+/// `--data-key-rotation-period`: a duration, or `never`.
+fn parse_rotation_period(text: &str) -> Result<RotationPeriod, String> {
+    if text == "never" {
+        return Ok(RotationPeriod(None));
+    }
+    crate::duration::parse(text)
+        .map(|period| RotationPeriod(Some(period)))
+        .map_err(|err| format!("{err}, or never"))
 }
 
 /// The API's listener on `addr`.
@@ -261,12 +293,12 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 /// The longest wait between two tries of a key source that does not answer at start.
 const KEY_SOURCE_BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// The keyring of the store's data keys, unwrapped by the HSM key `uri`: tried again with
-/// backoff (0.5 s doubling to 30 s) while the HSM or the database does not answer, each
+/// The keyring of the store's data keys, unwrapped by the key `uri`: tried again with
+/// backoff (0.5 s doubling to 30 s) while the key source or the database does not answer, each
 /// failure logged and written to `status`; a wrong configuration fails at once.
 async fn wait_for_keyring(
     store_url: &StoreUrl,
-    uri: &crate::envelope::pkcs11::Pkcs11Uri,
+    uri: &KekUri,
     status: Arc<Mutex<String>>,
 ) -> anyhow::Result<(
     Arc<crate::sealing::Keyring>,
@@ -275,7 +307,7 @@ async fn wait_for_keyring(
     let mut backoff = Duration::from_millis(500);
     let since = chrono::Utc::now();
     loop {
-        let err = match hsm_keyring(store_url, uri).await {
+        let err = match kek_keyring(store_url, uri).await {
             Ok(keys) => return Ok(keys),
             Err(err) if super::keyring::is_retryable(&err) => err,
             Err(err) => return Err(err),

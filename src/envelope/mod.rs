@@ -17,9 +17,18 @@
 //!   ([`open_keyring`]) and keeps them in memory (zeroed on drop), so the KEK is called a
 //!   few times at start, never per request: a slow or briefly unreachable HSM does not
 //!   slow reads or writes.
-//! - **The newest DEK seals new writes.** [`new_data_key`] makes one (`rotate-keys
-//!   --new-data-key`); `rotate-keys` then re-seals the rows of older DEKs in batches, as it
-//!   does for a keyring file's keys.
+//! - **One DEK seals new writes**: each DEK names when it starts to (`seals_from`), and
+//!   of those whose time has come the latest seals ([`sealing_key`]). A DEK made while
+//!   servers run seals only a while after it is stored: every running server re-reads the
+//!   data keys on a short interval ([`refresh_data_keys`]), so by then each holds the new
+//!   key and opens what another server seals with it. Until then the previous DEK seals.
+//! - **New DEKs on a schedule and on demand.** A running server makes one when the newest
+//!   is older than its rotation period ([`keep_data_keys`]; `serve
+//!   --data-key-rotation-period`, 30 days by default), under an id derived from the time it
+//!   was due, so two servers due at once store one key; `rotate-keys --new-data-key` makes
+//!   one on demand ([`new_data_key`]) and, once it seals, re-seals the rows of older DEKs in
+//!   batches, as it does for a keyring file's keys. Older DEKs stay, to open what they
+//!   sealed.
 //! - **KEK rotation re-wraps DEKs only** ([`rewrap`]): one row per DEK changes, in one
 //!   transaction, whatever the number of secrets.
 //! - **Moving from a keyring file** ([`import_keyring`]): the file's keys become DEKs
@@ -28,8 +37,9 @@
 //!
 //! # Threat model
 //! - **A dump, a backup, a replica or a stolen disk of the database** holds sealed values
-//!   and wrapped DEKs: nothing opens without the KEK, which never leaves the HSM (the
-//!   `pkcs11:` source makes and uses it as a sensitive, non-extractable token object).
+//!   and wrapped DEKs: nothing opens without the KEK, which never leaves the HSM or the KMS
+//!   (the `pkcs11:` source makes and uses it as a sensitive, non-extractable token object;
+//!   an `awskms:` key cannot be exported from KMS at all).
 //! - **Someone who can write to the database** can delete a DEK (its secrets then fail to
 //!   open, loudly, naming the key), or plant one wrapped by a KEK they do not hold (it does
 //!   not unwrap: the store refuses to open, naming it). They cannot read a DEK, and a DEK
@@ -38,13 +48,19 @@
 //!   unwrapped DEKs, as with any key source: what the HSM adds is that the key survives
 //!   no copy of the disk, and that its use can be revoked at the HSM.
 //! - **Whoever holds the HSM PIN and can reach the HSM** can unwrap the DEKs: keep the PIN
-//!   in a file only the service reads, or in its environment, never in the database.
+//!   in a file only the service reads, or in its environment, never in the database. With
+//!   AWS KMS the same holds of credentials allowed `kms:Decrypt` on the key: grant it to
+//!   the service's role only, and every unwrap is in CloudTrail; disabling the key (or
+//!   revoking the grant) stops every new start at once.
 
+#[cfg(feature = "awskms")]
+pub mod awskms;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 
-use crate::sealing::Keyring;
+use crate::sealing::{Keyring, SharedKeyring};
 use crate::store::{AnyStore, Rewrapped, StoreError, StoredDataKey};
+use chrono::{DateTime, Utc};
 use std::fmt;
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -316,7 +332,8 @@ fn new_dek_id() -> String {
     )
 }
 
-/// The keyring of `store`'s data keys, each unwrapped with `kek`; the newest is active.
+/// The keyring of `store`'s data keys, each unwrapped with `kek`; the [`sealing_key`] now
+/// is active.
 /// A store without data keys gets its first one, made and stored here, when `make_first`;
 /// otherwise it has no keyring (`None`).
 ///
@@ -333,7 +350,8 @@ pub async fn open_keyring(
         if !make_first {
             return Ok(None);
         }
-        new_data_key(store, kek.clone()).await?;
+        // The store's first key seals at once: no server holds another.
+        new_data_key(store, kek.clone(), std::time::Duration::ZERO).await?;
         stored = store.data_keys().await?;
     }
     if let Some(bad) = stored.iter().find(|key| !crate::sealing::valid_id(&key.id)) {
@@ -346,61 +364,97 @@ pub async fn open_keyring(
             given: kek.name().to_owned(),
         });
     }
-    let unwrapped = blocking(move || {
-        stored
-            .into_iter()
-            .map(|key| Ok((key.id.clone(), counted(kek.unwrap(&key.id, &key.wrapped))?)))
-            .collect::<Result<Vec<_>, KekError>>()
-    })
-    .await?;
+    let sealing = sealing_key(&stored, Utc::now()).map(|key| key.id.clone());
+    let unwrapped = unwrap_all(kek, stored).await?;
     let mut keyring: Option<Keyring> = None;
     for (id, raw) in &unwrapped {
         keyring = Some(match keyring {
             None => Keyring::single(id, **raw),
-            Some(keyring) => keyring.with_key(id, **raw).with_active(id),
+            Some(keyring) => keyring.with_key(id, **raw),
         });
     }
-    Ok(keyring)
+    Ok(keyring.map(|keyring| match &sealing {
+        Some(id) => keyring.with_active(id),
+        None => keyring,
+    }))
 }
 
-/// Makes a new DEK, wraps it with `kek` and stores it: the keyring opened next seals new
-/// writes with it. Returns its id.
+/// `keys` unwrapped by `kek`, on the blocking threads.
+async fn unwrap_all(
+    kek: Arc<dyn KeyEncryptionKey>,
+    keys: Vec<StoredDataKey>,
+) -> Result<Vec<(String, Zeroizing<[u8; 32]>)>, EnvelopeError> {
+    blocking(move || {
+        keys.into_iter()
+            .map(|key| Ok((key.id.clone(), counted(kek.unwrap(&key.id, &key.wrapped))?)))
+            .collect::<Result<Vec<_>, KekError>>()
+    })
+    .await
+}
+
+/// The data key that seals new writes at `now`, of `keys`: of those whose `seals_from` has
+/// come, the latest (the latest made, of a tie); before any has come, the first to.
+pub fn sealing_key(keys: &[StoredDataKey], now: DateTime<Utc>) -> Option<&StoredDataKey> {
+    let order = |key: &&StoredDataKey| (key.seals_from, key.created, key.id.clone());
+    keys.iter()
+        .filter(|key| key.seals_from <= now)
+        .max_by_key(order)
+        .or_else(|| keys.iter().min_by_key(order))
+}
+
+/// A data key just made: its id, and when it starts sealing new writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDataKey {
+    /// Its id.
+    pub id: String,
+    /// When it starts sealing.
+    pub seals_from: DateTime<Utc>,
+}
+
+/// Makes a new DEK, wraps it with `kek` and stores it, to seal new writes `seals_after`
+/// from now (long enough for every running server to load it: three of their
+/// `--key-source-probe-interval`s; zero where no server runs).
 ///
 /// # Errors
 /// The key source or the store failed.
 pub async fn new_data_key(
     store: &AnyStore,
     kek: Arc<dyn KeyEncryptionKey>,
-) -> Result<String, EnvelopeError> {
+    seals_after: std::time::Duration,
+) -> Result<NewDataKey, EnvelopeError> {
     let id = new_dek_id();
     let dek = Zeroizing::new(Keyring::random_key());
-    store_wrapped(store, kek, &id, dek, chrono::Utc::now()).await?;
-    Ok(id)
+    let now = Utc::now();
+    let seals_from = now + chrono::Duration::from_std(seals_after).unwrap_or(chrono::Duration::MAX);
+    store_wrapped(store, kek, &id, dek, now, seals_from).await?;
+    Ok(NewDataKey { id, seals_from })
 }
 
-/// Stores `dek` as data key `id`, made at `created`, wrapped by `kek` (checked to unwrap
-/// again first).
+/// Stores `dek` as data key `id`, made at `created`, sealing from `seals_from`, wrapped by
+/// `kek` (checked to unwrap again first), unless a key `id` is stored already. Returns
+/// whether it was stored.
 async fn store_wrapped(
     store: &AnyStore,
     kek: Arc<dyn KeyEncryptionKey>,
     id: &str,
     dek: Zeroizing<[u8; 32]>,
-    created: chrono::DateTime<chrono::Utc>,
-) -> Result<(), EnvelopeError> {
+    created: DateTime<Utc>,
+    seals_from: DateTime<Utc>,
+) -> Result<bool, EnvelopeError> {
     let name = kek.name().to_owned();
     let wrapped = {
         let id = id.to_owned();
         blocking(move || wrap_checked(kek.as_ref(), &id, &dek)).await?
     };
-    store
+    Ok(store
         .add_data_key(&StoredDataKey {
             id: id.to_owned(),
             kek: name,
             wrapped,
             created,
+            seals_from,
         })
-        .await?;
-    Ok(())
+        .await?)
 }
 
 /// Re-wraps every DEK of `store` wrapped by `from` with `to`, in one transaction: no secret
@@ -474,16 +528,19 @@ pub async fn import_keyring(
         .collect();
     ids.push(keyring.active_id().to_owned());
     let mut added = 0;
-    let start = chrono::Utc::now();
+    let (start, count) = (Utc::now(), ids.len());
     for (order, id) in ids.into_iter().enumerate() {
         if existing.contains(&id) {
             continue;
         }
         let raw = Zeroizing::new(keyring.key_bytes(&id).expect("a key of the keyring"));
-        // A millisecond apart, in order, so the active key (last) is the newest.
-        let created = start + chrono::Duration::milliseconds(i64::try_from(order).unwrap_or(0));
-        store_wrapped(store, kek.clone(), &id, raw, created).await?;
-        added += 1;
+        // A millisecond apart, in order, up to now, so the active key (last) is the newest;
+        // each seals from then, as the file's keys were in use already.
+        let before = i64::try_from(count - 1 - order).unwrap_or(0);
+        let created = start - chrono::Duration::milliseconds(before);
+        if store_wrapped(store, kek.clone(), &id, raw, created, created).await? {
+            added += 1;
+        }
     }
     Ok(added)
 }
@@ -498,4 +555,108 @@ pub async fn export_keyring(
     kek: Arc<dyn KeyEncryptionKey>,
 ) -> Result<Option<Keyring>, EnvelopeError> {
     open_keyring(store, kek, false).await
+}
+
+/// How a running server keeps its data keys (`serve`): how often it reads them again, and
+/// how often it makes a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataKeyUpkeep {
+    /// How often the store's data keys are read again: new ones unwrapped, the sealing one
+    /// chosen again (`--key-source-probe-interval`).
+    pub refresh: std::time::Duration,
+    /// A new data key when the newest is this old (`--data-key-rotation-period`); `None`:
+    /// only on demand.
+    pub rotation: Option<std::time::Duration>,
+}
+
+impl DataKeyUpkeep {
+    /// How long a key made on schedule waits before it seals: three refreshes, so every
+    /// server running with the same interval holds it by then.
+    pub fn settle(&self) -> std::time::Duration {
+        self.refresh.saturating_mul(3)
+    }
+}
+
+/// Keeps `keyring` (the store's data keys unwrapped by `kek`) current every
+/// `upkeep.refresh` ([`refresh_data_keys`]), until dropped. A failure is logged and tried
+/// again next time; the keys held go on sealing and opening meanwhile.
+pub async fn keep_data_keys(
+    store: AnyStore,
+    kek: Arc<dyn KeyEncryptionKey>,
+    keyring: SharedKeyring,
+    upkeep: DataKeyUpkeep,
+) {
+    loop {
+        tokio::time::sleep(upkeep.refresh.max(std::time::Duration::from_millis(100))).await;
+        if let Err(err) = refresh_data_keys(&store, &kek, &keyring, upkeep).await {
+            tracing::warn!(error = %err, "the data keys could not be refreshed; sealing and opening with the keys held");
+        }
+    }
+}
+
+/// One refresh of a running server's keyring: makes the scheduled data key when the newest
+/// is `upkeep.rotation` old (under an id derived from when it was due, so servers due at
+/// once store one), unwraps the data keys it does not hold yet (made by another server or
+/// by `rotate-keys`), and seals from then on with [`sealing_key`] of the keys it holds.
+///
+/// # Errors
+/// The store or the key source failed: the keyring is left as it was, or holds the keys
+/// that did unwrap.
+pub async fn refresh_data_keys(
+    store: &AnyStore,
+    kek: &Arc<dyn KeyEncryptionKey>,
+    keyring: &SharedKeyring,
+    upkeep: DataKeyUpkeep,
+) -> Result<(), EnvelopeError> {
+    let mut stored = store.data_keys().await?;
+    let now = Utc::now();
+    let ours = stored.iter().all(|key| key.kek == kek.name());
+    if let (Some(period), Some(newest)) =
+        (upkeep.rotation, stored.iter().max_by_key(|key| key.created))
+    {
+        let due =
+            newest.created + chrono::Duration::from_std(period).unwrap_or(chrono::Duration::MAX);
+        // (Keys moved under another KEK meanwhile: this server is to restart with it, and
+        // makes none under the old one.)
+        if due <= now && ours {
+            let id = format!("dek-{}-scheduled", due.format("%Y%m%d-%H%M%S"));
+            let seals_from =
+                now + chrono::Duration::from_std(upkeep.settle()).unwrap_or(chrono::Duration::MAX);
+            let dek = Zeroizing::new(Keyring::random_key());
+            if store_wrapped(store, kek.clone(), &id, dek, now, seals_from).await? {
+                tracing::info!(data_key = %id, %seals_from, "made the scheduled data key; it seals new writes from then on");
+            }
+            stored = store.data_keys().await?;
+        }
+    }
+    let current = keyring.current();
+    let missing: Vec<StoredDataKey> = stored
+        .iter()
+        .filter(|key| !current.contains(&key.id) && key.kek == kek.name())
+        .cloned()
+        .collect();
+    let unwrapped = if missing.is_empty() {
+        Vec::new()
+    } else {
+        unwrap_all(kek.clone(), missing).await?
+    };
+    let held: Vec<StoredDataKey> = stored
+        .into_iter()
+        .filter(|key| current.contains(&key.id) || unwrapped.iter().any(|(id, _)| *id == key.id))
+        .collect();
+    let sealing = sealing_key(&held, now).map_or(current.active_id(), |key| key.id.as_str());
+    if unwrapped.is_empty() && sealing == current.active_id() {
+        return Ok(());
+    }
+    let mut next = (*current).clone();
+    for (id, raw) in &unwrapped {
+        next = next.with_key(id, **raw);
+        tracing::info!(data_key = %id, "loaded a new data key");
+    }
+    if sealing != current.active_id() {
+        tracing::info!(data_key = %sealing, "new writes are sealed with this data key from now on");
+        next = next.with_active(sealing);
+    }
+    keyring.replace(Arc::new(next));
+    Ok(())
 }

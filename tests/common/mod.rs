@@ -106,7 +106,7 @@ pub fn test_keyring_file(dir: &std::path::Path) -> std::path::PathBuf {
 /// `options` with the test keyring unless they name one.
 pub fn sealed(mut options: StoreOptions) -> StoreOptions {
     if options.keyring.is_none() {
-        options.keyring = Some(test_keyring());
+        options.keyring = Some(test_keyring().into());
     }
     options
 }

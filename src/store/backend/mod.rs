@@ -306,11 +306,12 @@ impl AnyStore {
         delegate!(self, s => s.data_keys())
     }
 
-    /// Stores a new wrapped data key. See [`SqlStore::add_data_key`].
+    /// Stores a new wrapped data key unless its id is taken; whether it was. See
+    /// [`SqlStore::add_data_key`].
     ///
     /// # Errors
-    /// A key with its id exists, or the database failed.
-    pub async fn add_data_key(&self, key: &StoredDataKey) -> Result<()> {
+    /// The database failed.
+    pub async fn add_data_key(&self, key: &StoredDataKey) -> Result<bool> {
         delegate!(self, s => s.add_data_key(key))
     }
 

@@ -424,7 +424,9 @@ pub struct StoreOptions {
     /// Keys to seal secret data with (AES-256-GCM) before it reaches the database. `None`
     /// stores plaintext: only [`StoreOptions::allow_plaintext_secrets`] starts from it (the
     /// binary's `--allow-plaintext-secrets`); [`StoreOptions::sealed_with`] sets it.
-    pub keyring: Option<std::sync::Arc<crate::sealing::Keyring>>,
+    /// Shared with the store's clones, and replaced while it serves when data keys change
+    /// (`crate::envelope::keep_data_keys`).
+    pub keyring: Option<crate::sealing::SharedKeyring>,
     /// With a keyring, still read rows stored in plaintext (and Mesh inline CA keys stored
     /// unsealed). Only for the upgrade window between `migrate up` and `rotate-keys` on a
     /// store from before encryption at rest: otherwise a plaintext row is refused like a
@@ -448,11 +450,18 @@ impl StoreOptions {
     /// Options for a store that seals every secret value with `keyring` (AES-256-GCM)
     /// before it reaches the database, the defaults otherwise. What an embedding control
     /// plane should open.
-    pub fn sealed_with(keyring: std::sync::Arc<crate::sealing::Keyring>) -> Self {
+    pub fn sealed_with(keyring: impl Into<crate::sealing::SharedKeyring>) -> Self {
         Self {
-            keyring: Some(keyring),
+            keyring: Some(keyring.into()),
             ..Self::allow_plaintext_secrets()
         }
+    }
+
+    /// The keyring now, if the store seals.
+    pub fn keyring(&self) -> Option<std::sync::Arc<crate::sealing::Keyring>> {
+        self.keyring
+            .as_ref()
+            .map(crate::sealing::SharedKeyring::current)
     }
 
     /// Options for a store that keeps secret values **in clear**: anyone who can read the

@@ -245,7 +245,7 @@ impl [SealedReads for SqlStore<DB>] {
         let row: &SecretRow = sealed.row().ok_or_else(|| {
             StoreError::Internal(DatabaseError::new("a sealed row read by another kind of store"))
         })?;
-        row.open_shared(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+        row.open_shared(self.options.keyring().as_deref(), self.options.accept_plaintext_rows)
     }
 }
 }
@@ -257,7 +257,7 @@ impl [SecretStore for SqlStore<DB>] {
         let _wake_watchers = self.changes.notify_on_drop();
         secret.data.check_size(self.options.max_secret_size)?;
         let key = secret.key.resource_key();
-        let stored = seal(self.options.keyring.as_deref(), &secret.key, secret.data.expose());
+        let stored = seal(self.options.keyring().as_deref(), &secret.key, secret.data.expose());
         let row = Self::insert_secret_query(&secret.key, now(), &secret.labels, stored)
             .fetch_one_via(self, Op::Create(&key))
             .await?;
@@ -273,7 +273,7 @@ impl [SecretStore for SqlStore<DB>] {
     ) -> Result<Secret> {
         let _wake_watchers = self.changes.notify_on_drop();
         update.data.check_size(self.options.max_secret_size)?;
-        let stored = seal(self.options.keyring.as_deref(), key, update.data.expose());
+        let stored = seal(self.options.keyring().as_deref(), key, update.data.expose());
         let row = Self::update_secret_query(key, stored, &update.labels, now(), expected_version)
             .fetch_optional_via(self, Op::Other)
             .await?;
@@ -363,7 +363,7 @@ impl [SecretStore for SqlStore<DB>] {
     async fn get_secret(&self, key: &SecretKey) -> Result<Secret> {
         self.get_secret_row(key)
             .await?
-            .open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+            .open(self.options.keyring().as_deref(), self.options.accept_plaintext_rows)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME, scope = ?query.scope))]
@@ -376,7 +376,7 @@ impl [SecretStore for SqlStore<DB>] {
             first_page || known_total.is_some(),
             |row: ListedSecretRow| {
                 let total = row.total;
-                Ok((row.row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)?, total))
+                Ok((row.row.open(self.options.keyring().as_deref(), self.options.accept_plaintext_rows)?, total))
             },
             |s: &Secret| {
                 (
@@ -461,7 +461,7 @@ impl [SecretStore for SqlStore<DB>] {
             .fetch_optional_via(self, Op::Other)
             .await?
             .ok_or_else(|| StoreError::NotFound(ResourceKey::mesh(name)))?
-            .open(self.options.keyring.as_deref())
+            .open(self.options.keyring().as_deref())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(db = DB::NAME))]
@@ -472,7 +472,7 @@ impl [SecretStore for SqlStore<DB>] {
             first_page,
             |row: ListedMeshRow| {
                 let total = row.total;
-                Ok((row.row.open(self.options.keyring.as_deref())?, total))
+                Ok((row.row.open(self.options.keyring().as_deref())?, total))
             },
             |m: &Mesh| (None, m.name.as_str().to_owned()),
             query.page.size(),

@@ -18,8 +18,11 @@ pub struct StoredDataKey {
     pub kek: String,
     /// The wrapped key (the KEK source's format).
     pub wrapped: Vec<u8>,
-    /// When it was made; the newest is the one new writes seal with.
+    /// When it was made.
     pub created: DateTime<Utc>,
+    /// When it starts sealing new writes: of the keys whose time has come, the latest seals
+    /// (see `crate::envelope`).
+    pub seals_from: DateTime<Utc>,
 }
 
 /// A data key wrapped again: by `kek` now, where it was wrapped by `was`.
@@ -35,10 +38,11 @@ pub struct Rewrapped {
     pub wrapped: Vec<u8>,
 }
 
-const DATA_KEYS: &str = "SELECT id, kek, wrapped, created FROM data_keys ORDER BY created, id";
+const DATA_KEYS: &str =
+    "SELECT id, kek, wrapped, created, seals_from FROM data_keys ORDER BY created, id";
 
-const ADD_DATA_KEY: &str =
-    "INSERT INTO data_keys (id, kek, wrapped, created) VALUES ($1, $2, $3, $4) RETURNING id";
+const ADD_DATA_KEY: &str = "INSERT INTO data_keys (id, kek, wrapped, created, seals_from) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id";
 
 const REWRAP_DATA_KEY: &str =
     "UPDATE data_keys SET kek = $1, wrapped = $2 WHERE id = $3 AND kek = $4 RETURNING id";
@@ -53,19 +57,21 @@ impl [SqlStore<DB>] {
         query_as::<DB, StoredDataKey>(DATA_KEYS).fetch_all_via(self, Op::Other).await
     }
 
-    /// Stores a new data key.
+    /// Stores a new data key, unless a key with its id is stored already (another server
+    /// made the same scheduled key first). Returns whether it was stored.
     ///
     /// # Errors
-    /// [`StoreError::Internal`] when a key with its id exists, or the database failed.
-    pub async fn add_data_key(&self, key: &StoredDataKey) -> Result<()> {
-        query_as::<DB, (String,)>(ADD_DATA_KEY)
+    /// The database failed.
+    pub async fn add_data_key(&self, key: &StoredDataKey) -> Result<bool> {
+        let added = query_as::<DB, (String,)>(ADD_DATA_KEY)
             .bind(key.id.clone())
             .bind(key.kek.clone())
             .bind(key.wrapped.clone())
             .bind(key.created)
-            .fetch_one_via(self, Op::Other)
+            .bind(key.seals_from)
+            .fetch_optional_via(self, Op::Other)
             .await?;
-        Ok(())
+        Ok(added.is_some())
     }
 
     /// Replaces the wrapping of data keys, all or none, in one transaction: a KEK rotation

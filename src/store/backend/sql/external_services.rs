@@ -331,7 +331,7 @@ impl [SqlStore<DB>] {
         let key = service.key();
         for attempt in 1..=PUT_ATTEMPTS {
         let (service, checked) = (service.clone(), checked.clone());
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         let time = now();
         let outcome = self
             .in_write_transaction::<_, Refusal, _>(Op::Create(&key), move |tx| {
@@ -441,13 +441,13 @@ impl [SqlStore<DB>] {
         self.get_external_service_row(mesh, name)
             .await?
             .ok_or_else(|| StoreError::NotFound(external_service_key(mesh, name)))?
-            .open(self.options.keyring.as_deref())
+            .open(self.options.keyring().as_deref())
     }
 
     /// The body of [`SecretStore::list_external_services`].
     pub(super) async fn list_external_services_with(&self, query: &ExternalServiceQuery) -> Result<Page<ExternalService>> {
         let first_page = query.page.start() == &crate::store::contract::PageStart::Offset(0);
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         self.run_list(
             list_statements::<DB>(query),
             first_page,

@@ -339,7 +339,7 @@ impl [SqlStore<DB>] {
         let writes: Vec<(SecretWrite, Option<WriteContext>)> =
             jobs.iter().map(|job| (job.write.clone(), job.context.clone())).collect();
         let count = writes.len();
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         if all_in_bulk(&writes) {
             self.commit_in_bulk(jobs, writes).await;
             return;
@@ -380,7 +380,7 @@ impl [SqlStore<DB>] {
     /// each fewer), and the puts they did not write then run alone, in arrival order.
     async fn commit_in_bulk(&self, jobs: Vec<Job>, writes: Vec<(SecretWrite, Option<WriteContext>)>) {
         let count = writes.len() as u64;
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         let outcome = self
             .on_one_connection(Op::Other, move |conn| {
                 Box::pin(async move {

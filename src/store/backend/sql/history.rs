@@ -147,7 +147,7 @@ impl [SqlStore<DB>] {
                 .await?
                 .ok_or_else(|| StoreError::VersionNotFound { key: key.resource_key(), version })?
         };
-        row.open(self.options.keyring.as_deref(), self.options.accept_plaintext_rows)
+        row.open(self.options.keyring().as_deref(), self.options.accept_plaintext_rows)
     }
 
     /// The current version of `key` as the transaction `tx` sees it.
@@ -214,7 +214,7 @@ impl [SqlStore<DB>] {
         version: i64,
         expected_version: Option<i64>,
     ) -> Result<Secret> {
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         let accept_plaintext = self.options.accept_plaintext_rows;
         let key = key.clone();
         self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
@@ -270,7 +270,7 @@ impl [SqlStore<DB>] {
     /// [`StoreError::NotDeleted`] if the secret exists, [`StoreError::NotFound`] if nothing
     /// of it is kept, [`StoreError::VersionNotFound`] if that version is not.
     pub(super) async fn restore_secret_with(&self, key: &SecretKey, version: Option<i64>) -> Result<Secret> {
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         let accept_plaintext = self.options.accept_plaintext_rows;
         let max_size = self.options.max_secret_size;
         let resource = key.resource_key();
@@ -341,7 +341,7 @@ impl [SqlStore<DB>] {
         current_version: i64,
         versions: Vec<(Secret, Option<Actor>)>,
     ) -> Result<u64> {
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         let key = key.clone();
         self.in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
             Box::pin(async move {

@@ -61,7 +61,8 @@ impl [SqlStore<DB>] {
         for attempt in 1.. {
             let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, Op::Other))?;
             let mut failed = None;
-            let keyring = self.options.keyring.as_deref();
+            let keyring = self.options.keyring();
+            let keyring = keyring.as_deref();
             let result = self
                 .preparing
                 .around(Self::import_in_transaction(conn.conn(), keyring, items.clone(), &mut failed))

@@ -32,7 +32,7 @@ impl [SqlStore<DB>] {
     pub(super) async fn put_secret_with(&self, secret: NewSecret, expect: Expect) -> Result<Put<Secret>> {
         secret.data.check_size(self.options.max_secret_size)?;
         let resource = secret.key.resource_key();
-        let keyring = self.options.keyring.clone();
+        let keyring = self.options.keyring();
         self.on_one_connection(put_op(expect, &resource), move |conn| {
             Box::pin(async move { Self::put_secret_on(conn, keyring.as_deref(), secret, expect).await })
         })
@@ -151,7 +151,7 @@ impl [SqlStore<DB>] {
         for attempt in 1.. {
             let plan = self.prepare_mtls(&mesh.name, mtls.as_ref()).await?;
             let time = now();
-            let keyring = self.options.keyring.clone();
+            let keyring = self.options.keyring();
             let (mesh, mtls) = (mesh.clone(), mtls.clone());
             let outcome = self
                 .in_write_transaction::<_, MeshRefusal, _>(Op::Create(&key), move |tx| {

@@ -258,7 +258,8 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// The database failed.
     pub async fn unreadable(&self) -> Result<Vec<Unreadable>> {
-        let keyring = self.options.keyring.as_deref();
+        let keyring = self.options.keyring();
+        let keyring = keyring.as_deref();
         let mut found = Vec::new();
         for table in SealedRows::ALL {
             self.walk_rows(table, SealedRows::after, |row: &SealedRow| row.id, |row| {
@@ -305,7 +306,8 @@ impl [SqlStore<DB>] {
             return Ok(());
         }
         let (in_use, plaintext) = self.seals_in_use().await?;
-        let keyring = self.options.keyring.as_deref();
+        let keyring = self.options.keyring();
+        let keyring = keyring.as_deref();
         let missing: Vec<String> = in_use
             .into_iter()
             .filter(|id| !keyring.is_some_and(|k| k.contains(id)))
@@ -344,7 +346,7 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// No keyring, a row that does not open (named), or the database failed.
     pub async fn reseal_batch(&self, rows: SealedRows, after: i64, size: u32) -> Result<ResealBatch> {
-        let Some(keyring) = self.options.keyring.clone() else {
+        let Some(keyring) = self.options.keyring() else {
             return Err(StoreError::Invalid(ValidationError::single(
                 "encryption-keys",
                 "rotating keys needs a keyring",
@@ -398,7 +400,7 @@ impl [SqlStore<DB>] {
     /// # Errors
     /// No keyring, a Mesh whose keys do not open (named), or the database failed.
     pub async fn reseal_meshes(&self) -> Result<u64> {
-        let Some(keyring) = self.options.keyring.clone() else {
+        let Some(keyring) = self.options.keyring() else {
             return Err(StoreError::Invalid(ValidationError::single(
                 "encryption-keys",
                 "rotating keys needs a keyring",
@@ -440,7 +442,7 @@ impl [SqlStore<DB>] {
     /// No keyring, an ExternalService whose key does not open (named), or the database
     /// failed.
     pub async fn reseal_external_services(&self) -> Result<u64> {
-        let Some(keyring) = self.options.keyring.clone() else {
+        let Some(keyring) = self.options.keyring() else {
             return Err(StoreError::Invalid(ValidationError::single(
                 "encryption-keys",
                 "rotating keys needs a keyring",
@@ -576,7 +578,7 @@ impl [SqlStore<DB>] {
         batch: usize,
         mut progress: impl FnMut(u64) + Send,
     ) -> std::result::Result<u64, SealRefusal> {
-        let Some(keyring) = self.options.keyring.clone() else {
+        let Some(keyring) = self.options.keyring() else {
             return Err(SealRefusal::Store(StoreError::Invalid(ValidationError::single(
                 "encryption-keys",
                 "sealing needs a keyring",
