@@ -661,6 +661,58 @@ async fn the_command_line_serves_through_the_hsm(_backend: Backend, _source: Sou
         status.stdout
     );
     assert!(!status.stdout.contains("pin"), "{}", status.stdout);
+
+    // A data key on demand, sealing at once (no server runs): every value is re-sealed
+    // onto it, and --status marks it active.
+    let store = [
+        "--store",
+        store_url.as_str(),
+        "--encryption-keys",
+        uri.as_str(),
+    ];
+    let bad = common::process::kuma(
+        &[
+            &["rotate-keys", "--new-data-key", "--seals-after", "soon"],
+            &store[..],
+        ]
+        .concat(),
+        None,
+    )
+    .await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("or now"), "{bad:?}");
+    let rotated = common::process::kuma(
+        &[
+            &["rotate-keys", "--new-data-key", "--seals-after", "now"],
+            &store[..],
+        ]
+        .concat(),
+        None,
+    )
+    .await
+    .ok();
+    assert!(rotated.stdout.contains("re-sealed "), "{rotated:?}");
+    let status = common::process::kuma(&[&["rotate-keys", "--status"], &store[..]].concat(), None)
+        .await
+        .ok();
+    // DATA KEY, WRAPPED BY, CREATED, SEALS FROM, VALUES, STATE
+    let rows: Vec<Vec<&str>> = status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("dek-") && l.contains(" pkcs11:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", status.stdout);
+    assert_eq!(
+        rows[0][4], "0",
+        "nothing is left on the old key: {}",
+        status.stdout
+    );
+    assert_ne!(rows[1][4], "0", "{}", status.stdout);
+    assert_eq!(rows[1].get(5), Some(&"active"), "{}", status.stdout);
+    let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
+    let got = common::http::fetch_json(format!("{addr}/meshes/default/secrets/hsm")).await;
+    assert_eq!(got["data"], common::http::b64(b"hsm-sealed"), "{got}");
 }
 
 type Case = fn(Backend, Source) -> Pin<Box<dyn Future<Output = ()>>>;
