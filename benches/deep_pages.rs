@@ -83,7 +83,9 @@ async fn timed_get(client: &reqwest::Client, url: &str) -> (Duration, serde_json
 /// Measures `store` served as `serve` serves it (with the read cache, which keeps a list's
 /// `total`), then without the cache.
 async fn measure(name: &str, store: AnyStore, args: &Args) {
-    api::bootstrap(&store, false).await.unwrap();
+    api::bootstrap(&store, false, &Default::default())
+        .await
+        .unwrap();
     let cached = CachedStore::new(store.clone(), DEFAULT_CACHE_ENTRIES);
     let state = AppState::new(cached.clone(), ApiConfig::default());
     let follower = tokio::spawn(cached.clone().follow());

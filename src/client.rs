@@ -132,6 +132,11 @@ impl ApiClient {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim_matches('"').to_owned());
+        let revision = response
+            .headers()
+            .get("kuma-secrets-revision")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let body = response
             .bytes()
             .await
@@ -145,6 +150,7 @@ impl ApiClient {
                 bytes_body::Body {
                     bytes: body.to_vec(),
                     etag,
+                    revision,
                 },
             ));
         }
@@ -167,6 +173,25 @@ impl ApiClient {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let (_, body) = self.send(self.request(reqwest::Method::GET, path)).await?;
         body.json(&self.base)
+    }
+
+    /// `GET path` of a list: its body as a `T`, and the change-feed revision the list
+    /// reflects (`Kuma-Secrets-Revision`): follow the feed from there to miss nothing.
+    ///
+    /// # Errors
+    /// As [`ClientError`]; an answer without the revision is [`ClientError::Protocol`].
+    pub async fn get_list<T: DeserializeOwned>(&self, path: &str) -> Result<(T, i64)> {
+        let (_, body) = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let revision = body.revision.ok_or_else(|| ClientError::Protocol {
+            url: self.base.clone(),
+            reason: format!("{path} answered without a Kuma-Secrets-Revision header"),
+        })?;
+        Ok((body.json(&self.base)?, revision))
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// `PUT path` with a JSON body; `true` if it created the resource (201).
@@ -242,10 +267,12 @@ mod bytes_body {
     use super::ClientError;
     use serde::de::DeserializeOwned;
 
-    /// A successful response body, and the `ETag` it came with (unquoted).
+    /// A successful response body, and the `ETag` it came with (unquoted), and the
+    /// change-feed revision a list answer reflects.
     pub struct Body {
         pub bytes: Vec<u8>,
         pub etag: Option<String>,
+        pub revision: Option<i64>,
     }
 
     impl Body {

@@ -108,6 +108,8 @@ pub mod client;
 pub mod domain;
 pub mod duration;
 pub mod envelope;
+#[cfg(feature = "server")]
+pub mod federation;
 #[cfg(feature = "postgres")]
 pub mod kuma_db;
 pub mod manifest;

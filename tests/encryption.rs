@@ -297,7 +297,9 @@ async fn plaintext_rows_are_sealed_only_by_seal_plaintext_which_resumes_when_int
         Backend::Sqlite => common::sqlite_url(dir.path(), "old.db"),
     };
     let plain = open_with(&url, None).await.unwrap();
-    kuma_secrets::api::bootstrap(&plain, true).await.unwrap();
+    kuma_secrets::api::bootstrap(&plain, true, &Default::default())
+        .await
+        .unwrap();
     let mut batch = Vec::new();
     for i in 0..3000 {
         batch.push(kuma_secrets::domain::Resource::Secret(NewSecret {
@@ -491,7 +493,9 @@ async fn generate_encryption_key_then_rotate_moves_every_secret_to_the_new_key()
     let store = open_with(&url, Some(Arc::new(Keyring::load(&keys).unwrap())))
         .await
         .unwrap();
-    kuma_secrets::api::bootstrap(&store, true).await.unwrap();
+    kuma_secrets::api::bootstrap(&store, true, &Default::default())
+        .await
+        .unwrap();
     store.close().await;
 
     let run = kuma(

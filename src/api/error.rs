@@ -9,6 +9,10 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+/// Kuma's answer to a write on a zone control plane of what the global one owns
+/// (`zoneReadOnlyMessage`, `pkg/api-server/resource_endpoints.go`).
+pub const ZONE_READ_ONLY_MESSAGE: &str = "On zone control plane you can only modify zone resources with 'kumactl apply' or via the HTTP API. You can still use 'kumactl' or the HTTP API to modify the rest of the resource on the global control plane.\n";
+
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -34,6 +38,16 @@ impl ApiError {
             detail: detail.into(),
             violations: Vec::new(),
         }
+    }
+
+    /// 405: a write on a federated zone to what the global store owns (a Mesh, or a
+    /// Secret or GlobalSecret synced from it), with Kuma's message.
+    pub fn zone_read_only() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            ZONE_READ_ONLY_MESSAGE,
+        )
     }
 
     /// 400 "Bad Request": a body that cannot be read as the resource.

@@ -174,10 +174,9 @@ async fn put_external_service<S: SecretStore + Clone + 'static>(
     if parsed.mesh != mesh.as_str() {
         errors.push("mesh", "mesh from the URL has to be the same as in body");
     }
-    let zone = &state.config.zone;
-    let service = errors.collect(
-        parsed.into_new_external_service(|given, mesh| computed_labels(given, mesh, zone)),
-    );
+    let cp = &state.config.control_plane;
+    let service = errors
+        .collect(parsed.into_new_external_service(|given, mesh| computed_labels(given, mesh, cp)));
     let Some(service) = service.filter(|_| errors.is_empty()) else {
         return Err(ApiError::invalid(TITLE, errors));
     };

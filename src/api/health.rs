@@ -38,7 +38,21 @@ async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S
         Ok(()) => {
             let mut body = String::from("ok\n");
             let key_source = state.config.key_source.as_ref().and_then(|k| k.note());
-            for note in [state.store.readiness_note(), key_source]
+            let zone_sync = state.config.zone_sync.as_ref();
+            if let Some(sync) = zone_sync
+                && !sync.has_synced()
+            {
+                // A zone that never held a full copy has nothing to serve yet.
+                let why = sync.note().unwrap_or_else(|| {
+                    format!(
+                        "starting: taking the first full copy of the global store {}",
+                        sync.global()
+                    )
+                });
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+            }
+            let zone_sync = zone_sync.and_then(|sync| sync.note());
+            for note in [state.store.readiness_note(), key_source, zone_sync]
                 .into_iter()
                 .flatten()
             {

@@ -139,9 +139,13 @@ async fn put_mesh<S: SecretStore + Clone + 'static>(
     if parsed.kind != "Mesh" {
         errors.push("type", "type from the URL has to be the same as in body");
     }
-    let zone = &state.config.zone;
+    if state.config.control_plane.is_federated_zone() {
+        // Meshes are the global store's: a zone holds them as synced.
+        return Err(ApiError::zone_read_only());
+    }
+    let cp = &state.config.control_plane;
     let mesh = errors.collect(parsed.into_new_mesh(MeshName::parse_new, |given| {
-        computed_labels(given, None, zone)
+        computed_labels(given, None, cp)
     }));
     let Some(mesh) = mesh.filter(|_| errors.is_empty()) else {
         // Kuma caps Mesh names at 63 when it creates one, after the other checks.
@@ -167,6 +171,9 @@ async fn delete_mesh<S: SecretStore + Clone + 'static>(
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
     user.require_admin("Mesh")?;
+    if state.config.control_plane.is_federated_zone() {
+        return Err(ApiError::zone_read_only());
+    }
     let name = MeshName::parse(&name).map_err(|_| ApiError::not_found(TITLE))?;
     let expected = if preconditions.if_match.is_some() {
         let current = state

@@ -229,7 +229,8 @@ pub async fn load_tls(
 }
 
 /// First-start setup, as Kuma does it: the Mesh `default` (unless `create_default_mesh` is
-/// false), the user-token signing key and the `admin-user-token`. Idempotent and safe
+/// false: a federated zone gets its Meshes from the global store), labelled as
+/// `control_plane` computes them, the user-token signing key and the `admin-user-token`. Idempotent and safe
 /// when several replicas start at once.
 ///
 /// # Errors
@@ -237,14 +238,16 @@ pub async fn load_tls(
 pub async fn bootstrap<S: SecretStore>(
     store: &S,
     create_default_mesh: bool,
+    control_plane: &crate::domain::ControlPlane,
 ) -> Result<(), StoreError> {
     if create_default_mesh {
         let name = MeshName::parse("default").expect("valid name");
         match store.get_mesh(&name).await {
             Ok(_) => {}
             Err(StoreError::NotFound(_)) => {
-                let labels = crate::domain::computed_labels(Default::default(), None, "default")
-                    .unwrap_or_else(|_| Labels::default());
+                let labels =
+                    crate::domain::computed_labels(Default::default(), None, control_plane)
+                        .unwrap_or_else(|_| Labels::default());
                 match store
                     .create_mesh(NewMesh {
                         name,

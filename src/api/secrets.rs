@@ -16,8 +16,8 @@ use super::openapi::Routes;
 use super::upsert::{Write, upsert};
 use crate::domain::mtls::Mtls;
 use crate::domain::{
-    Labels, MeshName, NewSecret, Resource, ResourceName, Secret, SecretKey, SecretType,
-    ValidationError, computed_labels,
+    ControlPlane, Labels, MeshName, NewSecret, ORIGIN_GLOBAL, ORIGIN_LABEL, Resource, ResourceName,
+    Secret, SecretKey, SecretType, ValidationError, computed_labels,
 };
 use crate::store::{SecretQuery, SecretScope, SecretStore, StoreError};
 use crate::wire::{self, SecretItem, SecretUsage, SecretUsageList};
@@ -458,12 +458,27 @@ async fn put_secret_at<S: SecretStore>(
     {
         errors.push("mesh", "mesh from the URL has to be the same as in body");
     }
-    let zone = &state.config.zone;
+    let cp = &state.config.control_plane;
+    if let ControlPlane::Zone {
+        name: zone,
+        federated: true,
+    } = cp
+        && zone.len() + 1 + at.name.len() >= crate::domain::MAX_NAME_LEN
+    {
+        // The name must still fit once the global store prefixes it with the zone's.
+        errors.push("name", "the length of the name must be shorter");
+    }
     let secret = errors
-        .collect(parsed.into_new_secret(kind, |given, mesh| computed_labels(given, mesh, zone)));
+        .collect(parsed.into_new_secret(kind, |given, mesh| computed_labels(given, mesh, cp)));
     let Some(secret) = secret.filter(|_| errors.is_empty()) else {
         return Err(ApiError::invalid(TITLE, errors));
     };
+    if cp.is_federated_zone()
+        && (secret.labels.get(ORIGIN_LABEL) == Some(ORIGIN_GLOBAL)
+            || synced_from_global(&state.store, &secret.key).await?)
+    {
+        return Err(ApiError::zone_read_only());
+    }
     if secret
         .data
         .check_size(state.config.max_secret_size)
@@ -499,6 +514,11 @@ async fn delete_secret_at<S: SecretStore>(
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not delete a resource";
     let key = at.key_for_admin(user, TITLE)?;
+    if state.config.control_plane.is_federated_zone()
+        && synced_from_global(&state.store, &key).await?
+    {
+        return Err(ApiError::zone_read_only());
+    }
     // With If-Match, delete only the version the caller saw: the store checks it in the
     // DELETE itself, so a write in between makes the delete fail, not vanish. The row is
     // never opened, so a secret whose sealed value is unreadable can still be deleted.
@@ -510,6 +530,16 @@ async fn delete_secret_at<S: SecretStore>(
     };
     deleted.map_err(|e| precondition_or_store_error(e, &preconditions, TITLE))?;
     Ok(Json(serde_json::json!({})).into_response())
+}
+
+/// Whether the secret `key` is one a federated zone holds from the global store (origin
+/// `global`): the zone does not write it.
+async fn synced_from_global<S: SecretStore>(store: &S, key: &SecretKey) -> ApiResult<bool> {
+    match store.get_secret(key).await {
+        Ok(secret) => Ok(secret.labels.get(ORIGIN_LABEL) == Some(ORIGIN_GLOBAL)),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(other) => Err(ApiError::store("Could not process a resource", other)),
+    }
 }
 
 /// `?purge=true` of a DELETE: destroy the secret's history with it.

@@ -11,8 +11,9 @@ use std::time::Duration;
 pub struct ApiConfig {
     /// Treat direct loopback requests as the admin (Kuma's `localhostIsAdmin`).
     pub localhost_is_admin: bool,
-    /// Zone name for Kuma's computed labels (`kuma.io/zone`).
-    pub zone: String,
+    /// Which control plane this is (Kuma's `mode`, the zone's name, whether it follows a
+    /// global store): the labels computed on write, and what may be written here.
+    pub control_plane: crate::domain::ControlPlane,
     /// Largest decoded secret, in bytes.
     pub max_secret_size: usize,
     /// A request that takes longer is answered 503.
@@ -22,17 +23,21 @@ pub struct ApiConfig {
     /// The health of the key source holding the key-encryption key, when there is one
     /// (`/readyz` says when it is down).
     pub key_source: Option<Arc<crate::envelope::KeySourceHealth>>,
+    /// A federated zone's sync with its global store (`/readyz` is 503 until the first
+    /// full copy, then says when the global store does not answer).
+    pub zone_sync: Option<Arc<crate::federation::zone::ZoneSyncStatus>>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             localhost_is_admin: true,
-            zone: "default".into(),
+            control_plane: crate::domain::ControlPlane::default(),
             max_secret_size: DEFAULT_MAX_SECRET_SIZE,
             request_timeout: Duration::from_secs(30),
             tls: false,
             key_source: None,
+            zone_sync: None,
         }
     }
 }

@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the Kuma-compatible HTTP API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Apply or inspect database schema migrations.
     #[command(subcommand)]
     Migrate(migrate::MigrateCommand),
@@ -134,7 +134,7 @@ async fn cli_context<F: std::future::Future>(verb: &str, run: F) -> F::Output {
 /// Whatever the command failed with, for `main` to print.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Migrate(cmd) => migrate::run(cmd).await,
         Command::Apply(args) => apply::run(args).await,
         Command::Get(cmd) => get::run(cmd).await,

@@ -37,9 +37,21 @@ pub struct ServeArgs {
     /// Start on a Postgres schema migrated by a newer kuma-secrets.
     #[arg(long)]
     tolerate_newer_schema: bool,
-    /// Zone name for Kuma's computed `kuma.io/zone` label.
+    /// Kuma's control plane mode: `zone` (standalone, or federated with --global-url) or
+    /// `global` (what is written here is synced to every zone that follows it).
+    #[arg(long, env = "KUMA_SECRETS_MODE", default_value = "zone", value_parser = ["zone", "global"])]
+    mode: String,
+    /// The zone's name (Kuma's computed `kuma.io/zone` label); with --global-url, a
+    /// lowercase DNS label (up to 63 of a-z, 0-9 and '-').
     #[arg(long, env = "KUMA_SECRETS_ZONE", default_value = "default")]
     zone: String,
+    /// With --mode zone: the global store to follow (its API URL). The zone lists it, then
+    /// follows its change feed, holding its Meshes, Secrets and GlobalSecrets read-only.
+    #[arg(long, env = "KUMA_SECRETS_GLOBAL_URL")]
+    global_url: Option<String>,
+    /// With --global-url: a file holding the token this zone presents to the global store.
+    #[arg(long, env = "KUMA_SECRETS_GLOBAL_TOKEN_FILE", requires = "global_url")]
+    global_token_file: Option<std::path::PathBuf>,
     /// Answer 503 to requests that take longer than this (e.g. 30s, 1m).
     #[arg(long, env = "KUMA_SECRETS_REQUEST_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse)]
     request_timeout: std::time::Duration,
@@ -103,6 +115,7 @@ pub struct ServeArgs {
 }
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (control_plane, global) = control_plane(&args)?;
     // With keys in an HSM or a KMS, the port opens first: while the key source does not answer,
     // the server waits and retries, and says so on /readyz (503) instead of exiting.
     let kek_start = match &args.encryption.keys {
@@ -140,7 +153,18 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = AnyStore::open(args.store.url.expose(), options)
         .await
         .with_context(|| format!("cannot open the store {}", args.store.url))?;
-    api::bootstrap(&store, !args.skip_default_mesh).await?;
+    // A federated zone's Meshes are the global store's.
+    let default_mesh = !args.skip_default_mesh && !control_plane.is_federated_zone();
+    api::bootstrap(&store, default_mesh, &control_plane).await?;
+    let zone_sync =
+        global.map(|global| crate::federation::zone::ZoneSync::new(store.clone(), global));
+    let zone_sync_status = zone_sync
+        .as_ref()
+        .map(crate::federation::zone::ZoneSync::status);
+    let syncing = zone_sync.map(|sync| {
+        tracing::info!(zone = %args.zone, global = %sync.status().global(), "following the global store");
+        tokio::spawn(sync.run())
+    });
     store
         .set_max_versions(args.max_versions)
         .await
@@ -168,11 +192,12 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = ApiConfig {
         localhost_is_admin: args.localhost_is_admin,
-        zone: args.zone,
+        control_plane,
         max_secret_size: args.max_secret_size,
         request_timeout: args.request_timeout,
         tls: tls.is_some(),
         key_source,
+        zone_sync: zone_sync_status,
     };
     let addr = listener.local_addr()?;
     let endpoint = Endpoint {
@@ -218,7 +243,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             served
         }
     };
-    for task in key_tasks {
+    for task in key_tasks.into_iter().chain(syncing) {
         task.abort();
     }
     served?;
@@ -267,6 +292,65 @@ async fn start_with_kek(args: &ServeArgs, uri: &KekUri) -> anyhow::Result<KekSta
         health,
         probing,
     })
+}
+
+/// The control plane `--mode`, `--zone` and `--global-url` make, and for a federated zone
+/// a client of its global store.
+///
+/// # Errors
+/// `--global-url` with `--mode global`, an invalid zone name or URL, an unreadable token
+/// file.
+fn control_plane(
+    args: &ServeArgs,
+) -> anyhow::Result<(
+    crate::domain::ControlPlane,
+    Option<crate::client::ApiClient>,
+)> {
+    use crate::domain::ControlPlane;
+    match (args.mode.as_str(), &args.global_url) {
+        ("global", None) => Ok((ControlPlane::Global, None)),
+        ("global", Some(_)) => {
+            anyhow::bail!("--global-url is for a zone (--mode zone) that follows a global store")
+        }
+        (_, None) => Ok((ControlPlane::standalone(&args.zone), None)),
+        (_, Some(url)) => {
+            let zone = &args.zone;
+            let label = zone.len() <= 63
+                && zone.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && zone.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && zone
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !label {
+                anyhow::bail!(
+                    "invalid --zone {zone:?}: a federated zone's name is a lowercase DNS label (up to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
+                );
+            }
+            let token = match &args.global_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| {
+                            format!("cannot read --global-token-file {}", path.display())
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let client = crate::client::ApiClient::new(url, token).map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid --global-url {url:?}: expected http://HOST:PORT or https://HOST:PORT"
+                )
+            })?;
+            Ok((
+                ControlPlane::Zone {
+                    name: zone.clone(),
+                    federated: true,
+                },
+                Some(client),
+            ))
+        }
+    }
 }
 
 /// `--data-key-rotation-period`: a period, or none (`never`).

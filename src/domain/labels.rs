@@ -149,17 +149,74 @@ fn is_label_token(s: &str) -> bool {
     }
 }
 
-/// Kuma's labels computed on write (reference §3.5), for a standalone zone control plane
-/// named `zone`: `kuma.io/mesh` on mesh-scoped resources, and `kuma.io/origin`,
-/// `kuma.io/zone`, `kuma.io/env` on all. User labels are kept; then the rules of
-/// `validateLabels` apply.
+/// Which control plane this is, as Kuma's `mode` (with whether a zone is federated): it
+/// decides the labels computed on write and what may be written here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlPlane {
+    /// A zone control plane named `name`: standalone (the default: a zone named
+    /// `default`, following no global store), or `federated`, following a global store that
+    /// owns its Meshes and the Secrets and GlobalSecrets made there.
+    Zone {
+        /// The zone's name (`kuma.io/zone`).
+        name: String,
+        /// Whether it follows a global store.
+        federated: bool,
+    },
+    /// The global control plane of a multi-zone deployment: what is written here is synced
+    /// to every zone.
+    Global,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        Self::standalone("default")
+    }
+}
+
+impl ControlPlane {
+    /// A zone control plane named `name` that follows no global store.
+    pub fn standalone(name: &str) -> Self {
+        Self::Zone {
+            name: name.to_owned(),
+            federated: false,
+        }
+    }
+
+    /// Whether this is a zone that follows a global store.
+    pub fn is_federated_zone(&self) -> bool {
+        matches!(
+            self,
+            Self::Zone {
+                federated: true,
+                ..
+            }
+        )
+    }
+
+    /// Kuma's `mode`: `zone` or `global`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::Zone { .. } => "zone",
+            Self::Global => "global",
+        }
+    }
+}
+
+/// The origin label of resources a zone holds from the global store.
+pub const ORIGIN_GLOBAL: &str = "global";
+
+/// Kuma's labels computed on write (reference §3.5) on the control plane `cp`:
+/// `kuma.io/mesh` on mesh-scoped resources; on a zone, also `kuma.io/origin`, `kuma.io/zone`
+/// and `kuma.io/env`. User labels are kept; then the rules of `validateLabels` apply (on
+/// the global control plane an origin label must say `global`; on a zone, a zone-origin
+/// resource must name this zone and its own mesh).
 ///
 /// # Errors
 /// Every violation of the label rules, as `labels["<key>"]` fields.
 pub fn computed_labels(
     given: BTreeMap<String, String>,
     mesh: Option<&MeshName>,
-    zone: &str,
+    cp: &ControlPlane,
 ) -> Result<Labels, ValidationError> {
     let mut labels = given;
     if let Some(mesh) = mesh {
@@ -167,13 +224,24 @@ pub fn computed_labels(
             .entry(MESH_LABEL.to_owned())
             .or_insert_with(|| mesh.as_str().to_owned());
     }
-    labels
-        .entry(ORIGIN_LABEL.to_owned())
-        .or_insert_with(|| "zone".to_owned());
+    let zone = match cp {
+        ControlPlane::Zone { name, .. } => {
+            labels
+                .entry(ORIGIN_LABEL.to_owned())
+                .or_insert_with(|| "zone".to_owned());
+            Some(name.as_str())
+        }
+        ControlPlane::Global => None,
+    };
     let mut errors = ValidationError::default();
-    let origin = labels[ORIGIN_LABEL].clone();
-    match origin.as_str() {
-        "zone" => {
+    let origin = labels.get(ORIGIN_LABEL).cloned().unwrap_or_default();
+    match (origin.as_str(), zone) {
+        ("zone", None) => errors.push(
+            format!("labels[{ORIGIN_LABEL:?}]"),
+            "the origin label must be set to 'global'",
+        ),
+        ("" | "global", None) => {}
+        ("zone", Some(zone)) => {
             labels
                 .entry(ZONE_LABEL.to_owned())
                 .or_insert_with(|| zone.to_owned());
@@ -195,8 +263,8 @@ pub fn computed_labels(
                 );
             }
         }
-        "global" => {}
-        other => errors.push(
+        ("global", Some(_)) => {}
+        (other, _) => errors.push(
             format!("labels[{ORIGIN_LABEL:?}]"),
             format!("unknown resource origin {other:?}"),
         ),
@@ -284,7 +352,8 @@ mod tests {
     #[test]
     fn kuma_labels_are_computed_and_checked() {
         let mesh = MeshName::parse("default").unwrap();
-        let labels = computed_labels(BTreeMap::new(), Some(&mesh), "default").unwrap();
+        let labels =
+            computed_labels(BTreeMap::new(), Some(&mesh), &ControlPlane::default()).unwrap();
         assert_eq!(labels.get(MESH_LABEL), Some("default"));
         assert_eq!(labels.get(ORIGIN_LABEL), Some("zone"));
         assert_eq!(labels.get(ZONE_LABEL), Some("default"));
@@ -295,7 +364,7 @@ mod tests {
             ("bad key!".to_owned(), "v".to_owned()),
         ]
         .into();
-        let err = computed_labels(bad, None, "default").unwrap_err();
+        let err = computed_labels(bad, None, &ControlPlane::default()).unwrap_err();
         assert_eq!(err.violations.len(), 2);
         assert_eq!(
             err.violations[0].reason,
@@ -303,10 +372,27 @@ mod tests {
         );
 
         let wrong_mesh: BTreeMap<_, _> = [(MESH_LABEL.to_owned(), "other".to_owned())].into();
-        let err = computed_labels(wrong_mesh, Some(&mesh), "default").unwrap_err();
+        let err = computed_labels(wrong_mesh, Some(&mesh), &ControlPlane::default()).unwrap_err();
         assert_eq!(
             err.violations[0].reason,
             "kuma.io/mesh label must not differ from mesh set on resource"
+        );
+    }
+
+    #[test]
+    fn the_global_control_plane_computes_the_mesh_label_only() {
+        let mesh = MeshName::parse("default").unwrap();
+        let labels = computed_labels(BTreeMap::new(), Some(&mesh), &ControlPlane::Global).unwrap();
+        assert_eq!(labels.get(MESH_LABEL), Some("default"));
+        assert_eq!(labels.get(ORIGIN_LABEL), None);
+        assert_eq!(labels.get(ZONE_LABEL), None);
+        let global: BTreeMap<_, _> = [(ORIGIN_LABEL.to_owned(), "global".to_owned())].into();
+        assert!(computed_labels(global, None, &ControlPlane::Global).is_ok());
+        let zone: BTreeMap<_, _> = [(ORIGIN_LABEL.to_owned(), "zone".to_owned())].into();
+        let err = computed_labels(zone, None, &ControlPlane::Global).unwrap_err();
+        assert_eq!(
+            err.violations[0].reason,
+            "the origin label must be set to 'global'"
         );
     }
 

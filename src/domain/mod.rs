@@ -14,8 +14,8 @@ pub use external_service::{
     external_service_key,
 };
 pub use labels::{
-    DISPLAY_NAME_LABEL, ENV_LABEL, Labels, MESH_LABEL, ORIGIN_LABEL, ZONE_LABEL,
-    check_immutable_labels, computed_labels,
+    ControlPlane, DISPLAY_NAME_LABEL, ENV_LABEL, Labels, MESH_LABEL, ORIGIN_GLOBAL, ORIGIN_LABEL,
+    ZONE_LABEL, check_immutable_labels, computed_labels,
 };
 pub use mesh::{Mesh, MeshSpec, MeshUpdate, NewMesh};
 pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MESH_NAME_TOO_LONG, MeshName, ResourceName};

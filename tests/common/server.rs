@@ -74,7 +74,9 @@ impl TestServer {
 
     /// Starts a server on an existing store (several servers may share one Postgres).
     pub async fn start_on(store: AnyStore, guard: Guard, config: ApiConfig) -> Self {
-        api::bootstrap(&store, true).await.expect("bootstrap");
+        api::bootstrap(&store, true, &Default::default())
+            .await
+            .expect("bootstrap");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

@@ -297,6 +297,24 @@ impl AnyStore {
         delegate!(self, s => s.keep_times(times))
     }
 
+    /// The revision of the global store `global` this zone has applied. See
+    /// [`SqlStore::zone_sync_revision`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn zone_sync_revision(&self, global: &str) -> Result<Option<i64>> {
+        delegate!(self, s => s.zone_sync_revision(global))
+    }
+
+    /// Records the revision of `global` this zone has applied. See
+    /// [`SqlStore::set_zone_sync_revision`].
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn set_zone_sync_revision(&self, global: &str, revision: i64) -> Result<()> {
+        delegate!(self, s => s.set_zone_sync_revision(global, revision))
+    }
+
     /// Every data key of envelope encryption, wrapped, oldest first. See
     /// [`SqlStore::data_keys`].
     ///

@@ -114,6 +114,7 @@ mod reseal;
 mod rows;
 mod statements;
 mod tx;
+mod zone_sync;
 
 pub use data_keys::{Rewrapped, StoredDataKey};
 pub use dialect::Dialect;
