@@ -617,8 +617,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The command line end to end on SQLite: `generate kek`, `serve` sealing through the HSM
-/// (a secret written, the server restarted, the secret read), and `rotate-keys --status`
-/// listing the data key and what wraps it.
+/// (a secret written, the server restarted, the secret read), `rotate-keys --status`
+/// listing the data key and what wraps it, a new data key on demand, and neither data key
+/// nor the PIN in the server's debug log or the database's files.
 async fn the_command_line_serves_through_the_hsm(_backend: Backend, _source: Source) {
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::sqlite_url(dir.path(), "cli.db");
@@ -628,8 +629,10 @@ async fn the_command_line_serves_through_the_hsm(_backend: Backend, _source: Sou
         .await
         .fails_with("exists in the token already");
     let serve_args = ["--store", &store_url, "--encryption-keys", &uri];
+    // The first server logs at debug level: searched below for the data key and the PIN.
+    let debug_log = dir.path().join("serve-debug.log");
     {
-        let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
+        let (_serve, addr) = serve_logging_to(&store_url, &uri, &debug_log, &[]).await;
         common::http::put_secret_at(&addr, "default", "hsm", b"hsm-sealed").await;
     }
     let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
@@ -662,8 +665,8 @@ async fn the_command_line_serves_through_the_hsm(_backend: Backend, _source: Sou
     );
     assert!(!status.stdout.contains("pin"), "{}", status.stdout);
 
-    // A data key on demand, sealing at once (no server runs): every value is re-sealed
-    // onto it, and --status marks it active.
+    // A data key on demand, sealing at once (`now`: the one server running writes
+    // nothing meanwhile): every value is re-sealed onto it, and --status marks it active.
     let store = [
         "--store",
         store_url.as_str(),
@@ -713,6 +716,48 @@ async fn the_command_line_serves_through_the_hsm(_backend: Backend, _source: Sou
     let (_serve, addr, _log) = common::process::spawn_serve(&serve_args, dir.path());
     let got = common::http::fetch_json(format!("{addr}/meshes/default/secrets/hsm")).await;
     assert_eq!(got["data"], common::http::b64(b"hsm-sealed"), "{got}");
+
+    // Neither data key nor the PIN is in the debug log or the database's files.
+    let exported = dir.path().join("exported.yaml");
+    let to_file = format!("file:{}", exported.display());
+    common::process::kuma(
+        &[&["rotate-keys", "--new-kek", &to_file], &store[..]].concat(),
+        None,
+    )
+    .await
+    .ok();
+    let db = dir.path().join("cli.db");
+    let mut on_disk = Vec::new();
+    for file in [db.clone(), db.with_extension("db-wal"), debug_log.clone()] {
+        on_disk.extend(std::fs::read(&file).unwrap_or_default());
+    }
+    let holds = |needle: &[u8]| on_disk.windows(needle.len()).any(|w| w == needle);
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let mut keys = 0;
+    for encoded in text
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .split_once(": ")
+                .filter(|(k, _)| k.starts_with("dek-"))
+        })
+        .map(|(_, v)| v.to_owned())
+    {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&encoded)
+            .unwrap();
+        assert!(!holds(&raw), "a raw data key is on disk");
+        assert!(!holds(encoded.as_bytes()), "a data key's base64 is on disk");
+        assert!(!holds(hex(&raw).as_bytes()), "a data key's hex is on disk");
+        keys += 1;
+    }
+    assert_eq!(keys, 2, "both data keys were searched for");
+    assert!(!holds(PIN.as_bytes()), "the PIN is on disk");
+    let logged = std::fs::read_to_string(&debug_log).unwrap();
+    assert!(
+        logged.contains("DEBUG") && holds(b"dek-"),
+        "the search finds what is there: debug lines, the data keys' ids"
+    );
 }
 
 type Case = fn(Backend, Source) -> Pin<Box<dyn Future<Output = ()>>>;
@@ -1213,7 +1258,6 @@ mod kms {
 
 /// A `serve` on `store_url` sealing through `uri`, its port of its own, its debug log in
 /// `log`: the base URL, once ready.
-#[cfg(feature = "awskms")]
 async fn serve_logging_to(
     store_url: &str,
     uri: &str,

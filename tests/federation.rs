@@ -325,6 +325,27 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
         .await;
     }
     every_zone_equals_the_global_store(&global.base, &zones.iter().collect::<Vec<_>>()).await;
+    // /metrics says where each zone is: one full list, caught up, a revision held.
+    for zone in &zones {
+        let metric = |text: &str, name: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("kuma_secrets_{name} ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(-1)
+        };
+        common::ha::wait_for(
+            CONVERGE,
+            "a zone's metrics to say it is caught up",
+            || async {
+                let text = common::http::fetch_text(format!("{}/metrics", zone.base)).await;
+                metric(&text, "zone_sync_behind_seconds") == 0
+                    && metric(&text, "zone_sync_applied_revision") > 0
+                    && metric(&text, "zone_sync_full_lists_total") == 1
+                    && metric(&text, "zone_sync_global_unreachable_seconds") == 0
+            },
+        )
+        .await;
+    }
 
     // What Kuma never sends: each zone has its own admin token, never the global one.
     let global_admin =

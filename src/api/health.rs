@@ -75,6 +75,9 @@ async fn readyz<S: SecretStore + Clone + 'static>(State(state): State<AppState<S
 }
 
 async fn metrics<S: SecretStore + Clone + 'static>(State(state): State<AppState<S>>) -> Response {
+    if let Some(sync) = &state.config.zone_sync {
+        state.metrics.observe_zone_sync(sync);
+    }
     if let Some(report) = state.store.cache_report() {
         state.metrics.observe_cache(&report);
     }

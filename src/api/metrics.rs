@@ -40,6 +40,10 @@ pub struct Metrics {
     cache_entries: prometheus::IntGauge,
     cache_bytes: prometheus::IntGauge,
     key_source_calls: IntCounterVec,
+    zone_sync_revision: prometheus::IntGauge,
+    zone_sync_behind: prometheus::IntGauge,
+    zone_sync_down: prometheus::IntGauge,
+    zone_sync_lists: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -148,8 +152,34 @@ impl Metrics {
                     &["outcome"],
                 ),
             ),
+            zone_sync_revision: gauge(
+                "zone_sync_applied_revision",
+                "A federated zone: the global store's revision it holds every change up to",
+            ),
+            zone_sync_behind: gauge(
+                "zone_sync_behind_seconds",
+                "A federated zone: how long since it last held every change the global store had (0 while caught up)",
+            ),
+            zone_sync_down: gauge(
+                "zone_sync_global_unreachable_seconds",
+                "A federated zone: how long the global store has not answered (0 while it answers)",
+            ),
+            zone_sync_lists: counter(
+                "zone_sync_full_lists_total",
+                "A federated zone: full lists of the global store taken (the first, and after each 410)",
+            ),
             registry,
         }
+    }
+
+    /// Brings a federated zone's sync metrics up to `status` (read at each scrape).
+    pub fn observe_zone_sync(&self, status: &crate::federation::zone::ZoneSyncStatus) {
+        self.zone_sync_revision
+            .set(status.applied_revision().unwrap_or(0));
+        self.zone_sync_behind.set(status.seconds_behind());
+        self.zone_sync_down
+            .set(status.seconds_since_contact().unwrap_or(0));
+        raise(&self.zone_sync_lists, status.lists());
     }
 
     /// Brings the read cache's metrics up to `report` (read at each scrape: the cache

@@ -49,6 +49,7 @@ pub enum SyncError {
 #[derive(Debug)]
 pub struct ZoneSyncStatus {
     global: String,
+    started: DateTime<Utc>,
     state: Mutex<SyncState>,
 }
 
@@ -62,12 +63,18 @@ struct SyncState {
     down: Option<(DateTime<Utc>, String)>,
     /// Full lists taken (the first, and after each 410).
     lists: u64,
+    /// When the zone last held every change the global store had (a page of changes that
+    /// was not full, or a full list).
+    caught_up: Option<DateTime<Utc>>,
+    /// Whether the last page of changes was full (more were waiting).
+    more_waiting: bool,
 }
 
 impl ZoneSyncStatus {
     fn new(global: &str) -> Self {
         Self {
             global: global.to_owned(),
+            started: Utc::now(),
             state: Mutex::default(),
         }
     }
@@ -93,8 +100,18 @@ impl ZoneSyncStatus {
         self.lock().lists
     }
 
-    /// Seconds since the global store last answered (0 while it answers; since start if
-    /// it never did).
+    /// How far behind the global store the zone is, in seconds: 0 while it holds every
+    /// change (its long poll waits for the next), else since it last did (or since start).
+    pub fn seconds_behind(&self) -> i64 {
+        let state = self.lock();
+        if state.down.is_none() && !state.more_waiting && state.caught_up.is_some() {
+            return 0;
+        }
+        let since = state.caught_up.unwrap_or(self.started);
+        (Utc::now() - since).num_seconds().max(0)
+    }
+
+    /// Seconds since the global store stopped answering; `None` while it answers.
     pub fn seconds_since_contact(&self) -> Option<i64> {
         let state = self.lock();
         state
@@ -128,6 +145,15 @@ impl ZoneSyncStatus {
     fn applied(&self, revision: i64) {
         let mut state = self.lock();
         state.applied = Some(revision);
+    }
+
+    /// The zone applied a page of changes; `full` when more may be waiting.
+    fn caught_up(&self, full: bool) {
+        let mut state = self.lock();
+        state.more_waiting = full;
+        if !full {
+            state.caught_up = Some(Utc::now());
+        }
     }
 
     fn contact(&self) {
@@ -227,6 +253,8 @@ impl ZoneSync {
                 after = changes.revision;
             }
             self.status.applied(after);
+            self.status
+                .caught_up(changes.events.len() >= PAGE_SIZE as usize);
         }
     }
 
@@ -335,6 +363,7 @@ impl ZoneSync {
             .await?;
         self.status.applied(revision);
         self.status.lock().lists += 1;
+        // (Changes made during the list are next: the feed is followed from `revision`.)
         tracing::info!(
             revision,
             meshes = global_meshes.len(),
