@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 
-BIN = sys.argv[1]
+BIN = os.path.abspath(sys.argv[1])
 SECRETS = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
 RATE = int(sys.argv[3]) if len(sys.argv) > 3 else 200
 SECONDS = int(sys.argv[4]) if len(sys.argv) > 4 else 20
@@ -81,6 +81,7 @@ def main():
     try:
         psql("DROP DATABASE IF EXISTS ks_zone_bench WITH (FORCE)")
         psql("CREATE DATABASE ks_zone_bench")
+        subprocess.run([BIN, "migrate", "up", "--store", PG_URL], check=True, capture_output=True)
         keys = os.path.join(work, "pg.keys")
         subprocess.run([BIN, "generate", "encryption-key", "--keyring", keys], check=True, capture_output=True)
         with open(os.path.join(work, "global.yaml"), "w") as out:
@@ -109,7 +110,10 @@ def main():
             processes.append(process)
             zones.append(base)
         first = {}
+        deadline = time.monotonic() + 300
         while len(first) < len(zones):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"zones not ready after 300 s: logs in {work}")
             for base in zones:
                 if base not in first and ready(base):
                     first[base] = time.monotonic() - started
@@ -126,13 +130,13 @@ def main():
             _, body = request("GET", base + "/_changes?after=0&limit=1")
             after = json.loads(body)["revision"]
             # From the head: ask for what comes after the newest event.
-            status, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=0s")
+            status, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=1s")
             while True:
                 page = json.loads(body)
                 if not page["events"]:
                     break
                 after = page["revision"]
-                status, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=0s")
+                status, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=1s")
             while not stop.is_set():
                 _, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=2s")
                 now = time.monotonic()
