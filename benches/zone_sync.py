@@ -66,7 +66,7 @@ def serve(work, args, name):
     port = free_port()
     log = open(os.path.join(work, name + ".log"), "w")
     process = subprocess.Popen([BIN, "serve", "--api-addr", f"127.0.0.1:{port}"] + args,
-                               cwd=work, stderr=log, env=dict(os.environ, KUMA_SECRETS_LOG="warn"))
+                               cwd=work, stderr=log, env=dict(os.environ, KUMA_SECRETS_LOG=os.environ.get("KUMA_SECRETS_LOG", "warn")))
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -124,7 +124,9 @@ def main():
 
         # Each zone's feed, followed from now.
         arrivals = {base: {} for base in zones}
+        seen = {base: 0 for base in zones}
         stop = threading.Event()
+        following = {base: threading.Event() for base in zones}
 
         def follow(base):
             _, body = request("GET", base + "/_changes?after=0&limit=1")
@@ -137,10 +139,17 @@ def main():
                     break
                 after = page["revision"]
                 status, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=1s")
+            following[base].set()
             while not stop.is_set():
-                _, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=2s")
+                try:
+                    _, body = request("GET", base + f"/_changes?after={after}&limit=1000&wait=2s")
+                except (urllib.error.URLError, OSError) as err:
+                    print(f"follower of {base}: {err}", file=sys.stderr)
+                    time.sleep(0.1)
+                    continue
                 now = time.monotonic()
                 page = json.loads(body)
+                seen[base] += len(page["events"])
                 for event in page["events"]:
                     if event["name"].startswith("load-") and event["operation"] == "create":
                         arrivals[base].setdefault(event["name"], now)
@@ -149,7 +158,8 @@ def main():
         followers = [threading.Thread(target=follow, args=(base,), daemon=True) for base in zones]
         for follower in followers:
             follower.start()
-        time.sleep(1)
+        for base in zones:
+            following[base].wait()
 
         written = {}
         interval = 1.0 / RATE
@@ -184,7 +194,8 @@ def main():
         for process in processes:
             process.kill()
         psql("DROP DATABASE IF EXISTS ks_zone_bench WITH (FORCE)")
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ use crate::store::{
 };
 use crate::wire::{self, ListBody};
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,8 @@ use std::time::Duration;
 const PAGE_SIZE: u32 = 1000;
 /// How long one long poll of the global store's feed waits for a change.
 const POLL_WAIT: &str = "20s";
+/// Secrets applied at once (read from the global store and written here concurrently).
+const APPLY_AT_ONCE: usize = 16;
 /// The longest wait between two tries while the global store does not answer.
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
@@ -262,6 +265,9 @@ impl ZoneSync {
     /// the global store now, written to (or deleted from) the zone's store.
     async fn apply_changes(&self, events: &[Event]) -> Result<(), SyncError> {
         let mut seen = BTreeSet::new();
+        // Secrets between two Mesh changes, applied together; a Mesh change waits for the
+        // secrets named before it, and the secrets after it wait for it.
+        let mut secrets: Vec<(SecretKey, String)> = Vec::new();
         for event in events {
             let key = (
                 event.resource_type.clone(),
@@ -273,6 +279,8 @@ impl ZoneSync {
             }
             match event.resource_type.as_str() {
                 "Mesh" => {
+                    self.fetch_and_apply_secrets(std::mem::take(&mut secrets))
+                        .await?;
                     let name = mesh_name(&event.name)?;
                     let global = self
                         .fetch(&format!("/meshes/{}", segment(&event.name)))
@@ -281,15 +289,50 @@ impl ZoneSync {
                 }
                 "Secret" | "GlobalSecret" => {
                     let mesh = event.mesh.as_deref();
-                    let key = secret_key(mesh, &event.name)?;
-                    let global = self.fetch(&secret_path(mesh, &event.name)).await?;
-                    self.apply_secret(&key, global).await?;
+                    secrets.push((
+                        secret_key(mesh, &event.name)?,
+                        secret_path(mesh, &event.name),
+                    ));
                 }
                 // ExternalServices and anything newer stay each zone's own.
                 _ => {}
             }
         }
+        self.fetch_and_apply_secrets(secrets).await
+    }
+
+    /// Reads each secret at its path on the global store and applies it, up to
+    /// [`APPLY_AT_ONCE`] at a time (each is independent; the store commits concurrent
+    /// writes together).
+    async fn fetch_and_apply_secrets(
+        &self,
+        secrets: Vec<(SecretKey, String)>,
+    ) -> Result<(), SyncError> {
+        futures_util::stream::iter(secrets.into_iter().map(|(key, path)| async move {
+            let global = self.fetch(&path).await?;
+            self.apply_secret(&key, global).await
+        }))
+        .buffer_unordered(APPLY_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await?;
         Ok(())
+    }
+
+    /// Applies secrets as listed by the global store (`items` of `mesh`, or GlobalSecrets),
+    /// up to [`APPLY_AT_ONCE`] at a time; their keys.
+    async fn apply_listed_secrets(
+        &self,
+        mesh: Option<&MeshName>,
+        items: Vec<Value>,
+    ) -> Result<Vec<SecretKey>, SyncError> {
+        futures_util::stream::iter(
+            items
+                .into_iter()
+                .map(|item| self.apply_listed_secret(mesh, item)),
+        )
+        .buffer_unordered(APPLY_AT_ONCE)
+        .try_collect()
+        .await
     }
 
     /// The resource at `path` on the global store, `None` if it is gone.
@@ -332,19 +375,16 @@ impl ZoneSync {
             let (secrets, _) = self
                 .list_all(&format!("/meshes/{}/secrets", segment(name.as_str())))
                 .await?;
-            for secret in secrets {
-                let key = self.apply_listed_secret(Some(&name), secret).await?;
-                global_secrets.insert(key);
-            }
+            global_secrets.extend(self.apply_listed_secrets(Some(&name), secrets).await?);
         }
-        let (secrets, _) = self.list_all("/global-secrets").await?;
-        for secret in secrets {
-            let name = secret.get("name").and_then(Value::as_str).unwrap_or("");
-            if sent_to_zones("GlobalSecret", name) {
-                let key = self.apply_listed_secret(None, secret).await?;
-                global_secrets.insert(key);
-            }
-        }
+        let (mut secrets, _) = self.list_all("/global-secrets").await?;
+        secrets.retain(|secret| {
+            sent_to_zones(
+                "GlobalSecret",
+                secret.get("name").and_then(Value::as_str).unwrap_or(""),
+            )
+        });
+        global_secrets.extend(self.apply_listed_secrets(None, secrets).await?);
         // What this zone holds from the global store that the global store no longer has.
         for scope in [SecretScope::AllMeshes, SecretScope::Global] {
             for key in self.held_from_global(scope).await? {
@@ -537,9 +577,7 @@ impl ZoneSync {
             let (secrets, _) = self
                 .list_all(&format!("/meshes/{}/secrets", segment(name.as_str())))
                 .await?;
-            for secret in secrets {
-                self.apply_listed_secret(Some(name), secret).await?;
-            }
+            self.apply_listed_secrets(Some(name), secrets).await?;
         }
         self.store.put_mesh(mesh, Expect::Any).await?;
         Ok(())
