@@ -554,19 +554,9 @@ async fn no_key_material_or_pin_in_the_database(backend: Backend, source: Source
     store.close().await;
     // The data key's bytes, as a keyring file would hold them.
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(fresh.export_to(kek, dir.path()).await).unwrap();
-    let encoded = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(": ")
-                .filter(|(k, _)| k.starts_with("dek-"))
-        })
-        .map(|(_, v)| v.to_owned())
+    let (encoded, raw) = data_keys_in(&fresh.export_to(kek, dir.path()).await)
+        .pop()
         .expect("the data key in the file");
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(&encoded)
-        .unwrap();
 
     let stored: Vec<u8> = match backend {
         Backend::Postgres => {
@@ -610,6 +600,23 @@ async fn no_key_material_or_pin_in_the_database(backend: Backend, source: Source
         holds(b"dek-"),
         "the search finds what is there: the data key's id"
     );
+}
+
+/// Every data key in the keyring file `path`: its base64, as the file holds it, and its
+/// bytes.
+fn data_keys_in(path: &Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(id, _)| id.starts_with("dek-"))
+        .map(|(_, encoded)| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap();
+            (encoded.to_owned(), raw)
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -732,20 +739,8 @@ async fn the_command_line_serves_through_the_hsm(_backend: Backend, _source: Sou
         on_disk.extend(std::fs::read(&file).unwrap_or_default());
     }
     let holds = |needle: &[u8]| on_disk.windows(needle.len()).any(|w| w == needle);
-    let text = std::fs::read_to_string(&exported).unwrap();
     let mut keys = 0;
-    for encoded in text
-        .lines()
-        .filter_map(|l| {
-            l.trim()
-                .split_once(": ")
-                .filter(|(k, _)| k.starts_with("dek-"))
-        })
-        .map(|(_, v)| v.to_owned())
-    {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&encoded)
-            .unwrap();
+    for (encoded, raw) in data_keys_in(&exported) {
         assert!(!holds(&raw), "a raw data key is on disk");
         assert!(!holds(encoded.as_bytes()), "a data key's base64 is on disk");
         assert!(!holds(hex(&raw).as_bytes()), "a data key's hex is on disk");
@@ -1378,19 +1373,9 @@ async fn the_command_line_serves_through_aws_kms(_backend: Backend, _source: Sou
     )
     .await
     .ok();
-    let text = std::fs::read_to_string(&exported).unwrap();
-    let encoded = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(": ")
-                .filter(|(k, _)| k.starts_with("dek-"))
-        })
-        .map(|(_, v)| v.to_owned())
+    let (encoded, raw) = data_keys_in(&exported)
+        .pop()
         .expect("the data key in the file");
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(&encoded)
-        .unwrap();
     let db = dir.path().join("kms.db");
     let mut on_disk = Vec::new();
     for file in [
