@@ -18,6 +18,8 @@ pub struct ApiClient {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// How long one request may take, answer included (60 s unless set).
+    timeout: Option<Duration>,
 }
 
 impl fmt::Debug for ApiClient {
@@ -107,11 +109,38 @@ impl ApiClient {
             base,
             token: token.filter(|t| !t.trim().is_empty()),
             http,
+            timeout: None,
         })
+    }
+
+    /// The same client, sending `token` instead (none if `None` or blank).
+    pub fn with_token(&self, token: Option<String>) -> Self {
+        Self {
+            base: self.base.clone(),
+            token: token.filter(|t| !t.trim().is_empty()),
+            http: self.http.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    /// The same client, giving up on a request after `timeout` (a network that stopped
+    /// answering is noticed then, not after the default 60 s).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Whether it sends `token`.
+    pub fn sends_token(&self, token: &str) -> bool {
+        self.token.as_deref() == Some(token)
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(timeout) = self.timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

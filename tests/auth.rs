@@ -255,7 +255,255 @@ async fn tokens_never_reach_error_bodies(backend: Backend) {
     assert!(!body.to_string().contains(&admin[..20]));
 }
 
+/// Zone tokens, on a global store where every caller needs a token: issued only by an admin
+/// and only on a global store; a zone's token reads what zones are sent and nothing else;
+/// one kind of token never passes for the other, even signed with the other kind's key; a
+/// token without the `cp` scope, or revoked, is refused.
+async fn zone_tokens_speak_for_a_zone_and_nothing_else(backend: Backend) {
+    let config = kuma_secrets::api::ApiConfig {
+        control_plane: kuma_secrets::domain::ControlPlane::Global,
+        ..common::server::tokens_only()
+    };
+    let server = TestServer::start_with(
+        backend,
+        config,
+        kuma_secrets::store::StoreOptions::allow_plaintext_secrets(),
+    )
+    .await;
+    let admin = server.admin_token().await;
+    let client = Client::new();
+    let zone_token = |token: &str, body: Value| {
+        client
+            .post(server.at("/tokens/zone"))
+            .bearer_auth(token.to_owned())
+            .json(&body)
+            .send()
+    };
+    let response = zone_token(&admin, json!({"zone": "east", "validFor": "1h"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let east = response.text().await.unwrap();
+    // Bad requests: every violation named.
+    let response = zone_token(
+        &admin,
+        json!({"zone": "East_1", "scope": ["cp", "root"], "validFor": "forever"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    let fields: Vec<&str> = body["invalid_parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["zone", "scope[1]", "validFor"], "{body}");
+    // Only an admin issues one; a zone cannot mint another.
+    let response = zone_token(&east, json!({"zone": "west", "validFor": "1h"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    // What a zone reads.
+    let get = |path: &str, token: &str| {
+        client
+            .get(server.at(path))
+            .bearer_auth(token.to_owned())
+            .send()
+    };
+    assert_eq!(get("/meshes/default", &east).await.unwrap().status(), 200);
+    assert_eq!(get("/_changes", &east).await.unwrap().status(), 200);
+    let listed: Value = get("/global-secrets", &east)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["zone-token-signing-public-key-1"], "{listed}");
+    assert_eq!(listed["total"], 1);
+    for hidden in [
+        "admin-user-token",
+        "user-token-signing-key-1",
+        "zone-token-signing-key-1",
+    ] {
+        let status = get(&format!("/global-secrets/{hidden}"), &east)
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{hidden}");
+    }
+    let changes: Value = get("/_changes?limit=1000", &east)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for event in changes["events"].as_array().unwrap() {
+        let name = event["name"].as_str().unwrap();
+        assert!(
+            kuma_secrets::federation::sent_to_zones(event["type"].as_str().unwrap(), name),
+            "a zone was told of {name}"
+        );
+    }
+    for refused in ["/zones", "/meshes/default/secrets/x/_versions"] {
+        let status = get(refused, &east).await.unwrap().status();
+        assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    }
+    let written = client
+        .put(server.at("/global-secrets/planted"))
+        .bearer_auth(&east)
+        .json(&json!({"type": "GlobalSecret", "name": "planted", "data": STANDARD.encode("x")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), StatusCode::FORBIDDEN);
+
+    // One kind never passes for the other: zone claims signed with the user key, user
+    // (admin) claims signed with the zone key, each with kid 1, which both kinds have.
+    let key_of = |name: &'static str| {
+        let store = server.store.clone();
+        async move {
+            store
+                .get_secret(&SecretKey::parse(None, name).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let user_key = key_of("user-token-signing-key-1").await;
+    let zone_key = key_of("zone-token-signing-key-1").await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("1".into());
+    let now = chrono::Utc::now().timestamp();
+    let zone_claims = json!({"Zone": "east", "Scope": ["cp"], "exp": now + 600, "iat": now,
+                             "nbf": now, "jti": "z"});
+    let admin_claims = json!({"Name": "mesh-system:admin", "Groups": ["mesh-system:admin"],
+                              "exp": now + 600, "iat": now, "nbf": now, "jti": "u"});
+    let sign = |claims: &Value, key: &kuma_secrets::domain::Secret| {
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ed_pem(key.data.expose()).unwrap(),
+        )
+        .unwrap()
+    };
+    // The same claims with the right key pass: what is refused below is the key.
+    assert_eq!(
+        get("/meshes/default/secrets", &sign(&zone_claims, &zone_key))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (what, token) in [
+        ("zone claims, user key", sign(&zone_claims, &user_key)),
+        ("admin claims, zone key", sign(&admin_claims, &zone_key)),
+    ] {
+        let status = get("/meshes/default/secrets", &token)
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+    }
+
+    // A token without the cp scope is no zone control plane.
+    let ingress = zone_token(
+        &admin,
+        json!({"zone": "east", "scope": ["ingress"], "validFor": "1h"}),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let status = get("/meshes/default/secrets", &ingress)
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Revoked: refused at once, an open long poll included.
+    let jti = {
+        let payload = east.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["jti"].as_str().unwrap().to_owned()
+    };
+    let head: Value = get("/_changes?limit=1000", &east)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let poll = tokio::spawn(
+        Client::new()
+            .get(server.at(&format!("/_changes?after={}&wait=60s", head["revision"])))
+            .bearer_auth(east.clone())
+            .send(),
+    );
+    common::ha::wait_for(
+        std::time::Duration::from_secs(30),
+        "the zone's long poll to be open",
+        || async {
+            let zones: Value = get("/zones", &admin).await.unwrap().json().await.unwrap();
+            zones["items"][0]["polling"] == true
+        },
+    )
+    .await;
+    let response = client
+        .put(server.at("/global-secrets/zone-token-revocations"))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"type": "GlobalSecret", "name": "zone-token-revocations",
+                      "data": STANDARD.encode(format!("other,{jti}"))}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let polled = poll.await.unwrap().unwrap();
+    assert_eq!(polled.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get("/meshes/default", &east).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// A store that is not a global store issues no zone tokens.
+async fn only_a_global_store_issues_zone_tokens(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let response = Client::new()
+        .post(server.at("/tokens/zone"))
+        .json(&json!({"zone": "east", "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("--mode global"),
+        "{body}"
+    );
+    let exists = server
+        .store
+        .get_secret(&SecretKey::parse(None, "zone-token-signing-key-1").unwrap())
+        .await;
+    assert!(
+        exists.is_err(),
+        "a standalone store made a zone signing key"
+    );
+}
+
 on_both_backends! {
+    zone_tokens_speak_for_a_zone_and_nothing_else,
+    only_a_global_store_issues_zone_tokens,
     loopback_is_admin_only_when_direct,
     tokens_decide_access_when_localhost_is_not_admin,
     forged_expired_and_revoked_tokens_are_401,

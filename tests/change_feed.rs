@@ -401,6 +401,37 @@ async fn pruned_revisions_answer_410_gone(backend: Backend) {
     assert_eq!(page.events[0].name, "kept");
 }
 
+/// A revision beyond the feed's last can only be held from before the store was reset (a
+/// restore from a backup): 410 Gone, saying so, rather than a wait that would miss every
+/// change up to that revision. The last revision itself is the head: an empty page.
+async fn a_revision_beyond_the_last_answers_410_gone(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    put_secret(&server, "default", "s", b"1").await;
+    let last = server.store.current_revision().await.unwrap();
+    let head = server
+        .store
+        .events_after(last, 10, &EventFilter::default())
+        .await
+        .unwrap();
+    assert!(head.events.is_empty());
+    assert_eq!(head.revision, last);
+    assert!(matches!(
+        server
+            .store
+            .events_after(last + 1, 10, &EventFilter::default())
+            .await,
+        Err(StoreError::Gone { .. })
+    ));
+    let response =
+        crate::common::http::send_get(server.at(&format!("/_changes?after={}", last + 100))).await;
+    assert_eq!(response.status(), StatusCode::GONE);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("it was reset"),
+        "{body}"
+    );
+}
+
 /// A long poll that asks to wait longer than the server's request timeout answers, empty,
 /// before the timeout would cut it off with a 503.
 #[tokio::test]
@@ -436,6 +467,7 @@ on_both_backends! {
     every_change_is_an_event_with_its_actor,
     list_then_watch_misses_nothing_and_long_polls_wake,
     pruned_revisions_answer_410_gone,
+    a_revision_beyond_the_last_answers_410_gone,
 }
 
 /// A watch keeps going when Postgres drops every connection (a restart, a failover),

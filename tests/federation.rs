@@ -3,9 +3,12 @@
 //! value, after: the first sync of 10,000 secrets in 20 Meshes, changes of every kind, a
 //! zone stopped during writes and started again (it goes on from its revision, no new full
 //! list), the global store restarted, and the global store's feed pruned past a zone's
-//! revision (410: it lists again and deletes what vanished). What the global store owns is
+//! revision (410: it lists again and deletes what vanished), a zone cut off by a frozen
+//! network (a proxy that holds connections without an answer) and healed, and a zone whose
+//! token was revoked (it stops at once) and then replaced. What the global store owns is
 //! read-only on a zone (Kuma's 405); a zone's own secrets survive every resync; the secrets
-//! Kuma never sends to zones are never found there.
+//! Kuma never sends to zones are never found there, and a zone token reads nothing else.
+//! The global store shows its zones (`GET /zones`, `get zones`).
 
 #[macro_use]
 mod common;
@@ -271,6 +274,54 @@ async fn delete(url: &str) -> (StatusCode, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A zone token for `zone`, issued by the global store at `global` (its loopback admin).
+async fn zone_token(global: &str, zone: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{global}/tokens/zone"))
+        .json(&json!({"zone": zone, "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
+}
+
+/// The `jti` of a token: what a revocation lists.
+fn jti_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
+/// `GET url` with `token`: status and body.
+async fn get_with(url: &str, token: &str) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The global store's `GET /zones`: each zone by name.
+async fn zones_of(global: &str) -> BTreeMap<String, Value> {
+    let body = common::http::fetch_json(format!("{global}/zones")).await;
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| (z["name"].as_str().unwrap().to_owned(), z.clone()))
+        .collect()
+}
+
 fn secret_body(mesh: &str, name: &str, data: &str) -> Value {
     json!({"type": "Secret", "mesh": mesh, "name": name, "data": common::http::b64(data)})
 }
@@ -294,10 +345,50 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     let postgres = common::TestDb::migrated().await;
     // (Each zone seals with keys of its own: SQLite's next to its file, Postgres' given.)
     let postgres_keys = common::test_keyring_file(dir.path());
+    // Each zone presents a zone token of its own: zone-0's made with the CLI.
+    let token_file = |n: usize| dir.path().join(format!("zone-{n}.token"));
+    let cli_token = common::process::kuma(
+        &[
+            "generate",
+            "zone-token",
+            "--zone",
+            "zone-0",
+            "--valid-for",
+            "1h",
+            "--api-url",
+            &global.base,
+        ],
+        None,
+    )
+    .await
+    .ok();
+    std::fs::write(token_file(0), cli_token.stdout.trim()).unwrap();
+    for n in 1..3 {
+        std::fs::write(
+            token_file(n),
+            zone_token(&global.base, &format!("zone-{n}")).await,
+        )
+        .unwrap();
+    }
+    // zone-2 reaches the global store through a proxy that can freeze.
+    let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", global.port)).await;
+    let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
     let zone_args = |n: usize, global: &str| -> Vec<String> {
-        let mut args: Vec<String> = ["--zone", &format!("zone-{n}"), "--global-url", global]
-            .map(str::to_owned)
-            .to_vec();
+        let global = if n == 2 {
+            through_proxy.as_str()
+        } else {
+            global
+        };
+        let mut args: Vec<String> = [
+            "--zone",
+            &format!("zone-{n}"),
+            "--global-url",
+            global,
+            "--global-token-file",
+            &token_file(n).display().to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
         match n {
             1 => args.extend([
                 "--store".to_owned(),
@@ -347,15 +438,129 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
         .await;
     }
 
-    // What Kuma never sends: each zone has its own admin token, never the global one.
+    // What Kuma never sends: each zone has its own admin token, never the global one, and
+    // the public half of the zone-token signing key, never the key.
     let global_admin =
         common::http::fetch_json(format!("{}/global-secrets/admin-user-token", global.base)).await;
+    let public_key = common::http::fetch_json(format!(
+        "{}/global-secrets/zone-token-signing-public-key-1",
+        global.base
+    ))
+    .await;
+    assert!(
+        String::from_utf8(base64_decode(&public_key["data"]))
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----"),
+        "{public_key}"
+    );
     for zone in &zones {
         let own =
             common::http::fetch_json(format!("{}/global-secrets/admin-user-token", zone.base))
                 .await;
         assert_ne!(own["data"], global_admin["data"], "{}", zone.base);
         assert_ne!(own["labels"]["kuma.io/origin"], "global", "{own}");
+        let held = common::http::fetch_json(format!(
+            "{}/global-secrets/zone-token-signing-public-key-1",
+            zone.base
+        ))
+        .await;
+        assert_eq!(held["data"], public_key["data"], "{}", zone.base);
+        for never in ["zone-token-signing-key-1", "user-token-signing-key-1"] {
+            let status = reqwest::get(format!("{}/global-secrets/{never}", zone.base))
+                .await
+                .unwrap()
+                .status();
+            if never.starts_with("zone") {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{never} on {}", zone.base);
+            } else {
+                let own =
+                    common::http::fetch_json(format!("{}/global-secrets/{never}", zone.base)).await;
+                assert_ne!(own["labels"]["kuma.io/origin"], "global", "{own}");
+            }
+        }
+    }
+
+    // A zone token, used on the global store directly, reads what zones are sent and
+    // nothing else.
+    let token0 = std::fs::read_to_string(token_file(0)).unwrap();
+    let g = global.base.clone();
+    for never in [
+        "admin-user-token",
+        "user-token-signing-key-1",
+        "zone-token-signing-key-1",
+        "user-token-revocations",
+    ] {
+        let (status, body) = get_with(&format!("{g}/global-secrets/{never}"), &token0).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{never}: {body}");
+    }
+    let (status, listed) = get_with(&format!("{g}/global-secrets?size=1000"), &token0).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"zone-token-signing-public-key-1"),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .all(|n| kuma_secrets::federation::sent_to_zones("GlobalSecret", n)),
+        "{names:?}"
+    );
+    assert_eq!(listed["total"], names.len(), "{listed}");
+    assert_eq!(
+        get_with(&format!("{g}/meshes/mesh-1/secrets/secret-1"), &token0)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    for refused in ["/zones", "/meshes/mesh-1/secrets/secret-1/_versions"] {
+        let (status, body) = get_with(&format!("{g}{refused}"), &token0).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{refused}: {body}");
+    }
+    let written = reqwest::Client::new()
+        .put(format!("{g}/meshes/mesh-1/secrets/by-a-zone"))
+        .bearer_auth(&token0)
+        .json(&secret_body("mesh-1", "by-a-zone", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), StatusCode::FORBIDDEN);
+    // A zone token with a forged signature is refused, loopback or not.
+    let forged = format!("{}.AAAA", token0.rsplit_once('.').unwrap().0);
+    let (status, body) = get_with(&format!("{g}/meshes/mesh-1/secrets/secret-1"), &forged).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // The global store shows its zones: connected, each at its revision.
+    common::ha::wait_for(
+        CONVERGE,
+        "GET /zones to show three zones caught up",
+        || async {
+            let head = common::http::fetch_json(format!("{g}/zones")).await["revision"].clone();
+            let zones = zones_of(&g).await;
+            zones.len() == 3
+                && zones
+                    .values()
+                    .all(|z| z["connected"] == true && z["appliedRevision"] == head)
+        },
+    )
+    .await;
+    let table = common::process::kuma(&["get", "zones", "--api-url", &g], None)
+        .await
+        .ok()
+        .stdout;
+    assert!(table.starts_with("NAME "), "{table}");
+    for n in 0..3 {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("zone-{n} ")) && l.contains("Online")),
+            "{table}"
+        );
     }
 
     // Read-only on a zone: what the global store owns, with Kuma's 405.
@@ -399,7 +604,6 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
 
     // Changes of every kind on the global store reach every zone.
-    let g = global.base.clone();
     put(
         &format!("{g}/meshes/mesh-3/secrets/secret-3"),
         secret_body("mesh-3", "secret-3", "changed"),
@@ -440,7 +644,10 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     .await;
     assert_eq!(zone_ca["data"], global_ca["data"]);
 
-    // A zone killed during writes, started again: it goes on from its revision.
+    // A frozen network between zone-2 and the global store (the proxy holds connections
+    // open without an answer), and meanwhile a zone killed during writes and started again:
+    // it goes on from its revision.
+    proxy.stall();
     zones[1].kill();
     for n in 0..50 {
         put(
@@ -450,7 +657,32 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
         .await;
     }
     zones[1].restart(dir.path()).await;
+    every_zone_equals_the_global_store(&g, &[&zones[0], &zones[1]]).await;
+    // zone-2 notices (its request times out), keeps serving, and the global store shows it
+    // offline.
+    let zone2 = zones[2].base.clone();
+    common::ha::wait_for(
+        CONVERGE,
+        "zone-2 to say the global store is away",
+        || async {
+            readyz(&zone2)
+                .await
+                .is_some_and(|(status, body)| status == 200 && body.contains("unreachable since"))
+        },
+    )
+    .await;
+    let held = common::http::fetch_json(format!("{zone2}/meshes/mesh-3/secrets/secret-3")).await;
+    assert_eq!(held["data"], common::http::b64("changed"));
+    common::ha::wait_for(CONVERGE, "GET /zones to show zone-2 offline", || async {
+        zones_of(&g).await["zone-2"]["connected"] == false
+    })
+    .await;
+    proxy.heal();
     every_zone_equals_the_global_store(&g, &zones.iter().collect::<Vec<_>>()).await;
+    common::ha::wait_for(CONVERGE, "GET /zones to show zone-2 back", || async {
+        zones_of(&g).await["zone-2"]["connected"] == true
+    })
+    .await;
     assert!(
         !zones[1]
             .said()
@@ -459,8 +691,12 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
         "a restarted zone goes on from its revision, without a full list"
     );
 
-    // The global store restarted: zones wait, then go on.
+    // The global store restarted: zones wait, then go on. While it is down, a backup of
+    // its database is taken (restored below).
     global.kill();
+    let backup = dir.path().join("global-backup");
+    std::fs::create_dir(&backup).unwrap();
+    copy_database(dir.path(), &backup);
     common::ha::wait_for(
         CONVERGE,
         "a zone to say the global store is away",
@@ -506,6 +742,86 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     let kept = common::http::fetch_json(&own).await;
     assert_eq!(kept["data"], common::http::b64("mine"));
     assert_eq!(kept["labels"]["kuma.io/origin"], "zone");
+
+    // The global store restored from that backup: its feed is back at a revision below the
+    // zones'. Each zone is told so (410), lists again, and ends equal to the restored store:
+    // what was written after the backup is gone, what was deleted after it is back.
+    global.kill();
+    copy_database(&backup, dir.path());
+    global.restart(dir.path()).await;
+    every_zone_equals_the_global_store(&g, &zones.iter().collect::<Vec<_>>()).await;
+    for zone in &zones {
+        let gone = reqwest::get(format!("{}/meshes/mesh-9/secrets/after-prune", zone.base))
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND, "{}", zone.base);
+    }
+    assert!(
+        zones[1]
+            .said()
+            .iter()
+            .any(|line| line.contains("listing again")),
+        "the reset feed made zone-1 list again"
+    );
+
+    // zone-0's token revoked: its sync stops at once (its open long poll included); the
+    // other zones go on. A new token in its token file, and it catches up.
+    let (status, _) = put(
+        &format!("{g}/global-secrets/zone-token-revocations"),
+        json!({"type": "GlobalSecret", "name": "zone-token-revocations",
+            "data": common::http::b64(jti_of(&token0))}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = get_with(&format!("{g}/meshes/mesh-1/secrets/secret-1"), &token0).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    common::ha::wait_for(CONVERGE, "zone-0 to say its token is refused", || async {
+        readyz(&zone0)
+            .await
+            .is_some_and(|(_, body)| body.contains("refuses this zone's token"))
+    })
+    .await;
+    let after_revocation = format!("{g}/meshes/mesh-1/secrets/after-revocation");
+    put(
+        &after_revocation,
+        secret_body("mesh-1", "after-revocation", "v"),
+    )
+    .await;
+    every_zone_equals_the_global_store(&g, &[&zones[1], &zones[2]]).await;
+    let on_zone0 = reqwest::get(format!("{zone0}/meshes/mesh-1/secrets/after-revocation"))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_zone0.status(),
+        StatusCode::NOT_FOUND,
+        "a revoked zone synced"
+    );
+    std::fs::write(token_file(0), zone_token(&g, "zone-0").await).unwrap();
+    every_zone_equals_the_global_store(&g, &zones.iter().collect::<Vec<_>>()).await;
+    let said = zones[0].said();
+    assert!(
+        said.iter()
+            .any(|line| line.contains("using the new token in the token file")),
+        "{said:?}"
+    );
+}
+
+fn base64_decode(data: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(data.as_str().unwrap())
+        .unwrap()
+}
+
+/// Copies the global store's SQLite database (`global.db` and its write-ahead log) from the
+/// directory `from` to `to`, as a backup of a stopped server is taken and restored.
+fn copy_database(from: &std::path::Path, to: &std::path::Path) {
+    for file in ["global.db", "global.db-wal", "global.db-shm"] {
+        let _ = std::fs::remove_file(to.join(file));
+        if from.join(file).exists() && file != "global.db-shm" {
+            std::fs::copy(from.join(file), to.join(file)).unwrap();
+        }
+    }
 }
 
 /// Deletes every event of the global store's feed behind its back, as retention would

@@ -272,6 +272,7 @@ async fn token_identities_with_control_characters_are_refused(backend: Backend) 
         &User {
             name: "ja\u{0}ne\n".into(),
             groups: vec!["mesh-system:admin".into()],
+            zone: None,
         },
         Duration::from_secs(3600),
     )

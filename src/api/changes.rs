@@ -7,14 +7,18 @@
 //!   revision; `Last-Event-ID` resumes after a reconnect.
 //!
 //! Events retention pruned answer 410 Gone with the oldest revision still kept: list again
-//! (every list carries its revision in `Kuma-Secrets-Revision`) and follow from there.
+//! (every list carries its revision in `Kuma-Secrets-Revision`) and follow from there. So
+//! does a revision beyond the feed's last (the store was reset below it, as a restore from
+//! a backup does).
 
 pub(super) mod doc;
 
 use super::AppState;
+use super::auth::tokens::{self, ZONE_REVOCATIONS_SECRET};
 use super::error::{ApiError, ApiResult};
 use super::extract::Caller;
 use super::openapi::Routes;
+use crate::federation::sent_to_zones;
 use crate::store::feed::{Changes, EventFilter};
 use crate::store::{SecretStore, StoreError};
 use axum::Json;
@@ -115,8 +119,16 @@ fn parse_params(query: Option<&str>, longest_wait: Duration) -> ApiResult<FeedPa
     Ok(params)
 }
 
-fn gone_or(err: StoreError) -> ApiError {
+/// 410 Gone for a feed that cannot answer from `after`: pruned past it, or reset below it.
+fn gone_or(err: StoreError, after: i64) -> ApiError {
     match err {
+        StoreError::Gone { oldest } if after + 1 >= oldest => ApiError::new(
+            StatusCode::GONE,
+            "Gone",
+            format!(
+                "the change feed has no revision {after}: it was reset (the store restored from a backup, or replaced); list again and continue from the list's Kuma-Secrets-Revision"
+            ),
+        ),
         StoreError::Gone { oldest } => ApiError::new(
             StatusCode::GONE,
             "Gone",
@@ -133,8 +145,13 @@ async fn get_changes<S: SecretStore + Clone + 'static>(
     Caller { state, user }: Caller<S>,
     uri: Uri,
 ) -> ApiResult<Response> {
-    user.require_admin("Secret")?;
+    user.require_reader("Secret")?;
     let params = parse_params(uri.query(), longest_wait(&state.config))?;
+    // A zone's long poll also tells the global store where that zone is.
+    let _polling = user
+        .zone
+        .as_ref()
+        .map(|zone| state.config.zones.polling(&zone.zone, params.after));
     let deadline = Instant::now() + params.wait;
     let mut after = params.after;
     let mut waiter = state.store.change_signal().map(|signal| signal.subscribe());
@@ -146,11 +163,23 @@ async fn get_changes<S: SecretStore + Clone + 'static>(
             .store
             .events_after(after, params.limit, &params.filter)
             .await
-            .map_err(gone_or)?;
+            .map_err(|e| gone_or(e, after))?;
         after = page.revision;
-        if !page.events.is_empty() || Instant::now() >= deadline {
+        let mut events = page.events;
+        if let Some(zone) = &user.zone {
+            // A zone token revoked while its long poll waits ends the poll at once.
+            if events
+                .iter()
+                .any(|e| e.resource_type == "GlobalSecret" && e.name == ZONE_REVOCATIONS_SECRET)
+                && tokens::zone_token_revoked(&state.store, &zone.jti).await?
+            {
+                return Err(ApiError::unauthenticated());
+            }
+            events.retain(|e| sent_to_zones(&e.resource_type, &e.name));
+        }
+        if !events.is_empty() || Instant::now() >= deadline {
             return Ok(Json(Changes {
-                events: page.events,
+                events,
                 revision: page.revision,
             })
             .into_response());
@@ -183,7 +212,7 @@ async fn watch_changes<S: SecretStore + Clone + 'static>(
         .store
         .events_after(params.after, 1, &params.filter)
         .await
-        .map_err(gone_or)?;
+        .map_err(|e| gone_or(e, params.after))?;
     let events = crate::store::watch::watch(state.store.clone(), params.after, params.filter);
     let stream = futures_util::StreamExt::map(events, |item| {
         Ok::<_, Infallible>(match item {

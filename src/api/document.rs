@@ -80,6 +80,8 @@ impl Modify for BearerTokens {
         super::external_services::doc::put_external_service,
         super::external_services::doc::delete_external_service,
         super::user_token::doc::generate_user_token,
+        super::zones::doc::generate_zone_token,
+        super::zones::doc::list_zones,
         super::changes::doc::get_changes,
         super::changes::doc::watch_changes,
         super::health::doc::index,

@@ -50,6 +50,16 @@ impl ApiError {
         )
     }
 
+    /// 401: credentials that do not verify (malformed, unknown key, expired, revoked), with
+    /// Kuma's text and nothing on why.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "Invalid authentication data",
+            "Unauthenticated",
+        )
+    }
+
     /// 400 "Bad Request": a body that cannot be read as the resource.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "Bad Request", detail)

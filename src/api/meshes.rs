@@ -55,7 +55,7 @@ async fn list_meshes<S: SecretStore + Clone + 'static>(
     .await?;
     // The revision moves on every secret write: anyone could watch when secrets change.
     // It is for admins, who may read the feed it leads to.
-    if !user.is_admin() {
+    if !user.reads_for_zones() {
         response.headers_mut().remove(list::REVISION_HEADER);
     }
     Ok(response)
@@ -92,9 +92,10 @@ fn dns_1035_warning(name: &str) -> Option<String> {
 /// spaces after `'my-name',` included: `RegexError` writes them).
 const DNS_1035_LABEL_ERROR: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
-/// Meshes are readable by anyone, as in Kuma; inline CA private keys only by admins.
+/// Meshes are readable by anyone, as in Kuma; inline CA private keys only by admins and
+/// zones (which need them to issue the same certificates).
 fn shown_to(user: &User, mesh: &mut Mesh) {
-    if !user.is_admin() {
+    if !user.reads_for_zones() {
         redact_private_keys(&mut mesh.spec);
     }
 }

@@ -41,6 +41,7 @@ mod secrets;
 mod state;
 mod upsert;
 mod user_token;
+mod zones;
 
 pub use auth::User;
 pub use connections::ConnectionLimits;
@@ -100,6 +101,7 @@ fn resource_routes<S: SecretStore + Clone + 'static>() -> openapi::Routes<AppSta
         .merge(meshes::router())
         .merge(external_services::router())
         .merge(user_token::router())
+        .merge(zones::router())
 }
 
 /// `(METHOD, path)` of every operation [`app`] serves, from the same registrations: what
@@ -264,7 +266,13 @@ pub async fn bootstrap<S: SecretStore>(
             Err(other) => return Err(other),
         }
     }
-    auth::tokens::ensure_signing_key(store).await?;
+    auth::tokens::ensure_signing_key(store, auth::tokens::USER_TOKENS).await?;
     auth::tokens::ensure_admin_token(store).await?;
+    // A global store signs zone tokens; zones receive the public keys (as Kuma, a
+    // federated zone has no zone signing key of its own).
+    if matches!(control_plane, crate::domain::ControlPlane::Global) {
+        auth::tokens::ensure_signing_key(store, auth::tokens::ZONE_TOKENS).await?;
+        auth::tokens::ensure_zone_public_keys(store).await?;
+    }
     Ok(())
 }

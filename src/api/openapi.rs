@@ -421,6 +421,8 @@ error_responses! {
         BadRequest,
         /// Not found.
         404 NotFound,
+        /// A delete on a federated zone of a Mesh or a synced resource (Kuma's message).
+        405 ZoneReadOnly,
         /// `If-Match` failed (delete).
         412 PreconditionFailed,
     }
@@ -444,6 +446,9 @@ error_responses! {
         BadRequest,
         /// No such Mesh.
         404 NotFound,
+        /// A federated zone: a Mesh, or a resource synced from the global store, is
+        /// read-only there (Kuma's message).
+        405 ZoneReadOnly,
         /// Changed meanwhile.
         409 Conflict,
         /// A precondition failed.

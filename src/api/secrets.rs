@@ -294,14 +294,24 @@ pub(super) async fn list_secrets<S: SecretStore + Clone + 'static>(
         SecretScope::Global => SecretType::GlobalSecret,
         _ => SecretType::Secret,
     };
-    user.require_admin(resource_type.as_str())?;
+    user.require_reader(resource_type.as_str())?;
     let mut query = SecretQuery::new(scope).page(params.page.clone());
     query.name_contains = params.name.clone();
     query.labels = params.labels.clone();
     list::answer(
         &state,
         (&params, &uri, &headers),
-        || state.store.list_secrets(&query),
+        || async {
+            let mut page = state.store.list_secrets(&query).await?;
+            // A zone is not shown what Kuma never sends to zones, nor told how many.
+            let before = page.items.len();
+            page.items
+                .retain(|s| user.is_shown(resource_type.as_str(), s.key.name().as_str()));
+            page.total = page
+                .total
+                .saturating_sub((before - page.items.len()) as u64);
+            Ok(page)
+        },
         |secret| SecretItem::from(&secret),
     )
     .await
@@ -318,7 +328,12 @@ async fn get_secret_at<S: SecretStore>(
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let ItemQuery { format, version } = ItemQuery::parse(uri.query())?;
-    let key = at.key_for_admin(user, TITLE)?;
+    user.require_reader(at.secret_type().as_str())?;
+    // What Kuma never sends to zones does not exist for a zone.
+    let key = at
+        .key()
+        .filter(|key| user.is_shown(at.secret_type().as_str(), key.name().as_str()))
+        .ok_or_else(|| ApiError::not_found(TITLE))?;
     let preconditions = Preconditions::from_headers(&headers)?;
     let secret = match version {
         None if bypasses_cache(&headers) => state.store.get_secret_fresh(&key).await,

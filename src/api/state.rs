@@ -26,6 +26,8 @@ pub struct ApiConfig {
     /// A federated zone's sync with its global store (`/readyz` is 503 until the first
     /// full copy, then says when the global store does not answer).
     pub zone_sync: Option<Arc<crate::federation::zone::ZoneSyncStatus>>,
+    /// The zones that follow this store (a global store's view of them, `GET /zones`).
+    pub zones: Arc<crate::federation::global::ZoneRegistry>,
 }
 
 impl Default for ApiConfig {
@@ -38,6 +40,7 @@ impl Default for ApiConfig {
             tls: false,
             key_source: None,
             zone_sync: None,
+            zones: Arc::default(),
         }
     }
 }

@@ -68,6 +68,7 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
     let subject = User {
         name: request.name,
         groups,
+        zone: None,
     };
     let token = tokens::issue(&state.store, &subject, valid_for).await?;
     tracing::info!(

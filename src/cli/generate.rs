@@ -1,5 +1,6 @@
 //! `kuma-secrets generate user-token`: mint a user token through the API (admin only), as
-//! `kumactl generate user-token`; `generate encryption-key`: add a key to a keyring file;
+//! `kumactl generate user-token`; `generate zone-token`: a zone's token, from a global
+//! store; `generate encryption-key`: add a key to a keyring file;
 //! `generate kek`: make a key-encryption key in an HSM.
 
 use super::ApiArgs;
@@ -19,6 +20,23 @@ pub enum GenerateCommand {
         #[arg(long = "group")]
         groups: Vec<String>,
         /// How long the token is valid, e.g. 24h, 30m, 7d.
+        #[arg(long, default_value = "24h")]
+        valid_for: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A zone token, issued by a global store, for a zone to present
+    /// (`serve --mode zone --global-token-file`), printed on stdout. Revoke one by adding
+    /// its `jti` to the GlobalSecret zone-token-revocations (comma-separated).
+    ZoneToken {
+        /// The zone's name, as its `serve --zone`.
+        #[arg(long)]
+        zone: String,
+        /// What the token may be used for (repeatable): cp (a zone's sync), ingress,
+        /// egress. All three by default, as kumactl.
+        #[arg(long)]
+        scope: Vec<String>,
+        /// How long the token is valid, e.g. 24h, 30d.
         #[arg(long, default_value = "24h")]
         valid_for: String,
         #[command(flatten)]
@@ -62,6 +80,23 @@ pub(super) async fn run(cmd: GenerateCommand) -> anyhow::Result<()> {
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("failed to generate a user token: {e}"))?;
+            println!("{}", token.trim());
+        }
+        GenerateCommand::ZoneToken {
+            zone,
+            scope,
+            valid_for,
+            api,
+        } => {
+            let mut request = json!({ "zone": zone, "validFor": valid_for });
+            if !scope.is_empty() {
+                request["scope"] = json!(scope);
+            }
+            let token = api
+                .client()?
+                .post_for_text("/tokens/zone", &request)
+                .await
+                .map_err(|e| anyhow::anyhow!("failed to generate a zone token: {e}"))?;
             println!("{}", token.trim());
         }
         GenerateCommand::EncryptionKey { keyring, activate } => {

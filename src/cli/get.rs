@@ -185,6 +185,12 @@ pub enum GetCommand {
         #[command(flatten)]
         flags: GetFlags,
     },
+    /// The zones that follow a global store: connected or not, the revision each has
+    /// applied and how far behind that is, and when each was last seen.
+    Zones {
+        #[command(flatten)]
+        flags: GetFlags,
+    },
     /// One external service.
     ExternalService {
         /// Its name.
@@ -258,6 +264,7 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
             let path = format!("/meshes/{}/external-services", segment(&mesh));
             list(&flags, &path, &page, Kind::ExternalService, now).await?
         }
+        GetCommand::Zones { flags } => zones(&flags, now).await?,
         GetCommand::ExternalService { name, mesh, flags } => {
             let path = format!(
                 "/meshes/{}/external-services/{}",
@@ -511,6 +518,48 @@ fn mtls_of(mesh: &MeshItem) -> String {
         .and_then(|b| b["type"].as_str())
         .unwrap_or("unknown");
     format!("{backend_type}/{enabled}")
+}
+
+/// `get zones`: `GET /zones` as a table (`kumactl inspect zones`' STATUS), JSON or YAML.
+async fn zones(flags: &GetFlags, now: DateTime<Utc>) -> anyhow::Result<String> {
+    let body: Value = flags.api.client()?.get("/zones").await?;
+    match flags.output {
+        Output::Json => return Ok(pretty_json(&body)),
+        Output::Yaml => return Ok(kumactl_yaml(&sorted_keys(&body))),
+        Output::Kubernetes => anyhow::bail!("zones have no Kubernetes form; use -o yaml"),
+        Output::Table => {}
+    }
+    let head = body["revision"].as_i64().unwrap_or(0);
+    let zones = body["items"].as_array().cloned().unwrap_or_default();
+    if zones.is_empty() {
+        return Ok("No zones have followed this global store since it started\n".to_owned());
+    }
+    let rows: Vec<Vec<String>> = zones
+        .iter()
+        .map(|zone| {
+            let applied = zone["appliedRevision"].as_i64().unwrap_or(0);
+            let last_seen = zone["lastSeen"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map_or_else(|| "unknown".to_owned(), |t| table::age(&t.to_utc(), &now));
+            vec![
+                zone["name"].as_str().unwrap_or("").to_owned(),
+                if zone["connected"] == true {
+                    "Online"
+                } else {
+                    "Offline"
+                }
+                .to_owned(),
+                applied.to_string(),
+                (head - applied).max(0).to_string(),
+                last_seen,
+            ]
+        })
+        .collect();
+    Ok(table::render(
+        &["NAME", "STATUS", "APPLIED REVISION", "BEHIND", "LAST SEEN"],
+        &rows,
+    ))
 }
 
 /// An item of the API as a Kubernetes manifest.

@@ -156,8 +156,13 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // A federated zone's Meshes are the global store's.
     let default_mesh = !args.skip_default_mesh && !control_plane.is_federated_zone();
     api::bootstrap(&store, default_mesh, &control_plane).await?;
-    let zone_sync =
-        global.map(|global| crate::federation::zone::ZoneSync::new(store.clone(), global));
+    let zone_sync = global.map(|global| {
+        let sync = crate::federation::zone::ZoneSync::new(store.clone(), global);
+        match &args.global_token_file {
+            Some(path) => sync.with_token_file(path.clone()),
+            None => sync,
+        }
+    });
     let zone_sync_status = zone_sync
         .as_ref()
         .map(crate::federation::zone::ZoneSync::status);
@@ -198,6 +203,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tls: tls.is_some(),
         key_source,
         zone_sync: zone_sync_status,
+        zones: Default::default(),
     };
     let addr = listener.local_addr()?;
     let endpoint = Endpoint {
@@ -315,16 +321,8 @@ fn control_plane(
         (_, None) => Ok((ControlPlane::standalone(&args.zone), None)),
         (_, Some(url)) => {
             let zone = &args.zone;
-            let label = zone.len() <= 63
-                && zone.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && zone.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && zone
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if !label {
-                anyhow::bail!(
-                    "invalid --zone {zone:?}: a federated zone's name is a lowercase DNS label (up to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
-                );
+            if !crate::domain::is_zone_name(zone) {
+                anyhow::bail!("invalid --zone {zone:?}: {}", crate::domain::ZONE_NAME_RULE);
             }
             let token = match &args.global_token_file {
                 Some(path) => Some(

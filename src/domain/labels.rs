@@ -149,6 +149,19 @@ fn is_label_token(s: &str) -> bool {
     }
 }
 
+/// What a federated zone's name must be, said to whoever gave another.
+pub const ZONE_NAME_RULE: &str = "a federated zone's name is a lowercase DNS label (up to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)";
+
+/// Whether `zone` may name a federated zone: [`ZONE_NAME_RULE`].
+pub fn is_zone_name(zone: &str) -> bool {
+    zone.len() <= 63
+        && zone.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && zone.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// Which control plane this is, as Kuma's `mode` (with whether a zone is federated): it
 /// decides the labels computed on write and what may be written here.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,13 +15,14 @@ pub use external_service::{
 };
 pub use labels::{
     ControlPlane, DISPLAY_NAME_LABEL, ENV_LABEL, Labels, MESH_LABEL, ORIGIN_GLOBAL, ORIGIN_LABEL,
-    ZONE_LABEL, check_immutable_labels, computed_labels,
+    ZONE_LABEL, ZONE_NAME_RULE, check_immutable_labels, computed_labels, is_zone_name,
 };
 pub use mesh::{Mesh, MeshSpec, MeshUpdate, NewMesh};
 pub use name::{MAX_MESH_NAME_LEN, MAX_NAME_LEN, MESH_NAME_TOO_LONG, MeshName, ResourceName};
 pub use secret::{
     ADMIN_TOKEN_SECRET, DEFAULT_MAX_SECRET_SIZE, NewSecret, REVOCATIONS_SECRET, SIGNING_KEY_PREFIX,
-    Secret, SecretData, SecretKey, SecretType, SecretUpdate,
+    Secret, SecretData, SecretKey, SecretType, SecretUpdate, ZONE_PUBLIC_KEY_PREFIX,
+    ZONE_REVOCATIONS_SECRET, ZONE_SIGNING_KEY_PREFIX,
 };
 pub use validation::{NUL_REASON, ValidationError, Violation, reject_nul, reject_nul_in_json};
 

@@ -55,6 +55,14 @@ pub const SIGNING_KEY_PREFIX: &str = "user-token-signing-key-";
 pub const ADMIN_TOKEN_SECRET: &str = "admin-user-token";
 /// GlobalSecret listing revoked user-token ids, comma-separated.
 pub const REVOCATIONS_SECRET: &str = "user-token-revocations";
+/// Prefix of the zone-token signing-key GlobalSecrets (a global store's; never sent to
+/// zones); the suffix is the key serial.
+pub const ZONE_SIGNING_KEY_PREFIX: &str = "zone-token-signing-key-";
+/// Prefix of the GlobalSecrets holding the public half of each zone-token signing key,
+/// which zones receive instead of the key itself (Kuma's name).
+pub const ZONE_PUBLIC_KEY_PREFIX: &str = "zone-token-signing-public-key-";
+/// GlobalSecret listing revoked zone-token ids, comma-separated.
+pub const ZONE_REVOCATIONS_SECRET: &str = "zone-token-revocations";
 
 impl SecretKey {
     /// Key of the Secret `name` in `mesh`.

@@ -22,8 +22,17 @@
 //!   global store has one of the same name (that one is skipped, and logged).
 //! - **What Kuma never sends to zones is never applied**: the GlobalSecrets
 //!   `admin-user-token`, `user-token-signing-key*`, `user-token-revocations`,
-//!   `envoy-admin-ca` and `inter-cp-ca` ([`sent_to_zones`]); a zone keeps its own admin
-//!   token and signing keys.
+//!   `envoy-admin-ca`, `inter-cp-ca` and `zone-token-signing-key*` ([`sent_to_zones`]); a
+//!   zone keeps its own admin token and signing keys, and receives the public half of each
+//!   zone-token signing key (`zone-token-signing-public-key-N`), as in Kuma. The global
+//!   store filters them out for a zone (lists, items, the feed); the zone skips them too,
+//!   for a zone that follows with an admin's token.
+//! - **Zones authenticate with zone tokens** (`generate zone-token --zone NAME`, signed by
+//!   the global store's `zone-token-signing-key-N`): a zone token reads what zones are sent
+//!   and nothing else, is honoured from loopback too, and once revoked
+//!   (`zone-token-revocations`) is refused at once, an open long poll included.
+//! - **The global store sees its zones** ([`global::ZoneRegistry`], `GET /zones`): each
+//!   zone's long poll says which revision it holds.
 //! - **Each zone seals with its own keys.** Values cross in clear over the API (TLS when
 //!   the global store serves it) and are sealed by the zone's store as any write is.
 //! - **A zone keeps serving while the global store is away**: it serves what it holds;
@@ -31,12 +40,14 @@
 //!   not answer and which revision the zone holds; it retries with backoff (0.5 s doubling
 //!   to 30 s).
 
+pub mod global;
 pub mod zone;
 
 /// Whether Kuma's global control plane sends the resource `name` of `resource_type` to
 /// zones (`GlobalProvidedFilter`, `pkg/kds/context/context.go`): every Mesh and Secret, and
-/// every GlobalSecret but the admin token, the user-token signing keys and revocations, and
-/// the envoy-admin and inter-CP CAs.
+/// every GlobalSecret but the admin token, the user-token signing keys and revocations, the
+/// envoy-admin and inter-CP CAs, and the zone-token signing keys (zones receive their
+/// public halves, `zone-token-signing-public-key-N`, instead).
 pub fn sent_to_zones(resource_type: &str, name: &str) -> bool {
     if resource_type != "GlobalSecret" {
         return true;
@@ -44,7 +55,8 @@ pub fn sent_to_zones(resource_type: &str, name: &str) -> bool {
     !(matches!(
         name,
         "admin-user-token" | "user-token-revocations" | "envoy-admin-ca" | "inter-cp-ca"
-    ) || name.starts_with("user-token-signing-key"))
+    ) || name.starts_with("user-token-signing-key")
+        || name.starts_with("zone-token-signing-key"))
 }
 
 #[cfg(test)]
@@ -60,10 +72,16 @@ mod tests {
             "user-token-revocations",
             "envoy-admin-ca",
             "inter-cp-ca",
+            "zone-token-signing-key-1",
         ] {
             assert!(!sent_to_zones("GlobalSecret", name), "{name}");
         }
         assert!(sent_to_zones("GlobalSecret", "shared-ca"));
+        assert!(sent_to_zones(
+            "GlobalSecret",
+            "zone-token-signing-public-key-1"
+        ));
+        assert!(sent_to_zones("GlobalSecret", "zone-token-revocations"));
         assert!(sent_to_zones("Secret", "admin-user-token"));
         assert!(sent_to_zones("Mesh", "default"));
     }

@@ -24,6 +24,9 @@ use std::time::Duration;
 const PAGE_SIZE: u32 = 1000;
 /// How long one long poll of the global store's feed waits for a change.
 const POLL_WAIT: &str = "20s";
+/// How long any request to the global store may take: a long poll's wait and 10 s more. A
+/// network that froze (nothing refused, nothing answered) is noticed then.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Secrets applied at once (read from the global store and written here concurrently).
 const APPLY_AT_ONCE: usize = 16;
 /// The longest wait between two tries while the global store does not answer.
@@ -46,6 +49,13 @@ pub enum SyncError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+impl SyncError {
+    /// Whether the global store refused the zone's credentials (401, 403).
+    pub fn refused(&self) -> bool {
+        matches!(self, SyncError::Global(err) if matches!(err.status(), Some(401 | 403)))
+    }
 }
 
 /// What a zone knows of its sync, for `/readyz` and `/metrics`.
@@ -173,7 +183,14 @@ impl ZoneSyncStatus {
             .down
             .as_ref()
             .map_or_else(Utc::now, |(since, _)| *since);
-        state.down = Some((since, err.to_string()));
+        let reason = if err.refused() {
+            format!(
+                "it refuses this zone's token ({err}); issue a new one with kuma-secrets generate zone-token"
+            )
+        } else {
+            err.to_string()
+        };
+        state.down = Some((since, reason));
     }
 }
 
@@ -183,6 +200,9 @@ pub struct ZoneSync {
     store: AnyStore,
     global: ApiClient,
     status: Arc<ZoneSyncStatus>,
+    /// Where the zone token is kept (`--global-token-file`): read again when the global
+    /// store refuses the one in use, so a new token takes effect without a restart.
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl ZoneSync {
@@ -190,10 +210,34 @@ impl ZoneSync {
     /// credentials).
     pub fn new(store: AnyStore, global: ApiClient) -> Self {
         let status = Arc::new(ZoneSyncStatus::new(global.base()));
+        let global = global.with_timeout(REQUEST_TIMEOUT);
         Self {
             store,
             global,
             status,
+            token_file: None,
+        }
+    }
+
+    /// Reads the token again from `path` whenever the global store refuses it (401, 403).
+    #[must_use]
+    pub fn with_token_file(mut self, path: std::path::PathBuf) -> Self {
+        self.token_file = Some(path);
+        self
+    }
+
+    /// After the global store refused the token: the token file's token, if it changed.
+    fn reread_token(&mut self) {
+        let Some(path) = &self.token_file else { return };
+        match std::fs::read_to_string(path) {
+            Ok(token) if !self.global.sends_token(token.trim()) => {
+                tracing::info!(file = %path.display(), "using the new token in the token file");
+                self.global = self.global.with_token(Some(token.trim().to_owned()));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(file = %path.display(), error = %err, "cannot read the token file")
+            }
         }
     }
 
@@ -204,7 +248,7 @@ impl ZoneSync {
 
     /// Syncs until dropped: on any failure, waits (0.5 s doubling to 30 s, back to 0.5 s
     /// once the global store answered) and goes on from the last revision applied.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         if let Ok(Some(revision)) = self.store.zone_sync_revision(self.global.base()).await {
             self.status.applied(revision);
         }
@@ -219,7 +263,12 @@ impl ZoneSync {
                 backoff = Duration::from_millis(500);
             }
             self.status.failed(&err);
-            tracing::warn!(error = %err, retry_in = ?backoff, "zone sync interrupted; serving what this zone holds");
+            if err.refused() {
+                tracing::error!(error = %err, retry_in = ?backoff, "the global store refused this zone's token (revoked, expired, or not a zone token): issue one with kuma-secrets generate zone-token and write it to --global-token-file; serving what this zone holds");
+                self.reread_token();
+            } else {
+                tracing::warn!(error = %err, retry_in = ?backoff, "zone sync interrupted; serving what this zone holds");
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_CAP);
         }
@@ -240,7 +289,7 @@ impl ZoneSync {
                 Err(err) if err.status() == Some(410) => {
                     tracing::info!(
                         after,
-                        "the global store pruned its feed past this zone's revision: listing again"
+                        "the global store's feed has no longer (pruned) or not yet (reset, as by a restore from a backup) this zone's revision: listing again"
                     );
                     after = self.list_and_reconcile().await?;
                     continue;

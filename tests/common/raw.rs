@@ -163,7 +163,9 @@ pub async fn attacker_signing_key(serial: u32) -> (Vec<u8>, String) {
     .unwrap();
     // Generated as serial 1, then filed as `serial` (and 1 removed), so the tokens it
     // issues name that kid.
-    tokens::ensure_signing_key(&theirs).await.unwrap();
+    tokens::ensure_signing_key(&theirs, tokens::USER_TOKENS)
+        .await
+        .unwrap();
     let first = SecretKey::parse(None, "user-token-signing-key-1").unwrap();
     let key = theirs.get_secret(&first).await.unwrap();
     if serial != 1 {

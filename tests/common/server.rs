@@ -74,7 +74,7 @@ impl TestServer {
 
     /// Starts a server on an existing store (several servers may share one Postgres).
     pub async fn start_on(store: AnyStore, guard: Guard, config: ApiConfig) -> Self {
-        api::bootstrap(&store, true, &Default::default())
+        api::bootstrap(&store, true, &config.control_plane)
             .await
             .expect("bootstrap");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

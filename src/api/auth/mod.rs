@@ -27,6 +27,8 @@ pub const AUTHENTICATED: &str = "mesh-system:authenticated";
 pub const ANONYMOUS: &str = "mesh-system:anonymous";
 /// Group of the anonymous user.
 pub const UNAUTHENTICATED: &str = "mesh-system:unauthenticated";
+/// Group of the zones that present a zone token to their global store.
+pub const ZONES: &str = "mesh-system:zones";
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,9 @@ pub struct User {
     pub name: String,
     /// Groups, e.g. `mesh-system:admin`.
     pub groups: Vec<String>,
+    /// The zone a zone token speaks for (with the token's id, to notice a revocation while
+    /// a long poll waits); `None` for users.
+    pub zone: Option<tokens::ZoneIdentity>,
 }
 
 impl User {
@@ -43,6 +48,7 @@ impl User {
         Self {
             name: ADMIN.into(),
             groups: vec![ADMIN.into(), AUTHENTICATED.into()],
+            zone: None,
         }
     }
 
@@ -51,7 +57,43 @@ impl User {
         Self {
             name: ANONYMOUS.into(),
             groups: vec![UNAUTHENTICATED.into()],
+            zone: None,
         }
+    }
+
+    /// A zone's control plane, as its zone token names it: `zone:NAME`, in the group
+    /// [`ZONES`].
+    pub fn zone(identity: tokens::ZoneIdentity) -> Self {
+        Self {
+            name: format!("zone:{}", identity.zone),
+            groups: vec![ZONES.into(), AUTHENTICATED.into()],
+            zone: Some(identity),
+        }
+    }
+
+    /// Whether this caller may read what a zone syncs (Meshes with their CA keys, Secrets,
+    /// GlobalSecrets and the change feed): admins, and zones, which are shown only what
+    /// Kuma sends to zones ([`crate::federation::sent_to_zones`]).
+    pub fn reads_for_zones(&self) -> bool {
+        self.is_admin() || self.zone.is_some()
+    }
+
+    /// Requires read access to resources of `resource_type` as [`Self::reads_for_zones`]
+    /// grants it.
+    ///
+    /// # Errors
+    /// 403 "Access Denied" with Kuma's text.
+    pub fn require_reader(&self, resource_type: &str) -> Result<(), ApiError> {
+        if self.zone.is_some() {
+            return Ok(());
+        }
+        self.require_admin(resource_type)
+    }
+
+    /// Whether this caller is shown the resource `name` of `resource_type`: a zone is not
+    /// shown what Kuma never sends to zones.
+    pub fn is_shown(&self, resource_type: &str, name: &str) -> bool {
+        self.zone.is_none() || crate::federation::sent_to_zones(resource_type, name)
     }
 
     /// Kuma's static admin-resource access: the admin user or anyone in the admin group.
@@ -101,9 +143,18 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         return ApiError::bad_request("the request has more than one Host header").into_response();
     }
     let host = request_host(&request);
-    let local = state.config.localhost_is_admin
+    // A zone token is honoured from anywhere, loopback included: a caller that presents one
+    // acts as that zone, with a zone's rights only, and a revoked one is refused.
+    let zone_token = bearer_token(request.headers()).filter(|t| tokens::is_zone_token(t));
+    let local = zone_token.is_none()
+        && state.config.localhost_is_admin
         && is_direct_loopback(remote, host, request.headers(), state.config.tls);
-    let user = if local {
+    let user = if let Some(token) = zone_token {
+        match tokens::verify_zone_token(&state.store, token).await {
+            Ok(identity) => User::zone(identity),
+            Err(err) => return err.into_response(),
+        }
+    } else if local {
         User::admin()
     } else if let Some(token) = bearer_token(request.headers()) {
         match tokens::verify(&state.store, token).await {

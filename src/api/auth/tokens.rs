@@ -10,6 +10,12 @@
 //! `EdDSA` and `RS256` are accepted, each only with a key of its own kind: `alg: none`,
 //! HMAC tokens forged with a public key, and an algorithm that does not match the key are
 //! rejected before any signature work.
+//!
+//! Zone tokens (`POST /tokens/zone`, issued by a global store) are the same machinery with
+//! keys of their own ([`ZONE_TOKENS`]: `zone-token-signing-key-N`, revoked in
+//! `zone-token-revocations`) and Kuma's claims (`Zone`, `Scope`). The public half of each
+//! zone signing key is kept as `zone-token-signing-public-key-N`, which zones receive
+//! instead of the key itself, as in Kuma.
 
 use super::{AUTHENTICATED, User};
 use crate::api::error::ApiError;
@@ -20,12 +26,63 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-pub use crate::domain::{ADMIN_TOKEN_SECRET, REVOCATIONS_SECRET, SIGNING_KEY_PREFIX};
+pub use crate::domain::{
+    ADMIN_TOKEN_SECRET, REVOCATIONS_SECRET, SIGNING_KEY_PREFIX, ZONE_PUBLIC_KEY_PREFIX,
+    ZONE_REVOCATIONS_SECRET, ZONE_SIGNING_KEY_PREFIX,
+};
 /// Validity of the bootstrapped admin token (Kuma: 10 years).
 pub const ADMIN_TOKEN_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A kind of token: the GlobalSecrets its signing keys and its revocations live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenKind {
+    /// Prefix of the signing-key GlobalSecrets; the suffix is the key serial (`kid`).
+    pub signing_key_prefix: &'static str,
+    /// The GlobalSecret listing revoked token ids, comma-separated.
+    pub revocations: &'static str,
+}
+
+/// User tokens (`POST /tokens/user`).
+pub const USER_TOKENS: TokenKind = TokenKind {
+    signing_key_prefix: SIGNING_KEY_PREFIX,
+    revocations: REVOCATIONS_SECRET,
+};
+
+/// Zone tokens (`POST /tokens/zone`), which zones present to their global store.
+pub const ZONE_TOKENS: TokenKind = TokenKind {
+    signing_key_prefix: ZONE_SIGNING_KEY_PREFIX,
+    revocations: ZONE_REVOCATIONS_SECRET,
+};
+
+/// What a zone token may be used for, as Kuma's `--scope`: the zone's control plane
+/// (`cp`, what a zone's sync needs), its ingress and its egress.
+pub const ZONE_SCOPES: [&str; 3] = ["cp", "ingress", "egress"];
+
+/// A zone token's claims, named as Kuma names them.
+#[derive(Debug, Serialize, Deserialize)]
+struct ZoneClaims {
+    #[serde(rename = "Zone")]
+    zone: String,
+    #[serde(rename = "Scope", default)]
+    scope: Vec<String>,
+    exp: i64,
+    iat: i64,
+    nbf: i64,
+    jti: String,
+}
+
+/// The zone a verified zone token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneIdentity {
+    /// The zone's name.
+    pub zone: String,
+    /// The token's id, as revocations list it.
+    pub jti: String,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -44,11 +101,7 @@ fn global(name: &str) -> SecretKey {
 }
 
 fn unauthenticated() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "Invalid authentication data",
-        "Unauthenticated",
-    )
+    ApiError::unauthenticated()
 }
 
 fn internal(what: &str) -> ApiError {
@@ -60,28 +113,33 @@ fn internal(what: &str) -> ApiError {
     )
 }
 
-/// Creates `user-token-signing-key-1` if no signing key exists. Safe to race: a replica
-/// that loses the create uses the winner's key.
+/// Creates the first signing key of `kind` (`user-token-signing-key-1`,
+/// `zone-token-signing-key-1`) if it has none. Safe to race: a replica that loses the
+/// create uses the winner's key.
 ///
 /// # Errors
 /// Store failures.
-pub async fn ensure_signing_key<S: SecretStore>(store: &S) -> Result<(), StoreError> {
-    if latest_signing_key(store).await?.is_some() {
+pub async fn ensure_signing_key<S: SecretStore>(
+    store: &S,
+    kind: TokenKind,
+) -> Result<(), StoreError> {
+    if latest_signing_key(store, kind).await?.is_some() {
         return Ok(());
     }
+    let prefix = kind.signing_key_prefix;
     let pem = tokio::task::spawn_blocking(generate_signing_key_pem)
         .await
         .expect("key generation does not panic");
     let created = store
         .create_secret(NewSecret {
-            key: global(&format!("{SIGNING_KEY_PREFIX}1")),
+            key: global(&format!("{prefix}1")),
             data: SecretData::new(pem.into_bytes()).expect("a PEM is not empty"),
             labels: Labels::default(),
         })
         .await;
     match created {
         Ok(_) => {
-            tracing::info!("created user token signing key GlobalSecret {SIGNING_KEY_PREFIX}1");
+            tracing::info!("created the token signing key GlobalSecret {prefix}1");
             Ok(())
         }
         Err(StoreError::AlreadyExists(_)) => Ok(()),
@@ -134,14 +192,26 @@ fn generate_signing_key_pem() -> String {
         .to_string()
 }
 
-/// The newest signing key: (serial, PKCS#8 PEM).
+/// The newest signing key of `kind`: (serial, PKCS#8 PEM).
 async fn latest_signing_key<S: SecretStore>(
     store: &S,
+    kind: TokenKind,
 ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    Ok(signing_keys(store, kind)
+        .await?
+        .into_iter()
+        .max_by_key(|(serial, _)| *serial))
+}
+
+/// Every signing key of `kind`: (serial, private key PEM).
+async fn signing_keys<S: SecretStore>(
+    store: &S,
+    kind: TokenKind,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     let page = store
         .list_secrets(
             &SecretQuery::new(SecretScope::Global)
-                .name_contains(SIGNING_KEY_PREFIX)
+                .name_contains(kind.signing_key_prefix)
                 .page(PageRequest::first(MAX_PAGE_SIZE).expect("valid page size")),
         )
         .await?;
@@ -153,15 +223,15 @@ async fn latest_signing_key<S: SecretStore>(
                 .key
                 .name()
                 .as_str()
-                .strip_prefix(SIGNING_KEY_PREFIX)?
+                .strip_prefix(kind.signing_key_prefix)?
                 .parse()
                 .ok()?;
             Some((serial, s.data.expose().to_vec()))
         })
-        .max_by_key(|(serial, _)| *serial))
+        .collect())
 }
 
-/// Signs a token for `user`, valid for `valid_for`.
+/// Signs a user token for `user`, valid for `valid_for`.
 ///
 /// # Errors
 /// 503 if the store is down, 500 if there is no usable signing key.
@@ -170,36 +240,212 @@ pub async fn issue<S: SecretStore>(
     user: &User,
     valid_for: Duration,
 ) -> Result<String, ApiError> {
-    let (serial, pem) = latest_signing_key(store)
+    let (iat, exp) = validity(valid_for);
+    let claims = Claims {
+        name: user.name.clone(),
+        groups: user.groups.clone(),
+        exp,
+        iat,
+        nbf: iat,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    sign(store, USER_TOKENS, &claims).await
+}
+
+/// Signs a zone token for `zone` with `scope` (of [`ZONE_SCOPES`]), valid for `valid_for`,
+/// making the first zone signing key if there is none; makes sure the public half of
+/// every zone signing key is there for zones to receive.
+///
+/// # Errors
+/// 503 if the store is down, 500 if there is no usable signing key.
+pub async fn issue_zone_token<S: SecretStore>(
+    store: &S,
+    zone: &str,
+    scope: Vec<String>,
+    valid_for: Duration,
+) -> Result<String, ApiError> {
+    ensure_signing_key(store, ZONE_TOKENS)
+        .await
+        .map_err(|e| ApiError::store("Could not issue a token", e))?;
+    ensure_zone_public_keys(store)
+        .await
+        .map_err(|e| ApiError::store("Could not issue a token", e))?;
+    let (iat, exp) = validity(valid_for);
+    let claims = ZoneClaims {
+        zone: zone.to_owned(),
+        scope,
+        exp,
+        iat,
+        nbf: iat,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    sign(store, ZONE_TOKENS, &claims).await
+}
+
+/// `iat` and `exp` of a token valid for `valid_for` from now.
+fn validity(valid_for: Duration) -> (i64, i64) {
+    let now = chrono::Utc::now().timestamp();
+    (
+        now,
+        now.saturating_add(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX)),
+    )
+}
+
+/// Signs `claims` with the newest signing key of `kind`, its serial as `kid`.
+async fn sign<S: SecretStore>(
+    store: &S,
+    kind: TokenKind,
+    claims: &impl Serialize,
+) -> Result<String, ApiError> {
+    let (serial, pem) = latest_signing_key(store, kind)
         .await
         .map_err(|e| ApiError::store("Could not issue a token", e))?
-        .ok_or_else(|| internal("no user token signing key"))?;
+        .ok_or_else(|| internal("no token signing key"))?;
     let (algorithm, encoding) = match SigningKind::of(&pem) {
         Some(SigningKind::Ed25519) => (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem)),
         Some(SigningKind::Rsa { .. }) => (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem)),
         None => return Err(internal("unusable signing key")),
     };
     let encoding = encoding.map_err(|_| internal("unusable signing key"))?;
-    let now = chrono::Utc::now().timestamp();
-    let claims = Claims {
-        name: user.name.clone(),
-        groups: user.groups.clone(),
-        exp: now.saturating_add(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX)),
-        iat: now,
-        nbf: now,
-        jti: uuid::Uuid::new_v4().to_string(),
-    };
     let mut header = Header::new(algorithm);
     header.kid = Some(serial.to_string());
-    jsonwebtoken::encode(&header, &claims, &encoding).map_err(|_| internal("cannot sign a token"))
+    jsonwebtoken::encode(&header, claims, &encoding).map_err(|_| internal("cannot sign a token"))
 }
 
-/// Verifies a bearer token and returns its user.
+/// Stores `zone-token-signing-public-key-N`, the public half of `zone-token-signing-key-N`,
+/// for each zone signing key that lacks it. Our Ed25519 keys only: an RSA key imported from
+/// Kuma keeps verifying the tokens Kuma issued with it, but its public half is not
+/// published (logged once per call).
+///
+/// # Errors
+/// Store failures.
+pub async fn ensure_zone_public_keys<S: SecretStore>(store: &S) -> Result<(), StoreError> {
+    for (serial, private_pem) in signing_keys(store, ZONE_TOKENS).await? {
+        let name = format!("{ZONE_PUBLIC_KEY_PREFIX}{serial}");
+        match store.get_secret(&global(&name)).await {
+            Ok(_) => continue,
+            Err(StoreError::NotFound(_)) => {}
+            Err(other) => return Err(other),
+        }
+        let Some(public) = ed25519_public_pem(&private_pem) else {
+            tracing::warn!(
+                "zone token signing key {ZONE_SIGNING_KEY_PREFIX}{serial} is not an Ed25519 key: its public half is not published to zones"
+            );
+            continue;
+        };
+        let created = store
+            .create_secret(NewSecret {
+                key: global(&name),
+                data: SecretData::new(public.into_bytes()).expect("a PEM is not empty"),
+                labels: Labels::default(),
+            })
+            .await;
+        match created {
+            Ok(_) => tracing::info!("published the zone token public key GlobalSecret {name}"),
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}
+
+/// The SPKI PEM of an Ed25519 private key's public half.
+fn ed25519_public_pem(private_pem: &[u8]) -> Option<String> {
+    let key = SigningKey::from_pkcs8_pem(std::str::from_utf8(private_pem).ok()?).ok()?;
+    key.verifying_key().to_public_key_pem(LineEnding::LF).ok()
+}
+
+/// Whether `token` carries zone-token claims (a `Zone`), read without verifying anything:
+/// which kind of key to verify it with. A token claiming to be of the other kind fails
+/// that kind's verification, never passes this one's.
+pub fn is_zone_token(token: &str) -> bool {
+    use base64::Engine;
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .is_some_and(|claims| claims.get("Zone").is_some())
+}
+
+/// Verifies a zone token: its zone and id. A token without the `cp` scope does not speak
+/// for a zone's control plane.
+///
+/// # Errors
+/// 401 for anything that does not verify (as [`verify`]) or lacks the `cp` scope; 503 if
+/// the store cannot be read.
+pub async fn verify_zone_token<S: SecretStore>(
+    store: &S,
+    token: &str,
+) -> Result<ZoneIdentity, ApiError> {
+    let claims: ZoneClaims = verify_signed(store, ZONE_TOKENS, token).await?;
+    if !claims.scope.iter().any(|s| s == "cp") {
+        tracing::debug!("rejected a zone token without the cp scope");
+        return Err(unauthenticated());
+    }
+    if is_revoked(store, ZONE_TOKENS, &claims.jti).await? {
+        return Err(unauthenticated());
+    }
+    if crate::printable::has_controls(&claims.zone) || claims.zone.is_empty() {
+        return Err(unauthenticated());
+    }
+    Ok(ZoneIdentity {
+        zone: claims.zone,
+        jti: claims.jti,
+    })
+}
+
+/// Whether the zone token `jti` has been revoked since it verified.
+///
+/// # Errors
+/// 503 if the store cannot be read.
+pub async fn zone_token_revoked<S: SecretStore>(store: &S, jti: &str) -> Result<bool, ApiError> {
+    is_revoked(store, ZONE_TOKENS, jti).await
+}
+
+/// Verifies a user token and returns its user.
 ///
 /// # Errors
 /// 401 for anything that does not verify (malformed, wrong algorithm, unknown key, bad
 /// signature, expired, revoked); 503 if the store cannot be read.
 pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiError> {
+    let claims: Claims = verify_signed(store, USER_TOKENS, token).await?;
+    if is_revoked(store, USER_TOKENS, &claims.jti).await? {
+        return Err(unauthenticated());
+    }
+    // Minting refuses these now; a token issued before (or by a Kuma key) is not a user.
+    if crate::printable::has_controls(&claims.name)
+        || claims
+            .groups
+            .iter()
+            .any(|g| crate::printable::has_controls(g))
+    {
+        tracing::warn!("rejected a user token whose name or groups hold control characters");
+        return Err(unauthenticated());
+    }
+    let mut groups = claims.groups;
+    if !groups.iter().any(|g| g == AUTHENTICATED) {
+        groups.push(AUTHENTICATED.into());
+    }
+    Ok(User {
+        name: claims.name,
+        groups,
+        zone: None,
+    })
+}
+
+/// Checks `token`'s algorithm, key (a signing key of `kind`, by `kid`), signature and
+/// times, and returns its claims.
+///
+/// # Errors
+/// 401 for anything that does not verify; 503 if the store cannot be read.
+async fn verify_signed<S: SecretStore, C: DeserializeOwned>(
+    store: &S,
+    kind: TokenKind,
+    token: &str,
+) -> Result<C, ApiError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| unauthenticated())?;
     if !matches!(header.alg, Algorithm::EdDSA | Algorithm::RS256) {
         return Err(unauthenticated());
@@ -210,7 +456,7 @@ pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiE
         .and_then(|kid| kid.parse().ok())
         .ok_or_else(unauthenticated)?;
     let key = match store
-        .get_secret(&global(&format!("{SIGNING_KEY_PREFIX}{serial}")))
+        .get_secret(&global(&format!("{}{serial}", kind.signing_key_prefix)))
         .await
     {
         Ok(secret) => secret,
@@ -232,33 +478,12 @@ pub async fn verify<S: SecretStore>(store: &S, token: &str) -> Result<User, ApiE
     validation.leeway = 0;
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp", "iat", "jti"]);
-    let claims = jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
+    Ok(jsonwebtoken::decode::<C>(token, &decoding, &validation)
         .map_err(|e| {
-            tracing::debug!(reason = %e, "rejected a user token");
+            tracing::debug!(reason = %e, "rejected a token");
             unauthenticated()
         })?
-        .claims;
-    if is_revoked(store, &claims.jti).await? {
-        return Err(unauthenticated());
-    }
-    // Minting refuses these now; a token issued before (or by a Kuma key) is not a user.
-    if crate::printable::has_controls(&claims.name)
-        || claims
-            .groups
-            .iter()
-            .any(|g| crate::printable::has_controls(g))
-    {
-        tracing::warn!("rejected a user token whose name or groups hold control characters");
-        return Err(unauthenticated());
-    }
-    let mut groups = claims.groups;
-    if !groups.iter().any(|g| g == AUTHENTICATED) {
-        groups.push(AUTHENTICATED.into());
-    }
-    Ok(User {
-        name: claims.name,
-        groups,
-    })
+        .claims)
 }
 
 /// The public half of a signing key, if the key is of the kind `algorithm` signs with.
@@ -389,8 +614,12 @@ mod der {
     }
 }
 
-async fn is_revoked<S: SecretStore>(store: &S, jti: &str) -> Result<bool, ApiError> {
-    match store.get_secret(&global(REVOCATIONS_SECRET)).await {
+async fn is_revoked<S: SecretStore>(
+    store: &S,
+    kind: TokenKind,
+    jti: &str,
+) -> Result<bool, ApiError> {
+    match store.get_secret(&global(kind.revocations)).await {
         Ok(list) => Ok(String::from_utf8_lossy(list.data.expose())
             .split(',')
             .any(|id| id.trim() == jti)),

@@ -89,15 +89,19 @@ impl [SqlStore<DB>] {
     /// The events after revision `after` that pass `filter`, at most `limit` examined.
     ///
     /// # Errors
-    /// [`StoreError::Gone`] when events after `after` were pruned (the reader must list
-    /// again), or the database failed.
+    /// [`StoreError::Gone`] when events after `after` were pruned, or `after` is beyond the
+    /// last revision (the feed was reset): the reader must list again. Or the database
+    /// failed.
     pub(super) async fn events_after_with(&self, after: i64, limit: u32, filter: &EventFilter) -> Result<EventPage> {
         let last = self.sequence_events().await?;
         let (oldest,) = query_as::<DB, (Option<i64>,)>(OLDEST_REVISION)
             .fetch_one_via(self, Op::Other)
             .await?;
         let oldest = oldest.unwrap_or(last + 1);
-        if after < last && after + 1 < oldest {
+        // Pruned past `after`; or a revision the feed never reached, which a reader can only
+        // hold from before the store was reset (restored from a backup, or another store at
+        // the same address): waiting for it would miss every change up to it.
+        if (after < last && after + 1 < oldest) || after > last {
             return Err(StoreError::Gone { oldest });
         }
         let rows = query_as::<DB, EventRow>(EVENTS_AFTER)
