@@ -101,7 +101,13 @@ def main():
         zones = []
         started = time.monotonic()
         for n, store in enumerate([None, PG_URL, None]):
-            args = ["--zone", f"zone-{n}", "--global-url", global_base]
+            # Each zone presents a zone token of its own, as in production.
+            token_file = os.path.join(work, f"zone-{n}.token")
+            token = subprocess.run([BIN, "generate", "zone-token", "--zone", f"zone-{n}", "--valid-for", "1h",
+                                    "--api-url", global_base], check=True, capture_output=True, text=True).stdout
+            with open(token_file, "w") as out:
+                out.write(token.strip())
+            args = ["--zone", f"zone-{n}", "--global-url", global_base, "--global-token-file", token_file]
             if store is None:
                 args += ["--store", "sqlite://" + os.path.join(work, f"zone-{n}.db")]
             else:

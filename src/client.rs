@@ -82,6 +82,13 @@ impl ClientError {
     }
 }
 
+/// The HTTP client's settings: 5 s to connect, 60 s for a whole request.
+fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+}
+
 /// Result of a client call.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
@@ -97,9 +104,7 @@ impl ApiClient {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(ClientError::BadUrl(base));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
+        let http = http_builder()
             .build()
             .map_err(|e| ClientError::Unreachable {
                 url: base.clone(),
@@ -111,6 +116,35 @@ impl ApiClient {
             http,
             timeout: None,
         })
+    }
+
+    /// The same client, also trusting the CA certificates in `ca_pem` (PEM, one or more)
+    /// for an `https://` server, beside the bundled Mozilla roots: a server whose
+    /// certificate an operator's own CA issued.
+    ///
+    /// # Errors
+    /// [`ClientError::Protocol`] if `ca_pem` holds no certificate.
+    pub fn trusting(mut self, ca_pem: &[u8]) -> Result<Self> {
+        let roots =
+            reqwest::Certificate::from_pem_bundle(ca_pem).map_err(|e| ClientError::Protocol {
+                url: self.base.clone(),
+                reason: format!("the CA certificate file holds no PEM certificate: {e}"),
+            })?;
+        if roots.is_empty() {
+            return Err(ClientError::Protocol {
+                url: self.base.clone(),
+                reason: "the CA certificate file holds no PEM certificate".to_owned(),
+            });
+        }
+        let mut builder = http_builder();
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+        self.http = builder.build().map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(self)
     }
 
     /// The same client, sending `token` instead (none if `None` or blank).

@@ -836,3 +836,112 @@ async fn prune_every_event(global: &std::path::Path) {
         .unwrap();
     pool.close().await;
 }
+
+/// The sync channel over TLS: a global store serving HTTPS with a certificate from an
+/// operator's own CA. A zone given that CA (`--global-ca-cert`) follows it; a zone without
+/// it refuses the certificate, says so on `/readyz`, and holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_follows_a_global_store_over_tls_and_trusts_only_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    // The CA, and the global store's certificate for localhost and 127.0.0.1.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "operator CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let ca_file = common::write_file(dir.path(), "ca.crt", ca_cert.pem());
+    let cert_file = common::write_file(dir.path(), "tls.crt", server_cert.pem());
+    let key_file = common::write_file(dir.path(), "tls.key", server_key.serialize_pem());
+
+    let global_url = common::sqlite_url(dir.path(), "global.db");
+    let global_port = kuma_secrets::testing::cluster::free_port();
+    let mut global = std::process::Command::new(env!("CARGO_BIN_EXE_kuma-secrets"))
+        .args(["serve", "--mode", "global", "--store", &global_url])
+        .args(["--api-addr", &format!("127.0.0.1:{global_port}")])
+        .args(["--tls-cert", &cert_file, "--tls-key", &key_file])
+        .env_remove("KUMA_SECRETS_STORE")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let https = format!("https://localhost:{global_port}");
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    common::ha::wait_for(CONVERGE, "the global store to answer over TLS", || async {
+        trusting
+            .get(format!("{https}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    // The global store's content, and a zone token (its loopback admin, over TLS).
+    let token = trusting
+        .post(format!("{https}/tokens/zone"))
+        .json(&json!({"zone": "east", "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token_file = common::write_file(dir.path(), "east.token", &token);
+    let written = trusting
+        .put(format!("{https}/meshes/default/secrets/over-tls"))
+        .json(&secret_body("default", "over-tls", "encrypted in transit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), StatusCode::CREATED);
+
+    let zone_args = |name: &str, ca: Option<&str>| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--zone",
+            name,
+            "--global-url",
+            &https,
+            "--global-token-file",
+            &token_file,
+            "--store",
+            &common::sqlite_url(dir.path(), &format!("{name}.db")),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(ca) = ca {
+            args.extend(["--global-ca-cert".to_owned(), ca.to_owned()]);
+        }
+        args
+    };
+    let east = Server::start(&zone_args("east", Some(&ca_file)), dir.path()).await;
+    let west = Server::start(&zone_args("west", None), dir.path()).await;
+    common::ha::wait_for(CONVERGE, "the zone with the CA to sync", || async {
+        readyz(&east.base)
+            .await
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    let held =
+        common::http::fetch_json(format!("{}/meshes/default/secrets/over-tls", east.base)).await;
+    assert_eq!(held["data"], common::http::b64("encrypted in transit"));
+    common::ha::wait_for(
+        CONVERGE,
+        "the zone without the CA to refuse the certificate",
+        || async {
+            readyz(&west.base).await.is_some_and(|(status, body)| {
+                status == 503 && body.contains("unreachable since") && body.contains("certificate")
+            })
+        },
+    )
+    .await;
+    let _ = global.kill();
+    let _ = global.wait();
+}

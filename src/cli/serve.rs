@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// With --global-url: a file holding the token this zone presents to the global store.
     #[arg(long, env = "KUMA_SECRETS_GLOBAL_TOKEN_FILE", requires = "global_url")]
     global_token_file: Option<std::path::PathBuf>,
+    /// With an https:// --global-url: CA certificates (PEM) to trust for the global
+    /// store's certificate, beside the bundled Mozilla roots.
+    #[arg(long, env = "KUMA_SECRETS_GLOBAL_CA_CERT", requires = "global_url")]
+    global_ca_cert: Option<std::path::PathBuf>,
     /// Answer 503 to requests that take longer than this (e.g. 30s, 1m).
     #[arg(long, env = "KUMA_SECRETS_REQUEST_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse)]
     request_timeout: std::time::Duration,
@@ -340,6 +344,17 @@ fn control_plane(
                     "invalid --global-url {url:?}: expected http://HOST:PORT or https://HOST:PORT"
                 )
             })?;
+            let client = match &args.global_ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path).with_context(|| {
+                        format!("cannot read --global-ca-cert {}", path.display())
+                    })?;
+                    client.trusting(&pem).map_err(|e| {
+                        anyhow::anyhow!("invalid --global-ca-cert {}: {e}", path.display())
+                    })?
+                }
+                None => client,
+            };
             Ok((
                 ControlPlane::Zone {
                     name: zone.clone(),
