@@ -257,21 +257,16 @@ fn global_yaml() -> String {
 
 /// PUTs `body` at `url`; its status and answer.
 async fn put(url: &str, body: Value) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .put(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let (status, _, answer) = common::http::send(reqwest::Client::new().put(url).json(&body)).await;
+    assert!(!status.is_server_error(), "PUT {url}: {status} {answer}");
+    (status, answer)
 }
 
 /// DELETEs `url`; its status and answer.
 async fn delete(url: &str) -> (StatusCode, Value) {
-    let response = reqwest::Client::new().delete(url).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let (status, _, answer) = common::http::send(reqwest::Client::new().delete(url)).await;
+    assert!(!status.is_server_error(), "DELETE {url}: {status} {answer}");
+    (status, answer)
 }
 
 /// A zone token for `zone`, issued by the global store at `global` (its loopback admin).
@@ -301,14 +296,9 @@ fn jti_of(token: &str) -> String {
 
 /// `GET url` with `token`: status and body.
 async fn get_with(url: &str, token: &str) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let request = reqwest::Client::new().get(url).bearer_auth(token);
+    let (status, _, body) = common::http::send(request).await;
+    (status, body)
 }
 
 /// The global store's `GET /zones`: each zone by name.
@@ -320,10 +310,6 @@ async fn zones_of(global: &str) -> BTreeMap<String, Value> {
         .iter()
         .map(|z| (z["name"].as_str().unwrap().to_owned(), z.clone()))
         .collect()
-}
-
-fn secret_body(mesh: &str, name: &str, data: &str) -> Value {
-    json!({"type": "Secret", "mesh": mesh, "name": name, "data": common::http::b64(data)})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,7 +511,7 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     let written = reqwest::Client::new()
         .put(format!("{g}/meshes/mesh-1/secrets/by-a-zone"))
         .bearer_auth(&token0)
-        .json(&secret_body("mesh-1", "by-a-zone", "x"))
+        .json(&common::http::secret_json("mesh-1", "by-a-zone", "x"))
         .send()
         .await
         .unwrap();
@@ -566,7 +552,11 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     // Read-only on a zone: what the global store owns, with Kuma's 405.
     let zone0 = zones[0].base.clone();
     let synced = format!("{zone0}/meshes/mesh-1/secrets/secret-1");
-    let (status, body) = put(&synced, secret_body("mesh-1", "secret-1", "zone write")).await;
+    let (status, body) = put(
+        &synced,
+        common::http::secret_json("mesh-1", "secret-1", "zone write"),
+    )
+    .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     assert!(
         body["detail"]
@@ -594,11 +584,15 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     );
     // The zone's own secrets: made there, kept through everything below.
     let own = format!("{zone0}/meshes/mesh-1/secrets/zone-own");
-    let (status, body) = put(&own, secret_body("mesh-1", "zone-own", "mine")).await;
+    let (status, body) = put(
+        &own,
+        common::http::secret_json("mesh-1", "zone-own", "mine"),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = put(
         &format!("{zone0}/meshes/mesh-2/secrets/secret-2"),
-        secret_body("mesh-2", "secret-2", "x"),
+        common::http::secret_json("mesh-2", "secret-2", "x"),
     )
     .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
@@ -606,7 +600,7 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     // Changes of every kind on the global store reach every zone.
     put(
         &format!("{g}/meshes/mesh-3/secrets/secret-3"),
-        secret_body("mesh-3", "secret-3", "changed"),
+        common::http::secret_json("mesh-3", "secret-3", "changed"),
     )
     .await;
     delete(&format!("{g}/meshes/mesh-4/secrets/secret-4")).await;
@@ -617,7 +611,7 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     .await;
     put(
         &format!("{g}/meshes/new-mesh/secrets/fresh"),
-        secret_body("new-mesh", "fresh", "fresh"),
+        common::http::secret_json("new-mesh", "fresh", "fresh"),
     )
     .await;
     delete(&format!("{g}/meshes/mesh-19")).await;
@@ -652,7 +646,7 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     for n in 0..50 {
         put(
             &format!("{g}/meshes/mesh-6/secrets/while-down-{n}"),
-            secret_body("mesh-6", &format!("while-down-{n}"), "w"),
+            common::http::secret_json("mesh-6", &format!("while-down-{n}"), "w"),
         )
         .await;
     }
@@ -713,7 +707,7 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     global.restart(dir.path()).await;
     put(
         &format!("{g}/meshes/mesh-7/secrets/after-restart"),
-        secret_body("mesh-7", "after-restart", "r"),
+        common::http::secret_json("mesh-7", "after-restart", "r"),
     )
     .await;
     every_zone_equals_the_global_store(&g, &zones.iter().collect::<Vec<_>>()).await;
@@ -728,7 +722,7 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     delete(&format!("{g}/meshes/mesh-8/secrets/secret-8")).await;
     put(
         &format!("{g}/meshes/mesh-9/secrets/after-prune"),
-        secret_body("mesh-9", "after-prune", "p"),
+        common::http::secret_json("mesh-9", "after-prune", "p"),
     )
     .await;
     prune_every_event(&global_path).await;
@@ -784,7 +778,7 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
     let after_revocation = format!("{g}/meshes/mesh-1/secrets/after-revocation");
     put(
         &after_revocation,
-        secret_body("mesh-1", "after-revocation", "v"),
+        common::http::secret_json("mesh-1", "after-revocation", "v"),
     )
     .await;
     every_zone_equals_the_global_store(&g, &[&zones[1], &zones[2]]).await;
@@ -804,6 +798,16 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
             .any(|line| line.contains("using the new token in the token file")),
         "{said:?}"
     );
+    // No 500 anywhere: not to the test's writes, not to a zone's sync, not on a zone (each
+    // server's requests by status, since its last start).
+    for base in std::iter::once(&g).chain(zones.iter().map(|z| &z.base)) {
+        let metrics = common::http::fetch_text(format!("{base}/metrics")).await;
+        let errors: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.contains("http_requests_total") && l.contains("status=\"5"))
+            .collect();
+        assert!(errors.is_empty(), "{base}: {errors:?}");
+    }
 }
 
 fn base64_decode(data: &Value) -> Vec<u8> {
@@ -897,7 +901,11 @@ async fn a_zone_follows_a_global_store_over_tls_and_trusts_only_its_ca() {
     let token_file = common::write_file(dir.path(), "east.token", &token);
     let written = trusting
         .put(format!("{https}/meshes/default/secrets/over-tls"))
-        .json(&secret_body("default", "over-tls", "encrypted in transit"))
+        .json(&common::http::secret_json(
+            "default",
+            "over-tls",
+            "encrypted in transit",
+        ))
         .send()
         .await
         .unwrap();

@@ -9,8 +9,8 @@ use crate::domain::{
 };
 use crate::store::feed::{Changes, Event};
 use crate::store::{
-    AnyStore, Expect, MeshQuery, PageRequest, PageStart, SecretQuery, SecretScope, SecretStore,
-    StoreError,
+    AnyStore, Expect, MeshQuery, PageRequest, PageStart, PageWalk, SecretQuery, SecretScope,
+    SecretStore, StoreError,
 };
 use crate::wire::{self, ListBody};
 use chrono::{DateTime, Utc};
@@ -476,46 +476,28 @@ impl ZoneSync {
 
     /// The keys of the secrets in `scope` this zone holds from the global store.
     async fn held_from_global(&self, scope: SecretScope) -> Result<Vec<SecretKey>, SyncError> {
-        let mut keys = Vec::new();
-        let mut page = page_at(PageStart::Offset(0));
-        loop {
-            let found = self
-                .store
-                .list_secrets(&SecretQuery {
-                    scope: scope.clone(),
-                    name_contains: None,
-                    labels: origin_global(),
-                    page: page.clone(),
-                    known_total: None,
-                })
-                .await?;
-            keys.extend(found.items.into_iter().map(|secret| secret.key));
-            match found.next {
-                Some(cursor) => page = page_at(PageStart::After(cursor)),
-                None => return Ok(keys),
-            }
-        }
+        let query = SecretQuery {
+            scope,
+            name_contains: None,
+            labels: origin_global(),
+            page: page_at(PageStart::Offset(0)),
+            known_total: None,
+        };
+        Ok(PageWalk::of(query)
+            .collect(&self.store, |secret| secret.key)
+            .await?)
     }
 
     /// The Meshes this zone holds from the global store.
     async fn meshes_held_from_global(&self) -> Result<Vec<MeshName>, SyncError> {
-        let mut names = Vec::new();
-        let mut page = page_at(PageStart::Offset(0));
-        loop {
-            let found = self
-                .store
-                .list_meshes(&MeshQuery {
-                    name_contains: None,
-                    labels: origin_global(),
-                    page: page.clone(),
-                })
-                .await?;
-            names.extend(found.items.into_iter().map(|mesh| mesh.name));
-            match found.next {
-                Some(cursor) => page = page_at(PageStart::After(cursor)),
-                None => return Ok(names),
-            }
-        }
+        let query = MeshQuery {
+            name_contains: None,
+            labels: origin_global(),
+            page: page_at(PageStart::Offset(0)),
+        };
+        Ok(PageWalk::of(query)
+            .collect(&self.store, |mesh| mesh.name)
+            .await?)
     }
 
     /// Makes the zone's Secret or GlobalSecret `key` what the global store has (`global`,

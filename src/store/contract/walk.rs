@@ -139,6 +139,25 @@ impl<Q: WalkQuery> PageWalk<Q> {
     }
 }
 
+impl<Q: WalkQuery> PageWalk<Q> {
+    /// Every item of every page, each mapped by `keep` (the whole list in memory: for
+    /// what is small per item, such as keys).
+    ///
+    /// # Errors
+    /// Whatever the store returns.
+    pub async fn collect<S: SecretStore, T>(
+        mut self,
+        store: &S,
+        mut keep: impl FnMut(Q::Item) -> T,
+    ) -> Result<Vec<T>> {
+        let mut kept = Vec::new();
+        while let Some(page) = self.next_page(store).await? {
+            kept.extend(page.items.into_iter().map(&mut keep));
+        }
+        Ok(kept)
+    }
+}
+
 impl<Q: WalkQuery> Walk for PageWalk<Q> {
     type Item = Q::Item;
     async fn next_items<S: SecretStore>(&mut self, store: &S) -> Result<Option<Vec<Q::Item>>> {
