@@ -82,6 +82,18 @@ impl ClientError {
     }
 }
 
+/// The path and query of `url` (a list's absolute `next` link), what [`ApiClient::get`]
+/// takes; `url` itself if it does not parse.
+pub fn path_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => match parsed.query() {
+            Some(query) => format!("{}?{query}", parsed.path()),
+            None => parsed.path().to_owned(),
+        },
+        Err(_) => url.to_owned(),
+    }
+}
+
 /// The HTTP client's settings: 5 s to connect, 60 s for a whole request.
 fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()

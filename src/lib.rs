@@ -101,6 +101,7 @@ compile_error!(
 #[cfg(feature = "server")]
 pub mod api;
 pub mod ca;
+pub mod certificates;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]

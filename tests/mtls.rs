@@ -50,6 +50,102 @@ fn assert_violation(body: &Value, field: &str, reason_part: &str) {
     );
 }
 
+/// A Mesh whose provided CA expires in 10 days: the expiry is on the Mesh's certificates,
+/// the secret's item and `_usage` and `_certificates`, in `get secrets --expiring 30d` (not
+/// in `--expiring 5d`), and in the Mesh's metric.
+async fn a_ca_expiring_in_ten_days_shows_in_the_api_the_cli_and_the_metric(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (cert, key) = common::pki::ca_pair_valid_for("short-lived CA", Some(10));
+    put_secret(&server, "default", "short-cert", &cert).await;
+    put_secret(&server, "default", "short-key", &key).await;
+    put_secret(&server, "default", "not-a-cert", "hunter2").await;
+    let (status, body) = put_mesh(
+        &server,
+        "default",
+        json!({"enabledBackend": "ca-1",
+               "backends": [provided("ca-1", json!({"secret": "short-cert"}), json!({"secret": "short-key"}))]}),
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+
+    let mesh = get_json(&server, "/meshes/default/_certificates").await;
+    let earliest = mesh["earliestNotAfter"].as_str().unwrap().to_owned();
+    let days = (chrono::DateTime::parse_from_rfc3339(&earliest)
+        .unwrap()
+        .to_utc()
+        - chrono::Utc::now())
+    .num_days();
+    assert!((9..=10).contains(&days), "{mesh}");
+    assert_eq!(mesh["items"][0]["secret"], "short-cert");
+    assert_eq!(mesh["items"][0]["enabled"], true);
+
+    let item = get_json(&server, "/meshes/default/secrets/short-cert").await;
+    let listed = get_json(&server, "/meshes/default/secrets").await;
+    let in_list = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "short-cert")
+        .unwrap()
+        .clone();
+    let usage = get_json(&server, "/meshes/default/secrets/short-cert/_usage").await;
+    for (what, found) in [("item", &item), ("list", &in_list), ("_usage", &usage)] {
+        let found =
+            chrono::DateTime::parse_from_rfc3339(found["notAfter"].as_str().unwrap()).unwrap();
+        let expected = chrono::DateTime::parse_from_rfc3339(&earliest).unwrap();
+        assert_eq!(found, expected, "{what}");
+    }
+    let plain = get_json(&server, "/meshes/default/secrets/not-a-cert").await;
+    assert!(plain.get("notAfter").is_none(), "{plain}");
+    let decoded = get_json(&server, "/meshes/default/secrets/short-cert/_certificates").await;
+    assert_eq!(decoded["total"], 1);
+    assert_eq!(decoded["items"][0]["isCa"], true);
+    assert_eq!(decoded["items"][0]["subject"], "CN=short-lived CA");
+    assert!(decoded.to_string().find("PRIVATE").is_none());
+    let none = get_json(&server, "/meshes/default/secrets/not-a-cert/_certificates").await;
+    assert_eq!(none, json!({"total": 0, "items": []}));
+
+    let run = |within: &'static str| {
+        let url = server.url.clone();
+        async move {
+            kuma(
+                &["get", "secrets", "--expiring", within, "--api-url", &url],
+                None,
+            )
+            .await
+            .ok()
+            .stdout
+        }
+    };
+    let soon = run("30d").await;
+    let lines: Vec<&str> = soon.lines().collect();
+    assert_eq!(lines.len(), 2, "{soon}");
+    assert!(lines[0].starts_with("MESH "), "{soon}");
+    assert!(
+        lines[1].starts_with("default ")
+            && lines[1].contains("short-cert")
+            && lines[1].contains(&format!("{days}d")),
+        "{soon}"
+    );
+    assert_eq!(
+        run("5d").await,
+        "No secret holds a certificate that expires within 5d\n"
+    );
+
+    let metrics = common::http::fetch_text(format!("{}/metrics", server.url)).await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kuma_secrets_mesh_ca_expiry_timestamp_seconds{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let expected = chrono::DateTime::parse_from_rfc3339(&earliest)
+        .unwrap()
+        .timestamp();
+    assert_eq!(
+        line,
+        format!("kuma_secrets_mesh_ca_expiry_timestamp_seconds{{mesh=\"default\"}} {expected}")
+    );
+}
+
 async fn the_seeds_provided_ca_example_works_end_to_end_through_apply(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (cert, key) = common::pki::ca_pair("my CA");
@@ -110,7 +206,9 @@ mtls:
     let usage = get_json(&server, "/meshes/default/secrets/my-cert/_usage").await;
     assert_eq!(
         usage,
-        json!({"total": 1, "items": [{"referrerType": "Mesh", "mesh": "default", "backend": "ca-1", "backendType": "provided", "enabled": true}]})
+        json!({"total": 1, "items": [{"referrerType": "Mesh", "mesh": "default", "backend": "ca-1", "backendType": "provided", "enabled": true}],
+               // rcgen's default validity, read from the certificate.
+               "notAfter": "4096-01-01T00:00:00Z"})
     );
     let run = kuma(
         &[
@@ -461,6 +559,7 @@ async fn a_delete_racing_a_new_reference_never_leaves_it_dangling(backend: Backe
 }
 
 on_both_backends! {
+    a_ca_expiring_in_ten_days_shows_in_the_api_the_cli_and_the_metric,
     the_seeds_provided_ca_example_works_end_to_end_through_apply,
     mesh_mtls_validation_speaks_kumas_messages,
     builtin_backends_get_real_ca_secrets_kept_across_updates_and_removed_with_the_mesh,

@@ -87,6 +87,7 @@ async fn metrics<S: SecretStore + Clone + 'static>(State(state): State<AppState<
     state
         .metrics
         .observe_key_source(crate::envelope::key_source_calls());
+    state.metrics.observe_mesh_ca_expiry(&state.store).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -44,7 +44,14 @@ pub struct Metrics {
     zone_sync_behind: prometheus::IntGauge,
     zone_sync_down: prometheus::IntGauge,
     zone_sync_lists: prometheus::IntCounter,
+    mesh_ca_expiry: IntGaugeVec,
+    /// When `mesh_ca_expiry` was last brought up to date.
+    mesh_ca_expiry_read: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How often a scrape reads every Mesh's CA certificates again; scrapes between answer
+/// what the last one found.
+pub const MESH_CA_EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -168,7 +175,47 @@ impl Metrics {
                 "zone_sync_full_lists_total",
                 "A federated zone: full lists of the global store taken (the first, and after each 410)",
             ),
+            mesh_ca_expiry: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mesh_ca_expiry_timestamp_seconds",
+                        "When the earliest CA certificate of a Mesh's mTLS backends expires (Unix time), one series per Mesh that has one",
+                    ),
+                    &["mesh"],
+                ),
+            ),
+            mesh_ca_expiry_read: std::sync::Mutex::new(None),
             registry,
+        }
+    }
+
+    /// Brings each Mesh's earliest CA expiry up to date, reading the store at most every
+    /// [`MESH_CA_EXPIRY_EVERY`]; a failed read keeps the last values.
+    pub async fn observe_mesh_ca_expiry<S: crate::store::SecretStore>(&self, store: &S) {
+        {
+            let mut read = self
+                .mesh_ca_expiry_read
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if read.is_some_and(|at| at.elapsed() < MESH_CA_EXPIRY_EVERY) {
+                return;
+            }
+            *read = Some(Instant::now());
+        }
+        match super::certificates::earliest_ca_expiry_by_mesh(store).await {
+            Ok(found) => {
+                // Meshes deleted, or whose CA went, leave no stale series behind.
+                self.mesh_ca_expiry.reset();
+                for (mesh, not_after) in found {
+                    self.mesh_ca_expiry
+                        .with_label_values(&[mesh.as_str()])
+                        .set(not_after.timestamp());
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the Meshes' CA certificates for /metrics")
+            }
         }
     }
 

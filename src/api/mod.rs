@@ -24,6 +24,7 @@
 //! `state.rs`.
 
 pub mod auth;
+mod certificates;
 mod changes;
 mod connections;
 mod document;
@@ -95,6 +96,7 @@ pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
 /// The routes that need authentication.
 fn resource_routes<S: SecretStore + Clone + 'static>() -> openapi::Routes<AppState<S>> {
     secrets::router()
+        .merge(certificates::router())
         .merge(changes::router())
         .merge(global_secrets::router())
         .merge(history::router())

@@ -247,26 +247,27 @@ async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
         };
         items.push(item);
     }
-    if items.is_empty() {
-        let exists = match ResourceName::parse(&name) {
-            Ok(parsed) => match state
-                .store
-                .get_secret(&SecretKey::secret(mesh_name, parsed))
-                .await
-            {
-                Ok(_) => true,
-                Err(StoreError::NotFound(_)) => false,
-                Err(other) => return Err(ApiError::store(TITLE, other)),
-            },
-            Err(_) => false,
-        };
-        if !exists {
-            return Err(ApiError::not_found(TITLE));
-        }
+    let stored = match ResourceName::parse(&name) {
+        Ok(parsed) => match state
+            .store
+            .get_secret(&SecretKey::secret(mesh_name, parsed))
+            .await
+        {
+            Ok(secret) => Some(secret),
+            Err(StoreError::NotFound(_)) => None,
+            Err(other) => return Err(ApiError::store(TITLE, other)),
+        },
+        Err(_) => None,
+    };
+    if items.is_empty() && stored.is_none() {
+        return Err(ApiError::not_found(TITLE));
     }
     Ok(Json(SecretUsageList {
         total: items.len() as u64,
         items,
+        not_after: stored
+            .and_then(|s| crate::certificates::earliest_not_after(s.data.expose()))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     })
     .into_response())
 }

@@ -120,6 +120,10 @@ pub enum GetCommand {
         /// The mesh.
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
+        /// Only the secrets holding a PEM certificate that expires within this (e.g. 30d),
+        /// or has expired, soonest first, from every page.
+        #[arg(long, value_parser = crate::duration::parse, conflicts_with_all = ["size", "offset"])]
+        expiring: Option<std::time::Duration>,
         #[command(flatten)]
         page: PageFlags,
         #[command(flatten)]
@@ -145,6 +149,10 @@ pub enum GetCommand {
     /// Global secrets.
     #[command(alias = "globalsecrets")]
     GlobalSecrets {
+        /// Only the global secrets holding a PEM certificate that expires within this (e.g.
+        /// 30d), or has expired, soonest first, from every page.
+        #[arg(long, value_parser = crate::duration::parse, conflicts_with_all = ["size", "offset"])]
+        expiring: Option<std::time::Duration>,
         #[command(flatten)]
         page: PageFlags,
         #[command(flatten)]
@@ -215,11 +223,27 @@ enum Kind {
 pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
     let now = Utc::now();
     let out = match cmd {
-        GetCommand::Secrets { mesh, page, flags } => {
+        GetCommand::Secrets {
+            mesh,
+            expiring: Some(within),
+            flags,
+            ..
+        } => {
+            let path = format!("/meshes/{}/secrets", segment(&mesh));
+            expiring_within(&flags, &path, within, now).await?
+        }
+        GetCommand::Secrets {
+            mesh, page, flags, ..
+        } => {
             let path = format!("/meshes/{}/secrets", segment(&mesh));
             list(&flags, &path, &page, Kind::Secret, now).await?
         }
-        GetCommand::GlobalSecrets { page, flags } => {
+        GetCommand::GlobalSecrets {
+            expiring: Some(within),
+            flags,
+            ..
+        } => expiring_within(&flags, "/global-secrets", within, now).await?,
+        GetCommand::GlobalSecrets { page, flags, .. } => {
             list(&flags, "/global-secrets", &page, Kind::GlobalSecret, now).await?
         }
         GetCommand::Meshes { page, flags } => {
@@ -518,6 +542,71 @@ fn mtls_of(mesh: &MeshItem) -> String {
         .and_then(|b| b["type"].as_str())
         .unwrap_or("unknown");
     format!("{backend_type}/{enabled}")
+}
+
+/// `get secrets --expiring D`: every page of `path`, keeping the secrets whose earliest
+/// certificate (the item's `notAfter`) expires before `now + within`, soonest first.
+async fn expiring_within(
+    flags: &GetFlags,
+    path: &str,
+    within: std::time::Duration,
+    now: DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let client = flags.api.client()?;
+    let until = now + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+    let mut found: Vec<(DateTime<Utc>, SecretItem)> = Vec::new();
+    let mut next = Some(format!("{path}?size=1000"));
+    while let Some(url) = next {
+        let page: ListBody<SecretItem> = client.get(&url).await?;
+        for item in page.items {
+            let not_after = item
+                .not_after
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.to_utc());
+            if let Some(not_after) = not_after.filter(|t| *t <= until) {
+                found.push((not_after, item));
+            }
+        }
+        next = page.next.as_deref().map(crate::client::path_of);
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    let body = || json!({"total": found.len(), "items": found.iter().map(|(_, item)| item).collect::<Vec<_>>()});
+    Ok(match flags.output {
+        Output::Json => pretty_json(&body()),
+        Output::Yaml => kumactl_yaml(&sorted_keys(&body())),
+        Output::Kubernetes => {
+            anyhow::bail!("--expiring lists certificates; use -o table, yaml or json")
+        }
+        Output::Table if found.is_empty() => {
+            let secs = within.as_secs();
+            let span = match secs {
+                s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+                s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+                s => format!("{s}s"),
+            };
+            format!("No secret holds a certificate that expires within {span}\n")
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = found
+                .iter()
+                .map(|(not_after, item)| {
+                    let days = (*not_after - now).num_days();
+                    vec![
+                        item.mesh.clone().unwrap_or_default(),
+                        item.name.clone(),
+                        not_after.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        if *not_after <= now {
+                            "expired".to_owned()
+                        } else {
+                            format!("{days}d")
+                        },
+                    ]
+                })
+                .collect();
+            table::render(&["MESH", "NAME", "NOT AFTER", "EXPIRES IN"], &rows)
+        }
+    })
 }
 
 /// `get zones`: `GET /zones` as a table (`kumactl inspect zones`' STATUS), JSON or YAML.

@@ -2,7 +2,7 @@
 //! each change to the zone's store (see the module above for the design).
 
 use super::sent_to_zones;
-use crate::client::{ApiClient, ClientError, secret_path, segment};
+use crate::client::{ApiClient, ClientError, path_of, secret_path, segment};
 use crate::domain::{
     ENV_LABEL, Labels, MeshName, NewMesh, NewSecret, ORIGIN_GLOBAL, ORIGIN_LABEL, SecretKey,
     SecretType, ValidationError, ZONE_LABEL,
@@ -646,15 +646,4 @@ fn secret_key(mesh: Option<&str>, name: &str) -> Result<SecretKey, SyncError> {
         resource: format!("secret {name:?}"),
         reason: e.to_string(),
     })
-}
-
-/// The path and query of `url` (a list's absolute `next` link).
-fn path_of(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(parsed) => match parsed.query() {
-            Some(query) => format!("{}?{query}", parsed.path()),
-            None => parsed.path().to_owned(),
-        },
-        Err(_) => url.to_owned(),
-    }
 }

@@ -92,6 +92,7 @@ pub fn parse_value(type_name: &str, value: Value) -> Result<ResourceBody, String
     fields.remove("creationTime");
     fields.remove("modificationTime");
     fields.remove("kri");
+    fields.remove("notAfter");
     parsed.rest = fields;
     Ok(parsed)
 }

@@ -70,6 +70,10 @@ pub struct SecretItem {
     pub meta: ItemMeta,
     /// Its bytes, base64.
     pub data: String,
+    /// When the earliest certificate in the value expires (set by the server, a
+    /// kuma-secrets extension); absent for a value without a PEM certificate.
+    #[serde(rename = "notAfter", default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
 }
 
 impl SecretItem {
@@ -80,8 +84,15 @@ impl SecretItem {
             name: key.name().as_str().to_owned(),
             meta,
             data: STANDARD.encode(data.expose()),
+            not_after: not_after_of(data.expose()),
         }
     }
+}
+
+/// The item's `notAfter`: the earliest certificate expiry in `data`, RFC 3339.
+fn not_after_of(data: &[u8]) -> Option<String> {
+    crate::certificates::earliest_not_after(data)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// The JSON of `SecretItem::from(secret)`, byte for byte, written straight from the secret
@@ -126,7 +137,11 @@ pub fn secret_json(secret: &Secret) -> Vec<u8> {
         .encode_slice(data, &mut out[start..])
         .expect("the buffer has the encoded length");
     out.truncate(start + written);
-    out.extend_from_slice(br#""}"#);
+    out.push(b'"');
+    if let Some(not_after) = not_after_of(data) {
+        field(&mut out, r#","notAfter":"#, &not_after);
+    }
+    out.push(b'}');
     out
 }
 
@@ -304,6 +319,10 @@ pub struct SecretUsageList {
     pub total: u64,
     /// Each use.
     pub items: Vec<SecretUsage>,
+    /// When the earliest PEM certificate in the secret expires; absent when it holds none
+    /// (or no longer exists).
+    #[serde(rename = "notAfter", default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
 }
 
 /// One version of a secret in `GET …/{name}/_versions` (metadata, never data).

@@ -22,6 +22,10 @@ item_schema! {
         #[serde(default)]
         #[schema(format = Byte, required = false)]
         data: String,
+        /// When the earliest PEM certificate in the value expires (a kuma-secrets
+        /// extension; absent when the value holds none).
+        #[schema(rename = "notAfter", read_only, format = DateTime)]
+        not_after: Option<String>,
     }
 }
 

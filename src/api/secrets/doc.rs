@@ -23,6 +23,10 @@ item_schema! {
         #[serde(default)]
         #[schema(format = Byte, required = false)]
         data: String,
+        /// When the earliest PEM certificate in the value expires (a kuma-secrets
+        /// extension; absent when the value holds none).
+        #[schema(rename = "notAfter", read_only, format = DateTime)]
+        not_after: Option<String>,
     }
 }
 
@@ -58,6 +62,9 @@ struct SecretUsageSchema {
 struct SecretUsageListSchema {
     total: u64,
     items: Vec<SecretUsageSchema>,
+    /// When the earliest PEM certificate in the secret expires; absent when it holds none.
+    #[schema(rename = "notAfter", format = DateTime)]
+    not_after: Option<String>,
 }
 
 /// A Secret GET answers the item, or with `?format=k8s` a Kubernetes manifest.
