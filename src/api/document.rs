@@ -92,6 +92,8 @@ impl Modify for BearerTokens {
         super::health::doc::readyz,
         super::health::doc::metrics,
         super::health::doc::openapi,
+        super::gui::doc::gui,
+        super::gui::doc::gui_asset,
     ),
     // The error bodies are named only inside the response enums, which utoipa does not
     // follow into components: register them, or every error response is a dangling $ref.

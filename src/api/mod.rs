@@ -32,6 +32,7 @@ mod error;
 mod external_services;
 mod extract;
 mod global_secrets;
+mod gui;
 mod health;
 mod history;
 mod list;
@@ -69,7 +70,7 @@ pub fn app<S: SecretStore + Clone + 'static>(state: AppState<S>) -> Router {
         state.clone(),
         auth::authenticate::<S>,
     ));
-    let (operational, _) = health::router::<S>().into_parts();
+    let (operational, _) = health::router::<S>().merge(gui::router()).into_parts();
     Router::new()
         .merge(resources)
         .merge(operational)
@@ -111,6 +112,7 @@ fn resource_routes<S: SecretStore + Clone + 'static>() -> openapi::Routes<AppSta
 pub fn served_operations() -> Vec<(String, String)> {
     let (_, mut served) = resource_routes::<crate::store::AnyStore>().into_parts();
     served.extend(health::router::<crate::store::AnyStore>().into_parts().1);
+    served.extend(gui::router::<crate::store::AnyStore>().into_parts().1);
     served
 }
 

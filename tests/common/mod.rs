@@ -73,6 +73,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod server;
+pub mod webdriver;
 
 use kuma_secrets::store::{PostgresStore, SqliteStore, StoreOptions};
 pub use kuma_secrets::testing::TestDatabase as TestDb;

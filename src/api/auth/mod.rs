@@ -180,6 +180,11 @@ pub async fn authenticate<S: SecretStore + Clone + 'static>(
         request_id: Some(request_id.clone()),
     };
     let mut response = with_write_context(context, next.run(request)).await;
+    // Answers carry secrets and who may see them: no browser or proxy keeps a copy.
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
     if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
