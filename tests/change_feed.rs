@@ -430,6 +430,13 @@ async fn a_revision_beyond_the_last_answers_410_gone(backend: Backend) {
         body["detail"].as_str().unwrap().contains("it was reset"),
         "{body}"
     );
+    // The largest revision there is: the same answer, no overflow on the way.
+    let response = crate::common::http::send_get(server.at(&format!(
+        "/_changes?after={}&limit=1&wait=0&type=Secret",
+        i64::MAX
+    )))
+    .await;
+    assert_eq!(response.status(), StatusCode::GONE);
 }
 
 /// A long poll that asks to wait longer than the server's request timeout answers, empty,

@@ -5,7 +5,7 @@
 //! An anonymous browser and a non-admin token see no secret name, value or revision; the
 //! admin signs in, sees a Mesh whose CA expires in 10 days, pages through a Mesh of 1,050
 //! secrets and filters it, reveals and copies a value (never on the page before), rolls a
-//! secret back, sees a change made through the API arrive in the live feed, and sees a delete
+//! secret back, restores a deleted one, sees a change made through the API arrive in the live feed, and sees a delete
 //! of a secret in use refused with the guard's message. axe-core finds no serious or
 //! critical accessibility violation on any page. With `KUMA_SECRETS_SCREENSHOTS=DIR` the
 //! test saves the README's screenshots there.
@@ -333,6 +333,40 @@ async fn the_gui_in_a_real_browser() {
     .await;
     assert_eq!(now["data"], common::http::b64("value 7"));
     assert!(browser.text("main").await.contains("Roll back to 2"));
+
+    // A deleted secret: its history, and a restore.
+    let (status, _) = api(
+        &server,
+        &admin,
+        reqwest::Method::DELETE,
+        "/meshes/default/secrets/secret-0008",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    browser
+        .open(&format!("{gui}#/secret/default/secret-0008"))
+        .await;
+    assert!(browser.text("#deleted").await.contains("deleted"));
+    browser
+        .click("button.version-action[data-version='1']")
+        .await;
+    browser.accept_dialog().await;
+    browser
+        .wait_until(
+            "the restore",
+            "return (document.getElementById('status') || {}).innerText === 'Restored version 1.'",
+        )
+        .await;
+    let (_, restored) = api(
+        &server,
+        &admin,
+        reqwest::Method::GET,
+        "/meshes/default/secrets/secret-0008",
+        None,
+    )
+    .await;
+    assert_eq!(restored["data"], common::http::b64("value 8"));
 
     // A certificate, decoded; its delete refused while the Mesh uses it.
     browser

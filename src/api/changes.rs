@@ -122,7 +122,7 @@ fn parse_params(query: Option<&str>, longest_wait: Duration) -> ApiResult<FeedPa
 /// 410 Gone for a feed that cannot answer from `after`: pruned past it, or reset below it.
 fn gone_or(err: StoreError, after: i64) -> ApiError {
     match err {
-        StoreError::Gone { oldest } if after + 1 >= oldest => ApiError::new(
+        StoreError::Gone { oldest } if after.saturating_add(1) >= oldest => ApiError::new(
             StatusCode::GONE,
             "Gone",
             format!(
