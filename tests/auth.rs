@@ -293,11 +293,9 @@ async fn zone_tokens_speak_for_a_zone_and_nothing_else(backend: Backend) {
     .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
-    let fields: Vec<&str> = body["invalid_parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["field"].as_str().unwrap())
+    let fields: Vec<String> = common::http::violations(&body)
+        .into_iter()
+        .map(|(field, _)| field)
         .collect();
     assert_eq!(fields, ["zone", "scope[1]", "validFor"], "{body}");
     // Only an admin issues one; a zone cannot mint another.
@@ -321,12 +319,7 @@ async fn zone_tokens_speak_for_a_zone_and_nothing_else(backend: Backend) {
         .json()
         .await
         .unwrap();
-    let names: Vec<&str> = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let names = common::http::item_names(&listed);
     assert_eq!(names, ["zone-token-signing-public-key-1"], "{listed}");
     assert_eq!(listed["total"], 1);
     for hidden in [

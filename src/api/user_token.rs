@@ -33,10 +33,7 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
     body: JsonBody,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not issue a token";
-    let body = body.bytes()?;
-    let request: TokenRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid token request: {e}")))?;
-    user.require_admin("UserToken")?;
+    let request: TokenRequest = token_request(&user, &body.bytes()?, "UserToken")?;
     let mut errors = ValidationError::default();
     if request.name.trim().is_empty() {
         errors.push("name", "cannot be empty");
@@ -51,13 +48,7 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
             errors.push(format!("groups[{i}]"), CONTROL_CHARACTERS);
         }
     }
-    let valid_for = match crate::duration::parse(&request.valid_for) {
-        Ok(valid_for) => Some(valid_for),
-        Err(reason) => {
-            errors.push("validFor", reason);
-            None
-        }
-    };
+    let valid_for = valid_for(&mut errors, &request.valid_for);
     let Some(valid_for) = valid_for.filter(|_| errors.is_empty()) else {
         return Err(ApiError::invalid(TITLE, errors));
     };
@@ -77,6 +68,33 @@ async fn generate_user_token<S: SecretStore + Clone + 'static>(
         "issued a user token"
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
+}
+
+/// A token request's body read as `T`, from an admin (403 for anyone else, after a body
+/// that does not parse is refused: the same order whatever the token kind).
+///
+/// # Errors
+/// 400 for a body that is not a `T`, 403 for a caller who is not an admin.
+pub(super) fn token_request<T: serde::de::DeserializeOwned>(
+    user: &super::auth::User,
+    body: &[u8],
+    resource_type: &str,
+) -> ApiResult<T> {
+    let request = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid token request: {e}")))?;
+    user.require_admin(resource_type)?;
+    Ok(request)
+}
+
+/// A token request's `validFor`: its duration, or its violation added to `errors`.
+pub(super) fn valid_for(errors: &mut ValidationError, text: &str) -> Option<std::time::Duration> {
+    match crate::duration::parse(text) {
+        Ok(valid_for) => Some(valid_for),
+        Err(reason) => {
+            errors.push("validFor", reason);
+            None
+        }
+    }
 }
 
 /// Why a token name or group is refused.

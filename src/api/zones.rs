@@ -9,6 +9,7 @@ use super::auth::tokens::{self, ZONE_SCOPES};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, JsonBody};
 use super::openapi::Routes;
+use super::user_token::{token_request, valid_for};
 use crate::domain::{ControlPlane, ValidationError};
 use crate::store::SecretStore;
 use axum::Json;
@@ -39,10 +40,7 @@ async fn generate_zone_token<S: SecretStore + Clone + 'static>(
     body: JsonBody,
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not issue a token";
-    let body = body.bytes()?;
-    let request: ZoneTokenRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid zone token request: {e}")))?;
-    user.require_admin("ZoneToken")?;
+    let request: ZoneTokenRequest = token_request(&user, &body.bytes()?, "ZoneToken")?;
     if !matches!(state.config.control_plane, ControlPlane::Global) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -65,13 +63,7 @@ async fn generate_zone_token<S: SecretStore + Clone + 'static>(
             errors.push(format!("scope[{i}]"), "must be cp, ingress or egress");
         }
     }
-    let valid_for = match crate::duration::parse(&request.valid_for) {
-        Ok(valid_for) => Some(valid_for),
-        Err(reason) => {
-            errors.push("validFor", reason);
-            None
-        }
-    };
+    let valid_for = valid_for(&mut errors, &request.valid_for);
     let Some(valid_for) = valid_for.filter(|_| errors.is_empty()) else {
         return Err(ApiError::invalid(TITLE, errors));
     };

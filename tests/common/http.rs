@@ -55,6 +55,19 @@ pub async fn fetch_text(url: impl reqwest::IntoUrl) -> String {
         .unwrap()
 }
 
+/// The `name` of each item of a list body, in order.
+pub fn item_names(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| i["name"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The (field, reason) pairs of a Kuma error body, in order.
 pub fn violations(body: &Value) -> Vec<(String, String)> {
     body["invalid_parameters"]
