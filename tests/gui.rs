@@ -434,3 +434,31 @@ async fn the_gui_in_a_real_browser() {
     assert_accessible(&browser, "changes").await;
     screenshot(&browser, "changes").await;
 }
+
+/// As the README says to open it: `serve` with its defaults, a browser on the same machine.
+/// Loopback is the admin (`localhostIsAdmin`): the secrets show without signing in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_on_the_servers_machine_is_the_admin() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    common::http::put_secret(&server, "default", "local-secret", "v").await;
+    let browser = Browser::start().await;
+    browser
+        .open(&format!("{}/gui#/meshes/default/secrets", server.url))
+        .await;
+    assert_eq!(
+        browser.text("tbody tr:first-child td:first-child").await,
+        "local-secret"
+    );
+    browser
+        .wait_until(
+            "the local admin to be named",
+            "return document.getElementById('who').innerText === 'Admin (this machine)'",
+        )
+        .await;
+    assert!(
+        browser
+            .run("return !document.getElementById('sign-in-form')", json!([]))
+            .await
+            == Value::Bool(true)
+    );
+}

@@ -53,7 +53,8 @@ async fn every_documented_operation_is_served_and_every_route_is_documented(back
     for (method, path) in &documented {
         let url = server.at(&path
             .replace("{mesh}", "default")
-            .replace("{name}", "default"));
+            .replace("{name}", "default")
+            .replace("{asset}", "missing.js"));
         let response = client
             .request(Method::from_bytes(method.as_bytes()).unwrap(), &url)
             .header("content-type", "application/json")

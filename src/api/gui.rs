@@ -13,10 +13,11 @@
 pub(super) mod doc;
 
 use super::AppState;
+use super::error::ApiError;
 use super::openapi::Routes;
 use crate::store::SecretStore;
 use axum::extract::Path;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 /// The GUI's Content-Security-Policy.
@@ -43,7 +44,7 @@ async fn gui_asset(Path(asset): Path<String>) -> Response {
         "app.js" => page("text/javascript; charset=utf-8", SCRIPT),
         "app.css" => page("text/css; charset=utf-8", STYLE),
         _ => {
-            let mut response = (StatusCode::NOT_FOUND, "no such file in the GUI\n").into_response();
+            let mut response = ApiError::not_found("No such file in the GUI").into_response();
             guard(&mut response);
             response
         }

@@ -153,11 +153,24 @@
     }
   }
 
-  function renderWho() {
+  // Who this tab is: the token's user, or, without one, the admin when the server treats
+  // this browser as local (a list then carries the change-feed revision, which only
+  // readers of secrets are shown), else nobody.
+  async function renderWho() {
     const who = document.getElementById("who");
     const out = document.getElementById("sign-out");
-    who.textContent = token ? `Signed in as ${tokenName()}` : "Not signed in";
     out.hidden = !token;
+    if (token) {
+      who.textContent = `Signed in as ${tokenName()}`;
+      return;
+    }
+    who.textContent = "Not signed in";
+    try {
+      const { headers } = await api("/meshes?size=1");
+      if (!token && headers.get("Kuma-Secrets-Revision")) who.textContent = "Admin (this machine)";
+    } catch (_) {
+      /* stays "Not signed in" */
+    }
   }
 
   function signIn(message) {

@@ -18,7 +18,7 @@ operation!(
         responses(
             (status = 200, description = "The file", content(
                 (String = "text/javascript"), (String = "text/css"), (String = "text/html"))),
-            (status = 404, description = "No such file", body = String, content_type = "text/plain"),
+            (status = 404, description = "No such file", body = crate::api::openapi::ErrorSchema),
         ))]
     gui_asset
 );
