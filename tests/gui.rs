@@ -229,6 +229,12 @@ async fn the_gui_in_a_real_browser() {
         !browser.source().await.contains("value 1"),
         "a list shows values"
     );
+    browser
+        .wait_until(
+            "what uses the CA to show",
+            "return document.querySelector('tbody tr:first-child td.used-by').innerText === 'mTLS ca-1'",
+        )
+        .await;
     assert_accessible(&browser, "secrets").await;
     screenshot(&browser, "secrets").await;
     browser.click("#next-page").await;

@@ -191,7 +191,7 @@ impl Metrics {
     }
 
     /// Brings each Mesh's earliest CA expiry up to date, reading the store at most every
-    /// [`MESH_CA_EXPIRY_EVERY`]; a failed read keeps the last values.
+    /// `MESH_CA_EXPIRY_EVERY` (60 s); a failed read keeps the last values.
     pub async fn observe_mesh_ca_expiry<S: crate::store::SecretStore>(&self, store: &S) {
         {
             let mut read = self

@@ -326,8 +326,11 @@
       h("label", { for: "filter-label" }, "Label (key=value)", h("input", { id: "filter-label", name: "label", value: label })),
       h("button", { type: "submit" }, "Filter"),
     );
+    const uses = [];
     const rows = page.items.map((s) => {
       const href = mesh ? `#/secret/${enc(mesh)}/${enc(s.name)}` : `#/global-secret/${enc(s.name)}`;
+      const usedBy = h("td", { class: "used-by" });
+      if (mesh) uses.push([s.name, usedBy]);
       const row = h(
         "tr",
         {},
@@ -336,10 +339,26 @@
         h("td", { class: "nowrap" }, `${sizeOf(s.data)} B`),
         h("td", {}, when(s.modificationTime)),
         h("td", {}, expiry(s.notAfter)),
+        mesh ? usedBy : null,
       );
       delete s.data; // the value never outlives the row it was measured for
       return row;
     });
+    // What uses each secret of the page, filled in as the answers come, 8 at a time.
+    const fillUses = async () => {
+      while (uses.length) {
+        const [secret, cell] = uses.shift();
+        try {
+          const { body } = await api(`${base}/${enc(secret)}/_usage`);
+          cell.textContent = body.items
+            .map((u) => (u.backend ? `mTLS ${u.backend}` : `${u.referrerType} ${u.name}`))
+            .join(", ");
+        } catch (_) {
+          /* left empty */
+        }
+      }
+    };
+    for (let i = 0; i < 8; i += 1) fillUses();
     const pageBase = `${here}?${new URLSearchParams(
       [...params.entries()].filter(([k]) => k !== "next"),
     )}`;
@@ -347,7 +366,9 @@
       h("h1", {}, title),
       mesh ? h("p", {}, h("a", { href: `#/meshes/${enc(mesh)}` }, `Mesh ${mesh}`)) : null,
       filter,
-      rows.length ? table(["Name", "Labels", "Size", "Modified", "Certificate expires"], rows, title) : h("p", {}, "No secrets match."),
+      rows.length
+        ? table(["Name", "Labels", "Size", "Modified", "Certificate expires", ...(mesh ? ["Used by"] : [])], rows, title)
+        : h("p", {}, "No secrets match."),
       pager(page, pageBase),
     );
   }
