@@ -15,7 +15,7 @@ use super::extract::Caller;
 use super::openapi::Routes;
 use super::secrets::SecretAt;
 use crate::certificates::{CertificateInfo, certificates_in};
-use crate::domain::mtls::{Mtls, builtin_ca_names};
+use crate::domain::mtls::{Mtls, backend_field};
 use crate::domain::{Mesh, MeshName, ResourceName, SecretKey};
 use crate::store::{MeshWalk, SecretStore, StoreError};
 use axum::Json;
@@ -88,16 +88,16 @@ pub async fn mesh_ca_certificates<S: SecretStore>(
     let Some(mtls) = Mtls::of(&mesh.spec, &mesh.name).ok().flatten() else {
         return Ok(Vec::new());
     };
+    // Where each backend's CA certificate is: the domain's list of the secrets backends use
+    // (a builtin backend's generated cert, a provided one's `cert` secret).
+    let uses = mtls.used_secrets(&mesh.name);
     let mut backends = Vec::new();
     for backend in &mtls.backends {
-        let secret = if backend.kind == "builtin" {
-            Some(builtin_ca_names(&mesh.name, &backend.name).0)
-        } else {
-            match &backend.cert {
-                Some(crate::domain::mtls::DataSource::Secret(name)) => Some(name.clone()),
-                _ => None,
-            }
-        };
+        let cert_field = backend_field(&backend.name, "cert");
+        let secret = uses
+            .iter()
+            .find(|u| u.field == cert_field)
+            .map(|u| u.secret.clone());
         let certificates = match secret.as_deref().map(ResourceName::parse) {
             Some(Ok(name)) => {
                 match store

@@ -35,30 +35,24 @@ pub fn router<S: SecretStore + Clone + 'static>() -> Routes<AppState<S>> {
 }
 
 async fn gui() -> Response {
-    page("text/html; charset=utf-8", INDEX)
+    guarded(file("text/html; charset=utf-8", INDEX))
 }
 
 async fn gui_asset(Path(asset): Path<String>) -> Response {
-    match asset.as_str() {
-        "index.html" => page("text/html; charset=utf-8", INDEX),
-        "app.js" => page("text/javascript; charset=utf-8", SCRIPT),
-        "app.css" => page("text/css; charset=utf-8", STYLE),
-        _ => {
-            let mut response = ApiError::not_found("No such file in the GUI").into_response();
-            guard(&mut response);
-            response
-        }
-    }
+    guarded(match asset.as_str() {
+        "index.html" => file("text/html; charset=utf-8", INDEX),
+        "app.js" => file("text/javascript; charset=utf-8", SCRIPT),
+        "app.css" => file("text/css; charset=utf-8", STYLE),
+        _ => ApiError::not_found("No such file in the GUI").into_response(),
+    })
 }
 
-fn page(content_type: &'static str, body: &'static str) -> Response {
-    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-    guard(&mut response);
-    response
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// The headers every GUI response carries.
-fn guard(response: &mut Response) {
+/// `response` with the headers every GUI response carries.
+fn guarded(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
@@ -73,4 +67,5 @@ fn guard(response: &mut Response) {
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    response
 }

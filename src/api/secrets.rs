@@ -66,6 +66,16 @@ impl SecretAt {
         self.key().ok_or_else(|| ApiError::not_found(title))
     }
 
+    /// The key the URL names, for a reader of secrets (an admin, or a zone: 403 otherwise);
+    /// 404 under `title` for a name that cannot exist, or that a zone is never sent.
+    pub fn key_for_reader(&self, user: &User, title: &str) -> ApiResult<SecretKey> {
+        let kind = self.secret_type();
+        user.require_reader(kind.as_str())?;
+        self.key()
+            .filter(|key| user.is_shown(kind.as_str(), key.name().as_str()))
+            .ok_or_else(|| ApiError::not_found(title))
+    }
+
     /// The key the URL names, if the name could exist at all.
     pub fn key(&self) -> Option<SecretKey> {
         let name = ResourceName::parse(&self.name).ok()?;
@@ -265,9 +275,7 @@ async fn get_mesh_secret_usage<S: SecretStore + Clone + 'static>(
     Ok(Json(SecretUsageList {
         total: items.len() as u64,
         items,
-        not_after: stored
-            .and_then(|s| crate::certificates::earliest_not_after(s.data.expose()))
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        not_after: stored.and_then(|s| wire::not_after_of(s.data.expose())),
     })
     .into_response())
 }
@@ -329,12 +337,7 @@ async fn get_secret_at<S: SecretStore>(
 ) -> ApiResult<Response> {
     const TITLE: &str = "Could not retrieve a resource";
     let ItemQuery { format, version } = ItemQuery::parse(uri.query())?;
-    user.require_reader(at.secret_type().as_str())?;
-    // What Kuma never sends to zones does not exist for a zone.
-    let key = at
-        .key()
-        .filter(|key| user.is_shown(at.secret_type().as_str(), key.name().as_str()))
-        .ok_or_else(|| ApiError::not_found(TITLE))?;
+    let key = at.key_for_reader(user, TITLE)?;
     let preconditions = Preconditions::from_headers(&headers)?;
     let secret = match version {
         None if bypasses_cache(&headers) => state.store.get_secret_fresh(&key).await,

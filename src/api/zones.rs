@@ -13,7 +13,7 @@ use super::user_token::{token_request, valid_for};
 use crate::domain::{ControlPlane, ValidationError};
 use crate::store::SecretStore;
 use axum::Json;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -42,9 +42,7 @@ async fn generate_zone_token<S: SecretStore + Clone + 'static>(
     const TITLE: &str = "Could not issue a token";
     let request: ZoneTokenRequest = token_request(&user, &body.bytes()?, "ZoneToken")?;
     if !matches!(state.config.control_plane, ControlPlane::Global) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
+        return Err(ApiError::bad_request(
             "zone tokens are issued by the global store (serve --mode global), which zones present them to",
         ));
     }

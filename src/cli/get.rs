@@ -225,27 +225,24 @@ pub(super) async fn run(cmd: GetCommand) -> anyhow::Result<()> {
     let out = match cmd {
         GetCommand::Secrets {
             mesh,
-            expiring: Some(within),
+            expiring,
+            page,
             flags,
-            ..
         } => {
             let path = format!("/meshes/{}/secrets", segment(&mesh));
-            expiring_within(&flags, &path, within, now).await?
-        }
-        GetCommand::Secrets {
-            mesh, page, flags, ..
-        } => {
-            let path = format!("/meshes/{}/secrets", segment(&mesh));
-            list(&flags, &path, &page, Kind::Secret, now).await?
+            match expiring {
+                Some(within) => expiring_within(&flags, &path, within, now).await?,
+                None => list(&flags, &path, &page, Kind::Secret, now).await?,
+            }
         }
         GetCommand::GlobalSecrets {
-            expiring: Some(within),
+            expiring,
+            page,
             flags,
-            ..
-        } => expiring_within(&flags, "/global-secrets", within, now).await?,
-        GetCommand::GlobalSecrets { page, flags, .. } => {
-            list(&flags, "/global-secrets", &page, Kind::GlobalSecret, now).await?
-        }
+        } => match expiring {
+            Some(within) => expiring_within(&flags, "/global-secrets", within, now).await?,
+            None => list(&flags, "/global-secrets", &page, Kind::GlobalSecret, now).await?,
+        },
         GetCommand::Meshes { page, flags } => {
             list(&flags, "/meshes", &page, Kind::Mesh, now).await?
         }

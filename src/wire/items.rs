@@ -89,8 +89,9 @@ impl SecretItem {
     }
 }
 
-/// The item's `notAfter`: the earliest certificate expiry in `data`, RFC 3339.
-fn not_after_of(data: &[u8]) -> Option<String> {
+/// A value's `notAfter` (items, `_usage`): the earliest certificate expiry in `data`,
+/// RFC 3339 to the second.
+pub fn not_after_of(data: &[u8]) -> Option<String> {
     crate::certificates::earliest_not_after(data)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }

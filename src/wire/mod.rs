@@ -20,7 +20,7 @@ pub use body::{ResourceBody, decode_base64, parse_body, parse_value};
 pub use error::{Cause, ErrorBody, InvalidParameter};
 pub use items::{
     ExternalServiceItem, ItemMeta, ListBody, MeshItem, SecretItem, SecretUsage, SecretUsageList,
-    VersionItem, VersionRequest, secret_json, timestamp, universal,
+    VersionItem, VersionRequest, not_after_of, secret_json, timestamp, universal,
 };
 pub use kubernetes::{
     GLOBAL_SECRET_K8S_TYPE, KUMA_NAMESPACE, KubernetesExternalService, KubernetesMesh,

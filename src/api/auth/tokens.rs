@@ -490,10 +490,7 @@ async fn verify_signed<S: SecretStore, C: DeserializeOwned>(
 fn decoding_key(private_pem: &[u8], algorithm: Algorithm) -> Option<DecodingKey> {
     match (SigningKind::of(private_pem)?, algorithm) {
         (SigningKind::Ed25519, Algorithm::EdDSA) => {
-            let pem = std::str::from_utf8(private_pem).ok()?;
-            let key = SigningKey::from_pkcs8_pem(pem).ok()?;
-            let public = key.verifying_key().to_public_key_pem(LineEnding::LF).ok()?;
-            DecodingKey::from_ed_pem(public.as_bytes()).ok()
+            DecodingKey::from_ed_pem(ed25519_public_pem(private_pem)?.as_bytes()).ok()
         }
         (SigningKind::Rsa { modulus, exponent }, Algorithm::RS256) => {
             Some(DecodingKey::from_rsa_raw_components(&modulus, &exponent))
