@@ -36,6 +36,7 @@ pub struct Metrics {
     connections_refused: prometheus::IntCounter,
     write_batches: prometheus::IntCounter,
     batched_writes: prometheus::IntCounter,
+    write_conflicts: prometheus::IntCounter,
     cache_totals_reused: prometheus::IntCounter,
     cache_entries: prometheus::IntGauge,
     cache_bytes: prometheus::IntGauge,
@@ -139,6 +140,10 @@ impl Metrics {
             batched_writes: counter(
                 "store_batched_writes_total",
                 "Secret writes committed in a batch of two or more",
+            ),
+            write_conflicts: counter(
+                "store_write_conflicts_total",
+                "Statements of secret writes and imports that met a deadlock or a serialization failure and ran again",
             ),
             cache_totals_reused: counter(
                 "read_cache_list_totals_reused_total",
@@ -253,6 +258,7 @@ impl Metrics {
         raise(&self.connections_refused, report.refused);
         raise(&self.write_batches, report.write_batches);
         raise(&self.batched_writes, report.batched_writes);
+        raise(&self.write_conflicts, report.write_conflicts);
     }
 
     /// Brings the key source metrics up to `calls` (the process's counts, read at each

@@ -36,8 +36,11 @@ impl Dialect for Postgres {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2 FOR SHARE";
 
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const FOR_NO_KEY_UPDATE: &'static str = " FOR NO KEY UPDATE";
     const COMMITTERS: usize = 2;
-    const BULK_ROWS: &'static str = "SELECT mesh AS w_mesh, name AS w_name, \
+    const ONE_WRITER: bool = false;
+    // In byte order (`COLLATE "C"`), the key order of the batch and of `secrets`.
+    const BULK_ROWS: &'static str = "SELECT mesh COLLATE \"C\" AS w_mesh, name COLLATE \"C\" AS w_name, \
            CAST(time AS timestamptz) AS w_time, CAST(labels AS jsonb) AS w_labels, \
            decode(data, 'hex') AS w_data, key_id AS w_key_id, \
            decode(write_id, 'hex') AS w_write_id, CAST(actor AS jsonb) AS w_actor, \

@@ -1,6 +1,8 @@
 //! The SQLite backend: the embedded default. One process owns the file; it is created and
-//! migrated on open. WAL lets readers run beside the single writer, and `busy_timeout`
-//! makes writers queue for the lock instead of failing.
+//! migrated on open. WAL lets readers run beside the single writer. The process's write
+//! transactions take turns in arrival order ([`Dialect::ONE_WRITER`]), and `busy_timeout`
+//! makes a writer of another process (a `kuma-secrets` tool on the same file) wait for the
+//! lock instead of failing.
 
 use super::migrations::{self, SQLITE_MIGRATOR};
 use super::pool::ConnectionPool;
@@ -41,7 +43,9 @@ impl Dialect for Sqlite {
         "SELECT version FROM secrets WHERE mesh = $1 AND name = $2";
 
     const FOR_UPDATE: &'static str = "";
+    const FOR_NO_KEY_UPDATE: &'static str = "";
     const COMMITTERS: usize = 1;
+    const ONE_WRITER: bool = true;
     const BULK_ROWS: &'static str = "SELECT json_extract(value, '$.mesh') AS w_mesh, \
            json_extract(value, '$.name') AS w_name, json_extract(value, '$.time') AS w_time, \
            json_extract(value, '$.labels') AS w_labels, \

@@ -17,6 +17,10 @@ pub struct PoolReport {
     /// Of those, the puts written by a batch's bulk statements (one upsert, one conditional
     /// update), the rest having run one by one.
     pub bulk_writes: u64,
+    /// Statements of secret writes and imports that met a deadlock or a serialization
+    /// failure and were run again: zero while every writer takes its row locks in one
+    /// order (keys in byte order, Secrets before GlobalSecrets).
+    pub write_conflicts: u64,
 }
 
 /// The cache's state for `/metrics`: how it has been used, and what it holds.

@@ -511,6 +511,7 @@ impl [SecretStore for SqlStore<DB>] {
             write_batches,
             batched_writes,
             bulk_writes,
+            write_conflicts: self.writes.conflicts(),
             ..self.pool.report()
         })
     }

@@ -48,6 +48,10 @@ pub trait Dialect: Database + HasStatementCache {
     /// that follows (Postgres `FOR UPDATE`; SQLite's write transaction already excludes
     /// other writers, so nothing).
     const FOR_UPDATE: &'static str;
+    /// As [`Dialect::FOR_UPDATE`], for an update that leaves the row's key as it is
+    /// (Postgres `FOR NO KEY UPDATE`): it does not wait for, or hold up, a concurrent
+    /// insert whose foreign key names the row (that takes `FOR KEY SHARE`).
+    const FOR_NO_KEY_UPDATE: &'static str;
     /// The puts of a batch (group commit's step 1, `group_commit.rs`) as rows, from the
     /// JSON array `$1` of their values as text: a `SELECT` of the columns `w_mesh`,
     /// `w_name`, `w_time`, `w_labels`, `w_data`, `w_key_id`, `w_write_id`, `w_actor`,
@@ -58,4 +62,11 @@ pub trait Dialect: Database + HasStatementCache {
     /// keys: Postgres runs each batch on a server process of its own, so one batch executes
     /// while another's commit waits on the WAL flush; SQLite has one writer.
     const COMMITTERS: usize;
+    /// Whether the database has one writer at a time (SQLite): then this process's write
+    /// transactions take turns in arrival order ([`WriteQueue::write_turn`]) instead of
+    /// polling for the lock, where a committer writing back to back starved an import or
+    /// a Mesh write past `busy_timeout`.
+    ///
+    /// [`WriteQueue::write_turn`]: super::group_commit::WriteQueue::write_turn
+    const ONE_WRITER: bool;
 }

@@ -38,9 +38,12 @@
 //!   reads) fails what it touched, and every write there gets that error.
 //! - **Order.** Within a batch, writes run in key order (in arrival order for one key):
 //!   they are all in flight together, so any order is one a client could have seen, and
-//!   one order of row locks keeps concurrent transactions from deadlocking on them. A write
-//!   that still meets a deadlock or a serialization failure is rolled back to its savepoint
-//!   and run again.
+//!   one order of row locks keeps concurrent transactions from deadlocking on them. So in a
+//!   transaction step 1 takes only the batch's first writes (see `taken_by_step_1`), both
+//!   statements lock their rows in key order (byte order, as the columns' `COLLATE "C"`),
+//!   and imports lock theirs in the same order (`import.rs`). A write that still meets a
+//!   deadlock or a serialization failure is rolled back to its savepoint and run again;
+//!   `kuma_secrets_store_write_conflicts_total` counts them.
 //! - **Acknowledgement.** No write is answered before the statement or transaction that
 //!   wrote it commits (with `synchronous_commit` as configured); a failed commit fails
 //!   every write in it, and none of them is stored.
@@ -131,6 +134,9 @@ pub(crate) struct WriteQueue {
     counts: Arc<BatchCounts>,
     /// Secret writes begun and not yet answered, through this store's handles.
     in_flight: Arc<AtomicUsize>,
+    /// Write transactions' turns, in arrival order, on a database with one writer
+    /// ([`Dialect::ONE_WRITER`]).
+    turns: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One write counted in flight while it lives.
@@ -162,6 +168,8 @@ struct BatchCounts {
     writes: AtomicU64,
     /// Of those, the puts that step 1's statements wrote.
     bulk: AtomicU64,
+    /// Statements that met a deadlock or a serialization failure (and were run again).
+    conflicts: AtomicU64,
 }
 
 impl BatchCounts {
@@ -170,6 +178,11 @@ impl BatchCounts {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(writes, Ordering::Relaxed);
         self.bulk.fetch_add(bulk, Ordering::Relaxed);
+    }
+
+    /// Counts a statement that met a deadlock or a serialization failure.
+    fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -181,6 +194,7 @@ impl WriteQueue {
             senders: Arc::default(),
             counts: self.counts.clone(),
             in_flight: Arc::default(),
+            turns: self.turns.clone(),
         }
     }
 
@@ -192,6 +206,30 @@ impl WriteQueue {
             self.counts.writes.load(Ordering::Relaxed),
             self.counts.bulk.load(Ordering::Relaxed),
         )
+    }
+
+    /// Waits for this process's turn to write on a database with one writer
+    /// ([`Dialect::ONE_WRITER`]), and holds it while the guard lives; on any other, returns
+    /// at once. Taken before a connection, by write transactions only (never while holding
+    /// a connection or a turn), so waiting for it cannot deadlock.
+    pub(crate) async fn write_turn<D: Dialect>(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        if D::ONE_WRITER {
+            Some(self.turns.clone().lock_owned().await)
+        } else {
+            None
+        }
+    }
+
+    /// Statements of secret writes and imports that met a deadlock or a serialization
+    /// failure since start (each was run again): zero while every writer takes its row
+    /// locks in one order.
+    pub(crate) fn conflicts(&self) -> u64 {
+        self.counts.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Counts a statement that met a deadlock or a serialization failure.
+    pub(crate) fn count_conflict(&self) {
+        self.counts.conflict();
     }
 }
 
@@ -345,15 +383,16 @@ impl [SqlStore<DB>] {
             return;
         }
         let guarded = !self.options.unsafe_delete;
+        let counts = self.writes.counts.clone();
         let outcome = self
             .in_write_transaction::<_, StoreError, _>(Op::Other, move |tx| {
                 Box::pin(async move {
                     let mut results: Vec<Option<Result<Written>>> = writes.iter().map(|_| None).collect();
-                    let bulk = Self::put_in_bulk(tx, keyring.as_deref(), &writes, &mut results, true).await?;
+                    let bulk = Self::put_in_bulk(&counts, tx, keyring.as_deref(), &writes, &mut results, true, true).await?;
                     for ((write, context), result) in writes.iter().zip(results.iter_mut()) {
                         if result.is_none() {
                             let written = in_context(context.clone(), async {
-                                Self::write_behind_savepoint(tx, keyring.as_deref(), write, guarded).await
+                                Self::write_behind_savepoint(&counts, tx, keyring.as_deref(), write, guarded).await
                             })
                             .await?;
                             *result = Some(written);
@@ -381,11 +420,14 @@ impl [SqlStore<DB>] {
     async fn commit_in_bulk(&self, jobs: Vec<Job>, writes: Vec<(SecretWrite, Option<WriteContext>)>) {
         let count = writes.len() as u64;
         let keyring = self.options.keyring();
+        let counts = self.writes.counts.clone();
+        // A pooler in transaction mode gets statements of one operation in one transaction.
+        let one_transaction = self.preparing == super::Preparing::Unnamed;
         let outcome = self
             .on_one_connection(Op::Other, move |conn| {
                 Box::pin(async move {
                     let mut results: Vec<Option<Result<Written>>> = writes.iter().map(|_| None).collect();
-                    let bulk = Self::put_in_bulk(conn, keyring.as_deref(), &writes, &mut results, false).await?;
+                    let bulk = Self::put_in_bulk(&counts, conn, keyring.as_deref(), &writes, &mut results, false, one_transaction).await?;
                     Ok((results, bulk))
                 })
             })
@@ -408,17 +450,20 @@ impl [SqlStore<DB>] {
     /// Step 1 of a batch (see the module docs): the puts of Secrets whose key no other
     /// write of the batch names, in one upsert and one conditional update, on `conn`: in
     /// the batch's transaction (`in_transaction`: each statement behind a savepoint), or
-    /// each statement committing on its own. Fills `results` for each put that wrote its
-    /// row (and counts them); leaves the rest to run alone.
+    /// each statement committing on its own (`one_transaction` when a pooler in transaction
+    /// mode has them share one all the same, see [`taken_by_step_1`]). Fills `results`
+    /// for each put that wrote its row (and counts them); leaves the rest to run alone.
     async fn put_in_bulk(
+        counts: &BatchCounts,
         conn: &mut DB::Connection,
         keyring: Option<&crate::sealing::Keyring>,
         writes: &[(SecretWrite, Option<WriteContext>)],
         results: &mut [Option<Result<Written>>],
         in_transaction: bool,
+        one_transaction: bool,
     ) -> std::result::Result<u64, TxError<StoreError>> {
         let mut bulk = 0;
-        let (blind, conditional) = bulk_rows(keyring, writes);
+        let (blind, conditional) = bulk_rows(keyring, writes, in_transaction || one_transaction);
         for (statement, rows) in [(bulk_upsert::<DB>(), blind), (bulk_replace::<DB>(), conditional)] {
             if rows.is_empty() {
                 continue;
@@ -435,6 +480,7 @@ impl [SqlStore<DB>] {
             {
                 Ok(written) => written,
                 Err(err) => {
+                    let conflict = is_transient_conflict(&err);
                     let failure = map_db_error(err, Op::Other);
                     if fails_the_batch(&failure) {
                         if in_transaction {
@@ -448,6 +494,9 @@ impl [SqlStore<DB>] {
                     }
                     // A race the statement could not rule out (a Mesh deleted under it, a
                     // deadlock): its writes run alone instead.
+                    if conflict {
+                        counts.conflict();
+                    }
                     tracing::debug!(error = %failure, "a bulk put failed; its writes run alone");
                     if in_transaction {
                         conn.execute("ROLLBACK TO SAVEPOINT bulk").await?;
@@ -476,6 +525,7 @@ impl [SqlStore<DB>] {
     /// refusal or failed statement rolled back to the savepoint), or `Err` when the batch
     /// must fail (the database failed, or the savepoint could not be rolled back to).
     async fn write_behind_savepoint(
+        counts: &BatchCounts,
         tx: &mut DB::Connection,
         keyring: Option<&crate::sealing::Keyring>,
         write: &SecretWrite,
@@ -499,6 +549,7 @@ impl [SqlStore<DB>] {
             let failure = match outcome {
                 Ok(written) => return Ok(Ok(written)),
                 Err(TxError::Db(err)) if is_transient_conflict(&err) && attempt < ATTEMPTS => {
+                    counts.conflict();
                     tx.execute("ROLLBACK TO SAVEPOINT write").await?;
                     continue;
                 }
@@ -592,15 +643,24 @@ impl<'a> BulkRow<'a> {
     }
 }
 
-/// Which writes of a batch step 1 takes: the puts of a Secret (not a GlobalSecret, whose
-/// key is another index), not creates, of a key no other write of the batch names (one
-/// statement may not write a row twice).
-fn taken_by_step_1(writes: &[(SecretWrite, Option<WriteContext>)]) -> Vec<bool> {
+/// Which writes of a batch (in key order) step 1 takes: the puts of a Secret (not a
+/// GlobalSecret, whose key is another index), not creates, of a key no other write of the
+/// batch names (one statement may not write a row twice).
+///
+/// When step 1 shares one transaction with what follows it (`one_transaction`), it takes
+/// only the batch's first writes, blind puts then If-Match ones, up to the first write it
+/// could not take: the blind upsert, then the conditional update, then each write behind
+/// its savepoint then lock their rows in key order, as every other writer does (imports,
+/// the other committer), so none of them deadlocks with the batch.
+fn taken_by_step_1(
+    writes: &[(SecretWrite, Option<WriteContext>)],
+    one_transaction: bool,
+) -> Vec<bool> {
     let mut named = std::collections::HashMap::<&SecretKey, usize>::new();
     for (write, _) in writes {
         *named.entry(write.key()).or_default() += 1;
     }
-    writes
+    let mut taken: Vec<bool> = writes
         .iter()
         .map(|(write, _)| match write {
             SecretWrite::Put { secret, expect } => {
@@ -608,7 +668,26 @@ fn taken_by_step_1(writes: &[(SecretWrite, Option<WriteContext>)]) -> Vec<bool> 
             }
             SecretWrite::Delete { .. } => false,
         })
-        .collect()
+        .collect();
+    if one_transaction {
+        let blind = |index: usize| {
+            matches!(
+                writes[index].0,
+                SecretWrite::Put {
+                    expect: Expect::Any,
+                    ..
+                }
+            )
+        };
+        let mut conditional_seen = false;
+        let mut prefix = true;
+        for (index, taken) in taken.iter_mut().enumerate() {
+            prefix = prefix && *taken && !(conditional_seen && blind(index));
+            conditional_seen |= !blind(index);
+            *taken = prefix;
+        }
+    }
+    taken
 }
 
 /// The writes of a batch that step 1 takes ([`taken_by_step_1`]), as rows of its two
@@ -617,11 +696,12 @@ fn taken_by_step_1(writes: &[(SecretWrite, Option<WriteContext>)]) -> Vec<bool> 
 fn bulk_rows<'a>(
     keyring: Option<&crate::sealing::Keyring>,
     writes: &'a [(SecretWrite, Option<WriteContext>)],
+    one_transaction: bool,
 ) -> (Vec<(usize, BulkRow<'a>)>, Vec<(usize, BulkRow<'a>)>) {
     let mut blind = Vec::new();
     let mut conditional = Vec::new();
-    for (index, ((write, context), taken)) in writes.iter().zip(taken_by_step_1(writes)).enumerate()
-    {
+    let taken = taken_by_step_1(writes, one_transaction);
+    for (index, ((write, context), taken)) in writes.iter().zip(taken).enumerate() {
         let (SecretWrite::Put { secret, expect }, true) = (write, taken) else {
             continue;
         };
@@ -639,7 +719,9 @@ fn bulk_rows<'a>(
 
 /// Whether step 1 takes every write of `writes`.
 fn all_in_bulk(writes: &[(SecretWrite, Option<WriteContext>)]) -> bool {
-    taken_by_step_1(writes).into_iter().all(|taken| taken)
+    taken_by_step_1(writes, false)
+        .into_iter()
+        .all(|taken| taken)
 }
 
 /// The blind puts of step 1, one upsert. A row whose Mesh does not exist is left out (it
@@ -668,20 +750,68 @@ fn bulk_upsert<D: Dialect>() -> String {
 }
 
 /// The If-Match puts of step 1, one update. A row at another version, gone, or whose
-/// immutable labels would change is left out.
+/// immutable labels would change is left out. Its rows are locked first, in key order
+/// (`locked`), as the upsert's are: the order of an update's joined rows is the planner's.
 fn bulk_replace<D: Dialect>() -> String {
     let new = ["w_origin", "w_zone", "w_display"];
     let kept = immutable_labels_kept_sql::<D>("secrets.labels", |index, _| new[index].to_owned());
+    let lock = if D::FOR_NO_KEY_UPDATE.is_empty() {
+        String::new()
+    } else {
+        format!("{} OF s", D::FOR_NO_KEY_UPDATE)
+    };
     format!(
-        "WITH w AS ({}) \
+        "WITH w AS ({}), \
+         locked AS MATERIALIZED (SELECT s.mesh AS l_mesh, s.name AS l_name \
+           FROM secrets s JOIN w ON s.mesh = w_mesh AND s.name = w_name \
+           ORDER BY s.mesh, s.name{lock}) \
          UPDATE secrets SET data = w_data, key_id = w_key_id, write_id = w_write_id, \
            labels = w_labels, modification_time = w_time, version = secrets.version + 1, \
            actor = w_actor, request_id = w_request_id \
-         FROM w \
+         FROM w JOIN locked ON l_mesh = w_mesh AND l_name = w_name \
          WHERE secrets.mesh = w_mesh AND secrets.name = w_name \
            AND secrets.version = coalesce(w_expected, secrets.version) AND {kept} \
          RETURNING {}",
         D::BULK_ROWS,
         secret_columns!()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Labels, SecretData};
+
+    fn put(name: &str, expect: Expect) -> (SecretWrite, Option<WriteContext>) {
+        let secret = NewSecret {
+            key: SecretKey::parse(Some("default"), name).unwrap(),
+            data: SecretData::new(b"v".to_vec()).unwrap(),
+            labels: Labels::default(),
+        };
+        (SecretWrite::Put { secret, expect }, None)
+    }
+
+    fn delete(name: &str) -> (SecretWrite, Option<WriteContext>) {
+        let key = SecretKey::parse(Some("default"), name).unwrap();
+        (SecretWrite::Delete { key, expected_version: None, purge: false }, None)
+    }
+
+    #[test]
+    fn in_one_transaction_step_1_takes_only_the_batch_s_first_writes_blind_then_if_match() {
+        let writes = [
+            put("a", Expect::Any),
+            put("b", Expect::Any),
+            put("c", Expect::Version(3)),
+            put("d", Expect::Any),
+            put("e", Expect::Version(1)),
+            delete("f"),
+        ];
+        assert_eq!(taken_by_step_1(&writes, false), [true, true, true, true, true, false]);
+        // "d" after an If-Match put would be locked by the upsert before "c" by the update.
+        assert_eq!(taken_by_step_1(&writes, true), [true, true, true, false, false, false]);
+        // A key named twice at the start leaves step 1 nothing in a transaction.
+        let writes = [put("a", Expect::Any), put("a", Expect::Any), put("b", Expect::Any)];
+        assert_eq!(taken_by_step_1(&writes, false), [false, false, true]);
+        assert_eq!(taken_by_step_1(&writes, true), [false, false, false]);
+    }
 }

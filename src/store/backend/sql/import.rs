@@ -1,6 +1,12 @@
 //! [`SecretStore::import_batch`](crate::store::contract::SecretStore::import_batch) on SQL: a batch
 //! of resources written as given, in one write transaction, idempotently; checked as the
 //! API checks them first, and run again when a concurrent writer created one meanwhile.
+//!
+//! The batch takes its row locks in the order every secret writer takes them (see
+//! [`lock_order`]), so an import racing the API's writes waits for them, or they for it,
+//! and never deadlocks with them. A deadlock or serialization failure that still happens
+//! (a writer outside this process) runs the whole batch again, and is counted
+//! (`kuma_secrets_store_write_conflicts_total`).
 
 use super::rows::{MeshRow, SecretRow};
 use super::statements::{GET_MESH, GET_SECRET, bind_key};
@@ -8,19 +14,37 @@ use super::statements::{query, query_as};
 use super::{SqlStore, check_mesh_spec, now, seal, seal_spec};
 use crate::domain::{Resource, ResourceKey, ValidationError};
 use crate::sealing::Keyring;
-use crate::store::backend::db_error::{Op, map_db_error};
+use crate::store::backend::db_error::{Op, is_transient_conflict, map_db_error};
 use crate::store::contract::{ImportCounts, Result, StoreError};
 use sqlx::AssertSqlSafe;
 
 /// How often an import batch runs again after a concurrent writer created one of its
-/// resources between the batch's read and its insert.
+/// resources between the batch's read and its insert, or after it met a deadlock.
 const IMPORT_ATTEMPTS: usize = 5;
+
+/// Where a resource of an import batch goes in the batch's order of writes: Meshes first
+/// (a Secret's foreign key needs its Mesh), then Secrets by Mesh and name and GlobalSecrets
+/// by name (the group commit's order, `group_commit.rs`), then ExternalServices (whose
+/// Secrets, like a Mesh's, may come in the same batch). Byte order, as Postgres' `COLLATE
+/// "C"` on these columns.
+fn lock_order(resource: &Resource) -> (u8, bool, &str, &str) {
+    match resource {
+        Resource::Mesh(mesh) => (0, false, mesh.name.as_str(), ""),
+        Resource::Secret(secret) => match secret.key.mesh() {
+            Some(mesh) => (1, false, mesh.as_str(), secret.key.name().as_str()),
+            None => (1, true, "", secret.key.name().as_str()),
+        },
+        Resource::ExternalService(service) => {
+            (2, false, service.mesh.as_str(), service.name.as_str())
+        }
+    }
+}
 
 impl_for_sql_databases! {
 impl [SqlStore<DB>] {
     /// The body of `import_batch`: checks, then the batch, run again if a concurrent
     /// writer created one of its resources between the batch's read and its insert.
-    pub(super) async fn import(&self, items: Vec<Resource>) -> Result<ImportCounts> {
+    pub(super) async fn import(&self, mut items: Vec<Resource>) -> Result<ImportCounts> {
         // The same checks as the API's, before anything is written: a Mesh spec the delete
         // guard could not read must never get in.
         let mut errors = ValidationError::default();
@@ -58,7 +82,10 @@ impl [SqlStore<DB>] {
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }
+        // Stable: a resource named twice is written in the order given, the last one kept.
+        items.sort_by(|a, b| lock_order(a).cmp(&lock_order(b)));
         for attempt in 1.. {
+            let turn = self.writes.write_turn::<DB>().await;
             let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, Op::Other))?;
             let mut failed = None;
             let keyring = self.options.keyring();
@@ -67,7 +94,16 @@ impl [SqlStore<DB>] {
                 .preparing
                 .around(Self::import_in_transaction(conn.conn(), keyring, items.clone(), &mut failed))
                 .await;
-            let outcome = conn.finish(result).map_err(|e| match &failed {
+            let result = conn.finish(result);
+            drop(turn);
+            if let Err(e) = &result
+                && is_transient_conflict(e)
+                && attempt < IMPORT_ATTEMPTS
+            {
+                self.writes.count_conflict();
+                continue;
+            }
+            let outcome = result.map_err(|e| match &failed {
                 Some(key) => map_db_error(e, Op::Create(key)),
                 None => map_db_error(e, Op::Other),
             });
@@ -80,7 +116,7 @@ impl [SqlStore<DB>] {
     }
 
     /// The body of [`SecretStore::import_batch`], on one connection, in one write
-    /// transaction. Each existing row is read locked (`FOR UPDATE` on Postgres; SQLite's
+    /// transaction. Each existing row is read locked (`FOR NO KEY UPDATE` on Postgres; SQLite's
     /// write transaction excludes other writers), so a concurrent API write waits for the
     /// batch instead of changing the row between its read and its update. On a constraint
     /// violation, `failed` names the resource being inserted, so the error maps to
@@ -97,7 +133,7 @@ impl [SqlStore<DB>] {
         for item in items {
             match item {
                 Resource::Mesh(mesh) => {
-                    let existing = query_as::<DB, MeshRow>(AssertSqlSafe(format!("{GET_MESH}{}", DB::FOR_UPDATE)))
+                    let existing = query_as::<DB, MeshRow>(AssertSqlSafe(format!("{GET_MESH}{}", DB::FOR_NO_KEY_UPDATE)))
                         .bind(mesh.name.as_str().to_owned())
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -174,7 +210,7 @@ impl [SqlStore<DB>] {
                 }
                 Resource::Secret(secret) => {
                     let key = &secret.key;
-                    let get = format!("{}{}", GET_SECRET.for_key(key), DB::FOR_UPDATE);
+                    let get = format!("{}{}", GET_SECRET.for_key(key), DB::FOR_NO_KEY_UPDATE);
                     let get = bind_key(query_as::<DB, SecretRow>(AssertSqlSafe(get)), key);
                     // A stored row that does not open (altered, plaintext, or sealed with a
                     // key this keyring lacks) is overwritten: the import is the authority.

@@ -160,14 +160,16 @@ impl [SqlStore<DB>] {
         }
     }
 
-    /// Runs `body` on one pooled connection, each statement committing on its own (as
-    /// [`RunOnStore`] runs one): a refusal comes back as it is, a database error is mapped
-    /// for `op`. With unnamed statements ([`Preparing::Unnamed`]) the body runs in a
-    /// transaction of its own, as [`RunOnStore`]'s statements do.
+    /// Runs `body`, writes, on one pooled connection, each statement committing on its own
+    /// (as [`RunOnStore`] runs one): a refusal comes back as it is, a database error is
+    /// mapped for `op`. With unnamed statements ([`Preparing::Unnamed`]) the body runs in a
+    /// transaction of its own, as [`RunOnStore`]'s statements do. Takes this process's turn
+    /// to write first, as [`SqlStore::in_write_transaction`] does.
     pub(super) async fn on_one_connection<T, F>(&self, op: Op<'_>, body: F) -> Result<T>
     where
         F: for<'c> FnOnce(&'c mut DB::Connection) -> TxBody<'c, T, StoreError>,
     {
+        let _turn = self.writes.write_turn::<DB>().await;
         let mut conn = self.pool.acquire().await.map_err(|e| map_db_error(e, op))?;
         let result = self.preparing.around(async {
             match self.preparing {
@@ -197,12 +199,15 @@ impl [SqlStore<DB>] {
 
     /// Runs `body` in a write transaction on a pooled connection: commits if it returns
     /// `Ok`, rolls back otherwise. A refusal comes back as it is; a database error is
-    /// mapped for `op` (so a constraint violation names the resource being created).
+    /// mapped for `op` (so a constraint violation names the resource being created). On a
+    /// database with one writer, waits for this process's turn to write first
+    /// ([`WriteQueue::write_turn`](super::group_commit::WriteQueue::write_turn)).
     pub(super) async fn in_write_transaction<T, E, F>(&self, op: Op<'_>, body: F) -> std::result::Result<T, E>
     where
         E: From<StoreError>,
         F: for<'c> FnOnce(&'c mut DB::Connection) -> TxBody<'c, T, E>,
     {
+        let _turn = self.writes.write_turn::<DB>().await;
         let mut conn = self.pool.acquire().await.map_err(|e| E::from(map_db_error(e, op)))?;
         let result = self.preparing.around(async {
             let mut tx = sqlx::Connection::begin_with(conn.conn(), AssertSqlSafe(DB::BEGIN_WRITE)).await?;
