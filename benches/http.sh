@@ -13,6 +13,13 @@
 # bound for blind PUT: what Postgres itself does with the same statement).
 #
 #   bash benches/http.sh [SECONDS_PER_RUN] [ROUNDS]      # defaults: 10 s, 2 rounds
+#   KUMA_SECRETS_BIN=/path/to/kuma-secrets bash benches/http.sh …   # another build
+#   BASELINE_BIN=/path/to/old/kuma-secrets bash benches/http.sh …    # and an earlier one
+#
+# With BASELINE_BIN, that build serves too (on a database and a file of its own) and runs
+# every operation in the same rounds, alternated with this one: a change's effect, side
+# by side, on a machine whose speed drifts between runs. Rounds alternate the order of the
+# targets too; use an even number of them.
 #
 # Installs wrk and etcd-server from Debian if missing. Uses DATABASE_URL (default the local
 # Postgres) and creates, then drops, the database ks_http_bench on it.
@@ -33,8 +40,13 @@ install wrk wrk
 install etcd etcd-server
 install pgbench postgresql-client
 
-cargo build --release --quiet
-BIN=$PWD/target/release/kuma-secrets
+# KUMA_SECRETS_BIN runs another build (an earlier commit's, to compare) in place of this one.
+if [ -n "${KUMA_SECRETS_BIN:-}" ]; then
+    BIN=$KUMA_SECRETS_BIN
+else
+    cargo build --release --quiet
+    BIN=$PWD/target/release/kuma-secrets
+fi
 # The ceiling of our HTTP stack for a cached GET: the same axum/hyper/tokio answering a
 # constant Secret-sized body (benches/http_ceiling.rs).
 CEILING_BIN=$(cargo bench --bench http_ceiling --no-run --message-format=json 2>/dev/null |
@@ -49,9 +61,11 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ks_http_bench WITH (FORCE)" >/dev/null 2>&1 || true
+    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ks_http_bench_base WITH (FORCE)" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+BASELINE_BIN=${BASELINE_BIN:-}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -88,6 +102,24 @@ KUMA_SECRETS_LOG=warn "$BIN" serve --store "sqlite://$WORK/bench.db" \
 PIDS+=($!)
 OURS_PG=http://127.0.0.1:$PG_PORT
 OURS_SQLITE=http://127.0.0.1:$SQLITE_PORT
+TARGETS=(pg etcd sqlite)
+if [[ -n $BASELINE_BIN ]]; then
+    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ks_http_bench_base WITH (FORCE)" -c "CREATE DATABASE ks_http_bench_base" >/dev/null
+    "$BASELINE_BIN" migrate up --store "${DATABASE_URL%/*}/ks_http_bench_base" >/dev/null
+    BASE_PG_PORT=$(free_port)
+    BASE_SQLITE_PORT=$(free_port)
+    KUMA_SECRETS_LOG=warn "$BASELINE_BIN" serve --store "${DATABASE_URL%/*}/ks_http_bench_base" \
+        --encryption-keys "$WORK/keys.yaml" --api-addr "127.0.0.1:$BASE_PG_PORT" >"$WORK/base-pg.log" 2>&1 &
+    PIDS+=($!)
+    KUMA_SECRETS_LOG=warn "$BASELINE_BIN" serve --store "sqlite://$WORK/base.db" \
+        --api-addr "127.0.0.1:$BASE_SQLITE_PORT" >"$WORK/base-sqlite.log" 2>&1 &
+    PIDS+=($!)
+    BASE_PG=http://127.0.0.1:$BASE_PG_PORT
+    BASE_SQLITE=http://127.0.0.1:$BASE_SQLITE_PORT
+    wait_http "$BASE_PG/readyz"
+    wait_http "$BASE_SQLITE/readyz"
+    TARGETS=(pg base-pg etcd sqlite base-sqlite)
+fi
 CEILING_PORT=$(free_port)
 "$CEILING_BIN" "127.0.0.1:$CEILING_PORT" --value-bytes 1024 >"$WORK/ceiling.log" 2>&1 &
 PIDS+=($!)
@@ -260,8 +292,17 @@ PY
 seed "$OURS_PG" ours
 seed "$OURS_SQLITE" ours
 seed "$ETCD" etcd
+if [[ -n $BASELINE_BIN ]]; then
+    seed "$BASE_PG" ours
+    seed "$BASE_SQLITE" ours
+fi
 
-base_of() { case $1 in pg) echo "$OURS_PG" ;; sqlite) echo "$OURS_SQLITE" ;; etcd) echo "$ETCD" ;; ceiling) echo "$CEILING" ;; esac; }
+base_of() {
+    case $1 in
+        pg) echo "$OURS_PG" ;; sqlite) echo "$OURS_SQLITE" ;; etcd) echo "$ETCD" ;; ceiling) echo "$CEILING" ;;
+        base-pg) echo "$BASE_PG" ;; base-sqlite) echo "$BASE_SQLITE" ;;
+    esac
+}
 script_of() { case $1 in etcd) echo etcd ;; *) echo ours ;; esac; }
 
 # Writes the version each name is at now, one line per name (s-0 first), for the
@@ -321,7 +362,14 @@ SQL
 declare -A SUM
 for round in $(seq "$ROUNDS"); do
     for op in get put ifmatch; do
-        for target in pg etcd sqlite; do
+        # Every other round in the reverse order: the target that runs right after another
+        # on the same Postgres measured 5 to 10 % faster (two builds, each run first then second).
+        order=("${TARGETS[@]}")
+        if (( round % 2 == 0 )); then
+            order=()
+            for (( i = ${#TARGETS[@]} - 1; i >= 0; i-- )); do order+=("${TARGETS[$i]}"); done
+        fi
+        for target in "${order[@]}"; do
             value=$(run "$target" "$op")
             SUM[$target.$op]=$(( ${SUM[$target.$op]:-0} + value ))
             echo "round $round: $op on $target: $value/s" >&2
@@ -354,6 +402,18 @@ for op in get put ifmatch; do
     if [[ $op == get ]]; then pgb="" ; pgr=""; else pgb=$(avg pgbench.put); pgr=$(ratio "$pg" "$pgb"); fi
     echo "| $label | $pg | $sq | $et | $(ratio "$pg" "$et") | $(ratio "$sq" "$et") | $(p99 pg $op) / $(p99 sqlite $op) / $(p99 etcd $op) | $pgb | $pgr |"
 done
+if [[ -n $BASELINE_BIN ]]; then
+    echo
+    echo "The same rounds on the baseline build ($BASELINE_BIN), alternated with the runs above:"
+    echo
+    echo "| operation | this build, Postgres | baseline, Postgres | this / baseline | this build, SQLite | baseline, SQLite | this / baseline | p99 ms (this / baseline; Postgres, SQLite) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for op in get put ifmatch; do
+        pg=$(avg pg.$op); bpg=$(avg base-pg.$op); sq=$(avg sqlite.$op); bsq=$(avg base-sqlite.$op)
+        case $op in get) label="GET one secret" ;; put) label="blind PUT" ;; ifmatch) label="If-Match PUT" ;; esac
+        echo "| $label | $pg | $bpg | $(ratio "$pg" "$bpg") | $sq | $bsq | $(ratio "$sq" "$bsq") | $(p99 pg $op) / $(p99 base-pg $op); $(p99 sqlite $op) / $(p99 base-sqlite $op) |"
+    done
+fi
 echo
 echo "Postgres ceilings under pgbench, same table and triggers, $CONNECTIONS clients: one upsert per commit $(avg pgbench.put) tps;"
 echo "a 16-row upsert per commit (what batching can reach) $(avg pgbench.multirow) rows/s"
