@@ -397,9 +397,9 @@ async fn export_over_an_existing_file_makes_it_owner_only(backend: Backend) {
 
 /// Two `import_batch` runs, one in key order and one in reverse, race API writers that
 /// change the same secrets (blind puts, If-Match puts, and two writers on one name, so the
-/// group commit's batches are of every shape): never an internal error, every batch ends
-/// applied, and no write met a deadlock at all (every writer takes its row locks in one
-/// order), which the store counts in its pool report.
+/// group commit's batches are of every shape) and their Mesh: never an internal error or a
+/// 503, every batch ends applied, and no write met a deadlock at all (every writer takes
+/// its row locks in one order), which the store counts in its pool report.
 async fn imports_racing_api_writes_never_fail_internally(backend: Backend) {
     let server = TestServer::start(backend).await;
     let names: Vec<String> = (0..50).map(|i| format!("shared-{i:02}")).collect();
@@ -440,6 +440,31 @@ async fn imports_racing_api_writes_never_fail_internally(backend: Backend) {
             statuses
         }));
     }
+    // And the Mesh itself is written meanwhile (a Mesh write locks its row, then reads).
+    let mesh_writer = {
+        let (base, stop) = (server.url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = Client::new();
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"type": "Mesh", "name": "default", "labels": {"round": writes.to_string()}});
+                let response = client
+                    .put(format!("{base}/meshes/default"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                assert!(
+                    status.is_success(),
+                    "a Mesh write: {status} {}",
+                    response.text().await.unwrap()
+                );
+                writes += 1;
+            }
+            writes
+        })
+    };
     let import = |store: AnyStore, names: Vec<String>, tag: &'static str| async move {
         for round in 0..30 {
             let batch: Vec<Resource> = names
@@ -465,6 +490,7 @@ async fn imports_racing_api_writes_never_fail_internally(backend: Backend) {
         import(server.store.clone(), reversed, "reverse"),
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(mesh_writer.await.unwrap() > 0, "the Mesh was written");
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
     for writer in writers {
         for (status, count) in writer.await.unwrap() {

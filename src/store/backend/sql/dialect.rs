@@ -63,10 +63,8 @@ pub trait Dialect: Database + HasStatementCache {
     /// while another's commit waits on the WAL flush; SQLite has one writer.
     const COMMITTERS: usize;
     /// Whether the database has one writer at a time (SQLite): then this process's write
-    /// transactions take turns in arrival order ([`WriteQueue::write_turn`]) instead of
-    /// polling for the lock, where a committer writing back to back starved an import or
-    /// a Mesh write past `busy_timeout`.
-    ///
-    /// [`WriteQueue::write_turn`]: super::group_commit::WriteQueue::write_turn
+    /// transactions take turns in arrival order (`WriteQueue::write_turn` in
+    /// `group_commit.rs`) instead of polling for the lock, where a committer writing back
+    /// to back starved an import or a Mesh write past `busy_timeout`.
     const ONE_WRITER: bool;
 }

@@ -156,7 +156,10 @@ impl [SqlStore<DB>] {
             let outcome = self
                 .in_write_transaction::<_, MeshRefusal, _>(Op::Create(&key), move |tx| {
                     Box::pin(async move {
-                        let lock = format!("SELECT version, spec, labels FROM meshes WHERE name = $1{}", DB::FOR_UPDATE);
+                        // Not FOR UPDATE: the name stays, so a concurrent insert of a Secret
+                        // of this Mesh (its foreign key's FOR KEY SHARE) need not wait, nor be
+                        // waited for while it holds other secrets' rows (a deadlock).
+                        let lock = format!("SELECT version, spec, labels FROM meshes WHERE name = $1{}", DB::FOR_NO_KEY_UPDATE);
                         let current = query_as::<DB, (i64, Json<MeshSpec>, Json<BTreeMap<String, String>>)>(AssertSqlSafe(lock))
                             .bind(mesh.name.as_str().to_owned())
                             .fetch_optional(&mut *tx)
