@@ -794,12 +794,14 @@ async fn zones_follow_the_global_store_through_restarts_partitions_and_pruning()
         "{said:?}"
     );
     // No 500 anywhere: not to the test's writes, not to a zone's sync, not on a zone (each
-    // server's requests by status, since its last start).
+    // server's requests by status, since its last start). `/readyz` answers 503 by design
+    // while a zone is cut off or refused (the test polls it then): that is no error.
     for base in std::iter::once(&g).chain(zones.iter().map(|z| &z.base)) {
         let metrics = common::http::fetch_text(format!("{base}/metrics")).await;
         let errors: Vec<&str> = metrics
             .lines()
             .filter(|l| l.contains("http_requests_total") && l.contains("status=\"5"))
+            .filter(|l| !l.contains("route=\"/readyz\""))
             .collect();
         assert!(errors.is_empty(), "{base}: {errors:?}");
     }
