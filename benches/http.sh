@@ -94,12 +94,16 @@ psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ks_http_bench WITH (FORCE)" 
 "$BIN" migrate up --store "$PG_BENCH_URL" >/dev/null
 PG_PORT=$(free_port)
 SQLITE_PORT=$(free_port)
-KUMA_SECRETS_LOG=warn "$BIN" serve --store "$PG_BENCH_URL" --encryption-keys "$WORK/keys.yaml" \
-    --api-addr "127.0.0.1:$PG_PORT" >"$WORK/pg.log" 2>&1 &
-PIDS+=($!)
-KUMA_SECRETS_LOG=warn "$BIN" serve --store "sqlite://$WORK/bench.db" \
-    --api-addr "127.0.0.1:$SQLITE_PORT" >"$WORK/sqlite.log" 2>&1 &
-PIDS+=($!)
+# One build serving on Postgres (sealed) and on SQLite: the same flags for every build run.
+serve_both() { # BIN PG_URL SQLITE_FILE PG_PORT SQLITE_PORT LOG_PREFIX
+    KUMA_SECRETS_LOG=warn "$1" serve --store "$2" --encryption-keys "$WORK/keys.yaml" \
+        --api-addr "127.0.0.1:$4" >"$WORK/$6pg.log" 2>&1 &
+    PIDS+=($!)
+    KUMA_SECRETS_LOG=warn "$1" serve --store "sqlite://$3" \
+        --api-addr "127.0.0.1:$5" >"$WORK/$6sqlite.log" 2>&1 &
+    PIDS+=($!)
+}
+serve_both "$BIN" "$PG_BENCH_URL" "$WORK/bench.db" "$PG_PORT" "$SQLITE_PORT" ""
 OURS_PG=http://127.0.0.1:$PG_PORT
 OURS_SQLITE=http://127.0.0.1:$SQLITE_PORT
 TARGETS=(pg etcd sqlite)
@@ -108,12 +112,8 @@ if [[ -n $BASELINE_BIN ]]; then
     "$BASELINE_BIN" migrate up --store "${DATABASE_URL%/*}/ks_http_bench_base" >/dev/null
     BASE_PG_PORT=$(free_port)
     BASE_SQLITE_PORT=$(free_port)
-    KUMA_SECRETS_LOG=warn "$BASELINE_BIN" serve --store "${DATABASE_URL%/*}/ks_http_bench_base" \
-        --encryption-keys "$WORK/keys.yaml" --api-addr "127.0.0.1:$BASE_PG_PORT" >"$WORK/base-pg.log" 2>&1 &
-    PIDS+=($!)
-    KUMA_SECRETS_LOG=warn "$BASELINE_BIN" serve --store "sqlite://$WORK/base.db" \
-        --api-addr "127.0.0.1:$BASE_SQLITE_PORT" >"$WORK/base-sqlite.log" 2>&1 &
-    PIDS+=($!)
+    serve_both "$BASELINE_BIN" "${DATABASE_URL%/*}/ks_http_bench_base" "$WORK/base.db" \
+        "$BASE_PG_PORT" "$BASE_SQLITE_PORT" base-
     BASE_PG=http://127.0.0.1:$BASE_PG_PORT
     BASE_SQLITE=http://127.0.0.1:$BASE_SQLITE_PORT
     wait_http "$BASE_PG/readyz"

@@ -97,13 +97,19 @@ impl SecretWrite {
         }
     }
 
-    /// Where the write sorts in a batch: Secrets by Mesh, then name; GlobalSecrets after.
+    /// Where the write sorts in a batch: its key's [`lock_order`].
     fn order(&self) -> (bool, &str, &str) {
-        let key = self.key();
-        match key.mesh() {
-            Some(mesh) => (false, mesh.as_str(), key.name().as_str()),
-            None => (true, "", key.name().as_str()),
-        }
+        lock_order(self.key())
+    }
+}
+
+/// The order every secret writer takes row locks in (batches here, imports in `import.rs`):
+/// Secrets by Mesh, then name; GlobalSecrets after, by name. Byte order, as Postgres'
+/// `COLLATE "C"` on these columns.
+pub(super) fn lock_order(key: &SecretKey) -> (bool, &str, &str) {
+    match key.mesh() {
+        Some(mesh) => (false, mesh.as_str(), key.name().as_str()),
+        None => (true, "", key.name().as_str()),
     }
 }
 

@@ -23,19 +23,17 @@ use sqlx::AssertSqlSafe;
 const IMPORT_ATTEMPTS: usize = 5;
 
 /// Where a resource of an import batch goes in the batch's order of writes: Meshes first
-/// (a Secret's foreign key needs its Mesh), then Secrets by Mesh and name and GlobalSecrets
-/// by name (the group commit's order, `group_commit.rs`), then ExternalServices (whose
-/// Secrets, like a Mesh's, may come in the same batch). Byte order, as Postgres' `COLLATE
-/// "C"` on these columns.
-fn lock_order(resource: &Resource) -> (u8, bool, &str, &str) {
+/// (a Secret's foreign key needs its Mesh), then Secrets and GlobalSecrets in the order
+/// every secret writer locks them ([`group_commit::lock_order`]), then ExternalServices
+/// (whose Secrets, like a Mesh's, may come in the same batch). Byte order throughout.
+///
+/// [`group_commit::lock_order`]: super::group_commit::lock_order
+fn lock_order(resource: &Resource) -> (u8, (bool, &str, &str)) {
     match resource {
-        Resource::Mesh(mesh) => (0, false, mesh.name.as_str(), ""),
-        Resource::Secret(secret) => match secret.key.mesh() {
-            Some(mesh) => (1, false, mesh.as_str(), secret.key.name().as_str()),
-            None => (1, true, "", secret.key.name().as_str()),
-        },
+        Resource::Mesh(mesh) => (0, (false, mesh.name.as_str(), "")),
+        Resource::Secret(secret) => (1, super::group_commit::lock_order(&secret.key)),
         Resource::ExternalService(service) => {
-            (2, false, service.mesh.as_str(), service.name.as_str())
+            (2, (false, service.mesh.as_str(), service.name.as_str()))
         }
     }
 }
